@@ -1,0 +1,376 @@
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/acl.h"
+#include "core/addr.h"
+#include "core/util.h"
+#include "forward/forward.h"
+
+static const char help_overview[] =
+	"pinhole - port forwarding and NAT traversal\n"
+	"\n"
+	"Usage: pinhole COMMAND [ARGS] [OPTIONS]\n"
+	"\n"
+	"Commands:\n"
+	"  forward LISTEN TARGET [TARGET...]   forward TCP connections from LISTEN to a TARGET\n"
+	"\n"
+	"Addresses:\n"
+	"  :8080            port 8080 on every interface, IPv6 and IPv4\n"
+	"  0.0.0.0:8080     every IPv4 interface      127.0.0.1:8080   one address\n"
+	"  [::]:8080        every IPv6 interface      [::1]:8080       an IPv6 address\n"
+	"  db.lan:5432      a host name (targets only; resolved without blocking)\n"
+	"\n"
+	"Options for every command:\n"
+	"  -v, --verbose          more log lines (-vv: one line per connection and state)\n"
+	"  -q, --quiet            errors only\n"
+	"  --workers N            worker threads (default: one per online CPU)\n"
+	"  --drain-timeout DUR    after SIGTERM/SIGINT, how long live connections may\n"
+	"                         finish (default 10s); a second signal stops at once\n"
+	"  --pipe-size BYTES      splice pipe size (default: the kernel's, 64 KiB)\n"
+	"  -h, --help             this text; `pinhole forward --help` for a command\n"
+	"  -V, --version          the version\n"
+	"\n"
+	"Durations are written 500ms, 5s, 2m, 1h (a bare number means seconds).\n"
+	"Exit status: 0 stopped cleanly, 1 runtime failure (port in use, ...), 2 bad usage.\n";
+
+static const char help_forward[] =
+	"Usage: pinhole forward LISTEN TARGET [TARGET...] [OPTIONS]\n"
+	"\n"
+	"Accepts TCP connections on LISTEN and relays each one to a TARGET, the job of\n"
+	"rinetd, socat TCP-LISTEN:...,fork, redir or haproxy mode tcp. Bytes are moved with\n"
+	"splice(2) (zero copy); a FIN is passed on as a FIN, a reset as a reset.\n"
+	"\n"
+	"With several targets, connections go round robin; a target that refuses or times\n"
+	"out is skipped (the connection fails over to the next one) and left alone for a\n"
+	"short back-off (1s, doubling to 10s while it keeps failing).\n"
+	"\n"
+	"Options:\n"
+	"  --allow CIDR           let clients from CIDR in (repeatable)\n"
+	"  --deny CIDR            keep clients from CIDR out (repeatable)\n"
+	"                         The first rule that matches wins; with no match, clients\n"
+	"                         are let in unless some --allow is given. IPv4 and IPv6:\n"
+	"                         10.0.0.0/8, 192.168.1.7, 2001:db8::/32, ::1\n"
+	"  --max-conns N          at most N connections at once; more are refused\n"
+	"  --connect-timeout DUR  per connect attempt to a target (default 5s)\n"
+	"  --idle-timeout DUR     close a connection idle this long (default: never)\n"
+	"  --name NAME            the rule's name in logs\n"
+	"\n"
+	"Examples:\n"
+	"  pinhole forward :8080 10.0.0.5:80\n"
+	"  pinhole forward 0.0.0.0:2222 192.168.1.10:22 --allow 203.0.113.0/24\n"
+	"  pinhole forward [::]:443 web1.lan:443 web2.lan:443 --max-conns 5000\n"
+	"  pinhole forward 127.0.0.1:5433 db.internal:5432 --idle-timeout 1h\n";
+
+const char *ph_cli_help(const char *topic)
+{
+	if (topic == NULL || topic[0] == '\0')
+		return help_overview;
+	if (strcmp(topic, "forward") == 0)
+		return help_forward;
+	return NULL;
+}
+
+void ph_config_init(struct ph_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->drain_timeout = 10000;
+}
+
+void ph_config_free(struct ph_config *cfg)
+{
+	for (unsigned i = 0; i < cfg->nrules; i++)
+		ph_forward_rule_free(cfg->rules[i]);
+	cfg->nrules = 0;
+}
+
+static int cli_fail(struct ph_cli_error *e, int argi, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int cli_fail(struct ph_cli_error *e, int argi, const char *fmt, ...)
+{
+	va_list ap;
+
+	e->argi = argi;
+	va_start(ap, fmt);
+	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+/* An option word and its value: "--x=v" or "--x v". */
+struct cli_opt {
+	char name[40];
+	const char *value; /* NULL until taken */
+	bool inline_value;
+};
+
+static void opt_split(const char *word, struct cli_opt *o)
+{
+	const char *eq = strchr(word, '=');
+	size_t n = eq != NULL ? (size_t)(eq - word) : strlen(word);
+
+	if (n >= sizeof(o->name))
+		n = sizeof(o->name) - 1;
+	memcpy(o->name, word, n);
+	o->name[n] = '\0';
+	o->value = eq != NULL ? eq + 1 : NULL;
+	o->inline_value = eq != NULL;
+}
+
+/* Takes the option's value: inline, or the next word. Returns 0 or -EINVAL. */
+static int opt_value(int argc, char *const *argv, int *i, struct cli_opt *o, struct ph_cli_error *e)
+{
+	if (o->inline_value)
+		return 0;
+	if (*i + 1 >= argc)
+		return cli_fail(e, *i, "option %s needs a value", o->name);
+	o->value = argv[++*i];
+	return 0;
+}
+
+static int opt_uint(const struct cli_opt *o, int argi, unsigned long long min,
+                    unsigned long long max, unsigned long long *out, struct ph_cli_error *e)
+{
+	if (ph_parse_uint(o->value, min, max, out) < 0)
+		return cli_fail(e, argi, "%s '%s': expected a whole number from %llu to %llu",
+		                o->name, o->value, min, max);
+	return 0;
+}
+
+static int opt_duration(const struct cli_opt *o, int argi, uint64_t *out, struct ph_cli_error *e)
+{
+	if (ph_parse_duration(o->value, out) < 0)
+		return cli_fail(e, argi, "%s '%s': expected a duration such as 500ms, 5s, 2m, 1h",
+		                o->name, o->value);
+	return 0;
+}
+
+/* Options every command takes. Returns 1 when o was one of them, 0 when not, or -errno. */
+static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
+                          struct ph_config *cfg, struct ph_cli_error *e)
+{
+	unsigned long long v;
+	int err;
+
+	if (strcmp(o->name, "-h") == 0 || strcmp(o->name, "--help") == 0) {
+		cfg->cmd = PH_CMD_HELP;
+		return 1;
+	}
+	if (strcmp(o->name, "-V") == 0 || strcmp(o->name, "--version") == 0) {
+		cfg->cmd = PH_CMD_VERSION;
+		return 1;
+	}
+	if (strcmp(o->name, "--verbose") == 0) {
+		cfg->verbosity++;
+		return 1;
+	}
+	if (strcmp(o->name, "--quiet") == 0) {
+		cfg->verbosity--;
+		return 1;
+	}
+	if (o->name[0] == '-' && o->name[1] != '-' && o->name[1] != '\0' && !o->inline_value &&
+	    strspn(o->name + 1, "vq") == strlen(o->name + 1)) {
+		for (const char *p = o->name + 1; *p != '\0'; p++)
+			cfg->verbosity += *p == 'v' ? 1 : -1;
+		return 1;
+	}
+	if (strcmp(o->name, "--workers") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err == 0)
+			err = opt_uint(o, *i, 1, 1024, &v, e);
+		if (err < 0)
+			return err;
+		cfg->workers = (unsigned)v;
+		return 1;
+	}
+	if (strcmp(o->name, "--drain-timeout") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err == 0)
+			err = opt_duration(o, *i, &cfg->drain_timeout, e);
+		return err < 0 ? err : 1;
+	}
+	if (strcmp(o->name, "--pipe-size") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err == 0)
+			err = opt_uint(o, *i, 4096, 1u << 24, &v, e);
+		if (err < 0)
+			return err;
+		cfg->pipe_size = (unsigned)v;
+		return 1;
+	}
+	return 0;
+}
+
+static int cli_acl(struct ph_forward_rule *r, bool allow, const struct cli_opt *o, int argi,
+                   struct ph_cli_error *e)
+{
+	struct ph_cidr c;
+	const char *why;
+
+	if (ph_cidr_parse(o->value, &c, &why) < 0)
+		return cli_fail(e, argi, "%s '%s': %s", o->name, o->value, why);
+	if (ph_acl_add(&r->acl, allow, &c) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+static int cli_forward_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
+                           struct ph_forward_rule *r, struct ph_cli_error *e)
+{
+	unsigned long long v;
+	int err;
+
+	if (strcmp(o->name, "--allow") == 0 || strcmp(o->name, "--deny") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		return err < 0 ? err : cli_acl(r, o->name[2] == 'a', o, *i, e);
+	}
+	if (strcmp(o->name, "--max-conns") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err == 0)
+			err = opt_uint(o, *i, 1, 10000000, &v, e);
+		if (err == 0)
+			r->max_conns = (unsigned)v;
+		return err;
+	}
+	if (strcmp(o->name, "--connect-timeout") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err == 0)
+			err = opt_duration(o, *i, &r->connect_timeout, e);
+		if (err == 0 && r->connect_timeout == 0)
+			return cli_fail(e, *i, "%s must be more than 0", o->name);
+		return err;
+	}
+	if (strcmp(o->name, "--idle-timeout") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		return err < 0 ? err : opt_duration(o, *i, &r->idle_timeout, e);
+	}
+	if (strcmp(o->name, "--name") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		if (o->value[0] == '\0' || strlen(o->value) >= sizeof(r->name))
+			return cli_fail(e, *i, "--name must be 1-%zu characters",
+			                sizeof(r->name) - 1);
+		snprintf(r->name, sizeof(r->name), "%s", o->value);
+		return 0;
+	}
+	return cli_fail(e, *i, "unknown option '%s' (see pinhole forward --help)", o->name);
+}
+
+static int cli_forward_addr(const char *word, int argi, bool listen, struct ph_hostport *hp,
+                            struct ph_cli_error *e)
+{
+	const char *why;
+
+	if (ph_hostport_parse(word, hp, &why) < 0)
+		return cli_fail(e, argi, "%s '%s': %s", listen ? "listen address" : "target", word,
+		                why);
+	if (hp->proto != PH_PROTO_TCP)
+		return cli_fail(e, argi, "%s '%s': only TCP forwarding is available so far",
+		                listen ? "listen address" : "target", word);
+	if (listen && hp->is_name)
+		return cli_fail(e, argi,
+		                "listen address '%s': must be an IP address or :PORT, not a name",
+		                word);
+	if (!listen && hp->wildcard)
+		return cli_fail(e, argi, "target '%s': needs a host, as in 127.0.0.1%s", word,
+		                word);
+	return 0;
+}
+
+static int cli_forward(int argc, char *const *argv, int first, struct ph_config *cfg,
+                       struct ph_cli_error *e)
+{
+	struct ph_forward_rule *r;
+	int npos = 0, err = 0;
+
+	if (cfg->nrules >= PH_CONFIG_MAX_RULES)
+		return cli_fail(e, first, "too many rules (at most %d)", PH_CONFIG_MAX_RULES);
+	r = ph_forward_rule_new();
+	if (r == NULL)
+		return -ENOMEM;
+	for (int i = first + 1; i < argc && err == 0; i++) {
+		const char *word = argv[i];
+		struct cli_opt o;
+
+		if (word[0] == '-' && word[1] != '\0') {
+			opt_split(word, &o);
+			err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+			if (err == 0)
+				err = cli_forward_opt(argc, argv, &i, &o, r, e);
+			else if (err > 0)
+				err = 0;
+			if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL)
+				cfg->help_topic = "forward";
+			continue;
+		}
+		if (npos == 0) {
+			err = cli_forward_addr(word, i, true, &r->listen, e);
+		} else if (r->ntargets >= PH_FORWARD_MAX_TARGETS) {
+			err = cli_fail(e, i, "too many targets (at most %d)",
+			               PH_FORWARD_MAX_TARGETS);
+		} else {
+			err = cli_forward_addr(word, i, false, &r->targets[r->ntargets].hp, e);
+			if (err == 0)
+				r->ntargets++;
+		}
+		npos++;
+	}
+	if (err == 0 && cfg->cmd != PH_CMD_HELP && cfg->cmd != PH_CMD_VERSION) {
+		if (npos == 0)
+			err = cli_fail(e, first,
+			               "forward: missing LISTEN and TARGET addresses "
+			               "(see pinhole forward --help)");
+		else if (r->ntargets == 0)
+			err = cli_fail(e, first,
+			               "forward: missing a TARGET address after LISTEN "
+			               "(see pinhole forward --help)");
+	}
+	if (err != 0) {
+		ph_forward_rule_free(r);
+		return err;
+	}
+	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION) {
+		ph_forward_rule_free(r);
+		return 0;
+	}
+	cfg->rules[cfg->nrules++] = r;
+	cfg->cmd = PH_CMD_FORWARD;
+	return 0;
+}
+
+int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_cli_error *e)
+{
+	int err;
+
+	e->argi = -1;
+	e->msg[0] = '\0';
+	for (int i = 0; i < argc; i++) {
+		const char *word = argv[i];
+		struct cli_opt o;
+
+		if (word[0] == '-' && word[1] != '\0') {
+			opt_split(word, &o);
+			err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+			if (err < 0)
+				return err;
+			if (err == 0)
+				return cli_fail(e, i, "unknown option '%s' (see pinhole --help)",
+				                o.name);
+			continue;
+		}
+		if (strcmp(word, "forward") == 0)
+			return cli_forward(argc, argv, i, cfg, e);
+		if (strcmp(word, "help") == 0) {
+			cfg->cmd = PH_CMD_HELP;
+			cfg->help_topic = i + 1 < argc ? argv[i + 1] : "";
+			return 0;
+		}
+		return cli_fail(e, i, "unknown command '%s' (see pinhole --help)", word);
+	}
+	return 0;
+}

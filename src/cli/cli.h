@@ -1,0 +1,54 @@
+/*
+ * The one grammar: a command line (the words after `pinhole`) becomes a config. A config
+ * file line will be the same words, parsed by the same code (DESIGN.md: one grammar).
+ */
+#ifndef PH_CLI_CLI_H
+#define PH_CLI_CLI_H
+
+#include <stdint.h>
+
+struct ph_forward_rule;
+
+enum ph_cmd {
+	PH_CMD_NONE = 0, /* nothing given: print usage, exit 2 */
+	PH_CMD_HELP,     /* --help, for help_topic ("" or "forward") */
+	PH_CMD_VERSION,  /* --version */
+	PH_CMD_FORWARD,  /* run the rules */
+};
+
+#define PH_CONFIG_MAX_RULES 256
+
+struct ph_config {
+	enum ph_cmd cmd;
+	const char *help_topic; /* borrowed from argv */
+	int verbosity;          /* +1 per -v, -1 per -q */
+	unsigned workers;       /* 0: one per online CPU */
+	uint64_t drain_timeout; /* ms that live connections get after SIGTERM */
+	unsigned pipe_size;     /* bytes per splice pipe, 0: the kernel's default */
+	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
+	unsigned nrules;
+};
+
+/* What went wrong, and at which word (an index into the argv given, or -1). */
+struct ph_cli_error {
+	int argi;
+	char msg[320];
+};
+
+/* Sets the defaults. */
+void ph_config_init(struct ph_config *cfg);
+
+/*
+ * Parses argv[0..argc) (the words after `pinhole`) into cfg, adding rules to it.
+ * Returns 0, or -EINVAL with e filled (cfg keeps what it had; the caller frees it), or
+ * -ENOMEM.
+ */
+int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_cli_error *e);
+
+/* Frees the rules. */
+void ph_config_free(struct ph_config *cfg);
+
+/* The help text for topic ("" for the overview, "forward"). NULL for an unknown topic. */
+const char *ph_cli_help(const char *topic);
+
+#endif /* PH_CLI_CLI_H */

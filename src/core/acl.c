@@ -1,0 +1,102 @@
+#include "core/acl.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+
+int ph_cidr_parse(const char *s, struct ph_cidr *c, const char **why)
+{
+	char buf[INET6_ADDRSTRLEN + 8];
+	unsigned long long prefix;
+	const char *slash;
+	unsigned max, bytes;
+	size_t n;
+
+	memset(c, 0, sizeof(*c));
+	*why = NULL;
+	slash = strchr(s, '/');
+	n = slash != NULL ? (size_t)(slash - s) : strlen(s);
+	if (n == 0 || n >= sizeof(buf)) {
+		*why = "expected an address or ADDRESS/PREFIX";
+		return -EINVAL;
+	}
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	if (inet_pton(AF_INET, buf, c->net) == 1) {
+		c->family = AF_INET;
+		max = 32;
+	} else if (inet_pton(AF_INET6, buf, c->net) == 1) {
+		c->family = AF_INET6;
+		max = 128;
+	} else {
+		*why = "not an IPv4 or IPv6 address";
+		return -EINVAL;
+	}
+	prefix = max;
+	if (slash != NULL && ph_parse_uint(slash + 1, 0, max, &prefix) < 0) {
+		*why = max == 32 ? "prefix length must be 0-32" : "prefix length must be 0-128";
+		return -EINVAL;
+	}
+	c->prefix = (uint8_t)prefix;
+	bytes = max / 8;
+	for (unsigned i = 0; i < bytes; i++) {
+		unsigned keep = prefix >= (i + 1) * 8 ? 8 : prefix > i * 8 ? prefix - i * 8 : 0;
+
+		c->net[i] &= (uint8_t)(0xff00u >> keep);
+	}
+	return 0;
+}
+
+bool ph_cidr_contains(const struct ph_cidr *c, const struct ph_addr *a)
+{
+	struct ph_addr u = *a;
+	const uint8_t *ip;
+	unsigned full, rest;
+
+	ph_addr_unmap(&u);
+	if (u.u.sa.sa_family != c->family)
+		return false;
+	ip = c->family == AF_INET ? (const uint8_t *)&u.u.in.sin_addr
+	                          : (const uint8_t *)&u.u.in6.sin6_addr;
+	full = c->prefix / 8;
+	rest = c->prefix % 8;
+	if (memcmp(ip, c->net, full) != 0)
+		return false;
+	if (rest != 0 && (ip[full] & (uint8_t)(0xff00u >> rest)) != c->net[full])
+		return false;
+	return true;
+}
+
+int ph_acl_add(struct ph_acl *acl, bool allow, const struct ph_cidr *c)
+{
+	struct ph_acl_rule *r = realloc(acl->rules, (acl->n + 1) * sizeof(*r));
+
+	if (r == NULL)
+		return -ENOMEM;
+	acl->rules = r;
+	r[acl->n].allow = allow;
+	r[acl->n].cidr = *c;
+	acl->n++;
+	acl->has_allow |= allow;
+	return 0;
+}
+
+bool ph_acl_allows(const struct ph_acl *acl, const struct ph_addr *a)
+{
+	for (unsigned i = 0; i < acl->n; i++) {
+		if (ph_cidr_contains(&acl->rules[i].cidr, a))
+			return acl->rules[i].allow;
+	}
+	return !acl->has_allow;
+}
+
+void ph_acl_free(struct ph_acl *acl)
+{
+	free(acl->rules);
+	acl->rules = NULL;
+	acl->n = 0;
+	acl->has_allow = false;
+}

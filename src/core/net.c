@@ -1,0 +1,86 @@
+#include "core/net.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int ph_tcp_listen(const struct ph_addr *a, bool v6only, bool reuseport)
+{
+	int fd, one = 1, v6 = v6only ? 1 : 0, err;
+
+	fd = socket(a->u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1) ||
+	    (a->u.sa.sa_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof(v6)) == -1) ||
+	    bind(fd, &a->u.sa, a->len) == -1 || listen(fd, SOMAXCONN) == -1) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+int ph_tcp_connect(const struct ph_addr *a)
+{
+	int fd, err;
+
+	fd = socket(a->u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return -errno;
+	ph_sock_nodelay(fd);
+	if (connect(fd, &a->u.sa, a->len) == -1 && errno != EINPROGRESS) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+int ph_sock_nodelay(int fd)
+{
+	int one = 1;
+
+	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
+		return -errno;
+	return 0;
+}
+
+void ph_sock_set_rst(int fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+	/* best effort: if it fails the peer gets a FIN instead of a reset */
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+int ph_sock_error(int fd)
+{
+	int soerr = 0;
+	socklen_t len = sizeof(soerr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == -1)
+		return -errno;
+	return -soerr;
+}
+
+const char *ph_bind_strerror(int err)
+{
+	switch (err) {
+	case -EADDRINUSE:
+		return "address already in use (another program listens there)";
+	case -EACCES:
+		return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)";
+	case -EADDRNOTAVAIL:
+		return "address not available (no interface on this host has it)";
+	case -EAFNOSUPPORT:
+		return "address family not supported (IPv6 disabled?)";
+	default:
+		return strerror(-err);
+	}
+}

@@ -1,0 +1,34 @@
+/* Socket set-up shared by the services: listeners, connects, socket options. */
+#ifndef PH_CORE_NET_H
+#define PH_CORE_NET_H
+
+#include <stdbool.h>
+
+#include "core/addr.h"
+
+/*
+ * Opens a non-blocking TCP listener on a. v6only applies to IPv6 addresses (false lets
+ * IPv4 clients in as ::ffff:a.b.c.d); reuseport lets several workers bind the same address.
+ * Returns the fd, or -errno.
+ */
+int ph_tcp_listen(const struct ph_addr *a, bool v6only, bool reuseport);
+
+/*
+ * Starts a non-blocking connect to a with TCP_NODELAY set. Returns the fd (the connect is
+ * in flight or done; EPOLLOUT tells), or -errno when it failed at once.
+ */
+int ph_tcp_connect(const struct ph_addr *a);
+
+/* Sets TCP_NODELAY. Returns 0 or -errno. */
+int ph_sock_nodelay(int fd);
+
+/* Sets SO_LINGER {1, 0} so that close() sends a reset. */
+void ph_sock_set_rst(int fd);
+
+/* Reads and clears the socket's pending error (SO_ERROR): 0 or -errno. */
+int ph_sock_error(int fd);
+
+/* A message for a bind() failure that a newcomer understands. */
+const char *ph_bind_strerror(int err);
+
+#endif /* PH_CORE_NET_H */

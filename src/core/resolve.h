@@ -1,0 +1,38 @@
+/*
+ * Name resolution that never blocks the loop: c-ares, one channel per worker, its sockets
+ * watched by the worker's epoll and its timeouts by the timer heap. Settings come from
+ * /etc/resolv.conf and /etc/hosts.
+ */
+#ifndef PH_CORE_RESOLVE_H
+#define PH_CORE_RESOLVE_H
+
+#include <stdint.h>
+
+#include "core/addr.h"
+
+struct ph_worker;
+struct ph_resolver;
+
+#define PH_RESOLVE_MAX 8 /* addresses kept per answer */
+
+/*
+ * Called once with the answer: err 0 and n >= 1 addresses (port set), with the answer's
+ * time to live in seconds; or err < 0 (-ENOENT no such name, -ETIMEDOUT, -EIO) and a
+ * static reason in why.
+ */
+typedef void (*ph_resolve_fn)(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                              unsigned n, uint32_t ttl);
+
+/* Must run once in the main thread before any worker resolves. Returns 0 or -EIO. */
+int ph_resolve_global_init(void);
+
+/*
+ * Starts resolving name on worker w's loop (w's thread only). arg must live until cb runs;
+ * cb never runs from inside this call. Returns 0, or -errno and cb is never called.
+ */
+int ph_resolve(struct ph_worker *w, const char *name, uint16_t port, ph_resolve_fn cb, void *arg);
+
+/* Frees a resolver (NULL is fine). Pending queries are dropped without their callbacks. */
+void ph_resolver_free(struct ph_resolver *r);
+
+#endif /* PH_CORE_RESOLVE_H */

@@ -1,0 +1,67 @@
+/* Small helpers shared by every module: container_of, an intrusive list, array sizes. */
+#ifndef PH_CORE_UTIL_H
+#define PH_CORE_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PH_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* Doubly linked, circular, intrusive list [libuv queue.h, kernel list.h]. */
+struct ph_list {
+	struct ph_list *next, *prev;
+};
+
+static inline void ph_list_init(struct ph_list *l)
+{
+	l->next = l;
+	l->prev = l;
+}
+
+static inline bool ph_list_empty(const struct ph_list *l)
+{
+	return l->next == l;
+}
+
+/* Inserts n before head, i.e. at the tail of the list headed by head. */
+static inline void ph_list_add_tail(struct ph_list *head, struct ph_list *n)
+{
+	n->prev = head->prev;
+	n->next = head;
+	head->prev->next = n;
+	head->prev = n;
+}
+
+/* Unlinks n and leaves it self-linked, so a second del is harmless. */
+static inline void ph_list_del(struct ph_list *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+	n->next = n;
+	n->prev = n;
+}
+
+#define ph_list_for_each_safe(pos, tmp, head)                                                      \
+	for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head);                           \
+	     (pos) = (tmp), (tmp) = (pos)->next)
+
+/* Monotonic clock in milliseconds. */
+uint64_t ph_now_ms(void);
+
+/*
+ * Parses a duration: a decimal number with an optional unit ms, s, m or h (no unit means
+ * seconds). Returns 0 and the value in milliseconds in *ms, or -EINVAL.
+ */
+int ph_parse_duration(const char *s, uint64_t *ms);
+
+/* Parses a decimal unsigned integer in [min, max]. Returns 0, -EINVAL or -ERANGE. */
+int ph_parse_uint(const char *s, unsigned long long min, unsigned long long max,
+                  unsigned long long *out);
+
+/* Formats a byte count as "1.2 MiB" into buf. Returns buf. */
+const char *ph_fmt_bytes(uint64_t n, char *buf, size_t len);
+
+#endif /* PH_CORE_UTIL_H */

@@ -1,0 +1,103 @@
+/*
+ * Workers: one thread each, with its own loop, pipe pool, resolver and counters; nothing
+ * hot is shared. The main thread owns signals (signalfd) and tells workers to drain or to
+ * abort through an eventfd. A worker stops when told to drain and its last connection ends.
+ */
+#ifndef PH_CORE_WORKER_H
+#define PH_CORE_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "core/pipepool.h"
+
+struct ph_resolver;
+
+/* Counters of one worker: written only by it (relaxed stores), read by anyone. */
+struct ph_stats {
+	uint64_t accepted;       /* connections admitted */
+	uint64_t active;         /* connections alive now */
+	uint64_t bytes_up;       /* client -> target */
+	uint64_t bytes_down;     /* target -> client */
+	uint64_t spliced;        /* bytes moved by splice(2) (zero copy) */
+	uint64_t copied;         /* bytes moved through a user-space buffer */
+	uint64_t denied;         /* refused by --allow/--deny */
+	uint64_t over_limit;     /* refused by --max-conns */
+	uint64_t connect_failed; /* connections whose every target failed */
+	uint64_t resets;         /* resets passed on */
+	uint64_t errors;         /* other failures (fds, memory) */
+};
+
+#define PH_STAT_ADD(w, field, n)                                                                   \
+	__atomic_store_n(&(w)->stats.field,                                                        \
+	                 __atomic_load_n(&(w)->stats.field, __ATOMIC_RELAXED) + (n),               \
+	                 __ATOMIC_RELAXED)
+#define PH_STAT_GET(w, field) __atomic_load_n(&(w)->stats.field, __ATOMIC_RELAXED)
+
+enum ph_worker_cmd {
+	PH_WORKER_DRAIN = 1, /* stop accepting; stop when the last connection ends */
+	PH_WORKER_ABORT = 2, /* close every connection now and stop */
+};
+
+struct ph_worker;
+struct ph_worker_hook;
+typedef void (*ph_worker_hook_fn)(struct ph_worker_hook *h, enum ph_worker_cmd cmd);
+
+/* A service's way to hear drain and abort commands, embedded in the service. */
+struct ph_worker_hook {
+	struct ph_list node;
+	ph_worker_hook_fn fn;
+};
+
+struct ph_worker {
+	int id;
+	struct ph_loop loop;
+	struct ph_pipepool pipes;
+	struct ph_resolver *resolver; /* owned; made on first use */
+	struct ph_stats stats;
+	struct ph_list hooks;
+	uint64_t live;    /* connections that keep the worker alive while draining */
+	uint64_t next_id; /* connection ids, unique within the worker */
+	bool draining;
+	/* cross-thread */
+	int cmd_fd; /* eventfd the main thread writes to */
+	struct ph_io cmd_io;
+	int cmd;     /* atomic: PH_WORKER_* bits pending */
+	int done_fd; /* borrowed: the main thread's eventfd, bumped when this worker ends */
+	pthread_t thread;
+	bool started;
+};
+
+/* Sizing knobs every worker gets. */
+struct ph_worker_opts {
+	unsigned pipe_size;   /* bytes per splice pipe, 0 = the kernel's default */
+	unsigned spare_pipes; /* pipes kept per worker for reuse */
+};
+
+/* Prepares worker id (loop, pools, command eventfd). Returns 0 or -errno. */
+int ph_worker_init(struct ph_worker *w, int id, const struct ph_worker_opts *o, int done_fd);
+
+/* Starts its thread. Returns 0 or -errno. */
+int ph_worker_start(struct ph_worker *w);
+
+/* Called from another thread: posts cmd to the worker. */
+void ph_worker_post(struct ph_worker *w, enum ph_worker_cmd cmd);
+
+/* Joins the thread (if started) and frees what init made. */
+void ph_worker_destroy(struct ph_worker *w);
+
+void ph_worker_hook_add(struct ph_worker *w, struct ph_worker_hook *h, ph_worker_hook_fn fn);
+
+/* A connection starts or ends on w; the last end of a draining worker stops it. */
+void ph_worker_conn_inc(struct ph_worker *w);
+void ph_worker_conn_dec(struct ph_worker *w);
+
+/* The worker running on this thread, or NULL on the main thread. */
+struct ph_worker *ph_worker_self(void);
+
+/* Sums the counters of n workers into *out. */
+void ph_stats_sum(struct ph_worker *const *w, unsigned n, struct ph_stats *out);
+
+#endif /* PH_CORE_WORKER_H */

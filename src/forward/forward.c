@@ -1,0 +1,677 @@
+#include "forward/forward.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/net.h"
+#include "core/resolve.h"
+#include "core/sys.h"
+#include "core/worker.h"
+#include "relay/pump.h"
+
+#define FWD_ACCEPT_BUDGET  64   /* accepts per wake-up before yielding */
+#define FWD_PAUSE_MS       100  /* accept pause after running out of fds */
+#define FWD_BACKOFF_MIN_MS 1000 /* first back-off of a failed target, doubled per failure */
+#define FWD_BACKOFF_MAX_MS 10000
+#define FWD_DNS_TTL_MIN_S  1
+#define FWD_DNS_TTL_MAX_S  300
+#define FWD_DNS_NEG_MS     1000 /* how long a failed lookup is remembered */
+#define FWD_LOG_PER_SEC    10   /* lines per second per kind of refusal */
+
+enum fwd_state {
+	FWD_RESOLVING = 0, /* waiting for the target's name; connect deadline armed */
+	FWD_CONNECTING,    /* connect() in flight; connect deadline armed */
+	FWD_RELAYING,      /* the pump moves bytes; idle deadline armed when set */
+	FWD_CLOSED,        /* closed; freed after this batch of events */
+	FWD__NSTATES       /* must stay last */
+};
+
+static const char *const fwd_state_name[FWD__NSTATES] = {"resolving", "connecting", "relaying",
+                                                         "closed"};
+
+/* A target name's addresses as this worker last resolved them. */
+struct fwd_dns {
+	struct fwd_wrule *wr;
+	unsigned t; /* index of the target */
+	struct ph_addr addrs[PH_RESOLVE_MAX];
+	unsigned n;
+	uint64_t expires; /* loop ms; 0: never resolved */
+	int err;          /* of the last lookup, 0 when addrs are good */
+	const char *why;
+	bool busy;              /* a lookup is in flight */
+	struct ph_list waiters; /* fwd_conn.wait of connections waiting for it */
+};
+
+/* One rule on one worker: its listener, its connections, its view of the targets' names. */
+struct fwd_wrule {
+	struct ph_forward_rule *rule; /* borrowed */
+	struct ph_worker *w;          /* borrowed */
+	struct ph_io lio;             /* the listener; closed when draining */
+	struct ph_timer pause;        /* accepting resumes after an fd shortage */
+	struct ph_task more;          /* accepting goes on after a full budget */
+	struct ph_worker_hook hook;
+	struct ph_list conns; /* fwd_conn.node of live connections */
+	unsigned rr;          /* round-robin position */
+	struct fwd_dns dns[PH_FORWARD_MAX_TARGETS];
+	struct ph_ratelimit rl_denied, rl_full, rl_accept, rl_target;
+};
+
+struct fwd_conn {
+	struct ph_pump pump;   /* io[0] the client, io[1] the target (also while connecting) */
+	struct ph_timer timer; /* connect or idle deadline */
+	struct ph_task reap;
+	struct ph_list node; /* in wr->conns */
+	struct ph_list wait; /* in a fwd_dns.waiters while resolving */
+	struct fwd_wrule *wr;
+	struct ph_addr peer; /* the client */
+	struct ph_addr dst;  /* the target address tried last */
+	uint64_t id;
+	uint64_t start; /* loop ms at accept */
+	uint32_t tried; /* bit per target already tried */
+	int lasterr;    /* of the last failed attempt */
+	uint8_t state;
+	int8_t tgt; /* current target, -1 before the first */
+	uint8_t ai; /* address index within the target */
+};
+
+static void fwd_next(struct fwd_conn *c);
+
+#define fwd_set_state(c, s) fwd_set_state_((c), (s), __LINE__)
+static void fwd_set_state_(struct fwd_conn *c, enum fwd_state s, int line)
+{
+	ph_debug("c%llu: %s -> %s (line %d)", (unsigned long long)c->id, fwd_state_name[c->state],
+	         fwd_state_name[s], line);
+	c->state = (uint8_t)s;
+}
+
+static const char *rule_label(const struct ph_forward_rule *r, char *buf, size_t len)
+{
+	char a[PH_ADDR_STRLEN];
+
+	if (r->name[0] != '\0')
+		snprintf(buf, len, "%s", r->name);
+	else
+		snprintf(buf, len, "forward %s", ph_addr_fmt(&r->listen.addr, a, sizeof(a)));
+	return buf;
+}
+
+static void fwd_reap(struct ph_task *t)
+{
+	free(container_of(t, struct fwd_conn, reap));
+}
+
+/*
+ * The one close path: logs one line (reason, bytes each way, duration), closes both
+ * sockets (with resets when rst), and frees c after this batch. Idempotent.
+ */
+static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
+{
+	struct fwd_wrule *wr = c->wr;
+	struct ph_worker *w = wr->w;
+	char peer[PH_ADDR_STRLEN], dst[PH_ADDR_STRLEN];
+	enum ph_log_level lvl = err != 0 ? PH_LOG_INFO : PH_LOG_DEBUG;
+
+	if (c->state == FWD_CLOSED)
+		return;
+	if (lvl <= ph_log_level) {
+		ph_log_(lvl, "c%llu %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms",
+		        (unsigned long long)c->id, ph_addr_fmt(&c->peer, peer, sizeof(peer)),
+		        c->tgt >= 0 ? ph_addr_fmt(&c->dst, dst, sizeof(dst)) : "-", reason,
+		        err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
+		        (unsigned long long)c->pump.dir[0].bytes,
+		        (unsigned long long)c->pump.dir[1].bytes,
+		        (unsigned long long)(w->loop.now - c->start));
+	}
+	fwd_set_state(c, FWD_CLOSED);
+	ph_timer_stop(&w->loop, &c->timer);
+	ph_list_del(&c->wait);
+	ph_list_del(&c->node);
+	ph_pump_close(&c->pump, rst);
+	__atomic_fetch_sub(&wr->rule->live, 1, __ATOMIC_RELAXED);
+	ph_task_queue(&w->loop, &c->reap);
+	ph_worker_conn_dec(w);
+}
+
+static void fwd_on_pump_done(struct ph_pump *p, int err, int side)
+{
+	struct fwd_conn *c = container_of(p, struct fwd_conn, pump);
+
+	if (err == 0) {
+		fwd_close(c, false, "closed", 0);
+		return;
+	}
+	PH_STAT_ADD(c->wr->w, resets, 1);
+	/* the other side gets a reset too: that is how a reset is passed on */
+	fwd_close(c, true, side == 0 ? "client reset" : side == 1 ? "target reset" : "failed", err);
+}
+
+static void fwd_on_timer(struct ph_timer *t)
+{
+	struct fwd_conn *c = container_of(t, struct fwd_conn, timer);
+	struct ph_loop *l = &c->wr->w->loop;
+	uint64_t idle = c->wr->rule->idle_timeout;
+
+	switch (c->state) {
+	case FWD_RESOLVING:
+		ph_list_del(&c->wait);
+		c->lasterr = -ETIMEDOUT;
+		c->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
+		fwd_next(c);
+		break;
+	case FWD_CONNECTING:
+		c->lasterr = -ETIMEDOUT;
+		ph_io_close(l, &c->pump.io[1]);
+		fwd_next(c);
+		break;
+	case FWD_RELAYING:
+		/* the deadline is not moved per byte: check the last activity and re-arm */
+		if (l->now - c->pump.last >= idle)
+			fwd_close(c, false, "idle timeout", 0);
+		else
+			ph_timer_arm(l, &c->timer, idle - (l->now - c->pump.last));
+		break;
+	default:
+		PH_BUG_ON(1);
+		break;
+	}
+}
+
+static void target_ok(struct ph_forward_target *t)
+{
+	if (__atomic_load_n(&t->fails, __ATOMIC_RELAXED) != 0) {
+		__atomic_store_n(&t->fails, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&t->backoff_until, 0, __ATOMIC_RELAXED);
+	}
+}
+
+static void target_failed(struct fwd_conn *c, int err)
+{
+	struct ph_forward_target *t = &c->wr->rule->targets[c->tgt];
+	uint32_t fails = __atomic_add_fetch(&t->fails, 1, __ATOMIC_RELAXED);
+	uint64_t backoff = FWD_BACKOFF_MIN_MS;
+	char a[PH_ADDR_STRLEN];
+
+	for (uint32_t i = 1; i < fails && backoff < FWD_BACKOFF_MAX_MS; i++)
+		backoff *= 2;
+	if (backoff > FWD_BACKOFF_MAX_MS)
+		backoff = FWD_BACKOFF_MAX_MS;
+	__atomic_store_n(&t->backoff_until, c->wr->w->loop.now + backoff, __ATOMIC_RELAXED);
+	if (ph_ratelimit_ok(&c->wr->rl_target, c->wr->w->loop.now, FWD_LOG_PER_SEC))
+		ph_warn("target %s:%u (%s) failed: %s; skipped for %llu ms",
+		        t->hp.host[0] ? t->hp.host : "*", t->hp.port,
+		        c->tgt >= 0 ? ph_addr_fmt(&c->dst, a, sizeof(a)) : "-", strerror(-err),
+		        (unsigned long long)backoff);
+}
+
+static void fwd_on_connect(struct ph_io *io, uint32_t events)
+{
+	struct fwd_conn *c = container_of(io, struct fwd_conn, pump.io[1]);
+	struct ph_loop *l = &c->wr->w->loop;
+	int err;
+
+	if (events & (EPOLLERR | EPOLLHUP)) {
+		err = ph_sock_error(io->fd);
+		c->lasterr = err < 0 ? err : -ECONNREFUSED;
+		ph_io_close(l, io);
+		fwd_next(c);
+		return;
+	}
+	if (!(events & EPOLLOUT))
+		return;
+	ph_timer_stop(l, &c->timer);
+	target_ok(&c->wr->rule->targets[c->tgt]);
+	err = ph_pump_start(&c->pump, true);
+	if (err < 0) {
+		PH_STAT_ADD(c->wr->w, errors, 1);
+		fwd_close(c, true, "cannot start relaying", err);
+		return;
+	}
+	fwd_set_state(c, FWD_RELAYING);
+	if (c->wr->rule->idle_timeout != 0)
+		ph_timer_arm(l, &c->timer, c->wr->rule->idle_timeout);
+}
+
+/* Starts connecting to c->dst. Returns 0, or -errno when the attempt failed at once. */
+static int fwd_connect(struct fwd_conn *c)
+{
+	struct ph_loop *l = &c->wr->w->loop;
+	int fd, err;
+
+	fd = ph_tcp_connect(&c->dst);
+	if (fd < 0)
+		return fd;
+	ph_io_init(&c->pump.io[1], fd, fwd_on_connect);
+	err = ph_io_add(l, &c->pump.io[1], EPOLLOUT | EPOLLET);
+	if (err < 0) {
+		ph_io_close(l, &c->pump.io[1]);
+		return err;
+	}
+	fwd_set_state(c, FWD_CONNECTING);
+	ph_timer_arm(l, &c->timer, c->wr->rule->connect_timeout);
+	return 0;
+}
+
+/* Picks the next target to try: round robin, those in back-off last. -1 when none is left. */
+static int fwd_pick(struct fwd_conn *c)
+{
+	struct ph_forward_rule *r = c->wr->rule;
+	unsigned start = c->wr->rr, best = 0;
+	uint64_t best_until = UINT64_MAX;
+	bool found = false;
+
+	for (unsigned k = 0; k < r->ntargets; k++) {
+		unsigned t = (start + k) % r->ntargets;
+		uint64_t until;
+
+		if (c->tried & (1u << t))
+			continue;
+		until = __atomic_load_n(&r->targets[t].backoff_until, __ATOMIC_RELAXED);
+		if (until <= c->wr->w->loop.now)
+			return (int)t;
+		if (until < best_until) { /* all in back-off: the one that recovers first */
+			best_until = until;
+			best = t;
+			found = true;
+		}
+	}
+	return found ? (int)best : -1;
+}
+
+static void fwd_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                            unsigned n, uint32_t ttl)
+{
+	struct fwd_dns *d = arg;
+	struct ph_loop *l = &d->wr->w->loop;
+	struct ph_list *it, *tmp;
+
+	d->busy = false;
+	d->err = err;
+	d->why = why;
+	d->n = err == 0 ? n : 0;
+	if (err == 0) {
+		memcpy(d->addrs, addrs, n * sizeof(*addrs));
+		ttl = ttl < FWD_DNS_TTL_MIN_S   ? FWD_DNS_TTL_MIN_S
+		      : ttl > FWD_DNS_TTL_MAX_S ? FWD_DNS_TTL_MAX_S
+		                                : ttl;
+		d->expires = l->now + (uint64_t)ttl * 1000;
+	} else {
+		ph_warn("cannot resolve %s: %s", d->wr->rule->targets[d->t].hp.host, why);
+		d->expires = l->now + FWD_DNS_NEG_MS;
+	}
+	ph_list_for_each_safe(it, tmp, &d->waiters) {
+		struct fwd_conn *c = container_of(it, struct fwd_conn, wait);
+
+		ph_list_del(&c->wait);
+		ph_timer_stop(l, &c->timer);
+		c->ai = 0;
+		if (err == 0) {
+			c->dst = d->addrs[0];
+			err = fwd_connect(c);
+			if (err == 0)
+				continue;
+			c->lasterr = err;
+		} else {
+			c->lasterr = err;
+			c->ai = PH_RESOLVE_MAX; /* no address to go on with */
+		}
+		fwd_next(c);
+		err = d->err;
+	}
+}
+
+/*
+ * Moves c on to the next thing to try after a failure (or first): the target's next
+ * address, then the next target. Closes c when nothing is left.
+ */
+static void fwd_next(struct fwd_conn *c)
+{
+	struct fwd_wrule *wr = c->wr;
+	struct ph_forward_rule *r = wr->rule;
+	struct ph_loop *l = &wr->w->loop;
+
+	for (;;) {
+		const struct ph_addr *addrs = NULL;
+		unsigned naddrs = 0;
+		int t, err;
+
+		if (c->tgt >= 0) {
+			struct ph_forward_target *tg = &r->targets[c->tgt];
+
+			if (!tg->hp.is_name) {
+				naddrs = 1;
+			} else if (wr->dns[c->tgt].err == 0) {
+				naddrs = wr->dns[c->tgt].n;
+				addrs = wr->dns[c->tgt].addrs;
+			}
+			if ((unsigned)c->ai + 1 < naddrs && addrs != NULL) {
+				c->ai++;
+				c->dst = addrs[c->ai];
+				err = fwd_connect(c);
+				if (err == 0)
+					return;
+				c->lasterr = err;
+				continue;
+			}
+			if (c->lasterr != 0)
+				target_failed(c, c->lasterr);
+		}
+		t = fwd_pick(c);
+		if (t < 0) {
+			PH_STAT_ADD(wr->w, connect_failed, 1);
+			fwd_close(c, true, "no target reachable",
+			          c->lasterr != 0 ? c->lasterr : -EHOSTUNREACH);
+			return;
+		}
+		c->tgt = (int8_t)t;
+		c->ai = 0;
+		c->tried |= 1u << t;
+		wr->rr = ((unsigned)t + 1) % r->ntargets;
+		if (!r->targets[t].hp.is_name) {
+			c->dst = r->targets[t].hp.addr;
+		} else {
+			struct fwd_dns *d = &wr->dns[t];
+
+			if (d->expires == 0 || d->expires <= l->now) {
+				/* stale or never looked up: wait for a fresh answer */
+				if (!d->busy) {
+					err = ph_resolve(wr->w, r->targets[t].hp.host,
+					                 r->targets[t].hp.port, fwd_on_resolved, d);
+					if (err < 0) {
+						c->lasterr = err;
+						continue;
+					}
+					d->busy = true;
+				}
+				ph_list_add_tail(&d->waiters, &c->wait);
+				fwd_set_state(c, FWD_RESOLVING);
+				ph_timer_arm(l, &c->timer, r->connect_timeout);
+				return;
+			}
+			if (d->err != 0) {
+				c->lasterr = d->err;
+				continue;
+			}
+			c->dst = d->addrs[0];
+		}
+		err = fwd_connect(c);
+		if (err == 0)
+			return;
+		c->lasterr = err;
+	}
+}
+
+/* A new client on wr: checks the rules and the limit, then starts connecting. Takes fd. */
+static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
+{
+	struct ph_forward_rule *r = wr->rule;
+	struct ph_worker *w = wr->w;
+	char a[PH_ADDR_STRLEN], label[96];
+	struct fwd_conn *c;
+	uint64_t live;
+
+	if (!ph_acl_allows(&r->acl, peer)) {
+		PH_STAT_ADD(w, denied, 1);
+		if (ph_ratelimit_ok(&wr->rl_denied, w->loop.now, FWD_LOG_PER_SEC))
+			ph_info("%s: denied %s by --allow/--deny",
+			        rule_label(r, label, sizeof(label)),
+			        ph_addr_fmt(peer, a, sizeof(a)));
+		ph_sock_set_rst(fd);
+		close(fd);
+		return;
+	}
+	live = __atomic_add_fetch(&r->live, 1, __ATOMIC_RELAXED);
+	if (r->max_conns != 0 && live > r->max_conns) {
+		__atomic_fetch_sub(&r->live, 1, __ATOMIC_RELAXED);
+		PH_STAT_ADD(w, over_limit, 1);
+		if (ph_ratelimit_ok(&wr->rl_full, w->loop.now, FWD_LOG_PER_SEC))
+			ph_warn("%s: refused %s: --max-conns %u reached",
+			        rule_label(r, label, sizeof(label)),
+			        ph_addr_fmt(peer, a, sizeof(a)), r->max_conns);
+		ph_sock_set_rst(fd);
+		close(fd);
+		return;
+	}
+	c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		__atomic_fetch_sub(&r->live, 1, __ATOMIC_RELAXED);
+		PH_STAT_ADD(w, errors, 1);
+		ph_err("%s: out of memory: refused %s", rule_label(r, label, sizeof(label)),
+		       ph_addr_fmt(peer, a, sizeof(a)));
+		close(fd);
+		return;
+	}
+	ph_sock_nodelay(fd);
+	ph_pump_init(&c->pump, w, fd, -1, fwd_on_pump_done);
+	ph_timer_init(&c->timer, fwd_on_timer);
+	ph_task_init(&c->reap, fwd_reap);
+	ph_list_init(&c->wait);
+	ph_list_add_tail(&wr->conns, &c->node);
+	c->wr = wr;
+	c->peer = *peer;
+	c->id = ++w->next_id;
+	c->start = w->loop.now;
+	c->tgt = -1;
+	c->state = FWD_CONNECTING;
+	ph_worker_conn_inc(w);
+	PH_STAT_ADD(w, accepted, 1);
+	ph_debug("c%llu: accepted %s", (unsigned long long)c->id, ph_addr_fmt(peer, a, sizeof(a)));
+	fwd_next(c);
+}
+
+static void fwd_accept_some(struct fwd_wrule *wr)
+{
+	struct ph_worker *w = wr->w;
+	char label[96];
+
+	for (unsigned i = 0; i < FWD_ACCEPT_BUDGET; i++) {
+		struct ph_addr peer;
+		socklen_t len = sizeof(peer.u);
+		int fd;
+
+		if (wr->lio.fd == -1)
+			return;
+		fd = ph_sys.accept4(wr->lio.fd, &peer.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd == -1) {
+			switch (errno) {
+			case EAGAIN:
+				return;
+			case EINTR:
+			case ECONNABORTED:
+			case EPERM:
+				continue;
+			case EMFILE:
+			case ENFILE:
+			case ENOBUFS:
+			case ENOMEM:
+				/* the client waits in the backlog; retry once fds are freed */
+				PH_STAT_ADD(w, errors, 1);
+				if (ph_ratelimit_ok(&wr->rl_accept, w->loop.now, 1))
+					ph_err("%s: cannot accept: %s (raise the limit with ulimit "
+					       "-n); pausing %d ms",
+					       rule_label(wr->rule, label, sizeof(label)),
+					       strerror(errno), FWD_PAUSE_MS);
+				ph_timer_arm(&w->loop, &wr->pause, FWD_PAUSE_MS);
+				return;
+			default:
+				ph_err("%s: accept: %s", rule_label(wr->rule, label, sizeof(label)),
+				       strerror(errno));
+				ph_timer_arm(&w->loop, &wr->pause, FWD_PAUSE_MS);
+				return;
+			}
+		}
+		peer.len = len;
+		ph_addr_unmap(&peer);
+		fwd_admit(wr, fd, &peer);
+	}
+	ph_task_queue(&w->loop, &wr->more); /* more may be waiting: after the others */
+}
+
+static void fwd_on_accept(struct ph_io *io, uint32_t events)
+{
+	(void)events;
+	fwd_accept_some(container_of(io, struct fwd_wrule, lio));
+}
+
+static void fwd_on_more(struct ph_task *t)
+{
+	fwd_accept_some(container_of(t, struct fwd_wrule, more));
+}
+
+static void fwd_on_pause(struct ph_timer *t)
+{
+	fwd_accept_some(container_of(t, struct fwd_wrule, pause));
+}
+
+static void fwd_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
+{
+	struct fwd_wrule *wr = container_of(h, struct fwd_wrule, hook);
+	struct ph_loop *l = &wr->w->loop;
+	struct ph_list *it, *tmp;
+
+	/* both stop accepting; abort also ends what is live */
+	ph_io_close(l, &wr->lio);
+	ph_timer_stop(l, &wr->pause);
+	ph_task_cancel(&wr->more);
+	if (cmd != PH_WORKER_ABORT)
+		return;
+	ph_list_for_each_safe(it, tmp, &wr->conns) {
+		fwd_close(container_of(it, struct fwd_conn, node), false, "shutdown", 0);
+	}
+}
+
+struct ph_forward_rule *ph_forward_rule_new(void)
+{
+	struct ph_forward_rule *r = calloc(1, sizeof(*r));
+
+	if (r == NULL)
+		return NULL;
+	r->connect_timeout = 5000;
+	return r;
+}
+
+static void wrule_free(struct fwd_wrule *wr)
+{
+	struct ph_list *it, *tmp;
+
+	if (wr == NULL)
+		return;
+	/* connections left after the workers ended (aborted start): close without events */
+	ph_list_for_each_safe(it, tmp, &wr->conns) {
+		struct fwd_conn *c = container_of(it, struct fwd_conn, node);
+
+		ph_list_del(&c->node);
+		ph_pump_close(&c->pump, false);
+		free(c);
+	}
+	if (wr->lio.fd != -1)
+		close(wr->lio.fd);
+	ph_list_del(&wr->hook.node);
+	ph_timer_stop(&wr->w->loop, &wr->pause);
+	ph_task_cancel(&wr->more);
+	free(wr);
+}
+
+void ph_forward_rule_free(struct ph_forward_rule *r)
+{
+	if (r == NULL)
+		return;
+	for (unsigned i = 0; i < r->nwr; i++)
+		wrule_free(r->wr[i]);
+	free(r->wr);
+	ph_acl_free(&r->acl);
+	free(r);
+}
+
+static int listen_one(struct ph_forward_rule *r, bool reuseport, struct ph_addr *bound)
+{
+	struct ph_addr a = r->listen.addr;
+	int fd;
+
+	if (r->listen.wildcard) {
+		/* :PORT means every interface: IPv6 with IPv4 mapped, or IPv4 alone */
+		fd = ph_tcp_listen(&a, false, reuseport);
+		if (fd == -EAFNOSUPPORT || fd == -EADDRNOTAVAIL) {
+			ph_addr_from_literal("0.0.0.0", r->listen.port, &a);
+			fd = ph_tcp_listen(&a, false, reuseport);
+		}
+	} else {
+		fd = ph_tcp_listen(&a, true, reuseport);
+	}
+	*bound = a;
+	return fd;
+}
+
+int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
+                     size_t whylen)
+{
+	struct ph_addr bound;
+	char a[PH_ADDR_STRLEN];
+	int fd, err;
+
+	/*
+	 * SO_REUSEPORT would let us share a port with another program's reuseport listener
+	 * without a word: a plain bind first proves the port is free.
+	 */
+	fd = listen_one(r, false, &bound);
+	if (fd < 0) {
+		snprintf(why, whylen, "cannot listen on %s: %s",
+		         ph_addr_fmt(&r->listen.addr, a, sizeof(a)), ph_bind_strerror(fd));
+		return fd;
+	}
+	close(fd);
+	r->wr = calloc(n, sizeof(*r->wr));
+	if (r->wr == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		struct fwd_wrule *wr = calloc(1, sizeof(*wr));
+
+		if (wr == NULL) {
+			snprintf(why, whylen, "out of memory");
+			err = -ENOMEM;
+			goto err_free;
+		}
+		wr->rule = r;
+		wr->w = w[i];
+		ph_io_init(&wr->lio, -1, fwd_on_accept);
+		ph_timer_init(&wr->pause, fwd_on_pause);
+		ph_task_init(&wr->more, fwd_on_more);
+		ph_list_init(&wr->conns);
+		ph_worker_hook_add(w[i], &wr->hook, fwd_on_cmd);
+		wr->rr = i % r->ntargets; /* workers start on different targets */
+		for (unsigned t = 0; t < PH_FORWARD_MAX_TARGETS; t++) {
+			wr->dns[t].wr = wr;
+			wr->dns[t].t = t;
+			ph_list_init(&wr->dns[t].waiters);
+		}
+		r->wr[r->nwr++] = wr;
+		fd = listen_one(r, true, &bound);
+		if (fd < 0) {
+			snprintf(why, whylen, "cannot listen on %s: %s",
+			         ph_addr_fmt(&bound, a, sizeof(a)), ph_bind_strerror(fd));
+			err = fd;
+			goto err_free;
+		}
+		wr->lio.fd = fd;
+		err = ph_io_add(&w[i]->loop, &wr->lio, EPOLLIN | EPOLLET);
+		if (err < 0) {
+			snprintf(why, whylen, "epoll: %s", strerror(-err));
+			goto err_free;
+		}
+	}
+	r->listen.addr = bound; /* what was really bound, for the logs */
+	return 0;
+
+err_free:
+	for (unsigned i = 0; i < r->nwr; i++)
+		wrule_free(r->wr[i]);
+	free(r->wr);
+	r->wr = NULL;
+	r->nwr = 0;
+	return err;
+}

@@ -1,0 +1,54 @@
+/*
+ * Static TCP forwarding: connections arriving at a listening address are relayed to one of
+ * the targets (round robin, skipping a target that failed until its back-off ends).
+ */
+#ifndef PH_FORWARD_FORWARD_H
+#define PH_FORWARD_FORWARD_H
+
+#include <stdint.h>
+
+#include "core/acl.h"
+#include "core/addr.h"
+
+struct ph_worker;
+struct fwd_wrule;
+
+#define PH_FORWARD_MAX_TARGETS 32
+
+struct ph_forward_target {
+	struct ph_hostport hp;
+	/* shared by the workers, updated with relaxed atomics */
+	uint64_t backoff_until; /* ms; skipped until then while another target is up */
+	uint32_t fails;         /* consecutive failures, 0 once a connect succeeds */
+};
+
+struct ph_forward_rule {
+	char name[64]; /* shown in logs; "" for none */
+	struct ph_hostport listen;
+	struct ph_forward_target targets[PH_FORWARD_MAX_TARGETS];
+	unsigned ntargets;
+	struct ph_acl acl;        /* owned */
+	unsigned max_conns;       /* 0: no limit */
+	uint64_t connect_timeout; /* ms per connect attempt */
+	uint64_t idle_timeout;    /* ms without bytes in either direction; 0: none */
+	/* run time */
+	uint64_t live;         /* atomic: connections alive, over all workers */
+	struct fwd_wrule **wr; /* owned: the rule's state on each worker */
+	unsigned nwr;
+};
+
+/* Defaults for a new rule. Returns NULL when out of memory. */
+struct ph_forward_rule *ph_forward_rule_new(void);
+
+/*
+ * Binds the rule's listener once per worker (SO_REUSEPORT) and registers it with each
+ * worker's loop; call before the workers start. Returns 0, or -errno with a one-line
+ * reason in why, and nothing is left bound.
+ */
+int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
+                     size_t whylen);
+
+/* Frees the rule and its per-worker state; the workers must have ended. NULL is fine. */
+void ph_forward_rule_free(struct ph_forward_rule *r);
+
+#endif /* PH_FORWARD_FORWARD_H */

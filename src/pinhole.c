@@ -1,0 +1,334 @@
+/*
+ * pinhole: the command line. Parses the words (one grammar, src/cli/), then runs the rules
+ * on the worker threads while the main thread owns the signals.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "config.h"
+#include "core/log.h"
+#include "core/resolve.h"
+#include "core/util.h"
+#include "core/worker.h"
+#include "forward/forward.h"
+
+#define FDS_BASE       32 /* stdio, epoll, eventfds, resolver sockets, a spare */
+#define FDS_PER_WORKER 8  /* epoll, eventfd, listener, spare pipes */
+#define FDS_PER_CONN   4  /* client, target, and a pipe while bytes are in flight */
+
+/* The main thread's view while the workers run. */
+struct ph_main {
+	struct ph_loop loop;
+	struct ph_io sig_io;
+	struct ph_io done_io;
+	struct ph_timer drain;
+	struct ph_worker **w;
+	unsigned nw, started, ended;
+	uint64_t drain_timeout;
+	bool draining, aborting;
+};
+
+static void main_abort(struct ph_main *m)
+{
+	if (m->aborting)
+		return;
+	m->aborting = true;
+	for (unsigned i = 0; i < m->nw; i++)
+		ph_worker_post(m->w[i], PH_WORKER_ABORT);
+}
+
+static void main_on_drain_timeout(struct ph_timer *t)
+{
+	struct ph_main *m = container_of(t, struct ph_main, drain);
+	struct ph_stats s;
+
+	ph_stats_sum(m->w, m->nw, &s);
+	ph_warn("drain timeout: closing %llu connections still open", (unsigned long long)s.active);
+	main_abort(m);
+}
+
+static void log_stats(struct ph_main *m, const char *what)
+{
+	struct ph_stats s;
+	char up[32], down[32];
+
+	ph_stats_sum(m->w, m->nw, &s);
+	ph_info("%s: %llu connections (%llu active), %s up, %s down, %llu bytes spliced, "
+	        "%llu copied, %llu denied, %llu over limit, %llu target failures, %llu resets, "
+	        "%llu errors",
+	        what, (unsigned long long)s.accepted, (unsigned long long)s.active,
+	        ph_fmt_bytes(s.bytes_up, up, sizeof(up)),
+	        ph_fmt_bytes(s.bytes_down, down, sizeof(down)), (unsigned long long)s.spliced,
+	        (unsigned long long)s.copied, (unsigned long long)s.denied,
+	        (unsigned long long)s.over_limit, (unsigned long long)s.connect_failed,
+	        (unsigned long long)s.resets, (unsigned long long)s.errors);
+}
+
+static void main_on_signal(struct ph_io *io, uint32_t events)
+{
+	struct ph_main *m = container_of(io, struct ph_main, sig_io);
+	struct signalfd_siginfo si;
+	struct ph_stats s;
+
+	(void)events;
+	while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		switch (si.ssi_signo) {
+		case SIGUSR1:
+			log_stats(m, "stats");
+			break;
+		case SIGTERM:
+		case SIGINT:
+			if (m->draining) {
+				ph_info("second signal: stopping now");
+				main_abort(m);
+				break;
+			}
+			m->draining = true;
+			ph_stats_sum(m->w, m->nw, &s);
+			ph_info("stopping: no new connections; %llu open ones get up to %llu ms",
+			        (unsigned long long)s.active, (unsigned long long)m->drain_timeout);
+			for (unsigned i = 0; i < m->nw; i++)
+				ph_worker_post(m->w[i], PH_WORKER_DRAIN);
+			ph_timer_arm(&m->loop, &m->drain, m->drain_timeout);
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+static void main_on_done(struct ph_io *io, uint32_t events)
+{
+	struct ph_main *m = container_of(io, struct ph_main, done_io);
+	uint64_t n;
+
+	(void)events;
+	if (read(io->fd, &n, sizeof(n)) != (ssize_t)sizeof(n))
+		return;
+	m->ended += (unsigned)n;
+	if (m->ended >= m->started)
+		ph_loop_stop(&m->loop);
+}
+
+/*
+ * Raises the soft fd limit to the hard one and checks it covers what the rules may need.
+ * Returns 0, or -EMFILE with a reason printed.
+ */
+static int check_fd_limit(const struct ph_config *cfg, unsigned nw)
+{
+	unsigned long long need = FDS_BASE + (unsigned long long)nw * FDS_PER_WORKER, conns = 0;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+		return 0;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	for (unsigned i = 0; i < cfg->nrules; i++) {
+		need += nw * FDS_PER_WORKER;
+		conns += cfg->rules[i]->max_conns;
+	}
+	if (rl.rlim_cur < need + 16) {
+		fprintf(stderr,
+		        "pinhole: too few file descriptors: the limit is %llu, and %u workers "
+		        "need at least %llu to start (raise it with ulimit -n)\n",
+		        (unsigned long long)rl.rlim_cur, nw, need + 16);
+		return -EMFILE;
+	}
+	if (conns != 0 && rl.rlim_cur < need + conns * FDS_PER_CONN) {
+		fprintf(stderr,
+		        "pinhole: too few file descriptors: the limit is %llu, but --max-conns "
+		        "%llu needs about %llu (raise it with ulimit -n, or lower --max-conns)\n",
+		        (unsigned long long)rl.rlim_cur, conns, need + conns * FDS_PER_CONN);
+		return -EMFILE;
+	}
+	return 0;
+}
+
+static unsigned online_cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;
+}
+
+static void log_rule(const struct ph_forward_rule *r, unsigned nw)
+{
+	char l[PH_ADDR_STRLEN], t[512];
+	size_t off = 0;
+
+	t[0] = '\0';
+	for (unsigned i = 0; i < r->ntargets && off < sizeof(t); i++) {
+		const struct ph_hostport *hp = &r->targets[i].hp;
+		int n;
+
+		if (hp->is_name)
+			n = snprintf(t + off, sizeof(t) - off, "%s%s:%u", i ? ", " : "", hp->host,
+			             hp->port);
+		else
+			n = snprintf(t + off, sizeof(t) - off, "%s%s", i ? ", " : "",
+			             ph_addr_fmt(&hp->addr, l, sizeof(l)));
+		if (n < 0)
+			break;
+		off += (size_t)n;
+	}
+	ph_info("%s%sforwarding tcp %s -> %s (%u workers)", r->name, r->name[0] ? ": " : "",
+	        ph_addr_fmt(&r->listen.addr, l, sizeof(l)), t, nw);
+}
+
+/* Runs the configured rules until a signal stops them. Returns the exit status. */
+static int run(struct ph_config *cfg)
+{
+	struct ph_worker_opts wo = {.pipe_size = cfg->pipe_size, .spare_pipes = 64};
+	struct ph_main m;
+	sigset_t sigs;
+	char why[256];
+	int sfd, dfd, err, status = 1;
+	unsigned nw = cfg->workers != 0 ? cfg->workers : online_cpus();
+
+	if (check_fd_limit(cfg, nw) < 0)
+		return 1;
+	if (ph_resolve_global_init() < 0) {
+		fprintf(stderr, "pinhole: cannot initialise the resolver (c-ares)\n");
+		return 1;
+	}
+	/* the signals are read from a signalfd; every thread made after this inherits the mask */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	memset(&m, 0, sizeof(m));
+	m.drain_timeout = cfg->drain_timeout;
+	if (ph_loop_init(&m.loop) < 0)
+		return 1;
+	sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+	dfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (sfd == -1 || dfd == -1) {
+		fprintf(stderr, "pinhole: %s\n", strerror(errno));
+		goto out_fds;
+	}
+	ph_io_init(&m.sig_io, sfd, main_on_signal);
+	ph_io_init(&m.done_io, dfd, main_on_done);
+	ph_timer_init(&m.drain, main_on_drain_timeout);
+	if (ph_io_add(&m.loop, &m.sig_io, EPOLLIN) < 0 ||
+	    ph_io_add(&m.loop, &m.done_io, EPOLLIN) < 0)
+		goto out_fds;
+	m.w = calloc(nw, sizeof(*m.w));
+	if (m.w == NULL)
+		goto out_fds;
+	for (; m.nw < nw; m.nw++) {
+		m.w[m.nw] = malloc(sizeof(**m.w));
+		if (m.w[m.nw] == NULL)
+			goto out_workers;
+		err = ph_worker_init(m.w[m.nw], (int)m.nw, &wo, dfd);
+		if (err < 0) {
+			free(m.w[m.nw]);
+			fprintf(stderr, "pinhole: cannot start worker %u: %s\n", m.nw,
+			        strerror(-err));
+			goto out_workers;
+		}
+	}
+	for (unsigned i = 0; i < cfg->nrules; i++) {
+		err = ph_forward_start(cfg->rules[i], m.w, m.nw, why, sizeof(why));
+		if (err < 0) {
+			fprintf(stderr, "pinhole: %s\n", why);
+			goto out_workers;
+		}
+	}
+	for (unsigned i = 0; i < cfg->nrules; i++)
+		log_rule(cfg->rules[i], m.nw);
+	for (unsigned i = 0; i < m.nw; i++) {
+		err = ph_worker_start(m.w[i]);
+		if (err < 0) {
+			fprintf(stderr, "pinhole: cannot start a worker thread: %s\n",
+			        strerror(-err));
+			main_abort(&m);
+			break;
+		}
+		m.started++;
+	}
+	if (m.started == 0)
+		goto out_workers;
+	err = ph_loop_run(&m.loop);
+	if (err < 0)
+		ph_err("main loop: %s", strerror(-err));
+	else if (!m.aborting || m.draining)
+		status = 0;
+	log_stats(&m, "stopped");
+
+out_workers:
+	/* workers that never started are told to abort and are not waited for */
+	main_abort(&m);
+	for (unsigned i = 0; i < m.nw; i++)
+		ph_worker_destroy(m.w[i]);
+	ph_config_free(cfg);
+	for (unsigned i = 0; i < m.nw; i++)
+		free(m.w[i]);
+	free(m.w);
+out_fds:
+	if (sfd != -1)
+		close(sfd);
+	if (dfd != -1)
+		close(dfd);
+	ph_loop_free(&m.loop);
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	struct ph_config cfg;
+	struct ph_cli_error e;
+	const char *help;
+	int err;
+
+	signal(SIGPIPE, SIG_IGN); /* a write to a reset socket returns EPIPE instead */
+	ph_config_init(&cfg);
+	err = ph_cli_parse(argc - 1, argv + 1, &cfg, &e);
+	if (err == -ENOMEM) {
+		fprintf(stderr, "pinhole: out of memory\n");
+		return 1;
+	}
+	if (err < 0) {
+		fprintf(stderr, "pinhole: %s\n", e.msg);
+		ph_config_free(&cfg);
+		return 2;
+	}
+	switch (cfg.cmd) {
+	case PH_CMD_VERSION:
+		printf("pinhole %s\n", PH_VERSION);
+		ph_config_free(&cfg);
+		return 0;
+	case PH_CMD_HELP:
+		help = ph_cli_help(cfg.help_topic);
+		ph_config_free(&cfg);
+		if (help == NULL) {
+			fprintf(stderr, "pinhole: no help on '%s' (see pinhole --help)\n",
+			        cfg.help_topic);
+			return 2;
+		}
+		fputs(help, stdout);
+		return 0;
+	case PH_CMD_NONE:
+		fputs(ph_cli_help(""), stderr);
+		return 2;
+	case PH_CMD_FORWARD:
+		break;
+	}
+	err = (int)PH_LOG_INFO + cfg.verbosity;
+	ph_log_level = err < 0              ? PH_LOG_ERR
+	               : err > PH_LOG_DEBUG ? PH_LOG_DEBUG
+	                                    : (enum ph_log_level)err;
+	return run(&cfg);
+}

@@ -1,0 +1,247 @@
+#include "relay/pump.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+
+#include "core/log.h"
+#include "core/net.h"
+#include "core/sys.h"
+#include "core/worker.h"
+
+#define PUMP_RD 1u /* the socket may have bytes (or a FIN, or an error) to read */
+#define PUMP_WR 2u /* the socket may take bytes */
+
+#define PUMP_EOF  1u /* the source sent its FIN */
+#define PUMP_SHUT 2u /* the FIN was passed on: shutdown(SHUT_WR) of the destination */
+
+/* Bytes one direction may read per wake-up before yielding to other connections. */
+#define PUMP_BUDGET (1u << 20)
+
+#define PUMP_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+
+static void pump_run(struct ph_pump *p);
+
+static void pump_end(struct ph_pump *p, int err, int side)
+{
+	if (!p->running)
+		return;
+	p->running = false;
+	ph_task_cancel(&p->more);
+	p->done(p, err, side);
+}
+
+/* Marks readiness from an epoll event; an error is read from the socket and ends the pump. */
+static void pump_on_event(struct ph_pump *p, int side, uint32_t events)
+{
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		p->ready[side] |= PUMP_RD;
+	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+		p->ready[side] |= PUMP_WR;
+	if (events & EPOLLERR) {
+		int err = ph_sock_error(p->io[side].fd);
+
+		if (err < 0) {
+			pump_end(p, err == -EPIPE ? -ECONNRESET : err, side);
+			return;
+		}
+	}
+	pump_run(p);
+}
+
+static void pump_on_io0(struct ph_io *io, uint32_t events)
+{
+	pump_on_event(container_of(io, struct ph_pump, io[0]), 0, events);
+}
+
+static void pump_on_io1(struct ph_io *io, uint32_t events)
+{
+	pump_on_event(container_of(io, struct ph_pump, io[1]), 1, events);
+}
+
+static void pump_on_more(struct ph_task *t)
+{
+	pump_run(container_of(t, struct ph_pump, more));
+}
+
+/*
+ * Moves what it can in direction i: flush the pipe to the destination, refill it from the
+ * source, pass a FIN on once the pipe is empty. Stops at EAGAIN or when *budget is spent.
+ * Returns 0, or -errno with *eside set to the socket that failed.
+ */
+static int dir_run(struct ph_pump *p, int i, size_t *budget, int *eside)
+{
+	struct ph_pump_dir *d = &p->dir[i];
+	struct ph_pipepool *pp = &p->w->pipes;
+	int src = i, dst = 1 - i;
+	ssize_t n;
+	int err;
+
+	for (;;) {
+		bool moved = false;
+
+		if (d->inflight > 0 && (p->ready[dst] & PUMP_WR)) {
+			n = ph_sys.splice(d->pipe->fd[0], NULL, p->io[dst].fd, NULL, d->inflight,
+			                  SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			if (n > 0) {
+				d->inflight -= (uint32_t)n;
+				d->bytes += (uint64_t)n;
+				if (i == 0)
+					PH_STAT_ADD(p->w, bytes_up, (uint64_t)n);
+				else
+					PH_STAT_ADD(p->w, bytes_down, (uint64_t)n);
+				PH_STAT_ADD(p->w, spliced, (uint64_t)n);
+				moved = true;
+			} else if (n == -1 && errno == EAGAIN) {
+				p->ready[dst] &= ~PUMP_WR;
+			} else if (n == -1 && errno == EINTR) {
+				continue;
+			} else {
+				*eside = dst;
+				return n == 0 ? -EIO : (errno == EPIPE ? -ECONNRESET : -errno);
+			}
+		}
+		if (d->inflight == 0 && d->pipe != NULL) {
+			ph_pipe_put(pp, d->pipe); /* idle again: the pipe serves others */
+			d->pipe = NULL;
+		}
+		if (!(d->flags & PUMP_EOF) && (p->ready[src] & PUMP_RD) && *budget > 0 &&
+		    d->inflight < pp->capacity) {
+			size_t want = pp->capacity - d->inflight;
+
+			if (d->pipe == NULL) {
+				err = ph_pipe_get(pp, &d->pipe);
+				if (err < 0) {
+					*eside = -1;
+					return err;
+				}
+			}
+			if (want > *budget)
+				want = *budget;
+			n = ph_sys.splice(p->io[src].fd, NULL, d->pipe->fd[1], NULL, want,
+			                  SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			if (n > 0) {
+				d->inflight += (uint32_t)n;
+				*budget -= (size_t)n < *budget ? (size_t)n : *budget;
+				p->last = p->w->loop.now;
+				moved = true;
+			} else if (n == 0) {
+				d->flags |= PUMP_EOF;
+				moved = true;
+			} else if (errno == EAGAIN) {
+				/*
+				 * With bytes in the pipe, EAGAIN may mean "pipe full" rather than
+				 * "socket empty": keep the readiness and retry after a flush.
+				 */
+				if (d->inflight == 0)
+					p->ready[src] &= ~PUMP_RD;
+			} else if (errno == EINTR) {
+				continue;
+			} else {
+				*eside = src;
+				return -errno;
+			}
+		}
+		if ((d->flags & (PUMP_EOF | PUMP_SHUT)) == PUMP_EOF && d->inflight == 0) {
+			if (d->pipe != NULL) {
+				ph_pipe_put(pp, d->pipe);
+				d->pipe = NULL;
+			}
+			d->flags |= PUMP_SHUT;
+			if (shutdown(p->io[dst].fd, SHUT_WR) == -1 && errno != ENOTCONN) {
+				*eside = dst;
+				return -errno;
+			}
+		}
+		if (!moved)
+			return 0;
+	}
+}
+
+static bool dir_wants_more(const struct ph_pump *p, int i)
+{
+	return !(p->dir[i].flags & PUMP_EOF) && (p->ready[i] & PUMP_RD);
+}
+
+static void pump_run(struct ph_pump *p)
+{
+	size_t budget[2] = {PUMP_BUDGET, PUMP_BUDGET};
+	int err, side = -1;
+
+	if (!p->running)
+		return;
+	for (int i = 0; i < 2; i++) {
+		err = dir_run(p, i, &budget[i], &side);
+		if (err < 0) {
+			pump_end(p, err, side);
+			return;
+		}
+	}
+	if ((p->dir[0].flags & PUMP_SHUT) && (p->dir[1].flags & PUMP_SHUT)) {
+		pump_end(p, 0, -1);
+		return;
+	}
+	if ((budget[0] == 0 && dir_wants_more(p, 0)) || (budget[1] == 0 && dir_wants_more(p, 1)))
+		ph_task_queue(&p->w->loop, &p->more); /* yield; go on after other connections */
+}
+
+void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_done_fn done)
+{
+	ph_io_init(&p->io[0], a, pump_on_io0);
+	ph_io_init(&p->io[1], b, pump_on_io1);
+	for (int i = 0; i < 2; i++) {
+		p->dir[i].pipe = NULL;
+		p->dir[i].inflight = 0;
+		p->dir[i].flags = 0;
+		p->dir[i].bytes = 0;
+		p->ready[i] = 0;
+	}
+	p->running = false;
+	ph_task_init(&p->more, pump_on_more);
+	p->w = w;
+	p->last = w->loop.now;
+	p->done = done;
+}
+
+int ph_pump_start(struct ph_pump *p, bool b_registered)
+{
+	struct ph_loop *l = &p->w->loop;
+	int err;
+
+	p->io[1].cb = pump_on_io1;
+	err = b_registered ? ph_io_mod(l, &p->io[1], PUMP_EVENTS)
+	                   : ph_io_add(l, &p->io[1], PUMP_EVENTS);
+	if (err < 0)
+		return err;
+	err = ph_io_add(l, &p->io[0], PUMP_EVENTS);
+	if (err < 0)
+		return err;
+	p->running = true;
+	p->last = l->now;
+	/* epoll reports what is already pending on add; nothing to try before that */
+	return 0;
+}
+
+void ph_pump_close(struct ph_pump *p, bool rst)
+{
+	struct ph_pipepool *pp = &p->w->pipes;
+
+	p->running = false;
+	ph_task_cancel(&p->more);
+	for (int i = 0; i < 2; i++) {
+		struct ph_pump_dir *d = &p->dir[i];
+
+		if (d->pipe != NULL) {
+			if (d->inflight != 0)
+				ph_pipe_discard(pp, d->pipe);
+			else
+				ph_pipe_put(pp, d->pipe);
+			d->pipe = NULL;
+			d->inflight = 0;
+		}
+		if (p->io[i].fd != -1) {
+			if (rst)
+				ph_sock_set_rst(p->io[i].fd);
+			ph_io_close(&p->w->loop, &p->io[i]);
+		}
+	}
+}

@@ -1,0 +1,66 @@
+/*
+ * The TCP data path: moves bytes both ways between two connected sockets until both
+ * directions have ended. Used unchanged by forward, socks and the relay.
+ *
+ * Each direction splices socket -> pipe -> socket; the pipe comes from the worker's pool
+ * when bytes arrive and goes back as soon as it is empty, so an idle pump holds no pipe and
+ * no buffer. A FIN is passed on as a FIN (shutdown of the write side) while the other
+ * direction keeps flowing; a reset is passed on as a reset.
+ */
+#ifndef PH_RELAY_PUMP_H
+#define PH_RELAY_PUMP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "core/pipepool.h"
+
+struct ph_worker;
+struct ph_pump;
+
+/*
+ * Why a pump ended: 0 both directions finished with FINs; -ECONNRESET one side reset and
+ * the reset was passed on; other -errno a failure (no pipe, ...), both sides reset.
+ * side says which socket (0 or 1) the reason came from, -1 when neither.
+ */
+typedef void (*ph_pump_done_fn)(struct ph_pump *p, int err, int side);
+
+struct ph_pump_dir {
+	struct ph_pipe *pipe; /* owned while bytes are in flight, else NULL */
+	uint32_t inflight;    /* bytes in the pipe */
+	uint8_t flags;        /* PUMP_EOF, PUMP_SHUT */
+	uint64_t bytes;       /* bytes delivered to the destination */
+};
+
+struct ph_pump {
+	struct ph_io io[2];        /* [0] the accepted side, [1] the side we connected */
+	struct ph_pump_dir dir[2]; /* dir[0] moves io[0] -> io[1], dir[1] io[1] -> io[0] */
+	uint8_t ready[2];          /* readiness seen per socket and not yet used up */
+	bool running;              /* between start and end */
+	struct ph_task more;       /* continues a pump that used up its budget */
+	struct ph_worker *w;       /* borrowed */
+	uint64_t last;             /* loop time of the last byte moved, for idle timeouts */
+	ph_pump_done_fn done;
+};
+
+/*
+ * Prepares p for fds a and b (both non-blocking, connected). p owns the fds from here:
+ * ph_pump_close() closes them. done is called once when the pump ends by itself.
+ */
+void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_done_fn done);
+
+/*
+ * Starts moving bytes. io[0] is added to epoll; io[1] is added, or modified when
+ * b_registered says the owner already registered it (as forward does while connecting).
+ * Returns 0, or -errno and p is not running (the caller closes it).
+ */
+int ph_pump_start(struct ph_pump *p, bool b_registered);
+
+/*
+ * Stops p, gives its pipes back and closes both sockets; with rst, each socket is reset
+ * (SO_LINGER 0) rather than closed with a FIN. Idempotent. done is not called.
+ */
+void ph_pump_close(struct ph_pump *p, bool rst);
+
+#endif /* PH_RELAY_PUMP_H */
