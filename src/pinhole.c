@@ -328,7 +328,7 @@ int main(int argc, char **argv)
 	}
 	err = (int)PH_LOG_INFO + cfg.verbosity;
 	ph_log_level = err < 0              ? PH_LOG_ERR
-	               : err > PH_LOG_DEBUG ? PH_LOG_DEBUG
+	               : err > PH_LOG_TRACE ? PH_LOG_TRACE
 	                                    : (enum ph_log_level)err;
 	return run(&cfg);
 }

@@ -26,7 +26,7 @@ static const char help_overview[] =
 	"  db.lan:5432      a host name (targets only; resolved without blocking)\n"
 	"\n"
 	"Options for every command:\n"
-	"  -v, --verbose          more log lines (-vv: one line per connection and state)\n"
+	"  -v, --verbose          one log line per connection (-vv: every state change)\n"
 	"  -q, --quiet            errors only\n"
 	"  --workers N            worker threads (default: one per online CPU)\n"
 	"  --drain-timeout DUR    after SIGTERM/SIGINT, how long live connections may\n"

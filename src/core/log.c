@@ -12,7 +12,7 @@ enum ph_log_level ph_log_level = PH_LOG_INFO;
 
 static _Thread_local int log_worker = -1;
 
-static const char *const level_name[PH_LOG__NLEVELS] = {"error", "warn", "info", "debug"};
+static const char *const level_name[PH_LOG__NLEVELS] = {"error", "warn", "info", "debug", "trace"};
 
 void ph_log_set_worker(int id)
 {

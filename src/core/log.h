@@ -12,7 +12,8 @@ enum ph_log_level {
 	PH_LOG_ERR = 0, /* something failed that the operator must know about */
 	PH_LOG_WARN,    /* a peer or target misbehaved; service goes on */
 	PH_LOG_INFO,    /* start, stop, one line per refused or failed connection */
-	PH_LOG_DEBUG,   /* one line per connection and per state change */
+	PH_LOG_DEBUG,   /* one line per connection */
+	PH_LOG_TRACE,   /* every state change */
 	PH_LOG__NLEVELS /* must stay last */
 };
 
@@ -32,6 +33,7 @@ void ph_log_(enum ph_log_level level, const char *fmt, ...) __attribute__((forma
 #define ph_warn(...)  ph_log(PH_LOG_WARN, __VA_ARGS__)
 #define ph_info(...)  ph_log(PH_LOG_INFO, __VA_ARGS__)
 #define ph_debug(...) ph_log(PH_LOG_DEBUG, __VA_ARGS__)
+#define ph_trace(...) ph_log(PH_LOG_TRACE, __VA_ARGS__)
 
 /* At most max lines per second of one kind; what is held back is counted. */
 struct ph_ratelimit {

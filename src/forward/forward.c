@@ -83,7 +83,7 @@ static void fwd_next(struct fwd_conn *c);
 #define fwd_set_state(c, s) fwd_set_state_((c), (s), __LINE__)
 static void fwd_set_state_(struct fwd_conn *c, enum fwd_state s, int line)
 {
-	ph_debug("c%llu: %s -> %s (line %d)", (unsigned long long)c->id, fwd_state_name[c->state],
+	ph_trace("c%llu: %s -> %s (line %d)", (unsigned long long)c->id, fwd_state_name[c->state],
 	         fwd_state_name[s], line);
 	c->state = (uint8_t)s;
 }
