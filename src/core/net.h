@@ -7,7 +7,7 @@
 #include "core/addr.h"
 
 /*
- * Opens a non-blocking TCP listener on a. v6only applies to IPv6 addresses (false lets
+ * Opens a non-blocking TCP listener on a, with TCP_NODELAY (accepted sockets inherit it). v6only applies to IPv6 addresses (false lets
  * IPv4 clients in as ::ffff:a.b.c.d); reuseport lets several workers bind the same address.
  * Returns the fd, or -errno.
  */

@@ -224,15 +224,15 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 		return;
 	ph_timer_stop(l, &c->timer);
 	target_ok(&c->wr->rule->targets[c->tgt]);
-	err = ph_pump_start(&c->pump, true);
-	if (err < 0) {
-		PH_STAT_ADD(c->wr->w, errors, 1);
-		fwd_close(c, true, "cannot start relaying", err);
-		return;
-	}
 	fwd_set_state(c, FWD_RELAYING);
 	if (c->wr->rule->idle_timeout != 0)
 		ph_timer_arm(l, &c->timer, c->wr->rule->idle_timeout);
+	/* may end the pump at once (a reset already queued), closing c: nothing after this */
+	err = ph_pump_start_registered(&c->pump, events);
+	if (err < 0) {
+		PH_STAT_ADD(c->wr->w, errors, 1);
+		fwd_close(c, true, "cannot start relaying", err);
+	}
 }
 
 /* Starts connecting to c->dst. Returns 0, or -errno when the attempt failed at once. */
@@ -244,8 +244,9 @@ static int fwd_connect(struct fwd_conn *c)
 	fd = ph_tcp_connect(&c->dst);
 	if (fd < 0)
 		return fd;
+	/* registered for the pump's events at once: no epoll_ctl when the connect completes */
 	ph_io_init(&c->pump.io[1], fd, fwd_on_connect);
-	err = ph_io_add(l, &c->pump.io[1], EPOLLOUT | EPOLLET);
+	err = ph_io_add(l, &c->pump.io[1], PH_PUMP_EVENTS);
 	if (err < 0) {
 		ph_io_close(l, &c->pump.io[1]);
 		return err;
@@ -444,7 +445,6 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 		close(fd);
 		return;
 	}
-	ph_sock_nodelay(fd);
 	ph_pump_init(&c->pump, w, fd, -1, fwd_on_pump_done);
 	ph_timer_init(&c->timer, fwd_on_timer);
 	ph_task_init(&c->reap, fwd_reap);

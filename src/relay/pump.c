@@ -17,8 +17,6 @@
 /* Bytes one direction may read per wake-up before yielding to other connections. */
 #define PUMP_BUDGET (1u << 20)
 
-#define PUMP_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
-
 static void pump_run(struct ph_pump *p);
 
 static void pump_end(struct ph_pump *p, int err, int side)
@@ -202,22 +200,37 @@ void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_
 	p->done = done;
 }
 
-int ph_pump_start(struct ph_pump *p, bool b_registered)
+int ph_pump_start(struct ph_pump *p)
 {
 	struct ph_loop *l = &p->w->loop;
 	int err;
 
 	p->io[1].cb = pump_on_io1;
-	err = b_registered ? ph_io_mod(l, &p->io[1], PUMP_EVENTS)
-	                   : ph_io_add(l, &p->io[1], PUMP_EVENTS);
+	err = ph_io_add(l, &p->io[1], PH_PUMP_EVENTS);
 	if (err < 0)
 		return err;
-	err = ph_io_add(l, &p->io[0], PUMP_EVENTS);
+	err = ph_io_add(l, &p->io[0], PH_PUMP_EVENTS);
 	if (err < 0)
 		return err;
 	p->running = true;
 	p->last = l->now;
 	/* epoll reports what is already pending on add; nothing to try before that */
+	return 0;
+}
+
+int ph_pump_start_registered(struct ph_pump *p, uint32_t events)
+{
+	struct ph_loop *l = &p->w->loop;
+	int err;
+
+	p->io[1].cb = pump_on_io1;
+	err = ph_io_add(l, &p->io[0], PH_PUMP_EVENTS);
+	if (err < 0)
+		return err;
+	p->running = true;
+	p->last = l->now;
+	/* the edge that reported the connect is used up: replay it to the pump */
+	pump_on_event(p, 1, events);
 	return 0;
 }
 

@@ -50,12 +50,21 @@ struct ph_pump {
  */
 void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_done_fn done);
 
+/* The epoll events a pump's sockets are registered with. */
+#define PH_PUMP_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+
 /*
- * Starts moving bytes. io[0] is added to epoll; io[1] is added, or modified when
- * b_registered says the owner already registered it (as forward does while connecting).
- * Returns 0, or -errno and p is not running (the caller closes it).
+ * Starts moving bytes: io[0] and io[1] are added to epoll. Returns 0, or -errno and p is not
+ * running (the caller closes it).
  */
-int ph_pump_start(struct ph_pump *p, bool b_registered);
+int ph_pump_start(struct ph_pump *p);
+
+/*
+ * Starts moving bytes when the owner already registered io[1] with PH_PUMP_EVENTS (as
+ * forward does for its connect, saving an epoll_ctl per connection): events are the ones
+ * that just arrived for io[1]. io[0] is added. Returns 0, or -errno as ph_pump_start().
+ */
+int ph_pump_start_registered(struct ph_pump *p, uint32_t events);
 
 /*
  * Stops p, gives its pipes back and closes both sockets; with rst, each socket is reset
