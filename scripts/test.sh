@@ -32,7 +32,7 @@ count_py() { # count_py LOGFILE
 }
 
 build() { # build DIR ARGS...
-	local dir=$1
+	local dir=$1 log=${log:-/tmp}
 	shift
 	if [ ! -f "$dir/build.ninja" ]; then
 		meson setup "$dir" -Dwerror=true "$@" >"$log/setup-$(basename "$dir").log" 2>&1 ||
@@ -68,7 +68,16 @@ step "unit + fuzz replay (asan)" unit build-asan
 e2e build-asan/pinhole e2e-asan.log || { failed=$((failed + 1)); failures="$failures e2e-asan"; }
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
-step "clang build (-Werror)" env CC=clang bash -c 'cd "$0" && [ -f build-clang/build.ninja ] || CC=clang meson setup build-clang -Dwerror=true >/dev/null && ninja -C build-clang >/dev/null' "$PWD"
+step "clang build (-Werror)" env CC=clang bash -c "$(declare -f build); build build-clang" 
+headers_alone() { # each header compiles on its own (STYLE.md)
+	local h ok=0
+	for h in src/*/*.h; do
+		echo "#include \"${h#src/}\"" | cc -fsyntax-only -std=c11 -D_GNU_SOURCE -Wall -Wextra \
+			-Werror -Isrc -Ibuild -x c - || { echo "header does not compile alone: $h"; ok=1; }
+	done
+	return $ok
+}
+step "headers compile alone" headers_alone
 if command -v clang-format >/dev/null; then
 	step "clang-format" make --no-print-directory format-check
 fi
