@@ -103,7 +103,7 @@ static int cli_fail(struct ph_cli_error *e, int argi, const char *fmt, ...)
 
 /* An option word and its value: "--x=v" or "--x v". */
 struct cli_opt {
-	char name[40];
+	char name[64];
 	const char *value; /* NULL until taken */
 	bool inline_value;
 };
@@ -153,9 +153,15 @@ static int opt_duration(const struct cli_opt *o, int argi, uint64_t *out, struct
 static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
                           struct ph_config *cfg, struct ph_cli_error *e)
 {
+	static const char *const flags[] = {"-h",        "--help",    "-V",
+	                                    "--version", "--verbose", "--quiet"};
 	unsigned long long v;
 	int err;
 
+	for (size_t k = 0; k < PH_ARRAY_SIZE(flags); k++) {
+		if (o->inline_value && strcmp(o->name, flags[k]) == 0)
+			return cli_fail(e, *i, "option %s takes no value", o->name);
+	}
 	if (strcmp(o->name, "-h") == 0 || strcmp(o->name, "--help") == 0) {
 		cfg->cmd = PH_CMD_HELP;
 		return 1;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,6 +40,15 @@ int ph_cidr_parse(const char *s, struct ph_cidr *c, const char **why)
 	if (slash != NULL && ph_parse_uint(slash + 1, 0, max, &prefix) < 0) {
 		*why = max == 32 ? "prefix length must be 0-32" : "prefix length must be 0-128";
 		return -EINVAL;
+	}
+	if (c->family == AF_INET6 && prefix >= 96 &&
+	    IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)(const void *)c->net)) {
+		/* clients are matched as IPv4, so ::ffff:10.0.0.0/104 means 10.0.0.0/8 */
+		memmove(c->net, c->net + 12, 4);
+		memset(c->net + 4, 0, 12);
+		c->family = AF_INET;
+		prefix -= 96;
+		max = 32;
 	}
 	c->prefix = (uint8_t)prefix;
 	bytes = max / 8;

@@ -192,6 +192,11 @@ const char *ph_addr_fmt(const struct ph_addr *a, char *buf, size_t len)
 	if (a->u.sa.sa_family == AF_INET) {
 		inet_ntop(AF_INET, &a->u.in.sin_addr, ip, sizeof(ip));
 		snprintf(buf, len, "%s:%u", ip, ntohs(a->u.in.sin_port));
+	} else if (a->u.sa.sa_family == AF_INET6 && a->u.in6.sin6_scope_id != 0) {
+		/* the scope as a number: it parses back to the same address */
+		inet_ntop(AF_INET6, &a->u.in6.sin6_addr, ip, sizeof(ip));
+		snprintf(buf, len, "[%s%%%u]:%u", ip, (unsigned)a->u.in6.sin6_scope_id,
+		         ntohs(a->u.in6.sin6_port));
 	} else if (a->u.sa.sa_family == AF_INET6) {
 		inet_ntop(AF_INET6, &a->u.in6.sin6_addr, ip, sizeof(ip));
 		snprintf(buf, len, "[%s]:%u", ip, ntohs(a->u.in6.sin6_port));

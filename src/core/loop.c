@@ -95,15 +95,28 @@ static int loop_timeout(struct ph_loop *l)
 
 static void loop_run_timers(struct ph_loop *l)
 {
-	struct ph_timer *t;
+	struct ph_timer *due[64];
+	unsigned n = 0;
 
-	/* bounded: a callback re-arming for "now" waits for the next round */
-	for (unsigned i = 0; i < 1024; i++) {
-		t = ph_timer_heap_top(&l->timers);
+	/*
+	 * Take the due timers first, then run them: a callback that re-arms its timer for
+	 * "now" waits for the next round instead of starving I/O and tasks.
+	 */
+	while (n < PH_ARRAY_SIZE(due)) {
+		struct ph_timer *t = ph_timer_heap_top(&l->timers);
+
 		if (t == NULL || t->when > l->now)
 			break;
 		ph_timer_heap_del(&l->timers, t);
-		t->cb(t);
+		t->idx = PH_TIMER_DUE;
+		due[n++] = t;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		/* an earlier callback may have stopped or re-armed this one: then it is not due */
+		if (due[i]->idx != PH_TIMER_DUE)
+			continue;
+		due[i]->idx = PH_TIMER_IDLE;
+		due[i]->cb(due[i]);
 	}
 }
 

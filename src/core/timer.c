@@ -82,8 +82,10 @@ void ph_timer_heap_del(struct ph_timer_heap *h, struct ph_timer *t)
 	uint32_t i = t->idx;
 	struct ph_timer *last;
 
-	if (i == PH_TIMER_IDLE)
+	if (i >= PH_TIMER_DUE) {
+		t->idx = PH_TIMER_IDLE; /* a due timer stopped before it fired does not fire */
 		return;
+	}
 	t->idx = PH_TIMER_IDLE;
 	last = h->v[--h->n];
 	if (i == h->n)

@@ -9,7 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PH_TIMER_IDLE UINT32_MAX /* idx of a timer that is not armed */
+#define PH_TIMER_IDLE UINT32_MAX       /* idx of a timer that is not armed */
+#define PH_TIMER_DUE  (UINT32_MAX - 1) /* idx of a timer taken from the heap to fire now */
 
 struct ph_timer;
 typedef void (*ph_timer_fn)(struct ph_timer *t);
@@ -30,13 +31,13 @@ void ph_timer_init(struct ph_timer *t, ph_timer_fn cb);
 
 static inline bool ph_timer_armed(const struct ph_timer *t)
 {
-	return t->idx != PH_TIMER_IDLE;
+	return t->idx < PH_TIMER_DUE;
 }
 
 /* Arms (or re-arms) t for deadline when. Returns 0 or -ENOMEM, leaving t disarmed. */
 int ph_timer_heap_add(struct ph_timer_heap *h, struct ph_timer *t, uint64_t when);
 
-/* Disarms t if it is armed; harmless otherwise. */
+/* Disarms t if it is armed (or due to fire in this round); harmless otherwise. */
 void ph_timer_heap_del(struct ph_timer_heap *h, struct ph_timer *t);
 
 /* The earliest timer, or NULL. */

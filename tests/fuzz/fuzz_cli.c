@@ -1,4 +1,83 @@
+/*
+ * Fuzzes ph_cli_parse(): the input is split on NUL and newline into at most 64 words. A
+ * parse either succeeds with no error recorded or fails with -EINVAL, a word index in range
+ * and a message; either way ph_config_free() releases everything (ASan checks).
+ */
+#include "cli/cli.h"
+
+#include <errno.h>
 #include <stdint.h>
-#include <stddef.h>
-int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);
-int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n){(void)d;(void)n;return 0;}
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward/forward.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define MAX_WORDS 64
+
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "fuzz_cli: %s failed (argc %d, err %d, argi %d: %s)\n",    \
+			        #cond, argc, err, e.argi, e.msg);                                  \
+			abort();                                                                   \
+		}                                                                                  \
+	} while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	char *argv[MAX_WORDS + 1];
+	struct ph_config cfg;
+	struct ph_cli_error e;
+	int argc = 0, err = 0;
+	char *buf, *w;
+
+	if (size > 16384)
+		return 0;
+	buf = malloc(size + 1);
+	if (buf == NULL)
+		return 0;
+	memcpy(buf, data, size);
+	buf[size] = '\0';
+	w = buf;
+	for (size_t i = 0; i <= size && argc < MAX_WORDS; i++) {
+		if (i == size || buf[i] == '\0' || buf[i] == '\n') {
+			buf[i] = '\0';
+			argv[argc++] = w;
+			w = buf + i + 1;
+		}
+	}
+	argv[argc] = NULL;
+
+	ph_config_init(&cfg);
+	memset(&e, 0x55, sizeof(e)); /* the parser must set both fields */
+	err = ph_cli_parse(argc, argv, &cfg, &e);
+	CHECK(err == 0 || err == -EINVAL || err == -ENOMEM);
+	CHECK(memchr(e.msg, '\0', sizeof(e.msg)) != NULL);
+	if (err == 0) {
+		CHECK(e.argi == -1 && e.msg[0] == '\0');
+		CHECK(cfg.nrules <= 1);
+		if (cfg.cmd == PH_CMD_FORWARD) {
+			const struct ph_forward_rule *r = cfg.rules[0];
+
+			CHECK(cfg.nrules == 1);
+			CHECK(r->ntargets >= 1 && r->ntargets <= PH_FORWARD_MAX_TARGETS);
+			CHECK(!r->listen.is_name && r->listen.proto == PH_PROTO_TCP);
+			CHECK(r->connect_timeout > 0);
+			for (unsigned i = 0; i < r->ntargets; i++)
+				CHECK(!r->targets[i].hp.wildcard &&
+				      r->targets[i].hp.proto == PH_PROTO_TCP);
+		} else {
+			CHECK(cfg.nrules == 0);
+		}
+	} else if (err == -EINVAL) {
+		CHECK(e.argi >= -1 && e.argi < argc);
+		CHECK(e.msg[0] != '\0');
+		CHECK(cfg.nrules == 0);
+	}
+	ph_config_free(&cfg);
+	free(buf);
+	return 0;
+}

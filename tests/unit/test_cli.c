@@ -1,1 +1,462 @@
-int main(void){return 0;}
+/*
+ * Unit tests for the command line grammar (cli/cli.h): what a good command line puts in the
+ * config, and for every error, which word it blames and that the message names that word.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "cli/cli.h"
+#include "core/acl.h"
+#include "core/addr.h"
+#include "core/util.h"
+#include "forward/forward.h"
+
+struct fixture {
+	struct ph_config cfg;
+	struct ph_cli_error e;
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	if (f == NULL)
+		return -1;
+	ph_config_init(&f->cfg);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	ph_config_free(&f->cfg);
+	assert_int_equal(f->cfg.nrules, 0);
+	free(f);
+	return 0;
+}
+
+static int count(char *const *argv)
+{
+	int n = 0;
+
+	while (argv[n] != NULL)
+		n++;
+	return n;
+}
+
+/* PARSE(f, "forward", ":80", ...): runs ph_cli_parse on the words given. */
+#define PARSE(f, ...) parse((f), (char *[]){__VA_ARGS__, NULL})
+
+static int parse(struct fixture *f, char *const *argv)
+{
+	int argc = count(argv);
+
+	return ph_cli_parse(argc, argv, &f->cfg, &f->e);
+}
+
+/* Parses, which must succeed. */
+#define PARSE_OK(f, ...) parse_ok((f), (char *[]){__VA_ARGS__, NULL})
+
+static void parse_ok(struct fixture *f, char *const *argv)
+{
+	int err = parse(f, argv);
+
+	if (err != 0)
+		print_error("refused: %d, argi %d: %s\n", err, f->e.argi, f->e.msg);
+	assert_int_equal(err, 0);
+	assert_int_equal(f->e.argi, -1);
+	assert_string_equal(f->e.msg, "");
+}
+
+/*
+ * Parses, which must fail with -EINVAL blaming word argi; the message must contain each
+ * of the NULL-terminated strings in want (the culprit word, usually).
+ */
+#define PARSE_BAD(f, argi, want, ...)                                                              \
+	parse_bad((f), (argi), (const char *[]){want, NULL}, (char *[]){__VA_ARGS__, NULL})
+#define PARSE_BAD2(f, argi, want1, want2, ...)                                                     \
+	parse_bad((f), (argi), (const char *[]){want1, want2, NULL}, (char *[]){__VA_ARGS__, NULL})
+
+static void parse_bad(struct fixture *f, int argi, const char *const *want, char *const *argv)
+{
+	int err = parse(f, argv);
+
+	if (err != -EINVAL || f->e.argi != argi)
+		print_error("expected -EINVAL at word %d, got %d at %d: %s\n", argi, err, f->e.argi,
+		            f->e.msg);
+	assert_int_equal(err, -EINVAL);
+	assert_int_equal(f->e.argi, argi);
+	assert_true(strlen(f->e.msg) > 0);
+	for (int i = 0; want[i] != NULL; i++) {
+		if (strstr(f->e.msg, want[i]) == NULL)
+			print_error("message '%s' does not mention '%s'\n", f->e.msg, want[i]);
+		assert_non_null(strstr(f->e.msg, want[i]));
+	}
+	/* a failed parse adds no rule */
+	assert_int_equal(f->cfg.nrules, 0);
+	assert_true(f->cfg.cmd != PH_CMD_FORWARD);
+}
+
+static const struct ph_forward_rule *rule(const struct fixture *f)
+{
+	assert_int_equal(f->cfg.cmd, PH_CMD_FORWARD);
+	assert_int_equal(f->cfg.nrules, 1);
+	assert_non_null(f->cfg.rules[0]);
+	return f->cfg.rules[0];
+}
+
+static void check_cidr(const struct ph_acl_rule *r, bool allow, const char *text)
+{
+	struct ph_cidr c;
+	const char *why;
+
+	assert_int_equal(ph_cidr_parse(text, &c, &why), 0);
+	assert_int_equal(r->allow, allow);
+	assert_memory_equal(&r->cidr, &c, sizeof(c));
+}
+
+static void test_defaults(void **state)
+{
+	struct fixture *f = *state;
+
+	assert_int_equal(f->cfg.cmd, PH_CMD_NONE);
+	assert_int_equal(f->cfg.verbosity, 0);
+	assert_int_equal(f->cfg.workers, 0);
+	assert_int_equal(f->cfg.drain_timeout, 10000);
+	assert_int_equal(f->cfg.pipe_size, 0);
+	assert_int_equal(f->cfg.nrules, 0);
+	/* nothing at all: no command, no error */
+	assert_int_equal(ph_cli_parse(0, (char *[]){NULL}, &f->cfg, &f->e), 0);
+	assert_int_equal(f->cfg.cmd, PH_CMD_NONE);
+	assert_int_equal(f->e.argi, -1);
+}
+
+static void test_forward_minimal(void **state)
+{
+	struct fixture *f = *state;
+	const struct ph_forward_rule *r;
+
+	PARSE_OK(f, "forward", ":8080", "10.0.0.5:80");
+	r = rule(f);
+	assert_true(r->listen.wildcard);
+	assert_int_equal(r->listen.port, 8080);
+	assert_int_equal(r->ntargets, 1);
+	assert_string_equal(r->targets[0].hp.host, "10.0.0.5");
+	assert_int_equal(r->targets[0].hp.port, 80);
+	assert_false(r->targets[0].hp.is_name);
+	/* the defaults */
+	assert_int_equal(r->max_conns, 0);
+	assert_int_equal(r->connect_timeout, 5000);
+	assert_int_equal(r->idle_timeout, 0);
+	assert_int_equal(r->acl.n, 0);
+	assert_string_equal(r->name, "");
+}
+
+static void test_forward_full(void **state)
+{
+	struct fixture *f = *state;
+	const struct ph_forward_rule *r;
+
+	PARSE_OK(f, "forward", "127.0.0.1:5433", "db1.lan:5432", "[2001:db8::7]:5432",
+	         "10.0.0.9:6543", "--max-conns", "100", "--connect-timeout", "500ms",
+	         "--idle-timeout", "2m", "--allow", "10.0.0.0/8", "--deny", "10.1.0.0/16",
+	         "--allow", "2001:db8::/32", "--name", "db");
+	r = rule(f);
+	assert_string_equal(r->listen.host, "127.0.0.1");
+	assert_int_equal(r->listen.port, 5433);
+	assert_false(r->listen.wildcard);
+	assert_int_equal(r->ntargets, 3);
+	assert_string_equal(r->targets[0].hp.host, "db1.lan");
+	assert_true(r->targets[0].hp.is_name);
+	assert_int_equal(r->targets[0].hp.port, 5432);
+	assert_string_equal(r->targets[1].hp.host, "2001:db8::7");
+	assert_int_equal(r->targets[1].hp.addr.u.sa.sa_family, AF_INET6);
+	assert_string_equal(r->targets[2].hp.host, "10.0.0.9");
+	assert_int_equal(r->targets[2].hp.port, 6543);
+	assert_int_equal(r->max_conns, 100);
+	assert_int_equal(r->connect_timeout, 500);
+	assert_int_equal(r->idle_timeout, 120000);
+	assert_string_equal(r->name, "db");
+	/* rules in the order written */
+	assert_int_equal(r->acl.n, 3);
+	check_cidr(&r->acl.rules[0], true, "10.0.0.0/8");
+	check_cidr(&r->acl.rules[1], false, "10.1.0.0/16");
+	check_cidr(&r->acl.rules[2], true, "2001:db8::/32");
+	assert_true(r->acl.has_allow);
+}
+
+static void test_forward_options_anywhere(void **state)
+{
+	struct fixture *f = *state;
+	const struct ph_forward_rule *r;
+
+	/* options before, between and after the addresses, --opt=value and --opt value */
+	PARSE_OK(f, "forward", "--max-conns=7", "[::1]:80", "--deny=::1", "1.2.3.4:80",
+	         "--connect-timeout=2s", "5.6.7.8:80", "--idle-timeout", "1h", "--name=x=y");
+	r = rule(f);
+	assert_int_equal(r->max_conns, 7);
+	assert_int_equal(r->connect_timeout, 2000);
+	assert_int_equal(r->idle_timeout, 3600000);
+	assert_string_equal(r->name, "x=y"); /* only the first '=' splits */
+	assert_int_equal(r->listen.addr.u.sa.sa_family, AF_INET6);
+	assert_int_equal(r->ntargets, 2);
+	assert_string_equal(r->targets[1].hp.host, "5.6.7.8");
+	assert_int_equal(r->acl.n, 1);
+	check_cidr(&r->acl.rules[0], false, "::1");
+	assert_false(r->acl.has_allow);
+}
+
+static void test_forward_32_targets(void **state)
+{
+	struct fixture *f = *state;
+	char *argv[2 + PH_FORWARD_MAX_TARGETS + 1];
+	char words[PH_FORWARD_MAX_TARGETS][32];
+	const struct ph_forward_rule *r;
+
+	argv[0] = "forward";
+	argv[1] = ":1";
+	for (int i = 0; i < PH_FORWARD_MAX_TARGETS; i++) {
+		snprintf(words[i], sizeof(words[i]), "10.0.0.%d:%d", i + 1, 1000 + i);
+		argv[2 + i] = words[i];
+	}
+	argv[2 + PH_FORWARD_MAX_TARGETS] = NULL;
+	parse_ok(f, argv);
+	r = rule(f);
+	assert_int_equal(r->ntargets, PH_FORWARD_MAX_TARGETS);
+	assert_int_equal(r->targets[31].hp.port, 1031);
+}
+
+static void test_global_options(void **state)
+{
+	struct fixture *f = *state;
+	const struct ph_forward_rule *r;
+
+	PARSE_OK(f, "-v", "--workers", "4", "--drain-timeout=30s", "forward", ":80", "h:80", "-vv",
+	         "--pipe-size", "1048576", "-q");
+	r = rule(f);
+	assert_int_equal(r->ntargets, 1);
+	assert_int_equal(f->cfg.verbosity, 1 + 2 - 1);
+	assert_int_equal(f->cfg.workers, 4);
+	assert_int_equal(f->cfg.drain_timeout, 30000);
+	assert_int_equal(f->cfg.pipe_size, 1048576);
+}
+
+static void test_global_options_after(void **state)
+{
+	struct fixture *f = *state;
+
+	PARSE_OK(f, "forward", ":80", "h:80", "--workers=3", "--verbose", "--quiet", "--quiet",
+	         "-qq", "--drain-timeout", "0");
+	(void)rule(f);
+	assert_int_equal(f->cfg.workers, 3);
+	assert_int_equal(f->cfg.verbosity, 1 - 2 - 2);
+	assert_int_equal(f->cfg.drain_timeout, 0);
+}
+
+static void test_verbosity_flags(void **state)
+{
+	struct fixture *f = *state;
+
+	PARSE_OK(f, "-vv");
+	assert_int_equal(f->cfg.verbosity, 2);
+	assert_int_equal(f->cfg.cmd, PH_CMD_NONE);
+	PARSE_OK(f, "-vqv", "-v");
+	assert_int_equal(f->cfg.verbosity, 2 + 1 + 1);
+}
+
+static void test_help_version(void **state)
+{
+	struct fixture *f = *state;
+
+	PARSE_OK(f, "--help");
+	assert_int_equal(f->cfg.cmd, PH_CMD_HELP);
+	assert_non_null(ph_cli_help(f->cfg.help_topic));
+	assert_int_equal(f->cfg.nrules, 0);
+
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "-h");
+	assert_int_equal(f->cfg.cmd, PH_CMD_HELP);
+
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "--version");
+	assert_int_equal(f->cfg.cmd, PH_CMD_VERSION);
+
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "-V");
+	assert_int_equal(f->cfg.cmd, PH_CMD_VERSION);
+
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "forward", "--help");
+	assert_int_equal(f->cfg.cmd, PH_CMD_HELP);
+	assert_string_equal(f->cfg.help_topic, "forward");
+	assert_int_equal(f->cfg.nrules, 0);
+	assert_ptr_equal(ph_cli_help(f->cfg.help_topic), ph_cli_help("forward"));
+
+	/* help wins over a rule that is otherwise complete, or incomplete */
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "forward", ":80", "h:1", "-h");
+	assert_int_equal(f->cfg.cmd, PH_CMD_HELP);
+	assert_string_equal(f->cfg.help_topic, "forward");
+	assert_int_equal(f->cfg.nrules, 0);
+
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "forward", ":80", "--version");
+	assert_int_equal(f->cfg.cmd, PH_CMD_VERSION);
+	assert_int_equal(f->cfg.nrules, 0);
+
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "help", "forward");
+	assert_int_equal(f->cfg.cmd, PH_CMD_HELP);
+	assert_string_equal(f->cfg.help_topic, "forward");
+
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "help");
+	assert_int_equal(f->cfg.cmd, PH_CMD_HELP);
+	assert_string_equal(f->cfg.help_topic, "");
+
+	assert_non_null(ph_cli_help(""));
+	assert_non_null(ph_cli_help(NULL));
+	assert_null(ph_cli_help("frobnicate"));
+	assert_non_null(strstr(ph_cli_help("forward"), "--max-conns"));
+}
+
+static void test_err_unknown(void **state)
+{
+	struct fixture *f = *state;
+
+	PARSE_BAD(f, 0, "--bogus", "--bogus");
+	PARSE_BAD(f, 1, "--bogus", "-v", "--bogus=1", "forward", ":80", "h:1");
+	PARSE_BAD(f, 0, "-x", "-x");
+	PARSE_BAD(f, 0, "frobnicate", "frobnicate", ":80");
+	PARSE_BAD(f, 3, "--bogus", "forward", ":80", "h:1", "--bogus");
+	PARSE_BAD(f, 1, "--frobnicate", "forward", "--frobnicate=yes", ":80", "h:1");
+	PARSE_BAD(f, 3, "-x", "forward", ":80", "h:1", "-x");
+}
+
+static void test_err_addresses(void **state)
+{
+	struct fixture *f = *state;
+
+	PARSE_BAD2(f, 2, "1.2.3:80", "not an IPv4 address", "forward", ":80", "1.2.3:80");
+	PARSE_BAD2(f, 1, "::1:80", "brackets", "forward", "::1:80", "h:1");
+	PARSE_BAD2(f, 3, "h:0", "1-65535", "forward", ":80", "h:1", "h:0");
+	PARSE_BAD2(f, 1, "nocolon", "HOST:PORT", "forward", "nocolon", "h:1");
+	/* listen must be an IP address or :PORT, and TCP */
+	PARSE_BAD2(f, 1, "udp://:53", "TCP", "forward", "udp://:53", "1.2.3.4:53");
+	PARSE_BAD(f, 1, "tcp+udp://:53", "forward", "tcp+udp://:53", "1.2.3.4:53");
+	PARSE_BAD2(f, 1, "example.com:80", "not a name", "forward", "example.com:80", "1.2.3.4:80");
+	/* a target needs a host, and TCP */
+	PARSE_BAD2(f, 2, "':80'", "needs a host", "forward", ":81", ":80");
+	PARSE_BAD(f, 3, "udp://h:53", "forward", ":81", "h:1", "udp://h:53");
+}
+
+static void test_err_missing(void **state)
+{
+	struct fixture *f = *state;
+
+	/* the command is the culprit when its addresses are missing */
+	PARSE_BAD2(f, 0, "forward", "TARGET", "forward", ":80");
+	PARSE_BAD2(f, 1, "forward", "LISTEN", "-v", "forward");
+	PARSE_BAD(f, 0, "TARGET", "forward", ":80", "--max-conns", "5");
+	/* an option without its value is blamed, by name */
+	PARSE_BAD(f, 3, "--max-conns", "forward", ":80", "h:1", "--max-conns");
+	PARSE_BAD(f, 3, "--allow", "forward", ":80", "h:1", "--allow");
+	PARSE_BAD(f, 0, "--workers", "--workers");
+	PARSE_BAD(f, 3, "--drain-timeout", "forward", ":80", "h:1", "--drain-timeout");
+}
+
+static void test_err_values(void **state)
+{
+	struct fixture *f = *state;
+
+	/* the value word is blamed when it is a word of its own */
+	PARSE_BAD2(f, 4, "--max-conns", "'0'", "forward", ":80", "h:1", "--max-conns", "0");
+	PARSE_BAD2(f, 4, "--max-conns", "'abc'", "forward", ":80", "h:1", "--max-conns", "abc");
+	PARSE_BAD2(f, 4, "--max-conns", "'-1'", "forward", ":80", "h:1", "--max-conns", "-1");
+	PARSE_BAD2(f, 3, "--max-conns", "'0'", "forward", ":80", "h:1", "--max-conns=0");
+	PARSE_BAD(f, 3, "--max-conns", "forward", ":80", "h:1", "--max-conns=");
+	PARSE_BAD2(f, 4, "--connect-timeout", "more than 0", "forward", ":80", "h:1",
+	           "--connect-timeout", "0");
+	PARSE_BAD(f, 3, "--connect-timeout", "forward", ":80", "h:1", "--connect-timeout=0ms");
+	PARSE_BAD2(f, 4, "--connect-timeout", "'5x'", "forward", ":80", "h:1", "--connect-timeout",
+	           "5x");
+	PARSE_BAD2(f, 3, "--idle-timeout", "'1.5s'", "forward", ":80", "--idle-timeout", "1.5s",
+	           "h:1");
+	PARSE_BAD2(f, 4, "--allow", "'banana'", "forward", ":80", "h:1", "--allow", "banana");
+	PARSE_BAD2(f, 3, "--deny", "'10.0.0.0/33'", "forward", ":80", "h:1", "--deny=10.0.0.0/33");
+	PARSE_BAD2(f, 1, "--workers", "'0'", "--workers", "0");
+	PARSE_BAD2(f, 0, "--workers", "'1025'", "--workers=1025");
+	PARSE_BAD2(f, 1, "--pipe-size", "'100'", "--pipe-size", "100");
+	PARSE_BAD2(f, 1, "--drain-timeout", "'soon'", "--drain-timeout", "soon");
+	PARSE_BAD(f, 4, "--name", "forward", ":80", "h:1", "--name", "");
+	PARSE_BAD(f, 3, "--name", "forward", ":80", "h:1",
+	          "--name=0123456789012345678901234567890123456789012345678901234567890123");
+}
+
+static void test_err_too_many_targets(void **state)
+{
+	struct fixture *f = *state;
+	char *argv[2 + PH_FORWARD_MAX_TARGETS + 2];
+	char words[PH_FORWARD_MAX_TARGETS + 1][32];
+
+	argv[0] = "forward";
+	argv[1] = ":1";
+	for (int i = 0; i < PH_FORWARD_MAX_TARGETS + 1; i++) {
+		snprintf(words[i], sizeof(words[i]), "10.0.0.%d:%d", i + 1, 1000 + i);
+		argv[2 + i] = words[i];
+	}
+	argv[2 + PH_FORWARD_MAX_TARGETS + 1] = NULL;
+	/* the 33rd target is word 34 */
+	parse_bad(f, 2 + PH_FORWARD_MAX_TARGETS, (const char *[]){"too many targets", "32", NULL},
+	          argv);
+}
+
+/* A failed parse keeps the global settings it saw, adds no rule and leaks nothing (ASan). */
+static void test_err_keeps_config(void **state)
+{
+	struct fixture *f = *state;
+
+	PARSE_OK(f, "forward", ":80", "h:1", "--allow", "10.0.0.0/8");
+	assert_int_equal(f->cfg.nrules, 1);
+	/* a second command line adds to the same config */
+	assert_int_equal(PARSE(f, "forward", ":81", "h:2", "--deny", "::1", "--bogus"), -EINVAL);
+	assert_int_equal(f->cfg.nrules, 1);
+	PARSE_OK(f, "forward", ":82", "h:3");
+	assert_int_equal(f->cfg.nrules, 2);
+	assert_int_equal(f->cfg.rules[1]->listen.port, 82);
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+	const struct CMUnitTest tests[] = {
+		T(test_defaults),
+		T(test_forward_minimal),
+		T(test_forward_full),
+		T(test_forward_options_anywhere),
+		T(test_forward_32_targets),
+		T(test_global_options),
+		T(test_global_options_after),
+		T(test_verbosity_flags),
+		T(test_help_version),
+		T(test_err_unknown),
+		T(test_err_addresses),
+		T(test_err_missing),
+		T(test_err_values),
+		T(test_err_too_many_targets),
+		T(test_err_keeps_config),
+	};
+#undef T
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
