@@ -24,6 +24,9 @@
 #define FDS_PER_WORKER 8  /* epoll, eventfd, listener, spare pipes */
 #define FDS_PER_CONN   4  /* client, target, and a pipe while bytes are in flight */
 
+#define PIPE_SIZE_ROOT (1u << 20) /* default splice pipe size as root */
+#define PIPE_SIZE_USER (1u << 18) /* and as another user */
+
 /* The main thread's view while the workers run. */
 struct ph_main {
 	struct ph_loop loop;
@@ -164,7 +167,7 @@ static unsigned online_cpus(void)
 
 static void log_rule(const struct ph_forward_rule *r, unsigned nw)
 {
-	char l[PH_ADDR_STRLEN], t[512];
+	char l[PH_ADDR_STRLEN], t[3072];
 	size_t off = 0;
 
 	t[0] = '\0';
@@ -189,7 +192,7 @@ static void log_rule(const struct ph_forward_rule *r, unsigned nw)
 /* Runs the configured rules until a signal stops them. Returns the exit status. */
 static int run(struct ph_config *cfg)
 {
-	struct ph_worker_opts wo = {.pipe_size = cfg->pipe_size, .spare_pipes = 64};
+	struct ph_worker_opts wo = {.pipe_size = cfg->pipe_size, .spare_pipes = 32};
 	struct ph_main m;
 	sigset_t sigs;
 	char why[256];
@@ -198,6 +201,15 @@ static int run(struct ph_config *cfg)
 
 	if (check_fd_limit(cfg, nw) < 0)
 		return 1;
+	if (wo.pipe_size == 0) {
+		/*
+		 * Bigger pipes mean fewer splice calls per byte (half the CPU per GB at 1 MiB, see
+		 * docs/PERFORMANCE.md). Pipes of an unprivileged user count against
+		 * fs.pipe-user-pages-soft (64 MiB), past which new pipes shrink to 2 pages: such
+		 * a user gets 256 KiB pipes, i.e. 256 pipes in flight before that.
+		 */
+		wo.pipe_size = geteuid() == 0 ? PIPE_SIZE_ROOT : PIPE_SIZE_USER;
+	}
 	if (ph_resolve_global_init() < 0) {
 		fprintf(stderr, "pinhole: cannot initialise the resolver (c-ares)\n");
 		return 1;
@@ -326,7 +338,8 @@ int main(int argc, char **argv)
 	case PH_CMD_FORWARD:
 		break;
 	}
-	err = (int)PH_LOG_INFO + cfg.verbosity;
+	/* -q: errors only (warnings too are skipped); -v: a line per connection; -vv: trace */
+	err = cfg.verbosity < 0 ? (int)PH_LOG_ERR : (int)PH_LOG_INFO + cfg.verbosity;
 	ph_log_level = err < 0              ? PH_LOG_ERR
 	               : err > PH_LOG_TRACE ? PH_LOG_TRACE
 	                                    : (enum ph_log_level)err;

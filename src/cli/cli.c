@@ -31,7 +31,7 @@ static const char help_overview[] =
 	"  --workers N            worker threads (default: one per online CPU)\n"
 	"  --drain-timeout DUR    after SIGTERM/SIGINT, how long live connections may\n"
 	"                         finish (default 10s); a second signal stops at once\n"
-	"  --pipe-size BYTES      splice pipe size (default: the kernel's, 64 KiB)\n"
+	"  --pipe-size BYTES      splice pipe size (default 1 MiB as root, else 256 KiB)\n"
 	"  -h, --help             this text; `pinhole forward --help` for a command\n"
 	"  -V, --version          the version\n"
 	"\n"
@@ -317,7 +317,7 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 		if (npos == 0) {
 			err = cli_forward_addr(word, i, true, &r->listen, e);
 		} else if (r->ntargets >= PH_FORWARD_MAX_TARGETS) {
-			err = cli_fail(e, i, "too many targets (at most %d)",
+			err = cli_fail(e, i, "target '%s': too many targets (at most %d)", word,
 			               PH_FORWARD_MAX_TARGETS);
 		} else {
 			err = cli_forward_addr(word, i, false, &r->targets[r->ntargets].hp, e);

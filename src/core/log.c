@@ -21,7 +21,7 @@ void ph_log_set_worker(int id)
 
 void ph_log_(enum ph_log_level level, const char *fmt, ...)
 {
-	char line[1024];
+	char line[4096];
 	struct timeval tv;
 	struct tm tm;
 	va_list ap;

@@ -458,7 +458,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	c->state = FWD_CONNECTING;
 	ph_worker_conn_inc(w);
 	PH_STAT_ADD(w, accepted, 1);
-	ph_debug("c%llu: accepted %s", (unsigned long long)c->id, ph_addr_fmt(peer, a, sizeof(a)));
+	ph_trace("c%llu: accepted %s", (unsigned long long)c->id, ph_addr_fmt(peer, a, sizeof(a)));
 	fwd_next(c);
 }
 

@@ -20,7 +20,8 @@ struct ph_worker;
 struct ph_pump;
 
 /*
- * Why a pump ended: 0 both directions finished with FINs; -ECONNRESET one side reset and
+ * Why a pump ended: 0 both directions finished with FINs (the last FIN is sent by the
+ * close() in ph_pump_close(), which the owner calls at once); -ECONNRESET one side reset and
  * the reset was passed on; other -errno a failure (no pipe, ...), both sides reset.
  * side says which socket (0 or 1) the reason came from, -1 when neither.
  */

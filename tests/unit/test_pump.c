@@ -312,6 +312,8 @@ static void on_done(struct ph_pump *p, int err, int side)
 	t->done_side = side;
 	if (t->close_in_done)
 		ph_pump_close(p, true);
+	else if (err == 0)
+		ph_pump_close(p, false); /* as owners do: this close() sends the last FIN */
 	check(t);
 }
 
