@@ -33,10 +33,10 @@ fuzz:
 	@scripts/fuzz.sh
 
 format:
-	clang-format -i src/*.c src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c
+	clang-format -i src/*.c src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c bench/*.c
 
 format-check:
-	clang-format --dry-run -Werror src/*.c src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c
+	clang-format --dry-run -Werror src/*.c src/*/*.c src/*/*.h tests/unit/*.c tests/fuzz/*.c bench/*.c
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) build-clang build-fuzz

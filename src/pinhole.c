@@ -189,7 +189,10 @@ static void log_rule(const struct ph_forward_rule *r, unsigned nw)
 	        ph_addr_fmt(&r->listen.addr, l, sizeof(l)), t, nw);
 }
 
-/* Runs the configured rules until a signal stops them. Returns the exit status. */
+/*
+ * Runs the configured rules until a signal stops them, then frees cfg (after the workers,
+ * which hold per-worker parts of the rules). Returns the exit status.
+ */
 static int run(struct ph_config *cfg)
 {
 	struct ph_worker_opts wo = {.pipe_size = cfg->pipe_size, .spare_pipes = 32};
@@ -200,7 +203,7 @@ static int run(struct ph_config *cfg)
 	unsigned nw = cfg->workers != 0 ? cfg->workers : online_cpus();
 
 	if (check_fd_limit(cfg, nw) < 0)
-		return 1;
+		goto out_cfg;
 	if (wo.pipe_size == 0) {
 		/*
 		 * Bigger pipes mean fewer splice calls per byte (half the CPU per GB at 1 MiB, see
@@ -212,7 +215,7 @@ static int run(struct ph_config *cfg)
 	}
 	if (ph_resolve_global_init() < 0) {
 		fprintf(stderr, "pinhole: cannot initialise the resolver (c-ares)\n");
-		return 1;
+		goto out_cfg;
 	}
 	/* the signals are read from a signalfd; every thread made after this inherits the mask */
 	sigemptyset(&sigs);
@@ -224,7 +227,7 @@ static int run(struct ph_config *cfg)
 	memset(&m, 0, sizeof(m));
 	m.drain_timeout = cfg->drain_timeout;
 	if (ph_loop_init(&m.loop) < 0)
-		return 1;
+		goto out_cfg;
 	sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
 	dfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (sfd == -1 || dfd == -1) {
@@ -295,6 +298,8 @@ out_fds:
 	if (dfd != -1)
 		close(dfd);
 	ph_loop_free(&m.loop);
+out_cfg:
+	ph_config_free(cfg); /* again after out_workers: it is idempotent */
 	return status;
 }
 

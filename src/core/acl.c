@@ -8,6 +8,9 @@
 
 #include "core/util.h"
 
+/* the first 12 bytes of an IPv4-mapped IPv6 address, ::ffff:0:0/96 */
+static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
 int ph_cidr_parse(const char *s, struct ph_cidr *c, const char **why)
 {
 	char buf[INET6_ADDRSTRLEN + 8];
@@ -42,7 +45,7 @@ int ph_cidr_parse(const char *s, struct ph_cidr *c, const char **why)
 		return -EINVAL;
 	}
 	if (c->family == AF_INET6 && prefix >= 96 &&
-	    IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)(const void *)c->net)) {
+	    memcmp(c->net, v4mapped, sizeof(v4mapped)) == 0) {
 		/* clients are matched as IPv4, so ::ffff:10.0.0.0/104 means 10.0.0.0/8 */
 		memmove(c->net, c->net + 12, 4);
 		memset(c->net + 4, 0, 12);

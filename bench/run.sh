@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The pinhole benchmark: pinhole against direct, haproxy (splice), nginx stream, socat,
+# rinetd and redir on 127.0.0.1. Run by `make bench`, or directly as bench/run.sh after
+# `ninja -C build`. Writes bench/results/latest.md; docs/PERFORMANCE.md explains it.
+#
+# Knobs (environment): BENCH_SECS (4) per test, BENCH_ROUNDS (3), BENCH_CLIENTS (32),
+# BENCH_IDLE (9000), BENCH_PEERS (default: "direct pinhole pinhole-64k haproxy haproxy-1m
+# nginx socat rinetd redir"), BENCH_QUIET (0.25 cores of other load before a test is run
+# again), BENCH_RETRIES (2), BENCH_BUDGET (480 s for the rounds, retries included),
+# BENCH_PINHOLE (build/pinhole), BENCH_OUT (bench/results/latest.md).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+py=/usr/bin/python3
+
+# ---- peers: install what is missing from Debian's archive, without starting daemons
+need=""
+for p in haproxy nginx-light libnginx-mod-stream rinetd redir socat iperf3 iproute2 procps gcc \
+	python3; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need="$need $p"
+done
+if [ -n "$need" ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "bench: missing:$need; run as root or install them" >&2
+		exit 1
+	fi
+	echo "bench: installing$need"
+	guard=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		# Debian's maintainer scripts would start system nginx/haproxy/rinetd: forbid it
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod +x /usr/sbin/policy-rc.d
+		guard=1
+	fi
+	rc=0
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq || rc=$?
+	[ $rc = 0 ] && { apt-get install -y -qq --no-install-recommends $need >/dev/null || rc=$?; }
+	[ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+	if [ $rc != 0 ]; then
+		# keep going: bench.py marks the rows of peers that cannot start
+		echo "bench: apt-get failed ($rc); peers that are missing will be marked failed" >&2
+	fi
+fi
+
+pinhole=${BENCH_PINHOLE:-$root/build/pinhole}
+if [ ! -x "$pinhole" ]; then
+	echo "bench: $pinhole is missing; build it first (ninja -C build)" >&2
+	exit 1
+fi
+
+# ---- a private temp dir; the trap ends every process session bench.py started
+tmp=$(mktemp -d /tmp/pinhole-bench.XXXXXX)
+driver=""
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	if [ -n "$driver" ] && kill -0 "$driver" 2>/dev/null; then
+		kill -TERM "$driver" 2>/dev/null || true
+		for _ in 1 2 3 4 5 6 7 8 9 10; do
+			kill -0 "$driver" 2>/dev/null || break
+			sleep 0.2
+		done
+		kill -KILL "$driver" 2>/dev/null || true
+	fi
+	if [ -f "$tmp/pgids" ]; then
+		while read -r pg; do
+			[ -n "$pg" ] && kill -KILL -- "-$pg" 2>/dev/null || true
+		done <"$tmp/pgids"
+	fi
+	rm -rf "$tmp"
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- the load generator and echo server, built fresh each time
+gcc -O2 -Wall -Wextra -o "$tmp/connrate" "$here/connrate.c"
+
+# 9000 idle connections need 18000 descriptors in the forwarder: take the hard limit
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt 19000 ]; then
+	echo "bench: note: open files limited to $(ulimit -n); idle tests may fall short" >&2
+fi
+
+# a private copy: others may rebuild build/ while this runs
+cp "$pinhole" "$tmp/pinhole"
+
+mkdir -p "$root/bench/results"
+export BENCH_TMP=$tmp BENCH_ROOT=$root BENCH_CONNRATE=$tmp/connrate
+export BENCH_PINHOLE=$tmp/pinhole BENCH_PINHOLE_SRC=$pinhole
+"$py" "$here/bench.py" &
+driver=$!
+set +e
+wait "$driver"
+rc=$?
+set -e
+driver=""
+exit $rc

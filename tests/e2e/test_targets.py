@@ -1,0 +1,251 @@
+"""
+Targets: down, failing over, round robin, silent (connect timeout), and named (c-ares,
+answered from /etc/hosts).
+
+    client --> pinhole 127.0.0.1:P --> 127.0.0.1:DOWN (nothing listens: refused)
+                                   --> 127.0.0.1:SILENT (accept queue full: SYNs dropped)
+                                   --> echo A 127.0.0.1:QA
+                                   --> echo B 127.0.0.1:QB
+                                   --> localhost:QA
+"""
+
+import os
+import re
+import socket
+import time
+
+import pytest
+
+from conftest import (alloc_port, connect, connect_outcome, echo_once, recv_exact,
+                      recv_until_eof, run_pinhole, tagged_echo_handler, wait_until)
+
+
+def test_backend_down(pinhole, free_port):
+    port, down = free_port(), free_port()
+    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{down}")
+    for i in range(3):  # the first try and the ones during the back-off alike
+        end, took = connect_outcome(port)
+        assert end == "reset", f"attempt {i}: {end}"
+        assert took < 2, f"attempt {i}: closed after {took:.2f} s"
+    ph.wait_log(r"no target reachable: Connection refused")
+    ph.wait_log(rf"^target 127\.0\.0\.1:{down} \(127\.0\.0\.1:{down}\) failed: "
+                r"Connection refused; skipped for \d+ ms$")
+    ph.stop()
+    st = ph.final_stats()
+    assert st["accepted"] == 3 and st["target_failures"] == 3 and st["active"] == 0, st
+
+
+def test_failover_to_second_target(pinhole, echo_server, free_port):
+    srv = echo_server()
+    port, down = free_port(), free_port()
+    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{down}", f"127.0.0.1:{srv.port}")
+    for i in range(8):
+        c = connect("127.0.0.1", port)
+        echo_once(c, f"conn {i}".encode())
+        c.close()
+    assert srv.accepted == 8
+    ph.wait_log(rf"^target 127\.0\.0\.1:{down} \(127\.0\.0\.1:{down}\) failed: Connection refused")
+    ph.stop()
+    st = ph.final_stats()
+    assert st["accepted"] == 8 and st["target_failures"] == 0, st
+
+
+def tag_of(c, msg):
+    """Sends msg and returns the tag the tagged echo server put in front of it."""
+    c.sendall(msg)
+    got = recv_exact(c, 2 + len(msg))
+    assert got[2:] == msg
+    return got[:2]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_round_robin(pinhole, echo_server, free_port, workers):
+    a = echo_server(handler=tagged_echo_handler(b"A:"))
+    b = echo_server(handler=tagged_echo_handler(b"B:"))
+    port = free_port()
+    pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}",
+            "--workers", workers)
+    seq = []
+    for i in range(10):
+        c = connect("127.0.0.1", port)
+        seq.append(tag_of(c, f"conn {i}".encode()))
+        c.close()
+    assert (a.accepted, b.accepted) == (seq.count(b"A:"), seq.count(b"B:"))
+    if workers == 1:
+        # one worker: strictly alternating
+        assert all(seq[i] != seq[i + 1] for i in range(9)), seq
+        assert a.accepted == b.accepted == 5
+    else:
+        # each worker alternates on its own, so neither target can get fewer than 4 of 10
+        assert a.accepted >= 4 and b.accepted >= 4, seq
+
+
+def silent_target():
+    """A listener whose accept queue is full: further SYNs are dropped, so a connect to it
+    neither succeeds nor fails until it times out. Returns (listener, filler, port)."""
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = alloc_port()
+    l.bind(("127.0.0.1", port))
+    l.listen(0)
+    filler = socket.create_connection(("127.0.0.1", port), timeout=5)
+    probe = socket.socket()
+    probe.setblocking(False)
+    probe.connect_ex(("127.0.0.1", port))
+    time.sleep(0.2)  # the probe's SYN must stay unanswered for this setup to be valid
+    try:
+        probe.getpeername()
+        pytest.skip("the kernel accepted beyond the listen backlog: cannot make a silent target")
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    return l, filler, port
+
+
+def test_connect_timeout(pinhole, free_port):
+    l, filler, silent = silent_target()
+    try:
+        port = free_port()
+        ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{silent}", "--connect-timeout", "500ms")
+        end, took = connect_outcome(port, timeout=5)
+        assert end == "reset"
+        assert 0.4 <= took < 2, f"gave up after {took:.2f} s, --connect-timeout is 500ms"
+        ph.wait_log(r"no target reachable: Connection timed out")
+        ph.wait_log(rf"target 127\.0\.0\.1:{silent} .*failed: Connection timed out")
+    finally:
+        filler.close()
+        l.close()
+
+
+def test_failover_after_connect_timeout(pinhole, echo_server, free_port):
+    srv = echo_server()
+    l, filler, silent = silent_target()
+    try:
+        port = free_port()
+        pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{silent}", f"127.0.0.1:{srv.port}",
+                "--connect-timeout", "300ms", "--workers", "1")
+        for i in range(3):  # the first waits out the silent one, the next skip it (back-off)
+            t0 = time.monotonic()
+            c = connect("127.0.0.1", port)
+            echo_once(c, f"conn {i}".encode())
+            c.close()
+            took = time.monotonic() - t0
+            if i == 0:
+                assert 0.25 <= took < 2, f"first connection took {took:.2f} s"
+            else:
+                assert took < 0.25, f"connection {i} took {took:.2f} s: back-off not used"
+        assert srv.accepted == 3
+    finally:
+        filler.close()
+        l.close()
+
+
+def test_hostname_target(pinhole, echo_server, free_port):
+    with open("/etc/hosts") as f:
+        if not re.search(r"^\s*127\.0\.0\.1\s+(.*\s)?localhost(\s|$)", f.read(), re.M):
+            pytest.skip("/etc/hosts does not map localhost to 127.0.0.1")
+    srv = echo_server()
+    port = free_port()
+    ph = pinhole(f"127.0.0.1:{port}", f"localhost:{srv.port}")
+    assert f"forwarding tcp 127.0.0.1:{port} -> localhost:{srv.port}" in ph.log
+    for i in range(5):
+        c = connect("127.0.0.1", port)
+        echo_once(c, f"by name {i}".encode())
+        c.close()
+    assert srv.accepted == 5
+    ph.stop()
+    assert ph.final_stats()["target_failures"] == 0
+
+
+def test_hostname_target_down(pinhole, free_port):
+    port, down = free_port(), free_port()
+    ph = pinhole(f"127.0.0.1:{port}", f"localhost:{down}")
+    end, took = connect_outcome(port)
+    assert end == "reset" and took < 2, (end, took)
+    ph.wait_log(rf"target localhost:{down} \(.*:{down}\) failed: Connection refused")
+    ph.wait_log(r"no target reachable")
+
+
+def test_target_recovers(pinhole, echo_server, free_port):
+    """A target that was down and comes up is used again once its back-off ends."""
+    port, later = free_port(), free_port()
+    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{later}", "--workers", "1")
+    assert connect_outcome(port)[0] == "reset"
+    srv = echo_server(port=later)
+
+    def served():
+        try:
+            c = connect("127.0.0.1", port)
+        except ConnectionResetError:
+            return False
+        try:
+            echo_once(c, b"back?")
+            return True
+        except (ConnectionResetError, AssertionError):
+            return False
+        finally:
+            c.close()
+
+    # the only target is tried even during its back-off, so the first try must work
+    assert served()
+    assert srv.accepted == 1
+    wait_until(lambda: "no target reachable" in ph.log, 5, "the first failure in the log")
+
+
+def test_early_data_and_fin_wait_out_a_failover(pinhole, echo_server, free_port):
+    """The client sends everything and its FIN before pinhole has a target (it is still
+    waiting out a silent one): nothing is lost, and the FIN is passed on after the data."""
+    srv = echo_server()
+    l, filler, silent = silent_target()
+    try:
+        port = free_port()
+        pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{silent}", f"127.0.0.1:{srv.port}",
+                "--connect-timeout", "300ms", "--workers", "1")
+        data = os.urandom(200 * 1024)
+        c = connect("127.0.0.1", port)
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        got = recv_until_eof(c)
+        c.close()
+        assert len(got) == len(data) and got == data
+    finally:
+        filler.close()
+        l.close()
+
+
+def test_many_targets_fail_over_to_the_last(pinhole, echo_server, free_port):
+    """32 targets (the most allowed), 31 refusing: every connection reaches the 32nd."""
+    srv = echo_server()
+    port = free_port()
+    down = [free_port() for _ in range(31)]
+    ph = pinhole(f"127.0.0.1:{port}", *[f"127.0.0.1:{d}" for d in down],
+                 f"127.0.0.1:{srv.port}", "--workers", "1")
+    for i in range(4):
+        c = connect("127.0.0.1", port)
+        echo_once(c, f"through 31 dead ones #{i}".encode())
+        c.close()
+    assert srv.accepted == 4
+    ph.stop()
+    assert ph.final_stats()["target_failures"] == 0
+
+
+def test_start_line_names_every_target(pinhole, free_port):
+    port = free_port()
+    targets = [f"127.0.0.1:{free_port()}" for _ in range(32)]
+    ph = pinhole(f"127.0.0.1:{port}", *targets)
+    start = next(m for m in ph.messages() if "forwarding tcp" in m)
+    m = re.fullmatch(rf"forwarding tcp 127\.0\.0\.1:{port} -> (.*) \(\d+ workers\)", start)
+    assert m, start
+    listed = m.group(1).split(", ")
+    assert listed == targets, (f"start line lists {len(listed)} targets, ends with "
+                               f"{listed[-2:]}; missing {sorted(set(targets) - set(listed))}")
+
+
+def test_too_many_targets_names_the_culprit():
+    targets = [f"127.0.0.1:{10000 + i}" for i in range(33)]
+    r = run_pinhole("forward", f"127.0.0.1:{alloc_port()}", *targets)
+    assert r.returncode == 2
+    assert r.stderr.startswith("pinhole: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "too many targets (at most 32)" in r.stderr
+    assert "127.0.0.1:10032" in r.stderr, f"the 33rd target is not named: {r.stderr!r}"
