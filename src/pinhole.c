@@ -37,6 +37,7 @@ struct ph_main {
 	unsigned nw, started, ended;
 	uint64_t drain_timeout;
 	bool draining, aborting;
+	bool udp; /* some rule forwards UDP: its counters get a line */
 };
 
 static void main_abort(struct ph_main *m)
@@ -73,6 +74,12 @@ static void log_stats(struct ph_main *m, const char *what)
 	        (unsigned long long)s.copied, (unsigned long long)s.denied,
 	        (unsigned long long)s.over_limit, (unsigned long long)s.connect_failed,
 	        (unsigned long long)s.resets, (unsigned long long)s.errors);
+	if (m->udp)
+		ph_info("%s udp: %llu sessions (%llu active), %llu datagrams up, %llu down, "
+		        "%llu dropped, %llu evicted",
+		        what, (unsigned long long)s.udp_sessions, (unsigned long long)s.udp_active,
+		        (unsigned long long)s.dgrams_up, (unsigned long long)s.dgrams_down,
+		        (unsigned long long)s.dgrams_dropped, (unsigned long long)s.udp_evicted);
 }
 
 static void main_on_signal(struct ph_io *io, uint32_t events)
@@ -125,9 +132,11 @@ static void main_on_done(struct ph_io *io, uint32_t events)
  * Raises the soft fd limit to the hard one and checks it covers what the rules may need.
  * Returns 0, or -EMFILE with a reason printed.
  */
-static int check_fd_limit(const struct ph_config *cfg, unsigned nw)
+static int check_fd_limit(struct ph_config *cfg, unsigned nw)
 {
 	unsigned long long need = FDS_BASE + (unsigned long long)nw * FDS_PER_WORKER, conns = 0;
+	unsigned long long sessions = 0, left;
+	unsigned nauto = 0;
 	struct rlimit rl;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
@@ -138,8 +147,16 @@ static int check_fd_limit(const struct ph_config *cfg, unsigned nw)
 		getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	for (unsigned i = 0; i < cfg->nrules; i++) {
+		struct ph_forward_rule *r = cfg->rules[i];
+
 		need += nw * FDS_PER_WORKER;
-		conns += cfg->rules[i]->max_conns;
+		conns += r->max_conns;
+		if (!(r->listen.proto & PH_PROTO_UDP))
+			continue;
+		if (r->max_sessions != 0)
+			sessions += r->max_sessions;
+		else
+			nauto++;
 	}
 	if (rl.rlim_cur < need + 16) {
 		fprintf(stderr,
@@ -154,6 +171,28 @@ static int check_fd_limit(const struct ph_config *cfg, unsigned nw)
 		        "%llu needs about %llu (raise it with ulimit -n, or lower --max-conns)\n",
 		        (unsigned long long)rl.rlim_cur, conns, need + conns * FDS_PER_CONN);
 		return -EMFILE;
+	}
+	need += conns * FDS_PER_CONN;
+	if (sessions != 0 && rl.rlim_cur < need + sessions) {
+		fprintf(stderr,
+		        "pinhole: too few file descriptors: the limit is %llu, but --max-sessions "
+		        "%llu needs about %llu (a socket per UDP session; raise it with ulimit -n, "
+		        "or lower --max-sessions)\n",
+		        (unsigned long long)rl.rlim_cur, sessions, need + sessions);
+		return -EMFILE;
+	}
+	need += sessions;
+	/* the default bound of a UDP rule is what the fds left allow, shared fairly */
+	left = rl.rlim_cur > need ? (rl.rlim_cur - need) / 2 : 0; /* half: TCP needs some */
+	for (unsigned i = 0; i < cfg->nrules && nauto != 0; i++) {
+		struct ph_forward_rule *r = cfg->rules[i];
+		unsigned long long n = left / nauto;
+
+		if (!(r->listen.proto & PH_PROTO_UDP) || r->max_sessions != 0)
+			continue;
+		r->max_sessions = n > PH_UDP_MAX_SESSIONS ? PH_UDP_MAX_SESSIONS
+		                  : n < 16                ? 16
+		                                          : (unsigned)n;
 	}
 	return 0;
 }
@@ -185,7 +224,10 @@ static void log_rule(const struct ph_forward_rule *r, unsigned nw)
 			break;
 		off += (size_t)n;
 	}
-	ph_info("%s%sforwarding tcp %s -> %s (%u workers)", r->name, r->name[0] ? ": " : "",
+	ph_info("%s%sforwarding %s %s -> %s (%u workers)", r->name, r->name[0] ? ": " : "",
+	        r->listen.proto == PH_PROTO_UDP   ? "udp"
+	        : r->listen.proto == PH_PROTO_TCP ? "tcp"
+	                                          : "tcp+udp",
 	        ph_addr_fmt(&r->listen.addr, l, sizeof(l)), t, nw);
 }
 
@@ -226,6 +268,8 @@ static int run(struct ph_config *cfg)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	memset(&m, 0, sizeof(m));
 	m.drain_timeout = cfg->drain_timeout;
+	for (unsigned i = 0; i < cfg->nrules; i++)
+		m.udp |= (cfg->rules[i]->listen.proto & PH_PROTO_UDP) != 0;
 	if (ph_loop_init(&m.loop) < 0)
 		goto out_cfg;
 	sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);

@@ -17,13 +17,15 @@ static const char help_overview[] =
 	"Usage: pinhole COMMAND [ARGS] [OPTIONS]\n"
 	"\n"
 	"Commands:\n"
-	"  forward LISTEN TARGET [TARGET...]   forward TCP connections from LISTEN to a TARGET\n"
+	"  forward LISTEN TARGET [TARGET...]   forward TCP connections or UDP datagrams\n"
+	"                                      from LISTEN to a TARGET\n"
 	"\n"
 	"Addresses:\n"
 	"  :8080            port 8080 on every interface, IPv6 and IPv4\n"
 	"  0.0.0.0:8080     every IPv4 interface      127.0.0.1:8080   one address\n"
 	"  [::]:8080        every IPv6 interface      [::1]:8080       an IPv6 address\n"
 	"  db.lan:5432      a host name (targets only; resolved without blocking)\n"
+	"  udp://:53        UDP (tcp:// is the default; tcp+udp://:7 is both at once)\n"
 	"\n"
 	"Options for every command:\n"
 	"  -v, --verbose          one log line per connection (-vv: every state change)\n"
@@ -45,9 +47,14 @@ static const char help_forward[] =
 	"rinetd, socat TCP-LISTEN:...,fork, redir or haproxy mode tcp. Bytes are moved with\n"
 	"splice(2) (zero copy); a FIN is passed on as a FIN, a reset as a reset.\n"
 	"\n"
-	"With several targets, connections go round robin; a target that refuses or times\n"
-	"out is skipped (the connection fails over to the next one) and left alone for a\n"
-	"short back-off (1s, doubling to 10s while it keeps failing).\n"
+	"With udp://LISTEN, datagrams are forwarded the way a NAT does: each client gets a\n"
+	"session with its own socket towards the target, replies go back to that client\n"
+	"from the address it wrote to, and an ICMP error from the target ends the session.\n"
+	"Datagrams pass whole (up to 65,507 bytes). tcp+udp://LISTEN serves both.\n"
+	"\n"
+	"With several targets, connections (and UDP sessions) go round robin; a target that\n"
+	"refuses or times out is skipped (the connection fails over to the next one) and\n"
+	"left alone for a short back-off (1s, doubling to 10s while it keeps failing).\n"
 	"\n"
 	"Options:\n"
 	"  --allow CIDR           let clients from CIDR in (repeatable)\n"
@@ -58,13 +65,19 @@ static const char help_forward[] =
 	"  --max-conns N          at most N connections at once; more are refused\n"
 	"  --connect-timeout DUR  per connect attempt to a target (default 5s)\n"
 	"  --idle-timeout DUR     close a connection idle this long (default: never)\n"
+	"  --udp-timeout DUR      end a UDP session idle this long (default 60s)\n"
+	"  --max-sessions N       at most N UDP sessions at once (default 16384, fewer\n"
+	"                         if the fd limit is lower); when full, the least\n"
+	"                         recently used session makes room for a new client\n"
 	"  --name NAME            the rule's name in logs\n"
 	"\n"
 	"Examples:\n"
 	"  pinhole forward :8080 10.0.0.5:80\n"
 	"  pinhole forward 0.0.0.0:2222 192.168.1.10:22 --allow 203.0.113.0/24\n"
 	"  pinhole forward [::]:443 web1.lan:443 web2.lan:443 --max-conns 5000\n"
-	"  pinhole forward 127.0.0.1:5433 db.internal:5432 --idle-timeout 1h\n";
+	"  pinhole forward 127.0.0.1:5433 db.internal:5432 --idle-timeout 1h\n"
+	"  pinhole forward udp://:5353 10.0.0.2:53 --udp-timeout 30s\n"
+	"  pinhole forward tcp+udp://:7 echo.lan:7\n";
 
 const char *ph_cli_help(const char *topic)
 {
@@ -254,6 +267,22 @@ static int cli_forward_opt(int argc, char *const *argv, int *i, struct cli_opt *
 		err = opt_value(argc, argv, i, o, e);
 		return err < 0 ? err : opt_duration(o, *i, &r->idle_timeout, e);
 	}
+	if (strcmp(o->name, "--udp-timeout") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err == 0)
+			err = opt_duration(o, *i, &r->udp_timeout, e);
+		if (err == 0 && r->udp_timeout == 0)
+			return cli_fail(e, *i, "%s must be more than 0", o->name);
+		return err;
+	}
+	if (strcmp(o->name, "--max-sessions") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err == 0)
+			err = opt_uint(o, *i, 1, 10000000, &v, e);
+		if (err == 0)
+			r->max_sessions = (unsigned)v;
+		return err;
+	}
 	if (strcmp(o->name, "--name") == 0) {
 		err = opt_value(argc, argv, i, o, e);
 		if (err < 0)
@@ -275,9 +304,6 @@ static int cli_forward_addr(const char *word, int argi, bool listen, struct ph_h
 	if (ph_hostport_parse(word, hp, &why) < 0)
 		return cli_fail(e, argi, "%s '%s': %s", listen ? "listen address" : "target", word,
 		                why);
-	if (hp->proto != PH_PROTO_TCP)
-		return cli_fail(e, argi, "%s '%s': only TCP forwarding is available so far",
-		                listen ? "listen address" : "target", word);
 	if (listen && hp->is_name)
 		return cli_fail(e, argi,
 		                "listen address '%s': must be an IP address or :PORT, not a name",
@@ -288,9 +314,46 @@ static int cli_forward_addr(const char *word, int argi, bool listen, struct ph_h
 	return 0;
 }
 
+static const char *proto_name(unsigned proto)
+{
+	return proto == PH_PROTO_UDP ? "udp" : proto == PH_PROTO_TCP ? "tcp" : "tcp+udp";
+}
+
+/* The rule as a whole: targets speak the listener's protocol, options fit it. */
+static int cli_forward_check(const struct ph_forward_rule *r, char *const *argv,
+                             const int *targ_argi, const int *opt_argi, struct ph_cli_error *e)
+{
+	unsigned p = r->listen.proto;
+
+	for (unsigned t = 0; t < r->ntargets; t++) {
+		const struct ph_hostport *hp = &r->targets[t].hp;
+
+		if (hp->has_scheme && hp->proto != p)
+			return cli_fail(e, targ_argi[t],
+			                "target '%s': is %s://, but the listen address is %s:// "
+			                "(a target may leave the scheme out)",
+			                argv[targ_argi[t]], proto_name(hp->proto), proto_name(p));
+	}
+	if (!(p & PH_PROTO_TCP) && opt_argi[0] >= 0)
+		return cli_fail(e, opt_argi[0],
+		                "option '%.*s' is for TCP, and this rule is udp:// (UDP sessions "
+		                "have --udp-timeout and --max-sessions)",
+		                (int)strcspn(argv[opt_argi[0]], "="), argv[opt_argi[0]]);
+	if (!(p & PH_PROTO_UDP) && opt_argi[1] >= 0)
+		return cli_fail(e, opt_argi[1],
+		                "option '%.*s' is for UDP: write the listen address as "
+		                "udp://... or tcp+udp://...",
+		                (int)strcspn(argv[opt_argi[1]], "="), argv[opt_argi[1]]);
+	return 0;
+}
+
 static int cli_forward(int argc, char *const *argv, int first, struct ph_config *cfg,
                        struct ph_cli_error *e)
 {
+	static const char *const tcp_only[] = {"--max-conns", "--connect-timeout",
+	                                       "--idle-timeout"};
+	static const char *const udp_only[] = {"--udp-timeout", "--max-sessions"};
+	int targ_argi[PH_FORWARD_MAX_TARGETS], opt_argi[2] = {-1, -1};
 	struct ph_forward_rule *r;
 	int npos = 0, err = 0;
 
@@ -305,6 +368,12 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 
 		if (word[0] == '-' && word[1] != '\0') {
 			opt_split(word, &o);
+			for (size_t k = 0; k < PH_ARRAY_SIZE(tcp_only); k++)
+				if (opt_argi[0] < 0 && strcmp(o.name, tcp_only[k]) == 0)
+					opt_argi[0] = i;
+			for (size_t k = 0; k < PH_ARRAY_SIZE(udp_only); k++)
+				if (opt_argi[1] < 0 && strcmp(o.name, udp_only[k]) == 0)
+					opt_argi[1] = i;
 			err = cli_global_opt(argc, argv, &i, &o, cfg, e);
 			if (err == 0)
 				err = cli_forward_opt(argc, argv, &i, &o, r, e);
@@ -322,7 +391,7 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 		} else {
 			err = cli_forward_addr(word, i, false, &r->targets[r->ntargets].hp, e);
 			if (err == 0)
-				r->ntargets++;
+				targ_argi[r->ntargets++] = i;
 		}
 		npos++;
 	}
@@ -335,6 +404,8 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 			err = cli_fail(e, first,
 			               "forward: missing a TARGET address after LISTEN "
 			               "(see pinhole forward --help)");
+		else
+			err = cli_forward_check(r, argv, targ_argi, opt_argi, e);
 	}
 	if (err != 0) {
 		ph_forward_rule_free(r);

@@ -94,12 +94,15 @@ int ph_hostport_parse(const char *s, struct ph_hostport *hp, const char **why)
 	*why = NULL;
 	hp->proto = PH_PROTO_TCP;
 	if (strncmp(s, "tcp://", 6) == 0) {
+		hp->has_scheme = true;
 		s += 6;
 	} else if (strncmp(s, "udp://", 6) == 0) {
 		hp->proto = PH_PROTO_UDP;
+		hp->has_scheme = true;
 		s += 6;
 	} else if (strncmp(s, "tcp+udp://", 10) == 0) {
 		hp->proto = PH_PROTO_TCP | PH_PROTO_UDP;
+		hp->has_scheme = true;
 		s += 10;
 	} else if (strstr(s, "://") != NULL) {
 		*why = "unknown scheme (tcp://, udp:// or tcp+udp://)";

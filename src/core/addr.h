@@ -33,6 +33,7 @@ struct ph_hostport {
 	char host[PH_HOST_MAX]; /* as written, without brackets; "" for :PORT */
 	uint16_t port;
 	unsigned proto;      /* PH_PROTO_* bits from the scheme; PH_PROTO_TCP when none */
+	bool has_scheme;     /* a scheme was written */
 	bool is_name;        /* host is a DNS name; addr is unset */
 	bool wildcard;       /* written as :PORT (all interfaces, IPv6 and IPv4) */
 	struct ph_addr addr; /* the literal address, when !is_name */

@@ -44,6 +44,53 @@ int ph_tcp_connect(const struct ph_addr *a)
 	return fd;
 }
 
+/* Grows a buffer past net.core.{r,w}mem_max when privileged, up to it otherwise. */
+static void sock_buf(int fd, int opt, int force, int bytes)
+{
+	if (setsockopt(fd, SOL_SOCKET, force, &bytes, sizeof(bytes)) == -1)
+		setsockopt(fd, SOL_SOCKET, opt, &bytes, sizeof(bytes));
+}
+
+int ph_udp_bind(const struct ph_addr *a, bool v6only, bool reuseport, bool pktinfo, int bufsize)
+{
+	int fd, one = 1, v6 = v6only ? 1 : 0, err;
+	bool is6 = a->u.sa.sa_family == AF_INET6;
+
+	fd = socket(a->u.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return -errno;
+	if ((reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1) ||
+	    (is6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof(v6)) == -1) ||
+	    (pktinfo && is6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one)) == -1) ||
+	    (pktinfo && !is6 && setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one)) == -1) ||
+	    bind(fd, &a->u.sa, a->len) == -1) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	if (bufsize > 0) {
+		sock_buf(fd, SO_RCVBUF, SO_RCVBUFFORCE, bufsize);
+		sock_buf(fd, SO_SNDBUF, SO_SNDBUFFORCE, bufsize);
+	}
+	return fd;
+}
+
+int ph_udp_connect(const struct ph_addr *a)
+{
+	int fd, err;
+
+	fd = socket(a->u.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return -errno;
+	if (connect(fd, &a->u.sa, a->len) == -1) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
 int ph_sock_nodelay(int fd)
 {
 	int one = 1;

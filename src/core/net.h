@@ -19,6 +19,21 @@ int ph_tcp_listen(const struct ph_addr *a, bool v6only, bool reuseport);
  */
 int ph_tcp_connect(const struct ph_addr *a);
 
+/*
+ * Opens a non-blocking UDP socket bound to a. v6only and reuseport as for ph_tcp_listen;
+ * pktinfo asks for each datagram's destination address (for a wildcard address, so that
+ * replies leave from the address the client wrote to); bufsize > 0 sets both socket
+ * buffers (beyond the sysctl maximum when privileged). Returns the fd, or -errno.
+ */
+int ph_udp_bind(const struct ph_addr *a, bool v6only, bool reuseport, bool pktinfo, int bufsize);
+
+/*
+ * Opens a non-blocking UDP socket connected to a, on an ephemeral port: it receives only
+ * a's datagrams, and an ICMP error from a (port unreachable) ends its next read with
+ * -ECONNREFUSED. Returns the fd, or -errno.
+ */
+int ph_udp_connect(const struct ph_addr *a);
+
 /* Sets TCP_NODELAY. Returns 0 or -errno. */
 int ph_sock_nodelay(int fd);
 

@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "core/dgram.h"
 #include "core/log.h"
 #include "core/resolve.h"
 
@@ -117,6 +118,8 @@ void ph_worker_destroy(struct ph_worker *w)
 	w->started = false;
 	ph_resolver_free(w->resolver);
 	w->resolver = NULL;
+	ph_dgram_batch_free(w->dgram);
+	w->dgram = NULL;
 	ph_io_close(&w->loop, &w->cmd_io);
 	w->cmd_fd = -1;
 	ph_pipepool_free(&w->pipes);
@@ -156,6 +159,12 @@ void ph_stats_sum(struct ph_worker *const *w, unsigned n, struct ph_stats *out)
 		out->copied += PH_STAT_GET(w[i], copied);
 		out->denied += PH_STAT_GET(w[i], denied);
 		out->over_limit += PH_STAT_GET(w[i], over_limit);
+		out->udp_sessions += PH_STAT_GET(w[i], udp_sessions);
+		out->udp_active += PH_STAT_GET(w[i], udp_active);
+		out->udp_evicted += PH_STAT_GET(w[i], udp_evicted);
+		out->dgrams_up += PH_STAT_GET(w[i], dgrams_up);
+		out->dgrams_down += PH_STAT_GET(w[i], dgrams_down);
+		out->dgrams_dropped += PH_STAT_GET(w[i], dgrams_dropped);
 		out->connect_failed += PH_STAT_GET(w[i], connect_failed);
 		out->resets += PH_STAT_GET(w[i], resets);
 		out->errors += PH_STAT_GET(w[i], errors);

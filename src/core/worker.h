@@ -14,6 +14,7 @@
 #include "core/pipepool.h"
 
 struct ph_resolver;
+struct ph_dgram_batch;
 
 /* Counters of one worker: written only by it (relaxed stores), read by anyone. */
 struct ph_stats {
@@ -28,6 +29,12 @@ struct ph_stats {
 	uint64_t connect_failed; /* connections whose every target failed */
 	uint64_t resets;         /* resets passed on */
 	uint64_t errors;         /* other failures (fds, memory) */
+	uint64_t udp_sessions;   /* UDP sessions made */
+	uint64_t udp_active;     /* UDP sessions alive now */
+	uint64_t udp_evicted;    /* sessions ended early by --max-sessions */
+	uint64_t dgrams_up;      /* datagrams client -> target */
+	uint64_t dgrams_down;    /* datagrams target -> client */
+	uint64_t dgrams_dropped; /* datagrams dropped: full buffers, no session, unreachable */
 };
 
 #define PH_STAT_ADD(w, field, n)                                                                   \
@@ -56,6 +63,7 @@ struct ph_worker {
 	struct ph_loop loop;
 	struct ph_pipepool pipes;
 	struct ph_resolver *resolver; /* owned; made on first use */
+	struct ph_dgram_batch *dgram; /* owned: UDP datagram slots; made by the first UDP rule */
 	struct ph_stats stats;
 	struct ph_list hooks;
 	uint64_t live;    /* connections that keep the worker alive while draining */

@@ -1,4 +1,4 @@
-#include "forward/forward.h"
+#include "forward/forward-int.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -11,16 +11,12 @@
 #include "core/resolve.h"
 #include "core/sys.h"
 #include "core/worker.h"
+#include "forward/target.h"
 #include "relay/pump.h"
 
-#define FWD_ACCEPT_BUDGET  64   /* accepts per wake-up before yielding */
-#define FWD_PAUSE_MS       100  /* accept pause after running out of fds */
-#define FWD_BACKOFF_MIN_MS 1000 /* first back-off of a failed target, doubled per failure */
-#define FWD_BACKOFF_MAX_MS 10000
-#define FWD_DNS_TTL_MIN_S  1
-#define FWD_DNS_TTL_MAX_S  300
-#define FWD_DNS_NEG_MS     1000 /* how long a failed lookup is remembered */
-#define FWD_LOG_PER_SEC    10   /* lines per second per kind of refusal */
+#define FWD_ACCEPT_BUDGET 64  /* accepts per wake-up before yielding */
+#define FWD_PAUSE_MS      100 /* accept pause after running out of fds */
+#define FWD_LOG_PER_SEC   10  /* lines per second per kind of refusal */
 
 enum fwd_state {
 	FWD_RESOLVING = 0, /* waiting for the target's name; connect deadline armed */
@@ -33,19 +29,6 @@ enum fwd_state {
 static const char *const fwd_state_name[FWD__NSTATES] = {"resolving", "connecting", "relaying",
                                                          "closed"};
 
-/* A target name's addresses as this worker last resolved them. */
-struct fwd_dns {
-	struct fwd_wrule *wr;
-	unsigned t; /* index of the target */
-	struct ph_addr addrs[PH_RESOLVE_MAX];
-	unsigned n;
-	uint64_t expires; /* loop ms; 0: never resolved */
-	int err;          /* of the last lookup, 0 when addrs are good */
-	const char *why;
-	bool busy;              /* a lookup is in flight */
-	struct ph_list waiters; /* fwd_conn.wait of connections waiting for it */
-};
-
 /* One rule on one worker: its listener, its connections, its view of the targets' names. */
 struct fwd_wrule {
 	struct ph_forward_rule *rule; /* borrowed */
@@ -55,17 +38,16 @@ struct fwd_wrule {
 	struct ph_task more;          /* accepting goes on after a full budget */
 	struct ph_worker_hook hook;
 	struct ph_list conns; /* fwd_conn.node of live connections */
-	unsigned rr;          /* round-robin position */
-	struct fwd_dns dns[PH_FORWARD_MAX_TARGETS];
-	struct ph_ratelimit rl_denied, rl_full, rl_accept, rl_target;
+	struct ph_tsel sel;   /* the targets as this worker sees them */
+	struct ph_ratelimit rl_denied, rl_full, rl_accept;
 };
 
 struct fwd_conn {
 	struct ph_pump pump;   /* io[0] the client, io[1] the target (also while connecting) */
 	struct ph_timer timer; /* connect or idle deadline */
 	struct ph_task reap;
-	struct ph_list node; /* in wr->conns */
-	struct ph_list wait; /* in a fwd_dns.waiters while resolving */
+	struct ph_list node;      /* in wr->conns */
+	struct ph_tsel_wait wait; /* queued for a target's name while resolving */
 	struct fwd_wrule *wr;
 	struct ph_addr peer; /* the client */
 	struct ph_addr dst;  /* the target address tried last */
@@ -88,7 +70,7 @@ static void fwd_set_state_(struct fwd_conn *c, enum fwd_state s, int line)
 	c->state = (uint8_t)s;
 }
 
-static const char *rule_label(const struct ph_forward_rule *r, char *buf, size_t len)
+const char *ph_forward__label(const struct ph_forward_rule *r, char *buf, size_t len)
 {
 	char a[PH_ADDR_STRLEN];
 
@@ -128,10 +110,11 @@ static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
 	}
 	fwd_set_state(c, FWD_CLOSED);
 	ph_timer_stop(&w->loop, &c->timer);
-	ph_list_del(&c->wait);
+	ph_tsel_wait_cancel(&c->wait);
 	ph_list_del(&c->node);
-	ph_pump_close(&c->pump, rst);
+	/* the slot is free before the client can see the close and come back */
 	__atomic_fetch_sub(&wr->rule->live, 1, __ATOMIC_RELAXED);
+	ph_pump_close(&c->pump, rst);
 	ph_task_queue(&w->loop, &c->reap);
 	ph_worker_conn_dec(w);
 }
@@ -157,7 +140,7 @@ static void fwd_on_timer(struct ph_timer *t)
 
 	switch (c->state) {
 	case FWD_RESOLVING:
-		ph_list_del(&c->wait);
+		ph_tsel_wait_cancel(&c->wait);
 		c->lasterr = -ETIMEDOUT;
 		c->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
 		fwd_next(c);
@@ -180,33 +163,6 @@ static void fwd_on_timer(struct ph_timer *t)
 	}
 }
 
-static void target_ok(struct ph_forward_target *t)
-{
-	if (__atomic_load_n(&t->fails, __ATOMIC_RELAXED) != 0) {
-		__atomic_store_n(&t->fails, 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&t->backoff_until, 0, __ATOMIC_RELAXED);
-	}
-}
-
-static void target_failed(struct fwd_conn *c, int err)
-{
-	struct ph_forward_target *t = &c->wr->rule->targets[c->tgt];
-	uint32_t fails = __atomic_add_fetch(&t->fails, 1, __ATOMIC_RELAXED);
-	uint64_t backoff = FWD_BACKOFF_MIN_MS;
-	char a[PH_ADDR_STRLEN];
-
-	for (uint32_t i = 1; i < fails && backoff < FWD_BACKOFF_MAX_MS; i++)
-		backoff *= 2;
-	if (backoff > FWD_BACKOFF_MAX_MS)
-		backoff = FWD_BACKOFF_MAX_MS;
-	__atomic_store_n(&t->backoff_until, c->wr->w->loop.now + backoff, __ATOMIC_RELAXED);
-	if (ph_ratelimit_ok(&c->wr->rl_target, c->wr->w->loop.now, FWD_LOG_PER_SEC))
-		ph_warn("target %s:%u (%s) failed: %s; skipped for %llu ms",
-		        t->hp.host[0] ? t->hp.host : "*", t->hp.port,
-		        c->tgt >= 0 ? ph_addr_fmt(&c->dst, a, sizeof(a)) : "-", strerror(-err),
-		        (unsigned long long)backoff);
-}
-
 static void fwd_on_connect(struct ph_io *io, uint32_t events)
 {
 	struct fwd_conn *c = container_of(io, struct fwd_conn, pump.io[1]);
@@ -223,7 +179,7 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 	if (!(events & EPOLLOUT))
 		return;
 	ph_timer_stop(l, &c->timer);
-	target_ok(&c->wr->rule->targets[c->tgt]);
+	ph_tsel_ok(&c->wr->sel, (unsigned)c->tgt);
 	fwd_set_state(c, FWD_RELAYING);
 	if (c->wr->rule->idle_timeout != 0)
 		ph_timer_arm(l, &c->timer, c->wr->rule->idle_timeout);
@@ -256,72 +212,26 @@ static int fwd_connect(struct fwd_conn *c)
 	return 0;
 }
 
-/* Picks the next target to try: round robin, those in back-off last. -1 when none is left. */
-static int fwd_pick(struct fwd_conn *c)
+/* The name of c's target is resolved (err 0) or not: connects, or moves on. */
+static void fwd_on_dns(struct ph_tsel_wait *wt, int err)
 {
-	struct ph_forward_rule *r = c->wr->rule;
-	unsigned start = c->wr->rr, best = 0;
-	uint64_t best_until = UINT64_MAX;
-	bool found = false;
+	struct fwd_conn *c = container_of(wt, struct fwd_conn, wait);
+	const struct ph_addr *addrs;
 
-	for (unsigned k = 0; k < r->ntargets; k++) {
-		unsigned t = (start + k) % r->ntargets;
-		uint64_t until;
-
-		if (c->tried & (1u << t))
-			continue;
-		until = __atomic_load_n(&r->targets[t].backoff_until, __ATOMIC_RELAXED);
-		if (until <= c->wr->w->loop.now)
-			return (int)t;
-		if (until < best_until) { /* all in back-off: the one that recovers first */
-			best_until = until;
-			best = t;
-			found = true;
-		}
-	}
-	return found ? (int)best : -1;
-}
-
-static void fwd_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
-                            unsigned n, uint32_t ttl)
-{
-	struct fwd_dns *d = arg;
-	struct ph_loop *l = &d->wr->w->loop;
-	struct ph_list *it, *tmp;
-
-	d->busy = false;
-	d->err = err;
-	d->why = why;
-	d->n = err == 0 ? n : 0;
-	if (err == 0) {
-		memcpy(d->addrs, addrs, n * sizeof(*addrs));
-		ttl = ttl < FWD_DNS_TTL_MIN_S   ? FWD_DNS_TTL_MIN_S
-		      : ttl > FWD_DNS_TTL_MAX_S ? FWD_DNS_TTL_MAX_S
-		                                : ttl;
-		d->expires = l->now + (uint64_t)ttl * 1000;
+	ph_timer_stop(&c->wr->w->loop, &c->timer);
+	c->ai = 0;
+	if (err == 0 && ph_tsel_cached(&c->wr->sel, (unsigned)c->tgt, &addrs) > 0) {
+		c->dst = addrs[0];
+		err = fwd_connect(c);
+		if (err == 0)
+			return;
 	} else {
-		ph_warn("cannot resolve %s: %s", d->wr->rule->targets[d->t].hp.host, why);
-		d->expires = l->now + FWD_DNS_NEG_MS;
+		c->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
+		if (err == 0)
+			err = -EIO;
 	}
-	ph_list_for_each_safe(it, tmp, &d->waiters) {
-		struct fwd_conn *c = container_of(it, struct fwd_conn, wait);
-
-		ph_list_del(&c->wait);
-		ph_timer_stop(l, &c->timer);
-		c->ai = 0;
-		if (err == 0) {
-			c->dst = d->addrs[0];
-			err = fwd_connect(c);
-			if (err == 0)
-				continue;
-			c->lasterr = err;
-		} else {
-			c->lasterr = err;
-			c->ai = PH_RESOLVE_MAX; /* no address to go on with */
-		}
-		fwd_next(c);
-		err = d->err;
-	}
+	c->lasterr = err;
+	fwd_next(c);
 }
 
 /*
@@ -331,24 +241,15 @@ static void fwd_on_resolved(void *arg, int err, const char *why, const struct ph
 static void fwd_next(struct fwd_conn *c)
 {
 	struct fwd_wrule *wr = c->wr;
-	struct ph_forward_rule *r = wr->rule;
 	struct ph_loop *l = &wr->w->loop;
 
 	for (;;) {
-		const struct ph_addr *addrs = NULL;
-		unsigned naddrs = 0;
-		int t, err;
+		const struct ph_addr *addrs;
+		int t, n, err;
 
 		if (c->tgt >= 0) {
-			struct ph_forward_target *tg = &r->targets[c->tgt];
-
-			if (!tg->hp.is_name) {
-				naddrs = 1;
-			} else if (wr->dns[c->tgt].err == 0) {
-				naddrs = wr->dns[c->tgt].n;
-				addrs = wr->dns[c->tgt].addrs;
-			}
-			if ((unsigned)c->ai + 1 < naddrs && addrs != NULL) {
+			n = ph_tsel_cached(&wr->sel, (unsigned)c->tgt, &addrs);
+			if ((int)c->ai + 1 < n) {
 				c->ai++;
 				c->dst = addrs[c->ai];
 				err = fwd_connect(c);
@@ -358,9 +259,10 @@ static void fwd_next(struct fwd_conn *c)
 				continue;
 			}
 			if (c->lasterr != 0)
-				target_failed(c, c->lasterr);
+				ph_tsel_failed(&wr->sel, (unsigned)c->tgt,
+				               c->ai < PH_RESOLVE_MAX ? &c->dst : NULL, c->lasterr);
 		}
-		t = fwd_pick(c);
+		t = ph_tsel_pick(&wr->sel, c->tried);
 		if (t < 0) {
 			PH_STAT_ADD(wr->w, connect_failed, 1);
 			fwd_close(c, true, "no target reachable",
@@ -370,34 +272,18 @@ static void fwd_next(struct fwd_conn *c)
 		c->tgt = (int8_t)t;
 		c->ai = 0;
 		c->tried |= 1u << t;
-		wr->rr = ((unsigned)t + 1) % r->ntargets;
-		if (!r->targets[t].hp.is_name) {
-			c->dst = r->targets[t].hp.addr;
-		} else {
-			struct fwd_dns *d = &wr->dns[t];
-
-			if (d->expires == 0 || d->expires <= l->now) {
-				/* stale or never looked up: wait for a fresh answer */
-				if (!d->busy) {
-					err = ph_resolve(wr->w, r->targets[t].hp.host,
-					                 r->targets[t].hp.port, fwd_on_resolved, d);
-					if (err < 0) {
-						c->lasterr = err;
-						continue;
-					}
-					d->busy = true;
-				}
-				ph_list_add_tail(&d->waiters, &c->wait);
-				fwd_set_state(c, FWD_RESOLVING);
-				ph_timer_arm(l, &c->timer, r->connect_timeout);
-				return;
-			}
-			if (d->err != 0) {
-				c->lasterr = d->err;
-				continue;
-			}
-			c->dst = d->addrs[0];
+		n = ph_tsel_addrs(&wr->sel, (unsigned)t, &addrs, &c->wait);
+		if (n == 0) {
+			fwd_set_state(c, FWD_RESOLVING);
+			ph_timer_arm(l, &c->timer, wr->rule->connect_timeout);
+			return;
 		}
+		if (n < 0) {
+			c->lasterr = n;
+			c->ai = PH_RESOLVE_MAX;
+			continue;
+		}
+		c->dst = addrs[0];
 		err = fwd_connect(c);
 		if (err == 0)
 			return;
@@ -418,7 +304,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 		PH_STAT_ADD(w, denied, 1);
 		if (ph_ratelimit_ok(&wr->rl_denied, w->loop.now, FWD_LOG_PER_SEC))
 			ph_info("%s: denied %s by --allow/--deny",
-			        rule_label(r, label, sizeof(label)),
+			        ph_forward__label(r, label, sizeof(label)),
 			        ph_addr_fmt(peer, a, sizeof(a)));
 		ph_sock_set_rst(fd);
 		close(fd);
@@ -430,7 +316,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 		PH_STAT_ADD(w, over_limit, 1);
 		if (ph_ratelimit_ok(&wr->rl_full, w->loop.now, FWD_LOG_PER_SEC))
 			ph_warn("%s: refused %s: --max-conns %u reached",
-			        rule_label(r, label, sizeof(label)),
+			        ph_forward__label(r, label, sizeof(label)),
 			        ph_addr_fmt(peer, a, sizeof(a)), r->max_conns);
 		ph_sock_set_rst(fd);
 		close(fd);
@@ -440,7 +326,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	if (c == NULL) {
 		__atomic_fetch_sub(&r->live, 1, __ATOMIC_RELAXED);
 		PH_STAT_ADD(w, errors, 1);
-		ph_err("%s: out of memory: refused %s", rule_label(r, label, sizeof(label)),
+		ph_err("%s: out of memory: refused %s", ph_forward__label(r, label, sizeof(label)),
 		       ph_addr_fmt(peer, a, sizeof(a)));
 		close(fd);
 		return;
@@ -448,7 +334,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	ph_pump_init(&c->pump, w, fd, -1, fwd_on_pump_done);
 	ph_timer_init(&c->timer, fwd_on_timer);
 	ph_task_init(&c->reap, fwd_reap);
-	ph_list_init(&c->wait);
+	ph_tsel_wait_init(&c->wait, fwd_on_dns);
 	ph_list_add_tail(&wr->conns, &c->node);
 	c->wr = wr;
 	c->peer = *peer;
@@ -492,12 +378,13 @@ static void fwd_accept_some(struct fwd_wrule *wr)
 				if (ph_ratelimit_ok(&wr->rl_accept, w->loop.now, 1))
 					ph_err("%s: cannot accept: %s (raise the limit with ulimit "
 					       "-n); pausing %d ms",
-					       rule_label(wr->rule, label, sizeof(label)),
+					       ph_forward__label(wr->rule, label, sizeof(label)),
 					       strerror(errno), FWD_PAUSE_MS);
 				ph_timer_arm(&w->loop, &wr->pause, FWD_PAUSE_MS);
 				return;
 			default:
-				ph_err("%s: accept: %s", rule_label(wr->rule, label, sizeof(label)),
+				ph_err("%s: accept: %s",
+				       ph_forward__label(wr->rule, label, sizeof(label)),
 				       strerror(errno));
 				ph_timer_arm(&w->loop, &wr->pause, FWD_PAUSE_MS);
 				return;
@@ -582,6 +469,7 @@ void ph_forward_rule_free(struct ph_forward_rule *r)
 	for (unsigned i = 0; i < r->nwr; i++)
 		wrule_free(r->wr[i]);
 	free(r->wr);
+	ph_forward__udp_free(r);
 	ph_acl_free(&r->acl);
 	free(r);
 }
@@ -605,7 +493,7 @@ static int listen_one(struct ph_forward_rule *r, bool reuseport, struct ph_addr 
 	return fd;
 }
 
-int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
+static int tcp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
                      size_t whylen)
 {
 	struct ph_addr bound;
@@ -643,12 +531,7 @@ int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n
 		ph_task_init(&wr->more, fwd_on_more);
 		ph_list_init(&wr->conns);
 		ph_worker_hook_add(w[i], &wr->hook, fwd_on_cmd);
-		wr->rr = i % r->ntargets; /* workers start on different targets */
-		for (unsigned t = 0; t < PH_FORWARD_MAX_TARGETS; t++) {
-			wr->dns[t].wr = wr;
-			wr->dns[t].t = t;
-			ph_list_init(&wr->dns[t].waiters);
-		}
+		ph_tsel_init(&wr->sel, r, w[i], i); /* workers start on different targets */
 		r->wr[r->nwr++] = wr;
 		fd = listen_one(r, true, &bound);
 		if (fd < 0) {
@@ -674,4 +557,28 @@ err_free:
 	r->wr = NULL;
 	r->nwr = 0;
 	return err;
+}
+
+int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
+                     size_t whylen)
+{
+	struct ph_addr listen = r->listen.addr;
+	int err;
+
+	if (r->listen.proto & PH_PROTO_TCP) {
+		err = tcp_start(r, w, n, why, whylen);
+		if (err < 0)
+			return err;
+	}
+	if (r->listen.proto & PH_PROTO_UDP) {
+		struct ph_addr tcp_bound = r->listen.addr;
+
+		r->listen.addr = listen; /* as written, not as TCP bound it */
+		err = ph_forward__udp_start(r, w, n, why, whylen);
+		if (r->listen.proto & PH_PROTO_TCP)
+			r->listen.addr = tcp_bound;
+		if (err < 0)
+			return err; /* the TCP side is freed with the rule */
+	}
+	return 0;
 }

@@ -1,6 +1,7 @@
 /*
- * Static TCP forwarding: connections arriving at a listening address are relayed to one of
- * the targets (round robin, skipping a target that failed until its back-off ends).
+ * Static forwarding: TCP connections arriving at a listening address are relayed to one of
+ * the targets (round robin, skipping a target that failed until its back-off ends); UDP
+ * datagrams are relayed like a NAT does, a session per client (forward/udp.c).
  */
 #ifndef PH_FORWARD_FORWARD_H
 #define PH_FORWARD_FORWARD_H
@@ -9,11 +10,14 @@
 
 #include "core/acl.h"
 #include "core/addr.h"
+#include "forward/target.h"
 
 struct ph_worker;
 struct fwd_wrule;
+struct udp_wrule;
 
-#define PH_FORWARD_MAX_TARGETS 32
+#define PH_UDP_TIMEOUT_MS   60000 /* default --udp-timeout */
+#define PH_UDP_MAX_SESSIONS 16384 /* default --max-sessions, lowered to what fds allow */
 
 struct ph_forward_target {
 	struct ph_hostport hp;
@@ -31,17 +35,22 @@ struct ph_forward_rule {
 	unsigned max_conns;       /* 0: no limit */
 	uint64_t connect_timeout; /* ms per connect attempt */
 	uint64_t idle_timeout;    /* ms without bytes in either direction; 0: none */
+	uint64_t udp_timeout;     /* ms a UDP session lives without a datagram */
+	unsigned max_sessions;    /* UDP sessions over all workers; 0: the default */
 	/* run time */
 	uint64_t live;         /* atomic: connections alive, over all workers */
-	struct fwd_wrule **wr; /* owned: the rule's state on each worker */
+	uint64_t sessions;     /* atomic: UDP sessions alive, over all workers */
+	struct fwd_wrule **wr; /* owned: the TCP side's state on each worker */
 	unsigned nwr;
+	struct udp_wrule **uwr; /* owned: the UDP side's state on each worker */
+	unsigned nuwr;
 };
 
 /* Defaults for a new rule. Returns NULL when out of memory. */
 struct ph_forward_rule *ph_forward_rule_new(void);
 
 /*
- * Binds the rule's listener once per worker (SO_REUSEPORT) and registers it with each
+ * Binds the rule's listeners (TCP, UDP or both, as its scheme says) once per worker (SO_REUSEPORT) and registers it with each
  * worker's loop; call before the workers start. Returns 0, or -errno with a one-line
  * reason in why, and nothing is left bound.
  */

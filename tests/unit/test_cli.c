@@ -351,13 +351,50 @@ static void test_err_addresses(void **state)
 	PARSE_BAD2(f, 1, "::1:80", "brackets", "forward", "::1:80", "h:1");
 	PARSE_BAD2(f, 3, "h:0", "1-65535", "forward", ":80", "h:1", "h:0");
 	PARSE_BAD2(f, 1, "nocolon", "HOST:PORT", "forward", "nocolon", "h:1");
-	/* listen must be an IP address or :PORT, and TCP */
-	PARSE_BAD2(f, 1, "udp://:53", "TCP", "forward", "udp://:53", "1.2.3.4:53");
-	PARSE_BAD(f, 1, "tcp+udp://:53", "forward", "tcp+udp://:53", "1.2.3.4:53");
+	/* listen must be an IP address or :PORT */
 	PARSE_BAD2(f, 1, "example.com:80", "not a name", "forward", "example.com:80", "1.2.3.4:80");
-	/* a target needs a host, and TCP */
+	/* a target needs a host, and the listener's protocol when it names one */
 	PARSE_BAD2(f, 2, "':80'", "needs a host", "forward", ":81", ":80");
-	PARSE_BAD(f, 3, "udp://h:53", "forward", ":81", "h:1", "udp://h:53");
+	PARSE_BAD2(f, 3, "'udp://h:53'", "is udp://, but the listen address is tcp://", "forward",
+	           ":81", "h:1", "udp://h:53");
+	PARSE_BAD2(f, 2, "'tcp://h:53'", "listen address is udp://", "forward", "udp://:53",
+	           "tcp://h:53");
+	PARSE_BAD2(f, 2, "'udp://h:53'", "listen address is tcp+udp://", "forward", "tcp+udp://:53",
+	           "udp://h:53");
+	/* options of the other protocol */
+	PARSE_BAD2(f, 3, "--max-conns", "is for TCP", "forward", "udp://:53", "h:53", "--max-conns",
+	           "5");
+	PARSE_BAD2(f, 3, "--udp-timeout", "is for UDP", "forward", ":53", "h:53", "--udp-timeout",
+	           "5s");
+	PARSE_BAD2(f, 1, "--max-sessions", "is for UDP", "forward", "--max-sessions=9", ":53",
+	           "h:53");
+	PARSE_BAD2(f, 4, "--udp-timeout", "more than 0", "forward", "udp://:53", "h:53",
+	           "--udp-timeout", "0");
+	PARSE_BAD(f, 4, "--max-sessions", "forward", "udp://:53", "h:53", "--max-sessions", "0");
+}
+
+static void test_forward_udp(void **state)
+{
+	struct fixture *f = *state;
+	const struct ph_forward_rule *r;
+
+	PARSE_OK(f, "forward", "udp://:5353", "10.0.0.2:53", "udp://dns.lan:53", "--udp-timeout",
+	         "30s", "--max-sessions", "100", "--allow", "10.0.0.0/8");
+	r = rule(f);
+	assert_int_equal(r->listen.proto, PH_PROTO_UDP);
+	assert_true(r->listen.wildcard);
+	assert_int_equal(r->ntargets, 2);
+	assert_false(r->targets[0].hp.has_scheme);
+	assert_true(r->targets[1].hp.has_scheme);
+	assert_int_equal(r->udp_timeout, 30000);
+	assert_int_equal(r->max_sessions, 100);
+	PARSE_OK(f, "forward", "tcp+udp://127.0.0.1:7", "tcp+udp://h:7", "--udp-timeout", "1s",
+	         "--max-conns", "5");
+	assert_int_equal(f->cfg.nrules, 2); /* one parse after another adds a rule */
+	r = f->cfg.rules[1];
+	assert_int_equal(r->listen.proto, PH_PROTO_TCP | PH_PROTO_UDP);
+	assert_int_equal(r->max_conns, 5);
+	assert_int_equal(r->udp_timeout, 1000);
 }
 
 static void test_err_missing(void **state)
@@ -450,6 +487,7 @@ int main(void)
 		T(test_verbosity_flags),
 		T(test_help_version),
 		T(test_err_unknown),
+		T(test_forward_udp),
 		T(test_err_addresses),
 		T(test_err_missing),
 		T(test_err_values),

@@ -1,0 +1,22 @@
+/* Private to src/forward/: the UDP side of a rule, started and freed by forward.c. */
+#ifndef PH_FORWARD_FORWARD_INT_H
+#define PH_FORWARD_FORWARD_INT_H
+
+#include <stddef.h>
+
+#include "forward/forward.h"
+
+struct ph_worker;
+
+/* Binds r's UDP listener once per worker. Returns 0, or -errno with a reason in why and
+ * nothing left bound. */
+int ph_forward__udp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
+                          size_t whylen);
+
+/* Frees r's UDP state: sessions are closed without events. The workers must have ended. */
+void ph_forward__udp_free(struct ph_forward_rule *r);
+
+/* "NAME" or "forward ADDR": how logs name a rule. */
+const char *ph_forward__label(const struct ph_forward_rule *r, char *buf, size_t len);
+
+#endif /* PH_FORWARD_FORWARD_INT_H */

@@ -1,0 +1,156 @@
+#include "forward/target.h"
+
+#include <string.h>
+
+#include "core/worker.h"
+#include "forward/forward.h"
+
+#define TSEL_BACKOFF_MIN_MS 1000 /* first back-off of a failed target, doubled per failure */
+#define TSEL_BACKOFF_MAX_MS 10000
+#define TSEL_DNS_TTL_MIN_S  1
+#define TSEL_DNS_TTL_MAX_S  300
+#define TSEL_DNS_NEG_MS     1000 /* how long a failed lookup is remembered */
+#define TSEL_LOG_PER_SEC    10
+
+void ph_tsel_init(struct ph_tsel *s, struct ph_forward_rule *r, struct ph_worker *w, unsigned start)
+{
+	memset(s, 0, sizeof(*s));
+	s->rule = r;
+	s->w = w;
+	s->rr = r->ntargets != 0 ? start % r->ntargets : 0;
+	for (unsigned t = 0; t < PH_FORWARD_MAX_TARGETS; t++) {
+		s->dns[t].sel = s;
+		s->dns[t].t = t;
+		ph_list_init(&s->dns[t].waiters);
+	}
+}
+
+int ph_tsel_pick(struct ph_tsel *s, uint32_t tried)
+{
+	struct ph_forward_rule *r = s->rule;
+	unsigned start = s->rr, best = 0;
+	uint64_t best_until = UINT64_MAX;
+	bool found = false;
+	int pick = -1;
+
+	for (unsigned k = 0; k < r->ntargets; k++) {
+		unsigned t = (start + k) % r->ntargets;
+		uint64_t until;
+
+		if (tried & (1u << t))
+			continue;
+		until = __atomic_load_n(&r->targets[t].backoff_until, __ATOMIC_RELAXED);
+		if (until <= s->w->loop.now) {
+			pick = (int)t;
+			break;
+		}
+		if (until < best_until) { /* all in back-off: the one that recovers first */
+			best_until = until;
+			best = t;
+			found = true;
+		}
+	}
+	if (pick < 0 && found)
+		pick = (int)best;
+	if (pick >= 0)
+		s->rr = ((unsigned)pick + 1) % r->ntargets;
+	return pick;
+}
+
+static void tsel_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                             unsigned n, uint32_t ttl)
+{
+	struct ph_tsel_dns *d = arg;
+	struct ph_loop *l = &d->sel->w->loop;
+	d->busy = false;
+	d->err = err;
+	d->n = err == 0 ? n : 0;
+	if (err == 0) {
+		memcpy(d->addrs, addrs, n * sizeof(*addrs));
+		ttl = ttl < TSEL_DNS_TTL_MIN_S   ? TSEL_DNS_TTL_MIN_S
+		      : ttl > TSEL_DNS_TTL_MAX_S ? TSEL_DNS_TTL_MAX_S
+		                                 : ttl;
+		d->expires = l->now + (uint64_t)ttl * 1000;
+	} else {
+		ph_warn("cannot resolve %s: %s", d->sel->rule->targets[d->t].hp.host, why);
+		d->expires = l->now + TSEL_DNS_NEG_MS;
+	}
+	/* a waiter's callback may close others, which leave the list: always take the head */
+	while (!ph_list_empty(&d->waiters)) {
+		struct ph_tsel_wait *wt = container_of(d->waiters.next, struct ph_tsel_wait, node);
+
+		ph_list_del(&wt->node);
+		wt->fn(wt, d->err);
+	}
+}
+
+int ph_tsel_addrs(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs,
+                  struct ph_tsel_wait *wt)
+{
+	struct ph_forward_target *tg = &s->rule->targets[t];
+	struct ph_tsel_dns *d = &s->dns[t];
+	int err;
+
+	*addrs = NULL;
+	if (!tg->hp.is_name) {
+		*addrs = &tg->hp.addr;
+		return 1;
+	}
+	if (d->expires != 0 && d->expires > s->w->loop.now) {
+		if (d->err != 0)
+			return d->err;
+		*addrs = d->addrs;
+		return (int)d->n;
+	}
+	/* stale or never looked up: wait for a fresh answer */
+	if (!d->busy) {
+		err = ph_resolve(s->w, tg->hp.host, tg->hp.port, tsel_on_resolved, d);
+		if (err < 0)
+			return err;
+		d->busy = true;
+	}
+	ph_list_add_tail(&d->waiters, &wt->node);
+	return 0;
+}
+
+int ph_tsel_cached(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs)
+{
+	*addrs = NULL;
+	if (!s->rule->targets[t].hp.is_name) {
+		*addrs = &s->rule->targets[t].hp.addr;
+		return 1;
+	}
+	if (s->dns[t].err != 0 || s->dns[t].expires == 0)
+		return 0;
+	*addrs = s->dns[t].addrs;
+	return (int)s->dns[t].n;
+}
+
+void ph_tsel_ok(struct ph_tsel *s, unsigned t)
+{
+	struct ph_forward_target *tg = &s->rule->targets[t];
+
+	if (__atomic_load_n(&tg->fails, __ATOMIC_RELAXED) != 0) {
+		__atomic_store_n(&tg->fails, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&tg->backoff_until, 0, __ATOMIC_RELAXED);
+	}
+}
+
+void ph_tsel_failed(struct ph_tsel *s, unsigned t, const struct ph_addr *dst, int err)
+{
+	struct ph_forward_target *tg = &s->rule->targets[t];
+	uint32_t fails = __atomic_add_fetch(&tg->fails, 1, __ATOMIC_RELAXED);
+	uint64_t backoff = TSEL_BACKOFF_MIN_MS, now = s->w->loop.now;
+	char a[PH_ADDR_STRLEN];
+
+	for (uint32_t i = 1; i < fails && backoff < TSEL_BACKOFF_MAX_MS; i++)
+		backoff *= 2;
+	if (backoff > TSEL_BACKOFF_MAX_MS)
+		backoff = TSEL_BACKOFF_MAX_MS;
+	__atomic_store_n(&tg->backoff_until, now + backoff, __ATOMIC_RELAXED);
+	if (ph_ratelimit_ok(&s->rl_failed, now, TSEL_LOG_PER_SEC))
+		ph_warn("target %s:%u (%s) failed: %s; skipped for %llu ms",
+		        tg->hp.host[0] ? tg->hp.host : "*", tg->hp.port,
+		        dst != NULL ? ph_addr_fmt(dst, a, sizeof(a)) : "-", strerror(-err),
+		        (unsigned long long)backoff);
+}

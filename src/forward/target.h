@@ -1,0 +1,90 @@
+/*
+ * A rule's targets as one worker sees them, for TCP connections and UDP sessions alike:
+ * round robin, a failed target skipped for a back-off that grows with its failures
+ * (shared by all workers), and target names resolved without blocking and cached for
+ * their time to live (per worker: nothing hot is shared).
+ */
+#ifndef PH_FORWARD_TARGET_H
+#define PH_FORWARD_TARGET_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/addr.h"
+#include "core/log.h"
+#include "core/resolve.h"
+#include "core/util.h"
+
+struct ph_forward_rule;
+struct ph_forward_target;
+struct ph_tsel;
+
+#define PH_FORWARD_MAX_TARGETS 32
+
+/* Someone waiting for a target's name, embedded in a connection or a session. */
+struct ph_tsel_wait;
+typedef void (*ph_tsel_wait_fn)(struct ph_tsel_wait *wt, int err);
+struct ph_tsel_wait {
+	struct ph_list node; /* self-linked when not waiting */
+	ph_tsel_wait_fn fn;
+};
+
+/* A target name's addresses as this worker last resolved them. */
+struct ph_tsel_dns {
+	struct ph_tsel *sel;
+	unsigned t; /* index of the target */
+	struct ph_addr addrs[PH_RESOLVE_MAX];
+	unsigned n;
+	uint64_t expires;       /* loop ms; 0: never resolved */
+	int err;                /* of the last lookup, 0 when addrs are good */
+	bool busy;              /* a lookup is in flight */
+	struct ph_list waiters; /* ph_tsel_wait.node */
+};
+
+/* One rule's targets on one worker. */
+struct ph_tsel {
+	struct ph_forward_rule *rule; /* borrowed */
+	struct ph_worker *w;          /* borrowed */
+	unsigned rr;                  /* round-robin position */
+	struct ph_ratelimit rl_failed;
+	struct ph_tsel_dns dns[PH_FORWARD_MAX_TARGETS];
+};
+
+void ph_tsel_init(struct ph_tsel *s, struct ph_forward_rule *r, struct ph_worker *w,
+                  unsigned start);
+
+/*
+ * Picks the next target to try: round robin over those not in tried (a bit per target),
+ * those in back-off last. Returns its index, or -1 when every target was tried.
+ */
+int ph_tsel_pick(struct ph_tsel *s, uint32_t tried);
+
+/*
+ * The addresses of target t. Returns n >= 1 with *addrs set; 0 when a lookup is under way
+ * and wt was queued (wt->fn runs once with its result; ph_tsel_wait_cancel() takes it
+ * back); or -errno when the name cannot be resolved now.
+ */
+int ph_tsel_addrs(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs,
+                  struct ph_tsel_wait *wt);
+
+static inline void ph_tsel_wait_init(struct ph_tsel_wait *wt, ph_tsel_wait_fn fn)
+{
+	ph_list_init(&wt->node);
+	wt->fn = fn;
+}
+
+static inline void ph_tsel_wait_cancel(struct ph_tsel_wait *wt)
+{
+	ph_list_del(&wt->node);
+}
+
+/* What is known of target t's addresses now, without a lookup: their count, 0 for none. */
+int ph_tsel_cached(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs);
+
+/* Target t answered: its back-off ends. */
+void ph_tsel_ok(struct ph_tsel *s, unsigned t);
+
+/* Target t failed at address dst (NULL: none) with err: it is skipped for a while. */
+void ph_tsel_failed(struct ph_tsel *s, unsigned t, const struct ph_addr *dst, int err);
+
+#endif /* PH_FORWARD_TARGET_H */

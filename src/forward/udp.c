@@ -1,0 +1,696 @@
+/*
+ * UDP forwarding, the way a NAT does it. Each client (address and port, and the local
+ * address it wrote to) gets a session with its own upstream socket connected to one
+ * target: that socket's ephemeral port is the client's mapping, its replies go back to
+ * exactly that client from the address it wrote to, and an ICMP error from the target
+ * ends the session at once. Sessions expire after --udp-timeout without a datagram either
+ * way; when --max-sessions is reached the least recently used one makes room.
+ *
+ * Each worker has its own SO_REUSEPORT listener. The kernel picks a worker by hashing the
+ * 4-tuple, so one client's datagrams always reach the same worker and its session table.
+ * Both directions move in batches (recvmmsg, then sendmmsg of each run of datagrams for one
+ * session). Datagrams pass whole; one that cannot be sent now is dropped and counted, as
+ * UDP would: nothing here ever blocks or buffers without bound.
+ */
+#include "forward/forward-int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/dgram.h"
+#include "core/log.h"
+#include "core/net.h"
+#include "core/worker.h"
+#include "forward/target.h"
+#include "relay/udptab.h"
+
+#define UDP_ROUNDS       4         /* batches per wake-up before other work gets a turn */
+#define UDP_PEND_MAX     8         /* datagrams held while the target's name resolves */
+#define UDP_SOCKBUF      (4 << 20) /* listener buffers: a burst queues instead of dropping */
+#define UDP_EXPIRE_BATCH 4096      /* sessions expired per timer run */
+#define UDP_LOG_PER_SEC  10
+
+enum udp_state {
+	UDP_RESOLVING = 0, /* waiting for the target's name; datagrams are held */
+	UDP_ACTIVE,        /* the upstream socket is connected */
+	UDP_CLOSED,        /* closed; freed after this batch of events */
+};
+
+/* A datagram held while the session's target is being resolved. */
+struct udp_pend {
+	struct udp_pend *next;
+	size_t len;
+	uint8_t data[];
+};
+
+struct udp_sess {
+	struct ph_udp_node node;  /* keyed by the client and the local address it wrote to */
+	struct ph_io io;          /* upstream, connected to dst; -1 while resolving */
+	struct ph_tsel_wait wait; /* queued for the target's name */
+	struct ph_task reap;
+	struct udp_wrule *uw;
+	struct ph_addr dst;
+	struct udp_pend *pend; /* owned: held datagrams, oldest first */
+	uint64_t id;
+	uint64_t start;             /* loop ms */
+	uint64_t pkts[2], bytes[2]; /* [0] client -> target, [1] back */
+	uint32_t tried;             /* bit per target tried */
+	int lasterr;
+	uint8_t npend;
+	uint8_t state;
+	int8_t tgt; /* -1 before the first */
+	uint8_t ai; /* address index within the target */
+};
+
+/* One rule's UDP side on one worker. */
+struct udp_wrule {
+	struct ph_forward_rule *rule; /* borrowed */
+	struct ph_worker *w;          /* borrowed */
+	struct ph_io lio;             /* the listener; closed when draining */
+	struct ph_worker_hook hook;
+	struct ph_timer expire; /* when the least recently used session goes idle */
+	struct ph_udptab tab;
+	struct ph_tsel sel;
+	struct ph_ratelimit rl_denied, rl_full, rl_err;
+};
+
+static void udp_next(struct udp_sess *s);
+
+static void udp_reap(struct ph_task *t)
+{
+	free(container_of(t, struct udp_sess, reap));
+}
+
+static void udp_free_pend(struct udp_sess *s)
+{
+	while (s->pend != NULL) {
+		struct udp_pend *p = s->pend;
+
+		s->pend = p->next;
+		free(p);
+	}
+	s->npend = 0;
+}
+
+/* A client's address as people write it: IPv4 without ::ffff:. */
+static const char *client_fmt(const struct ph_addr *a, char *buf, size_t len)
+{
+	struct ph_addr u = *a;
+
+	ph_addr_unmap(&u);
+	return ph_addr_fmt(&u, buf, len);
+}
+
+/* The one close path: logs one line, closes the upstream socket, frees s after the batch. */
+static void udp_close(struct udp_sess *s, const char *reason, int err)
+{
+	struct udp_wrule *uw = s->uw;
+	struct ph_worker *w = uw->w;
+	char peer[PH_ADDR_STRLEN], dst[PH_ADDR_STRLEN];
+	enum ph_log_level lvl = err != 0 ? PH_LOG_INFO : PH_LOG_DEBUG;
+
+	if (s->state == UDP_CLOSED)
+		return;
+	if (lvl <= ph_log_level) {
+		ph_log_(lvl,
+		        "u%llu %s -> %s: %s%s%s, %llu datagrams (%llu B) up, %llu (%llu B) down, "
+		        "%llu ms",
+		        (unsigned long long)s->id,
+		        client_fmt(&s->node.key.peer, peer, sizeof(peer)),
+		        s->io.fd != -1 ? ph_addr_fmt(&s->dst, dst, sizeof(dst)) : "-", reason,
+		        err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
+		        (unsigned long long)s->pkts[0], (unsigned long long)s->bytes[0],
+		        (unsigned long long)s->pkts[1], (unsigned long long)s->bytes[1],
+		        (unsigned long long)(w->loop.now - s->start));
+	}
+	s->state = UDP_CLOSED;
+	ph_tsel_wait_cancel(&s->wait);
+	ph_udptab_del(&uw->tab, &s->node);
+	ph_io_close(&w->loop, &s->io);
+	if (s->npend != 0)
+		PH_STAT_ADD(w, dgrams_dropped, s->npend);
+	udp_free_pend(s);
+	__atomic_fetch_sub(&uw->rule->sessions, 1, __ATOMIC_RELAXED);
+	PH_STAT_ADD(w, udp_active, (uint64_t)-1);
+	ph_task_queue(&w->loop, &s->reap);
+}
+
+/* Sends n datagrams to the clients they came from. Returns how many went out. */
+static unsigned udp_to_clients(struct udp_wrule *uw, struct ph_dgram *d, unsigned n)
+{
+	struct ph_worker *w = uw->w;
+	unsigned sent = 0, dropped = 0;
+	int k;
+
+	while (sent + dropped < n) {
+		k = ph_dgram_send(w->dgram, uw->lio.fd, d + sent + dropped, n - sent - dropped,
+		                  true);
+		if (k > 0) {
+			sent += (unsigned)k;
+			continue;
+		}
+		if (k == -EAGAIN) { /* the listener's buffer is full: the rest is lost */
+			dropped = n - sent;
+			break;
+		}
+		/* a datagram of its own kind of trouble (its client's route, its size): skip it */
+		if (ph_ratelimit_ok(&uw->rl_err, w->loop.now, UDP_LOG_PER_SEC))
+			ph_info("udp: cannot send to a client: %s", strerror(-k));
+		dropped++;
+	}
+	if (dropped != 0)
+		PH_STAT_ADD(w, dgrams_dropped, dropped);
+	return sent;
+}
+
+/* Sends n datagrams of s's client to its target. */
+static void udp_to_target(struct udp_sess *s, struct ph_dgram *d, unsigned n)
+{
+	struct ph_worker *w = s->uw->w;
+	unsigned sent = 0, dropped = 0;
+	uint64_t bytes = 0;
+	int k, err = 0;
+
+	while (sent + dropped < n) {
+		k = ph_dgram_send(w->dgram, s->io.fd, d + sent + dropped, n - sent - dropped,
+		                  false);
+		if (k > 0) {
+			for (int i = 0; i < k; i++)
+				bytes += d[sent + dropped + (unsigned)i].len;
+			sent += (unsigned)k;
+			continue;
+		}
+		if (k == -EAGAIN) {
+			dropped = n - sent;
+			break;
+		}
+		if (k == -ECONNREFUSED || k == -EHOSTUNREACH || k == -ENETUNREACH) {
+			dropped = n - sent;
+			err = k;
+			break;
+		}
+		if (ph_ratelimit_ok(&s->uw->rl_err, w->loop.now, UDP_LOG_PER_SEC))
+			ph_info("u%llu: cannot send to the target: %s", (unsigned long long)s->id,
+			        strerror(-k));
+		dropped++;
+	}
+	s->pkts[0] += sent;
+	s->bytes[0] += bytes;
+	PH_STAT_ADD(w, dgrams_up, sent);
+	PH_STAT_ADD(w, bytes_up, bytes);
+	if (dropped != 0)
+		PH_STAT_ADD(w, dgrams_dropped, dropped);
+	if (err != 0) {
+		/* an ICMP error for an earlier datagram surfaced here */
+		ph_tsel_failed(&s->uw->sel, (unsigned)s->tgt, &s->dst, err);
+		udp_close(s, "target unreachable", err);
+	}
+}
+
+/* The target answered on s's upstream socket (or an ICMP error came back). */
+static void udp_on_target(struct ph_io *io, uint32_t events)
+{
+	struct udp_sess *s = container_of(io, struct udp_sess, io);
+	struct udp_wrule *uw = s->uw;
+	struct ph_worker *w = uw->w;
+	struct ph_dgram *d = ph_dgram_batch_items(w->dgram);
+
+	(void)events;
+	for (unsigned round = 0; round < UDP_ROUNDS && s->state == UDP_ACTIVE; round++) {
+		int n = ph_dgram_recv(w->dgram, io->fd, PH_DGRAM_BATCH, false);
+		uint64_t bytes = 0;
+		unsigned sent;
+
+		if (n == -EAGAIN)
+			return;
+		if (n < 0) {
+			if (n == -ECONNREFUSED || n == -EHOSTUNREACH || n == -ENETUNREACH) {
+				ph_tsel_failed(&uw->sel, (unsigned)s->tgt, &s->dst, n);
+				udp_close(s, "target unreachable", n);
+			} else {
+				PH_STAT_ADD(w, errors, 1);
+				udp_close(s, "receive failed", n);
+			}
+			return;
+		}
+		for (int i = 0; i < n; i++) {
+			d[i].peer = s->node.key.peer;
+			d[i].local = s->node.key.local;
+		}
+		ph_tsel_ok(&uw->sel, (unsigned)s->tgt);
+		ph_udptab_touch(&uw->tab, &s->node, w->loop.now);
+		sent = udp_to_clients(uw, d, (unsigned)n);
+		/* sendmmsg sends in order: the first sent datagrams are the ones that went out */
+		for (unsigned i = 0; i < sent; i++)
+			bytes += d[i].len;
+		s->pkts[1] += sent;
+		s->bytes[1] += bytes;
+		PH_STAT_ADD(w, dgrams_down, sent);
+		PH_STAT_ADD(w, bytes_down, bytes);
+		if (n < PH_DGRAM_BATCH)
+			return;
+	}
+}
+
+/* Connects s's upstream socket to s->dst and sends what was held. Returns 0 or -errno. */
+static int udp_connect(struct udp_sess *s)
+{
+	struct ph_worker *w = s->uw->w;
+	int fd, err;
+
+	fd = ph_udp_connect(&s->dst);
+	if (fd < 0)
+		return fd;
+	ph_io_init(&s->io, fd, udp_on_target);
+	err = ph_io_add(&w->loop, &s->io, EPOLLIN);
+	if (err < 0) {
+		ph_io_close(&w->loop, &s->io);
+		return err;
+	}
+	s->state = UDP_ACTIVE;
+	while (s->pend != NULL && s->state == UDP_ACTIVE) {
+		struct udp_pend *p = s->pend;
+		struct ph_dgram d = {.data = p->data, .len = p->len};
+
+		s->pend = p->next;
+		s->npend--;
+		udp_to_target(s, &d, 1);
+		free(p);
+	}
+	return 0;
+}
+
+/* The name of s's target is resolved (err 0) or not: connects, or moves on. */
+static void udp_on_dns(struct ph_tsel_wait *wt, int err)
+{
+	struct udp_sess *s = container_of(wt, struct udp_sess, wait);
+	const struct ph_addr *addrs;
+
+	s->ai = 0;
+	if (err == 0 && ph_tsel_cached(&s->uw->sel, (unsigned)s->tgt, &addrs) > 0) {
+		s->dst = addrs[0];
+		err = udp_connect(s);
+		if (err == 0)
+			return;
+	} else {
+		s->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
+		if (err == 0)
+			err = -EIO;
+	}
+	s->lasterr = err;
+	udp_next(s);
+}
+
+/*
+ * Moves s on to the next target address to try (first, or after a failure to open a
+ * socket to the last). Closes s when nothing is left.
+ */
+static void udp_next(struct udp_sess *s)
+{
+	struct udp_wrule *uw = s->uw;
+
+	for (;;) {
+		const struct ph_addr *addrs;
+		int t, n, err;
+
+		if (s->tgt >= 0) {
+			n = ph_tsel_cached(&uw->sel, (unsigned)s->tgt, &addrs);
+			if ((int)s->ai + 1 < n) {
+				s->ai++;
+				s->dst = addrs[s->ai];
+				err = udp_connect(s);
+				if (err == 0)
+					return;
+				s->lasterr = err;
+				continue;
+			}
+			if (s->lasterr != 0)
+				ph_tsel_failed(&uw->sel, (unsigned)s->tgt,
+				               s->ai < PH_RESOLVE_MAX ? &s->dst : NULL, s->lasterr);
+		}
+		t = ph_tsel_pick(&uw->sel, s->tried);
+		if (t < 0) {
+			PH_STAT_ADD(uw->w, connect_failed, 1);
+			udp_close(s, "no target reachable",
+			          s->lasterr != 0 ? s->lasterr : -EHOSTUNREACH);
+			return;
+		}
+		s->tgt = (int8_t)t;
+		s->ai = 0;
+		s->tried |= 1u << t;
+		n = ph_tsel_addrs(&uw->sel, (unsigned)t, &addrs, &s->wait);
+		if (n == 0) {
+			s->state = UDP_RESOLVING; /* bounded by the resolver's timeouts */
+			return;
+		}
+		if (n < 0) {
+			s->lasterr = n;
+			s->ai = PH_RESOLVE_MAX;
+			continue;
+		}
+		s->dst = addrs[0];
+		err = udp_connect(s);
+		if (err == 0)
+			return;
+		s->lasterr = err;
+	}
+}
+
+static void udp_on_expire(struct ph_timer *t)
+{
+	struct udp_wrule *uw = container_of(t, struct udp_wrule, expire);
+	struct ph_loop *l = &uw->w->loop;
+	uint64_t timeout = uw->rule->udp_timeout;
+	struct ph_udp_node *n;
+
+	for (unsigned k = 0; (n = ph_udptab_oldest(&uw->tab)) != NULL; k++) {
+		if (l->now - n->last < timeout) {
+			ph_timer_arm(l, t, timeout - (l->now - n->last));
+			return;
+		}
+		if (k == UDP_EXPIRE_BATCH) { /* the rest after the others had a turn */
+			ph_timer_arm(l, t, 0);
+			return;
+		}
+		udp_close(container_of(n, struct udp_sess, node), "idle timeout", 0);
+	}
+}
+
+/*
+ * A datagram from a client without a session: checks the rules and the bound, then opens
+ * one. Returns the session (perhaps already closed: no target) or NULL when refused.
+ */
+static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *k)
+{
+	struct ph_forward_rule *r = uw->rule;
+	struct ph_worker *w = uw->w;
+	char a[PH_ADDR_STRLEN], b[PH_ADDR_STRLEN], label[96];
+	struct ph_udp_node *old;
+	struct udp_sess *s;
+	uint64_t live;
+
+	if (!ph_acl_allows(&r->acl, &k->peer)) {
+		PH_STAT_ADD(w, denied, 1);
+		PH_STAT_ADD(w, dgrams_dropped, 1);
+		if (ph_ratelimit_ok(&uw->rl_denied, w->loop.now, UDP_LOG_PER_SEC))
+			ph_info("%s: denied %s by --allow/--deny",
+			        ph_forward__label(r, label, sizeof(label)),
+			        client_fmt(&k->peer, a, sizeof(a)));
+		return NULL;
+	}
+	live = __atomic_add_fetch(&r->sessions, 1, __ATOMIC_RELAXED);
+	if (live > r->max_sessions) {
+		old = ph_udptab_oldest(&uw->tab);
+		if (old == NULL) { /* the sessions are on other workers */
+			__atomic_fetch_sub(&r->sessions, 1, __ATOMIC_RELAXED);
+			PH_STAT_ADD(w, over_limit, 1);
+			PH_STAT_ADD(w, dgrams_dropped, 1);
+			if (ph_ratelimit_ok(&uw->rl_full, w->loop.now, UDP_LOG_PER_SEC))
+				ph_warn("%s: dropped a datagram of %s: --max-sessions %u reached",
+				        ph_forward__label(r, label, sizeof(label)),
+				        client_fmt(&k->peer, a, sizeof(a)), r->max_sessions);
+			return NULL;
+		}
+		PH_STAT_ADD(w, udp_evicted, 1);
+		if (ph_ratelimit_ok(&uw->rl_full, w->loop.now, UDP_LOG_PER_SEC))
+			ph_warn("%s: --max-sessions %u reached: session u%llu of %s (idle %llu ms) "
+			        "makes room for %s",
+			        ph_forward__label(r, label, sizeof(label)), r->max_sessions,
+			        (unsigned long long)container_of(old, struct udp_sess, node)->id,
+			        client_fmt(&old->key.peer, a, sizeof(a)),
+			        (unsigned long long)(w->loop.now - old->last),
+			        client_fmt(&k->peer, b, sizeof(b)));
+		udp_close(container_of(old, struct udp_sess, node), "evicted", 0);
+	}
+	s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		__atomic_fetch_sub(&r->sessions, 1, __ATOMIC_RELAXED);
+		PH_STAT_ADD(w, errors, 1);
+		PH_STAT_ADD(w, dgrams_dropped, 1);
+		if (ph_ratelimit_ok(&uw->rl_err, w->loop.now, UDP_LOG_PER_SEC))
+			ph_err("%s: out of memory: dropped a datagram of %s",
+			       ph_forward__label(r, label, sizeof(label)),
+			       client_fmt(&k->peer, a, sizeof(a)));
+		return NULL;
+	}
+	ph_io_init(&s->io, -1, udp_on_target);
+	ph_tsel_wait_init(&s->wait, udp_on_dns);
+	ph_task_init(&s->reap, udp_reap);
+	ph_list_init(&s->node.lru);
+	s->uw = uw;
+	s->id = ++w->next_id;
+	s->start = w->loop.now;
+	s->tgt = -1;
+	s->state = UDP_RESOLVING;
+	ph_udptab_add(&uw->tab, &s->node, k, w->loop.now);
+	PH_STAT_ADD(w, udp_sessions, 1);
+	PH_STAT_ADD(w, udp_active, 1);
+	if (!ph_timer_armed(&uw->expire))
+		ph_timer_arm(&w->loop, &uw->expire, r->udp_timeout);
+	ph_trace("u%llu: new session of %s", (unsigned long long)s->id,
+	         client_fmt(&k->peer, a, sizeof(a)));
+	udp_next(s);
+	return s;
+}
+
+/* Holds a copy of a datagram for s until its target's name is resolved. */
+static void udp_hold(struct udp_sess *s, const struct ph_dgram *d)
+{
+	struct udp_pend *p, **tail;
+
+	if (s->npend >= UDP_PEND_MAX || (p = malloc(sizeof(*p) + d->len)) == NULL) {
+		PH_STAT_ADD(s->uw->w, dgrams_dropped, 1);
+		return;
+	}
+	p->next = NULL;
+	p->len = d->len;
+	memcpy(p->data, d->data, d->len);
+	for (tail = &s->pend; *tail != NULL; tail = &(*tail)->next)
+		;
+	*tail = p;
+	s->npend++;
+}
+
+/* Datagrams from clients: each run of consecutive ones for one session goes in one call. */
+static void udp_from_clients(struct udp_wrule *uw, struct ph_dgram *d, unsigned n)
+{
+	struct ph_worker *w = uw->w;
+	struct udp_sess *run = NULL;
+	unsigned first = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		struct ph_udp_key k = {.peer = d[i].peer, .local = d[i].local};
+		struct ph_udp_node *node;
+		struct udp_sess *s;
+
+		if (d[i].trunc || d[i].peer.len == 0) {
+			if (run != NULL)
+				udp_to_target(run, d + first, i - first);
+			run = NULL;
+			PH_STAT_ADD(w, dgrams_dropped, 1);
+			continue;
+		}
+		node = ph_udptab_find(&uw->tab, &k);
+		s = node != NULL ? container_of(node, struct udp_sess, node) : NULL;
+		if (s != NULL && s == run)
+			continue;
+		if (run != NULL) /* before a new session may evict it */
+			udp_to_target(run, d + first, i - first);
+		run = NULL;
+		if (s == NULL) {
+			s = udp_open(uw, &k);
+			if (s == NULL)
+				continue;
+		}
+		if (s->state == UDP_CLOSED)
+			continue;
+		ph_udptab_touch(&uw->tab, &s->node, w->loop.now);
+		if (s->state == UDP_RESOLVING) {
+			udp_hold(s, &d[i]);
+			continue;
+		}
+		run = s;
+		first = i;
+	}
+	if (run != NULL)
+		udp_to_target(run, d + first, n - first);
+}
+
+static void udp_on_listen(struct ph_io *io, uint32_t events)
+{
+	struct udp_wrule *uw = container_of(io, struct udp_wrule, lio);
+	struct ph_worker *w = uw->w;
+	char label[96];
+
+	(void)events;
+	for (unsigned round = 0; round < UDP_ROUNDS && io->fd != -1; round++) {
+		int n = ph_dgram_recv(w->dgram, io->fd, PH_DGRAM_BATCH, true);
+
+		if (n == -EAGAIN)
+			return;
+		if (n < 0) {
+			PH_STAT_ADD(w, errors, 1);
+			if (ph_ratelimit_ok(&uw->rl_err, w->loop.now, UDP_LOG_PER_SEC))
+				ph_err("%s: udp receive: %s",
+				       ph_forward__label(uw->rule, label, sizeof(label)),
+				       strerror(-n));
+			return;
+		}
+		udp_from_clients(uw, ph_dgram_batch_items(w->dgram), (unsigned)n);
+		if (n < PH_DGRAM_BATCH)
+			return;
+	}
+}
+
+static void udp_close_all(struct udp_wrule *uw, const char *reason)
+{
+	struct ph_udp_node *n;
+
+	while ((n = ph_udptab_oldest(&uw->tab)) != NULL)
+		udp_close(container_of(n, struct udp_sess, node), reason, 0);
+}
+
+static void udp_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
+{
+	struct udp_wrule *uw = container_of(h, struct udp_wrule, hook);
+	struct ph_loop *l = &uw->w->loop;
+
+	/* a datagram has nothing to drain: both commands end the sessions */
+	(void)cmd;
+	ph_io_close(l, &uw->lio);
+	ph_timer_stop(l, &uw->expire);
+	udp_close_all(uw, "shutdown");
+}
+
+static void uwrule_free(struct udp_wrule *uw)
+{
+	struct ph_udp_node *n;
+
+	if (uw == NULL)
+		return;
+	/* sessions left after the workers ended (aborted start): close without events */
+	while ((n = ph_udptab_oldest(&uw->tab)) != NULL) {
+		struct udp_sess *s = container_of(n, struct udp_sess, node);
+
+		ph_udptab_del(&uw->tab, n);
+		if (s->io.fd != -1)
+			close(s->io.fd);
+		udp_free_pend(s);
+		free(s);
+	}
+	if (uw->lio.fd != -1)
+		close(uw->lio.fd);
+	ph_list_del(&uw->hook.node);
+	ph_timer_stop(&uw->w->loop, &uw->expire);
+	ph_udptab_free(&uw->tab);
+	free(uw);
+}
+
+void ph_forward__udp_free(struct ph_forward_rule *r)
+{
+	for (unsigned i = 0; i < r->nuwr; i++)
+		uwrule_free(r->uwr[i]);
+	free(r->uwr);
+	r->uwr = NULL;
+	r->nuwr = 0;
+}
+
+static bool addr_is_any(const struct ph_addr *a)
+{
+	static const struct in6_addr any6 = IN6ADDR_ANY_INIT;
+
+	if (a->u.sa.sa_family == AF_INET)
+		return a->u.in.sin_addr.s_addr == htonl(INADDR_ANY);
+	return memcmp(&a->u.in6.sin6_addr, &any6, sizeof(any6)) == 0;
+}
+
+static int udp_bind_one(struct ph_forward_rule *r, bool reuseport, struct ph_addr *bound)
+{
+	struct ph_addr a = r->listen.addr;
+	int fd;
+
+	if (r->listen.wildcard) {
+		/* :PORT means every interface: IPv6 with IPv4 mapped, or IPv4 alone */
+		fd = ph_udp_bind(&a, false, reuseport, true, UDP_SOCKBUF);
+		if (fd == -EAFNOSUPPORT || fd == -EADDRNOTAVAIL) {
+			ph_addr_from_literal("0.0.0.0", r->listen.port, &a);
+			fd = ph_udp_bind(&a, false, reuseport, true, UDP_SOCKBUF);
+		}
+	} else {
+		fd = ph_udp_bind(&a, true, reuseport, addr_is_any(&a), UDP_SOCKBUF);
+	}
+	*bound = a;
+	return fd;
+}
+
+int ph_forward__udp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
+                          size_t whylen)
+{
+	struct ph_addr bound;
+	char a[PH_ADDR_STRLEN];
+	int fd, err;
+
+	/* a plain bind first: SO_REUSEPORT would share the port with another program */
+	fd = udp_bind_one(r, false, &bound);
+	if (fd < 0) {
+		snprintf(why, whylen, "cannot listen on udp %s: %s",
+		         ph_addr_fmt(&r->listen.addr, a, sizeof(a)), ph_bind_strerror(fd));
+		return fd;
+	}
+	close(fd);
+	if (r->udp_timeout == 0)
+		r->udp_timeout = PH_UDP_TIMEOUT_MS;
+	if (r->max_sessions == 0)
+		r->max_sessions = PH_UDP_MAX_SESSIONS;
+	r->uwr = calloc(n, sizeof(*r->uwr));
+	if (r->uwr == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		struct udp_wrule *uw;
+
+		if (w[i]->dgram == NULL && ph_dgram_batch_new(&w[i]->dgram) < 0) {
+			snprintf(why, whylen, "out of memory");
+			err = -ENOMEM;
+			goto err_free;
+		}
+		uw = calloc(1, sizeof(*uw));
+		if (uw == NULL || ph_udptab_init(&uw->tab) < 0) {
+			free(uw);
+			snprintf(why, whylen, "out of memory");
+			err = -ENOMEM;
+			goto err_free;
+		}
+		uw->rule = r;
+		uw->w = w[i];
+		ph_io_init(&uw->lio, -1, udp_on_listen);
+		ph_timer_init(&uw->expire, udp_on_expire);
+		ph_worker_hook_add(w[i], &uw->hook, udp_on_cmd);
+		ph_tsel_init(&uw->sel, r, w[i], i);
+		r->uwr[r->nuwr++] = uw;
+		fd = udp_bind_one(r, true, &bound);
+		if (fd < 0) {
+			snprintf(why, whylen, "cannot listen on udp %s: %s",
+			         ph_addr_fmt(&bound, a, sizeof(a)), ph_bind_strerror(fd));
+			err = fd;
+			goto err_free;
+		}
+		uw->lio.fd = fd;
+		/* level-triggered: a full round budget leaves the rest for the next wake-up */
+		err = ph_io_add(&w[i]->loop, &uw->lio, EPOLLIN);
+		if (err < 0) {
+			snprintf(why, whylen, "epoll: %s", strerror(-err));
+			goto err_free;
+		}
+	}
+	r->listen.addr = bound;
+	return 0;
+
+err_free:
+	ph_forward__udp_free(r);
+	return err;
+}
