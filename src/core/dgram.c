@@ -106,13 +106,15 @@ static void dgram_local(struct ph_addr *a, struct msghdr *mh)
 	}
 }
 
-int ph_dgram_recv(struct ph_dgram_batch *b, int fd, unsigned max, bool with_addrs)
+int ph_dgram_recv(struct ph_dgram_batch *b, unsigned first, int fd, unsigned max, bool with_addrs)
 {
 	int n;
 
-	if (max > PH_DGRAM_BATCH)
-		max = PH_DGRAM_BATCH;
-	for (unsigned i = 0; i < max; i++) {
+	if (first >= PH_DGRAM_BATCH)
+		return -ENOBUFS;
+	if (max > PH_DGRAM_BATCH - first)
+		max = PH_DGRAM_BATCH - first;
+	for (unsigned i = first; i < first + max; i++) {
 		struct msghdr *mh = &b->msg[i].msg_hdr;
 
 		b->iov[i].iov_base = b->slots + (size_t)i * PH_DGRAM_SLOT;
@@ -126,13 +128,13 @@ int ph_dgram_recv(struct ph_dgram_batch *b, int fd, unsigned max, bool with_addr
 		mh->msg_flags = 0;
 	}
 	do
-		n = recvmmsg(fd, b->msg, max, MSG_DONTWAIT, NULL);
+		n = recvmmsg(fd, b->msg + first, max, MSG_DONTWAIT, NULL);
 	while (n == -1 && errno == EINTR);
 	if (n == -1)
 		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 	if (n == 0)
 		return -EAGAIN;
-	for (int i = 0; i < n; i++) {
+	for (unsigned i = first; i < first + (unsigned)n; i++) {
 		struct ph_dgram *d = &b->d[i];
 		struct msghdr *mh = &b->msg[i].msg_hdr;
 

@@ -37,12 +37,12 @@ void ph_dgram_batch_free(struct ph_dgram_batch *b);
 struct ph_dgram *ph_dgram_batch_items(struct ph_dgram_batch *b);
 
 /*
- * Receives up to max (<= PH_DGRAM_BATCH) datagrams waiting on fd into the batch, without
- * blocking. with_addrs reads each sender and local address (an unconnected socket).
+ * Receives up to max datagrams waiting on fd into the batch's items first, first + 1, ...
+ * (first + max <= PH_DGRAM_BATCH), without blocking. with_addrs reads each sender and local address (an unconnected socket).
  * Returns how many (>= 1), -EAGAIN when none is waiting, or -errno (-ECONNREFUSED: an ICMP
  * error came back for a connected socket).
  */
-int ph_dgram_recv(struct ph_dgram_batch *b, int fd, unsigned max, bool with_addrs);
+int ph_dgram_recv(struct ph_dgram_batch *b, unsigned first, int fd, unsigned max, bool with_addrs);
 
 /*
  * Sends the n datagrams d[0..n) on fd without blocking: to each d->peer (with d->local as

@@ -120,6 +120,8 @@ void ph_worker_destroy(struct ph_worker *w)
 	w->resolver = NULL;
 	ph_dgram_batch_free(w->dgram);
 	w->dgram = NULL;
+	ph_dgram_batch_free(w->dgram_out);
+	w->dgram_out = NULL;
 	ph_io_close(&w->loop, &w->cmd_io);
 	w->cmd_fd = -1;
 	ph_pipepool_free(&w->pipes);

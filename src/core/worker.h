@@ -64,6 +64,7 @@ struct ph_worker {
 	struct ph_pipepool pipes;
 	struct ph_resolver *resolver; /* owned; made on first use */
 	struct ph_dgram_batch *dgram; /* owned: UDP datagram slots; made by the first UDP rule */
+	struct ph_dgram_batch *dgram_out; /* owned: replies gathered for one sendmmsg */
 	struct ph_stats stats;
 	struct ph_list hooks;
 	uint64_t live;    /* connections that keep the worker alive while draining */

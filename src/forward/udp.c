@@ -77,6 +77,19 @@ struct udp_wrule {
 	struct ph_ratelimit rl_denied, rl_full, rl_err;
 };
 
+/*
+ * Replies gathered from the session sockets that were ready in one round of the loop, in
+ * the worker's out batch, all for one listener: they leave in one sendmmsg when the batch
+ * is full, when a reply for another listener comes, or after the round (a task).
+ */
+struct udp_outq {
+	struct udp_wrule *uw; /* whose listener they go out on; NULL when empty */
+	unsigned n;
+	struct ph_task flush;
+};
+
+static __thread struct udp_outq outq; /* one per worker thread */
+
 static void udp_next(struct udp_sess *s);
 
 static void udp_reap(struct ph_task *t)
@@ -210,19 +223,52 @@ static void udp_to_target(struct udp_sess *s, struct ph_dgram *d, unsigned n)
 	}
 }
 
+/* Sends the gathered replies. */
+static void udp_flush(struct udp_outq *q)
+{
+	struct ph_dgram *d;
+	struct ph_worker *w;
+	uint64_t bytes = 0;
+	unsigned sent;
+
+	ph_task_cancel(&q->flush);
+	if (q->uw == NULL)
+		return;
+	w = q->uw->w;
+	d = ph_dgram_batch_items(w->dgram_out);
+	sent = udp_to_clients(q->uw, d, q->n);
+	/* sendmmsg sends in order: the first sent datagrams are the ones that went out */
+	for (unsigned i = 0; i < sent; i++)
+		bytes += d[i].len;
+	PH_STAT_ADD(w, dgrams_down, sent);
+	PH_STAT_ADD(w, bytes_down, bytes);
+	q->uw = NULL;
+	q->n = 0;
+}
+
+static void udp_on_flush(struct ph_task *t)
+{
+	udp_flush(container_of(t, struct udp_outq, flush));
+}
+
 /* The target answered on s's upstream socket (or an ICMP error came back). */
 static void udp_on_target(struct ph_io *io, uint32_t events)
 {
 	struct udp_sess *s = container_of(io, struct udp_sess, io);
 	struct udp_wrule *uw = s->uw;
 	struct ph_worker *w = uw->w;
-	struct ph_dgram *d = ph_dgram_batch_items(w->dgram);
+	struct ph_dgram *d = ph_dgram_batch_items(w->dgram_out);
+	struct udp_outq *q = &outq;
 
 	(void)events;
+	if (q->flush.fn == NULL)
+		ph_task_init(&q->flush, udp_on_flush);
+	if (q->uw != NULL && q->uw != uw)
+		udp_flush(q);
 	for (unsigned round = 0; round < UDP_ROUNDS && s->state == UDP_ACTIVE; round++) {
-		int n = ph_dgram_recv(w->dgram, io->fd, PH_DGRAM_BATCH, false);
+		unsigned max = PH_DGRAM_BATCH - q->n;
+		int n = ph_dgram_recv(w->dgram_out, q->n, io->fd, max, false);
 		uint64_t bytes = 0;
-		unsigned sent;
 
 		if (n == -EAGAIN)
 			return;
@@ -236,21 +282,22 @@ static void udp_on_target(struct ph_io *io, uint32_t events)
 			}
 			return;
 		}
-		for (int i = 0; i < n; i++) {
+		for (unsigned i = q->n; i < q->n + (unsigned)n; i++) {
 			d[i].peer = s->node.key.peer;
 			d[i].local = s->node.key.local;
+			bytes += d[i].len;
 		}
 		ph_tsel_ok(&uw->sel, (unsigned)s->tgt);
 		ph_udptab_touch(&uw->tab, &s->node, w->loop.now);
-		sent = udp_to_clients(uw, d, (unsigned)n);
-		/* sendmmsg sends in order: the first sent datagrams are the ones that went out */
-		for (unsigned i = 0; i < sent; i++)
-			bytes += d[i].len;
-		s->pkts[1] += sent;
+		s->pkts[1] += (unsigned)n; /* handed to the listener; a drop there is counted */
 		s->bytes[1] += bytes;
-		PH_STAT_ADD(w, dgrams_down, sent);
-		PH_STAT_ADD(w, bytes_down, bytes);
-		if (n < PH_DGRAM_BATCH)
+		q->uw = uw;
+		q->n += (unsigned)n;
+		if (q->n == PH_DGRAM_BATCH)
+			udp_flush(q);
+		else
+			ph_task_queue(&w->loop, &q->flush);
+		if ((unsigned)n < max)
 			return;
 	}
 }
@@ -527,7 +574,7 @@ static void udp_on_listen(struct ph_io *io, uint32_t events)
 
 	(void)events;
 	for (unsigned round = 0; round < UDP_ROUNDS && io->fd != -1; round++) {
-		int n = ph_dgram_recv(w->dgram, io->fd, PH_DGRAM_BATCH, true);
+		int n = ph_dgram_recv(w->dgram, 0, io->fd, PH_DGRAM_BATCH, true);
 
 		if (n == -EAGAIN)
 			return;
@@ -560,6 +607,8 @@ static void udp_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
 
 	/* a datagram has nothing to drain: both commands end the sessions */
 	(void)cmd;
+	if (outq.uw == uw)
+		udp_flush(&outq);
 	ph_io_close(l, &uw->lio);
 	ph_timer_stop(l, &uw->expire);
 	udp_close_all(uw, "shutdown");
@@ -653,7 +702,8 @@ int ph_forward__udp_start(struct ph_forward_rule *r, struct ph_worker **w, unsig
 	for (unsigned i = 0; i < n; i++) {
 		struct udp_wrule *uw;
 
-		if (w[i]->dgram == NULL && ph_dgram_batch_new(&w[i]->dgram) < 0) {
+		if ((w[i]->dgram == NULL && ph_dgram_batch_new(&w[i]->dgram) < 0) ||
+		    (w[i]->dgram_out == NULL && ph_dgram_batch_new(&w[i]->dgram_out) < 0)) {
 			snprintf(why, whylen, "out of memory");
 			err = -ENOMEM;
 			goto err_free;
