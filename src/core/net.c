@@ -76,13 +76,30 @@ int ph_udp_bind(const struct ph_addr *a, bool v6only, bool reuseport, bool pktin
 	return fd;
 }
 
-int ph_udp_connect(const struct ph_addr *a)
+int ph_udp_connect(const struct ph_addr *a, uint16_t port)
 {
+	struct ph_addr src;
 	int fd, err;
 
 	fd = socket(a->u.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		return -errno;
+	if (port != 0) {
+		memset(&src, 0, sizeof(src));
+		src.u.sa.sa_family = a->u.sa.sa_family;
+		if (a->u.sa.sa_family == AF_INET) {
+			src.u.in.sin_port = htons(port);
+			src.len = sizeof(src.u.in);
+		} else {
+			src.u.in6.sin6_port = htons(port);
+			src.len = sizeof(src.u.in6);
+		}
+		if (bind(fd, &src.u.sa, src.len) == -1) {
+			err = -errno;
+			close(fd);
+			return err;
+		}
+	}
 	if (connect(fd, &a->u.sa, a->len) == -1) {
 		err = -errno;
 		close(fd);

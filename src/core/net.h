@@ -3,6 +3,7 @@
 #define PH_CORE_NET_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "core/addr.h"
 
@@ -28,11 +29,12 @@ int ph_tcp_connect(const struct ph_addr *a);
 int ph_udp_bind(const struct ph_addr *a, bool v6only, bool reuseport, bool pktinfo, int bufsize);
 
 /*
- * Opens a non-blocking UDP socket connected to a, on an ephemeral port: it receives only
- * a's datagrams, and an ICMP error from a (port unreachable) ends its next read with
- * -ECONNREFUSED. Returns the fd, or -errno.
+ * Opens a non-blocking UDP socket connected to a, from local port port (0: the kernel
+ * picks one): it receives only a's datagrams, and an ICMP error from a (port unreachable)
+ * ends its next read with -ECONNREFUSED. Returns the fd, or -errno (-EADDRINUSE: port is
+ * taken).
  */
-int ph_udp_connect(const struct ph_addr *a);
+int ph_udp_connect(const struct ph_addr *a, uint16_t port);
 
 /* Sets TCP_NODELAY. Returns 0 or -errno. */
 int ph_sock_nodelay(int fd);

@@ -48,6 +48,12 @@ static inline void ph_list_del(struct ph_list *n)
 	for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head);                           \
 	     (pos) = (tmp), (tmp) = (pos)->next)
 
+/* SipHash-1-3 (Aumasson and Bernstein) of len bytes under the 128-bit key k. */
+uint64_t ph_siphash13(const uint64_t k[2], const void *p, size_t len);
+
+/* Fills buf with random bytes (getrandom; a weaker fallback when the pool is not ready). */
+void ph_random(void *buf, size_t len);
+
 /* Monotonic clock in milliseconds. */
 uint64_t ph_now_ms(void);
 

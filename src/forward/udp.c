@@ -23,6 +23,7 @@
 #include "core/dgram.h"
 #include "core/log.h"
 #include "core/net.h"
+#include "core/portseq.h"
 #include "core/worker.h"
 #include "forward/target.h"
 #include "relay/udptab.h"
@@ -32,6 +33,7 @@
 #define UDP_SOCKBUF      (4 << 20) /* listener buffers: a burst queues instead of dropping */
 #define UDP_EXPIRE_BATCH 4096      /* sessions expired per timer run */
 #define UDP_LOG_PER_SEC  10
+#define UDP_PORT_TRIES   8 /* ports of the walk tried before the kernel picks one */
 
 enum udp_state {
 	UDP_RESOLVING = 0, /* waiting for the target's name; datagrams are held */
@@ -308,7 +310,17 @@ static int udp_connect(struct udp_sess *s)
 	struct ph_worker *w = s->uw->w;
 	int fd, err;
 
-	fd = ph_udp_connect(&s->dst);
+	/* a port from the shared random walk, so that ports come back as late as possible */
+	fd = -EADDRINUSE;
+	for (unsigned tries = 0; tries < UDP_PORT_TRIES && fd == -EADDRINUSE; tries++) {
+		uint16_t port = ph_portseq_next();
+
+		if (port == 0)
+			break;
+		fd = ph_udp_connect(&s->dst, port);
+	}
+	if (fd == -EADDRINUSE)
+		fd = ph_udp_connect(&s->dst, 0);
 	if (fd < 0)
 		return fd;
 	ph_io_init(&s->io, fd, udp_on_target);
@@ -690,6 +702,7 @@ int ph_forward__udp_start(struct ph_forward_rule *r, struct ph_worker **w, unsig
 		return fd;
 	}
 	close(fd);
+	ph_portseq_init();
 	if (r->udp_timeout == 0)
 		r->udp_timeout = PH_UDP_TIMEOUT_MS;
 	if (r->max_sessions == 0)
