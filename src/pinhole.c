@@ -137,6 +137,7 @@ static int check_fd_limit(struct ph_config *cfg, unsigned nw)
 	unsigned long long need = FDS_BASE + (unsigned long long)nw * FDS_PER_WORKER, conns = 0;
 	unsigned long long sessions = 0, left;
 	unsigned nauto = 0;
+	bool tcp_unbounded = false; /* a TCP rule without --max-conns may take any fd */
 	struct rlimit rl;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
@@ -151,6 +152,7 @@ static int check_fd_limit(struct ph_config *cfg, unsigned nw)
 
 		need += nw * FDS_PER_WORKER;
 		conns += r->max_conns;
+		tcp_unbounded |= (r->listen.proto & PH_PROTO_TCP) && r->max_conns == 0;
 		if (!(r->listen.proto & PH_PROTO_UDP))
 			continue;
 		if (r->max_sessions != 0)
@@ -182,8 +184,11 @@ static int check_fd_limit(struct ph_config *cfg, unsigned nw)
 		return -EMFILE;
 	}
 	need += sessions;
-	/* the default bound of a UDP rule is what the fds left allow, shared fairly */
-	left = rl.rlim_cur > need ? (rl.rlim_cur - need) / 2 : 0; /* half: TCP needs some */
+	/* the default bound of a UDP rule is what the fds left allow, shared fairly (half of
+	 * them when TCP connections without a bound need fds too) */
+	left = rl.rlim_cur > need + 64 ? rl.rlim_cur - need - 64 : 0;
+	if (tcp_unbounded)
+		left /= 2;
 	for (unsigned i = 0; i < cfg->nrules && nauto != 0; i++) {
 		struct ph_forward_rule *r = cfg->rules[i];
 		unsigned long long n = left / nauto;
@@ -206,7 +211,7 @@ static unsigned online_cpus(void)
 
 static void log_rule(const struct ph_forward_rule *r, unsigned nw)
 {
-	char l[PH_ADDR_STRLEN], t[3072];
+	char l[PH_ADDR_STRLEN], t[3072], sess[48] = "";
 	size_t off = 0;
 
 	t[0] = '\0';
@@ -224,11 +229,13 @@ static void log_rule(const struct ph_forward_rule *r, unsigned nw)
 			break;
 		off += (size_t)n;
 	}
-	ph_info("%s%sforwarding %s %s -> %s (%u workers)", r->name, r->name[0] ? ": " : "",
+	if (r->listen.proto & PH_PROTO_UDP)
+		snprintf(sess, sizeof(sess), ", up to %u udp sessions", r->max_sessions);
+	ph_info("%s%sforwarding %s %s -> %s (%u workers%s)", r->name, r->name[0] ? ": " : "",
 	        r->listen.proto == PH_PROTO_UDP   ? "udp"
 	        : r->listen.proto == PH_PROTO_TCP ? "tcp"
 	                                          : "tcp+udp",
-	        ph_addr_fmt(&r->listen.addr, l, sizeof(l)), t, nw);
+	        ph_addr_fmt(&r->listen.addr, l, sizeof(l)), t, nw, sess);
 }
 
 /*

@@ -7,9 +7,9 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
-/* room for one pktinfo of either family */
+/* room for one pktinfo of either family and the socket's drop count (SO_RXQ_OVFL) */
 union dgram_ctl {
-	char buf[CMSG_SPACE(sizeof(struct in6_pktinfo))];
+	char buf[CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(uint32_t))];
 	struct cmsghdr align;
 };
 
@@ -79,10 +79,18 @@ static void dgram_addr(struct ph_addr *a, const union dgram_name *n, socklen_t l
 	}
 }
 
-static void dgram_local(struct ph_addr *a, struct msghdr *mh)
+/* Reads the local address (pktinfo) and the socket's drop count from the control data. */
+static void dgram_ctl(struct ph_dgram *d, struct msghdr *mh)
 {
+	struct ph_addr *a = &d->local;
+
 	memset(a, 0, sizeof(*a));
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c != NULL; c = CMSG_NXTHDR(mh, c)) {
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL &&
+		    c->cmsg_len >= CMSG_LEN(sizeof(uint32_t))) {
+			memcpy(&d->sk_drops, CMSG_DATA(c), sizeof(d->sk_drops));
+			continue;
+		}
 		if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
 		    c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
 			struct in_pktinfo pi;
@@ -91,7 +99,7 @@ static void dgram_local(struct ph_addr *a, struct msghdr *mh)
 			a->u.in.sin_family = AF_INET;
 			a->u.in.sin_addr = pi.ipi_spec_dst; /* ours, also for a broadcast */
 			a->len = sizeof(a->u.in);
-			return;
+			continue;
 		}
 		if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
 		    c->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
@@ -101,7 +109,7 @@ static void dgram_local(struct ph_addr *a, struct msghdr *mh)
 			a->u.in6.sin6_family = AF_INET6;
 			a->u.in6.sin6_addr = pi.ipi6_addr;
 			a->len = sizeof(a->u.in6);
-			return;
+			continue;
 		}
 	}
 }
@@ -123,8 +131,8 @@ int ph_dgram_recv(struct ph_dgram_batch *b, unsigned first, int fd, unsigned max
 		mh->msg_iovlen = 1;
 		mh->msg_name = with_addrs ? &b->name[i] : NULL;
 		mh->msg_namelen = with_addrs ? sizeof(b->name[i]) : 0;
-		mh->msg_control = with_addrs ? b->ctl[i].buf : NULL;
-		mh->msg_controllen = with_addrs ? sizeof(b->ctl[i].buf) : 0;
+		mh->msg_control = b->ctl[i].buf;
+		mh->msg_controllen = sizeof(b->ctl[i].buf);
 		mh->msg_flags = 0;
 	}
 	do
@@ -141,10 +149,10 @@ int ph_dgram_recv(struct ph_dgram_batch *b, unsigned first, int fd, unsigned max
 		d->data = b->iov[i].iov_base;
 		d->len = b->msg[i].msg_len;
 		d->trunc = (mh->msg_flags & MSG_TRUNC) != 0;
-		if (with_addrs) {
+		d->sk_drops = 0;
+		dgram_ctl(d, mh);
+		if (with_addrs)
 			dgram_addr(&d->peer, &b->name[i], mh->msg_namelen);
-			dgram_local(&d->local, mh);
-		}
 	}
 	return n;
 }

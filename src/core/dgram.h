@@ -22,7 +22,8 @@ struct ph_dgram {
 	struct ph_addr local; /* our address it was sent to (pktinfo); family 0 when unknown */
 	uint8_t *data;        /* borrowed: a slot of the batch, or anyone's buffer on send */
 	size_t len;
-	bool trunc; /* longer than the slot (cannot happen with PH_DGRAM_SLOT) */
+	bool trunc;        /* longer than the slot (cannot happen with PH_DGRAM_SLOT) */
+	uint32_t sk_drops; /* on receive: datagrams the socket dropped so far (SO_RXQ_OVFL) */
 };
 
 struct ph_dgram_batch;

@@ -59,6 +59,8 @@ int ph_udp_bind(const struct ph_addr *a, bool v6only, bool reuseport, bool pktin
 	fd = socket(a->u.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		return -errno;
+	/* SO_RXQ_OVFL: each datagram says how many the socket dropped, so drops are counted */
+	setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one));
 	if ((reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1) ||
 	    (is6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof(v6)) == -1) ||
 	    (pktinfo && is6 &&
@@ -79,11 +81,12 @@ int ph_udp_bind(const struct ph_addr *a, bool v6only, bool reuseport, bool pktin
 int ph_udp_connect(const struct ph_addr *a, uint16_t port)
 {
 	struct ph_addr src;
-	int fd, err;
+	int fd, err, one = 1;
 
 	fd = socket(a->u.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one));
 	if (port != 0) {
 		memset(&src, 0, sizeof(src));
 		src.u.sa.sa_family = a->u.sa.sa_family;
