@@ -6,7 +6,9 @@ Measures, for each forwarder and for a direct connection (the limit), on 127.0.0
   2. new connections per second (connect, 64 B echo, close) with p50/p99 latency
   3. userspace RSS per idle connection (forwarder RSS with N idle connections minus before)
   4. forwarder CPU seconds per GB moved during the 1-stream iperf3 run
-and writes a table to stdout and bench/results/latest.md.
+then the UDP part (bench/udp.py: datagram round trips, CPU per datagram, RSS per session),
+and writes a table to stdout and bench/results/latest.md. BENCH_ONLY=tcp or BENCH_ONLY=udp
+runs one part alone (written to latest-tcp.md or latest-udp.md, unless BENCH_OUT says).
 
 Every process it starts gets its own session; its id is appended to $BENCH_TMP/pgids so
 that run.sh's trap can end it whatever happens here. Every wait is bounded.
@@ -36,7 +38,9 @@ IDLE = int(os.environ.get("BENCH_IDLE", "9000"))
 PEERS = os.environ.get(
     "BENCH_PEERS",
     "direct pinhole pinhole-64k haproxy haproxy-1m nginx socat rinetd redir").split()
-OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "results", "latest.md"))
+ONLY = os.environ.get("BENCH_ONLY", "").strip().lower()
+OUT = os.environ.get("BENCH_OUT", os.path.join(
+    ROOT, "bench", "results", "latest-%s.md" % ONLY if ONLY else "latest.md"))
 # The machine is shared: a test during which other programs used more than QUIET cores is
 # run again (at most RETRIES times) while the rounds still fit in BUDGET seconds.
 QUIET = float(os.environ.get("BENCH_QUIET", "0.25"))
@@ -613,6 +617,7 @@ def environment():
         ("rinetd", version(["rinetd", "-v"])),
         ("redir", version(["redir", "-v"])),
         ("iperf3", version(["iperf3", "-v"], "iperf")),
+        ("nftables", version(["nft", "--version"])),
         ("open files", "%d" % resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
     ]
 
@@ -643,6 +648,20 @@ def noisy(run):
     return run is not None and run.get("other", 0.0) > QUIET
 
 
+def build_header(env):
+    L = []
+    L.append("# pinhole benchmark — latest run\n")
+    L.append("Produced by `make bench` (bench/run.sh)%s. Loopback only (and, for UDP, "
+             "network namespaces the benchmark makes), everything on the same machine; the "
+             "numbers of one run are comparable with each other, not across machines.\n" % (
+                 "" if not ONLY else ", with BENCH_ONLY=%s" % ONLY))
+    L.append("| | |\n|---|---|")
+    for k, v in env:
+        L.append("| %s | %s |" % (k, v))
+    L.append("")
+    return "\n".join(L) + "\n"
+
+
 def build_report(env, results, notes, stopped_lines):
     rows = {}
     for peer in PEERS:
@@ -666,18 +685,12 @@ def build_report(env, results, notes, stopped_lines):
             "held": "%d/%d" % (m["held"], m["n"]) if m else None,
         }
     L = []
-    L.append("# pinhole benchmark — latest run\n")
-    L.append("Produced by `make bench` (bench/run.sh). Loopback only, everything on the same "
-             "machine; the numbers of one run are comparable with each other, not across "
-             "machines. %d rounds, the peers in alternating order; a test during which other "
+    L.append("## TCP\n")
+    L.append("%d rounds, the peers in alternating order; a test during which other "
              "programs used more than %.2f cores is run again while time allows. Each cell is "
              "the median of the quiet runs (latency and CPU from that same run); %d s per test; %d "
              "concurrent clients; idle memory at %d connections (fewer where noted).\n"
              % (ROUNDS, QUIET, SECS, CLIENTS, IDLE))
-    L.append("| | |\n|---|---|")
-    for k, v in env:
-        L.append("| %s | %s |" % (k, v))
-    L.append("")
     L.append("## Absolute numbers\n")
     L.append("| forwarder | 1 stream Gbit/s | 4 streams Gbit/s | CPU s/GB (1 stream) | "
              "conn/s | p50 ms | p99 ms | conn errors | CPU µs/conn | idle KiB/conn (RSS) | "
@@ -807,16 +820,9 @@ def set_subreaper():
         pass
 
 
-def main():
-    if not os.access(PINHOLE, os.X_OK):
-        sys.exit("bench: %s is missing; build first (ninja -C build)" % PINHOLE)
-    set_subreaper()
+def run_tcp(results, notes, stopped_lines):
+    """The TCP rounds and the idle-connection memory test."""
     t_start = time.monotonic()
-    env = environment()
-    results = {p: {"t1": [], "t4": [], "c": [], "m": None, "errors": []} for p in PEERS}
-    notes = []
-    stopped_lines = []
-
     for peer in PEERS:
         if peer == "nginx" and not os.path.exists(NGINX_STREAM_SO):
             notes.append("nginx: %s is missing (package libnginx-mod-stream); nginx may "
@@ -908,15 +914,42 @@ def main():
             notes.append("%s: %d of %d idle connections failed to open" % (peer, m["failed"],
                                                                           m["n"]))
     notes.append("%d tests run again because the machine was busy with other work" % retries)
-    notes.append("total run time %.0f s" % (time.monotonic() - t_start))
-    report = build_report(env, results, notes, stopped_lines)
+    notes.append("total TCP run time %.0f s" % (time.monotonic() - t_start))
+
+
+def main():
+    if ONLY not in ("", "tcp", "udp"):
+        sys.exit("bench: BENCH_ONLY is tcp or udp (or unset: both), not %r" % ONLY)
+    if not os.access(PINHOLE, os.X_OK):
+        sys.exit("bench: %s is missing; build first (ninja -C build)" % PINHOLE)
+    set_subreaper()
+    t_start = time.monotonic()
+    env = environment()
+    results = {p: {"t1": [], "t4": [], "c": [], "m": None, "errors": []} for p in PEERS}
+    notes = []
+    stopped_lines = []
+    report = ""
+    if ONLY != "udp":
+        run_tcp(results, notes, stopped_lines)
+        report = build_report(env, results, notes, stopped_lines)
+    udp_raw = None
+    if ONLY != "tcp":
+        # udp.py imports this module as "bench": the same one, not a second copy
+        sys.modules.setdefault("bench", sys.modules[__name__])
+        import udp
+
+        section, udp_notes, udp_raw = udp.run()
+        report += ("\n" if report else "") + section
+        udp_raw["notes"] = udp_notes
+    report = build_header(env) + report
+    report += "\nTotal run time %.0f s.\n" % (time.monotonic() - t_start)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         f.write(report)
     # every raw number, for whoever wants to look again
     with open(os.path.splitext(OUT)[0] + ".json", "w") as f:
-        json.dump({"env": env, "results": results, "notes": notes,
-                   "stopped": stopped_lines}, f, indent=1)
+        json.dump({"env": env, "results": results if ONLY != "udp" else None, "notes": notes,
+                   "stopped": stopped_lines, "udp": udp_raw}, f, indent=1)
     print()
     print(report)
     print("written to %s" % OUT)

@@ -21,6 +21,34 @@
  *       when set up, then waits until stdin reaches EOF (or gets a line), a signal, or
  *       HOLD_SECS pass (default 300), and exits.
  *
+ *   connrate uecho HOST:PORT [-t MAXSECS]
+ *       A UDP echo server: one socket, one thread, recvmmsg/sendmmsg in batches of 32; sends
+ *       each datagram back to where it came from. Prints "listening" once bound, and on exit
+ *       (SIGTERM/SIGINT or MAXSECS) "echoed=N dropped=N" (dropped: the send failed).
+ *
+ *   connrate uload HOST:PORT [-c CLIENTS] [-W WINDOW] [-t SECS] [-s BYTES] [-T TIMEOUT_MS]
+ *                  [-R RATE]
+ *       UDP round trips per second, closed loop: CLIENTS sockets, each connected to
+ *       HOST:PORT and keeping WINDOW datagrams of BYTES in flight; each echo that comes back
+ *       sends the next one (sendmmsg/recvmmsg, batches of 32). A datagram not back within
+ *       TIMEOUT_MS counts as lost and its place in the window is used again, so a loss never
+ *       stalls a socket for longer than that. With -R, open loop instead: RATE datagrams a
+ *       second in all, spread over the sockets, whatever comes back. After SECS no more are
+ *       sent, and the replies still on their way get TIMEOUT_MS to arrive. Prints one line:
+ *       sent=N rcvd=N late=N lost=N bad=N errors=N unsent=N secs=S rate=R offered=R
+ *       p50_us=.. p99_us=.. max_us=..
+ *       rate: round trips completed in SECS, per second; late: echoes that came after their
+ *       timeout (delivered, but counted lost by then); bad: echoes not of the size sent;
+ *       lost: sent - rcvd - late - bad; unsent (open loop): due but refused by a full socket
+ *       buffer (EAGAIN), never sent; offered: sent per second.
+ *
+ *   connrate uhold HOST:PORT [-n SOCKETS] [-p PARALLEL] [-s BYTES] [-w SETUP_SECS]
+ *                  [-H HOLD_SECS]
+ *       Opens SOCKETS UDP sockets (distinct client ports), each sending one datagram and
+ *       waiting for its echo (sent again after 500 ms, 4 tries at most), PARALLEL at a
+ *       time, then keeps them open and idle. Prints "held=N failed=N secs=S" when set up,
+ *       then waits like hold.
+ *
  * Every loop is bounded in time. Loopback IPv4 only is needed, but any IPv4 address works.
  */
 #define _GNU_SOURCE
@@ -39,6 +67,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,6 +101,11 @@ static void usage(void)
 	                "       connrate load HOST:PORT [-c CLIENTS] [-t SECS] [-s BYTES] "
 	                "[-T TIMEOUT_MS] [-e]\n"
 	                "       connrate hold HOST:PORT [-n CONNS] [-p PARALLEL] [-s BYTES] "
+	                "[-w SETUP_SECS] [-H HOLD_SECS]\n"
+	                "       connrate uecho HOST:PORT [-t MAXSECS]\n"
+	                "       connrate uload HOST:PORT [-c CLIENTS] [-W WINDOW] [-t SECS] "
+	                "[-s BYTES] [-T TIMEOUT_MS] [-R RATE]\n"
+	                "       connrate uhold HOST:PORT [-n SOCKETS] [-p PARALLEL] [-s BYTES] "
 	                "[-w SETUP_SECS] [-H HOLD_SECS]\n");
 	exit(2);
 }
@@ -548,14 +582,481 @@ static int hold_main(const struct sockaddr_in *sa, int nconns, int parallel, siz
 	return 0;
 }
 
+/* ---- UDP: echo server, load, hold ---- */
+
+#define UBATCH 32 /* datagrams per recvmmsg/sendmmsg */
+#define UHDR   16 /* at the front of each datagram: slot (4), sequence (4), send time in us (8) */
+
+/* Big socket buffers, beyond rmem_max/wmem_max when root (the FORCE options). */
+static void udp_bufs(int fd, int bytes)
+{
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) == -1)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) == -1)
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+}
+
+static int uecho_main(const struct sockaddr_in *sa, int maxsecs)
+{
+	static char buf[UBATCH][65536];
+	struct mmsghdr msg[UBATCH];
+	struct iovec iov[UBATCH];
+	struct sockaddr_in from[UBATCH];
+	uint64_t deadline = now_us() + (uint64_t)maxsecs * 1000000u;
+	unsigned long long echoed = 0, dropped = 0;
+	int fd;
+
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		die("socket");
+	udp_bufs(fd, 8 << 20);
+	if (bind(fd, (const struct sockaddr *)sa, sizeof(*sa)) == -1)
+		die("bind");
+	printf("listening\n");
+	fflush(stdout);
+	while (!stop_flag && now_us() < deadline) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+
+		if (poll(&p, 1, 200) <= 0)
+			continue;
+		/* a bounded number of batches per wake-up; poll says when there is more */
+		for (int round = 0; round < 64; round++) {
+			int n, k, off = 0;
+
+			for (int i = 0; i < UBATCH; i++) {
+				iov[i].iov_base = buf[i];
+				iov[i].iov_len = sizeof(buf[i]);
+				memset(&msg[i].msg_hdr, 0, sizeof(msg[i].msg_hdr));
+				msg[i].msg_hdr.msg_iov = &iov[i];
+				msg[i].msg_hdr.msg_iovlen = 1;
+				msg[i].msg_hdr.msg_name = &from[i];
+				msg[i].msg_hdr.msg_namelen = sizeof(from[i]);
+			}
+			n = recvmmsg(fd, msg, UBATCH, MSG_DONTWAIT, NULL);
+			if (n <= 0)
+				break;
+			for (int i = 0; i < n; i++)
+				iov[i].iov_len = msg[i].msg_len;
+			while (off < n) {
+				k = sendmmsg(fd, msg + off, (unsigned)(n - off), MSG_DONTWAIT);
+				if (k > 0) {
+					off += k;
+					echoed += (unsigned long long)k;
+					continue;
+				}
+				if (k == -1 && errno == EAGAIN) {
+					dropped += (unsigned long long)(n - off);
+					break;
+				}
+				dropped++; /* this one cannot go (its sender is gone): the rest can */
+				off++;
+			}
+			if (n < UBATCH)
+				break;
+		}
+	}
+	fprintf(stderr, "echoed=%llu dropped=%llu\n", echoed, dropped);
+	return 0;
+}
+
+struct uslot {
+	uint64_t sent; /* us */
+	uint32_t seq;
+	bool busy;
+};
+
+struct uclient {
+	int fd;
+	uint32_t next_seq;
+	unsigned nfree;      /* free slots of the window */
+	struct uslot *slot;  /* the window (closed loop) */
+	unsigned char *rbuf; /* UBATCH receive buffers of size bytes */
+};
+
+struct urun {
+	size_t size;
+	int window; /* 0: open loop */
+	uint64_t timeout, end;
+	unsigned long long sent, rcvd, rcvd_in, late, errors, bad, busy;
+	unsigned long long unsent; /* open loop: due, but the socket's buffer was full */
+	struct lat lat;
+};
+
+/*
+ * Sends n datagrams on c: with idx, one for each of those window slots; else (open loop)
+ * without a slot. Returns how many went out (0 when none could).
+ */
+static unsigned usend(struct urun *u, struct uclient *c, const unsigned *idx, unsigned n,
+                      uint64_t now)
+{
+	static char fill[65536];
+	unsigned char hdr[UBATCH][UHDR];
+	struct iovec iov[UBATCH][2];
+	struct mmsghdr msg[UBATCH];
+	int k = -1;
+
+	if (fill[0] == 0)
+		memset(fill, 'x', sizeof(fill));
+	for (unsigned i = 0; i < n; i++) {
+		uint32_t slot = idx != NULL ? idx[i] : UINT32_MAX, seq = c->next_seq + i;
+
+		memcpy(hdr[i], &slot, 4);
+		memcpy(hdr[i] + 4, &seq, 4);
+		memcpy(hdr[i] + 8, &now, 8);
+		iov[i][0].iov_base = hdr[i];
+		iov[i][0].iov_len = UHDR;
+		iov[i][1].iov_base = fill;
+		iov[i][1].iov_len = u->size - UHDR;
+		memset(&msg[i].msg_hdr, 0, sizeof(msg[i].msg_hdr));
+		msg[i].msg_hdr.msg_iov = iov[i];
+		msg[i].msg_hdr.msg_iovlen = 2;
+	}
+	/* an ICMP error of an earlier datagram fails one call: once more then */
+	for (int tries = 0; tries < 2 && k == -1; tries++) {
+		k = sendmmsg(c->fd, msg, n, MSG_DONTWAIT);
+		if (k == -1 && errno != EAGAIN)
+			u->errors++;
+		if (k == -1 && errno != ECONNREFUSED)
+			break;
+	}
+	if (k <= 0)
+		return 0;
+	if (idx != NULL) {
+		for (int i = 0; i < k; i++) {
+			struct uslot *s = &c->slot[idx[i]];
+
+			s->busy = true;
+			s->sent = now;
+			s->seq = c->next_seq + (uint32_t)i;
+		}
+		c->nfree -= (unsigned)k;
+		u->busy += (unsigned long long)k;
+	}
+	c->next_seq += (uint32_t)k;
+	u->sent += (unsigned long long)k;
+	return (unsigned)k;
+}
+
+/* Closed loop: fills c's free window slots. */
+static void ufill(struct urun *u, struct uclient *c, uint64_t now)
+{
+	unsigned idx[UBATCH];
+
+	while (c->nfree > 0) {
+		unsigned n = 0;
+
+		for (int i = 0; i < u->window && n < UBATCH; i++)
+			if (!c->slot[i].busy)
+				idx[n++] = (unsigned)i;
+		if (usend(u, c, idx, n, now) < n)
+			return;
+	}
+}
+
+/* Takes what came back on c. */
+static void urecv(struct urun *u, struct uclient *c)
+{
+	struct mmsghdr msg[UBATCH];
+	struct iovec iov[UBATCH];
+
+	for (int round = 0; round < 8; round++) {
+		uint64_t now;
+		int n;
+
+		for (int i = 0; i < UBATCH; i++) {
+			iov[i].iov_base = c->rbuf + (size_t)i * u->size;
+			iov[i].iov_len = u->size;
+			memset(&msg[i].msg_hdr, 0, sizeof(msg[i].msg_hdr));
+			msg[i].msg_hdr.msg_iov = &iov[i];
+			msg[i].msg_hdr.msg_iovlen = 1;
+		}
+		n = recvmmsg(c->fd, msg, UBATCH, MSG_DONTWAIT, NULL);
+		if (n == -1) {
+			if (errno == EAGAIN)
+				return;
+			u->errors++; /* an ICMP error (nothing listens): reported once, go on */
+			if (errno == ECONNREFUSED)
+				continue;
+			return;
+		}
+		now = now_us();
+		for (int i = 0; i < n; i++) {
+			const unsigned char *p = iov[i].iov_base;
+			uint32_t slot, seq;
+			uint64_t t;
+
+			if (msg[i].msg_len != u->size || (msg[i].msg_hdr.msg_flags & MSG_TRUNC)) {
+				u->bad++; /* not what was sent: cut or grown on the way */
+				continue;
+			}
+			memcpy(&slot, p, 4);
+			memcpy(&seq, p + 4, 4);
+			memcpy(&t, p + 8, 8);
+			if (u->window > 0) {
+				struct uslot *s;
+
+				if (slot >= (uint32_t)u->window) {
+					u->bad++;
+					continue;
+				}
+				s = &c->slot[slot];
+				if (!s->busy || s->seq != seq) {
+					u->late++; /* its slot timed out and moved on */
+					continue;
+				}
+				s->busy = false;
+				c->nfree++;
+				u->busy--;
+			} else if (now - t > u->timeout) {
+				u->late++;
+				continue;
+			}
+			u->rcvd++;
+			if (now <= u->end)
+				u->rcvd_in++;
+			lat_add(&u->lat, now - t);
+		}
+		if (n < UBATCH)
+			return;
+	}
+}
+
+static int uload_main(const struct sockaddr_in *sa, int nclients, int window, double secs,
+                      size_t size, int timeout_ms, double rate)
+{
+	struct epoll_event ev, evs[MAX_EVENTS];
+	struct uclient *cl = calloc((size_t)nclients, sizeof(*cl));
+	struct urun u = {.size = size, .window = rate > 0 ? 0 : window};
+	uint64_t t0, stopped = 0, last_scan, attempted = 0;
+	int ep = epoll_create1(EPOLL_CLOEXEC), rr = 0;
+	double el;
+
+	if (cl == NULL || ep == -1)
+		die("setup");
+	u.timeout = (uint64_t)timeout_ms * 1000u;
+	for (int i = 0; i < nclients; i++) {
+		struct uclient *c = &cl[i];
+
+		c->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (c->fd == -1)
+			die("socket");
+		udp_bufs(c->fd, 1 << 20);
+		if (connect(c->fd, (const struct sockaddr *)sa, sizeof(*sa)) == -1)
+			die("connect");
+		c->slot = calloc((size_t)(u.window > 0 ? u.window : 1), sizeof(*c->slot));
+		c->rbuf = malloc((size_t)UBATCH * size);
+		if (c->slot == NULL || c->rbuf == NULL)
+			die("malloc");
+		c->nfree = (unsigned)u.window;
+		ev.events = EPOLLIN;
+		ev.data.ptr = c;
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) == -1)
+			die("epoll_ctl");
+	}
+	t0 = last_scan = now_us();
+	u.end = t0 + (uint64_t)(secs * 1e6);
+	for (int i = 0; i < nclients && u.window > 0; i++)
+		ufill(&u, &cl[i], t0);
+	for (;;) {
+		uint64_t now = now_us();
+		bool running = now < u.end && !stop_flag;
+		int n;
+
+		if (!running && stopped == 0)
+			stopped = now < u.end ? now : u.end;
+		if (!running) {
+			/* every datagram back (or given up on), or the time for them is over */
+			if (u.window > 0 ? u.busy == 0 : u.rcvd + u.late + u.bad >= u.sent)
+				break;
+			if (now > stopped + u.timeout)
+				break;
+		}
+		if (u.window == 0 && running) {
+			/* open loop: what is due by now, spread round robin in batches */
+			uint64_t due = (uint64_t)((double)(now - t0) * rate / 1e6);
+			unsigned idle = 0;
+
+			while (attempted < due && idle < (unsigned)nclients) {
+				uint64_t want = due - attempted;
+				unsigned k = want > UBATCH ? UBATCH : (unsigned)want;
+				unsigned got = usend(&u, &cl[rr], NULL, k, now);
+
+				if (got < k)
+					u.unsent += k - got;
+				attempted += k; /* not sent now is not sent later: no catching up */
+				idle = got == 0 ? idle + 1 : 0;
+				rr = (rr + 1) % nclients;
+			}
+			attempted = due;
+		}
+		n = epoll_wait(ep, evs, MAX_EVENTS, u.window == 0 ? 1 : 10);
+		if (n == -1 && errno != EINTR)
+			die("epoll_wait");
+		now = now_us();
+		running = now < u.end && !stop_flag;
+		for (int i = 0; i < n; i++) {
+			struct uclient *c = evs[i].data.ptr;
+
+			urecv(&u, c);
+			if (running && u.window > 0)
+				ufill(&u, c, now);
+		}
+		if (u.window > 0 && now - last_scan >= 10000u) {
+			/* a datagram not back in time is lost: its slot goes on */
+			last_scan = now;
+			for (int i = 0; i < nclients; i++) {
+				struct uclient *c = &cl[i];
+
+				for (int j = 0; j < u.window; j++) {
+					if (c->slot[j].busy && now - c->slot[j].sent > u.timeout) {
+						c->slot[j].busy = false;
+						c->nfree++;
+						u.busy--;
+					}
+				}
+				if (running)
+					ufill(&u, c, now);
+			}
+		}
+	}
+	el = (double)(stopped - t0) / 1e6;
+	qsort(u.lat.v, u.lat.n, sizeof(*u.lat.v), cmp_u32);
+	printf("sent=%llu rcvd=%llu late=%llu lost=%llu bad=%llu errors=%llu unsent=%llu secs=%.3f "
+	       "rate=%.1f offered=%.1f p50_us=%u p99_us=%u max_us=%u\n",
+	       u.sent, u.rcvd, u.late, u.sent - u.rcvd - u.late - u.bad, u.bad, u.errors, u.unsent,
+	       el, el > 0 ? (double)u.rcvd_in / el : 0.0, el > 0 ? (double)u.sent / el : 0.0,
+	       lat_pct(&u.lat, 0.50), lat_pct(&u.lat, 0.99), u.lat.n ? u.lat.v[u.lat.n - 1] : 0);
+	fflush(stdout);
+	return 0;
+}
+
+enum hstate {
+	H_NEW = 0, /* not started */
+	H_WAITING, /* datagram sent, no echo yet */
+	H_HELD,    /* echo back: kept open */
+	H_FAILED,
+};
+
+struct hsock {
+	int fd;
+	uint8_t state;
+	uint8_t tries;
+	uint64_t sent;
+};
+
+static bool hsend(struct hsock *h, size_t size)
+{
+	static char req[65536];
+
+	if (req[0] == 0)
+		memset(req, 'h', sizeof(req));
+	h->tries++;
+	h->sent = now_us();
+	return send(h->fd, req, size, MSG_DONTWAIT) == (ssize_t)size;
+}
+
+static int uhold_main(const struct sockaddr_in *sa, int nsocks, int parallel, size_t size,
+                      int setup_secs, int hold_secs)
+{
+	static char rsp[65536];
+	struct epoll_event ev, evs[MAX_EVENTS];
+	struct hsock *hs = calloc((size_t)nsocks, sizeof(*hs));
+	uint64_t t0 = now_us(), setup_end = t0 + (uint64_t)setup_secs * 1000000u, hold_end;
+	uint64_t last_scan = t0;
+	int ep = epoll_create1(EPOLL_CLOEXEC), next = 0, inflight = 0, held = 0, failed = 0;
+
+	if (hs == NULL || ep == -1)
+		die("setup");
+	for (int i = 0; i < nsocks; i++)
+		hs[i].fd = -1;
+	while (!stop_flag && now_us() < setup_end && (next < nsocks || inflight > 0)) {
+		uint64_t now;
+		int n;
+
+		while (next < nsocks && inflight < parallel) {
+			struct hsock *h = &hs[next++];
+
+			h->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+			ev.events = EPOLLIN;
+			ev.data.ptr = h;
+			if (h->fd == -1 ||
+			    connect(h->fd, (const struct sockaddr *)sa, sizeof(*sa)) == -1 ||
+			    epoll_ctl(ep, EPOLL_CTL_ADD, h->fd, &ev) == -1) {
+				if (h->fd != -1)
+					close(h->fd);
+				h->fd = -1;
+				h->state = H_FAILED;
+				failed++;
+				continue;
+			}
+			h->state = H_WAITING;
+			hsend(h, size); /* lost or not, the scan below sends it again */
+			inflight++;
+		}
+		n = epoll_wait(ep, evs, MAX_EVENTS, 20);
+		if (n == -1 && errno != EINTR)
+			die("epoll_wait");
+		for (int i = 0; i < n; i++) {
+			struct hsock *h = evs[i].data.ptr;
+			ssize_t r = recv(h->fd, rsp, sizeof(rsp), MSG_DONTWAIT);
+
+			if (h->state != H_WAITING || r != (ssize_t)size)
+				continue; /* an ICMP error or a duplicate: the scan decides */
+			h->state = H_HELD;
+			held++;
+			inflight--;
+			/* not watched any more: a duplicate echo may wait in its buffer */
+			epoll_ctl(ep, EPOLL_CTL_DEL, h->fd, NULL);
+		}
+		now = now_us();
+		if (now - last_scan < 100000u)
+			continue;
+		last_scan = now;
+		for (int i = 0; i < next; i++) {
+			struct hsock *h = &hs[i];
+
+			if (h->state != H_WAITING || now - h->sent < 500000u)
+				continue;
+			if (h->tries < 4) {
+				hsend(h, size);
+				continue;
+			}
+			close(h->fd);
+			h->fd = -1;
+			h->state = H_FAILED;
+			failed++;
+			inflight--;
+		}
+	}
+	/* whatever did not finish setting up in time counts as failed */
+	for (int i = 0; i < next; i++)
+		if (hs[i].state == H_WAITING) {
+			close(hs[i].fd);
+			hs[i].fd = -1;
+			failed++;
+		}
+	failed += nsocks - next;
+	printf("held=%d failed=%d secs=%.3f\n", held, failed, (double)(now_us() - t0) / 1e6);
+	fflush(stdout);
+
+	hold_end = now_us() + (uint64_t)hold_secs * 1000000u;
+	while (!stop_flag && now_us() < hold_end) {
+		struct pollfd p = {.fd = 0, .events = POLLIN};
+
+		if (poll(&p, 1, 200) == 1)
+			break; /* a line or EOF on stdin: done */
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct sockaddr_in sa;
 	struct sigaction act;
 	const char *mode;
 	int c, clients = 32, timeout_ms = 3000, nconns = 9000, parallel = 200, setup = 60;
-	int hold = 300, maxsecs = 1800;
-	double secs = 5;
+	int hold = 300, maxsecs = 1800, window = 16;
+	double secs = 5, rate = 0;
 	size_t size = 64, close_after = 0;
 	bool wait_eof = false;
 
@@ -567,7 +1068,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	optind = 3;
-	while ((c = getopt(argc, argv, "c:t:s:T:n:p:w:H:x:e")) != -1) {
+	while ((c = getopt(argc, argv, "c:t:s:T:n:p:w:H:x:eW:R:")) != -1) {
 		switch (c) {
 		case 'c':
 			clients = atoi(optarg);
@@ -600,13 +1101,23 @@ int main(int argc, char **argv)
 		case 'e':
 			wait_eof = true;
 			break;
+		case 'W':
+			window = atoi(optarg);
+			break;
+		case 'R':
+			rate = atof(optarg);
+			break;
 		default:
 			usage();
 		}
 	}
 	if (clients < 1 || secs <= 0 || size < 1 || size > 65536 || timeout_ms < 1 || nconns < 1 ||
-	    parallel < 1 || setup < 1 || hold < 1)
+	    parallel < 1 || setup < 1 || hold < 1 || window < 1 || window > 65536 || rate < 0)
 		usage();
+	if (mode[0] == 'u' && strcmp(mode, "uecho") != 0 && size < UHDR) {
+		fprintf(stderr, "connrate: UDP datagrams need at least %d bytes\n", UHDR);
+		return 2;
+	}
 	memset(&act, 0, sizeof(act));
 	act.sa_handler = on_stop;
 	sigaction(SIGTERM, &act, NULL);
@@ -619,6 +1130,12 @@ int main(int argc, char **argv)
 		return load_main(&sa, clients, secs, size, timeout_ms, wait_eof);
 	if (strcmp(mode, "hold") == 0)
 		return hold_main(&sa, nconns, parallel, size, setup, hold);
+	if (strcmp(mode, "uecho") == 0)
+		return uecho_main(&sa, maxsecs);
+	if (strcmp(mode, "uload") == 0)
+		return uload_main(&sa, clients, window, secs, size, timeout_ms, rate);
+	if (strcmp(mode, "uhold") == 0)
+		return uhold_main(&sa, nconns, parallel, size, setup, hold);
 	usage();
 	return 2;
 }

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # The pinhole benchmark: pinhole against direct, haproxy (splice), nginx stream, socat,
-# rinetd and redir on 127.0.0.1. Run by `make bench`, or directly as bench/run.sh after
+# rinetd and redir on 127.0.0.1 (TCP), then against direct, nginx stream, socat and the
+# kernel's DNAT (UDP, bench/udp.py). Run by `make bench`, or directly as bench/run.sh after
 # `ninja -C build`. Writes bench/results/latest.md; docs/PERFORMANCE.md explains it.
 #
 # Knobs (environment): BENCH_SECS (4) per test, BENCH_ROUNDS (3), BENCH_CLIENTS (32),
 # BENCH_IDLE (9000), BENCH_PEERS (default: "direct pinhole pinhole-64k haproxy haproxy-1m
 # nginx socat rinetd redir"), BENCH_QUIET (0.25 cores of other load before a test is run
 # again), BENCH_RETRIES (2), BENCH_BUDGET (480 s for the rounds, retries included),
-# BENCH_PINHOLE (build/pinhole), BENCH_OUT (bench/results/latest.md).
+# BENCH_PINHOLE (build/pinhole), BENCH_OUT (bench/results/latest.md), BENCH_ONLY (tcp or
+# udp: that part alone, written to latest-tcp.md or latest-udp.md unless BENCH_OUT says).
+# UDP (bench/udp.py): BENCH_UDP_PEERS (default: "direct pinhole nginx socat direct-veth
+# dnat-veth pinhole-veth"), BENCH_UDP_SECS (3), BENCH_UDP_ROUNDS (BENCH_ROUNDS),
+# BENCH_UDP_CLIENTS (32), BENCH_UDP_WINDOW (16 datagrams in flight per client),
+# BENCH_UDP_TIMEOUT (200 ms, then a datagram counts as lost), BENCH_UDP_OPEN (0.8: the
+# open-loop rate as a share of direct's; 0: no open loop), BENCH_UDP_SESSIONS (10000),
+# BENCH_UDP_BUDGET (300 s). The -veth rows run in two network namespaces the benchmark makes
+# (a veth pair, 198.18.0.1-2, an nftables DNAT rule inside) and removes.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +26,7 @@ py=/usr/bin/python3
 # ---- peers: install what is missing from Debian's archive, without starting daemons
 need=""
 for p in haproxy nginx-light libnginx-mod-stream rinetd redir socat iperf3 iproute2 procps gcc \
-	python3; do
+	python3 nftables; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need="$need $p"
 done
 if [ -n "$need" ]; then
@@ -69,6 +78,12 @@ cleanup() {
 			[ -n "$pg" ] && kill -KILL -- "-$pg" 2>/dev/null || true
 		done <"$tmp/pgids"
 	fi
+	# the network namespaces of the UDP part (with their veth pair and nftables rule)
+	if [ -f "$tmp/netns" ]; then
+		while read -r ns; do
+			[ -n "$ns" ] && ip netns del "$ns" 2>/dev/null || true
+		done <"$tmp/netns"
+	fi
 	rm -rf "$tmp"
 	exit $rc
 }
@@ -79,7 +94,8 @@ trap 'exit 143' TERM
 # ---- the load generator and echo server, built fresh each time
 gcc -O2 -Wall -Wextra -o "$tmp/connrate" "$here/connrate.c"
 
-# 9000 idle connections need 18000 descriptors in the forwarder: take the hard limit
+# 9000 idle connections need 18000 descriptors in the forwarder (10000 UDP sessions: 10000,
+# and as many client sockets in connrate): take the hard limit
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt 19000 ]; then
 	echo "bench: note: open files limited to $(ulimit -n); idle tests may fall short" >&2
