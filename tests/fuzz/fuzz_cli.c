@@ -64,11 +64,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 			CHECK(cfg.nrules == 1);
 			CHECK(r->ntargets >= 1 && r->ntargets <= PH_FORWARD_MAX_TARGETS);
-			CHECK(!r->listen.is_name && r->listen.proto == PH_PROTO_TCP);
+			CHECK(!r->listen.is_name && r->listen.proto != 0 &&
+			      (r->listen.proto & ~(unsigned)(PH_PROTO_TCP | PH_PROTO_UDP)) == 0);
 			CHECK(r->connect_timeout > 0);
+			/* a target speaks the listener's protocol, or leaves the scheme out */
 			for (unsigned i = 0; i < r->ntargets; i++)
 				CHECK(!r->targets[i].hp.wildcard &&
-				      r->targets[i].hp.proto == PH_PROTO_TCP);
+				      (!r->targets[i].hp.has_scheme ||
+				       r->targets[i].hp.proto == r->listen.proto));
+			/* an option of the other protocol is refused */
+			CHECK((r->listen.proto & PH_PROTO_UDP) ||
+			      (r->udp_timeout == 0 && r->max_sessions == 0));
+			CHECK((r->listen.proto & PH_PROTO_TCP) ||
+			      (r->max_conns == 0 && r->idle_timeout == 0));
 		} else {
 			CHECK(cfg.nrules == 0);
 		}
