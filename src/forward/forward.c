@@ -50,14 +50,10 @@ struct fwd_conn {
 	struct ph_tsel_wait wait; /* queued for a target's name while resolving */
 	struct fwd_wrule *wr;
 	struct ph_addr peer; /* the client */
-	struct ph_addr dst;  /* the target address tried last */
 	uint64_t id;
-	uint64_t start; /* loop ms at accept */
-	uint32_t tried; /* bit per target already tried */
-	int lasterr;    /* of the last failed attempt */
+	uint64_t start;         /* loop ms at accept */
+	struct ph_tsel_try try; /* the targets' addresses tried so far */
 	uint8_t state;
-	int8_t tgt; /* current target, -1 before the first */
-	uint8_t ai; /* address index within the target */
 };
 
 static void fwd_next(struct fwd_conn *c);
@@ -102,7 +98,7 @@ static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
 	if (lvl <= ph_log_level) {
 		ph_log_(lvl, "c%llu %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms",
 		        (unsigned long long)c->id, ph_addr_fmt(&c->peer, peer, sizeof(peer)),
-		        c->tgt >= 0 ? ph_addr_fmt(&c->dst, dst, sizeof(dst)) : "-", reason,
+		        c->try.tgt >= 0 ? ph_addr_fmt(&c->try.dst, dst, sizeof(dst)) : "-", reason,
 		        err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
 		        (unsigned long long)c->pump.dir[0].bytes,
 		        (unsigned long long)c->pump.dir[1].bytes,
@@ -141,12 +137,12 @@ static void fwd_on_timer(struct ph_timer *t)
 	switch (c->state) {
 	case FWD_RESOLVING:
 		ph_tsel_wait_cancel(&c->wait);
-		c->lasterr = -ETIMEDOUT;
-		c->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
+		c->try.lasterr = -ETIMEDOUT;
+		c->try.ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
 		fwd_next(c);
 		break;
 	case FWD_CONNECTING:
-		c->lasterr = -ETIMEDOUT;
+		c->try.lasterr = -ETIMEDOUT;
 		ph_io_close(l, &c->pump.io[1]);
 		fwd_next(c);
 		break;
@@ -171,7 +167,7 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 
 	if (events & (EPOLLERR | EPOLLHUP)) {
 		err = ph_sock_error(io->fd);
-		c->lasterr = err < 0 ? err : -ECONNREFUSED;
+		c->try.lasterr = err < 0 ? err : -ECONNREFUSED;
 		ph_io_close(l, io);
 		fwd_next(c);
 		return;
@@ -179,7 +175,7 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 	if (!(events & EPOLLOUT))
 		return;
 	ph_timer_stop(l, &c->timer);
-	ph_tsel_ok(&c->wr->sel, (unsigned)c->tgt);
+	ph_tsel_ok(&c->wr->sel, (unsigned)c->try.tgt);
 	fwd_set_state(c, FWD_RELAYING);
 	if (c->wr->rule->idle_timeout != 0)
 		ph_timer_arm(l, &c->timer, c->wr->rule->idle_timeout);
@@ -191,13 +187,13 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 	}
 }
 
-/* Starts connecting to c->dst. Returns 0, or -errno when the attempt failed at once. */
+/* Starts connecting to c->try.dst. Returns 0, or -errno when the attempt failed at once. */
 static int fwd_connect(struct fwd_conn *c)
 {
 	struct ph_loop *l = &c->wr->w->loop;
 	int fd, err;
 
-	fd = ph_tcp_connect(&c->dst);
+	fd = ph_tcp_connect(&c->try.dst);
 	if (fd < 0)
 		return fd;
 	/* registered for the pump's events at once: no epoll_ctl when the connect completes */
@@ -212,83 +208,43 @@ static int fwd_connect(struct fwd_conn *c)
 	return 0;
 }
 
+/* Tries c's target addresses from the next one on (n: as ph_tsel_next returned). */
+static void fwd_try(struct fwd_conn *c, int n)
+{
+	struct fwd_wrule *wr = c->wr;
+	int err;
+
+	for (;; n = ph_tsel_next(&wr->sel, &c->try, &c->wait)) {
+		if (n == 0) {
+			fwd_set_state(c, FWD_RESOLVING);
+			ph_timer_arm(&wr->w->loop, &c->timer, wr->rule->connect_timeout);
+			return;
+		}
+		if (n < 0) {
+			PH_STAT_ADD(wr->w, connect_failed, 1);
+			fwd_close(c, true, "no target reachable", n);
+			return;
+		}
+		err = fwd_connect(c);
+		if (err == 0)
+			return;
+		c->try.lasterr = err;
+	}
+}
+
 /* The name of c's target is resolved (err 0) or not: connects, or moves on. */
 static void fwd_on_dns(struct ph_tsel_wait *wt, int err)
 {
 	struct fwd_conn *c = container_of(wt, struct fwd_conn, wait);
-	const struct ph_addr *addrs;
 
 	ph_timer_stop(&c->wr->w->loop, &c->timer);
-	c->ai = 0;
-	if (err == 0 && ph_tsel_cached(&c->wr->sel, (unsigned)c->tgt, &addrs) > 0) {
-		c->dst = addrs[0];
-		err = fwd_connect(c);
-		if (err == 0)
-			return;
-	} else {
-		c->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
-		if (err == 0)
-			err = -EIO;
-	}
-	c->lasterr = err;
-	fwd_next(c);
+	fwd_try(c, ph_tsel_dns_done(&c->wr->sel, &c->try, err, &c->wait));
 }
 
-/*
- * Moves c on to the next thing to try after a failure (or first): the target's next
- * address, then the next target. Closes c when nothing is left.
- */
+/* After a failure (c->try.lasterr set), or first: the next address, or the close. */
 static void fwd_next(struct fwd_conn *c)
 {
-	struct fwd_wrule *wr = c->wr;
-	struct ph_loop *l = &wr->w->loop;
-
-	for (;;) {
-		const struct ph_addr *addrs;
-		int t, n, err;
-
-		if (c->tgt >= 0) {
-			n = ph_tsel_cached(&wr->sel, (unsigned)c->tgt, &addrs);
-			if ((int)c->ai + 1 < n) {
-				c->ai++;
-				c->dst = addrs[c->ai];
-				err = fwd_connect(c);
-				if (err == 0)
-					return;
-				c->lasterr = err;
-				continue;
-			}
-			if (c->lasterr != 0)
-				ph_tsel_failed(&wr->sel, (unsigned)c->tgt,
-				               c->ai < PH_RESOLVE_MAX ? &c->dst : NULL, c->lasterr);
-		}
-		t = ph_tsel_pick(&wr->sel, c->tried);
-		if (t < 0) {
-			PH_STAT_ADD(wr->w, connect_failed, 1);
-			fwd_close(c, true, "no target reachable",
-			          c->lasterr != 0 ? c->lasterr : -EHOSTUNREACH);
-			return;
-		}
-		c->tgt = (int8_t)t;
-		c->ai = 0;
-		c->tried |= 1u << t;
-		n = ph_tsel_addrs(&wr->sel, (unsigned)t, &addrs, &c->wait);
-		if (n == 0) {
-			fwd_set_state(c, FWD_RESOLVING);
-			ph_timer_arm(l, &c->timer, wr->rule->connect_timeout);
-			return;
-		}
-		if (n < 0) {
-			c->lasterr = n;
-			c->ai = PH_RESOLVE_MAX;
-			continue;
-		}
-		c->dst = addrs[0];
-		err = fwd_connect(c);
-		if (err == 0)
-			return;
-		c->lasterr = err;
-	}
+	fwd_try(c, ph_tsel_next(&c->wr->sel, &c->try, &c->wait));
 }
 
 /* A new client on wr: checks the rules and the limit, then starts connecting. Takes fd. */
@@ -340,7 +296,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	c->peer = *peer;
 	c->id = ++w->next_id;
 	c->start = w->loop.now;
-	c->tgt = -1;
+	ph_tsel_try_init(&c->try);
 	c->state = FWD_CONNECTING;
 	ph_worker_conn_inc(w);
 	PH_STAT_ADD(w, accepted, 1);

@@ -1,5 +1,6 @@
 #include "forward/target.h"
 
+#include <errno.h>
 #include <string.h>
 
 #include "core/worker.h"
@@ -124,6 +125,56 @@ int ph_tsel_cached(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs)
 		return 0;
 	*addrs = s->dns[t].addrs;
 	return (int)s->dns[t].n;
+}
+
+int ph_tsel_next(struct ph_tsel *s, struct ph_tsel_try *t, struct ph_tsel_wait *wt)
+{
+	for (;;) {
+		const struct ph_addr *addrs;
+		int n, tg;
+
+		if (t->tgt >= 0) {
+			n = ph_tsel_cached(s, (unsigned)t->tgt, &addrs);
+			if ((int)t->ai + 1 < n) {
+				t->ai++;
+				t->dst = addrs[t->ai];
+				return 1;
+			}
+			if (t->lasterr != 0)
+				ph_tsel_failed(s, (unsigned)t->tgt,
+				               t->ai < PH_RESOLVE_MAX ? &t->dst : NULL, t->lasterr);
+		}
+		tg = ph_tsel_pick(s, t->tried);
+		if (tg < 0)
+			return t->lasterr != 0 ? t->lasterr : -EHOSTUNREACH;
+		t->tgt = (int8_t)tg;
+		t->ai = 0;
+		t->tried |= 1u << tg;
+		n = ph_tsel_addrs(s, (unsigned)tg, &addrs, wt);
+		if (n == 0)
+			return 0;
+		if (n < 0) {
+			t->lasterr = n;
+			t->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
+			continue;
+		}
+		t->dst = addrs[0];
+		return 1;
+	}
+}
+
+int ph_tsel_dns_done(struct ph_tsel *s, struct ph_tsel_try *t, int err, struct ph_tsel_wait *wt)
+{
+	const struct ph_addr *addrs;
+
+	if (err == 0 && ph_tsel_cached(s, (unsigned)t->tgt, &addrs) > 0) {
+		t->ai = 0;
+		t->dst = addrs[0];
+		return 1;
+	}
+	t->ai = PH_RESOLVE_MAX;
+	t->lasterr = err != 0 ? err : -EIO;
+	return ph_tsel_next(s, t, wt);
 }
 
 void ph_tsel_ok(struct ph_tsel *s, unsigned t)

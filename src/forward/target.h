@@ -29,6 +29,15 @@ struct ph_tsel_wait {
 	ph_tsel_wait_fn fn;
 };
 
+/* Where one connection or session stands in trying the targets' addresses. */
+struct ph_tsel_try {
+	struct ph_addr dst; /* the address to try now, or tried last */
+	uint32_t tried;     /* bit per target tried */
+	int lasterr;        /* of the last failed attempt; 0 for none */
+	int8_t tgt;         /* the current target; -1 before the first */
+	uint8_t ai;         /* address index in it; PH_RESOLVE_MAX: none to go on with */
+};
+
 /* A target name's addresses as this worker last resolved them. */
 struct ph_tsel_dns {
 	struct ph_tsel *sel;
@@ -77,6 +86,26 @@ static inline void ph_tsel_wait_cancel(struct ph_tsel_wait *wt)
 {
 	ph_list_del(&wt->node);
 }
+
+static inline void ph_tsel_try_init(struct ph_tsel_try *t)
+{
+	t->tried = 0;
+	t->lasterr = 0;
+	t->tgt = -1;
+	t->ai = 0;
+}
+
+/*
+ * Moves t on to the next address to try, after t->lasterr was set for the last one (or
+ * first): the current target's next address, else the next target (the one left behind
+ * goes into back-off when it failed). Returns 1 with t->dst to try; 0 when the next
+ * target's name is being looked up and wt was queued (call ph_tsel_dns_done() from its
+ * callback); or -errno when every target was tried (the last error).
+ */
+int ph_tsel_next(struct ph_tsel *s, struct ph_tsel_try *t, struct ph_tsel_wait *wt);
+
+/* The lookup t waited for ended with err: as ph_tsel_next. */
+int ph_tsel_dns_done(struct ph_tsel *s, struct ph_tsel_try *t, int err, struct ph_tsel_wait *wt);
 
 /* What is known of target t's addresses now, without a lookup: their count, 0 for none. */
 int ph_tsel_cached(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs);

@@ -59,18 +59,14 @@ struct udp_sess {
 	struct ph_tsel_wait wait; /* queued for the target's name */
 	struct ph_task reap;
 	struct udp_wrule *uw;
-	struct ph_addr dst;
-	struct udp_pend *pend; /* owned: held datagrams, oldest first */
+	struct ph_tsel_try try; /* the target's address is try.dst */
+	struct udp_pend *pend;  /* owned: held datagrams, oldest first */
 	uint64_t id;
 	uint64_t start;             /* loop ms */
 	uint64_t pkts[2], bytes[2]; /* [0] client -> target, [1] back */
-	uint32_t tried;             /* bit per target tried */
 	uint32_t sk_drops;          /* the upstream socket's drops counted so far */
-	int lasterr;
 	uint8_t npend;
 	uint8_t state;
-	int8_t tgt; /* -1 before the first */
-	uint8_t ai; /* address index within the target */
 };
 
 /* One rule's UDP side on one worker. */
@@ -98,8 +94,6 @@ struct udp_outq {
 };
 
 static __thread struct udp_outq outq; /* one per worker thread */
-
-static void udp_next(struct udp_sess *s);
 
 /* Counts what a socket dropped (its buffer was full) since *seen, from SO_RXQ_OVFL. */
 static void udp_count_drops(struct ph_worker *w, uint32_t *seen, uint32_t now)
@@ -153,7 +147,7 @@ static void udp_close(struct udp_sess *s, const char *reason, int err)
 		        "%llu ms",
 		        (unsigned long long)s->id,
 		        client_fmt(&s->node.key.peer, peer, sizeof(peer)),
-		        s->io.fd != -1 ? ph_addr_fmt(&s->dst, dst, sizeof(dst)) : "-", reason,
+		        s->io.fd != -1 ? ph_addr_fmt(&s->try.dst, dst, sizeof(dst)) : "-", reason,
 		        err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
 		        (unsigned long long)s->pkts[0], (unsigned long long)s->bytes[0],
 		        (unsigned long long)s->pkts[1], (unsigned long long)s->bytes[1],
@@ -238,7 +232,7 @@ static void udp_to_target(struct udp_sess *s, struct ph_dgram *d, unsigned n)
 		PH_STAT_ADD(w, dgrams_dropped, dropped);
 	if (err != 0) {
 		/* an ICMP error for an earlier datagram surfaced here */
-		ph_tsel_failed(&s->uw->sel, (unsigned)s->tgt, &s->dst, err);
+		ph_tsel_failed(&s->uw->sel, (unsigned)s->try.tgt, &s->try.dst, err);
 		udp_close(s, "target unreachable", err);
 	}
 }
@@ -294,7 +288,7 @@ static void udp_on_target(struct ph_io *io, uint32_t events)
 			return;
 		if (n < 0) {
 			if (n == -ECONNREFUSED || n == -EHOSTUNREACH || n == -ENETUNREACH) {
-				ph_tsel_failed(&uw->sel, (unsigned)s->tgt, &s->dst, n);
+				ph_tsel_failed(&uw->sel, (unsigned)s->try.tgt, &s->try.dst, n);
 				udp_close(s, "target unreachable", n);
 			} else {
 				PH_STAT_ADD(w, errors, 1);
@@ -308,7 +302,7 @@ static void udp_on_target(struct ph_io *io, uint32_t events)
 			d[i].local = s->node.key.local;
 			bytes += d[i].len;
 		}
-		ph_tsel_ok(&uw->sel, (unsigned)s->tgt);
+		ph_tsel_ok(&uw->sel, (unsigned)s->try.tgt);
 		ph_udptab_touch(&uw->tab, &s->node, w->loop.now);
 		s->pkts[1] += (unsigned)n; /* handed to the listener; a drop there is counted */
 		s->bytes[1] += bytes;
@@ -323,7 +317,7 @@ static void udp_on_target(struct ph_io *io, uint32_t events)
 	}
 }
 
-/* Connects s's upstream socket to s->dst and sends what was held. Returns 0 or -errno. */
+/* Connects s's upstream socket to s->try.dst and sends what was held. Returns 0 or -errno. */
 static int udp_connect(struct udp_sess *s)
 {
 	struct ph_worker *w = s->uw->w;
@@ -336,10 +330,10 @@ static int udp_connect(struct udp_sess *s)
 
 		if (port == 0)
 			break;
-		fd = ph_udp_connect(&s->dst, port);
+		fd = ph_udp_connect(&s->try.dst, port);
 	}
 	if (fd == -EADDRINUSE)
-		fd = ph_udp_connect(&s->dst, 0);
+		fd = ph_udp_connect(&s->try.dst, 0);
 	if (fd < 0)
 		return fd;
 	ph_io_init(&s->io, fd, udp_on_target);
@@ -361,80 +355,36 @@ static int udp_connect(struct udp_sess *s)
 	return 0;
 }
 
-/* The name of s's target is resolved (err 0) or not: connects, or moves on. */
-static void udp_on_dns(struct ph_tsel_wait *wt, int err)
-{
-	struct udp_sess *s = container_of(wt, struct udp_sess, wait);
-	const struct ph_addr *addrs;
-
-	s->ai = 0;
-	if (err == 0 && ph_tsel_cached(&s->uw->sel, (unsigned)s->tgt, &addrs) > 0) {
-		s->dst = addrs[0];
-		err = udp_connect(s);
-		if (err == 0)
-			return;
-	} else {
-		s->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
-		if (err == 0)
-			err = -EIO;
-	}
-	s->lasterr = err;
-	udp_next(s);
-}
-
-/*
- * Moves s on to the next target address to try (first, or after a failure to open a
- * socket to the last). Closes s when nothing is left.
- */
-static void udp_next(struct udp_sess *s)
+/* Opens s's upstream socket to its target's addresses from the next one on (n: as
+ * ph_tsel_next returned). Closes s when none is left. */
+static void udp_try(struct udp_sess *s, int n)
 {
 	struct udp_wrule *uw = s->uw;
+	int err;
 
-	for (;;) {
-		const struct ph_addr *addrs;
-		int t, n, err;
-
-		if (s->tgt >= 0) {
-			n = ph_tsel_cached(&uw->sel, (unsigned)s->tgt, &addrs);
-			if ((int)s->ai + 1 < n) {
-				s->ai++;
-				s->dst = addrs[s->ai];
-				err = udp_connect(s);
-				if (err == 0)
-					return;
-				s->lasterr = err;
-				continue;
-			}
-			if (s->lasterr != 0)
-				ph_tsel_failed(&uw->sel, (unsigned)s->tgt,
-				               s->ai < PH_RESOLVE_MAX ? &s->dst : NULL, s->lasterr);
-		}
-		t = ph_tsel_pick(&uw->sel, s->tried);
-		if (t < 0) {
-			PH_STAT_ADD(uw->w, connect_failed, 1);
-			udp_close(s, "no target reachable",
-			          s->lasterr != 0 ? s->lasterr : -EHOSTUNREACH);
-			return;
-		}
-		s->tgt = (int8_t)t;
-		s->ai = 0;
-		s->tried |= 1u << t;
-		n = ph_tsel_addrs(&uw->sel, (unsigned)t, &addrs, &s->wait);
+	for (;; n = ph_tsel_next(&uw->sel, &s->try, &s->wait)) {
 		if (n == 0) {
 			s->state = UDP_RESOLVING; /* bounded by the resolver's timeouts */
 			return;
 		}
 		if (n < 0) {
-			s->lasterr = n;
-			s->ai = PH_RESOLVE_MAX;
-			continue;
+			PH_STAT_ADD(uw->w, connect_failed, 1);
+			udp_close(s, "no target reachable", n);
+			return;
 		}
-		s->dst = addrs[0];
 		err = udp_connect(s);
 		if (err == 0)
 			return;
-		s->lasterr = err;
+		s->try.lasterr = err;
 	}
+}
+
+/* The name of s's target is resolved (err 0) or not: connects, or moves on. */
+static void udp_on_dns(struct ph_tsel_wait *wt, int err)
+{
+	struct udp_sess *s = container_of(wt, struct udp_sess, wait);
+
+	udp_try(s, ph_tsel_dns_done(&s->uw->sel, &s->try, err, &s->wait));
 }
 
 static void udp_on_expire(struct ph_timer *t)
@@ -521,7 +471,7 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 	s->uw = uw;
 	s->id = ++w->next_id;
 	s->start = w->loop.now;
-	s->tgt = -1;
+	ph_tsel_try_init(&s->try);
 	s->state = UDP_RESOLVING;
 	ph_udptab_add(&uw->tab, &s->node, k, w->loop.now);
 	PH_STAT_ADD(w, udp_sessions, 1);
@@ -530,7 +480,7 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 		ph_timer_arm(&w->loop, &uw->expire, r->udp_timeout);
 	ph_trace("u%llu: new session of %s", (unsigned long long)s->id,
 	         client_fmt(&k->peer, a, sizeof(a)));
-	udp_next(s);
+	udp_try(s, ph_tsel_next(&uw->sel, &s->try, &s->wait));
 	return s;
 }
 
