@@ -24,33 +24,9 @@ root=$(cd "$here/.." && pwd)
 py=/usr/bin/python3
 
 # ---- peers: install what is missing from Debian's archive, without starting daemons
-need=""
-for p in haproxy nginx-light libnginx-mod-stream rinetd redir socat iperf3 iproute2 procps gcc \
-	python3 nftables; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need="$need $p"
-done
-if [ -n "$need" ]; then
-	if [ "$(id -u)" != 0 ]; then
-		echo "bench: missing:$need; run as root or install them" >&2
-		exit 1
-	fi
-	echo "bench: installing$need"
-	guard=""
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-		# Debian's maintainer scripts would start system nginx/haproxy/rinetd: forbid it
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod +x /usr/sbin/policy-rc.d
-		guard=1
-	fi
-	rc=0
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq || rc=$?
-	[ $rc = 0 ] && { apt-get install -y -qq --no-install-recommends $need >/dev/null || rc=$?; }
-	[ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
-	if [ $rc != 0 ]; then
-		# keep going: bench.py marks the rows of peers that cannot start
-		echo "bench: apt-get failed ($rc); peers that are missing will be marked failed" >&2
-	fi
+if ! "$root/scripts/deps.sh" bench; then
+	# keep going: bench.py marks the rows of peers that cannot start
+	echo "bench: some peers could not be installed; their rows will be marked failed" >&2
 fi
 
 pinhole=${BENCH_PINHOLE:-$root/build/pinhole}
