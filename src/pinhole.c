@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/conf.h"
 #include "config.h"
 #include "core/log.h"
 #include "core/resolve.h"
@@ -354,6 +355,37 @@ out_cfg:
 	return status;
 }
 
+static void report_problem(void *arg, const char *msg)
+{
+	(void)arg;
+	fprintf(stderr, "%s\n", msg);
+}
+
+/* `run FILE`: reads the rules. Returns 0 to go on, or the exit status (with --check: 0
+ * when FILE is good, after saying so). */
+static int load_config(struct ph_config *cfg)
+{
+	int n = ph_conf_load(cfg->run_file, cfg, report_problem, NULL);
+
+	if (n == -ENOMEM) {
+		fprintf(stderr, "pinhole: out of memory\n");
+		return 1;
+	}
+	if (n == 0 && cfg->nrules == 0) {
+		fprintf(stderr, "%s: no rules (see pinhole run --help)\n", cfg->run_file);
+		n = 1;
+	}
+	if (n > 0) {
+		fprintf(stderr, "pinhole: %s: %d problem%s; nothing was started\n", cfg->run_file,
+		        n, n == 1 ? "" : "s");
+		return 2;
+	}
+	if (cfg->check)
+		printf("%s: %u rule%s, no problems\n", cfg->run_file, cfg->nrules,
+		       cfg->nrules == 1 ? "" : "s");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct ph_config cfg;
@@ -391,6 +423,13 @@ int main(int argc, char **argv)
 	case PH_CMD_NONE:
 		fputs(ph_cli_help(""), stderr);
 		return 2;
+	case PH_CMD_RUN:
+		err = load_config(&cfg);
+		if (err != 0 || cfg.check) {
+			ph_config_free(&cfg);
+			return err;
+		}
+		break;
 	case PH_CMD_FORWARD:
 		break;
 	}

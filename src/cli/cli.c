@@ -19,6 +19,8 @@ static const char help_overview[] =
 	"Commands:\n"
 	"  forward LISTEN TARGET [TARGET...]   forward TCP connections or UDP datagrams\n"
 	"                                      from LISTEN to a TARGET\n"
+	"  run FILE [--check]                  run the rules of a config file (one\n"
+	"                                      command a line, as typed after pinhole)\n"
 	"\n"
 	"Addresses:\n"
 	"  :8080            port 8080 on every interface, IPv6 and IPv4\n"
@@ -79,12 +81,35 @@ static const char help_forward[] =
 	"  pinhole forward udp://:5353 10.0.0.2:53 --udp-timeout 30s\n"
 	"  pinhole forward tcp+udp://:7 echo.lan:7\n";
 
+static const char help_run[] =
+	"Usage: pinhole run FILE [--check] [OPTIONS]\n"
+	"\n"
+	"Runs every rule of FILE. Each line is one command as you would type it after\n"
+	"`pinhole`, parsed by the same code as the command line:\n"
+	"\n"
+	"  # web and DNS for the LAN\n"
+	"  forward :80 10.0.0.5:8080 --allow 10.0.0.0/8 --name web\n"
+	"  forward udp://:53 10.0.0.2:53 --name dns\n"
+	"  include conf.d/*.conf\n"
+	"\n"
+	"Words are split like a shell does: 'single quotes', \"double quotes\", backslash\n"
+	"escapes; # starts a comment; a backslash at the end of a line joins the next one.\n"
+	"include PATTERN... reads more files (glob patterns, relative to the file that\n"
+	"includes them). Options for every command (--workers, -v, ...) may follow FILE.\n"
+	"\n"
+	"Options:\n"
+	"  --check    check FILE (syntax, addresses, two rules on one listening address,\n"
+	"             two rules with one name) and run nothing: exit 0, or print\n"
+	"             FILE:LINE: word: reason for each problem and exit 2\n";
+
 const char *ph_cli_help(const char *topic)
 {
 	if (topic == NULL || topic[0] == '\0')
 		return help_overview;
 	if (strcmp(topic, "forward") == 0)
 		return help_forward;
+	if (strcmp(topic, "run") == 0)
+		return help_run;
 	return NULL;
 }
 
@@ -420,6 +445,50 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 	return 0;
 }
 
+static int cli_run(int argc, char *const *argv, int first, struct ph_config *cfg,
+                   struct ph_cli_error *e)
+{
+	const char *file = NULL;
+	bool check = false;
+	int err;
+
+	for (int i = first + 1; i < argc; i++) {
+		const char *word = argv[i];
+		struct cli_opt o;
+
+		if (word[0] == '-' && word[1] != '\0') {
+			opt_split(word, &o);
+			if (strcmp(o.name, "--check") == 0 && !o.inline_value) {
+				check = true;
+				continue;
+			}
+			err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+			if (err < 0)
+				return err;
+			if (err == 0)
+				return cli_fail(e, i,
+				                "unknown option '%s' (see pinhole run --help)",
+				                o.name);
+			if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL)
+				cfg->help_topic = "run";
+			continue;
+		}
+		if (file != NULL)
+			return cli_fail(e, i,
+			                "run: '%s': one FILE only (include the others from it)",
+			                word);
+		file = word;
+	}
+	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION)
+		return 0;
+	if (file == NULL)
+		return cli_fail(e, first, "run: missing FILE (see pinhole run --help)");
+	cfg->run_file = file;
+	cfg->check = check;
+	cfg->cmd = PH_CMD_RUN;
+	return 0;
+}
+
 int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_cli_error *e)
 {
 	int err;
@@ -442,6 +511,8 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 		}
 		if (strcmp(word, "forward") == 0)
 			return cli_forward(argc, argv, i, cfg, e);
+		if (strcmp(word, "run") == 0)
+			return cli_run(argc, argv, i, cfg, e);
 		if (strcmp(word, "help") == 0) {
 			cfg->cmd = PH_CMD_HELP;
 			cfg->help_topic = i + 1 < argc ? argv[i + 1] : "";

@@ -5,6 +5,7 @@
 #ifndef PH_CLI_CLI_H
 #define PH_CLI_CLI_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct ph_forward_rule;
@@ -14,9 +15,10 @@ enum ph_cmd {
 	PH_CMD_HELP,     /* --help, for help_topic ("" or "forward") */
 	PH_CMD_VERSION,  /* --version */
 	PH_CMD_FORWARD,  /* run the rules */
+	PH_CMD_RUN,      /* run (or with check, only check) the rules of run_file */
 };
 
-#define PH_CONFIG_MAX_RULES 256
+#define PH_CONFIG_MAX_RULES 1024
 
 struct ph_config {
 	enum ph_cmd cmd;
@@ -25,6 +27,8 @@ struct ph_config {
 	unsigned workers;       /* 0: one per online CPU */
 	uint64_t drain_timeout; /* ms that live connections get after SIGTERM */
 	unsigned pipe_size;     /* bytes per splice pipe, 0: the kernel's default */
+	const char *run_file;   /* borrowed from argv: `pinhole run FILE` */
+	bool check;             /* run --check: check FILE, run nothing */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
 };
@@ -48,7 +52,7 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 /* Frees the rules. */
 void ph_config_free(struct ph_config *cfg);
 
-/* The help text for topic ("" for the overview, "forward"). NULL for an unknown topic. */
+/* The help text for topic ("" for the overview, "forward", "run"). NULL when unknown. */
 const char *ph_cli_help(const char *topic);
 
 #endif /* PH_CLI_CLI_H */

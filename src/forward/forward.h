@@ -27,7 +27,8 @@ struct ph_forward_target {
 };
 
 struct ph_forward_rule {
-	char name[64]; /* shown in logs; "" for none */
+	char name[64];    /* shown in logs; "" for none */
+	char origin[320]; /* "FILE:LINE" of its config line; "" from the command line */
 	struct ph_hostport listen;
 	struct ph_forward_target targets[PH_FORWARD_MAX_TARGETS];
 	unsigned ntargets;

@@ -1,0 +1,35 @@
+/*
+ * Config files for `pinhole run FILE`: every line is the words you would type after
+ * `pinhole` (DESIGN.md: one grammar), split the way a shell would ('single', "double"
+ * quotes, backslash escapes, # comments, a trailing backslash joins the next line), and
+ * parsed by ph_cli_parse. `include PATTERN...` reads other files (glob patterns, relative
+ * to the including file). Problems name FILE:LINE and the word.
+ */
+#ifndef PH_CLI_CONF_H
+#define PH_CLI_CONF_H
+
+#include <stddef.h>
+
+struct ph_config;
+
+#define PH_CONF_MAX_WORDS   256 /* words on one line */
+#define PH_CONF_MAX_INCLUDE 8   /* include depth */
+
+/*
+ * Splits line (changed in place: quotes and escapes are removed) into at most max words
+ * that point into it. Returns the number of words (0 for a blank or comment line), or
+ * -EINVAL with a static reason in *why and the 1-based column of the trouble in *col.
+ */
+int ph_conf_split(char *line, char **words, int max, const char **why, int *col);
+
+/* Called once per problem: "FILE:LINE: what" in msg. */
+typedef void (*ph_conf_report_fn)(void *arg, const char *msg);
+
+/*
+ * Reads the rules of path (and of the files it includes) into cfg, then checks them as a
+ * whole (two rules on one listening address, two rules with one name). Every problem is
+ * reported; returns how many there were (0: cfg holds the rules), or -ENOMEM.
+ */
+int ph_conf_load(const char *path, struct ph_config *cfg, ph_conf_report_fn report, void *arg);
+
+#endif /* PH_CLI_CONF_H */
