@@ -38,8 +38,35 @@ struct ph_main {
 	unsigned nw, started, ended;
 	uint64_t drain_timeout;
 	bool draining, aborting;
-	bool udp; /* some rule forwards UDP: its counters get a line */
+	bool udp;                          /* some rule forwards UDP: its counters get a line */
+	struct ph_config *cfg;             /* the rules running now */
+	struct ph_forward_rule **retiring; /* owned: removed by a reload, finishing */
+	unsigned nretiring;
+	struct ph_list plans;   /* struct reload_plan not run by every worker yet */
+	struct ph_timer retire; /* frees what finished, once a second while any is left */
 };
+
+/* What one reload asks of every worker, in order: attach the new rules, detach the old. */
+struct reload_plan {
+	struct ph_list node; /* in ph_main.plans */
+	struct ph_forward_rule **add, **del;
+	unsigned nadd, ndel;
+	unsigned pending; /* atomic: workers that have not run it yet */
+};
+
+static void log_rule(const struct ph_forward_rule *r, unsigned nw);
+
+static void log_problem(void *arg, const char *msg)
+{
+	(void)arg;
+	ph_err("%s", msg);
+}
+
+/* How logs name a rule of a config file: its --name, or where it is written. */
+static const char *rule_origin(const struct ph_forward_rule *r)
+{
+	return r->name[0] != '\0' ? r->name : r->origin;
+}
 
 static void main_abort(struct ph_main *m)
 {
@@ -83,6 +110,211 @@ static void log_stats(struct ph_main *m, const char *what)
 		        (unsigned long long)s.dgrams_dropped, (unsigned long long)s.udp_evicted);
 }
 
+static void plan_free(struct reload_plan *p)
+{
+	ph_list_del(&p->node);
+	free(p->add);
+	free(p->del);
+	free(p);
+}
+
+/* On each worker: the reload's new rules start there, then the removed ones stop. */
+static void plan_run(struct ph_worker *w, void *arg)
+{
+	struct reload_plan *p = arg;
+
+	for (unsigned i = 0; i < p->nadd; i++)
+		ph_forward_attach(p->add[i], (unsigned)w->id);
+	for (unsigned i = 0; i < p->ndel; i++)
+		ph_forward_detach(p->del[i], (unsigned)w->id);
+	__atomic_fetch_sub(&p->pending, 1, __ATOMIC_ACQ_REL);
+}
+
+/* Frees the plans every worker ran and the removed rules every worker is done with. */
+static void main_on_retire(struct ph_timer *t)
+{
+	struct ph_main *m = container_of(t, struct ph_main, retire);
+	struct ph_list *it, *tmp;
+	unsigned k = 0;
+
+	ph_list_for_each_safe(it, tmp, &m->plans) {
+		struct reload_plan *p = container_of(it, struct reload_plan, node);
+
+		if (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) != 0)
+			continue;
+		for (unsigned i = 0; i < p->nadd; i++)
+			p->add[i]->from = NULL; /* taken over: the old rule may go */
+		plan_free(p);
+	}
+	for (unsigned i = 0; i < m->nretiring; i++) {
+		struct ph_forward_rule *r = m->retiring[i];
+		bool in_plan = false;
+
+		ph_list_for_each_safe(it, tmp, &m->plans) {
+			struct reload_plan *p = container_of(it, struct reload_plan, node);
+
+			for (unsigned j = 0; j < p->nadd && !in_plan; j++)
+				in_plan = p->add[j]->from == r;
+		}
+		if (!in_plan && ph_forward_retired(r)) {
+			ph_info("%s: the last connection of the removed rule ended",
+			        rule_origin(r));
+			ph_forward_rule_free(r);
+		} else {
+			m->retiring[k++] = r;
+		}
+	}
+	m->nretiring = k;
+	if (m->nretiring != 0 || !ph_list_empty(&m->plans))
+		ph_timer_arm(&m->loop, t, 1000);
+}
+
+static bool same_listen(const struct ph_hostport *a, const struct ph_hostport *b)
+{
+	return a->proto == b->proto && a->port == b->port && a->wildcard == b->wildcard &&
+	       strcmp(a->host, b->host) == 0;
+}
+
+static bool same_spec(const struct ph_forward_rule *a, const struct ph_forward_rule *b)
+{
+	return a->spec != NULL && b->spec != NULL && a->spec_len == b->spec_len &&
+	       memcmp(a->spec, b->spec, a->spec_len) == 0;
+}
+
+/*
+ * SIGHUP: reads the file again. When it is good, rules whose line is unchanged keep
+ * running untouched, new rules start (taking over the listeners of a removed rule on the
+ * very same address), and removed rules stop accepting while their connections finish.
+ * When it is bad, or a new listener cannot be bound, nothing changes.
+ */
+static void main_reload(struct ph_main *m)
+{
+	struct ph_config *cfg = m->cfg, nc;
+	struct ph_forward_rule **final = NULL;
+	struct reload_plan *p = NULL;
+	bool *kept = NULL;
+	char why[256];
+	unsigned nkept = 0;
+	int n;
+
+	if (cfg->run_file == NULL) {
+		ph_warn("SIGHUP: the rules came from the command line; nothing to reload "
+		        "(pinhole run FILE reloads FILE)");
+		return;
+	}
+	if (m->draining)
+		return;
+	ph_config_init(&nc);
+	n = ph_conf_load(cfg->run_file, &nc, log_problem, NULL);
+	if (n == 0 && nc.nrules == 0) {
+		ph_err("%s: no rules", cfg->run_file);
+		n = 1;
+	}
+	if (n != 0) {
+		ph_err("reload: %s: %s; the running rules stay as they are", cfg->run_file,
+		       n < 0 ? "out of memory" : "problems above");
+		goto out;
+	}
+	final = calloc(nc.nrules, sizeof(*final));
+	kept = calloc(cfg->nrules + 1, sizeof(*kept));
+	p = calloc(1, sizeof(*p));
+	if (final == NULL || kept == NULL || p == NULL ||
+	    (p->add = calloc(nc.nrules, sizeof(*p->add))) == NULL ||
+	    (p->del = calloc(cfg->nrules + 1, sizeof(*p->del))) == NULL) {
+		ph_err("reload: out of memory; the running rules stay as they are");
+		goto out;
+	}
+	ph_list_init(&p->node);
+	/* unchanged lines keep their running rule */
+	for (unsigned j = 0; j < nc.nrules; j++) {
+		for (unsigned i = 0; i < cfg->nrules && final[j] == NULL; i++) {
+			if (!kept[i] && same_spec(cfg->rules[i], nc.rules[j])) {
+				kept[i] = true;
+				final[j] = cfg->rules[i];
+				nkept++;
+			}
+		}
+	}
+	/* the others start, on a removed rule's listeners when they listen just the same */
+	for (unsigned j = 0; j < nc.nrules; j++) {
+		struct ph_forward_rule *r = nc.rules[j], *from = NULL;
+		int err;
+
+		if (final[j] != NULL)
+			continue;
+		if ((r->listen.proto & PH_PROTO_UDP) && r->max_sessions == 0)
+			r->max_sessions = cfg->udp_sessions;
+		for (unsigned i = 0; i < cfg->nrules && from == NULL; i++) {
+			bool taken = false;
+
+			if (kept[i] || !same_listen(&cfg->rules[i]->listen, &r->listen))
+				continue;
+			for (unsigned k = 0; k < p->nadd; k++)
+				taken |= p->add[k]->from == cfg->rules[i];
+			if (!taken)
+				from = cfg->rules[i];
+		}
+		err = ph_forward_bind(r, m->w, m->nw, from, why, sizeof(why));
+		if (err < 0) {
+			ph_err("reload: %s: %s; the running rules stay as they are", r->origin,
+			       why);
+			goto out; /* the rules bound so far are nc's: freed with it, unattached */
+		}
+		final[j] = r;
+		p->add[p->nadd++] = r;
+	}
+	for (unsigned i = 0; i < cfg->nrules; i++)
+		if (!kept[i])
+			p->del[p->ndel++] = cfg->rules[i];
+	/* from here nothing fails: the workers switch over */
+	if (m->nretiring + p->ndel > 0) {
+		struct ph_forward_rule **rt =
+			realloc(m->retiring, (m->nretiring + p->ndel) * sizeof(*rt));
+
+		if (rt == NULL) {
+			ph_err("reload: out of memory; the running rules stay as they are");
+			goto out;
+		}
+		m->retiring = rt;
+	}
+	p->pending = m->nw;
+	ph_list_add_tail(&m->plans, &p->node);
+	for (unsigned i = 0; i < m->nw; i++) {
+		if (ph_worker_call(m->w[i], plan_run, p) < 0) {
+			ph_err("reload: out of memory posting to worker %u", i);
+			__atomic_fetch_sub(&p->pending, 1, __ATOMIC_ACQ_REL);
+		}
+	}
+	for (unsigned i = 0; i < p->ndel; i++)
+		m->retiring[m->nretiring++] = p->del[i];
+	for (unsigned j = 0; j < nc.nrules; j++) {
+		if (final[j] != nc.rules[j])
+			ph_forward_rule_free(nc.rules[j]); /* the running twin stays */
+		cfg->rules[j] = final[j];
+		m->udp |= (final[j]->listen.proto & PH_PROTO_UDP) != 0;
+	}
+	cfg->nrules = nc.nrules;
+	nc.nrules = 0;
+	for (unsigned k = 0; k < p->nadd; k++)
+		log_rule(p->add[k], m->nw);
+	for (unsigned i = 0; i < p->ndel; i++)
+		ph_info("%s: rule removed: no new connections; open ones finish",
+		        rule_origin(p->del[i]));
+	ph_info("reloaded %s: %u rules unchanged, %u started, %u removed", cfg->run_file, nkept,
+	        p->nadd, p->ndel);
+	p = NULL;
+	ph_timer_arm(&m->loop, &m->retire, 1000);
+out:
+	if (p != NULL) {
+		free(p->add);
+		free(p->del);
+		free(p);
+	}
+	free(kept);
+	free(final);
+	ph_config_free(&nc);
+}
+
 static void main_on_signal(struct ph_io *io, uint32_t events)
 {
 	struct ph_main *m = container_of(io, struct ph_main, sig_io);
@@ -94,6 +326,9 @@ static void main_on_signal(struct ph_io *io, uint32_t events)
 		switch (si.ssi_signo) {
 		case SIGUSR1:
 			log_stats(m, "stats");
+			break;
+		case SIGHUP:
+			main_reload(m);
 			break;
 		case SIGTERM:
 		case SIGINT:
@@ -186,19 +421,20 @@ static int check_fd_limit(struct ph_config *cfg, unsigned nw)
 	}
 	need += sessions;
 	/* the default bound of a UDP rule is what the fds left allow, shared fairly (half of
-	 * them when TCP connections without a bound need fds too) */
+	 * them when TCP connections without a bound need fds too); rules a reload adds get
+	 * the same */
 	left = rl.rlim_cur > need + 64 ? rl.rlim_cur - need - 64 : 0;
 	if (tcp_unbounded)
 		left /= 2;
-	for (unsigned i = 0; i < cfg->nrules && nauto != 0; i++) {
+	left /= nauto != 0 ? nauto : 1;
+	cfg->udp_sessions = left > PH_UDP_MAX_SESSIONS ? PH_UDP_MAX_SESSIONS
+	                    : left < 16                ? 16
+	                                               : (unsigned)left;
+	for (unsigned i = 0; i < cfg->nrules; i++) {
 		struct ph_forward_rule *r = cfg->rules[i];
-		unsigned long long n = left / nauto;
 
-		if (!(r->listen.proto & PH_PROTO_UDP) || r->max_sessions != 0)
-			continue;
-		r->max_sessions = n > PH_UDP_MAX_SESSIONS ? PH_UDP_MAX_SESSIONS
-		                  : n < 16                ? 16
-		                                          : (unsigned)n;
+		if ((r->listen.proto & PH_PROTO_UDP) && r->max_sessions == 0)
+			r->max_sessions = cfg->udp_sessions;
 	}
 	return 0;
 }
@@ -289,6 +525,9 @@ static int run(struct ph_config *cfg)
 	ph_io_init(&m.sig_io, sfd, main_on_signal);
 	ph_io_init(&m.done_io, dfd, main_on_done);
 	ph_timer_init(&m.drain, main_on_drain_timeout);
+	ph_timer_init(&m.retire, main_on_retire);
+	ph_list_init(&m.plans);
+	m.cfg = cfg;
 	if (ph_io_add(&m.loop, &m.sig_io, EPOLLIN) < 0 ||
 	    ph_io_add(&m.loop, &m.done_io, EPOLLIN) < 0)
 		goto out_fds;
@@ -341,6 +580,11 @@ out_workers:
 	for (unsigned i = 0; i < m.nw; i++)
 		ph_worker_destroy(m.w[i]);
 	ph_config_free(cfg);
+	for (unsigned i = 0; i < m.nretiring; i++) /* removed by a reload, still finishing */
+		ph_forward_rule_free(m.retiring[i]);
+	free(m.retiring);
+	while (!ph_list_empty(&m.plans))
+		plan_free(container_of(m.plans.next, struct reload_plan, node));
 	for (unsigned i = 0; i < m.nw; i++)
 		free(m.w[i]);
 	free(m.w);
@@ -365,7 +609,15 @@ static void report_problem(void *arg, const char *msg)
  * when FILE is good, after saying so). */
 static int load_config(struct ph_config *cfg)
 {
+	struct ph_config cli = *cfg; /* what the command line said: it wins over FILE */
 	int n = ph_conf_load(cfg->run_file, cfg, report_problem, NULL);
+
+	if (cli.workers != 0)
+		cfg->workers = cli.workers;
+	if (cli.pipe_size != 0)
+		cfg->pipe_size = cli.pipe_size;
+	if (cli.drain_timeout != PH_DRAIN_TIMEOUT_MS)
+		cfg->drain_timeout = cli.drain_timeout;
 
 	if (n == -ENOMEM) {
 		fprintf(stderr, "pinhole: out of memory\n");

@@ -100,7 +100,14 @@ static const char help_run[] =
 	"Options:\n"
 	"  --check    check FILE (syntax, addresses, two rules on one listening address,\n"
 	"             two rules with one name) and run nothing: exit 0, or print\n"
-	"             FILE:LINE: word: reason for each problem and exit 2\n";
+	"             FILE:LINE: what is wrong, naming the word, for each problem and\n"
+	"             exit 2\n"
+	"\n"
+	"SIGHUP reads FILE again: rules whose line is unchanged keep running untouched,\n"
+	"removed rules stop accepting and let their connections finish, new rules start\n"
+	"(a changed rule on the same listen address takes its listeners over: nothing\n"
+	"waiting to be accepted is lost). A bad FILE changes nothing; the log says why.\n"
+	"Options given after FILE win over the same options in it.\n";
 
 const char *ph_cli_help(const char *topic)
 {
@@ -116,7 +123,7 @@ const char *ph_cli_help(const char *topic)
 void ph_config_init(struct ph_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
-	cfg->drain_timeout = 10000;
+	cfg->drain_timeout = PH_DRAIN_TIMEOUT_MS;
 }
 
 void ph_config_free(struct ph_config *cfg)

@@ -19,6 +19,7 @@ enum ph_cmd {
 };
 
 #define PH_CONFIG_MAX_RULES 1024
+#define PH_DRAIN_TIMEOUT_MS 10000 /* default --drain-timeout */
 
 struct ph_config {
 	enum ph_cmd cmd;
@@ -29,6 +30,7 @@ struct ph_config {
 	unsigned pipe_size;     /* bytes per splice pipe, 0: the kernel's default */
 	const char *run_file;   /* borrowed from argv: `pinhole run FILE` */
 	bool check;             /* run --check: check FILE, run nothing */
+	unsigned udp_sessions;  /* --max-sessions of a UDP rule that sets none (from fds) */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
 };

@@ -1,6 +1,7 @@
 #include "cli/conf.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <glob.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "core/addr.h"
@@ -81,6 +83,47 @@ int ph_conf_split(char *line, char **words, int max, const char **why, int *col)
 	}
 }
 
+/*
+ * Does line go on on the next one? Only when it ends in a backslash that escapes the line
+ * end, as in a shell: not inside a comment or 'single quotes', not when the backslash is
+ * itself escaped.
+ */
+static bool continues(const char *line)
+{
+	bool word = false; /* inside a word: # is a character there */
+	char q = 0;        /* the open quote, or 0 */
+
+	for (const char *p = line; *p != '\0'; p++) {
+		if (q == '\'') {
+			if (*p == '\'')
+				q = 0;
+			continue;
+		}
+		if (*p == '\\') {
+			if (p[1] == '\0')
+				return true;
+			p++;
+			word = true;
+			continue;
+		}
+		if (q == '"') {
+			if (*p == '"')
+				q = 0;
+			continue;
+		}
+		if (is_space(*p)) {
+			word = false;
+		} else if (*p == '#' && !word) {
+			return false; /* a comment to the end of the line */
+		} else {
+			word = true;
+			if (*p == '\'' || *p == '"')
+				q = *p;
+		}
+	}
+	return false;
+}
+
 struct conf_ctx {
 	struct ph_config *cfg;
 	ph_conf_report_fn report;
@@ -110,6 +153,25 @@ static void conf_problem(struct conf_ctx *x, const char *file, unsigned line, co
 }
 
 static int conf_file(struct conf_ctx *x, const char *path, const char *from, unsigned from_line);
+
+/* Opens path for reading without blocking on a FIFO with no writer. NULL with errno set. */
+static FILE *conf_open(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), flags, e;
+	FILE *f;
+
+	if (fd == -1)
+		return NULL;
+	flags = fcntl(fd, F_GETFL);
+	if (flags == -1 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1 ||
+	    (f = fdopen(fd, "r")) == NULL) {
+		e = errno;
+		close(fd);
+		errno = e;
+		return NULL;
+	}
+	return f;
+}
 
 static bool has_glob_chars(const char *s)
 {
@@ -191,9 +253,25 @@ static int conf_line(struct conf_ctx *x, const char *file, unsigned line, char *
 		return 0;
 	}
 	cfg->cmd = cmd; /* a line adds a rule; what to do stays the command line's */
-	if (cfg->nrules > nrules)
-		snprintf(cfg->rules[nrules]->origin, sizeof(cfg->rules[nrules]->origin), "%s:%u",
-		         file, line);
+	if (cfg->nrules > nrules) {
+		struct ph_forward_rule *r = cfg->rules[nrules];
+		size_t len = 0;
+
+		snprintf(r->origin, sizeof(r->origin), "%s:%u", file, line);
+		for (int i = 0; i < n; i++)
+			len += strlen(words[i]) + 1;
+		r->spec = malloc(len);
+		if (r->spec == NULL)
+			return -ENOMEM;
+		r->spec_len = len;
+		len = 0;
+		for (int i = 0; i < n; i++) { /* each with its NUL: no word can run into the next */
+			size_t k = strlen(words[i]) + 1;
+
+			memcpy(r->spec + len, words[i], k);
+			len += k;
+		}
+	}
 	return 0;
 }
 
@@ -221,7 +299,7 @@ static int conf_file(struct conf_ctx *x, const char *path, const char *from, uns
 		free(real);
 		return 0;
 	}
-	f = fopen(path, "re");
+	f = conf_open(path);
 	if (f == NULL) {
 		if (from != NULL)
 			conf_problem(x, from, from_line, "include '%s': %s", path, strerror(errno));
@@ -271,7 +349,7 @@ static int conf_file(struct conf_ctx *x, const char *path, const char *from, uns
 		}
 		memcpy(buf + len, part, (size_t)got + 1);
 		len += (size_t)got;
-		if (len > 0 && buf[len - 1] == '\\') { /* continued on the next line */
+		if (continues(buf)) { /* the backslash and the line end become a space */
 			buf[len - 1] = ' ';
 			continue;
 		}

@@ -1,6 +1,7 @@
 #include "core/loop.h"
 
 #include <errno.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -59,6 +60,17 @@ void ph_io_close(struct ph_loop *l, struct ph_io *io)
 		return;
 	close(io->fd);
 	io->fd = -1;
+	io->events = 0;
+}
+
+void ph_io_forget(struct ph_loop *l, struct ph_io *io, int *fd)
+{
+	*fd = io->fd;
+	if (io->fd == -1)
+		return;
+	if (epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL) == -1)
+		ph_warn("epoll_ctl(DEL): %s", strerror(errno));
+	io->fd = -1; /* events still queued in this batch are dropped */
 	io->events = 0;
 }
 

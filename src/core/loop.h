@@ -58,6 +58,12 @@ static inline void ph_io_init(struct ph_io *io, int fd, ph_io_fn cb)
 int ph_io_add(struct ph_loop *l, struct ph_io *io, uint32_t events);
 /* Changes the registered events. Returns 0 or -errno. */
 int ph_io_mod(struct ph_loop *l, struct ph_io *io, uint32_t events);
+/*
+ * Takes io's fd out of the loop without closing it, for another io to own: *fd gets it
+ * (-1 when io was closed) and io is marked closed.
+ */
+void ph_io_forget(struct ph_loop *l, struct ph_io *io, int *fd);
+
 /* Closes io->fd (which leaves epoll with it) and marks io closed. Harmless when closed. */
 void ph_io_close(struct ph_loop *l, struct ph_io *io);
 

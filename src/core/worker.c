@@ -13,6 +13,53 @@
 
 static _Thread_local struct ph_worker *worker_self;
 
+struct worker_call {
+	struct ph_list node;
+	ph_worker_call_fn fn;
+	void *arg;
+};
+
+/* Runs the calls posted so far, outside the lock (a call may post more). */
+static void worker_run_calls(struct ph_worker *w)
+{
+	struct ph_list todo;
+
+	ph_list_init(&todo);
+	pthread_mutex_lock(&w->calls_lock);
+	if (!ph_list_empty(&w->calls)) { /* move the whole list over */
+		todo.next = w->calls.next;
+		todo.prev = w->calls.prev;
+		todo.next->prev = &todo;
+		todo.prev->next = &todo;
+		ph_list_init(&w->calls);
+	}
+	pthread_mutex_unlock(&w->calls_lock);
+	while (!ph_list_empty(&todo)) {
+		struct worker_call *c = container_of(todo.next, struct worker_call, node);
+
+		ph_list_del(&c->node);
+		c->fn(w, c->arg);
+		free(c);
+	}
+}
+
+int ph_worker_call(struct ph_worker *w, ph_worker_call_fn fn, void *arg)
+{
+	struct worker_call *c = malloc(sizeof(*c));
+	uint64_t one = 1;
+
+	if (c == NULL)
+		return -ENOMEM;
+	c->fn = fn;
+	c->arg = arg;
+	pthread_mutex_lock(&w->calls_lock);
+	ph_list_add_tail(&w->calls, &c->node);
+	pthread_mutex_unlock(&w->calls_lock);
+	if (write(w->cmd_fd, &one, sizeof(one)) == -1)
+		ph_err("cannot post to worker %d: %s", w->id, strerror(errno));
+	return 0;
+}
+
 struct ph_worker *ph_worker_self(void)
 {
 	return worker_self;
@@ -28,6 +75,7 @@ static void worker_on_cmd(struct ph_io *io, uint32_t events)
 	(void)events;
 	if (read(w->cmd_fd, &v, sizeof(v)) == -1 && errno != EAGAIN)
 		ph_warn("worker command channel: %s", strerror(errno));
+	worker_run_calls(w);
 	cmd = __atomic_exchange_n(&w->cmd, 0, __ATOMIC_ACQ_REL);
 	if (cmd & PH_WORKER_DRAIN)
 		w->draining = true;
@@ -53,6 +101,8 @@ int ph_worker_init(struct ph_worker *w, int id, const struct ph_worker_opts *o, 
 	w->id = id;
 	w->done_fd = done_fd;
 	ph_list_init(&w->hooks);
+	ph_list_init(&w->calls);
+	pthread_mutex_init(&w->calls_lock, NULL);
 	ph_pipepool_init(&w->pipes, o->spare_pipes, o->pipe_size);
 	err = ph_loop_init(&w->loop);
 	if (err < 0)
@@ -124,6 +174,13 @@ void ph_worker_destroy(struct ph_worker *w)
 	w->dgram_out = NULL;
 	ph_io_close(&w->loop, &w->cmd_io);
 	w->cmd_fd = -1;
+	while (!ph_list_empty(&w->calls)) { /* posted after the worker ended */
+		struct worker_call *c = container_of(w->calls.next, struct worker_call, node);
+
+		ph_list_del(&c->node);
+		free(c);
+	}
+	pthread_mutex_destroy(&w->calls_lock);
 	ph_pipepool_free(&w->pipes);
 	ph_loop_free(&w->loop);
 }

@@ -8,10 +8,11 @@
 
 struct ph_worker;
 
-/* Binds r's UDP listener once per worker. Returns 0, or -errno with a reason in why and
- * nothing left bound. */
-int ph_forward__udp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
-                          size_t whylen);
+/* The UDP side of ph_forward_bind/attach/detach (forward.h). */
+int ph_forward__udp_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
+                         struct ph_forward_rule *from, char *why, size_t whylen);
+void ph_forward__udp_attach(struct ph_forward_rule *r, unsigned i);
+void ph_forward__udp_detach(struct ph_forward_rule *r, unsigned i);
 
 /* Frees r's UDP state: sessions are closed without events. The workers must have ended. */
 void ph_forward__udp_free(struct ph_forward_rule *r);

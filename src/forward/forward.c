@@ -39,6 +39,8 @@ struct fwd_wrule {
 	struct ph_worker_hook hook;
 	struct ph_list conns; /* fwd_conn.node of live connections */
 	struct ph_tsel sel;   /* the targets as this worker sees them */
+	bool detached;        /* a reload removed the rule: retires when conns is empty */
+	bool retired;         /* the worker is done with it (main may free it) */
 	struct ph_ratelimit rl_denied, rl_full, rl_accept;
 };
 
@@ -57,6 +59,7 @@ struct fwd_conn {
 };
 
 static void fwd_next(struct fwd_conn *c);
+static void wrule_retire(struct fwd_wrule *wr);
 
 #define fwd_set_state(c, s) fwd_set_state_((c), (s), __LINE__)
 static void fwd_set_state_(struct fwd_conn *c, enum fwd_state s, int line)
@@ -108,6 +111,7 @@ static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
 	ph_timer_stop(&w->loop, &c->timer);
 	ph_tsel_wait_cancel(&c->wait);
 	ph_list_del(&c->node);
+	wrule_retire(wr);
 	/* the slot is free before the client can see the close and come back */
 	__atomic_fetch_sub(&wr->rule->live, 1, __ATOMIC_RELAXED);
 	ph_pump_close(&c->pump, rst);
@@ -427,6 +431,7 @@ void ph_forward_rule_free(struct ph_forward_rule *r)
 	free(r->wr);
 	ph_forward__udp_free(r);
 	ph_acl_free(&r->acl);
+	free(r->spec);
 	free(r);
 }
 
@@ -449,10 +454,14 @@ static int listen_one(struct ph_forward_rule *r, bool reuseport, struct ph_addr 
 	return fd;
 }
 
-static int tcp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
-                     size_t whylen)
+/*
+ * Makes r's TCP state for n workers and binds a listener for each, or, with from, leaves
+ * them to take over from's listeners in attach. Registers nothing. Returns 0 or -errno.
+ */
+static int tcp_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
+                    const struct ph_forward_rule *from, char *why, size_t whylen)
 {
-	struct ph_addr bound;
+	struct ph_addr bound = r->listen.addr;
 	char a[PH_ADDR_STRLEN];
 	int fd, err;
 
@@ -460,13 +469,15 @@ static int tcp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n
 	 * SO_REUSEPORT would let us share a port with another program's reuseport listener
 	 * without a word: a plain bind first proves the port is free.
 	 */
-	fd = listen_one(r, false, &bound);
-	if (fd < 0) {
-		snprintf(why, whylen, "cannot listen on %s: %s",
-		         ph_addr_fmt(&r->listen.addr, a, sizeof(a)), ph_bind_strerror(fd));
-		return fd;
+	if (from == NULL) {
+		fd = listen_one(r, false, &bound);
+		if (fd < 0) {
+			snprintf(why, whylen, "cannot listen on %s: %s",
+			         ph_addr_fmt(&r->listen.addr, a, sizeof(a)), ph_bind_strerror(fd));
+			return fd;
+		}
+		close(fd);
 	}
-	close(fd);
 	r->wr = calloc(n, sizeof(*r->wr));
 	if (r->wr == NULL) {
 		snprintf(why, whylen, "out of memory");
@@ -486,9 +497,11 @@ static int tcp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n
 		ph_timer_init(&wr->pause, fwd_on_pause);
 		ph_task_init(&wr->more, fwd_on_more);
 		ph_list_init(&wr->conns);
-		ph_worker_hook_add(w[i], &wr->hook, fwd_on_cmd);
+		ph_list_init(&wr->hook.node);
 		ph_tsel_init(&wr->sel, r, w[i], i); /* workers start on different targets */
 		r->wr[r->nwr++] = wr;
+		if (from != NULL)
+			continue;
 		fd = listen_one(r, true, &bound);
 		if (fd < 0) {
 			snprintf(why, whylen, "cannot listen on %s: %s",
@@ -497,13 +510,8 @@ static int tcp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n
 			goto err_free;
 		}
 		wr->lio.fd = fd;
-		err = ph_io_add(&w[i]->loop, &wr->lio, EPOLLIN | EPOLLET);
-		if (err < 0) {
-			snprintf(why, whylen, "epoll: %s", strerror(-err));
-			goto err_free;
-		}
 	}
-	r->listen.addr = bound; /* what was really bound, for the logs */
+	r->listen.addr = from != NULL ? from->listen.addr : bound; /* what is bound, for logs */
 	return 0;
 
 err_free:
@@ -515,14 +523,70 @@ err_free:
 	return err;
 }
 
-int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
-                     size_t whylen)
+/* On worker i (its thread, or before it starts): wr starts accepting. */
+static void tcp_attach(struct fwd_wrule *wr, struct fwd_wrule *from)
+{
+	struct ph_loop *l = &wr->w->loop;
+	char label[96];
+	int err;
+
+	ph_worker_hook_add(wr->w, &wr->hook, fwd_on_cmd);
+	if (wr->lio.fd == -1 && from != NULL && from->lio.fd != -1) {
+		/* the listener changes hands: connections waiting in its queue stay */
+		ph_io_forget(l, &from->lio, &wr->lio.fd);
+		ph_timer_stop(l, &from->pause);
+		ph_task_cancel(&from->more);
+	}
+	if (wr->lio.fd == -1)
+		return;
+	err = ph_io_add(l, &wr->lio, EPOLLIN | EPOLLET);
+	if (err < 0) {
+		ph_err("%s: cannot watch the listener: %s",
+		       ph_forward__label(wr->rule, label, sizeof(label)), strerror(-err));
+		ph_io_close(l, &wr->lio);
+	}
+}
+
+/* Once wr is detached, its last connection ended and no lookup of its points in it: the
+ * worker is done with it. Harmless before, and after. */
+static void wrule_retire(struct fwd_wrule *wr)
+{
+	if (!wr->detached || wr->retired || !ph_list_empty(&wr->conns) || !ph_tsel_idle(&wr->sel))
+		return;
+	wr->retired = true;
+	ph_list_del(&wr->hook.node);
+	__atomic_fetch_sub(&wr->rule->refs, 1, __ATOMIC_ACQ_REL);
+}
+
+static void wrule_on_sel_idle(struct ph_tsel *s)
+{
+	wrule_retire(container_of(s, struct fwd_wrule, sel));
+}
+
+/* On wr's worker: wr stops accepting; its connections finish, then it retires. */
+static void tcp_detach(struct fwd_wrule *wr)
+{
+	struct ph_loop *l = &wr->w->loop;
+
+	ph_io_close(l, &wr->lio); /* harmless when a new rule took the listener over */
+	ph_timer_stop(l, &wr->pause);
+	ph_task_cancel(&wr->more);
+	wr->detached = true;
+	wr->sel.idle = wrule_on_sel_idle;
+	wrule_retire(wr);
+}
+
+int ph_forward_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
+                    struct ph_forward_rule *from, char *why, size_t whylen)
 {
 	struct ph_addr listen = r->listen.addr;
 	int err;
 
+	r->from = from;
 	if (r->listen.proto & PH_PROTO_TCP) {
-		err = tcp_start(r, w, n, why, whylen);
+		err = tcp_bind(r, w, n,
+		               from != NULL && (from->listen.proto & PH_PROTO_TCP) ? from : NULL,
+		               why, whylen);
 		if (err < 0)
 			return err;
 	}
@@ -530,11 +594,49 @@ int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n
 		struct ph_addr tcp_bound = r->listen.addr;
 
 		r->listen.addr = listen; /* as written, not as TCP bound it */
-		err = ph_forward__udp_start(r, w, n, why, whylen);
+		err = ph_forward__udp_bind(
+			r, w, n, from != NULL && (from->listen.proto & PH_PROTO_UDP) ? from : NULL,
+			why, whylen);
 		if (r->listen.proto & PH_PROTO_TCP)
 			r->listen.addr = tcp_bound;
 		if (err < 0)
 			return err; /* the TCP side is freed with the rule */
 	}
+	r->refs = r->nwr + r->nuwr;
+	return 0;
+}
+
+void ph_forward_attach(struct ph_forward_rule *r, unsigned i)
+{
+	struct ph_forward_rule *from = r->from;
+
+	if (i < r->nwr)
+		tcp_attach(r->wr[i], from != NULL && i < from->nwr ? from->wr[i] : NULL);
+	if (i < r->nuwr)
+		ph_forward__udp_attach(r, i);
+}
+
+void ph_forward_detach(struct ph_forward_rule *r, unsigned i)
+{
+	if (i < r->nwr)
+		tcp_detach(r->wr[i]);
+	if (i < r->nuwr)
+		ph_forward__udp_detach(r, i);
+}
+
+bool ph_forward_retired(const struct ph_forward_rule *r)
+{
+	return __atomic_load_n(&r->refs, __ATOMIC_ACQUIRE) == 0;
+}
+
+int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
+                     size_t whylen)
+{
+	int err = ph_forward_bind(r, w, n, NULL, why, whylen);
+
+	if (err < 0)
+		return err;
+	for (unsigned i = 0; i < n; i++)
+		ph_forward_attach(r, i);
 	return 0;
 }

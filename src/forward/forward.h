@@ -6,6 +6,7 @@
 #ifndef PH_FORWARD_FORWARD_H
 #define PH_FORWARD_FORWARD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/acl.h"
@@ -29,6 +30,8 @@ struct ph_forward_target {
 struct ph_forward_rule {
 	char name[64];    /* shown in logs; "" for none */
 	char origin[320]; /* "FILE:LINE" of its config line; "" from the command line */
+	char *spec;       /* owned: its config line's words, each NUL-terminated, back to back: */
+	size_t spec_len;  /* how a reload knows the rule unchanged */
 	struct ph_hostport listen;
 	struct ph_forward_target targets[PH_FORWARD_MAX_TARGETS];
 	unsigned ntargets;
@@ -39,9 +42,11 @@ struct ph_forward_rule {
 	uint64_t udp_timeout;     /* ms a UDP session lives without a datagram */
 	unsigned max_sessions;    /* UDP sessions over all workers; 0: the default */
 	/* run time */
-	uint64_t live;         /* atomic: connections alive, over all workers */
-	uint64_t sessions;     /* atomic: UDP sessions alive, over all workers */
-	struct fwd_wrule **wr; /* owned: the TCP side's state on each worker */
+	uint64_t live;                /* atomic: connections alive, over all workers */
+	uint64_t sessions;            /* atomic: UDP sessions alive, over all workers */
+	unsigned refs;                /* atomic: per-worker parts not retired yet (see detach) */
+	struct ph_forward_rule *from; /* borrowed: the rule whose listeners attach takes over */
+	struct fwd_wrule **wr;        /* owned: the TCP side's state on each worker */
 	unsigned nwr;
 	struct udp_wrule **uwr; /* owned: the UDP side's state on each worker */
 	unsigned nuwr;
@@ -57,6 +62,24 @@ struct ph_forward_rule *ph_forward_rule_new(void);
  */
 int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
                      size_t whylen);
+
+/*
+ * A reload's way in three steps. Bind (main thread): proves r's ports free, makes its
+ * per-worker state and binds a listener per worker; or, with from (a rule being replaced
+ * on the very same listen address), takes over from's listeners instead, so that no
+ * connection waiting to be accepted is lost. Returns 0, or -errno with a reason in why.
+ * Attach (on worker i's thread, or before the workers start): r serves there; called
+ * before from is detached there. Detach (on worker i's thread): r stops accepting there;
+ * its connections finish, then that worker's part retires. ph_forward_start is bind and
+ * attach for the start.
+ */
+int ph_forward_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
+                    struct ph_forward_rule *from, char *why, size_t whylen);
+void ph_forward_attach(struct ph_forward_rule *r, unsigned i);
+void ph_forward_detach(struct ph_forward_rule *r, unsigned i);
+
+/* True once every worker's part of a detached r retired: r may be freed. */
+bool ph_forward_retired(const struct ph_forward_rule *r);
 
 /* Frees the rule and its per-worker state; the workers must have ended. NULL is fine. */
 void ph_forward_rule_free(struct ph_forward_rule *r);

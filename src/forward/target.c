@@ -64,6 +64,7 @@ static void tsel_on_resolved(void *arg, int err, const char *why, const struct p
 	struct ph_tsel_dns *d = arg;
 	struct ph_loop *l = &d->sel->w->loop;
 	d->busy = false;
+	d->sel->busy--;
 	d->err = err;
 	d->n = err == 0 ? n : 0;
 	if (err == 0) {
@@ -83,6 +84,8 @@ static void tsel_on_resolved(void *arg, int err, const char *why, const struct p
 		ph_list_del(&wt->node);
 		wt->fn(wt, d->err);
 	}
+	if (d->sel->busy == 0 && d->sel->idle != NULL)
+		d->sel->idle(d->sel); /* may free the owner of d: nothing after this */
 }
 
 int ph_tsel_addrs(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs,
@@ -109,6 +112,7 @@ int ph_tsel_addrs(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs,
 		if (err < 0)
 			return err;
 		d->busy = true;
+		s->busy++;
 	}
 	ph_list_add_tail(&d->waiters, &wt->node);
 	return 0;

@@ -52,9 +52,11 @@ struct ph_tsel_dns {
 
 /* One rule's targets on one worker. */
 struct ph_tsel {
-	struct ph_forward_rule *rule; /* borrowed */
-	struct ph_worker *w;          /* borrowed */
-	unsigned rr;                  /* round-robin position */
+	struct ph_forward_rule *rule;    /* borrowed */
+	struct ph_worker *w;             /* borrowed */
+	unsigned rr;                     /* round-robin position */
+	unsigned busy;                   /* lookups in flight (their callbacks point in here) */
+	void (*idle)(struct ph_tsel *s); /* called when busy drops to 0; may be NULL */
 	struct ph_ratelimit rl_failed;
 	struct ph_tsel_dns dns[PH_FORWARD_MAX_TARGETS];
 };
@@ -109,6 +111,12 @@ int ph_tsel_dns_done(struct ph_tsel *s, struct ph_tsel_try *t, int err, struct p
 
 /* What is known of target t's addresses now, without a lookup: their count, 0 for none. */
 int ph_tsel_cached(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs);
+
+/* True when no lookup of s is in flight: s may be freed. */
+static inline bool ph_tsel_idle(const struct ph_tsel *s)
+{
+	return s->busy == 0;
+}
 
 /* Target t answered: its back-off ends. */
 void ph_tsel_ok(struct ph_tsel *s, unsigned t);

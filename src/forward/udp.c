@@ -79,6 +79,8 @@ struct udp_wrule {
 	struct ph_udptab tab;
 	struct ph_tsel sel;
 	uint32_t sk_drops; /* the listener's drops counted so far */
+	bool detached;     /* a reload removed the rule */
+	bool retired;      /* the worker is done with it (main may free it) */
 	struct ph_ratelimit rl_denied, rl_full, rl_err;
 };
 
@@ -596,6 +598,21 @@ static void udp_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
 	udp_close_all(uw, "shutdown");
 }
 
+/* Once uw is detached and no lookup of its points in it: the worker is done with it. */
+static void uwrule_retire(struct udp_wrule *uw)
+{
+	if (!uw->detached || uw->retired || !ph_tsel_idle(&uw->sel))
+		return;
+	uw->retired = true;
+	ph_list_del(&uw->hook.node);
+	__atomic_fetch_sub(&uw->rule->refs, 1, __ATOMIC_ACQ_REL);
+}
+
+static void uwrule_on_sel_idle(struct ph_tsel *s)
+{
+	uwrule_retire(container_of(s, struct udp_wrule, sel));
+}
+
 static void uwrule_free(struct udp_wrule *uw)
 {
 	struct ph_udp_node *n;
@@ -657,21 +674,23 @@ static int udp_bind_one(struct ph_forward_rule *r, bool reuseport, struct ph_add
 	return fd;
 }
 
-int ph_forward__udp_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
-                          size_t whylen)
+int ph_forward__udp_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
+                         struct ph_forward_rule *from, char *why, size_t whylen)
 {
-	struct ph_addr bound;
+	struct ph_addr bound = r->listen.addr;
 	char a[PH_ADDR_STRLEN];
 	int fd, err;
 
 	/* a plain bind first: SO_REUSEPORT would share the port with another program */
-	fd = udp_bind_one(r, false, &bound);
-	if (fd < 0) {
-		snprintf(why, whylen, "cannot listen on udp %s: %s",
-		         ph_addr_fmt(&r->listen.addr, a, sizeof(a)), ph_bind_strerror(fd));
-		return fd;
+	if (from == NULL) {
+		fd = udp_bind_one(r, false, &bound);
+		if (fd < 0) {
+			snprintf(why, whylen, "cannot listen on udp %s: %s",
+			         ph_addr_fmt(&r->listen.addr, a, sizeof(a)), ph_bind_strerror(fd));
+			return fd;
+		}
+		close(fd);
 	}
-	close(fd);
 	ph_portseq_init();
 	if (r->udp_timeout == 0)
 		r->udp_timeout = PH_UDP_TIMEOUT_MS;
@@ -702,9 +721,11 @@ int ph_forward__udp_start(struct ph_forward_rule *r, struct ph_worker **w, unsig
 		uw->w = w[i];
 		ph_io_init(&uw->lio, -1, udp_on_listen);
 		ph_timer_init(&uw->expire, udp_on_expire);
-		ph_worker_hook_add(w[i], &uw->hook, udp_on_cmd);
+		ph_list_init(&uw->hook.node);
 		ph_tsel_init(&uw->sel, r, w[i], i);
 		r->uwr[r->nuwr++] = uw;
+		if (from != NULL)
+			continue; /* attach takes from's listener over */
 		fd = udp_bind_one(r, true, &bound);
 		if (fd < 0) {
 			snprintf(why, whylen, "cannot listen on udp %s: %s",
@@ -713,17 +734,50 @@ int ph_forward__udp_start(struct ph_forward_rule *r, struct ph_worker **w, unsig
 			goto err_free;
 		}
 		uw->lio.fd = fd;
-		/* level-triggered: a full round budget leaves the rest for the next wake-up */
-		err = ph_io_add(&w[i]->loop, &uw->lio, EPOLLIN);
-		if (err < 0) {
-			snprintf(why, whylen, "epoll: %s", strerror(-err));
-			goto err_free;
-		}
 	}
-	r->listen.addr = bound;
+	r->listen.addr = from != NULL ? from->listen.addr : bound;
 	return 0;
 
 err_free:
 	ph_forward__udp_free(r);
 	return err;
+}
+
+void ph_forward__udp_attach(struct ph_forward_rule *r, unsigned i)
+{
+	struct udp_wrule *uw = r->uwr[i];
+	struct ph_forward_rule *from = r->from;
+	struct ph_loop *l = &uw->w->loop;
+	char label[96];
+	int err;
+
+	ph_worker_hook_add(uw->w, &uw->hook, udp_on_cmd);
+	if (uw->lio.fd == -1 && from != NULL && i < from->nuwr) {
+		struct udp_wrule *old = from->uwr[i];
+
+		/* the listener changes hands: datagrams queued in it stay */
+		if (outq.uw == old)
+			udp_flush(&outq);
+		ph_io_forget(l, &old->lio, &uw->lio.fd);
+	}
+	if (uw->lio.fd == -1)
+		return;
+	/* level-triggered: a full round budget leaves the rest for the next wake-up */
+	err = ph_io_add(l, &uw->lio, EPOLLIN);
+	if (err < 0) {
+		ph_err("%s: cannot watch the udp listener: %s",
+		       ph_forward__label(r, label, sizeof(label)), strerror(-err));
+		ph_io_close(l, &uw->lio);
+	}
+}
+
+void ph_forward__udp_detach(struct ph_forward_rule *r, unsigned i)
+{
+	struct udp_wrule *uw = r->uwr[i];
+
+	/* a datagram has nothing to drain: the sessions end now, and this part retires */
+	udp_on_cmd(&uw->hook, PH_WORKER_ABORT);
+	uw->detached = true;
+	uw->sel.idle = uwrule_on_sel_idle;
+	uwrule_retire(uw);
 }

@@ -583,7 +583,7 @@ def pinhole(tmp_path, tcp_server, spawn):
 
     def start(*args, ready=True, prefix=(), env=None):
         args = [str(a) for a in args]
-        if args and not args[0].startswith("-") and args[0] not in ("forward", "help"):
+        if args and not args[0].startswith("-") and args[0] not in ("forward", "help", "run"):
             args = ["forward"] + args
         p = Pinhole(args, str(tmp_path), prefix=prefix, env=env, idx=len(made))
         made.append(p)
