@@ -169,9 +169,10 @@ static void main_on_retire(struct ph_timer *t)
 		ph_timer_arm(&m->loop, t, 1000);
 }
 
+/* Written alike, with a protocol in common: the new rule takes those listeners over. */
 static bool same_listen(const struct ph_hostport *a, const struct ph_hostport *b)
 {
-	return a->proto == b->proto && a->port == b->port && a->wildcard == b->wildcard &&
+	return (a->proto & b->proto) != 0 && a->port == b->port && a->wildcard == b->wildcard &&
 	       strcmp(a->host, b->host) == 0;
 }
 

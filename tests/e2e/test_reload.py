@@ -238,3 +238,39 @@ def test_sighup_without_a_file(pinhole, echo_server, free_port):
     c = connect("127.0.0.1", port)
     echo_once(c, b"fine")
     c.close()
+
+
+def test_protocol_change_on_one_port(pinhole, echo_server, free_port, tmp_path):
+    """tcp:// becomes tcp+udp:// on the same port: TCP is taken over, UDP is bound anew;
+    then back to udp:// alone: the TCP listener goes."""
+    srv = echo_server()
+    port = free_port()
+    usrv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    usrv.bind(("127.0.0.1", srv.port))  # a UDP echo on the TCP echo's port number
+    usrv.settimeout(SOCK_TIMEOUT_S)
+    conf = tmp_path / "p.conf"
+    write(conf, f"forward 127.0.0.1:{port} 127.0.0.1:{srv.port}\n")
+    ph = start(pinhole, conf)
+    before = sorted(listeners(port))
+    write(conf, f"forward tcp+udp://127.0.0.1:{port} 127.0.0.1:{srv.port}\n")
+    reload(ph, 1)
+    assert sorted(listeners(port)) == before
+    c = connect("127.0.0.1", port)
+    echo_once(c, b"tcp")
+    c.close()
+    cl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cl.settimeout(SOCK_TIMEOUT_S)
+    cl.sendto(b"udp", ("127.0.0.1", port))
+    d, peer = usrv.recvfrom(100)
+    usrv.sendto(d, peer)
+    assert cl.recv(100) == b"udp"
+    write(conf, f"forward udp://127.0.0.1:{port} 127.0.0.1:{srv.port}\n")
+    reload(ph, 2)
+    with pytest.raises(ConnectionRefusedError):
+        connect("127.0.0.1", port).close()
+    cl.sendto(b"again", ("127.0.0.1", port))
+    d, peer = usrv.recvfrom(100)
+    usrv.sendto(d, peer)
+    assert cl.recv(100) == b"again"
+    cl.close()
+    usrv.close()
