@@ -71,6 +71,7 @@ static const char help_forward[] =
 	"  --max-sessions N       at most N UDP sessions at once (default 16384, fewer\n"
 	"                         if the fd limit is lower); when full, the least\n"
 	"                         recently used session makes room for a new client\n"
+	"  --source ADDR          connect to targets from this local address\n"
 	"  --name NAME            the rule's name in logs\n"
 	"\n"
 	"Examples:\n"
@@ -314,6 +315,16 @@ static int cli_forward_opt(int argc, char *const *argv, int *i, struct cli_opt *
 		if (err == 0)
 			r->max_sessions = (unsigned)v;
 		return err;
+	}
+	if (strcmp(o->name, "--source") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		if (ph_addr_from_literal(o->value, 0, &r->source) < 0)
+			return cli_fail(e, *i, "--source '%s': must be an IP address of this host",
+			                o->value);
+		r->has_source = true;
+		return 0;
 	}
 	if (strcmp(o->name, "--name") == 0) {
 		err = opt_value(argc, argv, i, o, e);

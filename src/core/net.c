@@ -28,7 +28,23 @@ int ph_tcp_listen(const struct ph_addr *a, bool v6only, bool reuseport)
 	return fd;
 }
 
-int ph_tcp_connect(const struct ph_addr *a)
+/* Binds fd to src's address with port (0: chosen later). Returns 0 or -errno. */
+static int bind_source(int fd, const struct ph_addr *src, uint16_t port, bool tcp)
+{
+	struct ph_addr b = *src;
+	int one = 1;
+
+	if (b.u.sa.sa_family == AF_INET)
+		b.u.in.sin_port = htons(port);
+	else
+		b.u.in6.sin6_port = htons(port);
+	/* the port is picked at connect, for the 4-tuple: bind alone would use one up */
+	if (tcp && port == 0)
+		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+	return bind(fd, &b.u.sa, b.len) == -1 ? -errno : 0;
+}
+
+int ph_tcp_connect(const struct ph_addr *a, const struct ph_addr *src)
 {
 	int fd, err;
 
@@ -36,6 +52,14 @@ int ph_tcp_connect(const struct ph_addr *a)
 	if (fd == -1)
 		return -errno;
 	ph_sock_nodelay(fd);
+	if (src != NULL) {
+		err = src->u.sa.sa_family != a->u.sa.sa_family ? -EAFNOSUPPORT
+		                                               : bind_source(fd, src, 0, true);
+		if (err < 0) {
+			close(fd);
+			return err;
+		}
+	}
 	if (connect(fd, &a->u.sa, a->len) == -1 && errno != EINPROGRESS) {
 		err = -errno;
 		close(fd);
@@ -78,27 +102,28 @@ int ph_udp_bind(const struct ph_addr *a, bool v6only, bool reuseport, bool pktin
 	return fd;
 }
 
-int ph_udp_connect(const struct ph_addr *a, uint16_t port)
+int ph_udp_connect(const struct ph_addr *a, const struct ph_addr *src, uint16_t port)
 {
-	struct ph_addr src;
+	struct ph_addr any;
 	int fd, err, one = 1;
 
 	fd = socket(a->u.sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		return -errno;
 	setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one));
-	if (port != 0) {
-		memset(&src, 0, sizeof(src));
-		src.u.sa.sa_family = a->u.sa.sa_family;
-		if (a->u.sa.sa_family == AF_INET) {
-			src.u.in.sin_port = htons(port);
-			src.len = sizeof(src.u.in);
-		} else {
-			src.u.in6.sin6_port = htons(port);
-			src.len = sizeof(src.u.in6);
-		}
-		if (bind(fd, &src.u.sa, src.len) == -1) {
-			err = -errno;
+	if (src != NULL && src->u.sa.sa_family != a->u.sa.sa_family) {
+		close(fd);
+		return -EAFNOSUPPORT;
+	}
+	if (src == NULL && port != 0) { /* the wildcard address of a's family */
+		memset(&any, 0, sizeof(any));
+		any.u.sa.sa_family = a->u.sa.sa_family;
+		any.len = a->u.sa.sa_family == AF_INET ? sizeof(any.u.in) : sizeof(any.u.in6);
+		src = &any;
+	}
+	if (src != NULL) {
+		err = bind_source(fd, src, port, false);
+		if (err < 0) {
 			close(fd);
 			return err;
 		}

@@ -15,10 +15,11 @@
 int ph_tcp_listen(const struct ph_addr *a, bool v6only, bool reuseport);
 
 /*
- * Starts a non-blocking connect to a with TCP_NODELAY set. Returns the fd (the connect is
+ * Starts a non-blocking connect to a with TCP_NODELAY set, from address src (port 0:
+ * chosen at connect) when src is not NULL. Returns the fd (the connect is
  * in flight or done; EPOLLOUT tells), or -errno when it failed at once.
  */
-int ph_tcp_connect(const struct ph_addr *a);
+int ph_tcp_connect(const struct ph_addr *a, const struct ph_addr *src);
 
 /*
  * Opens a non-blocking UDP socket bound to a. v6only and reuseport as for ph_tcp_listen;
@@ -29,12 +30,12 @@ int ph_tcp_connect(const struct ph_addr *a);
 int ph_udp_bind(const struct ph_addr *a, bool v6only, bool reuseport, bool pktinfo, int bufsize);
 
 /*
- * Opens a non-blocking UDP socket connected to a, from local port port (0: the kernel
- * picks one): it receives only a's datagrams, and an ICMP error from a (port unreachable)
+ * Opens a non-blocking UDP socket connected to a, from local address src (NULL: the
+ * kernel picks, by route) and local port port (0: the kernel picks one): it receives only a's datagrams, and an ICMP error from a (port unreachable)
  * ends its next read with -ECONNREFUSED. Returns the fd, or -errno (-EADDRINUSE: port is
  * taken).
  */
-int ph_udp_connect(const struct ph_addr *a, uint16_t port);
+int ph_udp_connect(const struct ph_addr *a, const struct ph_addr *src, uint16_t port);
 
 /* Sets TCP_NODELAY. Returns 0 or -errno. */
 int ph_sock_nodelay(int fd);

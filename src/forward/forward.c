@@ -197,7 +197,7 @@ static int fwd_connect(struct fwd_conn *c)
 	struct ph_loop *l = &c->wr->w->loop;
 	int fd, err;
 
-	fd = ph_tcp_connect(&c->try.dst);
+	fd = ph_tcp_connect(&c->try.dst, c->wr->rule->has_source ? &c->wr->rule->source : NULL);
 	if (fd < 0)
 		return fd;
 	/* registered for the pump's events at once: no epoll_ctl when the connect completes */

@@ -40,6 +40,8 @@ struct ph_forward_rule {
 	uint64_t connect_timeout; /* ms per connect attempt */
 	uint64_t idle_timeout;    /* ms without bytes in either direction; 0: none */
 	uint64_t udp_timeout;     /* ms a UDP session lives without a datagram */
+	struct ph_addr source;    /* --source: the local address towards targets, */
+	bool has_source;          /* when given */
 	unsigned max_sessions;    /* UDP sessions over all workers; 0: the default */
 	/* run time */
 	uint64_t live;                /* atomic: connections alive, over all workers */

@@ -323,6 +323,8 @@ static void udp_on_target(struct ph_io *io, uint32_t events)
 static int udp_connect(struct udp_sess *s)
 {
 	struct ph_worker *w = s->uw->w;
+	struct ph_forward_rule *r = s->uw->rule;
+	const struct ph_addr *src = r->has_source ? &r->source : NULL;
 	int fd, err;
 
 	/* a port from the shared random walk, so that ports come back as late as possible */
@@ -332,10 +334,10 @@ static int udp_connect(struct udp_sess *s)
 
 		if (port == 0)
 			break;
-		fd = ph_udp_connect(&s->try.dst, port);
+		fd = ph_udp_connect(&s->try.dst, src, port);
 	}
 	if (fd == -EADDRINUSE)
-		fd = ph_udp_connect(&s->try.dst, 0);
+		fd = ph_udp_connect(&s->try.dst, src, 0);
 	if (fd < 0)
 		return fd;
 	ph_io_init(&s->io, fd, udp_on_target);

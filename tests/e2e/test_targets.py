@@ -249,3 +249,38 @@ def test_too_many_targets_names_the_culprit():
     assert r.stderr.startswith("pinhole: ") and r.stderr.count("\n") == 1, r.stderr
     assert "too many targets (at most 32)" in r.stderr
     assert "127.0.0.1:10032" in r.stderr, f"the 33rd target is not named: {r.stderr!r}"
+
+
+def test_source_address(pinhole, echo_server, free_port):
+    """--source: the target sees connections from that local address (127.0.0.2 is on
+    loopback too), and for UDP the datagrams."""
+    srv = echo_server()
+    port = free_port()
+    pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{srv.port}", "--source", "127.0.0.2")
+    c = connect("127.0.0.1", port)
+    echo_once(c, b"from .2")
+    c.close()
+    assert [p[0] for p in srv.peers] == ["127.0.0.2"]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    u.settimeout(5)
+    uport = free_port()
+    pinhole(f"udp://127.0.0.1:{uport}", f"127.0.0.1:{u.getsockname()[1]}", "--source",
+            "127.0.0.2", ready=False).wait_log("forwarding udp")
+    cl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cl.settimeout(5)
+    cl.sendto(b"x", ("127.0.0.1", uport))
+    _, peer = u.recvfrom(10)
+    assert peer[0] == "127.0.0.2"
+    cl.close()
+    u.close()
+
+
+def test_source_of_another_family_fails_over(pinhole, echo_server, free_port):
+    """An IPv4 --source cannot reach an IPv6 target: that attempt fails (logged) and the
+    client is reset; no crash, the next client is handled the same."""
+    port = free_port()
+    ph = pinhole(f"127.0.0.1:{port}", "[::1]:9", "--source", "127.0.0.1")
+    for _ in range(2):
+        assert connect_outcome(port)[0] == "reset"
+    ph.wait_log(r"Address family not supported")
