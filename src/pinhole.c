@@ -206,6 +206,7 @@ static void main_reload(struct ph_main *m)
 	if (m->draining)
 		return;
 	ph_config_init(&nc);
+	nc.rinetd = cfg->rinetd;
 	n = ph_conf_load(cfg->run_file, &nc, log_problem, NULL);
 	if (n == 0 && nc.nrules == 0) {
 		ph_err("%s: no rules", cfg->run_file);

@@ -63,7 +63,8 @@ static const char help_forward[] =
 	"  --deny CIDR            keep clients from CIDR out (repeatable)\n"
 	"                         The first rule that matches wins; with no match, clients\n"
 	"                         are let in unless some --allow is given. IPv4 and IPv6:\n"
-	"                         10.0.0.0/8, 192.168.1.7, 2001:db8::/32, ::1\n"
+	"                         10.0.0.0/8, 192.168.1.7, 2001:db8::/32, ::1, or a\n"
+	"                         pattern as rinetd has them: 192.168.1.*, 10.0.?.1\n"
 	"  --max-conns N          at most N connections at once; more are refused\n"
 	"  --connect-timeout DUR  per connect attempt to a target (default 5s)\n"
 	"  --idle-timeout DUR     close a connection idle this long (default: never)\n"
@@ -99,6 +100,8 @@ static const char help_run[] =
 	"includes them). Options for every command (--workers, -v, ...) may follow FILE.\n"
 	"\n"
 	"Options:\n"
+	"  --rinetd   FILE is a rinetd.conf, read with rinetd's meaning (also found out\n"
+	"             by itself when its first line is a rinetd rule or allow/deny)\n"
 	"  --check    check FILE (syntax, addresses, two rules on one listening address,\n"
 	"             two rules with one name) and run nothing: exit 0, or print\n"
 	"             FILE:LINE: what is wrong, naming the word, for each problem and\n"
@@ -263,6 +266,11 @@ static int cli_acl(struct ph_forward_rule *r, bool allow, const struct cli_opt *
 	struct ph_cidr c;
 	const char *why;
 
+	if (ph_acl_is_pattern(o->value)) {
+		if (ph_acl_pattern_check(o->value, &why) < 0)
+			return cli_fail(e, argi, "%s '%s': %s", o->name, o->value, why);
+		return ph_acl_add_pattern(&r->acl, allow, o->value) < 0 ? -ENOMEM : 0;
+	}
 	if (ph_cidr_parse(o->value, &c, &why) < 0)
 		return cli_fail(e, argi, "%s '%s': %s", o->name, o->value, why);
 	if (ph_acl_add(&r->acl, allow, &c) < 0)
@@ -478,6 +486,10 @@ static int cli_run(int argc, char *const *argv, int first, struct ph_config *cfg
 			opt_split(word, &o);
 			if (strcmp(o.name, "--check") == 0 && !o.inline_value) {
 				check = true;
+				continue;
+			}
+			if (strcmp(o.name, "--rinetd") == 0 && !o.inline_value) {
+				cfg->rinetd = true;
 				continue;
 			}
 			err = cli_global_opt(argc, argv, &i, &o, cfg, e);

@@ -30,6 +30,7 @@ struct ph_config {
 	unsigned pipe_size;     /* bytes per splice pipe, 0: the kernel's default */
 	const char *run_file;   /* borrowed from argv: `pinhole run FILE` */
 	bool check;             /* run --check: check FILE, run nothing */
+	bool rinetd;            /* run --rinetd: FILE is a rinetd.conf */
 	unsigned udp_sessions;  /* --max-sessions of a UDP rule that sets none (from fds) */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/rinetd.h"
 #include "core/addr.h"
 #include "forward/forward.h"
 
@@ -444,10 +445,44 @@ static void conf_check(struct conf_ctx *x)
 	}
 }
 
+/* True when path's first line with words is a rinetd line rather than a pinhole one. */
+static bool looks_like_rinetd(const char *path)
+{
+	char *line = NULL, *words[PH_CONF_MAX_WORDS];
+	size_t cap = 0;
+	bool yes = false;
+	FILE *f = conf_open(path);
+
+	if (f == NULL)
+		return false;
+	while (getline(&line, &cap, f) >= 0) {
+		const char *why;
+		int col, n = ph_conf_split(line, words, PH_CONF_MAX_WORDS, &why, &col);
+
+		if (n == 0)
+			continue;
+		yes = n > 0 && ph_rinetd_line(words, n);
+		break;
+	}
+	free(line);
+	fclose(f);
+	return yes;
+}
+
 int ph_conf_load(const char *path, struct ph_config *cfg, ph_conf_report_fn report, void *arg)
 {
 	struct conf_ctx x = {.cfg = cfg, .report = report, .arg = arg};
 	int err;
+
+	if (cfg->rinetd || looks_like_rinetd(path)) {
+		err = ph_rinetd_load(path, cfg, report, arg);
+		if (err == 0) {
+			x.problems = 0;
+			conf_check(&x);
+			err = x.problems;
+		}
+		return err;
+	}
 
 	err = conf_file(&x, path, NULL, 0);
 	if (err < 0)

@@ -1,7 +1,9 @@
 #include "core/acl.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +92,7 @@ int ph_acl_add(struct ph_acl *acl, bool allow, const struct ph_cidr *c)
 	if (r == NULL)
 		return -ENOMEM;
 	acl->rules = r;
+	memset(&r[acl->n], 0, sizeof(r[acl->n]));
 	r[acl->n].allow = allow;
 	r[acl->n].cidr = *c;
 	acl->n++;
@@ -97,11 +100,66 @@ int ph_acl_add(struct ph_acl *acl, bool allow, const struct ph_cidr *c)
 	return 0;
 }
 
+bool ph_acl_is_pattern(const char *s)
+{
+	return strpbrk(s, "*?") != NULL;
+}
+
+int ph_acl_pattern_check(const char *s, const char **why)
+{
+	*why = NULL;
+	if (s[0] == '\0' || strlen(s) >= PH_ACL_PATTERN_MAX) {
+		*why = "a pattern is 1-47 characters";
+		return -EINVAL;
+	}
+	if (strspn(s, "0123456789abcdefABCDEF.:*?") != strlen(s)) {
+		*why = "a pattern holds digits, '.', ':', hex letters, '*' and '?' only";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int ph_acl_add_pattern(struct ph_acl *acl, bool allow, const char *pattern)
+{
+	struct ph_acl_rule *r;
+	const char *why;
+
+	if (ph_acl_pattern_check(pattern, &why) < 0)
+		return -EINVAL;
+	r = realloc(acl->rules, (acl->n + 1) * sizeof(*r));
+	if (r == NULL)
+		return -ENOMEM;
+	acl->rules = r;
+	memset(&r[acl->n], 0, sizeof(r[acl->n]));
+	r[acl->n].allow = allow;
+	for (size_t i = 0; pattern[i] != '\0'; i++) /* inet_ntop writes IPv6 in lower case */
+		r[acl->n].pattern[i] = (char)tolower((unsigned char)pattern[i]);
+	acl->n++;
+	acl->has_allow |= allow;
+	acl->has_pattern = true;
+	return 0;
+}
+
 bool ph_acl_allows(const struct ph_acl *acl, const struct ph_addr *a)
 {
+	char text[INET6_ADDRSTRLEN] = "";
+
+	if (acl->has_pattern) { /* the client as text, once */
+		struct ph_addr u = *a;
+
+		ph_addr_unmap(&u);
+		if (u.u.sa.sa_family == AF_INET)
+			inet_ntop(AF_INET, &u.u.in.sin_addr, text, sizeof(text));
+		else
+			inet_ntop(AF_INET6, &u.u.in6.sin6_addr, text, sizeof(text));
+	}
 	for (unsigned i = 0; i < acl->n; i++) {
-		if (ph_cidr_contains(&acl->rules[i].cidr, a))
-			return acl->rules[i].allow;
+		const struct ph_acl_rule *r = &acl->rules[i];
+		bool hit = r->pattern[0] != '\0' ? fnmatch(r->pattern, text, 0) == 0
+		                                 : ph_cidr_contains(&r->cidr, a);
+
+		if (hit)
+			return r->allow;
 	}
 	return !acl->has_allow;
 }
@@ -112,4 +170,5 @@ void ph_acl_free(struct ph_acl *acl)
 	acl->rules = NULL;
 	acl->n = 0;
 	acl->has_allow = false;
+	acl->has_pattern = false;
 }

@@ -1,6 +1,7 @@
 /*
- * Client address rules: an ordered list of allow/deny CIDRs, first match wins. With no
- * match, a list holding any allow rule denies (an allow list), otherwise it allows.
+ * Client address rules: an ordered list of allow/deny CIDRs (or rinetd-style patterns,
+ * 192.168.1.*, 10.0.0.?), first match wins. With no match, a list holding any allow rule
+ * denies (an allow list), otherwise it allows.
  */
 #ifndef PH_CORE_ACL_H
 #define PH_CORE_ACL_H
@@ -16,15 +17,19 @@ struct ph_cidr {
 	uint8_t net[16]; /* the network, host bits cleared */
 };
 
+#define PH_ACL_PATTERN_MAX 48 /* an IPv6 address in text, and its terminator */
+
 struct ph_acl_rule {
 	bool allow;
 	struct ph_cidr cidr;
+	char pattern[PH_ACL_PATTERN_MAX]; /* "" for a CIDR rule */
 };
 
 struct ph_acl {
 	struct ph_acl_rule *rules; /* owned */
 	unsigned n;
 	bool has_allow;
+	bool has_pattern;
 };
 
 /*
@@ -38,6 +43,19 @@ bool ph_cidr_contains(const struct ph_cidr *c, const struct ph_addr *a);
 
 /* Appends a rule. Returns 0 or -ENOMEM. */
 int ph_acl_add(struct ph_acl *acl, bool allow, const struct ph_cidr *c);
+
+/*
+ * Parses a pattern: an address in text where * stands for any run of characters and ?
+ * for one (rinetd's allow/deny), matched against the client's address as text (IPv4
+ * dotted, IPv6 lower case). Returns 0, or -EINVAL with a static reason in *why.
+ */
+int ph_acl_pattern_check(const char *s, const char **why);
+
+/* True when s is a pattern (holds * or ?), not a CIDR. */
+bool ph_acl_is_pattern(const char *s);
+
+/* Appends a pattern rule (checked). Returns 0, -EINVAL or -ENOMEM. */
+int ph_acl_add_pattern(struct ph_acl *acl, bool allow, const char *pattern);
 
 /* True when the rules let a client at address a in. */
 bool ph_acl_allows(const struct ph_acl *acl, const struct ph_addr *a);

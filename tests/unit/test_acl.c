@@ -364,6 +364,37 @@ static void test_acl_many_rules(void **state)
 	ph_acl_free(&acl);
 }
 
+static void test_acl_patterns(void **state)
+{
+	struct ph_acl acl = {0};
+	const char *why;
+	struct ph_addr a;
+
+	(void)state;
+	assert_int_equal(ph_acl_add_pattern(&acl, false, "192.168.1.1?"), 0);
+	assert_int_equal(ph_acl_add_pattern(&acl, true, "192.168.*"), 0);
+	assert_int_equal(ph_acl_add_pattern(&acl, true, "2001:DB8::*"), 0); /* any case */
+	a = addr("192.168.1.15");                                           /* 1? matches 15 */
+	assert_false(ph_acl_allows(&acl, &a));
+	a = addr("192.168.1.150"); /* ? is one character */
+	assert_true(ph_acl_allows(&acl, &a));
+	a = addr("192.168.7.7");
+	assert_true(ph_acl_allows(&acl, &a));
+	a = addr("::ffff:192.168.7.7"); /* a mapped client is matched as IPv4 */
+	assert_true(ph_acl_allows(&acl, &a));
+	a = addr("10.0.0.1"); /* an allow list: no match, no entry */
+	assert_false(ph_acl_allows(&acl, &a));
+	a = addr("2001:db8::42");
+	assert_true(ph_acl_allows(&acl, &a));
+	ph_acl_free(&acl);
+	assert_true(ph_acl_is_pattern("10.*") && !ph_acl_is_pattern("10.0.0.0/8"));
+	assert_int_equal(ph_acl_pattern_check("10.0.0.[1]", &why), -EINVAL);
+	assert_int_equal(ph_acl_pattern_check("host*.lan", &why), -EINVAL);
+	assert_int_equal(ph_acl_pattern_check("", &why), -EINVAL);
+	assert_int_equal(ph_acl_add_pattern(&acl, true, "1.2.3.4/8*"), -EINVAL);
+	assert_int_equal(acl.n, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -374,6 +405,7 @@ int main(void)
 		cmocka_unit_test(test_contains_families),
 		cmocka_unit_test(test_mapped_rule),
 		cmocka_unit_test(test_acl_empty),
+		cmocka_unit_test(test_acl_patterns),
 		cmocka_unit_test(test_acl_first_match_wins),
 		cmocka_unit_test(test_acl_allow_list),
 		cmocka_unit_test(test_acl_deny_list),
