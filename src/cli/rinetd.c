@@ -32,6 +32,8 @@
 #define RINETD_MAX_ACL     256   /* allow/deny lines per group */
 #define RINETD_WORD        320
 
+bool ph_rinetd_no_lookups;
+
 /* One group of allow/deny patterns, in file order. */
 struct rinetd_acl {
 	char pat[RINETD_MAX_ACL][PH_ACL_PATTERN_MAX + 4];
@@ -123,7 +125,7 @@ static int rinetd_hostport(const char *host, uint16_t port, bool listen, char *o
 		return 0;
 	}
 	/* pinhole listens on addresses; rinetd takes a host name there: look it up now */
-	if (getaddrinfo(host, NULL, &hints, &res) != 0)
+	if (ph_rinetd_no_lookups || getaddrinfo(host, NULL, &hints, &res) != 0)
 		return -ENOENT;
 	if (res->ai_family == AF_INET)
 		inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)res->ai_addr)->sin_addr, ip,

@@ -11,6 +11,10 @@
 
 struct ph_config;
 
+/* Set by the fuzz harness: a bind address that is not a literal is a problem rather than
+ * a name to look up (no DNS traffic from a fuzzer). */
+extern bool ph_rinetd_no_lookups;
+
 /* True when the words of a line w[0..n) are a rinetd line, not a pinhole command. */
 bool ph_rinetd_line(char **w, int n);
 
