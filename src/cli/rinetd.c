@@ -110,8 +110,10 @@ static int rinetd_port(const char *s, uint16_t *port, bool *udp)
 	return 0;
 }
 
-/* host (a literal, or a name resolved now) and port as a word: "[::1]:80". */
-static int rinetd_hostport(const char *host, uint16_t port, bool listen, char *out, size_t len)
+/* host (a literal, or a name resolved now) and port as a word: "[::1]:80", with scheme
+ * in front ("" or "udp://"). */
+static int rinetd_hostport(const char *scheme, const char *host, uint16_t port, bool listen,
+                           char *out, size_t len)
 {
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
 	struct addrinfo *res;
@@ -121,7 +123,7 @@ static int rinetd_hostport(const char *host, uint16_t port, bool listen, char *o
 	if (ph_addr_from_literal(host, 0, &a) == 0 || !listen) { /* targets resolve later */
 		bool v6 = strchr(host, ':') != NULL;
 
-		snprintf(out, len, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", port);
+		snprintf(out, len, "%s%s%s%s:%u", scheme, v6 ? "[" : "", host, v6 ? "]" : "", port);
 		return 0;
 	}
 	/* pinhole listens on addresses; rinetd takes a host name there: look it up now */
@@ -133,7 +135,7 @@ static int rinetd_hostport(const char *host, uint16_t port, bool listen, char *o
 	else
 		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)res->ai_addr)->sin6_addr, ip,
 		          sizeof(ip));
-	snprintf(out, len, "%s%s%s:%u", res->ai_family == AF_INET6 ? "[" : "", ip,
+	snprintf(out, len, "%s%s%s%s:%u", scheme, res->ai_family == AF_INET6 ? "[" : "", ip,
 	         res->ai_family == AF_INET6 ? "]" : "", port);
 	freeaddrinfo(res);
 	return 0;
@@ -318,21 +320,16 @@ static int rinetd_rule_line(struct rinetd_ctx *x, unsigned line, char **w, int n
 	}
 	rr->line = line;
 	snprintf(rr->w[rr->nw++], RINETD_WORD, "forward");
-	if (rinetd_hostport(w[0], bport, true, rr->w[rr->nw], RINETD_WORD) < 0) {
+	if (rinetd_hostport(budp ? "udp://" : "", w[0], bport, true, rr->w[rr->nw], RINETD_WORD) <
+	    0) {
 		rinetd_say(x, true, line,
 		           "bind address '%s': not an address, and not a name that "
 		           "resolves",
 		           w[0]);
 		return 0;
 	}
-	if (budp) { /* udp:// in front of the listen word */
-		char tmp[RINETD_WORD];
-
-		snprintf(tmp, sizeof(tmp), "udp://%s", rr->w[rr->nw]);
-		snprintf(rr->w[rr->nw], RINETD_WORD, "%s", tmp);
-	}
 	rr->nw++;
-	rinetd_hostport(w[2], cport, false, rr->w[rr->nw++], RINETD_WORD);
+	rinetd_hostport("", w[2], cport, false, rr->w[rr->nw++], RINETD_WORD);
 	if (budp) {
 		snprintf(rr->w[rr->nw++], RINETD_WORD, "--udp-timeout");
 		snprintf(rr->w[rr->nw++], RINETD_WORD, "%s",
