@@ -17,6 +17,7 @@
 #include "config.h"
 #include "core/log.h"
 #include "core/resolve.h"
+#include "core/service.h"
 #include "core/util.h"
 #include "core/worker.h"
 #include "forward/forward.h"
@@ -330,7 +331,9 @@ static void main_on_signal(struct ph_io *io, uint32_t events)
 			log_stats(m, "stats");
 			break;
 		case SIGHUP:
+			ph_notify("RELOADING=1");
 			main_reload(m);
+			ph_notify("READY=1"); /* done, whether the new file was taken or not */
 			break;
 		case SIGTERM:
 		case SIGINT:
@@ -340,6 +343,7 @@ static void main_on_signal(struct ph_io *io, uint32_t events)
 				break;
 			}
 			m->draining = true;
+			ph_notify("STOPPING=1");
 			ph_stats_sum(m->w, m->nw, &s);
 			ph_info("stopping: no new connections; %llu open ones get up to %llu ms",
 			        (unsigned long long)s.active, (unsigned long long)m->drain_timeout);
@@ -488,6 +492,7 @@ static int run(struct ph_config *cfg)
 	sigset_t sigs;
 	char why[256];
 	int sfd, dfd, err, status = 1;
+	bool pid_written = false;
 	unsigned nw = cfg->workers != 0 ? cfg->workers : online_cpus();
 
 	if (check_fd_limit(cfg, nw) < 0)
@@ -499,7 +504,8 @@ static int run(struct ph_config *cfg)
 		 * fs.pipe-user-pages-soft (64 MiB), past which new pipes shrink to 2 pages: such
 		 * a user gets 256 KiB pipes, i.e. 256 pipes in flight before that.
 		 */
-		wo.pipe_size = geteuid() == 0 ? PIPE_SIZE_ROOT : PIPE_SIZE_USER;
+		wo.pipe_size =
+			geteuid() == 0 && cfg->user[0] == '\0' ? PIPE_SIZE_ROOT : PIPE_SIZE_USER;
 	}
 	if (ph_resolve_global_init() < 0) {
 		fprintf(stderr, "pinhole: cannot initialise the resolver (c-ares)\n");
@@ -557,6 +563,24 @@ static int run(struct ph_config *cfg)
 	}
 	for (unsigned i = 0; i < cfg->nrules; i++)
 		log_rule(cfg->rules[i], m.nw);
+	if (cfg->pidfile[0] != '\0') {
+		err = ph_pidfile_write(cfg->pidfile);
+		if (err < 0) {
+			fprintf(stderr, "pinhole: --pidfile '%s': %s\n", cfg->pidfile,
+			        strerror(-err));
+			goto out_workers;
+		}
+		pid_written = true;
+	}
+	if (cfg->user[0] != '\0') { /* the ports are bound: root is not needed any more */
+		err = ph_drop_privileges(cfg->user, why, sizeof(why));
+		if (err < 0) {
+			fprintf(stderr, "pinhole: %s\n", why);
+			goto out_workers;
+		}
+		ph_info("running as %s (uid %u, gid %u)", cfg->user, (unsigned)getuid(),
+		        (unsigned)getgid());
+	}
 	for (unsigned i = 0; i < m.nw; i++) {
 		err = ph_worker_start(m.w[i]);
 		if (err < 0) {
@@ -569,6 +593,7 @@ static int run(struct ph_config *cfg)
 	}
 	if (m.started == 0)
 		goto out_workers;
+	ph_notify("READY=1");
 	err = ph_loop_run(&m.loop);
 	if (err < 0)
 		ph_err("main loop: %s", strerror(-err));
@@ -581,6 +606,8 @@ out_workers:
 	main_abort(&m);
 	for (unsigned i = 0; i < m.nw; i++)
 		ph_worker_destroy(m.w[i]);
+	if (pid_written && unlink(cfg->pidfile) == -1 && errno != ENOENT)
+		ph_warn("--pidfile '%s' stays: %s", cfg->pidfile, strerror(errno));
 	ph_config_free(cfg);
 	for (unsigned i = 0; i < m.nretiring; i++) /* removed by a reload, still finishing */
 		ph_forward_rule_free(m.retiring[i]);

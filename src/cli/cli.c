@@ -36,6 +36,9 @@ static const char help_overview[] =
 	"  --drain-timeout DUR    after SIGTERM/SIGINT, how long live connections may\n"
 	"                         finish (default 10s); a second signal stops at once\n"
 	"  --pipe-size BYTES      splice pipe size (default 1 MiB as root, else 256 KiB)\n"
+	"  --user USER            bind the ports as root, then become USER (its groups,\n"
+	"                         gid and uid) before serving\n"
+	"  --pidfile PATH         write the process id to PATH\n"
 	"  -h, --help             this text; `pinhole forward --help` for a command\n"
 	"  -V, --version          the version\n"
 	"\n"
@@ -247,6 +250,19 @@ static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 		if (err == 0)
 			err = opt_duration(o, *i, &cfg->drain_timeout, e);
 		return err < 0 ? err : 1;
+	}
+	if (strcmp(o->name, "--user") == 0 || strcmp(o->name, "--pidfile") == 0) {
+		bool user = o->name[2] == 'u';
+		char *dst = user ? cfg->user : cfg->pidfile;
+		size_t cap = user ? sizeof(cfg->user) : sizeof(cfg->pidfile);
+
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		if (o->value[0] == '\0' || strlen(o->value) >= cap)
+			return cli_fail(e, *i, "%s must be 1-%zu characters", o->name, cap - 1);
+		snprintf(dst, cap, "%s", o->value);
+		return 1;
 	}
 	if (strcmp(o->name, "--pipe-size") == 0) {
 		err = opt_value(argc, argv, i, o, e);

@@ -32,6 +32,8 @@ struct ph_config {
 	bool check;             /* run --check: check FILE, run nothing */
 	bool rinetd;            /* run --rinetd: FILE is a rinetd.conf */
 	unsigned udp_sessions;  /* --max-sessions of a UDP rule that sets none (from fds) */
+	char user[64];          /* --user: who to become once the ports are bound; "" */
+	char pidfile[512];      /* --pidfile; "" for none */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
 };
