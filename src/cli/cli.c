@@ -76,6 +76,12 @@ static const char help_forward[] =
 	"                         if the fd limit is lower); when full, the least\n"
 	"                         recently used session makes room for a new client\n"
 	"  --source ADDR          connect to targets from this local address\n"
+	"  --proxy-protocol v1|v2 tell the target who the client is: a PROXY protocol\n"
+	"                         header before the client's bytes (haproxy's spec)\n"
+	"  --accept-proxy CIDR    clients come through trusted proxies in CIDR (repeat\n"
+	"                         it) that send a PROXY header (v1 or v2): the client it\n"
+	"                         names is the one --allow/--deny, logs and\n"
+	"                         --proxy-protocol see; others are refused\n"
 	"  --name NAME            the rule's name in logs\n"
 	"\n"
 	"Examples:\n"
@@ -340,6 +346,32 @@ static int cli_forward_opt(int argc, char *const *argv, int *i, struct cli_opt *
 			r->max_sessions = (unsigned)v;
 		return err;
 	}
+	if (strcmp(o->name, "--proxy-protocol") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		if (strcmp(o->value, "v1") == 0 || strcmp(o->value, "1") == 0)
+			r->proxy_send = 1;
+		else if (strcmp(o->value, "v2") == 0 || strcmp(o->value, "2") == 0)
+			r->proxy_send = 2;
+		else
+			return cli_fail(e, *i, "--proxy-protocol '%s': v1 or v2", o->value);
+		return 0;
+	}
+	if (strcmp(o->name, "--accept-proxy") == 0) {
+		struct ph_cidr cidr;
+		const char *why;
+
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		if (ph_cidr_parse(o->value, &cidr, &why) < 0)
+			return cli_fail(e, *i,
+			                "--accept-proxy '%s': %s (the proxies to trust, as "
+			                "CIDRs)",
+			                o->value, why);
+		return ph_acl_add(&r->proxy_from, true, &cidr) < 0 ? -ENOMEM : 0;
+	}
 	if (strcmp(o->name, "--source") == 0) {
 		err = opt_value(argc, argv, i, o, e);
 		if (err < 0)
@@ -417,8 +449,8 @@ static int cli_forward_check(const struct ph_forward_rule *r, char *const *argv,
 static int cli_forward(int argc, char *const *argv, int first, struct ph_config *cfg,
                        struct ph_cli_error *e)
 {
-	static const char *const tcp_only[] = {"--max-conns", "--connect-timeout",
-	                                       "--idle-timeout"};
+	static const char *const tcp_only[] = {"--max-conns", "--connect-timeout", "--idle-timeout",
+	                                       "--proxy-protocol", "--accept-proxy"};
 	static const char *const udp_only[] = {"--udp-timeout", "--max-sessions"};
 	int targ_argi[PH_FORWARD_MAX_TARGETS], opt_argi[2] = {-1, -1};
 	struct ph_forward_rule *r;

@@ -12,6 +12,7 @@
 #include "core/sys.h"
 #include "core/worker.h"
 #include "forward/target.h"
+#include "relay/proxyproto.h"
 #include "relay/pump.h"
 
 #define FWD_ACCEPT_BUDGET 64  /* accepts per wake-up before yielding */
@@ -23,11 +24,12 @@ enum fwd_state {
 	FWD_CONNECTING,    /* connect() in flight; connect deadline armed */
 	FWD_RELAYING,      /* the pump moves bytes; idle deadline armed when set */
 	FWD_CLOSED,        /* closed; freed after this batch of events */
+	FWD_PROXY,         /* reading the PROXY header of a trusted proxy; deadline armed */
 	FWD__NSTATES       /* must stay last */
 };
 
 static const char *const fwd_state_name[FWD__NSTATES] = {"resolving", "connecting", "relaying",
-                                                         "closed"};
+                                                         "closed", "proxy header"};
 
 /* One rule on one worker: its listener, its connections, its view of the targets' names. */
 struct fwd_wrule {
@@ -51,7 +53,8 @@ struct fwd_conn {
 	struct ph_list node;      /* in wr->conns */
 	struct ph_tsel_wait wait; /* queued for a target's name while resolving */
 	struct fwd_wrule *wr;
-	struct ph_addr peer; /* the client */
+	struct ph_addr peer; /* the client (as a PROXY header said, behind a trusted proxy) */
+	struct ph_addr orig; /* where it connected to, from a PROXY header; family 0: unknown */
 	uint64_t id;
 	uint64_t start;         /* loop ms at accept */
 	struct ph_tsel_try try; /* the targets' addresses tried so far */
@@ -150,6 +153,9 @@ static void fwd_on_timer(struct ph_timer *t)
 		ph_io_close(l, &c->pump.io[1]);
 		fwd_next(c);
 		break;
+	case FWD_PROXY:
+		fwd_close(c, true, "no PROXY header in time", -ETIMEDOUT);
+		break;
 	case FWD_RELAYING:
 		/* the deadline is not moved per byte: check the last activity and re-arm */
 		if (l->now - c->pump.last >= idle)
@@ -161,6 +167,26 @@ static void fwd_on_timer(struct ph_timer *t)
 		PH_BUG_ON(1);
 		break;
 	}
+}
+
+/* --proxy-protocol: the header goes first on the fresh connection to the target. */
+static int fwd_send_proxy(struct fwd_conn *c)
+{
+	uint8_t hdr[PH_PROXY_MAX];
+	struct ph_addr dst = c->orig;
+	socklen_t len = sizeof(dst.u);
+	size_t n;
+
+	if (dst.u.sa.sa_family == 0) { /* where the client connected to */
+		if (getsockname(c->pump.io[0].fd, &dst.u.sa, &len) == -1)
+			return -errno;
+		dst.len = len;
+	}
+	n = ph_proxy_build(c->wr->rule->proxy_send, &c->peer, &dst, hdr);
+	/* a fresh socket's buffer is empty: the header goes out whole or not at all */
+	if (send(c->pump.io[1].fd, hdr, n, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)n)
+		return errno != 0 ? -errno : -EIO;
+	return 0;
 }
 
 static void fwd_on_connect(struct ph_io *io, uint32_t events)
@@ -180,6 +206,14 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 		return;
 	ph_timer_stop(l, &c->timer);
 	ph_tsel_ok(&c->wr->sel, (unsigned)c->try.tgt);
+	if (c->wr->rule->proxy_send != 0) {
+		err = fwd_send_proxy(c);
+		if (err < 0) {
+			PH_STAT_ADD(c->wr->w, errors, 1);
+			fwd_close(c, true, "cannot send the PROXY header", err);
+			return;
+		}
+	}
 	fwd_set_state(c, FWD_RELAYING);
 	if (c->wr->rule->idle_timeout != 0)
 		ph_timer_arm(l, &c->timer, c->wr->rule->idle_timeout);
@@ -252,6 +286,67 @@ static void fwd_next(struct fwd_conn *c)
 }
 
 /* A new client on wr: checks the rules and the limit, then starts connecting. Takes fd. */
+/* A client the ACLs keep out: logged (rate-limited) and reset. Takes fd. */
+static void fwd_deny(struct fwd_wrule *wr, int fd, const struct ph_addr *peer, const char *by)
+{
+	struct ph_worker *w = wr->w;
+	char a[PH_ADDR_STRLEN], label[96];
+
+	PH_STAT_ADD(w, denied, 1);
+	if (ph_ratelimit_ok(&wr->rl_denied, w->loop.now, FWD_LOG_PER_SEC))
+		ph_info("%s: denied %s by %s", ph_forward__label(wr->rule, label, sizeof(label)),
+		        ph_addr_fmt(peer, a, sizeof(a)), by);
+	ph_sock_set_rst(fd);
+	close(fd);
+}
+
+/* The client's PROXY header (--accept-proxy): read without taking a byte past it. */
+static void fwd_on_proxy(struct ph_io *io, uint32_t events)
+{
+	struct fwd_conn *c = container_of(io, struct fwd_conn, pump.io[0]);
+	struct fwd_wrule *wr = c->wr;
+	uint8_t buf[PH_PROXY_MAX];
+	struct ph_proxy_info info;
+	const char *why;
+	ssize_t n;
+	int len;
+
+	(void)events;
+	n = recv(io->fd, buf, sizeof(buf), MSG_PEEK);
+	if (n == -1 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		fwd_close(c, false, "closed before its PROXY header", n == 0 ? 0 : -errno);
+		return;
+	}
+	len = ph_proxy_parse(buf, (size_t)n, &info, &why);
+	if (len == -EAGAIN && (size_t)n < sizeof(buf))
+		return; /* the rest comes with the next edge */
+	if (len < 0) {
+		PH_STAT_ADD(wr->w, errors, 1);
+		fwd_close(c, true, why != NULL ? why : "a PROXY header too long", -EPROTO);
+		return;
+	}
+	if (recv(io->fd, buf, (size_t)len, 0) != len) { /* what the peek saw stays there */
+		fwd_close(c, true, "cannot read its PROXY header", -EIO);
+		return;
+	}
+	ph_timer_stop(&wr->w->loop, &c->timer);
+	if (!info.local) {
+		c->peer = info.src;
+		c->orig = info.dst;
+		ph_addr_unmap(&c->peer);
+		ph_addr_unmap(&c->orig);
+	}
+	if (!ph_acl_allows(&wr->rule->acl, &c->peer)) {
+		PH_STAT_ADD(wr->w, denied, 1);
+		fwd_close(c, true, "denied by --allow/--deny", -EACCES);
+		return;
+	}
+	fwd_set_state(c, FWD_CONNECTING);
+	fwd_next(c);
+}
+
 static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 {
 	struct ph_forward_rule *r = wr->rule;
@@ -259,15 +354,16 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	char a[PH_ADDR_STRLEN], label[96];
 	struct fwd_conn *c;
 	uint64_t live;
+	int err;
 
-	if (!ph_acl_allows(&r->acl, peer)) {
-		PH_STAT_ADD(w, denied, 1);
-		if (ph_ratelimit_ok(&wr->rl_denied, w->loop.now, FWD_LOG_PER_SEC))
-			ph_info("%s: denied %s by --allow/--deny",
-			        ph_forward__label(r, label, sizeof(label)),
-			        ph_addr_fmt(peer, a, sizeof(a)));
-		ph_sock_set_rst(fd);
-		close(fd);
+	/* behind a trusted proxy the ACL is for the client its header names: later */
+	if (r->proxy_from.n != 0) {
+		if (!ph_acl_allows(&r->proxy_from, peer)) {
+			fwd_deny(wr, fd, peer, "--accept-proxy (not a trusted proxy)");
+			return;
+		}
+	} else if (!ph_acl_allows(&r->acl, peer)) {
+		fwd_deny(wr, fd, peer, "--allow/--deny");
 		return;
 	}
 	live = __atomic_add_fetch(&r->live, 1, __ATOMIC_RELAXED);
@@ -305,7 +401,20 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	ph_worker_conn_inc(w);
 	PH_STAT_ADD(w, accepted, 1);
 	ph_trace("c%llu: accepted %s", (unsigned long long)c->id, ph_addr_fmt(peer, a, sizeof(a)));
-	fwd_next(c);
+	if (r->proxy_from.n == 0) {
+		fwd_next(c);
+		return;
+	}
+	/* the pump takes this registration over (EPOLL_CTL_MOD) when it starts */
+	fwd_set_state(c, FWD_PROXY);
+	c->pump.io[0].cb = fwd_on_proxy;
+	err = ph_io_add(&w->loop, &c->pump.io[0], PH_PUMP_EVENTS);
+	if (err < 0) {
+		PH_STAT_ADD(w, errors, 1);
+		fwd_close(c, true, "cannot watch the client", err);
+		return;
+	}
+	ph_timer_arm(&w->loop, &c->timer, r->connect_timeout);
 }
 
 static void fwd_accept_some(struct fwd_wrule *wr)
@@ -431,6 +540,7 @@ void ph_forward_rule_free(struct ph_forward_rule *r)
 	free(r->wr);
 	ph_forward__udp_free(r);
 	ph_acl_free(&r->acl);
+	ph_acl_free(&r->proxy_from);
 	free(r->spec);
 	free(r);
 }

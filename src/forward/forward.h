@@ -36,6 +36,8 @@ struct ph_forward_rule {
 	struct ph_forward_target targets[PH_FORWARD_MAX_TARGETS];
 	unsigned ntargets;
 	struct ph_acl acl;        /* owned */
+	struct ph_acl proxy_from; /* owned: --accept-proxy, trusted proxies; n == 0: none */
+	int proxy_send;           /* --proxy-protocol: 1 or 2, 0 for none */
 	unsigned max_conns;       /* 0: no limit */
 	uint64_t connect_timeout; /* ms per connect attempt */
 	uint64_t idle_timeout;    /* ms without bytes in either direction; 0: none */

@@ -205,6 +205,16 @@ void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_
 	p->done = done;
 }
 
+/* io[0] into epoll for the pump; the owner may have watched it already (to read a PROXY
+ * header): then MOD, which also reports what is pending at once. */
+static int pump_watch0(struct ph_pump *p)
+{
+	p->io[0].cb = pump_on_io0;
+	if (p->io[0].events != 0)
+		return ph_io_mod(&p->w->loop, &p->io[0], PH_PUMP_EVENTS);
+	return ph_io_add(&p->w->loop, &p->io[0], PH_PUMP_EVENTS);
+}
+
 int ph_pump_start(struct ph_pump *p)
 {
 	struct ph_loop *l = &p->w->loop;
@@ -214,7 +224,7 @@ int ph_pump_start(struct ph_pump *p)
 	err = ph_io_add(l, &p->io[1], PH_PUMP_EVENTS);
 	if (err < 0)
 		return err;
-	err = ph_io_add(l, &p->io[0], PH_PUMP_EVENTS);
+	err = pump_watch0(p);
 	if (err < 0)
 		return err;
 	p->running = true;
@@ -229,7 +239,7 @@ int ph_pump_start_registered(struct ph_pump *p, uint32_t events)
 	int err;
 
 	p->io[1].cb = pump_on_io1;
-	err = ph_io_add(l, &p->io[0], PH_PUMP_EVENTS);
+	err = pump_watch0(p);
 	if (err < 0)
 		return err;
 	p->running = true;

@@ -846,15 +846,20 @@ static void test_start_registered(void **state)
 static void test_start_fails(void **state)
 {
 	struct ptest *t = *state = ptest_make(0);
+	int fd0;
 
 	/* io[1] is registered already: the add fails */
 	assert_int_equal(ph_io_add(&t->w.loop, &t->p.io[1], EPOLLIN), 0);
 	assert_int_equal(ph_pump_start(&t->p), -EEXIST);
 	assert_false(t->p.running);
-	/* io[0] is registered already: the add fails */
-	assert_int_equal(ph_io_add(&t->w.loop, &t->p.io[0], EPOLLIN), 0);
-	assert_int_equal(ph_pump_start_registered(&t->p, EPOLLOUT), -EEXIST);
+	/* io[0] is something epoll refuses (a device): the add fails */
+	fd0 = t->p.io[0].fd;
+	t->p.io[0].fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	assert_true(t->p.io[0].fd >= 0);
+	assert_int_equal(ph_pump_start_registered(&t->p, EPOLLOUT), -EPERM);
 	assert_false(t->p.running);
+	close(t->p.io[0].fd);
+	t->p.io[0].fd = fd0;
 	ph_pump_close(&t->p, false);
 	run_for(t, 20);
 	assert_int_equal(t->done_calls, 0);
