@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include "core/service.h"
 #include "core/util.h"
 #include "core/worker.h"
+#include "ctl/ctl.h"
 #include "forward/forward.h"
 
 #define FDS_BASE       32 /* stdio, epoll, eventfds, resolver sockets, a spare */
@@ -45,6 +47,9 @@ struct ph_main {
 	unsigned nretiring;
 	struct ph_list plans;   /* struct reload_plan not run by every worker yet */
 	struct ph_timer retire; /* frees what finished, once a second while any is left */
+	struct ph_ctl *ctl;     /* owned: the control socket, or NULL */
+	uint64_t start;         /* loop ms at start, for the uptime */
+	char reload_msg[4096];  /* what the last reload said, for `pinhole reload` */
 };
 
 /* What one reload asks of every worker, in order: attach the new rules, detach the old. */
@@ -57,10 +62,29 @@ struct reload_plan {
 
 static void log_rule(const struct ph_forward_rule *r, unsigned nw);
 
+/* Logs a line of a reload and keeps it for the `pinhole reload` that asked, if any. */
+static void reload_say(struct ph_main *m, bool error, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void reload_say(struct ph_main *m, bool error, const char *fmt, ...)
+{
+	size_t used = strlen(m->reload_msg);
+	char line[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (error)
+		ph_err("%s", line);
+	else
+		ph_info("%s", line);
+	if (used + strlen(line) + 2 < sizeof(m->reload_msg))
+		snprintf(m->reload_msg + used, sizeof(m->reload_msg) - used, "%s\n", line);
+}
+
 static void log_problem(void *arg, const char *msg)
 {
-	(void)arg;
-	ph_err("%s", msg);
+	reload_say(arg, true, "%s", msg);
 }
 
 /* How logs name a rule of a config file: its --name, or where it is written. */
@@ -199,23 +223,28 @@ static void main_reload(struct ph_main *m)
 	unsigned nkept = 0;
 	int n;
 
+	m->reload_msg[0] = '\0';
 	if (cfg->run_file == NULL) {
 		ph_warn("SIGHUP: the rules came from the command line; nothing to reload "
 		        "(pinhole run FILE reloads FILE)");
+		snprintf(m->reload_msg, sizeof(m->reload_msg),
+		         "nothing to reload: the rules came from the command line\n");
 		return;
 	}
-	if (m->draining)
+	if (m->draining) {
+		snprintf(m->reload_msg, sizeof(m->reload_msg), "stopping: no reload now\n");
 		return;
+	}
 	ph_config_init(&nc);
 	nc.rinetd = cfg->rinetd;
-	n = ph_conf_load(cfg->run_file, &nc, log_problem, NULL);
+	n = ph_conf_load(cfg->run_file, &nc, log_problem, m);
 	if (n == 0 && nc.nrules == 0) {
-		ph_err("%s: no rules", cfg->run_file);
+		reload_say(m, true, "%s: no rules", cfg->run_file);
 		n = 1;
 	}
 	if (n != 0) {
-		ph_err("reload: %s: %s; the running rules stay as they are", cfg->run_file,
-		       n < 0 ? "out of memory" : "problems above");
+		reload_say(m, true, "reload: %s: %s; the running rules stay as they are",
+		           cfg->run_file, n < 0 ? "out of memory" : "problems above");
 		goto out;
 	}
 	final = calloc(nc.nrules, sizeof(*final));
@@ -224,7 +253,7 @@ static void main_reload(struct ph_main *m)
 	if (final == NULL || kept == NULL || p == NULL ||
 	    (p->add = calloc(nc.nrules, sizeof(*p->add))) == NULL ||
 	    (p->del = calloc(cfg->nrules + 1, sizeof(*p->del))) == NULL) {
-		ph_err("reload: out of memory; the running rules stay as they are");
+		reload_say(m, true, "reload: out of memory; the running rules stay as they are");
 		goto out;
 	}
 	ph_list_init(&p->node);
@@ -259,8 +288,8 @@ static void main_reload(struct ph_main *m)
 		}
 		err = ph_forward_bind(r, m->w, m->nw, from, why, sizeof(why));
 		if (err < 0) {
-			ph_err("reload: %s: %s; the running rules stay as they are", r->origin,
-			       why);
+			reload_say(m, true, "reload: %s: %s; the running rules stay as they are",
+			           r->origin, why);
 			goto out; /* the rules bound so far are nc's: freed with it, unattached */
 		}
 		final[j] = r;
@@ -275,7 +304,8 @@ static void main_reload(struct ph_main *m)
 			realloc(m->retiring, (m->nretiring + p->ndel) * sizeof(*rt));
 
 		if (rt == NULL) {
-			ph_err("reload: out of memory; the running rules stay as they are");
+			reload_say(m, true,
+			           "reload: out of memory; the running rules stay as they are");
 			goto out;
 		}
 		m->retiring = rt;
@@ -303,8 +333,8 @@ static void main_reload(struct ph_main *m)
 	for (unsigned i = 0; i < p->ndel; i++)
 		ph_info("%s: rule removed: no new connections; open ones finish",
 		        rule_origin(p->del[i]));
-	ph_info("reloaded %s: %u rules unchanged, %u started, %u removed", cfg->run_file, nkept,
-	        p->nadd, p->ndel);
+	reload_say(m, false, "reloaded %s: %u rules unchanged, %u started, %u removed",
+	           cfg->run_file, nkept, p->nadd, p->ndel);
 	p = NULL;
 	ph_timer_arm(&m->loop, &m->retire, 1000);
 out:
@@ -316,6 +346,38 @@ out:
 	free(kept);
 	free(final);
 	ph_config_free(&nc);
+}
+
+/* A command on the control socket. Returns the reply (malloc'd), or NULL. */
+static char *main_ctl(void *arg, const char *cmd, size_t *len)
+{
+	struct ph_main *m = arg;
+	struct ph_status_src src = {
+		.version = PH_VERSION,
+		.uptime_ms = m->loop.now - m->start,
+		.workers = m->nw,
+		.pid = (long)getpid(),
+		.file = m->cfg->run_file,
+		.rules = m->cfg->rules,
+		.nrules = m->cfg->nrules,
+		.retiring = m->retiring,
+		.nretiring = m->nretiring,
+	};
+	char *r;
+
+	if (strcmp(cmd, "status") == 0 || strcmp(cmd, "status json") == 0)
+		return ph_status_render(&src, cmd[6] == ' ', len);
+	if (strcmp(cmd, "reload") == 0) {
+		ph_notify("RELOADING=1");
+		main_reload(m);
+		ph_notify("READY=1");
+		r = strdup(m->reload_msg);
+	} else {
+		r = strdup("unknown command (status, status json, reload)\n");
+	}
+	if (r != NULL)
+		*len = strlen(r);
+	return r;
 }
 
 static void main_on_signal(struct ph_io *io, uint32_t events)
@@ -572,6 +634,22 @@ static int run(struct ph_config *cfg)
 		}
 		pid_written = true;
 	}
+	if (strcmp(cfg->control, "none") != 0) {
+		char path[108];
+
+		if (cfg->control[0] != '\0')
+			snprintf(path, sizeof(path), "%s", cfg->control);
+		else
+			ph_ctl_default_path(path, sizeof(path));
+		why[0] = '\0';
+		err = ph_ctl_open(&m.loop, path, main_ctl, &m, &m.ctl, why, sizeof(why));
+		if (err < 0 && cfg->control[0] != '\0') { /* asked for: a failure is fatal */
+			fprintf(stderr, "pinhole: %s\n", why);
+			goto out_workers;
+		}
+		if (err < 0)
+			ph_warn("%s; status and reload through it are off", why);
+	}
 	if (cfg->user[0] != '\0') { /* the ports are bound: root is not needed any more */
 		err = ph_drop_privileges(cfg->user, why, sizeof(why));
 		if (err < 0) {
@@ -593,6 +671,7 @@ static int run(struct ph_config *cfg)
 	}
 	if (m.started == 0)
 		goto out_workers;
+	m.start = m.loop.now;
 	ph_notify("READY=1");
 	err = ph_loop_run(&m.loop);
 	if (err < 0)
@@ -606,6 +685,8 @@ out_workers:
 	main_abort(&m);
 	for (unsigned i = 0; i < m.nw; i++)
 		ph_worker_destroy(m.w[i]);
+	ph_ctl_close(m.ctl);
+	m.ctl = NULL;
 	if (pid_written && unlink(cfg->pidfile) == -1 && errno != ENOENT)
 		ph_warn("--pidfile '%s' stays: %s", cfg->pidfile, strerror(errno));
 	ph_config_free(cfg);
@@ -667,6 +748,42 @@ static int load_config(struct ph_config *cfg)
 	return 0;
 }
 
+/* `pinhole status` / `pinhole reload`: asks the running pinhole. Returns the exit status. */
+static int ask(const struct ph_config *cfg)
+{
+	char path[108], why[256], *reply = NULL;
+	size_t len = 0;
+	FILE *out;
+	int err;
+
+	if (cfg->control[0] != '\0')
+		snprintf(path, sizeof(path), "%s", cfg->control);
+	else
+		ph_ctl_default_path(path, sizeof(path));
+	if (cfg->cmd == PH_CMD_STATUS) {
+		err = ph_ctl_request(path, cfg->json ? "status json" : "status", stdout, why,
+		                     sizeof(why));
+		if (err < 0)
+			fprintf(stderr, "pinhole: %s\n", why);
+		return err < 0 ? 1 : 0;
+	}
+	out = open_memstream(&reply, &len);
+	if (out == NULL)
+		return 1;
+	err = ph_ctl_request(path, "reload", out, why, sizeof(why));
+	fclose(out);
+	if (err < 0)
+		fprintf(stderr, "pinhole: %s\n", why);
+	else
+		fputs(reply, stdout);
+	/* the reply's last line says how it went */
+	err = err < 0                                                                       ? 1
+	      : strstr(reply, "\nreloaded ") != NULL || strncmp(reply, "reloaded ", 9) == 0 ? 0
+	                                                                                    : 1;
+	free(reply);
+	return err;
+}
+
 int main(int argc, char **argv)
 {
 	struct ph_config cfg;
@@ -711,6 +828,11 @@ int main(int argc, char **argv)
 			return err;
 		}
 		break;
+	case PH_CMD_STATUS:
+	case PH_CMD_RELOAD:
+		err = ask(&cfg);
+		ph_config_free(&cfg);
+		return err;
 	case PH_CMD_FORWARD:
 		break;
 	}

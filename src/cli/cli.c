@@ -21,6 +21,10 @@ static const char help_overview[] =
 	"                                      from LISTEN to a TARGET\n"
 	"  run FILE [--check]                  run the rules of a config file (one\n"
 	"                                      command a line, as typed after pinhole)\n"
+	"  status [--json]                     what a running pinhole is doing: each\n"
+	"                                      rule, its connections, bytes, errors\n"
+	"  reload                              a running `pinhole run FILE` reads FILE\n"
+	"                                      again (as SIGHUP does) and says how it went\n"
 	"\n"
 	"Addresses:\n"
 	"  :8080            port 8080 on every interface, IPv6 and IPv4\n"
@@ -39,6 +43,9 @@ static const char help_overview[] =
 	"  --user USER            bind the ports as root, then become USER (its groups,\n"
 	"                         gid and uid) before serving\n"
 	"  --pidfile PATH         write the process id to PATH\n"
+	"  --control PATH|none    the control socket that status and reload use\n"
+	"                         (default /run/pinhole.sock as root, else\n"
+	"                         $XDG_RUNTIME_DIR/pinhole.sock)\n"
 	"  -h, --help             this text; `pinhole forward --help` for a command\n"
 	"  -V, --version          the version\n"
 	"\n"
@@ -257,10 +264,13 @@ static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 			err = opt_duration(o, *i, &cfg->drain_timeout, e);
 		return err < 0 ? err : 1;
 	}
-	if (strcmp(o->name, "--user") == 0 || strcmp(o->name, "--pidfile") == 0) {
-		bool user = o->name[2] == 'u';
-		char *dst = user ? cfg->user : cfg->pidfile;
-		size_t cap = user ? sizeof(cfg->user) : sizeof(cfg->pidfile);
+	if (strcmp(o->name, "--user") == 0 || strcmp(o->name, "--pidfile") == 0 ||
+	    strcmp(o->name, "--control") == 0) {
+		bool user = o->name[2] == 'u', pid = o->name[2] == 'p';
+		char *dst = user ? cfg->user : pid ? cfg->pidfile : cfg->control;
+		size_t cap = user  ? sizeof(cfg->user)
+		             : pid ? sizeof(cfg->pidfile)
+		                   : sizeof(cfg->control);
 
 		err = opt_value(argc, argv, i, o, e);
 		if (err < 0)
@@ -519,6 +529,35 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 	return 0;
 }
 
+/* `status [--json]`, `reload`: questions for a running pinhole. */
+static int cli_ask(int argc, char *const *argv, int first, struct ph_config *cfg,
+                   struct ph_cli_error *e)
+{
+	bool status = argv[first][0] == 's';
+	int err;
+
+	for (int i = first + 1; i < argc; i++) {
+		struct cli_opt o;
+
+		if (argv[i][0] != '-' || argv[i][1] == '\0')
+			return cli_fail(e, i, "%s: '%s': takes no arguments", argv[first], argv[i]);
+		opt_split(argv[i], &o);
+		if (status && strcmp(o.name, "--json") == 0 && !o.inline_value) {
+			cfg->json = true;
+			continue;
+		}
+		err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+		if (err < 0)
+			return err;
+		if (err == 0)
+			return cli_fail(e, i, "unknown option '%s' (see pinhole --help)", o.name);
+	}
+	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION)
+		return 0;
+	cfg->cmd = status ? PH_CMD_STATUS : PH_CMD_RELOAD;
+	return 0;
+}
+
 static int cli_run(int argc, char *const *argv, int first, struct ph_config *cfg,
                    struct ph_cli_error *e)
 {
@@ -591,6 +630,8 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 			return cli_forward(argc, argv, i, cfg, e);
 		if (strcmp(word, "run") == 0)
 			return cli_run(argc, argv, i, cfg, e);
+		if (strcmp(word, "status") == 0 || strcmp(word, "reload") == 0)
+			return cli_ask(argc, argv, i, cfg, e);
 		if (strcmp(word, "help") == 0) {
 			cfg->cmd = PH_CMD_HELP;
 			cfg->help_topic = i + 1 < argc ? argv[i + 1] : "";

@@ -16,6 +16,8 @@ enum ph_cmd {
 	PH_CMD_VERSION,  /* --version */
 	PH_CMD_FORWARD,  /* run the rules */
 	PH_CMD_RUN,      /* run (or with check, only check) the rules of run_file */
+	PH_CMD_STATUS,   /* ask a running pinhole for its status (json: as JSON) */
+	PH_CMD_RELOAD,   /* ask a running pinhole to reload its FILE */
 };
 
 #define PH_CONFIG_MAX_RULES 1024
@@ -34,6 +36,8 @@ struct ph_config {
 	unsigned udp_sessions;  /* --max-sessions of a UDP rule that sets none (from fds) */
 	char user[64];          /* --user: who to become once the ports are bound; "" */
 	char pidfile[512];      /* --pidfile; "" for none */
+	char control[108];      /* --control: the control socket; "" default, "none" off */
+	bool json;              /* status --json */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
 };

@@ -235,7 +235,8 @@ static int conf_line(struct conf_ctx *x, const char *file, unsigned line, char *
 
 	if (strcmp(words[0], "include") == 0)
 		return conf_include(x, file, line, words, n);
-	if (strcmp(words[0], "run") == 0 || strcmp(words[0], "help") == 0) {
+	if (strcmp(words[0], "run") == 0 || strcmp(words[0], "help") == 0 ||
+	    strcmp(words[0], "status") == 0 || strcmp(words[0], "reload") == 0) {
 		conf_problem(x, file, line, "'%s': is for the command line, not a config file",
 		             words[0]);
 		return 0;

@@ -206,26 +206,30 @@ void ph_worker_conn_dec(struct ph_worker *w)
 		ph_loop_stop(&w->loop);
 }
 
+void ph_stats_add(struct ph_stats *out, const struct ph_stats *in)
+{
+	out->accepted += PH_STATS_GET(in, accepted);
+	out->active += PH_STATS_GET(in, active);
+	out->bytes_up += PH_STATS_GET(in, bytes_up);
+	out->bytes_down += PH_STATS_GET(in, bytes_down);
+	out->spliced += PH_STATS_GET(in, spliced);
+	out->copied += PH_STATS_GET(in, copied);
+	out->denied += PH_STATS_GET(in, denied);
+	out->over_limit += PH_STATS_GET(in, over_limit);
+	out->udp_sessions += PH_STATS_GET(in, udp_sessions);
+	out->udp_active += PH_STATS_GET(in, udp_active);
+	out->udp_evicted += PH_STATS_GET(in, udp_evicted);
+	out->dgrams_up += PH_STATS_GET(in, dgrams_up);
+	out->dgrams_down += PH_STATS_GET(in, dgrams_down);
+	out->dgrams_dropped += PH_STATS_GET(in, dgrams_dropped);
+	out->connect_failed += PH_STATS_GET(in, connect_failed);
+	out->resets += PH_STATS_GET(in, resets);
+	out->errors += PH_STATS_GET(in, errors);
+}
+
 void ph_stats_sum(struct ph_worker *const *w, unsigned n, struct ph_stats *out)
 {
 	memset(out, 0, sizeof(*out));
-	for (unsigned i = 0; i < n; i++) {
-		out->accepted += PH_STAT_GET(w[i], accepted);
-		out->active += PH_STAT_GET(w[i], active);
-		out->bytes_up += PH_STAT_GET(w[i], bytes_up);
-		out->bytes_down += PH_STAT_GET(w[i], bytes_down);
-		out->spliced += PH_STAT_GET(w[i], spliced);
-		out->copied += PH_STAT_GET(w[i], copied);
-		out->denied += PH_STAT_GET(w[i], denied);
-		out->over_limit += PH_STAT_GET(w[i], over_limit);
-		out->udp_sessions += PH_STAT_GET(w[i], udp_sessions);
-		out->udp_active += PH_STAT_GET(w[i], udp_active);
-		out->udp_evicted += PH_STAT_GET(w[i], udp_evicted);
-		out->dgrams_up += PH_STAT_GET(w[i], dgrams_up);
-		out->dgrams_down += PH_STAT_GET(w[i], dgrams_down);
-		out->dgrams_dropped += PH_STAT_GET(w[i], dgrams_dropped);
-		out->connect_failed += PH_STAT_GET(w[i], connect_failed);
-		out->resets += PH_STAT_GET(w[i], resets);
-		out->errors += PH_STAT_GET(w[i], errors);
-	}
+	for (unsigned i = 0; i < n; i++)
+		ph_stats_add(out, &w[i]->stats);
 }

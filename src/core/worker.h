@@ -41,6 +41,12 @@ struct ph_stats {
 	__atomic_store_n(&(w)->stats.field,                                                        \
 	                 __atomic_load_n(&(w)->stats.field, __ATOMIC_RELAXED) + (n),               \
 	                 __ATOMIC_RELAXED)
+/* The same on a struct ph_stats of one writer (a rule's counters on one worker). */
+#define PH_STATS_ADD(st, field, n)                                                                 \
+	__atomic_store_n(&(st)->field, __atomic_load_n(&(st)->field, __ATOMIC_RELAXED) + (n),      \
+	                 __ATOMIC_RELAXED)
+#define PH_STATS_GET(st, field) __atomic_load_n(&(st)->field, __ATOMIC_RELAXED)
+
 #define PH_STAT_GET(w, field) __atomic_load_n(&(w)->stats.field, __ATOMIC_RELAXED)
 
 enum ph_worker_cmd {
@@ -116,6 +122,9 @@ void ph_worker_conn_dec(struct ph_worker *w);
 
 /* The worker running on this thread, or NULL on the main thread. */
 struct ph_worker *ph_worker_self(void);
+
+/* Adds the counters of one writer's *in to *out (relaxed reads of in). */
+void ph_stats_add(struct ph_stats *out, const struct ph_stats *in);
 
 /* Sums the counters of n workers into *out. */
 void ph_stats_sum(struct ph_worker *const *w, unsigned n, struct ph_stats *out);

@@ -17,6 +17,9 @@ void ph_forward__udp_detach(struct ph_forward_rule *r, unsigned i);
 /* Frees r's UDP state: sessions are closed without events. The workers must have ended. */
 void ph_forward__udp_free(struct ph_forward_rule *r);
 
+/* Adds r's UDP counters on every worker to *out. */
+void ph_forward__udp_stats(const struct ph_forward_rule *r, struct ph_stats *out);
+
 /* "NAME" or "forward ADDR": how logs name a rule. */
 const char *ph_forward__label(const struct ph_forward_rule *r, char *buf, size_t len);
 

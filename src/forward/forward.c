@@ -39,10 +39,11 @@ struct fwd_wrule {
 	struct ph_timer pause;        /* accepting resumes after an fd shortage */
 	struct ph_task more;          /* accepting goes on after a full budget */
 	struct ph_worker_hook hook;
-	struct ph_list conns; /* fwd_conn.node of live connections */
-	struct ph_tsel sel;   /* the targets as this worker sees them */
-	bool detached;        /* a reload removed the rule: retires when conns is empty */
-	bool retired;         /* the worker is done with it (main may free it) */
+	struct ph_list conns;  /* fwd_conn.node of live connections */
+	struct ph_tsel sel;    /* the targets as this worker sees them */
+	struct ph_stats stats; /* the rule's counters on this worker (status, metrics) */
+	bool detached;         /* a reload removed the rule: retires when conns is empty */
+	bool retired;          /* the worker is done with it (main may free it) */
 	struct ph_ratelimit rl_denied, rl_full, rl_accept;
 };
 
@@ -60,6 +61,13 @@ struct fwd_conn {
 	struct ph_tsel_try try; /* the targets' addresses tried so far */
 	uint8_t state;
 };
+
+/* Counts into the worker's totals and the rule's own on this worker (one writer each). */
+#define FWD_STAT(wr, field, n)                                                                     \
+	do {                                                                                       \
+		PH_STAT_ADD((wr)->w, field, (n));                                                  \
+		PH_STATS_ADD(&(wr)->stats, field, (n));                                            \
+	} while (0)
 
 static void fwd_next(struct fwd_conn *c);
 static void wrule_retire(struct fwd_wrule *wr);
@@ -130,7 +138,7 @@ static void fwd_on_pump_done(struct ph_pump *p, int err, int side)
 		fwd_close(c, false, "closed", 0);
 		return;
 	}
-	PH_STAT_ADD(c->wr->w, resets, 1);
+	FWD_STAT(c->wr, resets, 1);
 	/* the other side gets a reset too: that is how a reset is passed on */
 	fwd_close(c, true, side == 0 ? "client reset" : side == 1 ? "target reset" : "failed", err);
 }
@@ -209,7 +217,7 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 	if (c->wr->rule->proxy_send != 0) {
 		err = fwd_send_proxy(c);
 		if (err < 0) {
-			PH_STAT_ADD(c->wr->w, errors, 1);
+			FWD_STAT(c->wr, errors, 1);
 			fwd_close(c, true, "cannot send the PROXY header", err);
 			return;
 		}
@@ -220,7 +228,7 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 	/* may end the pump at once (a reset already queued), closing c: nothing after this */
 	err = ph_pump_start_registered(&c->pump, events);
 	if (err < 0) {
-		PH_STAT_ADD(c->wr->w, errors, 1);
+		FWD_STAT(c->wr, errors, 1);
 		fwd_close(c, true, "cannot start relaying", err);
 	}
 }
@@ -259,7 +267,7 @@ static void fwd_try(struct fwd_conn *c, int n)
 			return;
 		}
 		if (n < 0) {
-			PH_STAT_ADD(wr->w, connect_failed, 1);
+			FWD_STAT(wr, connect_failed, 1);
 			fwd_close(c, true, "no target reachable", n);
 			return;
 		}
@@ -292,7 +300,7 @@ static void fwd_deny(struct fwd_wrule *wr, int fd, const struct ph_addr *peer, c
 	struct ph_worker *w = wr->w;
 	char a[PH_ADDR_STRLEN], label[96];
 
-	PH_STAT_ADD(w, denied, 1);
+	FWD_STAT(wr, denied, 1);
 	if (ph_ratelimit_ok(&wr->rl_denied, w->loop.now, FWD_LOG_PER_SEC))
 		ph_info("%s: denied %s by %s", ph_forward__label(wr->rule, label, sizeof(label)),
 		        ph_addr_fmt(peer, a, sizeof(a)), by);
@@ -323,7 +331,7 @@ static void fwd_on_proxy(struct ph_io *io, uint32_t events)
 	if (len == -EAGAIN && (size_t)n < sizeof(buf))
 		return; /* the rest comes with the next edge */
 	if (len < 0) {
-		PH_STAT_ADD(wr->w, errors, 1);
+		FWD_STAT(wr, errors, 1);
 		fwd_close(c, true, why != NULL ? why : "a PROXY header too long", -EPROTO);
 		return;
 	}
@@ -339,7 +347,7 @@ static void fwd_on_proxy(struct ph_io *io, uint32_t events)
 		ph_addr_unmap(&c->orig);
 	}
 	if (!ph_acl_allows(&wr->rule->acl, &c->peer)) {
-		PH_STAT_ADD(wr->w, denied, 1);
+		FWD_STAT(wr, denied, 1);
 		fwd_close(c, true, "denied by --allow/--deny", -EACCES);
 		return;
 	}
@@ -369,7 +377,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	live = __atomic_add_fetch(&r->live, 1, __ATOMIC_RELAXED);
 	if (r->max_conns != 0 && live > r->max_conns) {
 		__atomic_fetch_sub(&r->live, 1, __ATOMIC_RELAXED);
-		PH_STAT_ADD(w, over_limit, 1);
+		FWD_STAT(wr, over_limit, 1);
 		if (ph_ratelimit_ok(&wr->rl_full, w->loop.now, FWD_LOG_PER_SEC))
 			ph_warn("%s: refused %s: --max-conns %u reached",
 			        ph_forward__label(r, label, sizeof(label)),
@@ -381,13 +389,14 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	c = calloc(1, sizeof(*c));
 	if (c == NULL) {
 		__atomic_fetch_sub(&r->live, 1, __ATOMIC_RELAXED);
-		PH_STAT_ADD(w, errors, 1);
+		FWD_STAT(wr, errors, 1);
 		ph_err("%s: out of memory: refused %s", ph_forward__label(r, label, sizeof(label)),
 		       ph_addr_fmt(peer, a, sizeof(a)));
 		close(fd);
 		return;
 	}
 	ph_pump_init(&c->pump, w, fd, -1, fwd_on_pump_done);
+	c->pump.rs = &wr->stats;
 	ph_timer_init(&c->timer, fwd_on_timer);
 	ph_task_init(&c->reap, fwd_reap);
 	ph_tsel_wait_init(&c->wait, fwd_on_dns);
@@ -399,7 +408,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	ph_tsel_try_init(&c->try);
 	c->state = FWD_CONNECTING;
 	ph_worker_conn_inc(w);
-	PH_STAT_ADD(w, accepted, 1);
+	FWD_STAT(wr, accepted, 1);
 	ph_trace("c%llu: accepted %s", (unsigned long long)c->id, ph_addr_fmt(peer, a, sizeof(a)));
 	if (r->proxy_from.n == 0) {
 		fwd_next(c);
@@ -410,7 +419,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	c->pump.io[0].cb = fwd_on_proxy;
 	err = ph_io_add(&w->loop, &c->pump.io[0], PH_PUMP_EVENTS);
 	if (err < 0) {
-		PH_STAT_ADD(w, errors, 1);
+		FWD_STAT(wr, errors, 1);
 		fwd_close(c, true, "cannot watch the client", err);
 		return;
 	}
@@ -443,7 +452,7 @@ static void fwd_accept_some(struct fwd_wrule *wr)
 			case ENOBUFS:
 			case ENOMEM:
 				/* the client waits in the backlog; retry once fds are freed */
-				PH_STAT_ADD(w, errors, 1);
+				FWD_STAT(wr, errors, 1);
 				if (ph_ratelimit_ok(&wr->rl_accept, w->loop.now, 1))
 					ph_err("%s: cannot accept: %s (raise the limit with ulimit "
 					       "-n); pausing %d ms",
@@ -732,6 +741,16 @@ void ph_forward_detach(struct ph_forward_rule *r, unsigned i)
 		tcp_detach(r->wr[i]);
 	if (i < r->nuwr)
 		ph_forward__udp_detach(r, i);
+}
+
+void ph_forward_stats(const struct ph_forward_rule *r, struct ph_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (unsigned i = 0; i < r->nwr; i++)
+		ph_stats_add(out, &r->wr[i]->stats);
+	ph_forward__udp_stats(r, out);
+	out->active = __atomic_load_n(&r->live, __ATOMIC_RELAXED);
+	out->udp_active = __atomic_load_n(&r->sessions, __ATOMIC_RELAXED);
 }
 
 bool ph_forward_retired(const struct ph_forward_rule *r)

@@ -14,6 +14,7 @@
 #include "forward/target.h"
 
 struct ph_worker;
+struct ph_stats;
 struct fwd_wrule;
 struct udp_wrule;
 
@@ -84,6 +85,9 @@ void ph_forward_detach(struct ph_forward_rule *r, unsigned i);
 
 /* True once every worker's part of a detached r retired: r may be freed. */
 bool ph_forward_retired(const struct ph_forward_rule *r);
+
+/* Sums r's counters over its workers into *out (any thread; relaxed reads). */
+void ph_forward_stats(const struct ph_forward_rule *r, struct ph_stats *out);
 
 /* Frees the rule and its per-worker state; the workers must have ended. NULL is fine. */
 void ph_forward_rule_free(struct ph_forward_rule *r);

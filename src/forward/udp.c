@@ -78,9 +78,10 @@ struct udp_wrule {
 	struct ph_timer expire; /* when the least recently used session goes idle */
 	struct ph_udptab tab;
 	struct ph_tsel sel;
-	uint32_t sk_drops; /* the listener's drops counted so far */
-	bool detached;     /* a reload removed the rule */
-	bool retired;      /* the worker is done with it (main may free it) */
+	uint32_t sk_drops;     /* the listener's drops counted so far */
+	struct ph_stats stats; /* the rule's counters on this worker (status, metrics) */
+	bool detached;         /* a reload removed the rule */
+	bool retired;          /* the worker is done with it (main may free it) */
 	struct ph_ratelimit rl_denied, rl_full, rl_err;
 };
 
@@ -97,13 +98,20 @@ struct udp_outq {
 
 static __thread struct udp_outq outq; /* one per worker thread */
 
+/* Counts into the worker's totals and the rule's own on this worker (one writer each). */
+#define UDP_STAT(uw, field, n)                                                                     \
+	do {                                                                                       \
+		PH_STAT_ADD((uw)->w, field, (n));                                                  \
+		PH_STATS_ADD(&(uw)->stats, field, (n));                                            \
+	} while (0)
+
 /* Counts what a socket dropped (its buffer was full) since *seen, from SO_RXQ_OVFL. */
-static void udp_count_drops(struct ph_worker *w, uint32_t *seen, uint32_t now)
+static void udp_count_drops(struct udp_wrule *uw, uint32_t *seen, uint32_t now)
 {
 	uint32_t d = now - *seen; /* a 32-bit counter: modulo arithmetic */
 
 	if (d != 0 && d < (1u << 31)) {
-		PH_STAT_ADD(w, dgrams_dropped, d);
+		UDP_STAT(uw, dgrams_dropped, d);
 		*seen = now;
 	}
 }
@@ -160,10 +168,10 @@ static void udp_close(struct udp_sess *s, const char *reason, int err)
 	ph_udptab_del(&uw->tab, &s->node);
 	ph_io_close(&w->loop, &s->io);
 	if (s->npend != 0)
-		PH_STAT_ADD(w, dgrams_dropped, s->npend);
+		UDP_STAT(uw, dgrams_dropped, s->npend);
 	udp_free_pend(s);
 	__atomic_fetch_sub(&uw->rule->sessions, 1, __ATOMIC_RELAXED);
-	PH_STAT_ADD(w, udp_active, (uint64_t)-1);
+	UDP_STAT(uw, udp_active, (uint64_t)-1);
 	ph_task_queue(&w->loop, &s->reap);
 }
 
@@ -191,14 +199,15 @@ static unsigned udp_to_clients(struct udp_wrule *uw, struct ph_dgram *d, unsigne
 		dropped++;
 	}
 	if (dropped != 0)
-		PH_STAT_ADD(w, dgrams_dropped, dropped);
+		UDP_STAT(uw, dgrams_dropped, dropped);
 	return sent;
 }
 
 /* Sends n datagrams of s's client to its target. */
 static void udp_to_target(struct udp_sess *s, struct ph_dgram *d, unsigned n)
 {
-	struct ph_worker *w = s->uw->w;
+	struct udp_wrule *uw = s->uw;
+	struct ph_worker *w = uw->w;
 	unsigned sent = 0, dropped = 0;
 	uint64_t bytes = 0;
 	int k, err = 0;
@@ -228,10 +237,10 @@ static void udp_to_target(struct udp_sess *s, struct ph_dgram *d, unsigned n)
 	}
 	s->pkts[0] += sent;
 	s->bytes[0] += bytes;
-	PH_STAT_ADD(w, dgrams_up, sent);
-	PH_STAT_ADD(w, bytes_up, bytes);
+	UDP_STAT(uw, dgrams_up, sent);
+	UDP_STAT(uw, bytes_up, bytes);
 	if (dropped != 0)
-		PH_STAT_ADD(w, dgrams_dropped, dropped);
+		UDP_STAT(uw, dgrams_dropped, dropped);
 	if (err != 0) {
 		/* an ICMP error for an earlier datagram surfaced here */
 		ph_tsel_failed(&s->uw->sel, (unsigned)s->try.tgt, &s->try.dst, err);
@@ -242,6 +251,7 @@ static void udp_to_target(struct udp_sess *s, struct ph_dgram *d, unsigned n)
 /* Sends the gathered replies. */
 static void udp_flush(struct udp_outq *q)
 {
+	struct udp_wrule *uw;
 	struct ph_dgram *d;
 	struct ph_worker *w;
 	uint64_t bytes = 0;
@@ -252,12 +262,13 @@ static void udp_flush(struct udp_outq *q)
 		return;
 	w = q->uw->w;
 	d = ph_dgram_batch_items(w->dgram_out);
-	sent = udp_to_clients(q->uw, d, q->n);
+	uw = q->uw;
+	sent = udp_to_clients(uw, d, q->n);
 	/* sendmmsg sends in order: the first sent datagrams are the ones that went out */
 	for (unsigned i = 0; i < sent; i++)
 		bytes += d[i].len;
-	PH_STAT_ADD(w, dgrams_down, sent);
-	PH_STAT_ADD(w, bytes_down, bytes);
+	UDP_STAT(uw, dgrams_down, sent);
+	UDP_STAT(uw, bytes_down, bytes);
 	q->uw = NULL;
 	q->n = 0;
 }
@@ -293,12 +304,12 @@ static void udp_on_target(struct ph_io *io, uint32_t events)
 				ph_tsel_failed(&uw->sel, (unsigned)s->try.tgt, &s->try.dst, n);
 				udp_close(s, "target unreachable", n);
 			} else {
-				PH_STAT_ADD(w, errors, 1);
+				UDP_STAT(uw, errors, 1);
 				udp_close(s, "receive failed", n);
 			}
 			return;
 		}
-		udp_count_drops(w, &s->sk_drops, d[q->n + (unsigned)n - 1].sk_drops);
+		udp_count_drops(uw, &s->sk_drops, d[q->n + (unsigned)n - 1].sk_drops);
 		for (unsigned i = q->n; i < q->n + (unsigned)n; i++) {
 			d[i].peer = s->node.key.peer;
 			d[i].local = s->node.key.local;
@@ -372,7 +383,7 @@ static void udp_try(struct udp_sess *s, int n)
 			return;
 		}
 		if (n < 0) {
-			PH_STAT_ADD(uw->w, connect_failed, 1);
+			UDP_STAT(uw, connect_failed, 1);
 			udp_close(s, "no target reachable", n);
 			return;
 		}
@@ -425,8 +436,8 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 	uint64_t live;
 
 	if (!ph_acl_allows(&r->acl, &k->peer)) {
-		PH_STAT_ADD(w, denied, 1);
-		PH_STAT_ADD(w, dgrams_dropped, 1);
+		UDP_STAT(uw, denied, 1);
+		UDP_STAT(uw, dgrams_dropped, 1);
 		if (ph_ratelimit_ok(&uw->rl_denied, w->loop.now, UDP_LOG_PER_SEC))
 			ph_info("%s: denied %s by --allow/--deny",
 			        ph_forward__label(r, label, sizeof(label)),
@@ -438,15 +449,15 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 		old = ph_udptab_oldest(&uw->tab);
 		if (old == NULL) { /* the sessions are on other workers */
 			__atomic_fetch_sub(&r->sessions, 1, __ATOMIC_RELAXED);
-			PH_STAT_ADD(w, over_limit, 1);
-			PH_STAT_ADD(w, dgrams_dropped, 1);
+			UDP_STAT(uw, over_limit, 1);
+			UDP_STAT(uw, dgrams_dropped, 1);
 			if (ph_ratelimit_ok(&uw->rl_full, w->loop.now, UDP_LOG_PER_SEC))
 				ph_warn("%s: dropped a datagram of %s: --max-sessions %u reached",
 				        ph_forward__label(r, label, sizeof(label)),
 				        client_fmt(&k->peer, a, sizeof(a)), r->max_sessions);
 			return NULL;
 		}
-		PH_STAT_ADD(w, udp_evicted, 1);
+		UDP_STAT(uw, udp_evicted, 1);
 		if (ph_ratelimit_ok(&uw->rl_full, w->loop.now, UDP_LOG_PER_SEC))
 			ph_warn("%s: --max-sessions %u reached: session u%llu of %s (idle %llu ms) "
 			        "makes room for %s",
@@ -460,8 +471,8 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 	s = calloc(1, sizeof(*s));
 	if (s == NULL) {
 		__atomic_fetch_sub(&r->sessions, 1, __ATOMIC_RELAXED);
-		PH_STAT_ADD(w, errors, 1);
-		PH_STAT_ADD(w, dgrams_dropped, 1);
+		UDP_STAT(uw, errors, 1);
+		UDP_STAT(uw, dgrams_dropped, 1);
 		if (ph_ratelimit_ok(&uw->rl_err, w->loop.now, UDP_LOG_PER_SEC))
 			ph_err("%s: out of memory: dropped a datagram of %s",
 			       ph_forward__label(r, label, sizeof(label)),
@@ -478,8 +489,8 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 	ph_tsel_try_init(&s->try);
 	s->state = UDP_RESOLVING;
 	ph_udptab_add(&uw->tab, &s->node, k, w->loop.now);
-	PH_STAT_ADD(w, udp_sessions, 1);
-	PH_STAT_ADD(w, udp_active, 1);
+	UDP_STAT(uw, udp_sessions, 1);
+	UDP_STAT(uw, udp_active, 1);
 	if (!ph_timer_armed(&uw->expire))
 		ph_timer_arm(&w->loop, &uw->expire, r->udp_timeout);
 	ph_trace("u%llu: new session of %s", (unsigned long long)s->id,
@@ -494,7 +505,7 @@ static void udp_hold(struct udp_sess *s, const struct ph_dgram *d)
 	struct udp_pend *p, **tail;
 
 	if (s->npend >= UDP_PEND_MAX || (p = malloc(sizeof(*p) + d->len)) == NULL) {
-		PH_STAT_ADD(s->uw->w, dgrams_dropped, 1);
+		UDP_STAT(s->uw, dgrams_dropped, 1);
 		return;
 	}
 	p->next = NULL;
@@ -522,7 +533,7 @@ static void udp_from_clients(struct udp_wrule *uw, struct ph_dgram *d, unsigned 
 			if (run != NULL)
 				udp_to_target(run, d + first, i - first);
 			run = NULL;
-			PH_STAT_ADD(w, dgrams_dropped, 1);
+			UDP_STAT(uw, dgrams_dropped, 1);
 			continue;
 		}
 		node = ph_udptab_find(&uw->tab, &k);
@@ -564,14 +575,14 @@ static void udp_on_listen(struct ph_io *io, uint32_t events)
 		if (n == -EAGAIN)
 			return;
 		if (n < 0) {
-			PH_STAT_ADD(w, errors, 1);
+			UDP_STAT(uw, errors, 1);
 			if (ph_ratelimit_ok(&uw->rl_err, w->loop.now, UDP_LOG_PER_SEC))
 				ph_err("%s: udp receive: %s",
 				       ph_forward__label(uw->rule, label, sizeof(label)),
 				       strerror(-n));
 			return;
 		}
-		udp_count_drops(w, &uw->sk_drops, ph_dgram_batch_items(w->dgram)[n - 1].sk_drops);
+		udp_count_drops(uw, &uw->sk_drops, ph_dgram_batch_items(w->dgram)[n - 1].sk_drops);
 		udp_from_clients(uw, ph_dgram_batch_items(w->dgram), (unsigned)n);
 		if (n < PH_DGRAM_BATCH)
 			return;
@@ -637,6 +648,12 @@ static void uwrule_free(struct udp_wrule *uw)
 	ph_timer_stop(&uw->w->loop, &uw->expire);
 	ph_udptab_free(&uw->tab);
 	free(uw);
+}
+
+void ph_forward__udp_stats(const struct ph_forward_rule *r, struct ph_stats *out)
+{
+	for (unsigned i = 0; i < r->nuwr; i++)
+		ph_stats_add(out, &r->uwr[i]->stats);
 }
 
 void ph_forward__udp_free(struct ph_forward_rule *r)

@@ -66,6 +66,23 @@ static void pump_on_more(struct ph_task *t)
  * source, pass a FIN on once the pipe is empty. Stops at EAGAIN or when *budget is spent.
  * Returns 0, or -errno with *eside set to the socket that failed.
  */
+/* n bytes delivered in direction i, into the worker's counters and the owner's. */
+static void pump_count(struct ph_pump *p, int i, uint64_t n)
+{
+	if (i == 0)
+		PH_STAT_ADD(p->w, bytes_up, n);
+	else
+		PH_STAT_ADD(p->w, bytes_down, n);
+	PH_STAT_ADD(p->w, spliced, n);
+	if (p->rs == NULL)
+		return;
+	if (i == 0)
+		PH_STATS_ADD(p->rs, bytes_up, n);
+	else
+		PH_STATS_ADD(p->rs, bytes_down, n);
+	PH_STATS_ADD(p->rs, spliced, n);
+}
+
 static int dir_run(struct ph_pump *p, int i, size_t *budget, int *eside)
 {
 	struct ph_pump_dir *d = &p->dir[i];
@@ -83,11 +100,7 @@ static int dir_run(struct ph_pump *p, int i, size_t *budget, int *eside)
 			if (n > 0) {
 				d->inflight -= (uint32_t)n;
 				d->bytes += (uint64_t)n;
-				if (i == 0)
-					PH_STAT_ADD(p->w, bytes_up, (uint64_t)n);
-				else
-					PH_STAT_ADD(p->w, bytes_down, (uint64_t)n);
-				PH_STAT_ADD(p->w, spliced, (uint64_t)n);
+				pump_count(p, i, (uint64_t)n);
 				moved = true;
 			} else if (n == -1 && errno == EAGAIN) {
 				p->ready[dst] &= ~PUMP_WR;
@@ -203,6 +216,7 @@ void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_
 	p->w = w;
 	p->last = w->loop.now;
 	p->done = done;
+	p->rs = NULL;
 }
 
 /* io[0] into epoll for the pump; the owner may have watched it already (to read a PROXY

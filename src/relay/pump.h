@@ -18,6 +18,7 @@
 
 struct ph_worker;
 struct ph_pump;
+struct ph_stats;
 
 /*
  * Why a pump ended: 0 both directions finished with FINs (the last FIN is sent by the
@@ -42,6 +43,7 @@ struct ph_pump {
 	struct ph_task more;       /* continues a pump that used up its budget */
 	struct ph_worker *w;       /* borrowed */
 	uint64_t last;             /* loop time of the last byte moved, for idle timeouts */
+	struct ph_stats *rs;       /* borrowed, may be NULL: the owner's counters, counted too */
 	ph_pump_done_fn done;
 };
 

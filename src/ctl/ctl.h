@@ -1,0 +1,54 @@
+/*
+ * The control socket: `pinhole status` and `pinhole reload` talk to a running pinhole
+ * through a unix stream socket (mode 0600) that the main thread serves. A client writes
+ * one line ("status", "status json", "reload") and reads the reply until the server
+ * closes. Also here: the status report itself, as text or JSON.
+ */
+#ifndef PH_CTL_CTL_H
+#define PH_CTL_CTL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct ph_loop;
+struct ph_ctl;
+struct ph_forward_rule;
+
+/* Answers one command: a reply the server frees, or NULL when out of memory. */
+typedef char *(*ph_ctl_fn)(void *arg, const char *cmd, size_t *len);
+
+/* The default path: /run/pinhole.sock as root, else $XDG_RUNTIME_DIR/pinhole.sock or
+ * /tmp/pinhole-UID.sock. */
+const char *ph_ctl_default_path(char *buf, size_t len);
+
+/*
+ * Serves path on l. A stale socket file is replaced; a path where another pinhole answers
+ * is left alone. Returns 0 and the server in *out, or -errno with a reason in why.
+ */
+int ph_ctl_open(struct ph_loop *l, const char *path, ph_ctl_fn fn, void *arg, struct ph_ctl **out,
+                char *why, size_t whylen);
+
+/* Closes the server and its clients and removes the socket file. NULL is fine. */
+void ph_ctl_close(struct ph_ctl *c);
+
+/* Client side: sends cmd to the pinhole at path and copies the reply to out. Returns 0,
+ * or -errno with a reason in why. */
+int ph_ctl_request(const char *path, const char *cmd, FILE *out, char *why, size_t whylen);
+
+/* What a status report is made of. */
+struct ph_status_src {
+	const char *version;
+	uint64_t uptime_ms;
+	unsigned workers;
+	long pid;
+	const char *file; /* `run FILE`, or NULL */
+	struct ph_forward_rule *const *rules, *const *retiring;
+	unsigned nrules, nretiring;
+};
+
+/* The status report as text or JSON (malloc'd, *len set), or NULL when out of memory. */
+char *ph_status_render(const struct ph_status_src *src, bool json, size_t *len);
+
+#endif /* PH_CTL_CTL_H */
