@@ -48,6 +48,7 @@ struct ph_main {
 	struct ph_list plans;   /* struct reload_plan not run by every worker yet */
 	struct ph_timer retire; /* frees what finished, once a second while any is left */
 	struct ph_ctl *ctl;     /* owned: the control socket, or NULL */
+	struct ph_ctl *metrics; /* owned: the --metrics endpoint, or NULL */
 	uint64_t start;         /* loop ms at start, for the uptime */
 	char reload_msg[4096];  /* what the last reload said, for `pinhole reload` */
 };
@@ -367,6 +368,8 @@ static char *main_ctl(void *arg, const char *cmd, size_t *len)
 
 	if (strcmp(cmd, "status") == 0 || strcmp(cmd, "status json") == 0)
 		return ph_status_render(&src, cmd[6] == ' ', len);
+	if (strcmp(cmd, "metrics") == 0)
+		return ph_metrics_render(&src, len);
 	if (strcmp(cmd, "reload") == 0) {
 		ph_notify("RELOADING=1");
 		main_reload(m);
@@ -650,6 +653,14 @@ static int run(struct ph_config *cfg)
 		if (err < 0)
 			ph_warn("%s; status and reload through it are off", why);
 	}
+	if (cfg->has_metrics) {
+		err = ph_metrics_open(&m.loop, &cfg->metrics, main_ctl, &m, &m.metrics, why,
+		                      sizeof(why));
+		if (err < 0) {
+			fprintf(stderr, "pinhole: %s\n", why);
+			goto out_workers;
+		}
+	}
 	if (cfg->user[0] != '\0') { /* the ports are bound: root is not needed any more */
 		err = ph_drop_privileges(cfg->user, why, sizeof(why));
 		if (err < 0) {
@@ -687,6 +698,8 @@ out_workers:
 		ph_worker_destroy(m.w[i]);
 	ph_ctl_close(m.ctl);
 	m.ctl = NULL;
+	ph_ctl_close(m.metrics);
+	m.metrics = NULL;
 	if (pid_written && unlink(cfg->pidfile) == -1 && errno != ENOENT)
 		ph_warn("--pidfile '%s' stays: %s", cfg->pidfile, strerror(errno));
 	ph_config_free(cfg);

@@ -43,6 +43,7 @@ static const char help_overview[] =
 	"  --user USER            bind the ports as root, then become USER (its groups,\n"
 	"                         gid and uid) before serving\n"
 	"  --pidfile PATH         write the process id to PATH\n"
+	"  --metrics ADDR         serve Prometheus metrics at http://ADDR/metrics\n"
 	"  --control PATH|none    the control socket that status and reload use\n"
 	"                         (default /run/pinhole.sock as root, else\n"
 	"                         $XDG_RUNTIME_DIR/pinhole.sock)\n"
@@ -278,6 +279,24 @@ static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 		if (o->value[0] == '\0' || strlen(o->value) >= cap)
 			return cli_fail(e, *i, "%s must be 1-%zu characters", o->name, cap - 1);
 		snprintf(dst, cap, "%s", o->value);
+		return 1;
+	}
+	if (strcmp(o->name, "--metrics") == 0) {
+		struct ph_hostport hp;
+		const char *why;
+
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		if (ph_hostport_parse(o->value, &hp, &why) < 0)
+			return cli_fail(e, *i, "--metrics '%s': %s", o->value, why);
+		if (hp.is_name || hp.proto != PH_PROTO_TCP)
+			return cli_fail(e, *i,
+			                "--metrics '%s': an address to listen on, as in "
+			                "127.0.0.1:9100",
+			                o->value);
+		cfg->metrics = hp.addr;
+		cfg->has_metrics = true;
 		return 1;
 	}
 	if (strcmp(o->name, "--pipe-size") == 0) {

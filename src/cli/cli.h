@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/addr.h"
+
 struct ph_forward_rule;
 
 enum ph_cmd {
@@ -38,6 +40,8 @@ struct ph_config {
 	char pidfile[512];      /* --pidfile; "" for none */
 	char control[108];      /* --control: the control socket; "" default, "none" off */
 	bool json;              /* status --json */
+	bool has_metrics;       /* --metrics ADDR: */
+	struct ph_addr metrics; /* where Prometheus metrics are served */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
 };

@@ -12,13 +12,15 @@
 #include "core/addr.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/net.h"
 #include "core/util.h"
 #include "core/worker.h"
+#include "ctl/http.h"
 #include "forward/forward.h"
 
 #define CTL_MAX_CLIENTS 16
-#define CTL_LINE_MAX    256
-#define CTL_TIMEOUT_MS  5000 /* a client that says nothing, or reads nothing, goes */
+#define CTL_LINE_MAX    PH_HTTP_HEAD_MAX /* a command line, or a request head */
+#define CTL_TIMEOUT_MS  5000             /* a client that says nothing, or reads nothing, goes */
 
 struct ctl_client {
 	struct ph_io io;
@@ -26,7 +28,7 @@ struct ctl_client {
 	struct ph_task reap;
 	struct ph_list node;
 	struct ph_ctl *ctl;
-	char line[CTL_LINE_MAX];
+	char line[CTL_LINE_MAX + 1];
 	size_t got;
 	char *reply; /* owned once the command is answered */
 	size_t len, sent;
@@ -39,7 +41,8 @@ struct ph_ctl {
 	unsigned nclients;
 	ph_ctl_fn fn;
 	void *arg;
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	bool http; /* a metrics endpoint: HTTP requests rather than command lines */
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "" for TCP */
 };
 
 const char *ph_ctl_default_path(char *buf, size_t len)
@@ -94,10 +97,58 @@ static void client_write(struct ctl_client *c)
 	client_close(c);
 }
 
+/* An HTTP reply: status line, headers, and body (taken) unless head_only. */
+static char *http_reply(const char *status, char *body, size_t blen, bool head_only, size_t *len)
+{
+	static const char fmt[] = "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+				  "Connection: close\r\n\r\n";
+	const char *type = strncmp(status, "200", 3) == 0
+	                           ? "text/plain; version=0.0.4; charset=utf-8"
+	                           : "text/plain; charset=utf-8";
+	int hlen = snprintf(NULL, 0, fmt, status, type, blen);
+	char *r;
+
+	if (hlen < 0 || (r = malloc((size_t)hlen + 1 + blen)) == NULL) {
+		free(body);
+		return NULL;
+	}
+	snprintf(r, (size_t)hlen + 1, fmt, status, type, blen);
+	if (!head_only)
+		memcpy(r + hlen, body, blen);
+	*len = (size_t)hlen + (head_only ? 0 : blen);
+	free(body);
+	return r;
+}
+
+/* The reply to a request head that is complete (n > 0) or bad (n < 0). */
+static char *http_answer(struct ph_ctl *ctl, int n, const struct ph_http_req *req, size_t *len)
+{
+	char *body;
+	size_t blen;
+	bool head;
+
+	if (n < 0)
+		return http_reply("400 Bad Request", strdup("bad request\n"), 12, false, len);
+	head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
+	if (!head && !(req->method_len == 3 && memcmp(req->method, "GET", 3) == 0))
+		return http_reply("405 Method Not Allowed", strdup("GET /metrics\n"), 13, false,
+		                  len);
+	if (req->path_len < 8 || memcmp(req->path, "/metrics", 8) != 0 ||
+	    (req->path_len > 8 && req->path[8] != '?'))
+		return http_reply("404 Not Found", strdup("see /metrics\n"), 13, head, len);
+	body = ctl->fn(ctl->arg, "metrics", &blen);
+	if (body == NULL)
+		return NULL;
+	return http_reply("200 OK", body, blen, head, len);
+}
+
 static void client_on_io(struct ph_io *io, uint32_t events)
 {
 	struct ctl_client *c = container_of(io, struct ctl_client, io);
-	char *nl;
+	struct ph_http_req req;
+	const char *why;
+	char *nl = NULL;
+	int hn = 0;
 
 	if (c->reply != NULL) {
 		if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
@@ -117,6 +168,16 @@ static void client_on_io(struct ph_io *io, uint32_t events)
 		}
 		c->got += (size_t)n;
 		c->line[c->got] = '\0';
+		if (c->ctl->http) {
+			hn = ph_http_parse(c->line, c->got, &req, &why);
+			if (hn != -EAGAIN)
+				break;
+			if (c->got == sizeof(c->line) - 1) {
+				hn = -EPROTO;
+				break;
+			}
+			continue;
+		}
 		nl = strchr(c->line, '\n');
 		if (nl != NULL)
 			break;
@@ -125,10 +186,14 @@ static void client_on_io(struct ph_io *io, uint32_t events)
 			return;
 		}
 	}
-	*nl = '\0';
-	if (nl > c->line && nl[-1] == '\r')
-		nl[-1] = '\0';
-	c->reply = c->ctl->fn(c->ctl->arg, c->line, &c->len);
+	if (c->ctl->http) {
+		c->reply = http_answer(c->ctl, hn, &req, &c->len);
+	} else {
+		*nl = '\0';
+		if (nl > c->line && nl[-1] == '\r')
+			nl[-1] = '\0';
+		c->reply = c->ctl->fn(c->ctl->arg, c->line, &c->len);
+	}
 	if (c->reply == NULL) {
 		client_close(c);
 		return;
@@ -249,6 +314,43 @@ err_free:
 	return err;
 }
 
+int ph_metrics_open(struct ph_loop *l, const struct ph_addr *a, ph_ctl_fn fn, void *arg,
+                    struct ph_ctl **out, char *why, size_t whylen)
+{
+	struct ph_ctl *ctl;
+	char s[PH_ADDR_STRLEN];
+	int fd, err;
+
+	*out = NULL;
+	ctl = calloc(1, sizeof(*ctl));
+	if (ctl == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	fd = ph_tcp_listen(a, true, false);
+	if (fd < 0) {
+		snprintf(why, whylen, "--metrics %s: %s", ph_addr_fmt(a, s, sizeof(s)),
+		         ph_bind_strerror(fd));
+		free(ctl);
+		return fd;
+	}
+	ctl->loop = l;
+	ctl->fn = fn;
+	ctl->arg = arg;
+	ctl->http = true;
+	ph_list_init(&ctl->clients);
+	ph_io_init(&ctl->lio, fd, ctl_on_accept);
+	err = ph_io_add(l, &ctl->lio, EPOLLIN | EPOLLET);
+	if (err < 0) {
+		snprintf(why, whylen, "--metrics: epoll: %s", strerror(-err));
+		close(fd);
+		free(ctl);
+		return err;
+	}
+	*out = ctl;
+	return 0;
+}
+
 void ph_ctl_close(struct ph_ctl *ctl)
 {
 	if (ctl == NULL)
@@ -261,7 +363,8 @@ void ph_ctl_close(struct ph_ctl *ctl)
 		client_reap(&c->reap);
 	}
 	ph_io_close(ctl->loop, &ctl->lio);
-	unlink(ctl->path); /* may fail after --user: harmless, the next start replaces it */
+	if (ctl->path[0] != '\0')
+		unlink(ctl->path); /* may fail after --user: harmless, the next start replaces it */
 	free(ctl);
 }
 
@@ -485,6 +588,250 @@ char *ph_status_render(const struct ph_status_src *src, bool json, size_t *len)
 		for (unsigned i = 0; i < src->nretiring; i++)
 			rule_text(&b, src->retiring[i], " (removed: its connections finish)");
 	}
+	if (b.oom) {
+		free(b.p);
+		return NULL;
+	}
+	*len = b.len;
+	return b.p;
+}
+
+/* ---- Prometheus metrics */
+
+/* A label value: backslash, double quote and newline escaped. */
+static void sb_label(struct sb *b, const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if (*s == '\\' || *s == '"')
+			sb_add(b, "\\%c", *s);
+		else if (*s == '\n')
+			sb_add(b, "\\n");
+		else
+			sb_add(b, "%c", *s);
+	}
+}
+
+/* The labels that name a rule: rule (its name, or where it is written, or its listen
+ * address), proto and listen. */
+static void sb_rule_labels(struct sb *b, const struct ph_forward_rule *r)
+{
+	char a[PH_ADDR_STRLEN];
+
+	ph_addr_fmt(&r->listen.addr, a, sizeof(a));
+	sb_add(b, "rule=\"");
+	sb_label(b, r->name[0] != '\0' ? r->name : r->origin[0] != '\0' ? r->origin : a);
+	sb_add(b, "\",proto=\"%s\",listen=\"", proto_name(r->listen.proto));
+	sb_label(b, a);
+	sb_add(b, "\"");
+}
+
+enum metric_field {
+	M_ACCEPTED,
+	M_ACTIVE,
+	M_BYTES_UP,
+	M_BYTES_DOWN,
+	M_SPLICED,
+	M_DENIED,
+	M_OVER_LIMIT,
+	M_TARGET_FAILURES,
+	M_RESETS,
+	M_ERRORS,
+	M_UDP_SESSIONS,
+	M_UDP_ACTIVE,
+	M_DGRAMS_UP,
+	M_DGRAMS_DOWN,
+	M_DROPPED,
+	M_EVICTED,
+};
+
+static uint64_t metric_value(const struct ph_stats *s, enum metric_field f)
+{
+	switch (f) {
+	case M_ACCEPTED:
+		return s->accepted;
+	case M_ACTIVE:
+		return s->active;
+	case M_BYTES_UP:
+		return s->bytes_up;
+	case M_BYTES_DOWN:
+		return s->bytes_down;
+	case M_SPLICED:
+		return s->spliced;
+	case M_DENIED:
+		return s->denied;
+	case M_OVER_LIMIT:
+		return s->over_limit;
+	case M_TARGET_FAILURES:
+		return s->connect_failed;
+	case M_RESETS:
+		return s->resets;
+	case M_ERRORS:
+		return s->errors;
+	case M_UDP_SESSIONS:
+		return s->udp_sessions;
+	case M_UDP_ACTIVE:
+		return s->udp_active;
+	case M_DGRAMS_UP:
+		return s->dgrams_up;
+	case M_DGRAMS_DOWN:
+		return s->dgrams_down;
+	case M_DROPPED:
+		return s->dgrams_dropped;
+	case M_EVICTED:
+		return s->udp_evicted;
+	}
+	return 0;
+}
+
+/* One metric family: its HELP and TYPE, then a sample per rule (one per extra label
+ * value when extra is given: "direction" up/down, "reason" ...). */
+struct metric {
+	const char *name, *type, *help;
+	const char *extra;           /* an extra label's name, or NULL */
+	const char *values[2];       /* its values */
+	enum metric_field fields[2]; /* the counter for each value (or fields[0] alone) */
+	unsigned proto;              /* the rules it is about: PH_PROTO_* bits */
+};
+
+static const struct metric metrics[] = {
+	{"pinhole_connections_total",
+         "counter",
+         "TCP connections accepted.",
+         NULL,
+         {0},
+         {M_ACCEPTED},
+         PH_PROTO_TCP},
+	{"pinhole_connections_active",
+         "gauge",
+         "TCP connections open now.",
+         NULL,
+         {0},
+         {M_ACTIVE},
+         PH_PROTO_TCP},
+	{"pinhole_bytes_total",
+         "counter",
+         "Bytes forwarded, TCP and UDP: up is client to target.",
+         "direction",
+         {"up", "down"},
+         {M_BYTES_UP, M_BYTES_DOWN},
+         PH_PROTO_TCP | PH_PROTO_UDP},
+	{"pinhole_spliced_bytes_total",
+         "counter",
+         "TCP bytes moved by splice(2), without a copy.",
+         NULL,
+         {0},
+         {M_SPLICED},
+         PH_PROTO_TCP},
+	{"pinhole_refused_total",
+         "counter",
+         "Clients refused: by --allow/--deny or --accept-proxy (denied), by --max-conns or "
+         "--max-sessions (over_limit).",
+         "reason",
+         {"denied", "over_limit"},
+         {M_DENIED, M_OVER_LIMIT},
+         PH_PROTO_TCP | PH_PROTO_UDP},
+	{"pinhole_target_failures_total",
+         "counter",
+         "Connections or sessions for which no target could be reached.",
+         NULL,
+         {0},
+         {M_TARGET_FAILURES},
+         PH_PROTO_TCP | PH_PROTO_UDP},
+	{"pinhole_resets_total",
+         "counter",
+         "TCP resets passed on.",
+         NULL,
+         {0},
+         {M_RESETS},
+         PH_PROTO_TCP},
+	{"pinhole_errors_total",
+         "counter",
+         "Other failures: memory, descriptors, bad PROXY headers.",
+         NULL,
+         {0},
+         {M_ERRORS},
+         PH_PROTO_TCP | PH_PROTO_UDP},
+	{"pinhole_udp_sessions_total",
+         "counter",
+         "UDP sessions made.",
+         NULL,
+         {0},
+         {M_UDP_SESSIONS},
+         PH_PROTO_UDP},
+	{"pinhole_udp_sessions_active",
+         "gauge",
+         "UDP sessions alive now.",
+         NULL,
+         {0},
+         {M_UDP_ACTIVE},
+         PH_PROTO_UDP},
+	{"pinhole_udp_datagrams_total",
+         "counter",
+         "UDP datagrams forwarded: up is client to target.",
+         "direction",
+         {"up", "down"},
+         {M_DGRAMS_UP, M_DGRAMS_DOWN},
+         PH_PROTO_UDP},
+	{"pinhole_udp_dropped_total",
+         "counter",
+         "UDP datagrams dropped (full buffers, no session).",
+         NULL,
+         {0},
+         {M_DROPPED},
+         PH_PROTO_UDP},
+	{"pinhole_udp_evicted_total",
+         "counter",
+         "UDP sessions ended early by --max-sessions.",
+         NULL,
+         {0},
+         {M_EVICTED},
+         PH_PROTO_UDP},
+};
+
+char *ph_metrics_render(const struct ph_status_src *src, size_t *len)
+{
+	struct ph_stats *st;
+	struct sb b = {0};
+
+	st = calloc(src->nrules ? src->nrules : 1, sizeof(*st));
+	if (st == NULL)
+		return NULL;
+	for (unsigned i = 0; i < src->nrules; i++)
+		ph_forward_stats(src->rules[i], &st[i]);
+	sb_add(&b, "# HELP pinhole_info The running pinhole.\n# TYPE pinhole_info gauge\n");
+	sb_add(&b, "pinhole_info{version=\"");
+	sb_label(&b, src->version);
+	sb_add(&b, "\"} 1\n");
+	sb_add(&b,
+	       "# HELP pinhole_uptime_seconds Seconds since the start.\n"
+	       "# TYPE pinhole_uptime_seconds gauge\npinhole_uptime_seconds %llu\n",
+	       (unsigned long long)(src->uptime_ms / 1000));
+	sb_add(&b,
+	       "# HELP pinhole_workers Worker threads.\n# TYPE pinhole_workers gauge\n"
+	       "pinhole_workers %u\n",
+	       src->workers);
+	sb_add(&b,
+	       "# HELP pinhole_rules Rules running (removed ones still finishing aside).\n"
+	       "# TYPE pinhole_rules gauge\npinhole_rules %u\n",
+	       src->nrules);
+	for (size_t m = 0; m < PH_ARRAY_SIZE(metrics); m++) {
+		const struct metric *mt = &metrics[m];
+
+		sb_add(&b, "# HELP %s %s\n# TYPE %s %s\n", mt->name, mt->help, mt->name, mt->type);
+		for (unsigned i = 0; i < src->nrules; i++) {
+			if (!(src->rules[i]->listen.proto & mt->proto))
+				continue;
+			for (int v = 0; v < (mt->extra != NULL ? 2 : 1); v++) {
+				sb_add(&b, "%s{", mt->name);
+				sb_rule_labels(&b, src->rules[i]);
+				if (mt->extra != NULL)
+					sb_add(&b, ",%s=\"%s\"", mt->extra, mt->values[v]);
+				sb_add(&b, "} %llu\n",
+				       (unsigned long long)metric_value(&st[i], mt->fields[v]));
+			}
+		}
+	}
+	free(st);
 	if (b.oom) {
 		free(b.p);
 		return NULL;

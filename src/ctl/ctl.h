@@ -12,9 +12,11 @@
 #include <stdint.h>
 #include <stdio.h>
 
+struct ph_addr;
 struct ph_loop;
 struct ph_ctl;
 struct ph_forward_rule;
+struct ph_status_src;
 
 /* Answers one command: a reply the server frees, or NULL when out of memory. */
 typedef char *(*ph_ctl_fn)(void *arg, const char *cmd, size_t *len);
@@ -29,6 +31,16 @@ const char *ph_ctl_default_path(char *buf, size_t len);
  */
 int ph_ctl_open(struct ph_loop *l, const char *path, ph_ctl_fn fn, void *arg, struct ph_ctl **out,
                 char *why, size_t whylen);
+
+/*
+ * Serves Prometheus metrics over HTTP on a (GET or HEAD /metrics; fn is asked for
+ * "metrics"). Returns 0 and the server in *out, or -errno with a reason in why.
+ */
+int ph_metrics_open(struct ph_loop *l, const struct ph_addr *a, ph_ctl_fn fn, void *arg,
+                    struct ph_ctl **out, char *why, size_t whylen);
+
+/* The Prometheus text exposition of src (malloc'd, *len set), or NULL. */
+char *ph_metrics_render(const struct ph_status_src *src, size_t *len);
 
 /* Closes the server and its clients and removes the socket file. NULL is fine. */
 void ph_ctl_close(struct ph_ctl *c);
