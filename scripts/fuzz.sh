@@ -15,6 +15,12 @@ for f in tests/fuzz/fuzz_*.c; do
 	mkdir -p "$work"
 	cp -n tests/fuzz/corpus/"$name"/* "$work"/ 2>/dev/null || true
 	echo "==> fuzz_$name for ${secs}s"
-	(cd build-fuzz && ./fuzz_"$name" -max_total_time="$secs" "corpus-$name" 2>&1 | tail -3) || rc=1
+	if (cd build-fuzz && ./fuzz_"$name" -max_total_time="$secs" "corpus-$name" \
+		>"fuzz-$name.log" 2>&1); then
+		tail -1 "build-fuzz/fuzz-$name.log"
+	else # a crash: its report, and the input is left in build-fuzz/
+		tail -40 "build-fuzz/fuzz-$name.log"
+		rc=1
+	fi
 done
 exit $rc

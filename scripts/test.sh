@@ -69,6 +69,8 @@ e2e build-asan/pinhole e2e-asan.log || { failed=$((failed + 1)); failures="$fail
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 step "clang build (-Werror)" env CC=clang bash -c "$(declare -f build); build build-clang" 
+# the libFuzzer harnesses run a few seconds each, from the corpora (make fuzz: longer)
+step "fuzz (${FUZZ_SECONDS:-8} s a harness)" env FUZZ_SECONDS="${FUZZ_SECONDS:-8}" scripts/fuzz.sh
 headers_alone() { # each header compiles on its own (STYLE.md)
 	local h ok=0
 	for h in src/*/*.h; do

@@ -110,13 +110,15 @@ static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
 	if (c->state == FWD_CLOSED)
 		return;
 	if (lvl <= ph_log_level) {
-		ph_log_(lvl, "c%llu %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms",
+		/* one line per finished connection: client, target, why, bytes, time, rule */
+		ph_log_(lvl, "c%llu %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms%s%s%s",
 		        (unsigned long long)c->id, ph_addr_fmt(&c->peer, peer, sizeof(peer)),
 		        c->try.tgt >= 0 ? ph_addr_fmt(&c->try.dst, dst, sizeof(dst)) : "-", reason,
 		        err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
 		        (unsigned long long)c->pump.dir[0].bytes,
 		        (unsigned long long)c->pump.dir[1].bytes,
-		        (unsigned long long)(w->loop.now - c->start));
+		        (unsigned long long)(w->loop.now - c->start), wr->rule->name[0] ? " (" : "",
+		        wr->rule->name, wr->rule->name[0] ? ")" : "");
 	}
 	fwd_set_state(c, FWD_CLOSED);
 	ph_timer_stop(&w->loop, &c->timer);

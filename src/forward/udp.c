@@ -154,14 +154,15 @@ static void udp_close(struct udp_sess *s, const char *reason, int err)
 	if (lvl <= ph_log_level) {
 		ph_log_(lvl,
 		        "u%llu %s -> %s: %s%s%s, %llu datagrams (%llu B) up, %llu (%llu B) down, "
-		        "%llu ms",
+		        "%llu ms%s%s%s",
 		        (unsigned long long)s->id,
 		        client_fmt(&s->node.key.peer, peer, sizeof(peer)),
 		        s->io.fd != -1 ? ph_addr_fmt(&s->try.dst, dst, sizeof(dst)) : "-", reason,
 		        err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
 		        (unsigned long long)s->pkts[0], (unsigned long long)s->bytes[0],
 		        (unsigned long long)s->pkts[1], (unsigned long long)s->bytes[1],
-		        (unsigned long long)(w->loop.now - s->start));
+		        (unsigned long long)(w->loop.now - s->start), uw->rule->name[0] ? " (" : "",
+		        uw->rule->name, uw->rule->name[0] ? ")" : "");
 	}
 	s->state = UDP_CLOSED;
 	ph_tsel_wait_cancel(&s->wait);
