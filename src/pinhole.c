@@ -353,7 +353,9 @@ out:
 static char *main_ctl(void *arg, const char *cmd, size_t *len)
 {
 	struct ph_main *m = arg;
+	struct ph_stats totals;
 	struct ph_status_src src = {
+		.totals = &totals,
 		.version = PH_VERSION,
 		.uptime_ms = m->loop.now - m->start,
 		.workers = m->nw,
@@ -366,6 +368,7 @@ static char *main_ctl(void *arg, const char *cmd, size_t *len)
 	};
 	char *r;
 
+	ph_stats_sum(m->w, m->nw, &totals);
 	if (strcmp(cmd, "status") == 0 || strcmp(cmd, "status json") == 0)
 		return ph_status_render(&src, cmd[6] == ' ', len);
 	if (strcmp(cmd, "metrics") == 0)

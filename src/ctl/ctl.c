@@ -556,6 +556,8 @@ char *ph_status_render(const struct ph_status_src *src, bool json, size_t *len)
 {
 	struct sb b = {0};
 	uint64_t up = src->uptime_ms / 1000;
+	const struct ph_stats *t = src->totals;
+	char upb[32], downb[32];
 
 	if (json) {
 		sb_add(&b, "{\"version\":");
@@ -575,7 +577,18 @@ char *ph_status_render(const struct ph_status_src *src, bool json, size_t *len)
 			sb_add(&b, "%s", i || src->nrules ? "," : "");
 			rule_json(&b, src->retiring[i], true);
 		}
-		sb_add(&b, "]}\n");
+		sb_add(&b,
+		       "],\"totals\":{\"connections\":{\"active\":%llu,\"total\":%llu},"
+		       "\"bytes\":{\"up\":%llu,\"down\":%llu},\"udp_sessions\":{\"active\":%llu,"
+		       "\"total\":%llu},\"errors\":{\"denied\":%llu,\"over_limit\":%llu,"
+		       "\"target_failures\":%llu,\"resets\":%llu,\"udp_dropped\":%llu,"
+		       "\"other\":%llu}}}\n",
+		       (unsigned long long)t->active, (unsigned long long)t->accepted,
+		       (unsigned long long)t->bytes_up, (unsigned long long)t->bytes_down,
+		       (unsigned long long)t->udp_active, (unsigned long long)t->udp_sessions,
+		       (unsigned long long)t->denied, (unsigned long long)t->over_limit,
+		       (unsigned long long)t->connect_failed, (unsigned long long)t->resets,
+		       (unsigned long long)t->dgrams_dropped, (unsigned long long)t->errors);
 	} else {
 		sb_add(&b, "pinhole %s, pid %ld, up %llud %02lluh%02llum%02llus, %u workers%s%s\n",
 		       src->version, src->pid, (unsigned long long)(up / 86400),
@@ -587,6 +600,17 @@ char *ph_status_render(const struct ph_status_src *src, bool json, size_t *len)
 			rule_text(&b, src->rules[i], "");
 		for (unsigned i = 0; i < src->nretiring; i++)
 			rule_text(&b, src->retiring[i], " (removed: its connections finish)");
+		sb_add(&b,
+		       "total: %llu connections active, %llu in all; %llu udp sessions active, "
+		       "%llu in all; %s up, %s down; %llu denied, %llu over limit, %llu target "
+		       "failures, %llu resets, %llu datagrams dropped, %llu errors\n",
+		       (unsigned long long)t->active, (unsigned long long)t->accepted,
+		       (unsigned long long)t->udp_active, (unsigned long long)t->udp_sessions,
+		       ph_fmt_bytes(t->bytes_up, upb, sizeof(upb)),
+		       ph_fmt_bytes(t->bytes_down, downb, sizeof(downb)),
+		       (unsigned long long)t->denied, (unsigned long long)t->over_limit,
+		       (unsigned long long)t->connect_failed, (unsigned long long)t->resets,
+		       (unsigned long long)t->dgrams_dropped, (unsigned long long)t->errors);
 	}
 	if (b.oom) {
 		free(b.p);

@@ -17,6 +17,7 @@ struct ph_loop;
 struct ph_ctl;
 struct ph_forward_rule;
 struct ph_status_src;
+struct ph_stats;
 
 /* Answers one command: a reply the server frees, or NULL when out of memory. */
 typedef char *(*ph_ctl_fn)(void *arg, const char *cmd, size_t *len);
@@ -58,6 +59,7 @@ struct ph_status_src {
 	const char *file; /* `run FILE`, or NULL */
 	struct ph_forward_rule *const *rules, *const *retiring;
 	unsigned nrules, nretiring;
+	const struct ph_stats *totals; /* all workers since the start */
 };
 
 /* The status report as text or JSON (malloc'd, *len set), or NULL when out of memory. */

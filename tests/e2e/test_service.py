@@ -21,7 +21,17 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0,
 
 
 def free_low_port():
-    """A port below 1024 nobody listens on (binding it needs root)."""
+    """Port 80 when it is free on every address (the issue's `forward :80`), else another
+    port below 1024 nobody listens on on loopback (binding either needs root)."""
+    s = socket.socket(socket.AF_INET6)
+    try:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 80))
+        return 80
+    except OSError:
+        pass
+    finally:
+        s.close()
     for port in range(980, 1024):
         s = socket.socket()
         try:
@@ -49,7 +59,8 @@ def test_user_drops_root_after_binding_a_low_port(pinhole, echo_server):
     nobody = pwd.getpwnam("nobody")
     srv = echo_server()
     port = free_low_port()
-    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{srv.port}", "--user", "nobody")
+    listen = ":80" if port == 80 else f"127.0.0.1:{port}"
+    ph = pinhole(listen, f"127.0.0.1:{srv.port}", "--user", "nobody")
     ph.wait_log(rf"running as nobody \(uid {nobody.pw_uid}, gid {nobody.pw_gid}\)")
     uids, gids, groups = ids(ph.pid)
     assert uids == (nobody.pw_uid,) * 3, uids  # real, effective and saved: no way back

@@ -62,6 +62,8 @@ def test_status_text_and_json(pinhole, echo_server, free_port, tmp_path):
                for l in lines), r.stdout
     assert "  tcp: 1 connections active, 4 in all; 17 B up, 17 B down;" in r.stdout, r.stdout
     assert "  udp: 1 sessions active, 1 in all; 1 datagrams up, 1 down, 0 dropped" in r.stdout
+    assert lines[-1].startswith("total: 1 connections active, 4 in all; 1 udp sessions "
+                                "active, 1 in all; 18 B up, 23 B down; 0 denied"), lines[-1]
     j = json.loads(ask(ctl(tmp_path), "status", "--json").stdout)
     assert j["pid"] == ph.pid and j["workers"] >= 1 and j["file"] == str(conf)
     webj, dnsj = j["rules"]
@@ -70,6 +72,9 @@ def test_status_text_and_json(pinhole, echo_server, free_port, tmp_path):
     assert webj["bytes"]["up"] == 17 and webj["bytes"]["spliced"] == 34
     assert dnsj["udp"]["sessions_active"] == 1 and dnsj["udp"]["datagrams_down"] == 1
     assert dnsj["bytes"] == {"up": 1, "down": 6, "spliced": 0}
+    assert j["totals"]["connections"] == {"active": 1, "total": 4}
+    assert j["totals"]["bytes"] == {"up": 18, "down": 23}
+    assert j["totals"]["udp_sessions"] == {"active": 1, "total": 1}
     # a removed rule with a live connection shows as removed until it ends
     conf.write_text(f"forward udp://127.0.0.1:{dns} 127.0.0.1:{usrv.getsockname()[1]}\n")
     r = ask(ctl(tmp_path), "reload")
