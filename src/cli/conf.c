@@ -255,24 +255,30 @@ static int conf_line(struct conf_ctx *x, const char *file, unsigned line, char *
 		return 0;
 	}
 	cfg->cmd = cmd; /* a line adds a rule; what to do stays the command line's */
-	if (cfg->nrules > nrules) {
-		struct ph_forward_rule *r = cfg->rules[nrules];
-		size_t len = 0;
+	if (cfg->nrules > nrules)
+		return ph_conf_rule_origin(cfg->rules[nrules], file, line, words, n);
+	return 0;
+}
 
-		snprintf(r->origin, sizeof(r->origin), "%s:%u", file, line);
-		for (int i = 0; i < n; i++)
-			len += strlen(words[i]) + 1;
-		r->spec = malloc(len);
-		if (r->spec == NULL)
-			return -ENOMEM;
-		r->spec_len = len;
-		len = 0;
-		for (int i = 0; i < n; i++) { /* each with its NUL: no word can run into the next */
-			size_t k = strlen(words[i]) + 1;
+int ph_conf_rule_origin(struct ph_forward_rule *r, const char *file, unsigned line,
+                        char *const *words, int n)
+{
+	size_t len = 0;
 
-			memcpy(r->spec + len, words[i], k);
-			len += k;
-		}
+	snprintf(r->origin, sizeof(r->origin), "%s:%u", file, line);
+	for (int i = 0; i < n; i++)
+		len += strlen(words[i]) + 1;
+	free(r->spec);
+	r->spec = malloc(len);
+	if (r->spec == NULL)
+		return -ENOMEM;
+	r->spec_len = len;
+	len = 0;
+	for (int i = 0; i < n; i++) { /* each with its NUL: no word can run into the next */
+		size_t k = strlen(words[i]) + 1;
+
+		memcpy(r->spec + len, words[i], k);
+		len += k;
 	}
 	return 0;
 }

@@ -22,6 +22,13 @@ struct ph_config;
  */
 int ph_conf_split(char *line, char **words, int max, const char **why, int *col);
 
+struct ph_forward_rule;
+
+/* Records where rule r was written (FILE:LINE) and its words, which tell a reload whether
+ * the rule changed. Returns 0 or -ENOMEM. */
+int ph_conf_rule_origin(struct ph_forward_rule *r, const char *file, unsigned line,
+                        char *const *words, int n);
+
 /* Called once per problem: "FILE:LINE: what" in msg. */
 typedef void (*ph_conf_report_fn)(void *arg, const char *msg);
 

@@ -216,25 +216,8 @@ static int rinetd_flush(struct rinetd_ctx *x)
 		rinetd_say(x, true, rr->line, "%s", e.msg);
 		return 0;
 	}
-	if (x->cfg->nrules > nrules) {
-		struct ph_forward_rule *r = x->cfg->rules[nrules];
-		size_t len = 0;
-
-		snprintf(r->origin, sizeof(r->origin), "%s:%u", x->path, rr->line);
-		for (int i = 0; i < n; i++)
-			len += strlen(words[i]) + 1;
-		r->spec = malloc(len);
-		if (r->spec == NULL)
-			return -ENOMEM;
-		r->spec_len = len;
-		len = 0;
-		for (int i = 0; i < n; i++) {
-			size_t k = strlen(words[i]) + 1;
-
-			memcpy(r->spec + len, words[i], k);
-			len += k;
-		}
-	}
+	if (x->cfg->nrules > nrules)
+		return ph_conf_rule_origin(x->cfg->rules[nrules], x->path, rr->line, words, n);
 	return 0;
 }
 
