@@ -16,6 +16,7 @@
 #include "cli/cli.h"
 #include "cli/conf.h"
 #include "config.h"
+#include "core/connlog.h"
 #include "core/log.h"
 #include "core/resolve.h"
 #include "core/service.h"
@@ -656,6 +657,14 @@ static int run(struct ph_config *cfg)
 		if (err < 0)
 			ph_warn("%s; status and reload through it are off", why);
 	}
+	if (cfg->logfile[0] != '\0') { /* opened as root: the file may be where only root writes */
+		err = ph_connlog_open(cfg->logfile, (enum ph_connlog_format)cfg->logformat);
+		if (err < 0) {
+			fprintf(stderr, "pinhole: --log-file '%s': %s\n", cfg->logfile,
+			        strerror(-err));
+			goto out_workers;
+		}
+	}
 	if (cfg->has_metrics) {
 		err = ph_metrics_open(&m.loop, &cfg->metrics, main_ctl, &m, &m.metrics, why,
 		                      sizeof(why));
@@ -703,6 +712,7 @@ out_workers:
 	m.ctl = NULL;
 	ph_ctl_close(m.metrics);
 	m.metrics = NULL;
+	ph_connlog_close();
 	if (pid_written && unlink(cfg->pidfile) == -1 && errno != ENOENT)
 		ph_warn("--pidfile '%s' stays: %s", cfg->pidfile, strerror(errno));
 	ph_config_free(cfg);

@@ -44,6 +44,8 @@ static const char help_overview[] =
 	"                         gid and uid) before serving\n"
 	"  --pidfile PATH         write the process id to PATH\n"
 	"  --metrics ADDR         serve Prometheus metrics at http://ADDR/metrics\n"
+	"  --log-file PATH        a line per connection opened, denied, ended, as\n"
+	"                         rinetd's logfile (--log-format common: logcommon)\n"
 	"  --control PATH|none    the control socket that status and reload use\n"
 	"                         (default /run/pinhole.sock as root, else\n"
 	"                         $XDG_RUNTIME_DIR/pinhole.sock)\n"
@@ -265,12 +267,28 @@ static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 			err = opt_duration(o, *i, &cfg->drain_timeout, e);
 		return err < 0 ? err : 1;
 	}
+	if (strcmp(o->name, "--log-format") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		if (strcmp(o->value, "rinetd") == 0)
+			cfg->logformat = 0;
+		else if (strcmp(o->value, "common") == 0)
+			cfg->logformat = 1;
+		else
+			return cli_fail(e, *i, "--log-format '%s': rinetd or common", o->value);
+		return 1;
+	}
 	if (strcmp(o->name, "--user") == 0 || strcmp(o->name, "--pidfile") == 0 ||
-	    strcmp(o->name, "--control") == 0) {
-		bool user = o->name[2] == 'u', pid = o->name[2] == 'p';
-		char *dst = user ? cfg->user : pid ? cfg->pidfile : cfg->control;
+	    strcmp(o->name, "--control") == 0 || strcmp(o->name, "--log-file") == 0) {
+		bool user = o->name[2] == 'u', pid = o->name[2] == 'p', log = o->name[2] == 'l';
+		char *dst = user  ? cfg->user
+		            : pid ? cfg->pidfile
+		            : log ? cfg->logfile
+		                  : cfg->control;
 		size_t cap = user  ? sizeof(cfg->user)
 		             : pid ? sizeof(cfg->pidfile)
+		             : log ? sizeof(cfg->logfile)
 		                   : sizeof(cfg->control);
 
 		err = opt_value(argc, argv, i, o, e);

@@ -39,6 +39,8 @@ struct ph_config {
 	char user[64];          /* --user: who to become once the ports are bound; "" */
 	char pidfile[512];      /* --pidfile; "" for none */
 	char control[108];      /* --control: the control socket; "" default, "none" off */
+	char logfile[512];      /* --log-file: a line per connection event; "" none */
+	int logformat;          /* --log-format: enum ph_connlog_format */
 	bool json;              /* status --json */
 	bool has_metrics;       /* --metrics ADDR: */
 	struct ph_addr metrics; /* where Prometheus metrics are served */

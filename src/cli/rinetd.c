@@ -376,10 +376,22 @@ int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn re
 			continue;
 		if (strcmp(w[0], "allow") == 0 || strcmp(w[0], "deny") == 0)
 			rinetd_acl_line(x, lineno, w, n);
-		else if (strcmp(w[0], "logfile") == 0 || strcmp(w[0], "logcommon") == 0 ||
-		         strcmp(w[0], "pidlogfile") == 0)
-			rinetd_say(x, false, lineno, "'%s' is ignored: pinhole logs to stderr",
-			           w[0]);
+		else if (strcmp(w[0], "logcommon") == 0 && n == 1)
+			x->cfg->logformat = 1;
+		else if ((strcmp(w[0], "logfile") == 0 || strcmp(w[0], "pidlogfile") == 0) &&
+		         n == 2) {
+			bool log = w[0][0] == 'l';
+			char *dst = log ? x->cfg->logfile : x->cfg->pidfile;
+			size_t room = log ? sizeof(x->cfg->logfile) : sizeof(x->cfg->pidfile);
+
+			if (strlen(w[1]) >= room)
+				rinetd_say(x, true, lineno, "%s: path too long", w[0]);
+			else if (dst[0] == '\0') /* the command line's wins */
+				snprintf(dst, room, "%s", w[1]);
+		} else if (strcmp(w[0], "logfile") == 0 || strcmp(w[0], "pidlogfile") == 0 ||
+		           strcmp(w[0], "logcommon") == 0)
+			rinetd_say(x, true, lineno, "%s: takes %s", w[0],
+			           w[0][3] == 'c' ? "nothing" : "one path");
 		else if (n >= 4)
 			err = rinetd_rule_line(x, lineno, w, n);
 		else

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/connlog.h"
 #include "core/log.h"
 #include "core/net.h"
 #include "core/resolve.h"
@@ -69,6 +70,12 @@ struct fwd_conn {
 		PH_STATS_ADD(&(wr)->stats, field, (n));                                            \
 	} while (0)
 
+/* The target a --log-file line names before one was tried: the first, as rinetd does. */
+static const struct ph_addr *log_target(const struct ph_forward_rule *r)
+{
+	return r->ntargets != 0 && !r->targets[0].hp.is_name ? &r->targets[0].hp.addr : NULL;
+}
+
 static void fwd_next(struct fwd_conn *c);
 static void wrule_retire(struct fwd_wrule *wr);
 
@@ -120,6 +127,14 @@ static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
 		        (unsigned long long)(w->loop.now - c->start), wr->rule->name[0] ? " (" : "",
 		        wr->rule->name, wr->rule->name[0] ? ")" : "");
 	}
+	if (ph_connlog_on()) /* rinetd's words: local is the client's side, remote the target's */
+		ph_connlog(&c->peer, &wr->rule->listen.addr,
+		           c->try.tgt >= 0 ? &c->try.dst : log_target(wr->rule),
+		           c->pump.dir[0].bytes, c->pump.dir[1].bytes,
+		           err == 0 ? (c->pump.first_fin == 1 ? "done-remote-closed"
+		                                              : "done-local-closed")
+		           : c->state == FWD_RELAYING ? "done-reset"
+		                                      : "failed");
 	fwd_set_state(c, FWD_CLOSED);
 	ph_timer_stop(&w->loop, &c->timer);
 	ph_tsel_wait_cancel(&c->wait);
@@ -303,6 +318,7 @@ static void fwd_deny(struct fwd_wrule *wr, int fd, const struct ph_addr *peer, c
 	char a[PH_ADDR_STRLEN], label[96];
 
 	FWD_STAT(wr, denied, 1);
+	ph_connlog(peer, &wr->rule->listen.addr, log_target(wr->rule), 0, 0, "denied");
 	if (ph_ratelimit_ok(&wr->rl_denied, w->loop.now, FWD_LOG_PER_SEC))
 		ph_info("%s: denied %s by %s", ph_forward__label(wr->rule, label, sizeof(label)),
 		        ph_addr_fmt(peer, a, sizeof(a)), by);
@@ -353,6 +369,7 @@ static void fwd_on_proxy(struct ph_io *io, uint32_t events)
 		fwd_close(c, true, "denied by --allow/--deny", -EACCES);
 		return;
 	}
+	ph_connlog(&c->peer, &wr->rule->listen.addr, log_target(wr->rule), 0, 0, "opened");
 	fwd_set_state(c, FWD_CONNECTING);
 	fwd_next(c);
 }
@@ -413,6 +430,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	FWD_STAT(wr, accepted, 1);
 	ph_trace("c%llu: accepted %s", (unsigned long long)c->id, ph_addr_fmt(peer, a, sizeof(a)));
 	if (r->proxy_from.n == 0) {
+		ph_connlog(peer, &r->listen.addr, log_target(r), 0, 0, "opened");
 		fwd_next(c);
 		return;
 	}

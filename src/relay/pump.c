@@ -137,6 +137,8 @@ static int dir_run(struct ph_pump *p, int i, size_t *budget, int *eside)
 				moved = true;
 			} else if (n == 0) {
 				d->flags |= PUMP_EOF;
+				if (p->first_fin < 0)
+					p->first_fin = (int8_t)src;
 				moved = true;
 			} else if (errno == EAGAIN) {
 				/*
@@ -217,6 +219,7 @@ void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_
 	p->last = w->loop.now;
 	p->done = done;
 	p->rs = NULL;
+	p->first_fin = -1;
 }
 
 /* io[0] into epoll for the pump; the owner may have watched it already (to read a PROXY

@@ -44,6 +44,7 @@ struct ph_pump {
 	struct ph_worker *w;       /* borrowed */
 	uint64_t last;             /* loop time of the last byte moved, for idle timeouts */
 	struct ph_stats *rs;       /* borrowed, may be NULL: the owner's counters, counted too */
+	int8_t first_fin;          /* the socket (0 or 1) whose FIN came first; -1 none yet */
 	ph_pump_done_fn done;
 };
 

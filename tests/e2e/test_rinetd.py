@@ -11,6 +11,7 @@ one character, which is what pinhole does, every time.
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -146,7 +147,7 @@ def test_detected_and_checked(echo_server, udp_echo_port, free_port, tmp_path):
     r = run_pinhole("run", path, "--check")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{path}: 4 rules, no problems"
-    assert "r.conf:3: warning: 'logfile' is ignored: pinhole logs to stderr" in r.stderr
+    assert r.stderr == ""
 
 
 def test_rinetd_problems(tmp_path):
@@ -186,3 +187,56 @@ def test_service_names_and_source(pinhole, echo_server, free_port, tmp_path):
     ph.wait_log(r"forwarding tcp 127\.0\.0\.1:1 ")
     assert served(1, "127.0.0.1")
     assert [p[0] for p in srv.peers] == ["127.0.0.2"]
+
+
+def test_logfile_like_rinetd(pinhole, echo_server, free_port, tmp_path):
+    """logfile: pinhole writes the lines rinetd writes (tab-separated: time, client,
+    listen host, listen port, target host, target port, bytes from the client, bytes to
+    it, what happened), for the same client through the same file."""
+    if not os.access(RINETD, os.X_OK):
+        pytest.skip("rinetd is not installed (scripts/deps.sh test installs it)")
+    srv = echo_server()
+    logs = {}
+    procs = []
+    ports = {}
+    for who in ("pinhole", "rinetd"):
+        ports[who] = free_port()
+        conf = tmp_path / f"{who}.conf"
+        conf.write_text(f"logfile {tmp_path}/{who}.log\n"
+                        f"127.0.0.1 {ports[who]} 127.0.0.1 {srv.port}\n"
+                        f"deny 127.0.0.9\n")
+        if who == "pinhole":
+            ph = pinhole("run", conf, "--control", "none", ready=False)
+            ph.wait_log("forwarding tcp")
+        else:
+            procs.append(subprocess.Popen([RINETD, "-f", "-c", str(conf)],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True))
+        wait_until(lambda: listeners(ports[who]), 5, f"{who} to listen")
+    try:
+        for who in ("pinhole", "rinetd"):
+            assert served(ports[who], "127.0.0.3")
+            assert not served(ports[who], "127.0.0.9")
+        for who in ("pinhole", "rinetd"):
+            def lines(w=who):
+                try:
+                    return [l.split("\t") for l in open(f"{tmp_path}/{w}.log").read().splitlines()]
+                except FileNotFoundError:
+                    return []
+            wait_until(lambda: len(lines()) >= 3, 5, f"{who}'s log lines")
+            logs[who] = lines()
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=5)
+    for who, rows in logs.items():
+        by = {r[8]: r for r in rows}
+        assert all(len(r) == 9 for r in rows), (who, rows)
+        opened = by["opened"]
+        assert opened[1:3] == ["127.0.0.3", "127.0.0.1"], (who, rows)
+        assert opened[3] == str(ports[who]) and opened[4:6] == ["127.0.0.1", str(srv.port)]
+        done = [r for r in rows if r[8].startswith("done-") and r[1] == "127.0.0.3"]
+        assert done and done[0][6] == "5", (who, rows)  # the 5 bytes of "hello"
+        assert re.fullmatch(r"\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d ", opened[0]), opened[0]
+    # what rinetd writes for a denied client, pinhole writes the same way
+    assert [r[1] for r in logs["pinhole"] if r[8] == "denied"] == ["127.0.0.9"]

@@ -153,3 +153,30 @@ def test_unit_file_verifies(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+
+
+@pytest.mark.parametrize("fmt", ["rinetd", "common"])
+def test_log_file(pinhole, echo_server, free_port, tmp_path, fmt):
+    """--log-file: a line per connection opened and ended, as rinetd writes them."""
+    srv = echo_server()
+    port = free_port()
+    log = tmp_path / "conn.log"
+    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{srv.port}", "--log-file", log,
+                 "--log-format", fmt)
+    c = connect("127.0.0.1", port)
+    echo_once(c, b"12345")
+    c.close()
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, 5, "2 lines")
+    first, last = log.read_text().splitlines()[:2]
+    if fmt == "rinetd":
+        f = first.split("\t")
+        assert f[1:] == ["127.0.0.1", "127.0.0.1", str(port), "127.0.0.1", str(srv.port),
+                         "0", "0", "opened"], first
+        g = last.split("\t")
+        assert g[6:8] == ["5", "5"] and g[8] in ("done-local-closed", "done-remote-closed"), last
+    else:
+        assert re.fullmatch(rf'127\.0\.0\.1 - - \[[^]]+\] "GET /rinetd-services/127\.0\.0\.1/'
+                            rf'{port}/127\.0\.0\.1/{srv.port}/opened HTTP/1\.0" 200 0 - - - 0',
+                            first), first
+        assert re.search(r'/done-(local|remote)-closed HTTP/1\.0" 200 5 - - - 5$', last), last
+    ph.stop()
