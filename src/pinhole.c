@@ -59,7 +59,8 @@ struct reload_plan {
 	struct ph_list node; /* in ph_main.plans */
 	struct ph_forward_rule **add, **del;
 	unsigned nadd, ndel;
-	unsigned pending; /* atomic: workers that have not run it yet */
+	struct ph_worker_call *calls; /* owned: one per worker */
+	unsigned pending;             /* atomic: workers that have not run it yet */
 };
 
 static void log_rule(const struct ph_forward_rule *r, unsigned nw);
@@ -142,6 +143,7 @@ static void plan_free(struct reload_plan *p)
 	ph_list_del(&p->node);
 	free(p->add);
 	free(p->del);
+	free(p->calls);
 	free(p);
 }
 
@@ -254,7 +256,8 @@ static void main_reload(struct ph_main *m)
 	p = calloc(1, sizeof(*p));
 	if (final == NULL || kept == NULL || p == NULL ||
 	    (p->add = calloc(nc.nrules, sizeof(*p->add))) == NULL ||
-	    (p->del = calloc(cfg->nrules + 1, sizeof(*p->del))) == NULL) {
+	    (p->del = calloc(cfg->nrules + 1, sizeof(*p->del))) == NULL ||
+	    (p->calls = calloc(m->nw, sizeof(*p->calls))) == NULL) {
 		reload_say(m, true, "reload: out of memory; the running rules stay as they are");
 		goto out;
 	}
@@ -315,10 +318,9 @@ static void main_reload(struct ph_main *m)
 	p->pending = m->nw;
 	ph_list_add_tail(&m->plans, &p->node);
 	for (unsigned i = 0; i < m->nw; i++) {
-		if (ph_worker_call(m->w[i], plan_run, p) < 0) {
-			ph_err("reload: out of memory posting to worker %u", i);
-			__atomic_fetch_sub(&p->pending, 1, __ATOMIC_ACQ_REL);
-		}
+		p->calls[i].fn = plan_run;
+		p->calls[i].arg = p;
+		ph_worker_call(m->w[i], &p->calls[i]);
 	}
 	for (unsigned i = 0; i < p->ndel; i++)
 		m->retiring[m->nretiring++] = p->del[i];
@@ -343,6 +345,7 @@ out:
 	if (p != NULL) {
 		free(p->add);
 		free(p->del);
+		free(p->calls);
 		free(p);
 	}
 	free(kept);
@@ -661,7 +664,7 @@ static int run(struct ph_config *cfg)
 		err = ph_connlog_open(cfg->logfile, (enum ph_connlog_format)cfg->logformat);
 		if (err < 0) {
 			fprintf(stderr, "pinhole: --log-file '%s': %s\n", cfg->logfile,
-			        strerror(-err));
+			        err == -EINVAL ? "not a regular file" : strerror(-err));
 			goto out_workers;
 		}
 	}

@@ -155,8 +155,9 @@ static void conf_problem(struct conf_ctx *x, const char *file, unsigned line, co
 
 static int conf_file(struct conf_ctx *x, const char *path, const char *from, unsigned from_line);
 
-/* Opens path for reading without blocking on a FIFO with no writer. NULL with errno set. */
-static FILE *conf_open(const char *path)
+/* Opens path for reading without blocking on a FIFO with no writer. NULL with errno set
+ * (EINVAL: not a regular file). */
+FILE *ph_conf_open(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), flags, e;
 	FILE *f;
@@ -169,6 +170,20 @@ static FILE *conf_open(const char *path)
 		e = errno;
 		close(fd);
 		errno = e;
+		return NULL;
+	}
+	return f;
+}
+
+/* As ph_conf_open, refusing what is not a regular file (a device has lines without end). */
+static FILE *conf_open_regular(const char *path)
+{
+	struct stat st;
+	FILE *f = ph_conf_open(path);
+
+	if (f != NULL && (fstat(fileno(f), &st) == -1 || !S_ISREG(st.st_mode))) {
+		fclose(f);
+		errno = EINVAL;
 		return NULL;
 	}
 	return f;
@@ -307,7 +322,7 @@ static int conf_file(struct conf_ctx *x, const char *path, const char *from, uns
 		free(real);
 		return 0;
 	}
-	f = conf_open(path);
+	f = ph_conf_open(path);
 	if (f == NULL) {
 		if (from != NULL)
 			conf_problem(x, from, from_line, "include '%s': %s", path, strerror(errno));
@@ -458,7 +473,7 @@ static bool looks_like_rinetd(const char *path)
 	char *line = NULL, *words[PH_CONF_MAX_WORDS];
 	size_t cap = 0;
 	bool yes = false;
-	FILE *f = conf_open(path);
+	FILE *f = conf_open_regular(path);
 
 	if (f == NULL)
 		return false;

@@ -9,6 +9,7 @@
 #define PH_CLI_CONF_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 struct ph_config;
 
@@ -28,6 +29,10 @@ struct ph_forward_rule;
  * the rule changed. Returns 0 or -ENOMEM. */
 int ph_conf_rule_origin(struct ph_forward_rule *r, const char *file, unsigned line,
                         char *const *words, int n);
+
+/* Opens path for reading without blocking on a FIFO that has no writer (O_NONBLOCK, then
+ * cleared). Returns the stream, or NULL with errno set. */
+FILE *ph_conf_open(const char *path);
 
 /* Called once per problem: "FILE:LINE: what" in msg. */
 typedef void (*ph_conf_report_fn)(void *arg, const char *msg);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "cli/conf.h"
@@ -231,6 +232,10 @@ static void rinetd_acl_line(struct rinetd_ctx *x, unsigned line, char **w, int n
 		           w[0]);
 		return;
 	}
+	if (strlen(w[1]) >= sizeof(g->pat[0])) {
+		rinetd_say(x, true, line, "%s '%s': too long", w[0], w[1]);
+		return;
+	}
 	if (ph_acl_pattern_check(w[1], &why) < 0 && strchr(w[1], '/') == NULL) {
 		rinetd_say(x, true, line, "%s '%s': %s", w[0], w[1], why);
 		return;
@@ -344,6 +349,7 @@ int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn re
 	char *line = NULL, *w[PH_CONF_MAX_WORDS];
 	size_t cap = 0;
 	unsigned lineno = 0;
+	struct stat st;
 	int err = 0, n;
 	FILE *f;
 
@@ -353,11 +359,17 @@ int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn re
 	x->cfg = cfg;
 	x->report = report;
 	x->arg = arg;
-	f = fopen(path, "re");
+	f = ph_conf_open(path);
+	if (f != NULL && (fstat(fileno(f), &st) == -1 || !S_ISREG(st.st_mode))) {
+		fclose(f);
+		f = NULL;
+		errno = EINVAL;
+	}
 	if (f == NULL) {
 		char msg[1024];
 
-		snprintf(msg, sizeof(msg), "%s: cannot read: %s", path, strerror(errno));
+		snprintf(msg, sizeof(msg), "%s: cannot read: %s", path,
+		         errno == EINVAL ? "not a regular file" : strerror(errno));
 		report(arg, msg);
 		free(x);
 		return 1;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -13,10 +14,18 @@ static enum ph_connlog_format log_format;
 
 int ph_connlog_open(const char *path, enum ph_connlog_format format)
 {
-	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+	int fd =
+		open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0640);
+	struct stat st;
 
 	if (fd == -1)
 		return -errno;
+	/* a FIFO or a device could stall the workers that write to it */
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return -EINVAL;
+	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 	if (log_fd != -1)
 		close(log_fd);
 	log_fd = fd;
@@ -34,15 +43,16 @@ static const char *host_of(const struct ph_addr *a, char *buf, size_t len)
 {
 	struct ph_addr u;
 
+	snprintf(buf, len, "-");
 	if (a == NULL)
-		return "-";
+		return buf;
 	u = *a;
 	ph_addr_unmap(&u);
 	if (u.u.sa.sa_family == AF_INET)
 		return inet_ntop(AF_INET, &u.u.in.sin_addr, buf, (socklen_t)len);
 	if (u.u.sa.sa_family == AF_INET6)
 		return inet_ntop(AF_INET6, &u.u.in6.sin6_addr, buf, (socklen_t)len);
-	return "-";
+	return buf;
 }
 
 static unsigned port_of(const struct ph_addr *a)

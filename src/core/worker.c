@@ -13,12 +13,6 @@
 
 static _Thread_local struct ph_worker *worker_self;
 
-struct worker_call {
-	struct ph_list node;
-	ph_worker_call_fn fn;
-	void *arg;
-};
-
 /* Runs the calls posted so far, outside the lock (a call may post more). */
 static void worker_run_calls(struct ph_worker *w)
 {
@@ -35,29 +29,22 @@ static void worker_run_calls(struct ph_worker *w)
 	}
 	pthread_mutex_unlock(&w->calls_lock);
 	while (!ph_list_empty(&todo)) {
-		struct worker_call *c = container_of(todo.next, struct worker_call, node);
+		struct ph_worker_call *c = container_of(todo.next, struct ph_worker_call, node);
 
 		ph_list_del(&c->node);
 		c->fn(w, c->arg);
-		free(c);
 	}
 }
 
-int ph_worker_call(struct ph_worker *w, ph_worker_call_fn fn, void *arg)
+void ph_worker_call(struct ph_worker *w, struct ph_worker_call *c)
 {
-	struct worker_call *c = malloc(sizeof(*c));
 	uint64_t one = 1;
 
-	if (c == NULL)
-		return -ENOMEM;
-	c->fn = fn;
-	c->arg = arg;
 	pthread_mutex_lock(&w->calls_lock);
 	ph_list_add_tail(&w->calls, &c->node);
 	pthread_mutex_unlock(&w->calls_lock);
 	if (write(w->cmd_fd, &one, sizeof(one)) == -1)
 		ph_err("cannot post to worker %d: %s", w->id, strerror(errno));
-	return 0;
 }
 
 struct ph_worker *ph_worker_self(void)
@@ -174,12 +161,8 @@ void ph_worker_destroy(struct ph_worker *w)
 	w->dgram_out = NULL;
 	ph_io_close(&w->loop, &w->cmd_io);
 	w->cmd_fd = -1;
-	while (!ph_list_empty(&w->calls)) { /* posted after the worker ended */
-		struct worker_call *c = container_of(w->calls.next, struct worker_call, node);
-
-		ph_list_del(&c->node);
-		free(c);
-	}
+	while (!ph_list_empty(&w->calls)) /* posted after the worker ended: never run */
+		ph_list_del(w->calls.next);
 	pthread_mutex_destroy(&w->calls_lock);
 	ph_pipepool_free(&w->pipes);
 	ph_loop_free(&w->loop);

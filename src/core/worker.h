@@ -59,6 +59,13 @@ struct ph_worker_hook;
 
 /* A function run on a worker's thread for another thread (ph_worker_call). */
 typedef void (*ph_worker_call_fn)(struct ph_worker *w, void *arg);
+
+/* A call, owned by who posts it (so posting never fails); it must live until it ran. */
+struct ph_worker_call {
+	struct ph_list node;
+	ph_worker_call_fn fn;
+	void *arg;
+};
 typedef void (*ph_worker_hook_fn)(struct ph_worker_hook *h, enum ph_worker_cmd cmd);
 
 /* A service's way to hear drain and abort commands, embedded in the service. */
@@ -84,7 +91,7 @@ struct ph_worker {
 	struct ph_io cmd_io;
 	int cmd; /* atomic: PH_WORKER_* bits pending */
 	pthread_mutex_t calls_lock;
-	struct ph_list calls; /* struct worker_call, under calls_lock */
+	struct ph_list calls; /* struct ph_worker_call, under calls_lock */
 	int done_fd; /* borrowed: the main thread's eventfd, bumped when this worker ends */
 	pthread_t thread;
 	bool started;
@@ -106,10 +113,10 @@ int ph_worker_start(struct ph_worker *w);
 void ph_worker_post(struct ph_worker *w, enum ph_worker_cmd cmd);
 
 /*
- * Called from another thread: runs fn(w, arg) on w's thread, soon, in the order posted.
- * Returns 0, or -ENOMEM and fn never runs. Calls still queued when w ends are dropped.
+ * Called from another thread: runs c->fn(w, c->arg) on w's thread, soon, in the order
+ * posted. Calls still queued when w ends are dropped (unlinked, never run).
  */
-int ph_worker_call(struct ph_worker *w, ph_worker_call_fn fn, void *arg);
+void ph_worker_call(struct ph_worker *w, struct ph_worker_call *c);
 
 /* Joins the thread (if started) and frees what init made. */
 void ph_worker_destroy(struct ph_worker *w);

@@ -18,7 +18,7 @@
 #include "ctl/http.h"
 #include "forward/forward.h"
 
-#define CTL_MAX_CLIENTS 16
+#define CTL_MAX_CLIENTS 64
 #define CTL_LINE_MAX    PH_HTTP_HEAD_MAX /* a command line, or a request head */
 #define CTL_TIMEOUT_MS  5000             /* a client that says nothing, or reads nothing, goes */
 
@@ -108,9 +108,9 @@ static char *http_reply(const char *status, char *body, size_t blen, bool head_o
 	int hlen = snprintf(NULL, 0, fmt, status, type, blen);
 	char *r;
 
-	if (hlen < 0 || (r = malloc((size_t)hlen + 1 + blen)) == NULL) {
+	if (body == NULL || hlen < 0 || (r = malloc((size_t)hlen + 1 + blen)) == NULL) {
 		free(body);
-		return NULL;
+		return NULL; /* out of memory: the client is closed */
 	}
 	snprintf(r, (size_t)hlen + 1, fmt, status, type, blen);
 	if (!head_only)

@@ -16,9 +16,10 @@
 #include "relay/proxyproto.h"
 #include "relay/pump.h"
 
-#define FWD_ACCEPT_BUDGET 64  /* accepts per wake-up before yielding */
-#define FWD_PAUSE_MS      100 /* accept pause after running out of fds */
-#define FWD_LOG_PER_SEC   10  /* lines per second per kind of refusal */
+#define FWD_ACCEPT_BUDGET   64  /* accepts per wake-up before yielding */
+#define FWD_PAUSE_MS        100 /* accept pause after running out of fds */
+#define FWD_LOG_PER_SEC     10  /* lines per second per kind of refusal */
+#define FWD_LOGFILE_PER_SEC 100 /* "denied" lines a second in --log-file: a flood fills no disk */
 
 enum fwd_state {
 	FWD_RESOLVING = 0, /* waiting for the target's name; connect deadline armed */
@@ -40,12 +41,13 @@ struct fwd_wrule {
 	struct ph_timer pause;        /* accepting resumes after an fd shortage */
 	struct ph_task more;          /* accepting goes on after a full budget */
 	struct ph_worker_hook hook;
-	struct ph_list conns;  /* fwd_conn.node of live connections */
-	struct ph_tsel sel;    /* the targets as this worker sees them */
-	struct ph_stats stats; /* the rule's counters on this worker (status, metrics) */
-	bool detached;         /* a reload removed the rule: retires when conns is empty */
-	bool retired;          /* the worker is done with it (main may free it) */
-	struct ph_ratelimit rl_denied, rl_full, rl_accept;
+	struct ph_list conns;       /* fwd_conn.node of live connections */
+	struct ph_tsel sel;         /* the targets as this worker sees them */
+	struct ph_stats stats;      /* the rule's counters on this worker (status, metrics) */
+	bool detached;              /* a reload removed the rule: retires when conns is empty */
+	bool retired;               /* the worker is done with it (main may free it) */
+	struct ph_task retire_task; /* drops the rule's refs after the batch that retired it */
+	struct ph_ratelimit rl_denied, rl_full, rl_accept, rl_logfile;
 };
 
 struct fwd_conn {
@@ -78,6 +80,7 @@ static const struct ph_addr *log_target(const struct ph_forward_rule *r)
 
 static void fwd_next(struct fwd_conn *c);
 static void wrule_retire(struct fwd_wrule *wr);
+static void wrule_on_retired(struct ph_task *t);
 
 #define fwd_set_state(c, s) fwd_set_state_((c), (s), __LINE__)
 static void fwd_set_state_(struct fwd_conn *c, enum fwd_state s, int line)
@@ -139,11 +142,11 @@ static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
 	ph_timer_stop(&w->loop, &c->timer);
 	ph_tsel_wait_cancel(&c->wait);
 	ph_list_del(&c->node);
-	wrule_retire(wr);
 	/* the slot is free before the client can see the close and come back */
 	__atomic_fetch_sub(&wr->rule->live, 1, __ATOMIC_RELAXED);
 	ph_pump_close(&c->pump, rst);
 	ph_task_queue(&w->loop, &c->reap);
+	wrule_retire(wr); /* the last thing that touches wr or its rule */
 	ph_worker_conn_dec(w);
 }
 
@@ -200,6 +203,7 @@ static int fwd_send_proxy(struct fwd_conn *c)
 	uint8_t hdr[PH_PROXY_MAX];
 	struct ph_addr dst = c->orig;
 	socklen_t len = sizeof(dst.u);
+	ssize_t sent;
 	size_t n;
 
 	if (dst.u.sa.sa_family == 0) { /* where the client connected to */
@@ -209,9 +213,10 @@ static int fwd_send_proxy(struct fwd_conn *c)
 	}
 	n = ph_proxy_build(c->wr->rule->proxy_send, &c->peer, &dst, hdr);
 	/* a fresh socket's buffer is empty: the header goes out whole or not at all */
-	if (send(c->pump.io[1].fd, hdr, n, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)n)
-		return errno != 0 ? -errno : -EIO;
-	return 0;
+	sent = send(c->pump.io[1].fd, hdr, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (sent == -1)
+		return -errno;
+	return (size_t)sent == n ? 0 : -EIO;
 }
 
 static void fwd_on_connect(struct ph_io *io, uint32_t events)
@@ -318,7 +323,8 @@ static void fwd_deny(struct fwd_wrule *wr, int fd, const struct ph_addr *peer, c
 	char a[PH_ADDR_STRLEN], label[96];
 
 	FWD_STAT(wr, denied, 1);
-	ph_connlog(peer, &wr->rule->listen.addr, log_target(wr->rule), 0, 0, "denied");
+	if (ph_ratelimit_ok(&wr->rl_logfile, w->loop.now, FWD_LOGFILE_PER_SEC))
+		ph_connlog(peer, &wr->rule->listen.addr, log_target(wr->rule), 0, 0, "denied");
 	if (ph_ratelimit_ok(&wr->rl_denied, w->loop.now, FWD_LOG_PER_SEC))
 		ph_info("%s: denied %s by %s", ph_forward__label(wr->rule, label, sizeof(label)),
 		        ph_addr_fmt(peer, a, sizeof(a)), by);
@@ -338,6 +344,8 @@ static void fwd_on_proxy(struct ph_io *io, uint32_t events)
 	int len;
 
 	(void)events;
+	if (c->state != FWD_PROXY) /* header read: the client's bytes wait for the pump */
+		return;
 	n = recv(io->fd, buf, sizeof(buf), MSG_PEEK);
 	if (n == -1 && (errno == EAGAIN || errno == EINTR))
 		return;
@@ -557,6 +565,7 @@ static void wrule_free(struct fwd_wrule *wr)
 	ph_list_del(&wr->hook.node);
 	ph_timer_stop(&wr->w->loop, &wr->pause);
 	ph_task_cancel(&wr->more);
+	ph_task_cancel(&wr->retire_task);
 	free(wr);
 }
 
@@ -637,6 +646,7 @@ static int tcp_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
 		ph_task_init(&wr->more, fwd_on_more);
 		ph_list_init(&wr->conns);
 		ph_list_init(&wr->hook.node);
+		ph_task_init(&wr->retire_task, wrule_on_retired);
 		ph_tsel_init(&wr->sel, r, w[i], i); /* workers start on different targets */
 		r->wr[r->nwr++] = wr;
 		if (from != NULL)
@@ -670,6 +680,9 @@ static void tcp_attach(struct fwd_wrule *wr, struct fwd_wrule *from)
 	int err;
 
 	ph_worker_hook_add(wr->w, &wr->hook, fwd_on_cmd);
+	if (wr->lio.fd == -1 && from != NULL && from->lio.fd == -1)
+		ph_warn("%s: the rule it replaces had no listener on worker %d: none here either",
+		        ph_forward__label(wr->rule, label, sizeof(label)), wr->w->id);
 	if (wr->lio.fd == -1 && from != NULL && from->lio.fd != -1) {
 		/* the listener changes hands: connections waiting in its queue stay */
 		ph_io_forget(l, &from->lio, &wr->lio.fd);
@@ -694,6 +707,15 @@ static void wrule_retire(struct fwd_wrule *wr)
 		return;
 	wr->retired = true;
 	ph_list_del(&wr->hook.node);
+	/* the main thread may free the rule once refs drops: only after this batch, when no
+	 * event, callback or caller of ours can still reach wr */
+	ph_task_queue(&wr->w->loop, &wr->retire_task);
+}
+
+static void wrule_on_retired(struct ph_task *t)
+{
+	struct fwd_wrule *wr = container_of(t, struct fwd_wrule, retire_task);
+
 	__atomic_fetch_sub(&wr->rule->refs, 1, __ATOMIC_ACQ_REL);
 }
 

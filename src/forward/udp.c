@@ -28,8 +28,9 @@
 #include "forward/target.h"
 #include "relay/udptab.h"
 
-#define UDP_ROUNDS   4 /* batches per wake-up before other work gets a turn */
-#define UDP_PEND_MAX 8 /* datagrams held while the target's name resolves */
+#define UDP_ROUNDS     4         /* batches per wake-up before other work gets a turn */
+#define UDP_PEND_MAX   8         /* datagrams held while the target's name resolves */
+#define UDP_PEND_BYTES (1 << 20) /* and bytes, over all of a rule's sessions on a worker */
 /*
  * Listener buffers (the kernel doubles it): a burst queues instead of dropping, but not so
  * deep that an overload turns into a long queue (2 MiB hold ~2,700 small datagrams, about
@@ -78,10 +79,12 @@ struct udp_wrule {
 	struct ph_timer expire; /* when the least recently used session goes idle */
 	struct ph_udptab tab;
 	struct ph_tsel sel;
-	uint32_t sk_drops;     /* the listener's drops counted so far */
-	struct ph_stats stats; /* the rule's counters on this worker (status, metrics) */
-	bool detached;         /* a reload removed the rule */
-	bool retired;          /* the worker is done with it (main may free it) */
+	uint32_t sk_drops;          /* the listener's drops counted so far */
+	struct ph_stats stats;      /* the rule's counters on this worker (status, metrics) */
+	bool detached;              /* a reload removed the rule */
+	bool retired;               /* the worker is done with it (main may free it) */
+	struct ph_task retire_task; /* drops the rule's refs after the batch that retired it */
+	size_t pend_bytes;          /* held by its sessions while their target's name resolves */
 	struct ph_ratelimit rl_denied, rl_full, rl_err;
 };
 
@@ -127,6 +130,7 @@ static void udp_free_pend(struct udp_sess *s)
 		struct udp_pend *p = s->pend;
 
 		s->pend = p->next;
+		s->uw->pend_bytes -= p->len;
 		free(p);
 	}
 	s->npend = 0;
@@ -365,6 +369,7 @@ static int udp_connect(struct udp_sess *s)
 
 		s->pend = p->next;
 		s->npend--;
+		s->uw->pend_bytes -= p->len;
 		udp_to_target(s, &d, 1);
 		free(p);
 	}
@@ -505,13 +510,15 @@ static void udp_hold(struct udp_sess *s, const struct ph_dgram *d)
 {
 	struct udp_pend *p, **tail;
 
-	if (s->npend >= UDP_PEND_MAX || (p = malloc(sizeof(*p) + d->len)) == NULL) {
+	if (s->npend >= UDP_PEND_MAX || s->uw->pend_bytes + d->len > UDP_PEND_BYTES ||
+	    (p = malloc(sizeof(*p) + d->len)) == NULL) {
 		UDP_STAT(s->uw, dgrams_dropped, 1);
 		return;
 	}
 	p->next = NULL;
 	p->len = d->len;
 	memcpy(p->data, d->data, d->len);
+	s->uw->pend_bytes += d->len;
 	for (tail = &s->pend; *tail != NULL; tail = &(*tail)->next)
 		;
 	*tail = p;
@@ -619,6 +626,14 @@ static void uwrule_retire(struct udp_wrule *uw)
 		return;
 	uw->retired = true;
 	ph_list_del(&uw->hook.node);
+	/* refs drops after this batch: nothing of ours can reach uw by then */
+	ph_task_queue(&uw->w->loop, &uw->retire_task);
+}
+
+static void uwrule_on_retired(struct ph_task *t)
+{
+	struct udp_wrule *uw = container_of(t, struct udp_wrule, retire_task);
+
 	__atomic_fetch_sub(&uw->rule->refs, 1, __ATOMIC_ACQ_REL);
 }
 
@@ -647,6 +662,7 @@ static void uwrule_free(struct udp_wrule *uw)
 		close(uw->lio.fd);
 	ph_list_del(&uw->hook.node);
 	ph_timer_stop(&uw->w->loop, &uw->expire);
+	ph_task_cancel(&uw->retire_task);
 	ph_udptab_free(&uw->tab);
 	free(uw);
 }
@@ -742,6 +758,7 @@ int ph_forward__udp_bind(struct ph_forward_rule *r, struct ph_worker **w, unsign
 		ph_io_init(&uw->lio, -1, udp_on_listen);
 		ph_timer_init(&uw->expire, udp_on_expire);
 		ph_list_init(&uw->hook.node);
+		ph_task_init(&uw->retire_task, uwrule_on_retired);
 		ph_tsel_init(&uw->sel, r, w[i], i);
 		r->uwr[r->nuwr++] = uw;
 		if (from != NULL)
@@ -779,6 +796,7 @@ void ph_forward__udp_attach(struct ph_forward_rule *r, unsigned i)
 		if (outq.uw == old)
 			udp_flush(&outq);
 		ph_io_forget(l, &old->lio, &uw->lio.fd);
+		uw->sk_drops = old->sk_drops; /* the socket's running total goes on */
 	}
 	if (uw->lio.fd == -1)
 		return;
