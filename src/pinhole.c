@@ -172,7 +172,7 @@ static void main_on_retire(struct ph_timer *t)
 		if (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) != 0)
 			continue;
 		for (unsigned i = 0; i < p->nadd; i++)
-			p->add[i]->from = NULL; /* taken over: the old rule may go */
+			p->add[i]->from_tcp = p->add[i]->from_udp = NULL; /* the old rules may go */
 		plan_free(p);
 	}
 	for (unsigned i = 0; i < m->nretiring; i++) {
@@ -183,7 +183,7 @@ static void main_on_retire(struct ph_timer *t)
 			struct reload_plan *p = container_of(it, struct reload_plan, node);
 
 			for (unsigned j = 0; j < p->nadd && !in_plan; j++)
-				in_plan = p->add[j]->from == r;
+				in_plan = p->add[j]->from_tcp == r || p->add[j]->from_udp == r;
 		}
 		if (!in_plan && ph_forward_retired(r)) {
 			ph_info("%s: the last connection of the removed rule ended",
@@ -198,11 +198,31 @@ static void main_on_retire(struct ph_timer *t)
 		ph_timer_arm(&m->loop, t, 1000);
 }
 
-/* Written alike, with a protocol in common: the new rule takes those listeners over. */
-static bool same_listen(const struct ph_hostport *a, const struct ph_hostport *b)
+/* Written alike, both with protocol proto: the new rule takes that listener over. */
+static bool same_listen(const struct ph_hostport *a, const struct ph_hostport *b, unsigned proto)
 {
-	return (a->proto & b->proto) != 0 && a->port == b->port && a->wildcard == b->wildcard &&
-	       strcmp(a->host, b->host) == 0;
+	return (a->proto & b->proto & proto) != 0 && a->port == b->port &&
+	       a->wildcard == b->wildcard && strcmp(a->host, b->host) == 0;
+}
+
+/* The removed rule whose proto listener r takes over, each taken once; or NULL. */
+static struct ph_forward_rule *takeover(const struct ph_config *cfg, const bool *kept,
+                                        const struct reload_plan *p,
+                                        const struct ph_forward_rule *r, unsigned proto)
+{
+	for (unsigned i = 0; i < cfg->nrules; i++) {
+		struct ph_forward_rule *o = cfg->rules[i];
+		bool taken = false;
+
+		if (kept[i] || !same_listen(&o->listen, &r->listen, proto))
+			continue;
+		for (unsigned k = 0; k < p->nadd; k++)
+			taken |= (proto == PH_PROTO_TCP ? p->add[k]->from_tcp
+			                                : p->add[k]->from_udp) == o;
+		if (!taken)
+			return o;
+	}
+	return NULL;
 }
 
 static bool same_spec(const struct ph_forward_rule *a, const struct ph_forward_rule *b)
@@ -274,24 +294,16 @@ static void main_reload(struct ph_main *m)
 	}
 	/* the others start, on a removed rule's listeners when they listen just the same */
 	for (unsigned j = 0; j < nc.nrules; j++) {
-		struct ph_forward_rule *r = nc.rules[j], *from = NULL;
+		struct ph_forward_rule *r = nc.rules[j];
 		int err;
 
 		if (final[j] != NULL)
 			continue;
 		if ((r->listen.proto & PH_PROTO_UDP) && r->max_sessions == 0)
 			r->max_sessions = cfg->udp_sessions;
-		for (unsigned i = 0; i < cfg->nrules && from == NULL; i++) {
-			bool taken = false;
-
-			if (kept[i] || !same_listen(&cfg->rules[i]->listen, &r->listen))
-				continue;
-			for (unsigned k = 0; k < p->nadd; k++)
-				taken |= p->add[k]->from == cfg->rules[i];
-			if (!taken)
-				from = cfg->rules[i];
-		}
-		err = ph_forward_bind(r, m->w, m->nw, from, why, sizeof(why));
+		/* per protocol: a tcp+udp rule may come from two rules, or go to two */
+		err = ph_forward_bind(r, m->w, m->nw, takeover(cfg, kept, p, r, PH_PROTO_TCP),
+		                      takeover(cfg, kept, p, r, PH_PROTO_UDP), why, sizeof(why));
 		if (err < 0) {
 			reload_say(m, true, "reload: %s: %s; the running rules stay as they are",
 			           r->origin, why);

@@ -738,16 +738,16 @@ static void tcp_detach(struct fwd_wrule *wr)
 }
 
 int ph_forward_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
-                    struct ph_forward_rule *from, char *why, size_t whylen)
+                    struct ph_forward_rule *from_tcp, struct ph_forward_rule *from_udp, char *why,
+                    size_t whylen)
 {
 	struct ph_addr listen = r->listen.addr;
 	int err;
 
-	r->from = from;
+	r->from_tcp = from_tcp != NULL && (from_tcp->listen.proto & PH_PROTO_TCP) ? from_tcp : NULL;
+	r->from_udp = from_udp != NULL && (from_udp->listen.proto & PH_PROTO_UDP) ? from_udp : NULL;
 	if (r->listen.proto & PH_PROTO_TCP) {
-		err = tcp_bind(r, w, n,
-		               from != NULL && (from->listen.proto & PH_PROTO_TCP) ? from : NULL,
-		               why, whylen);
+		err = tcp_bind(r, w, n, r->from_tcp, why, whylen);
 		if (err < 0)
 			return err;
 	}
@@ -755,9 +755,7 @@ int ph_forward_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
 		struct ph_addr tcp_bound = r->listen.addr;
 
 		r->listen.addr = listen; /* as written, not as TCP bound it */
-		err = ph_forward__udp_bind(
-			r, w, n, from != NULL && (from->listen.proto & PH_PROTO_UDP) ? from : NULL,
-			why, whylen);
+		err = ph_forward__udp_bind(r, w, n, r->from_udp, why, whylen);
 		if (r->listen.proto & PH_PROTO_TCP)
 			r->listen.addr = tcp_bound;
 		if (err < 0)
@@ -769,7 +767,7 @@ int ph_forward_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
 
 void ph_forward_attach(struct ph_forward_rule *r, unsigned i)
 {
-	struct ph_forward_rule *from = r->from;
+	struct ph_forward_rule *from = r->from_tcp;
 
 	if (i < r->nwr)
 		tcp_attach(r->wr[i], from != NULL && i < from->nwr ? from->wr[i] : NULL);
@@ -803,7 +801,7 @@ bool ph_forward_retired(const struct ph_forward_rule *r)
 int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n, char *why,
                      size_t whylen)
 {
-	int err = ph_forward_bind(r, w, n, NULL, why, whylen);
+	int err = ph_forward_bind(r, w, n, NULL, NULL, why, whylen);
 
 	if (err < 0)
 		return err;

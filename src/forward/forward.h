@@ -47,11 +47,12 @@ struct ph_forward_rule {
 	bool has_source;          /* when given */
 	unsigned max_sessions;    /* UDP sessions over all workers; 0: the default */
 	/* run time */
-	uint64_t live;                /* atomic: connections alive, over all workers */
-	uint64_t sessions;            /* atomic: UDP sessions alive, over all workers */
-	unsigned refs;                /* atomic: per-worker parts not retired yet (see detach) */
-	struct ph_forward_rule *from; /* borrowed: the rule whose listeners attach takes over */
-	struct fwd_wrule **wr;        /* owned: the TCP side's state on each worker */
+	uint64_t live;     /* atomic: connections alive, over all workers */
+	uint64_t sessions; /* atomic: UDP sessions alive, over all workers */
+	unsigned refs;     /* atomic: per-worker parts not retired yet (see detach) */
+	struct ph_forward_rule *from_tcp; /* borrowed: whose TCP listeners attach takes over */
+	struct ph_forward_rule *from_udp; /* borrowed: whose UDP listeners attach takes over */
+	struct fwd_wrule **wr;            /* owned: the TCP side's state on each worker */
 	unsigned nwr;
 	struct udp_wrule **uwr; /* owned: the UDP side's state on each worker */
 	unsigned nuwr;
@@ -70,8 +71,9 @@ int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n
 
 /*
  * A reload's way in three steps. Bind (main thread): proves r's ports free, makes its
- * per-worker state and binds a listener per worker; or, with from (a rule being replaced
- * on the very same listen address), takes over from's listeners instead, so that no
+ * per-worker state and binds a listener per worker; or, with from_tcp / from_udp (rules
+ * being replaced on the very same listen address), takes over their TCP / UDP listeners
+ * instead, so that no
  * connection waiting to be accepted is lost. Returns 0, or -errno with a reason in why.
  * Attach (on worker i's thread, or before the workers start): r serves there; called
  * before from is detached there. Detach (on worker i's thread): r stops accepting there;
@@ -79,7 +81,8 @@ int ph_forward_start(struct ph_forward_rule *r, struct ph_worker **w, unsigned n
  * attach for the start.
  */
 int ph_forward_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
-                    struct ph_forward_rule *from, char *why, size_t whylen);
+                    struct ph_forward_rule *from_tcp, struct ph_forward_rule *from_udp, char *why,
+                    size_t whylen);
 void ph_forward_attach(struct ph_forward_rule *r, unsigned i);
 void ph_forward_detach(struct ph_forward_rule *r, unsigned i);
 

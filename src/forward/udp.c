@@ -783,7 +783,7 @@ err_free:
 void ph_forward__udp_attach(struct ph_forward_rule *r, unsigned i)
 {
 	struct udp_wrule *uw = r->uwr[i];
-	struct ph_forward_rule *from = r->from;
+	struct ph_forward_rule *from = r->from_udp;
 	struct ph_loop *l = &uw->w->loop;
 	char label[96];
 	int err;

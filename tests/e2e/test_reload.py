@@ -274,3 +274,42 @@ def test_protocol_change_on_one_port(pinhole, echo_server, free_port, tmp_path):
     assert cl.recv(100) == b"again"
     cl.close()
     usrv.close()
+
+
+def test_split_and_merge_protocols(pinhole, echo_server, free_port, tmp_path):
+    """tcp+udp:// becomes a tcp:// line and a udp:// line on the same port, then one
+    tcp+udp:// line again: each protocol's listener is taken over by the rule that
+    serves it now, so neither reload has to bind the busy port."""
+    srv = echo_server()
+    port = free_port()
+    usrv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    usrv.bind(("127.0.0.1", srv.port))
+    usrv.settimeout(SOCK_TIMEOUT_S)
+    conf = tmp_path / "p.conf"
+
+    def both_work():
+        c = connect("127.0.0.1", port)
+        echo_once(c, b"tcp")
+        c.close()
+        cl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        cl.settimeout(SOCK_TIMEOUT_S)
+        cl.sendto(b"udp", ("127.0.0.1", port))
+        d, peer = usrv.recvfrom(100)
+        usrv.sendto(d, peer)
+        assert cl.recv(100) == b"udp"
+        cl.close()
+
+    write(conf, f"forward tcp+udp://127.0.0.1:{port} 127.0.0.1:{srv.port}\n")
+    ph = start(pinhole, conf)
+    both_work()
+    tcp_before = sorted(listeners(port))
+    write(conf, f"forward 127.0.0.1:{port} 127.0.0.1:{srv.port} --name t\n"
+                f"forward udp://127.0.0.1:{port} 127.0.0.1:{srv.port} --name u\n")
+    assert "0 rules unchanged, 2 started, 1 removed" in reload(ph, 1)
+    assert sorted(listeners(port)) == tcp_before
+    both_work()
+    write(conf, f"forward tcp+udp://127.0.0.1:{port} 127.0.0.1:{srv.port}\n")
+    assert "0 rules unchanged, 1 started, 2 removed" in reload(ph, 2)
+    assert sorted(listeners(port)) == tcp_before
+    both_work()
+    usrv.close()
