@@ -139,31 +139,31 @@ static void conf_problem(struct conf_ctx *x, const char *file, unsigned line, co
 	__attribute__((format(printf, 4, 5)));
 static void conf_problem(struct conf_ctx *x, const char *file, unsigned line, const char *fmt, ...)
 {
-	char msg[1024];
-	int off = line != 0 ? snprintf(msg, sizeof(msg), "%s:%u: ", file, line)
-	                    : snprintf(msg, sizeof(msg), "%s: ", file);
 	va_list ap;
 
-	if (off < 0 || (size_t)off >= sizeof(msg))
-		off = 0;
 	va_start(ap, fmt);
-	vsnprintf(msg + off, sizeof(msg) - (size_t)off, fmt, ap);
+	ph_conf_vreport(x->report, x->arg, file, line, fmt, ap);
 	va_end(ap);
 	x->problems++;
-	x->report(x->arg, msg);
 }
 
 static int conf_file(struct conf_ctx *x, const char *path, const char *from, unsigned from_line);
 
-/* Opens path for reading without blocking on a FIFO with no writer. NULL with errno set
- * (EINVAL: not a regular file). */
 FILE *ph_conf_open(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), flags, e;
+	struct stat st;
 	FILE *f;
 
 	if (fd == -1)
 		return NULL;
+	/* a directory or a device: no lines to read, or lines without end */
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+		e = fstat(fd, &st) == -1 ? errno : EINVAL;
+		close(fd);
+		errno = e;
+		return NULL;
+	}
 	flags = fcntl(fd, F_GETFL);
 	if (flags == -1 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1 ||
 	    (f = fdopen(fd, "r")) == NULL) {
@@ -175,18 +175,17 @@ FILE *ph_conf_open(const char *path)
 	return f;
 }
 
-/* As ph_conf_open, refusing what is not a regular file (a device has lines without end). */
-static FILE *conf_open_regular(const char *path)
+void ph_conf_vreport(ph_conf_report_fn report, void *arg, const char *file, unsigned line,
+                     const char *fmt, va_list ap)
 {
-	struct stat st;
-	FILE *f = ph_conf_open(path);
+	char msg[1024];
+	int off = line != 0 ? snprintf(msg, sizeof(msg), "%s:%u: ", file, line)
+	                    : snprintf(msg, sizeof(msg), "%s: ", file);
 
-	if (f != NULL && (fstat(fileno(f), &st) == -1 || !S_ISREG(st.st_mode))) {
-		fclose(f);
-		errno = EINVAL;
-		return NULL;
-	}
-	return f;
+	if (off < 0 || (size_t)off >= sizeof(msg))
+		off = 0;
+	vsnprintf(msg + off, sizeof(msg) - (size_t)off, fmt, ap);
+	report(arg, msg);
 }
 
 static bool has_glob_chars(const char *s)
@@ -304,7 +303,6 @@ static int conf_file(struct conf_ctx *x, const char *path, const char *from, uns
 	char *buf = NULL, *part = NULL, *real, *words[PH_CONF_MAX_WORDS];
 	size_t cap = 0, len = 0, pcap = 0;
 	unsigned lineno = 0, first = 0;
-	struct stat st;
 	int err = 0;
 	FILE *f;
 
@@ -324,20 +322,16 @@ static int conf_file(struct conf_ctx *x, const char *path, const char *from, uns
 	}
 	f = ph_conf_open(path);
 	if (f == NULL) {
-		if (from != NULL)
+		err = errno == ENOMEM ? -ENOMEM : 0;
+		if (errno == EINVAL)
+			conf_problem(x, from != NULL ? from : path, from != NULL ? from_line : 0,
+			             "'%s': not a regular file", path);
+		else if (from != NULL)
 			conf_problem(x, from, from_line, "include '%s': %s", path, strerror(errno));
 		else
 			conf_problem(x, path, 0, "cannot read: %s", strerror(errno));
 		free(real);
-		return errno == ENOMEM ? -ENOMEM : 0;
-	}
-	if (fstat(fileno(f), &st) == 0 && !S_ISREG(st.st_mode)) {
-		/* a directory, a device: no lines to read, or lines without end */
-		conf_problem(x, from != NULL ? from : path, from != NULL ? from_line : 0,
-		             "'%s': not a regular file", path);
-		fclose(f);
-		free(real);
-		return 0;
+		return err;
 	}
 	x->stack[x->depth++] = real != NULL ? real : strdup(path);
 	for (;;) {
@@ -473,7 +467,7 @@ static bool looks_like_rinetd(const char *path)
 	char *line = NULL, *words[PH_CONF_MAX_WORDS];
 	size_t cap = 0;
 	bool yes = false;
-	FILE *f = conf_open_regular(path);
+	FILE *f = ph_conf_open(path);
 
 	if (f == NULL)
 		return false;

@@ -8,6 +8,7 @@
 #ifndef PH_CLI_CONF_H
 #define PH_CLI_CONF_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -30,12 +31,17 @@ struct ph_forward_rule;
 int ph_conf_rule_origin(struct ph_forward_rule *r, const char *file, unsigned line,
                         char *const *words, int n);
 
-/* Opens path for reading without blocking on a FIFO that has no writer (O_NONBLOCK, then
- * cleared). Returns the stream, or NULL with errno set. */
+/* Opens the regular file path for reading, without blocking on a FIFO that has no writer
+ * (O_NONBLOCK, then cleared). Returns the stream, or NULL with errno set (EINVAL: not a
+ * regular file). */
 FILE *ph_conf_open(const char *path);
 
 /* Called once per problem: "FILE:LINE: what" in msg. */
 typedef void (*ph_conf_report_fn)(void *arg, const char *msg);
+
+/* Reports "FILE:LINE: " (or "FILE: " for line 0) and the formatted rest. */
+void ph_conf_vreport(ph_conf_report_fn report, void *arg, const char *file, unsigned line,
+                     const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
 
 /*
  * Reads the rules of path (and of the files it includes) into cfg, then checks them as a

@@ -6,9 +6,10 @@
  * becomes the words of a pinhole forward line, parsed by ph_cli_parse like any other
  * (one grammar). Ports may be service names and carry /tcp or /udp; a UDP rule without
  * timeout= gets rinetd's 72 s. allow/deny patterns before the first rule apply to every
- * rule, after a rule to that rule; in each group a deny wins over an allow, and a
- * client must pass both groups. logfile, logcommon and pidlogfile are accepted with a
- * warning (pinhole logs to stderr).
+ * rule, after a rule to that rule; a deny wins over an allow, and a client must pass
+ * both groups (allow lines in both groups at once are refused: one first-match list
+ * cannot say that). logfile and logcommon become --log-file and --log-format common,
+ * pidlogfile --pidfile; the command line's own win.
  */
 #include "cli/rinetd.h"
 
@@ -21,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "cli/conf.h"
@@ -61,23 +61,16 @@ struct rinetd_ctx {
 	struct rinetd_rule rule;
 };
 
-static void rinetd_say(struct rinetd_ctx *x, bool problem, unsigned line, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void rinetd_say(struct rinetd_ctx *x, bool problem, unsigned line, const char *fmt, ...)
+static void rinetd_say(struct rinetd_ctx *x, unsigned line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void rinetd_say(struct rinetd_ctx *x, unsigned line, const char *fmt, ...)
 {
-	char msg[1024];
-	int off =
-		snprintf(msg, sizeof(msg), "%s:%u: %s", x->path, line, problem ? "" : "warning: ");
 	va_list ap;
 
-	if (off < 0 || (size_t)off >= sizeof(msg))
-		off = 0;
 	va_start(ap, fmt);
-	vsnprintf(msg + off, sizeof(msg) - (size_t)off, fmt, ap);
+	ph_conf_vreport(x->report, x->arg, x->path, line, fmt, ap);
 	va_end(ap);
-	if (problem)
-		x->problems++;
-	x->report(x->arg, msg);
+	x->problems++;
 }
 
 /* "80", "80/udp", "http/tcp": the port and whether it is UDP. Returns 0 or -EINVAL. */
@@ -191,7 +184,7 @@ static int rinetd_flush(struct rinetd_ctx *x)
 		words[n++] = rr->w[i];
 	if (x->global.nallow != 0 && rr->acl.nallow != 0) {
 		/* first-match lists cannot say "one of these and one of those" */
-		rinetd_say(x, true, rr->line,
+		rinetd_say(x, rr->line,
 		           "allow rules both before the first rule and after this one: pinhole "
 		           "cannot combine the two groups; keep the allow lines in one of them");
 		return 0;
@@ -214,7 +207,7 @@ static int rinetd_flush(struct rinetd_ctx *x)
 	if (err == -ENOMEM)
 		return err;
 	if (err < 0) {
-		rinetd_say(x, true, rr->line, "%s", e.msg);
+		rinetd_say(x, rr->line, "%s", e.msg);
 		return 0;
 	}
 	if (x->cfg->nrules > nrules)
@@ -228,21 +221,20 @@ static void rinetd_acl_line(struct rinetd_ctx *x, unsigned line, char **w, int n
 	const char *why;
 
 	if (n != 2) {
-		rinetd_say(x, true, line, "%s: takes one pattern, as in %s 192.168.1.*", w[0],
-		           w[0]);
+		rinetd_say(x, line, "%s: takes one pattern, as in %s 192.168.1.*", w[0], w[0]);
 		return;
 	}
 	if (strlen(w[1]) >= sizeof(g->pat[0])) {
-		rinetd_say(x, true, line, "%s '%s': too long", w[0], w[1]);
+		rinetd_say(x, line, "%s '%s': too long", w[0], w[1]);
 		return;
 	}
 	if (ph_acl_pattern_check(w[1], &why) < 0 && strchr(w[1], '/') == NULL) {
-		rinetd_say(x, true, line, "%s '%s': %s", w[0], w[1], why);
+		rinetd_say(x, line, "%s '%s': %s", w[0], w[1], why);
 		return;
 	}
 	if (g->n == RINETD_MAX_ACL) {
-		rinetd_say(x, true, line, "%s '%s': more than %d allow/deny lines in one group",
-		           w[0], w[1], RINETD_MAX_ACL);
+		rinetd_say(x, line, "%s '%s': more than %d allow/deny lines in one group", w[0],
+		           w[1], RINETD_MAX_ACL);
 		return;
 	}
 	snprintf(g->pat[g->n], sizeof(g->pat[g->n]), "%s", w[1]);
@@ -264,14 +256,14 @@ static int rinetd_rule_line(struct rinetd_ctx *x, unsigned line, char **w, int n
 		return err;
 	memset(rr, 0, sizeof(*rr));
 	if (rinetd_port(w[1], &bport, &budp) < 0 || rinetd_port(w[3], &cport, &cudp) < 0) {
-		rinetd_say(x, true, line,
+		rinetd_say(x, line,
 		           "port '%s': a number, or a service of /etc/services, "
 		           "with /tcp or /udp",
 		           rinetd_port(w[1], &bport, &budp) < 0 ? w[1] : w[3]);
 		return 0;
 	}
 	if (budp != cudp) {
-		rinetd_say(x, true, line,
+		rinetd_say(x, line,
 		           "'%s' to '%s': pinhole forwards TCP to TCP and UDP to "
 		           "UDP",
 		           w[1], w[3]);
@@ -282,8 +274,7 @@ static int rinetd_rule_line(struct rinetd_ctx *x, unsigned line, char **w, int n
 		size_t len = strlen(w[i]);
 
 		if (len < 2 || w[i][0] != '[' || w[i][len - 1] != ']' || len - 2 >= sizeof(opt)) {
-			rinetd_say(x, true, line, "'%s': options are written [timeout=N,src=ADDR]",
-			           w[i]);
+			rinetd_say(x, line, "'%s': options are written [timeout=N,src=ADDR]", w[i]);
 			return 0;
 		}
 		memcpy(opt, w[i] + 1, len - 2);
@@ -298,7 +289,7 @@ static int rinetd_rule_line(struct rinetd_ctx *x, unsigned line, char **w, int n
 			else if (strncmp(tok, "src=", 4) == 0 && tok[4] != '\0')
 				snprintf(src, sizeof(src), "%s", tok + 4);
 			else {
-				rinetd_say(x, true, line,
+				rinetd_say(x, line,
 				           "'%s': unknown option (timeout=N and src=ADDR "
 				           "are rinetd's)",
 				           tok);
@@ -310,7 +301,7 @@ static int rinetd_rule_line(struct rinetd_ctx *x, unsigned line, char **w, int n
 	snprintf(rr->w[rr->nw++], RINETD_WORD, "forward");
 	if (rinetd_hostport(budp ? "udp://" : "", w[0], bport, true, rr->w[rr->nw], RINETD_WORD) <
 	    0) {
-		rinetd_say(x, true, line,
+		rinetd_say(x, line,
 		           "bind address '%s': not an address, and not a name that "
 		           "resolves",
 		           w[0]);
@@ -349,7 +340,6 @@ int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn re
 	char *line = NULL, *w[PH_CONF_MAX_WORDS];
 	size_t cap = 0;
 	unsigned lineno = 0;
-	struct stat st;
 	int err = 0, n;
 	FILE *f;
 
@@ -360,11 +350,6 @@ int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn re
 	x->report = report;
 	x->arg = arg;
 	f = ph_conf_open(path);
-	if (f != NULL && (fstat(fileno(f), &st) == -1 || !S_ISREG(st.st_mode))) {
-		fclose(f);
-		f = NULL;
-		errno = EINVAL;
-	}
 	if (f == NULL) {
 		char msg[1024];
 
@@ -381,7 +366,7 @@ int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn re
 		lineno++;
 		n = ph_conf_split(line, w, PH_CONF_MAX_WORDS, &why, &col);
 		if (n < 0) {
-			rinetd_say(x, true, lineno, "column %d: %s", col, why);
+			rinetd_say(x, lineno, "column %d: %s", col, why);
 			continue;
 		}
 		if (n == 0)
@@ -397,17 +382,17 @@ int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn re
 			size_t room = log ? sizeof(x->cfg->logfile) : sizeof(x->cfg->pidfile);
 
 			if (strlen(w[1]) >= room)
-				rinetd_say(x, true, lineno, "%s: path too long", w[0]);
+				rinetd_say(x, lineno, "%s: path too long", w[0]);
 			else if (dst[0] == '\0') /* the command line's wins */
 				snprintf(dst, room, "%s", w[1]);
 		} else if (strcmp(w[0], "logfile") == 0 || strcmp(w[0], "pidlogfile") == 0 ||
 		           strcmp(w[0], "logcommon") == 0)
-			rinetd_say(x, true, lineno, "%s: takes %s", w[0],
+			rinetd_say(x, lineno, "%s: takes %s", w[0],
 			           w[0][3] == 'c' ? "nothing" : "one path");
 		else if (n >= 4)
 			err = rinetd_rule_line(x, lineno, w, n);
 		else
-			rinetd_say(x, true, lineno,
+			rinetd_say(x, lineno,
 			           "'%s': not a rinetd line (bindaddress bindport "
 			           "connectaddress connectport, allow, deny, logfile, logcommon, "
 			           "pidlogfile)",

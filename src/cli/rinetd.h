@@ -18,7 +18,7 @@ extern bool ph_rinetd_no_lookups;
 /* True when the words of a line w[0..n) are a rinetd line, not a pinhole command. */
 bool ph_rinetd_line(char **w, int n);
 
-/* As ph_conf_load, for a rinetd.conf (warnings are reported but not counted). */
+/* As ph_conf_load, for a rinetd.conf. */
 int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn report, void *arg);
 
 #endif /* PH_CLI_RINETD_H */
