@@ -747,3 +747,122 @@ def many_echo(host, port, n, timeout=20):
             s.close()
         sel.close()
     return replies, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# UDP peers
+
+ECHO_LIFETIME_S = 60  # an echo server thread ends by itself after this, whatever happens
+
+
+def udp_port_free(port):
+    for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((host, port))
+        except OSError as e:
+            if fam == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:  # no ::1 here
+                continue
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def free_udp_port():
+    """A port free for TCP and UDP on 127.0.0.1 and ::1 (alloc_port checks TCP only)."""
+    for _ in range(100):
+        p = alloc_port()
+        if udp_port_free(p):
+            return p
+    pytest.fail("no port free for both TCP and UDP in 100 tries")
+
+
+class UdpEchoServer:
+    """A UDP echo server in a thread on a loopback address: replies tag + datagram to its
+    sender (reply=False: a sink, it answers nothing). Records every sender and datagram
+    size; ends at close() or after its lifetime."""
+
+    def __init__(self, host="127.0.0.1", port=None, tag=b"", reply=True,
+                 lifetime=ECHO_LIFETIME_S):
+        self.host = host
+        self.port = port if port is not None else free_udp_port()
+        self.tag = tag
+        self.reply = reply
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
+        if fam == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # a burst queues rather than drops (root may exceed rmem_max, others get up to it)
+        for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+                break
+            except OSError:
+                pass
+        self.sock.bind((host, self.port))
+        self.sock.settimeout(0.05)
+        self.lock = threading.Lock()
+        self.sources = []  # (host, port) per datagram, in arrival order
+        self.sizes = []
+        self.errors = []
+        self.stopping = threading.Event()
+        self.deadline = time.monotonic() + lifetime
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set() and time.monotonic() < self.deadline:
+            try:
+                data, peer = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            except OSError as e:
+                if not self.stopping.is_set():
+                    self.errors.append(f"udp echo {self.port}: recvfrom: {e!r}")
+                return
+            with self.lock:
+                self.sources.append(peer[:2])
+                self.sizes.append(len(data))
+            if not self.reply:
+                continue
+            try:
+                self.sock.sendto(self.tag + data, peer)
+            except OSError as e:
+                self.errors.append(f"udp echo {self.port}: sendto {peer}: {e!r}")
+
+    @property
+    def count(self):
+        with self.lock:
+            return len(self.sources)
+
+    def ports(self):
+        """The distinct source ports it saw, in order of first appearance."""
+        with self.lock:
+            return list(dict.fromkeys(p for _, p in self.sources))
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+        assert not self.thread.is_alive(), f"udp echo {self.port} did not stop"
+
+
+@pytest.fixture
+def udp_echo():
+    """A callable: udp_echo(host=, port=, tag=, reply=) -> UdpEchoServer, closed at
+    teardown, which fails the test if the server met an error."""
+    made = []
+
+    def make(**kw):
+        s = UdpEchoServer(**kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+    errors = [e for s in made for e in s.errors]
+    assert not errors, "udp echo errors:\n" + "\n".join(errors)

@@ -191,42 +191,21 @@ def test_stream_survives_many_reloads(pinhole, echo_server, free_port, tmp_path)
                for m in msgs if m.startswith("reloaded "))
 
 
-def test_udp_rule_changes_target(pinhole, free_port, tmp_path):
-    def udp_echo(tag):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(0.2)
-        stop = threading.Event()
-
-        def run():
-            while not stop.is_set():
-                try:
-                    d, peer = s.recvfrom(65536)
-                except socket.timeout:
-                    continue
-                s.sendto(tag + d, peer)
-
-        threading.Thread(target=run, daemon=True).start()
-        return s, stop
-
-    (a, sa), (b, sb) = udp_echo(b"A:"), udp_echo(b"B:")
-    try:
-        port = free_port()
-        conf = tmp_path / "p.conf"
-        write(conf, f"forward udp://127.0.0.1:{port} 127.0.0.1:{a.getsockname()[1]}\n")
-        ph = start(pinhole, conf)
-        cl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        cl.settimeout(SOCK_TIMEOUT_S)
-        cl.sendto(b"1", ("127.0.0.1", port))
-        assert cl.recv(100) == b"A:1"
-        write(conf, f"forward udp://127.0.0.1:{port} 127.0.0.1:{b.getsockname()[1]}\n")
-        reload(ph, 1)
-        cl.sendto(b"2", ("127.0.0.1", port))  # the old session ended with its rule
-        assert cl.recv(100) == b"B:2"
-        cl.close()
-    finally:
-        sa.set()
-        sb.set()
+def test_udp_rule_changes_target(pinhole, free_port, tmp_path, udp_echo):
+    a, b = udp_echo(tag=b"A:"), udp_echo(tag=b"B:")
+    port = free_port()
+    conf = tmp_path / "p.conf"
+    write(conf, f"forward udp://127.0.0.1:{port} 127.0.0.1:{a.port}\n")
+    ph = start(pinhole, conf)
+    cl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cl.settimeout(SOCK_TIMEOUT_S)
+    cl.sendto(b"1", ("127.0.0.1", port))
+    assert cl.recv(100) == b"A:1"
+    write(conf, f"forward udp://127.0.0.1:{port} 127.0.0.1:{b.port}\n")
+    reload(ph, 1)
+    cl.sendto(b"2", ("127.0.0.1", port))  # the old session ended with its rule
+    assert cl.recv(100) == b"B:2"
+    cl.close()
 
 
 def test_sighup_without_a_file(pinhole, echo_server, free_port):

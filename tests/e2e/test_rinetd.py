@@ -72,27 +72,8 @@ def udp_served(port, source):
 
 
 @pytest.fixture
-def udp_echo_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(0.1)
-    import threading
-    stop = threading.Event()
-
-    def run():
-        while not stop.is_set():
-            try:
-                d, peer = s.recvfrom(65536)
-            except socket.timeout:
-                continue
-            s.sendto(d, peer)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    yield s.getsockname()[1]
-    stop.set()
-    t.join(timeout=2)
-    s.close()
+def udp_echo_port(udp_echo):
+    return udp_echo().port
 
 
 def conf(tmp_path, name, echo, uecho, ports):

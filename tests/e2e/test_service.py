@@ -13,7 +13,7 @@ import socket
 import subprocess
 
 import pytest
-from conftest import BIN, ROOT, connect, echo_once, listeners, run_pinhole, wait_until
+from conftest import BIN, ROOT, connect, echo_once, run_pinhole, wait_until
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="binding a port below 1024 and dropping to another "

@@ -8,7 +8,6 @@ import os
 import socket
 import stat
 
-import pytest
 from conftest import connect, echo_once, run_pinhole, wait_until
 
 
@@ -56,7 +55,7 @@ def test_status_text_and_json(pinhole, echo_server, free_port, tmp_path):
     r = ask(ctl(tmp_path), "status")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith(f"pinhole ") and f"pid {ph.pid}" in lines[0]
+    assert lines[0].startswith("pinhole ") and f"pid {ph.pid}" in lines[0]
     assert f"rules from {conf}" in lines[0]
     assert any(l.startswith(f"rule web ({conf}:1): tcp 127.0.0.1:{web} -> 127.0.0.1:{srv.port}")
                for l in lines), r.stdout
