@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -157,6 +158,23 @@ static void plan_run(struct ph_worker *w, void *arg)
 	for (unsigned i = 0; i < p->ndel; i++)
 		ph_forward_detach(p->del[i], (unsigned)w->id);
 	__atomic_fetch_sub(&p->pending, 1, __ATOMIC_ACQ_REL);
+}
+
+/*
+ * Waits (bounded) until every worker ran the plan, so that "reloaded" means the removed
+ * listeners are closed and the new ones accept. Workers never block, so this takes about
+ * one loop round; after 2 s it goes on and the plan is freed later as usual.
+ */
+static void plan_wait(const struct reload_plan *p)
+{
+	const struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000};
+
+	for (unsigned i = 0; i < 2000; i++) {
+		if (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) == 0)
+			return;
+		nanosleep(&ms, NULL);
+	}
+	ph_warn("reload: a worker has not switched over after 2 s");
 }
 
 /* Frees the plans every worker ran and the removed rules every worker is done with. */
@@ -336,6 +354,7 @@ static void main_reload(struct ph_main *m)
 	}
 	for (unsigned i = 0; i < p->ndel; i++)
 		m->retiring[m->nretiring++] = p->del[i];
+	plan_wait(p);
 	for (unsigned j = 0; j < nc.nrules; j++) {
 		if (final[j] != nc.rules[j])
 			ph_forward_rule_free(nc.rules[j]); /* the running twin stays */
