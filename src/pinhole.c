@@ -25,6 +25,7 @@
 #include "core/worker.h"
 #include "ctl/ctl.h"
 #include "forward/forward.h"
+#include "socks/socks.h"
 
 #define FDS_BASE       32 /* stdio, epoll, eventfds, resolver sockets, a spare */
 #define FDS_PER_WORKER 8  /* epoll, eventfd, listener, spare pipes */
@@ -574,6 +575,13 @@ static void log_rule(const struct ph_forward_rule *r, unsigned nw)
 		if (n < 0)
 			break;
 		off += (size_t)n;
+	}
+	if (r->kind == PH_RULE_SOCKS) {
+		ph_info("%s%ssocks proxy on %s (SOCKS5, SOCKS4a, HTTP; %u workers%s%.0u%s)",
+		        r->name, r->name[0] ? ": " : "", ph_addr_fmt(&r->listen.addr, l, sizeof(l)),
+		        nw, r->socks->nusers != 0 ? ", users: " : "", r->socks->nusers,
+		        r->socks->open && r->socks->nusers == 0 ? ", open to anyone" : "");
+		return;
 	}
 	if (r->listen.proto & PH_PROTO_UDP)
 		snprintf(sess, sizeof(sess), ", up to %u udp sessions", r->max_sessions);

@@ -1,6 +1,8 @@
 #include "cli/cli.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -10,6 +12,7 @@
 #include "core/addr.h"
 #include "core/util.h"
 #include "forward/forward.h"
+#include "socks/socks.h"
 
 static const char help_overview[] =
 	"pinhole - port forwarding and NAT traversal\n"
@@ -19,6 +22,8 @@ static const char help_overview[] =
 	"Commands:\n"
 	"  forward LISTEN TARGET [TARGET...]   forward TCP connections or UDP datagrams\n"
 	"                                      from LISTEN to a TARGET\n"
+	"  socks [LISTEN]                      a SOCKS5, SOCKS4a and HTTP proxy: each\n"
+	"                                      client names where it goes (ssh -D)\n"
 	"  run FILE [--check]                  run the rules of a config file (one\n"
 	"                                      command a line, as typed after pinhole)\n"
 	"  status [--json]                     what a running pinhole is doing: each\n"
@@ -102,6 +107,51 @@ static const char help_forward[] =
 	"  pinhole forward udp://:5353 10.0.0.2:53 --udp-timeout 30s\n"
 	"  pinhole forward tcp+udp://:7 echo.lan:7\n";
 
+static const char help_socks[] =
+	"Usage: pinhole socks [LISTEN] [OPTIONS]\n"
+	"\n"
+	"A proxy for dynamic forwarding, the job of ssh -D, microsocks or dante: each\n"
+	"client names the host it wants and pinhole connects it there. One port speaks\n"
+	"SOCKS5 (CONNECT, BIND, UDP ASSOCIATE; IPv4, IPv6 and names), SOCKS4 and SOCKS4a,\n"
+	"and HTTP (CONNECT host:port, as browsers and curl use for https, and plain\n"
+	"requests written http://host/path). LISTEN defaults to 127.0.0.1:1080.\n"
+	"\n"
+	"Names are resolved by pinhole (without blocking; cached for their TTL), so the\n"
+	"destination rules see the address a name leads to.\n"
+	"\n"
+	"Options:\n"
+	"  --user NAME:PASS       a proxy user (repeatable): SOCKS5 then asks for a user\n"
+	"                         name and password (RFC 1929), HTTP for Basic\n"
+	"                         Proxy-Authorization, and SOCKS4 (no passwords) is\n"
+	"                         refused. Others can read argv: prefer --users\n"
+	"  --users FILE           users from FILE, one NAME:PASS a line, # comments\n"
+	"  --open                 allow listening on a non-loopback address with no\n"
+	"                         users: without it that is refused, since an open\n"
+	"                         proxy is found and abused within hours\n"
+	"  --allow-dest X         destinations allowed: a CIDR (10.0.0.0/8), a name and\n"
+	"                         the names under it (example.com), or only the names\n"
+	"                         under it (*.example.com). Repeatable.\n"
+	"  --deny-dest X          destinations refused, written the same way. A deny\n"
+	"                         rule that matches the name or its address always wins;\n"
+	"                         with allow rules, one of them must match.\n"
+	"  --allow CIDR, --deny CIDR   clients let in or kept out (as for forward)\n"
+	"  --max-conns N          at most N clients at once\n"
+	"  --handshake-timeout DUR  a client must have sent its request by then (10s)\n"
+	"  --connect-timeout DUR  per connect attempt to a destination (default 5s)\n"
+	"  --idle-timeout DUR     close a connection idle this long (default: never)\n"
+	"  --udp-timeout DUR      end a UDP ASSOCIATE relay idle this long (60s)\n"
+	"  --source ADDR          connect to destinations from this local address\n"
+	"  --name NAME            the rule's name in logs, status and metrics\n"
+	"\n"
+	"To drop privileges, give --user USER before the command:\n"
+	"  pinhole --user nobody socks :1080 --users /etc/pinhole/users\n"
+	"\n"
+	"Examples:\n"
+	"  pinhole socks                               # 127.0.0.1:1080, no auth\n"
+	"  curl --socks5-hostname 127.0.0.1:1080 https://example.com/\n"
+	"  pinhole socks :1080 --users /etc/pinhole/socks.users --deny-dest 10.0.0.0/8\n"
+	"  pinhole socks 0.0.0.0:3128 --open --allow 192.168.1.0/24\n";
+
 static const char help_run[] =
 	"Usage: pinhole run FILE [--check] [OPTIONS]\n"
 	"\n"
@@ -140,6 +190,8 @@ const char *ph_cli_help(const char *topic)
 		return help_forward;
 	if (strcmp(topic, "run") == 0)
 		return help_run;
+	if (strcmp(topic, "socks") == 0)
+		return help_socks;
 	return NULL;
 }
 
@@ -566,6 +618,157 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 	return 0;
 }
 
+/* Options only a socks rule has. Returns 1 when o was one, 0 when not, or -errno. */
+static int cli_socks_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
+                         struct ph_forward_rule *r, struct ph_cli_error *e)
+{
+	struct ph_socks_conf *sc = r->socks;
+	char why[400];
+	const char *reason;
+	int err;
+
+	if (strcmp(o->name, "--open") == 0) {
+		if (o->inline_value)
+			return cli_fail(e, *i, "option --open takes no value");
+		sc->open = true;
+		return 1;
+	}
+	if (strcmp(o->name, "--user") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		if (strchr(o->value, ':') == NULL)
+			return cli_fail(
+				e, *i,
+				"--user '%s': a proxy user is NAME:PASS (to run as another "
+				"system user, give --user before the command: pinhole --user "
+				"%s socks ...)",
+				o->value, o->value);
+		err = ph_socks_user_add(sc, o->value, &reason);
+		if (err == -EINVAL)
+			return cli_fail(e, *i, "--user: %s", reason);
+		return err < 0 ? err : 1;
+	}
+	if (strcmp(o->name, "--users") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		err = ph_socks_users_load(sc, o->value, why, sizeof(why));
+		if (err == -ENOMEM)
+			return err;
+		if (err < 0)
+			return cli_fail(e, *i, "--users: %s", why);
+		if (sc->nusers == 0)
+			return cli_fail(e, *i, "--users: %s: no users in it", o->value);
+		return 1;
+	}
+	if (strcmp(o->name, "--allow-dest") == 0 || strcmp(o->name, "--deny-dest") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err < 0)
+			return err;
+		err = ph_socks_dest_add(sc, o->name[2] == 'a', o->value, &reason);
+		if (err == -EINVAL)
+			return cli_fail(e, *i, "%s '%s': %s", o->name, o->value, reason);
+		return err < 0 ? err : 1;
+	}
+	if (strcmp(o->name, "--handshake-timeout") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		if (err == 0)
+			err = opt_duration(o, *i, &sc->handshake_timeout, e);
+		if (err == 0 && sc->handshake_timeout == 0)
+			return cli_fail(e, *i, "%s must be more than 0", o->name);
+		return err < 0 ? err : 1;
+	}
+	return 0;
+}
+
+static bool is_loopback(const struct ph_hostport *hp)
+{
+	const struct ph_addr *a = &hp->addr;
+
+	if (hp->wildcard)
+		return false;
+	if (a->u.sa.sa_family == AF_INET)
+		return (ntohl(a->u.in.sin_addr.s_addr) >> 24) == 127;
+	return a->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_LOOPBACK(&a->u.in6.sin6_addr);
+}
+
+static int cli_socks(int argc, char *const *argv, int first, struct ph_config *cfg,
+                     struct ph_cli_error *e)
+{
+	static const char *const not_socks[] = {"--proxy-protocol", "--accept-proxy",
+	                                        "--max-sessions"};
+	struct ph_forward_rule *r;
+	const char *why;
+	int listen_argi = first, npos = 0, err = 0;
+
+	if (cfg->nrules >= PH_CONFIG_MAX_RULES)
+		return cli_fail(e, first, "too many rules (at most %d)", PH_CONFIG_MAX_RULES);
+	r = ph_forward_rule_new();
+	if (r == NULL)
+		return -ENOMEM;
+	r->kind = PH_RULE_SOCKS;
+	r->socks = ph_socks_conf_new();
+	if (r->socks == NULL || ph_hostport_parse("127.0.0.1:1080", &r->listen, &why) < 0) {
+		ph_forward_rule_free(r);
+		return -ENOMEM;
+	}
+	for (int i = first + 1; i < argc && err == 0; i++) {
+		const char *word = argv[i];
+		struct cli_opt o;
+
+		if (word[0] == '-' && word[1] != '\0') {
+			opt_split(word, &o);
+			for (size_t k = 0; k < PH_ARRAY_SIZE(not_socks); k++)
+				if (strcmp(o.name, not_socks[k]) == 0)
+					err = cli_fail(e, i, "option '%s' is not for socks rules",
+					               o.name);
+			if (err == 0)
+				err = cli_socks_opt(argc, argv, &i, &o, r, e);
+			if (err == 0)
+				err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+			if (err == 0)
+				err = cli_forward_opt(argc, argv, &i, &o, r, e);
+			else if (err > 0)
+				err = 0;
+			if (err < 0 && strstr(e->msg, "pinhole forward --help") != NULL)
+				snprintf(e->msg, sizeof(e->msg),
+				         "unknown option '%s' (see pinhole socks --help)", o.name);
+			if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL)
+				cfg->help_topic = "socks";
+			continue;
+		}
+		if (npos++ > 0) {
+			err = cli_fail(e, i, "socks: '%s': one LISTEN address only", word);
+			break;
+		}
+		listen_argi = i;
+		err = cli_forward_addr(word, i, true, &r->listen, e);
+		if (err == 0 && r->listen.proto != PH_PROTO_TCP)
+			err = cli_fail(e, i,
+			               "listen address '%s': a socks proxy listens on TCP (UDP "
+			               "ASSOCIATE opens its UDP ports itself)",
+			               word);
+	}
+	if (err == 0 && cfg->cmd != PH_CMD_HELP && cfg->cmd != PH_CMD_VERSION &&
+	    r->socks->nusers == 0 && !r->socks->open && !is_loopback(&r->listen))
+		err = cli_fail(e, listen_argi,
+		               "socks: listening on %s with no users would make an open proxy "
+		               "that anyone who reaches it can use (open proxies are found and "
+		               "abused within hours): add --user NAME:PASS or --users FILE, or "
+		               "--open if that is really what you want",
+		               npos > 0 ? argv[listen_argi] : "127.0.0.1:1080");
+	if (err != 0 || cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION) {
+		ph_forward_rule_free(r);
+		return err;
+	}
+	if (r->udp_timeout == 0)
+		r->udp_timeout = PH_UDP_TIMEOUT_MS;
+	cfg->rules[cfg->nrules++] = r;
+	cfg->cmd = PH_CMD_FORWARD;
+	return 0;
+}
+
 /* `status [--json]`, `reload`: questions for a running pinhole. */
 static int cli_ask(int argc, char *const *argv, int first, struct ph_config *cfg,
                    struct ph_cli_error *e)
@@ -667,6 +870,8 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 			return cli_forward(argc, argv, i, cfg, e);
 		if (strcmp(word, "run") == 0)
 			return cli_run(argc, argv, i, cfg, e);
+		if (strcmp(word, "socks") == 0)
+			return cli_socks(argc, argv, i, cfg, e);
 		if (strcmp(word, "status") == 0 || strcmp(word, "reload") == 0)
 			return cli_ask(argc, argv, i, cfg, e);
 		if (strcmp(word, "help") == 0) {

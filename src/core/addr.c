@@ -248,3 +248,22 @@ bool ph_addr_equal(const struct ph_addr *a, const struct ph_addr *b)
 	       memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr, 16) == 0 &&
 	       a->u.in6.sin6_scope_id == b->u.in6.sin6_scope_id;
 }
+
+bool ph_addr_same_host(const struct ph_addr *a, const struct ph_addr *b)
+{
+	if (a->u.sa.sa_family != b->u.sa.sa_family)
+		return false;
+	if (a->u.sa.sa_family == AF_INET)
+		return a->u.in.sin_addr.s_addr == b->u.in.sin_addr.s_addr;
+	return a->u.sa.sa_family == AF_INET6 &&
+	       memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr, 16) == 0;
+}
+
+bool ph_addr_is_any(const struct ph_addr *a)
+{
+	if (a->u.sa.sa_family == AF_INET)
+		return a->u.in.sin_addr.s_addr == htonl(INADDR_ANY);
+	if (a->u.sa.sa_family == AF_INET6)
+		return IN6_IS_ADDR_UNSPECIFIED(&a->u.in6.sin6_addr);
+	return true;
+}

@@ -492,8 +492,11 @@ static void rule_text(struct sb *b, const struct ph_forward_rule *r, const char 
 
 	ph_forward_stats(r, &s);
 	sb_add(b, "rule %s%s%s%s: %s %s ->", r->name[0] ? r->name : "-", r->origin[0] ? " (" : "",
-	       r->origin, r->origin[0] ? ")" : "", proto_name(r->listen.proto),
+	       r->origin, r->origin[0] ? ")" : "",
+	       r->kind == PH_RULE_SOCKS ? "socks" : proto_name(r->listen.proto),
 	       ph_addr_fmt(&r->listen.addr, a, sizeof(a)));
+	if (r->kind == PH_RULE_SOCKS)
+		sb_add(b, " where each client asks");
 	for (unsigned i = 0; i < r->ntargets; i++) {
 		target_fmt(r, i, t, sizeof(t));
 		sb_add(b, "%s %s", i ? "," : "", t);
@@ -527,7 +530,8 @@ static void rule_json(struct sb *b, const struct ph_forward_rule *r, bool remove
 	sb_json_str(b, r->name);
 	sb_add(b, ",\"origin\":");
 	sb_json_str(b, r->origin);
-	sb_add(b, ",\"removed\":%s,\"proto\":\"%s\",\"listen\":", removed ? "true" : "false",
+	sb_add(b, ",\"removed\":%s,\"kind\":\"%s\",\"proto\":\"%s\",\"listen\":",
+	       removed ? "true" : "false", r->kind == PH_RULE_SOCKS ? "socks" : "forward",
 	       proto_name(r->listen.proto));
 	sb_json_str(b, ph_addr_fmt(&r->listen.addr, a, sizeof(a)));
 	sb_add(b, ",\"targets\":[");

@@ -15,62 +15,15 @@
 #include "forward/target.h"
 #include "relay/proxyproto.h"
 #include "relay/pump.h"
+#include "socks/socks-int.h"
 
 #define FWD_ACCEPT_BUDGET   64  /* accepts per wake-up before yielding */
 #define FWD_PAUSE_MS        100 /* accept pause after running out of fds */
 #define FWD_LOG_PER_SEC     10  /* lines per second per kind of refusal */
 #define FWD_LOGFILE_PER_SEC 100 /* "denied" lines a second in --log-file: a flood fills no disk */
 
-enum fwd_state {
-	FWD_RESOLVING = 0, /* waiting for the target's name; connect deadline armed */
-	FWD_CONNECTING,    /* connect() in flight; connect deadline armed */
-	FWD_RELAYING,      /* the pump moves bytes; idle deadline armed when set */
-	FWD_CLOSED,        /* closed; freed after this batch of events */
-	FWD_PROXY,         /* reading the PROXY header of a trusted proxy; deadline armed */
-	FWD__NSTATES       /* must stay last */
-};
-
-static const char *const fwd_state_name[FWD__NSTATES] = {"resolving", "connecting", "relaying",
-                                                         "closed", "proxy header"};
-
-/* One rule on one worker: its listener, its connections, its view of the targets' names. */
-struct fwd_wrule {
-	struct ph_forward_rule *rule; /* borrowed */
-	struct ph_worker *w;          /* borrowed */
-	struct ph_io lio;             /* the listener; closed when draining */
-	struct ph_timer pause;        /* accepting resumes after an fd shortage */
-	struct ph_task more;          /* accepting goes on after a full budget */
-	struct ph_worker_hook hook;
-	struct ph_list conns;       /* fwd_conn.node of live connections */
-	struct ph_tsel sel;         /* the targets as this worker sees them */
-	struct ph_stats stats;      /* the rule's counters on this worker (status, metrics) */
-	bool detached;              /* a reload removed the rule: retires when conns is empty */
-	bool retired;               /* the worker is done with it (main may free it) */
-	struct ph_task retire_task; /* drops the rule's refs after the batch that retired it */
-	struct ph_ratelimit rl_denied, rl_full, rl_accept, rl_logfile;
-};
-
-struct fwd_conn {
-	struct ph_pump pump;   /* io[0] the client, io[1] the target (also while connecting) */
-	struct ph_timer timer; /* connect or idle deadline */
-	struct ph_task reap;
-	struct ph_list node;      /* in wr->conns */
-	struct ph_tsel_wait wait; /* queued for a target's name while resolving */
-	struct fwd_wrule *wr;
-	struct ph_addr peer; /* the client (as a PROXY header said, behind a trusted proxy) */
-	struct ph_addr orig; /* where it connected to, from a PROXY header; family 0: unknown */
-	uint64_t id;
-	uint64_t start;         /* loop ms at accept */
-	struct ph_tsel_try try; /* the targets' addresses tried so far */
-	uint8_t state;
-};
-
-/* Counts into the worker's totals and the rule's own on this worker (one writer each). */
-#define FWD_STAT(wr, field, n)                                                                     \
-	do {                                                                                       \
-		PH_STAT_ADD((wr)->w, field, (n));                                                  \
-		PH_STATS_ADD(&(wr)->stats, field, (n));                                            \
-	} while (0)
+static const char *const fwd_state_name[FWD__NSTATES] = {"resolving", "connecting",   "relaying",
+                                                         "closed",    "proxy header", "socks"};
 
 /* The target a --log-file line names before one was tried: the first, as rinetd does. */
 static const struct ph_addr *log_target(const struct ph_forward_rule *r)
@@ -79,11 +32,9 @@ static const struct ph_addr *log_target(const struct ph_forward_rule *r)
 }
 
 static void fwd_next(struct fwd_conn *c);
-static void wrule_retire(struct fwd_wrule *wr);
 static void wrule_on_retired(struct ph_task *t);
 
-#define fwd_set_state(c, s) fwd_set_state_((c), (s), __LINE__)
-static void fwd_set_state_(struct fwd_conn *c, enum fwd_state s, int line)
+void ph_forward__set_state_(struct fwd_conn *c, enum fwd_state s, int line)
 {
 	ph_trace("c%llu: %s -> %s (line %d)", (unsigned long long)c->id, fwd_state_name[c->state],
 	         fwd_state_name[s], line);
@@ -97,7 +48,8 @@ const char *ph_forward__label(const struct ph_forward_rule *r, char *buf, size_t
 	if (r->name[0] != '\0')
 		snprintf(buf, len, "%s", r->name);
 	else
-		snprintf(buf, len, "forward %s", ph_addr_fmt(&r->listen.addr, a, sizeof(a)));
+		snprintf(buf, len, "%s %s", r->kind == PH_RULE_SOCKS ? "socks" : "forward",
+		         ph_addr_fmt(&r->listen.addr, a, sizeof(a)));
 	return buf;
 }
 
@@ -110,7 +62,7 @@ static void fwd_reap(struct ph_task *t)
  * The one close path: logs one line (reason, bytes each way, duration), closes both
  * sockets (with resets when rst), and frees c after this batch. Idempotent.
  */
-static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
+void ph_forward__close(struct fwd_conn *c, bool rst, const char *reason, int err)
 {
 	struct fwd_wrule *wr = c->wr;
 	struct ph_worker *w = wr->w;
@@ -138,15 +90,16 @@ static void fwd_close(struct fwd_conn *c, bool rst, const char *reason, int err)
 		                                              : "done-local-closed")
 		           : c->state == FWD_RELAYING ? "done-reset"
 		                                      : "failed");
-	fwd_set_state(c, FWD_CLOSED);
+	ph_forward__set_state(c, FWD_CLOSED);
 	ph_timer_stop(&w->loop, &c->timer);
 	ph_tsel_wait_cancel(&c->wait);
+	ph_socks__conn_free(c);
 	ph_list_del(&c->node);
 	/* the slot is free before the client can see the close and come back */
 	__atomic_fetch_sub(&wr->rule->live, 1, __ATOMIC_RELAXED);
 	ph_pump_close(&c->pump, rst);
 	ph_task_queue(&w->loop, &c->reap);
-	wrule_retire(wr); /* the last thing that touches wr or its rule */
+	ph_forward__retire(wr); /* the last thing that touches wr or its rule */
 	ph_worker_conn_dec(w);
 }
 
@@ -155,12 +108,16 @@ static void fwd_on_pump_done(struct ph_pump *p, int err, int side)
 	struct fwd_conn *c = container_of(p, struct fwd_conn, pump);
 
 	if (err == 0) {
-		fwd_close(c, false, "closed", 0);
+		ph_forward__close(c, false, "closed", 0);
 		return;
 	}
 	FWD_STAT(c->wr, resets, 1);
 	/* the other side gets a reset too: that is how a reset is passed on */
-	fwd_close(c, true, side == 0 ? "client reset" : side == 1 ? "target reset" : "failed", err);
+	ph_forward__close(c, true,
+	                  side == 0   ? "client reset"
+	                  : side == 1 ? "target reset"
+	                              : "failed",
+	                  err);
 }
 
 static void fwd_on_timer(struct ph_timer *t)
@@ -182,12 +139,15 @@ static void fwd_on_timer(struct ph_timer *t)
 		fwd_next(c);
 		break;
 	case FWD_PROXY:
-		fwd_close(c, true, "no PROXY header in time", -ETIMEDOUT);
+		ph_forward__close(c, true, "no PROXY header in time", -ETIMEDOUT);
+		break;
+	case FWD_SOCKS:
+		ph_socks__on_timer(c);
 		break;
 	case FWD_RELAYING:
 		/* the deadline is not moved per byte: check the last activity and re-arm */
 		if (l->now - c->pump.last >= idle)
-			fwd_close(c, false, "idle timeout", 0);
+			ph_forward__close(c, false, "idle timeout", 0);
 		else
 			ph_timer_arm(l, &c->timer, idle - (l->now - c->pump.last));
 		break;
@@ -240,18 +200,27 @@ static void fwd_on_connect(struct ph_io *io, uint32_t events)
 		err = fwd_send_proxy(c);
 		if (err < 0) {
 			FWD_STAT(c->wr, errors, 1);
-			fwd_close(c, true, "cannot send the PROXY header", err);
+			ph_forward__close(c, true, "cannot send the PROXY header", err);
 			return;
 		}
 	}
-	fwd_set_state(c, FWD_RELAYING);
+	ph_forward__relay(c, events, true);
+}
+
+void ph_forward__relay(struct fwd_conn *c, uint32_t events, bool registered)
+{
+	struct ph_loop *l = &c->wr->w->loop;
+	int err;
+
+	ph_forward__set_state(c, FWD_RELAYING);
+	ph_timer_stop(l, &c->timer);
 	if (c->wr->rule->idle_timeout != 0)
 		ph_timer_arm(l, &c->timer, c->wr->rule->idle_timeout);
 	/* may end the pump at once (a reset already queued), closing c: nothing after this */
-	err = ph_pump_start_registered(&c->pump, events);
+	err = registered ? ph_pump_start_registered(&c->pump, events) : ph_pump_start(&c->pump);
 	if (err < 0) {
 		FWD_STAT(c->wr, errors, 1);
-		fwd_close(c, true, "cannot start relaying", err);
+		ph_forward__close(c, true, "cannot start relaying", err);
 	}
 }
 
@@ -271,7 +240,7 @@ static int fwd_connect(struct fwd_conn *c)
 		ph_io_close(l, &c->pump.io[1]);
 		return err;
 	}
-	fwd_set_state(c, FWD_CONNECTING);
+	ph_forward__set_state(c, FWD_CONNECTING);
 	ph_timer_arm(l, &c->timer, c->wr->rule->connect_timeout);
 	return 0;
 }
@@ -284,13 +253,13 @@ static void fwd_try(struct fwd_conn *c, int n)
 
 	for (;; n = ph_tsel_next(&wr->sel, &c->try, &c->wait)) {
 		if (n == 0) {
-			fwd_set_state(c, FWD_RESOLVING);
+			ph_forward__set_state(c, FWD_RESOLVING);
 			ph_timer_arm(&wr->w->loop, &c->timer, wr->rule->connect_timeout);
 			return;
 		}
 		if (n < 0) {
 			FWD_STAT(wr, connect_failed, 1);
-			fwd_close(c, true, "no target reachable", n);
+			ph_forward__close(c, true, "no target reachable", n);
 			return;
 		}
 		err = fwd_connect(c);
@@ -350,7 +319,7 @@ static void fwd_on_proxy(struct ph_io *io, uint32_t events)
 	if (n == -1 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
-		fwd_close(c, false, "closed before its PROXY header", n == 0 ? 0 : -errno);
+		ph_forward__close(c, false, "closed before its PROXY header", n == 0 ? 0 : -errno);
 		return;
 	}
 	len = ph_proxy_parse(buf, (size_t)n, &info, &why);
@@ -358,11 +327,11 @@ static void fwd_on_proxy(struct ph_io *io, uint32_t events)
 		return; /* the rest comes with the next edge */
 	if (len < 0) {
 		FWD_STAT(wr, errors, 1);
-		fwd_close(c, true, why != NULL ? why : "a PROXY header too long", -EPROTO);
+		ph_forward__close(c, true, why != NULL ? why : "a PROXY header too long", -EPROTO);
 		return;
 	}
 	if (recv(io->fd, buf, (size_t)len, 0) != len) { /* what the peek saw stays there */
-		fwd_close(c, true, "cannot read its PROXY header", -EIO);
+		ph_forward__close(c, true, "cannot read its PROXY header", -EIO);
 		return;
 	}
 	ph_timer_stop(&wr->w->loop, &c->timer);
@@ -374,11 +343,11 @@ static void fwd_on_proxy(struct ph_io *io, uint32_t events)
 	}
 	if (!ph_acl_allows(&wr->rule->acl, &c->peer)) {
 		FWD_STAT(wr, denied, 1);
-		fwd_close(c, true, "denied by --allow/--deny", -EACCES);
+		ph_forward__close(c, true, "denied by --allow/--deny", -EACCES);
 		return;
 	}
 	ph_connlog(&c->peer, &wr->rule->listen.addr, log_target(wr->rule), 0, 0, "opened");
-	fwd_set_state(c, FWD_CONNECTING);
+	ph_forward__set_state(c, FWD_CONNECTING);
 	fwd_next(c);
 }
 
@@ -437,18 +406,23 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	ph_worker_conn_inc(w);
 	FWD_STAT(wr, accepted, 1);
 	ph_trace("c%llu: accepted %s", (unsigned long long)c->id, ph_addr_fmt(peer, a, sizeof(a)));
+	if (r->kind == PH_RULE_SOCKS) {
+		ph_connlog(peer, &r->listen.addr, NULL, 0, 0, "opened");
+		ph_socks__start(c);
+		return;
+	}
 	if (r->proxy_from.n == 0) {
 		ph_connlog(peer, &r->listen.addr, log_target(r), 0, 0, "opened");
 		fwd_next(c);
 		return;
 	}
 	/* the pump takes this registration over (EPOLL_CTL_MOD) when it starts */
-	fwd_set_state(c, FWD_PROXY);
+	ph_forward__set_state(c, FWD_PROXY);
 	c->pump.io[0].cb = fwd_on_proxy;
 	err = ph_io_add(&w->loop, &c->pump.io[0], PH_PUMP_EVENTS);
 	if (err < 0) {
 		FWD_STAT(wr, errors, 1);
-		fwd_close(c, true, "cannot watch the client", err);
+		ph_forward__close(c, true, "cannot watch the client", err);
 		return;
 	}
 	ph_timer_arm(&w->loop, &c->timer, r->connect_timeout);
@@ -532,7 +506,7 @@ static void fwd_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
 	if (cmd != PH_WORKER_ABORT)
 		return;
 	ph_list_for_each_safe(it, tmp, &wr->conns) {
-		fwd_close(container_of(it, struct fwd_conn, node), false, "shutdown", 0);
+		ph_forward__close(container_of(it, struct fwd_conn, node), false, "shutdown", 0);
 	}
 }
 
@@ -566,6 +540,7 @@ static void wrule_free(struct fwd_wrule *wr)
 	ph_timer_stop(&wr->w->loop, &wr->pause);
 	ph_task_cancel(&wr->more);
 	ph_task_cancel(&wr->retire_task);
+	ph_socks__wrule_free(wr);
 	free(wr);
 }
 
@@ -579,6 +554,7 @@ void ph_forward_rule_free(struct ph_forward_rule *r)
 	ph_forward__udp_free(r);
 	ph_acl_free(&r->acl);
 	ph_acl_free(&r->proxy_from);
+	ph_socks_conf_free(r->socks);
 	free(r->spec);
 	free(r);
 }
@@ -701,9 +677,10 @@ static void tcp_attach(struct fwd_wrule *wr, struct fwd_wrule *from)
 
 /* Once wr is detached, its last connection ended and no lookup of its points in it: the
  * worker is done with it. Harmless before, and after. */
-static void wrule_retire(struct fwd_wrule *wr)
+void ph_forward__retire(struct fwd_wrule *wr)
 {
-	if (!wr->detached || wr->retired || !ph_list_empty(&wr->conns) || !ph_tsel_idle(&wr->sel))
+	if (!wr->detached || wr->retired || !ph_list_empty(&wr->conns) || !ph_tsel_idle(&wr->sel) ||
+	    !ph_socks__wrule_idle(wr))
 		return;
 	wr->retired = true;
 	ph_list_del(&wr->hook.node);
@@ -721,7 +698,7 @@ static void wrule_on_retired(struct ph_task *t)
 
 static void wrule_on_sel_idle(struct ph_tsel *s)
 {
-	wrule_retire(container_of(s, struct fwd_wrule, sel));
+	ph_forward__retire(container_of(s, struct fwd_wrule, sel));
 }
 
 /* On wr's worker: wr stops accepting; its connections finish, then it retires. */
@@ -734,7 +711,7 @@ static void tcp_detach(struct fwd_wrule *wr)
 	ph_task_cancel(&wr->more);
 	wr->detached = true;
 	wr->sel.idle = wrule_on_sel_idle;
-	wrule_retire(wr);
+	ph_forward__retire(wr);
 }
 
 int ph_forward_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,

@@ -15,6 +15,7 @@
 
 struct ph_worker;
 struct ph_stats;
+struct ph_socks_conf;
 struct fwd_wrule;
 struct udp_wrule;
 
@@ -28,7 +29,13 @@ struct ph_forward_target {
 	uint32_t fails;         /* consecutive failures, 0 once a connect succeeds */
 };
 
+enum ph_rule_kind {
+	PH_RULE_FORWARD = 0, /* `forward`: the targets are the rule's */
+	PH_RULE_SOCKS = 1,   /* `socks`: each client names its target (src/socks/) */
+};
+
 struct ph_forward_rule {
+	uint8_t kind;     /* enum ph_rule_kind */
 	char name[64];    /* shown in logs; "" for none */
 	char origin[320]; /* "FILE:LINE" of its config line; "" from the command line */
 	char *spec;       /* owned: its config line's words, each NUL-terminated, back to back: */
@@ -36,16 +43,17 @@ struct ph_forward_rule {
 	struct ph_hostport listen;
 	struct ph_forward_target targets[PH_FORWARD_MAX_TARGETS];
 	unsigned ntargets;
-	struct ph_acl acl;        /* owned */
-	struct ph_acl proxy_from; /* owned: --accept-proxy, trusted proxies; n == 0: none */
-	int proxy_send;           /* --proxy-protocol: 1 or 2, 0 for none */
-	unsigned max_conns;       /* 0: no limit */
-	uint64_t connect_timeout; /* ms per connect attempt */
-	uint64_t idle_timeout;    /* ms without bytes in either direction; 0: none */
-	uint64_t udp_timeout;     /* ms a UDP session lives without a datagram */
-	struct ph_addr source;    /* --source: the local address towards targets, */
-	bool has_source;          /* when given */
-	unsigned max_sessions;    /* UDP sessions over all workers; 0: the default */
+	struct ph_acl acl;           /* owned */
+	struct ph_acl proxy_from;    /* owned: --accept-proxy, trusted proxies; n == 0: none */
+	int proxy_send;              /* --proxy-protocol: 1 or 2, 0 for none */
+	unsigned max_conns;          /* 0: no limit */
+	uint64_t connect_timeout;    /* ms per connect attempt */
+	uint64_t idle_timeout;       /* ms without bytes in either direction; 0: none */
+	uint64_t udp_timeout;        /* ms a UDP session lives without a datagram */
+	struct ph_addr source;       /* --source: the local address towards targets, */
+	bool has_source;             /* when given */
+	unsigned max_sessions;       /* UDP sessions over all workers; 0: the default */
+	struct ph_socks_conf *socks; /* owned: a socks rule's users, destinations... */
 	/* run time */
 	uint64_t live;     /* atomic: connections alive, over all workers */
 	uint64_t sessions; /* atomic: UDP sessions alive, over all workers */

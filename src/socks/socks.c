@@ -1,0 +1,1159 @@
+/*
+ * A socks rule's connections: the handshake (SOCKS5, SOCKS4/4a or HTTP, told apart by the
+ * first byte), the destination's name looked up (cached per worker for its TTL), the
+ * destination rules, the connect with the protocol's reply, then forward's pump; or BIND's
+ * one incoming connection, or UDP ASSOCIATE's datagram relay.
+ *
+ * The client's bytes are peeked (MSG_PEEK) and only each complete message is read, so
+ * whatever a client sends after its request stays in the socket for splice: no copy path.
+ */
+#include "socks/socks-int.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/connlog.h"
+#include "core/log.h"
+#include "core/net.h"
+#include "core/resolve.h"
+#include "core/util.h"
+#include "ctl/http.h"
+
+#define SOCKS_PEEK       PH_HTTP_HEAD_MAX /* the largest message: an HTTP request head */
+#define SOCKS_CACHE      64               /* names cached per rule and worker */
+#define SOCKS_TTL_MIN_MS 1000
+#define SOCKS_TTL_MAX_MS 300000
+#define SOCKS_BIND_MS    60000 /* BIND waits this long for its incoming connection */
+#define SOCKS_UDP_PEERS  16    /* destinations whose replies a UDP relay lets back */
+#define SOCKS_UDP_BUDGET 64    /* datagrams per wake-up */
+#define SOCKS_UDP_MAX    65535
+
+enum sx_phase {
+	SX_FIRST = 0,  /* nothing read yet: the first byte says which protocol */
+	SX_GREETING,   /* SOCKS5: methods offered */
+	SX_AUTH,       /* SOCKS5: username/password (RFC 1929) */
+	SX_REQUEST,    /* SOCKS5: the request */
+	SX_REQUEST4,   /* SOCKS4/4a: the request */
+	SX_HTTP,       /* HTTP: the request head */
+	SX_READY,      /* the request is read: next, its destination */
+	SX_RESOLVING,  /* the destination's name is being looked up */
+	SX_CONNECTING, /* connect() in flight */
+	SX_BIND_WAIT,  /* BIND: waiting for the incoming connection */
+	SX_UDP,        /* UDP ASSOCIATE: relaying datagrams while the TCP connection lives */
+};
+
+struct socks_lookup {
+	struct ph_list node; /* in sw->lookups */
+	struct fwd_conn *c;  /* the connection waiting; NULL once it went away */
+	struct fwd_wrule *wr;
+	uint16_t port;
+	char name[PH_SOCKS_NAME_MAX + 1];
+};
+
+struct socks_cached {
+	char name[PH_SOCKS_NAME_MAX + 1];
+	struct ph_addr addrs[PH_RESOLVE_MAX];
+	uint8_t n;
+	uint64_t expires; /* loop ms */
+};
+
+struct ph_socks_wrule {
+	struct ph_list lookups;     /* socks_lookup.node: in flight */
+	unsigned busy;              /* lookups in flight */
+	uint64_t key[2];            /* the cache's hash key */
+	struct socks_cached *cache; /* owned: SOCKS_CACHE slots, made at the first lookup */
+};
+
+struct ph_socks_conn {
+	struct fwd_conn *c; /* borrowed: whose state this is */
+	uint8_t proto;      /* 5, 4, or 'H' (HTTP); 0 before the first byte */
+	uint8_t phase;      /* enum sx_phase */
+	uint8_t cmd;        /* enum ph_socks_cmd */
+	uint8_t naddr, ai;  /* the destination's addresses, and the next to try */
+	bool any_allowed;   /* some address passed the destination rules */
+	int lasterr;
+	struct ph_socks_dest dst;
+	struct ph_addr addrs[PH_RESOLVE_MAX];
+	struct socks_lookup *q; /* the lookup in flight, or NULL */
+	char *fwd;              /* owned: HTTP, the rewritten head for the origin server */
+	size_t fwd_len;
+	struct ph_io aux; /* BIND's listener, or UDP ASSOCIATE's socket */
+	/* UDP ASSOCIATE */
+	struct ph_addr client; /* where datagrams must come from (port 0: the first tells) */
+	struct ph_addr peers[SOCKS_UDP_PEERS]; /* destinations written to: replies let back */
+	unsigned npeers, peer_next;
+	uint64_t udp_last; /* loop ms of the last datagram */
+	uint8_t *pend;     /* owned: one datagram waiting for its name's lookup */
+	size_t pend_len;
+};
+
+static void socks_connect_next(struct fwd_conn *c);
+static void socks_on_client(struct ph_io *io, uint32_t events);
+
+static const char *proto_name(const struct ph_socks_conn *sx)
+{
+	return sx->proto == 5 ? "socks5" : sx->proto == 4 ? "socks4" : "http";
+}
+
+static const char *dest_fmt(const struct ph_socks_dest *d, char *buf, size_t len)
+{
+	struct ph_addr a = d->addr;
+
+	if (d->name[0] != '\0') {
+		snprintf(buf, len, "%s:%u", d->name, d->port);
+		return buf;
+	}
+	ph_addr_set_port(&a, d->port);
+	return ph_addr_fmt(&a, buf, len);
+}
+
+/* Sends a short reply whole, or fails: a fresh socket's buffer always takes it. */
+static int send_all(int fd, const void *b, size_t n)
+{
+	ssize_t r = send(fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+	if (r == -1)
+		return -errno;
+	return (size_t)r == n ? 0 : -EIO;
+}
+
+/* Before closing after an error reply: what the client sent and we did not read would
+ * turn our FIN into a reset, which may destroy the reply before it is read. */
+static void drain(int fd)
+{
+	char buf[4096];
+
+	for (int i = 0; i < 16; i++)
+		if (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0)
+			return;
+}
+
+static uint8_t rep5_of(int err)
+{
+	switch (err) {
+	case -ECONNREFUSED:
+		return PH_SOCKS5_REFUSED;
+	case -ENETUNREACH:
+		return PH_SOCKS5_NET_UNREACH;
+	case -EHOSTUNREACH:
+	case -ENOENT:
+		return PH_SOCKS5_HOST_UNREACH;
+	case -ETIMEDOUT:
+		return PH_SOCKS5_TTL_EXPIRED;
+	case -EACCES:
+		return PH_SOCKS5_NOT_ALLOWED;
+	case -EOPNOTSUPP:
+		return PH_SOCKS5_CMD_UNSUPPORTED;
+	case -EAFNOSUPPORT:
+		return PH_SOCKS5_ATYP_UNSUPPORTED;
+	default:
+		return PH_SOCKS5_FAILURE;
+	}
+}
+
+static int status_of(int err)
+{
+	switch (err) {
+	case -EACCES:
+		return 403;
+	case -ETIMEDOUT:
+		return 504;
+	case -EOPNOTSUPP:
+		return 501;
+	case -EPROTO:
+		return 400;
+	default:
+		return 502;
+	}
+}
+
+static const char *status_text(int status)
+{
+	switch (status) {
+	case 400:
+		return "Bad Request";
+	case 403:
+		return "Forbidden";
+	case 407:
+		return "Proxy Authentication Required";
+	case 408:
+		return "Request Timeout";
+	case 431:
+		return "Request Header Fields Too Large";
+	case 501:
+		return "Not Implemented";
+	case 504:
+		return "Gateway Timeout";
+	default:
+		return "Bad Gateway";
+	}
+}
+
+static void http_reply(int fd, int status, const char *why)
+{
+	char buf[512];
+	int n;
+
+	n = snprintf(buf, sizeof(buf),
+	             "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+	             "Connection: close\r\n%s\r\n%s\n",
+	             status, status_text(status), strlen(why) + 1,
+	             status == 407 ? "Proxy-Authenticate: Basic realm=\"pinhole\"\r\n" : "", why);
+	if (n > 0 && (size_t)n < sizeof(buf))
+		(void)send_all(fd, buf, (size_t)n);
+}
+
+/*
+ * The request failed with err: the protocol's reply (SOCKS5 code, SOCKS4 91, HTTP status;
+ * status overrides for HTTP when not 0), one log line, the close. Nothing after this.
+ */
+static void socks_fail(struct fwd_conn *c, int err, int status, const char *why)
+{
+	struct ph_socks_conn *sx = c->sx;
+	int fd = c->pump.io[0].fd;
+	char reason[384];
+
+	if (sx->proto == 5 && sx->phase >= SX_REQUEST) {
+		uint8_t r[PH_SOCKS5_REPLY_MAX];
+
+		(void)send_all(fd, r, ph_socks5_reply(rep5_of(err), NULL, r));
+	} else if (sx->proto == 4 && sx->phase >= SX_REQUEST4) {
+		uint8_t r[8];
+
+		ph_socks4_reply(PH_SOCKS4_REJECTED, NULL, r);
+		(void)send_all(fd, r, sizeof(r));
+	} else if (sx->proto == 'H') {
+		http_reply(fd, status != 0 ? status : status_of(err), why);
+	}
+	drain(fd);
+	snprintf(reason, sizeof(reason), "%s: %s", sx->proto != 0 ? proto_name(sx) : "socks", why);
+	ph_forward__close(c, false, reason, err);
+}
+
+/* ---- the destination: cache, lookup, rules, connect ---- */
+
+static struct socks_cached *cache_slot(struct ph_socks_wrule *sw, const char *name)
+{
+	return &sw->cache[ph_siphash13(sw->key, name, strlen(name)) % SOCKS_CACHE];
+}
+
+static struct ph_socks_wrule *wrule_sw(struct fwd_wrule *wr)
+{
+	struct ph_socks_wrule *sw = wr->sw;
+
+	if (sw != NULL)
+		return sw;
+	sw = calloc(1, sizeof(*sw));
+	if (sw == NULL)
+		return NULL;
+	sw->cache = calloc(SOCKS_CACHE, sizeof(*sw->cache));
+	if (sw->cache == NULL) {
+		free(sw);
+		return NULL;
+	}
+	ph_list_init(&sw->lookups);
+	ph_random(sw->key, sizeof(sw->key));
+	wr->sw = sw;
+	return sw;
+}
+
+/* The cached addresses of name (with port set); 0 when none are fresh. */
+static unsigned cache_get(struct fwd_wrule *wr, const char *name, uint16_t port,
+                          struct ph_addr *out)
+{
+	struct socks_cached *e;
+
+	if (wr->sw == NULL)
+		return 0;
+	e = cache_slot(wr->sw, name);
+	if (e->n == 0 || e->expires <= wr->w->loop.now || strcmp(e->name, name) != 0)
+		return 0;
+	for (unsigned i = 0; i < e->n; i++) {
+		out[i] = e->addrs[i];
+		ph_addr_set_port(&out[i], port);
+	}
+	return e->n;
+}
+
+static void socks_udp_flush_pending(struct fwd_conn *c);
+
+static void socks_on_dns(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                         unsigned n, uint32_t ttl)
+{
+	struct socks_lookup *q = arg;
+	struct fwd_wrule *wr = q->wr;
+	struct ph_socks_wrule *sw = wr->sw;
+	struct fwd_conn *c = q->c;
+	char reason[320];
+
+	ph_list_del(&q->node);
+	sw->busy--;
+	if (err == 0 && n > 0) {
+		struct socks_cached *e = cache_slot(sw, q->name);
+		uint64_t ms = (uint64_t)ttl * 1000;
+
+		ms = ms < SOCKS_TTL_MIN_MS   ? SOCKS_TTL_MIN_MS
+		     : ms > SOCKS_TTL_MAX_MS ? SOCKS_TTL_MAX_MS
+		                             : ms;
+		snprintf(e->name, sizeof(e->name), "%s", q->name);
+		e->n = (uint8_t)(n < PH_RESOLVE_MAX ? n : PH_RESOLVE_MAX);
+		memcpy(e->addrs, addrs, e->n * sizeof(*addrs));
+		e->expires = wr->w->loop.now + ms;
+	}
+	if (c != NULL) {
+		struct ph_socks_conn *sx = c->sx;
+
+		sx->q = NULL;
+		if (sx->phase == SX_RESOLVING) {
+			ph_timer_stop(&wr->w->loop, &c->timer);
+			if (err != 0 || n == 0) {
+				snprintf(reason, sizeof(reason), "cannot resolve %s (%s)", q->name,
+				         why != NULL ? why : "no address");
+				FWD_STAT(wr, connect_failed, 1);
+				socks_fail(c, err == -ETIMEDOUT ? -EHOSTUNREACH : -ENOENT, 502,
+				           reason);
+			} else {
+				sx->naddr = (uint8_t)(n < PH_RESOLVE_MAX ? n : PH_RESOLVE_MAX);
+				memcpy(sx->addrs, addrs, sx->naddr * sizeof(*addrs));
+				sx->ai = 0;
+				socks_connect_next(c);
+			}
+		} else if (sx->phase == SX_UDP) {
+			socks_udp_flush_pending(c);
+		}
+	}
+	free(q);
+	ph_forward__retire(wr);
+}
+
+/* Starts looking name up for c. Returns 0, or -errno (nothing started). */
+static int socks_lookup(struct fwd_conn *c, const char *name, uint16_t port)
+{
+	struct fwd_wrule *wr = c->wr;
+	struct ph_socks_wrule *sw = wrule_sw(wr);
+	struct socks_lookup *q;
+	int err;
+
+	if (sw == NULL)
+		return -ENOMEM;
+	q = calloc(1, sizeof(*q));
+	if (q == NULL)
+		return -ENOMEM;
+	q->c = c;
+	q->wr = wr;
+	q->port = port;
+	snprintf(q->name, sizeof(q->name), "%s", name);
+	err = ph_resolve(wr->w, q->name, port, socks_on_dns, q);
+	if (err < 0) {
+		free(q);
+		return err;
+	}
+	ph_list_add_tail(&sw->lookups, &q->node);
+	sw->busy++;
+	c->sx->q = q;
+	return 0;
+}
+
+static void socks_on_connect(struct ph_io *io, uint32_t events);
+
+/* Tries the destination's next address the rules allow; replies with the failure when
+ * none is left. */
+static void socks_connect_next(struct fwd_conn *c)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct fwd_wrule *wr = c->wr;
+	const struct ph_forward_rule *r = wr->rule;
+	struct ph_loop *l = &wr->w->loop;
+	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96];
+	int fd, err;
+
+	while (sx->ai < sx->naddr) {
+		const struct ph_addr *a = &sx->addrs[sx->ai++];
+
+		if (!ph_socks_dest_allows(r->socks, sx->dst.name, a))
+			continue;
+		sx->any_allowed = true;
+		c->try.tgt = 0;
+		c->try.dst = *a;
+		fd = ph_tcp_connect(a, r->has_source ? &r->source : NULL);
+		if (fd < 0) {
+			sx->lasterr = fd;
+			continue;
+		}
+		ph_io_init(&c->pump.io[1], fd, socks_on_connect);
+		err = ph_io_add(l, &c->pump.io[1], PH_PUMP_EVENTS);
+		if (err < 0) {
+			ph_io_close(l, &c->pump.io[1]);
+			sx->lasterr = err;
+			continue;
+		}
+		sx->phase = SX_CONNECTING;
+		ph_timer_arm(l, &c->timer, r->connect_timeout);
+		return;
+	}
+	dest_fmt(&sx->dst, d, sizeof(d));
+	if (!sx->any_allowed) {
+		FWD_STAT(wr, denied, 1);
+		snprintf(reason, sizeof(reason), "%s: not allowed by --allow-dest/--deny-dest", d);
+		socks_fail(c, -EACCES, 0, reason);
+		return;
+	}
+	FWD_STAT(wr, connect_failed, 1);
+	snprintf(reason, sizeof(reason), "cannot connect to %s", d);
+	socks_fail(c, sx->lasterr != 0 ? sx->lasterr : -EHOSTUNREACH, 0, reason);
+}
+
+/* The request succeeded: the protocol's success reply naming bound. Returns 0 or -errno. */
+static int socks_reply_ok(struct fwd_conn *c, const struct ph_addr *bound)
+{
+	struct ph_socks_conn *sx = c->sx;
+	int fd = c->pump.io[0].fd;
+
+	if (sx->proto == 5) {
+		uint8_t r[PH_SOCKS5_REPLY_MAX];
+		struct ph_addr a = *bound;
+
+		ph_addr_unmap(&a);
+		return send_all(fd, r, ph_socks5_reply(PH_SOCKS5_OK, &a, r));
+	}
+	if (sx->proto == 4) {
+		uint8_t r[8];
+		struct ph_addr a = *bound;
+
+		ph_addr_unmap(&a);
+		ph_socks4_reply(PH_SOCKS4_GRANTED, &a, r);
+		return send_all(fd, r, sizeof(r));
+	}
+	if (sx->fwd == NULL) {
+		static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+
+		return send_all(fd, ok, sizeof(ok) - 1);
+	}
+	return 0; /* a forwarded request: the origin server answers */
+}
+
+static void socks_on_connect(struct ph_io *io, uint32_t events)
+{
+	struct fwd_conn *c = container_of(io, struct fwd_conn, pump.io[1]);
+	struct ph_socks_conn *sx = c->sx;
+	struct ph_loop *l = &c->wr->w->loop;
+	struct ph_addr bound;
+	socklen_t len = sizeof(bound.u);
+	int err;
+
+	if (events & (EPOLLERR | EPOLLHUP)) {
+		err = ph_sock_error(io->fd);
+		sx->lasterr = err < 0 ? err : -ECONNREFUSED;
+		ph_io_close(l, io);
+		ph_timer_stop(l, &c->timer);
+		socks_connect_next(c);
+		return;
+	}
+	if (!(events & EPOLLOUT))
+		return;
+	ph_timer_stop(l, &c->timer);
+	memset(&bound, 0, sizeof(bound));
+	if (getsockname(io->fd, &bound.u.sa, &len) == 0)
+		bound.len = len;
+	err = socks_reply_ok(c, &bound);
+	if (err == 0 && sx->fwd != NULL) {
+		err = send_all(io->fd, sx->fwd, sx->fwd_len);
+		c->pump.dir[0].bytes += sx->fwd_len;
+		FWD_STAT(c->wr, bytes_up, sx->fwd_len);
+		FWD_STAT(c->wr, copied, sx->fwd_len);
+	}
+	if (err < 0) {
+		FWD_STAT(c->wr, errors, 1);
+		ph_forward__close(c, true, "cannot send the reply", err);
+		return;
+	}
+	ph_socks__conn_free(c); /* the handshake is over: only the pump's state is left */
+	ph_forward__relay(c, events, true);
+}
+
+/* The local address the client reached us at, port 0: where BIND and UDP listen. */
+static int local_of(struct fwd_conn *c, struct ph_addr *a)
+{
+	socklen_t len = sizeof(a->u);
+
+	memset(a, 0, sizeof(*a));
+	if (getsockname(c->pump.io[0].fd, &a->u.sa, &len) == -1)
+		return -errno;
+	a->len = len;
+	ph_addr_unmap(a);
+	ph_addr_set_port(a, 0);
+	return 0;
+}
+
+static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
+{
+	struct ph_socks_conn *sx = container_of(io, struct ph_socks_conn, aux);
+	struct fwd_conn *c = sx->c;
+	struct ph_loop *l = &c->wr->w->loop;
+	struct ph_addr peer, want = sx->dst.addr;
+	socklen_t len = sizeof(peer.u);
+	char a[PH_ADDR_STRLEN];
+	int fd, err;
+
+	(void)events;
+	for (;;) {
+		fd = accept4(io->fd, &peer.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd == -1) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN) {
+				socks_fail(c, -errno, 0, "BIND: accept failed");
+			}
+			return;
+		}
+		peer.len = len;
+		ph_addr_unmap(&peer);
+		ph_addr_unmap(&want);
+		ph_addr_set_port(&want, ph_addr_port(&peer));
+		/* the connection must come from the host the client named (unless 0.0.0.0) */
+		if ((sx->dst.name[0] == '\0' && !ph_addr_is_any(&sx->dst.addr) &&
+		     !ph_addr_equal(&want, &peer)) ||
+		    !ph_socks_dest_allows(c->wr->rule->socks, NULL, &peer)) {
+			ph_info("c%llu: BIND: refused a connection from %s",
+			        (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
+			ph_sock_set_rst(fd);
+			close(fd);
+			continue;
+		}
+		break;
+	}
+	ph_io_close(l, &sx->aux);
+	ph_timer_stop(l, &c->timer);
+	ph_io_init(&c->pump.io[1], fd, NULL);
+	c->try.tgt = 0;
+	c->try.dst = peer;
+	err = socks_reply_ok(c, &peer);
+	if (err < 0) {
+		ph_forward__close(c, true, "BIND: cannot send the second reply", err);
+		return;
+	}
+	ph_socks__conn_free(c);
+	ph_forward__relay(c, 0, false);
+}
+
+static void socks_bind(struct fwd_conn *c)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct ph_loop *l = &c->wr->w->loop;
+	struct ph_addr local;
+	socklen_t len = sizeof(local.u);
+	int fd, err;
+
+	err = local_of(c, &local);
+	if (err == 0) {
+		fd = ph_tcp_listen(&local, true, false);
+		err = fd < 0 ? fd : 0;
+	}
+	if (err == 0) {
+		ph_io_init(&sx->aux, fd, socks_on_bind_accept);
+		err = ph_io_add(l, &sx->aux, EPOLLIN | EPOLLET);
+	}
+	if (err == 0 && getsockname(sx->aux.fd, &local.u.sa, &len) == -1)
+		err = -errno;
+	if (err == 0 && sx->proto == 4 && local.u.sa.sa_family != AF_INET)
+		err = -EAFNOSUPPORT;
+	if (err == 0) {
+		local.len = len;
+		err = socks_reply_ok(c, &local);
+	}
+	if (err < 0) {
+		FWD_STAT(c->wr, errors, 1);
+		socks_fail(c, err, 0, "BIND: cannot listen for the incoming connection");
+		return;
+	}
+	sx->phase = SX_BIND_WAIT;
+	ph_timer_arm(l, &c->timer, SOCKS_BIND_MS);
+}
+
+/* ---- UDP ASSOCIATE ---- */
+
+static bool udp_peer_known(const struct ph_socks_conn *sx, const struct ph_addr *a)
+{
+	for (unsigned i = 0; i < sx->npeers; i++)
+		if (ph_addr_equal(&sx->peers[i], a))
+			return true;
+	return false;
+}
+
+static void udp_peer_add(struct ph_socks_conn *sx, const struct ph_addr *a)
+{
+	if (udp_peer_known(sx, a))
+		return;
+	sx->peers[sx->peer_next] = *a;
+	sx->peer_next = (sx->peer_next + 1) % SOCKS_UDP_PEERS;
+	if (sx->npeers < SOCKS_UDP_PEERS)
+		sx->npeers++;
+}
+
+/* Sends a client's datagram on to dst (resolved). Returns true when it went. */
+static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const struct ph_addr *dst,
+                     const uint8_t *data, size_t n)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct fwd_wrule *wr = c->wr;
+	struct ph_addr a = *dst;
+
+	ph_addr_unmap(&a);
+	if (!ph_socks_dest_allows(wr->rule->socks, d->name, &a) ||
+	    a.u.sa.sa_family != sx->client.u.sa.sa_family)
+		return false;
+	if (sendto(sx->aux.fd, data, n, MSG_DONTWAIT, &a.u.sa, a.len) == -1)
+		return false;
+	udp_peer_add(sx, &a);
+	c->pump.dir[0].bytes += n;
+	FWD_STAT(wr, bytes_up, n);
+	FWD_STAT(wr, dgrams_up, 1);
+	return true;
+}
+
+static void socks_udp_flush_pending(struct fwd_conn *c)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_dest d;
+	struct ph_addr addrs[PH_RESOLVE_MAX];
+	const char *why;
+	unsigned n;
+	int hl;
+
+	if (sx->pend == NULL)
+		return;
+	hl = ph_socks5_udp_parse(sx->pend, sx->pend_len, &d, &why);
+	n = hl > 0 ? cache_get(c->wr, d.name, d.port, addrs) : 0;
+	if (n == 0 || !udp_send(c, &d, &addrs[0], sx->pend + hl, sx->pend_len - (size_t)hl))
+		FWD_STAT(c->wr, dgrams_dropped, 1);
+	free(sx->pend);
+	sx->pend = NULL;
+}
+
+/* A datagram from the client: header off, on to its destination. */
+static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct fwd_wrule *wr = c->wr;
+	struct ph_addr addrs[PH_RESOLVE_MAX];
+	struct ph_socks_dest d;
+	const char *why;
+	int hl = ph_socks5_udp_parse(b, n, &d, &why);
+
+	if (hl < 0) {
+		FWD_STAT(wr, dgrams_dropped, 1);
+		ph_debug("c%llu: udp: dropped a datagram: %s", (unsigned long long)c->id, why);
+		return;
+	}
+	if (d.name[0] == '\0') {
+		struct ph_addr a = d.addr;
+
+		ph_addr_set_port(&a, d.port);
+		if (!udp_send(c, &d, &a, b + hl, n - (size_t)hl))
+			FWD_STAT(wr, dgrams_dropped, 1);
+		return;
+	}
+	if (cache_get(wr, d.name, d.port, addrs) > 0) {
+		if (!udp_send(c, &d, &addrs[0], b + hl, n - (size_t)hl))
+			FWD_STAT(wr, dgrams_dropped, 1);
+		return;
+	}
+	/* the name is looked up; this datagram waits for it (the one before is dropped) */
+	if (sx->pend != NULL || sx->q != NULL ||
+	    !ph_socks_dest_allows(wr->rule->socks, d.name, NULL)) {
+		FWD_STAT(wr, dgrams_dropped, 1);
+		if (sx->q != NULL)
+			return;
+		free(sx->pend);
+		sx->pend = NULL;
+		if (!ph_socks_dest_allows(wr->rule->socks, d.name, NULL))
+			return;
+	}
+	sx->pend = malloc(n);
+	if (sx->pend == NULL) {
+		FWD_STAT(wr, dgrams_dropped, 1);
+		return;
+	}
+	memcpy(sx->pend, b, n);
+	sx->pend_len = n;
+	if (socks_lookup(c, d.name, d.port) < 0) {
+		free(sx->pend);
+		sx->pend = NULL;
+		FWD_STAT(wr, dgrams_dropped, 1);
+	}
+}
+
+static void socks_on_udp(struct ph_io *io, uint32_t events)
+{
+	static __thread uint8_t buf[PH_SOCKS_UDP_HDR_MAX + SOCKS_UDP_MAX];
+	struct ph_socks_conn *sx = container_of(io, struct ph_socks_conn, aux);
+	struct fwd_conn *c = sx->c;
+	struct fwd_wrule *wr = c->wr;
+	uint8_t *data = buf + PH_SOCKS_UDP_HDR_MAX; /* room to put a header in front */
+
+	(void)events;
+	for (unsigned i = 0; i < SOCKS_UDP_BUDGET && c->sx == sx && io->fd != -1; i++) {
+		struct ph_addr from;
+		socklen_t len = sizeof(from.u);
+		ssize_t n = recvfrom(io->fd, data, SOCKS_UDP_MAX, 0, &from.u.sa, &len);
+
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			return; /* EAGAIN, or an ICMP error of an earlier send: nothing to read */
+		}
+		from.len = len;
+		ph_addr_unmap(&from);
+		sx->udp_last = wr->w->loop.now;
+		if (ph_addr_equal(&from, &sx->client) ||
+		    (ph_addr_port(&sx->client) == 0 && ph_addr_same_host(&from, &sx->client))) {
+			sx->client = from; /* the first datagram tells the client's port */
+			udp_from_client(c, data, (size_t)n);
+		} else if (udp_peer_known(sx, &from)) {
+			uint8_t h[PH_SOCKS_UDP_HDR_MAX];
+			size_t hl = ph_socks5_udp_header(&from, h);
+
+			memcpy(data - hl, h, hl);
+			if (ph_addr_port(&sx->client) == 0 ||
+			    sendto(io->fd, data - hl, (size_t)n + hl, MSG_DONTWAIT,
+			           &sx->client.u.sa, sx->client.len) == -1) {
+				FWD_STAT(wr, dgrams_dropped, 1);
+				continue;
+			}
+			c->pump.dir[1].bytes += (uint64_t)n;
+			FWD_STAT(wr, bytes_down, (uint64_t)n);
+			FWD_STAT(wr, dgrams_down, 1);
+		} else {
+			FWD_STAT(wr, dgrams_dropped, 1); /* nobody the client wrote to */
+		}
+	}
+	if (c->sx == sx && io->fd != -1)
+		ph_io_mod(&wr->w->loop, io, EPOLLIN | EPOLLET); /* budget used: report again */
+}
+
+static void socks_udp(struct fwd_conn *c)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct fwd_wrule *wr = c->wr;
+	struct ph_loop *l = &wr->w->loop;
+	struct ph_addr local;
+	socklen_t len = sizeof(local.u);
+	int fd, err;
+
+	err = local_of(c, &local);
+	if (err == 0) {
+		fd = ph_udp_bind(&local, true, false, false, 0);
+		err = fd < 0 ? fd : 0;
+	}
+	if (err == 0) {
+		ph_io_init(&sx->aux, fd, socks_on_udp);
+		err = ph_io_add(l, &sx->aux, EPOLLIN | EPOLLET);
+	}
+	if (err == 0 && getsockname(sx->aux.fd, &local.u.sa, &len) == -1)
+		err = -errno;
+	if (err == 0) {
+		local.len = len;
+		err = socks_reply_ok(c, &local);
+	}
+	if (err < 0) {
+		FWD_STAT(wr, errors, 1);
+		socks_fail(c, err, 0, "UDP ASSOCIATE: cannot open the relay socket");
+		return;
+	}
+	/* datagrams are taken from the client's host only; from the port it named, or the
+	 * first one's */
+	sx->client = c->peer;
+	ph_addr_unmap(&sx->client);
+	ph_addr_set_port(&sx->client, sx->dst.port);
+	sx->phase = SX_UDP;
+	sx->udp_last = l->now;
+	c->try.tgt = 0;
+	c->try.dst = local;
+	ph_timer_arm(l, &c->timer, wr->rule->udp_timeout);
+}
+
+/* The request is read: its destination is checked, looked up, connected to. */
+static void socks_begin(struct fwd_conn *c)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct fwd_wrule *wr = c->wr;
+	struct ph_loop *l = &wr->w->loop;
+	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96];
+	int err;
+
+	ph_timer_stop(l, &c->timer);
+	ph_trace("c%llu: %s %s %s", (unsigned long long)c->id, proto_name(sx),
+	         sx->cmd == PH_SOCKS_CONNECT ? "CONNECT"
+	         : sx->cmd == PH_SOCKS_BIND  ? "BIND"
+	                                     : "UDP ASSOCIATE",
+	         dest_fmt(&sx->dst, d, sizeof(d)));
+	if (sx->cmd == PH_SOCKS_BIND) {
+		socks_bind(c);
+		return;
+	}
+	if (sx->cmd == PH_SOCKS_UDP) {
+		socks_udp(c);
+		return;
+	}
+	if (!ph_socks_dest_allows(wr->rule->socks, sx->dst.name, NULL)) {
+		FWD_STAT(wr, denied, 1);
+		snprintf(reason, sizeof(reason), "%s: not allowed by --allow-dest/--deny-dest",
+		         dest_fmt(&sx->dst, d, sizeof(d)));
+		socks_fail(c, -EACCES, 0, reason);
+		return;
+	}
+	sx->ai = 0;
+	if (sx->dst.name[0] == '\0') {
+		sx->addrs[0] = sx->dst.addr;
+		ph_addr_set_port(&sx->addrs[0], sx->dst.port);
+		sx->naddr = 1;
+		socks_connect_next(c);
+		return;
+	}
+	sx->naddr = (uint8_t)cache_get(wr, sx->dst.name, sx->dst.port, sx->addrs);
+	if (sx->naddr > 0) {
+		socks_connect_next(c);
+		return;
+	}
+	err = socks_lookup(c, sx->dst.name, sx->dst.port);
+	if (err < 0) {
+		FWD_STAT(wr, errors, 1);
+		snprintf(reason, sizeof(reason), "cannot look %s up", sx->dst.name);
+		socks_fail(c, err, 502, reason);
+		return;
+	}
+	sx->phase = SX_RESOLVING;
+	ph_timer_arm(l, &c->timer, wr->rule->connect_timeout);
+}
+
+/* ---- the handshake ---- */
+
+/*
+ * One message of the handshake from the n bytes peeked at b. Returns the bytes it used
+ * (to be read from the socket), 0 when more must come first, or -1 when c was closed.
+ */
+static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
+{
+	struct ph_socks_conn *sx = c->sx;
+	const struct ph_socks_conf *sc = c->wr->rule->socks;
+	char user[PH_SOCKS_NAME_MAX + 1], pass[PH_SOCKS_NAME_MAX + 1],
+		reason[PH_SOCKS_NAME_MAX + 96];
+	struct ph_socks_req req;
+	struct ph_http_proxy_req hr;
+	const char *why = NULL;
+	size_t ulen, plen;
+	unsigned methods;
+	uint8_t rep, r[2];
+	int len, status;
+
+	switch (sx->phase) {
+	case SX_FIRST:
+		if (b[0] == 5) {
+			sx->proto = 5;
+			sx->phase = SX_GREETING;
+		} else if (b[0] == 4) {
+			sx->proto = 4;
+			sx->phase = SX_REQUEST4;
+		} else if (b[0] >= 'A' && b[0] <= 'Z') {
+			sx->proto = 'H';
+			sx->phase = SX_HTTP;
+		} else {
+			FWD_STAT(c->wr, errors, 1);
+			socks_fail(c, -EPROTO, 0, "neither SOCKS nor HTTP");
+			return -1;
+		}
+		return socks_step(c, b, n);
+	case SX_GREETING:
+		len = ph_socks5_greeting(b, n, &methods, &why);
+		if (len <= 0)
+			break;
+		r[0] = 5;
+		r[1] = sc->nusers != 0 ? (methods & PH_SOCKS5_M_USERPASS ? 0x02 : 0xff)
+		                       : (methods & PH_SOCKS5_M_NONE ? 0x00 : 0xff);
+		if (send_all(c->pump.io[0].fd, r, 2) < 0 || r[1] == 0xff) {
+			drain(c->pump.io[0].fd);
+			ph_forward__close(c, false,
+			                  sc->nusers != 0
+			                          ? "socks5: the client offers no "
+			                            "username/password, which is required"
+			                          : "socks5: the client offers no method "
+			                            "but username/password, and no users are "
+			                            "set",
+			                  -EACCES);
+			return -1;
+		}
+		sx->phase = r[1] == 0x02 ? SX_AUTH : SX_REQUEST;
+		return len;
+	case SX_AUTH:
+		memset(user, 0, sizeof(user));
+		memset(pass, 0, sizeof(pass));
+		len = ph_socks5_userpass(b, n, user, &ulen, pass, &plen, &why);
+		if (len <= 0)
+			break;
+		r[0] = 1;
+		r[1] = ph_socks_user_ok(sc, user, ulen, pass, plen) ? 0 : 1;
+		explicit_bzero(pass, sizeof(pass));
+		if (send_all(c->pump.io[0].fd, r, 2) < 0 || r[1] != 0) {
+			FWD_STAT(c->wr, denied, 1);
+			drain(c->pump.io[0].fd);
+			snprintf(reason, sizeof(reason),
+			         "socks5: wrong user name or password (user '%.64s')", user);
+			ph_forward__close(c, false, reason, -EACCES);
+			return -1;
+		}
+		sx->phase = SX_REQUEST;
+		return len;
+	case SX_REQUEST:
+		len = ph_socks5_request(b, n, &req, &rep, &why);
+		if (len == -EPROTO) {
+			FWD_STAT(c->wr, errors, 1);
+			socks_fail(c,
+			           rep == PH_SOCKS5_CMD_UNSUPPORTED    ? -EOPNOTSUPP
+			           : rep == PH_SOCKS5_ATYP_UNSUPPORTED ? -EAFNOSUPPORT
+			           : rep == PH_SOCKS5_HOST_UNREACH     ? -ENOENT
+			                                               : -EPROTO,
+			           0, why);
+			return -1;
+		}
+		if (len <= 0)
+			break;
+		sx->cmd = req.cmd;
+		sx->dst = req.dst;
+		sx->phase = SX_READY;
+		return len;
+	case SX_REQUEST4:
+		len = ph_socks4_request(b, n, &req, &why);
+		if (len <= 0)
+			break;
+		if (sc->nusers != 0) {
+			FWD_STAT(c->wr, denied, 1);
+			socks_fail(c, -EACCES, 0, "SOCKS4 has no passwords, and users are set");
+			return -1;
+		}
+		sx->cmd = req.cmd;
+		sx->dst = req.dst;
+		sx->phase = SX_READY;
+		return len;
+	case SX_HTTP:
+		len = ph_http_proxy_parse((const char *)b, n, &hr, &status, &why);
+		if (len == -EPROTO) {
+			FWD_STAT(c->wr, errors, 1);
+			socks_fail(c, -EPROTO, status, why);
+			return -1;
+		}
+		if (len <= 0)
+			break;
+		if (sc->nusers != 0) {
+			bool ok = false;
+
+			memset(user, 0, sizeof(user));
+			memset(pass, 0, sizeof(pass));
+			if (hr.auth != NULL && ph_http_basic_decode(hr.auth, hr.auth_len, user,
+			                                            &ulen, pass, &plen) == 0)
+				ok = ph_socks_user_ok(sc, user, ulen, pass, plen);
+			explicit_bzero(pass, sizeof(pass));
+			if (!ok) {
+				FWD_STAT(c->wr, denied, 1);
+				snprintf(reason, sizeof(reason), "%s (user '%.64s')",
+				         hr.auth == NULL ? "no proxy credentials"
+				                         : "wrong user name or password",
+				         user);
+				socks_fail(c, -EACCES, 407, reason);
+				return -1;
+			}
+		}
+		sx->cmd = PH_SOCKS_CONNECT;
+		sx->dst = hr.dst;
+		if (!hr.connect) {
+			int m;
+
+			sx->fwd = malloc(hr.head_len + 320);
+			m = sx->fwd == NULL ? -ENOMEM
+			                    : ph_http_proxy_rewrite((const char *)b, &hr, sx->fwd,
+			                                            hr.head_len + 320);
+			if (m < 0) {
+				FWD_STAT(c->wr, errors, 1);
+				socks_fail(c, m, 502, "cannot rewrite the request");
+				return -1;
+			}
+			sx->fwd_len = (size_t)m;
+		}
+		sx->phase = SX_READY;
+		return len;
+	default:
+		return 0;
+	}
+	if (len == -EAGAIN)
+		return 0;
+	FWD_STAT(c->wr, errors, 1);
+	socks_fail(c, -EPROTO, 0, why != NULL ? why : "a bad handshake");
+	return -1;
+}
+
+/* The client's socket during the handshake and until the pump takes it over. */
+static void socks_on_client(struct ph_io *io, uint32_t events)
+{
+	struct fwd_conn *c = container_of(io, struct fwd_conn, pump.io[0]);
+	uint8_t buf[SOCKS_PEEK];
+	struct ph_socks_conn *sx;
+
+	for (;;) {
+		ssize_t n;
+		int used;
+
+		sx = c->sx;
+		if (c->state != FWD_SOCKS || sx == NULL)
+			return;
+		if (sx->phase >= SX_READY) {
+			if ((sx->phase == SX_UDP || sx->phase == SX_BIND_WAIT) &&
+			    (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+				/* the TCP connection only says how long the relay lives */
+				n = recv(io->fd, buf, sizeof(buf), 0);
+				if (n == 0 || (n == -1 && errno != EAGAIN && errno != EINTR))
+					ph_forward__close(c, false,
+					                  "the client ended the association", 0);
+				else if (n > 0)
+					continue;
+			}
+			return;
+		}
+		n = recv(io->fd, buf, sizeof(buf), MSG_PEEK);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				ph_forward__close(c, true, "socks: the client failed mid-handshake",
+				                  -errno);
+			return;
+		}
+		if (n == 0) {
+			ph_forward__close(c, false, "socks: the client closed mid-handshake", 0);
+			return;
+		}
+		used = socks_step(c, buf, (size_t)n);
+		if (used < 0)
+			return;
+		if (used == 0) {
+			if ((size_t)n == sizeof(buf)) {
+				FWD_STAT(c->wr, errors, 1);
+				socks_fail(c, -EPROTO, 431, "a handshake too long");
+			}
+			return; /* the rest comes with the next edge */
+		}
+		if (recv(io->fd, buf, (size_t)used, 0) != used) { /* what the peek saw stays */
+			ph_forward__close(c, true, "socks: cannot read the handshake", -EIO);
+			return;
+		}
+		if (sx->phase == SX_READY) {
+			socks_begin(c);
+			return;
+		}
+	}
+}
+
+void ph_socks__start(struct fwd_conn *c)
+{
+	struct ph_loop *l = &c->wr->w->loop;
+	struct ph_socks_conn *sx = calloc(1, sizeof(*sx));
+	int err;
+
+	if (sx == NULL) {
+		FWD_STAT(c->wr, errors, 1);
+		ph_forward__close(c, true, "socks: out of memory", -ENOMEM);
+		return;
+	}
+	sx->c = c;
+	ph_io_init(&sx->aux, -1, NULL);
+	c->sx = sx;
+	ph_forward__set_state(c, FWD_SOCKS);
+	/* the pump takes this registration over (EPOLL_CTL_MOD) when it starts */
+	c->pump.io[0].cb = socks_on_client;
+	err = ph_io_add(l, &c->pump.io[0], PH_PUMP_EVENTS);
+	if (err < 0) {
+		FWD_STAT(c->wr, errors, 1);
+		ph_forward__close(c, true, "socks: cannot watch the client", err);
+		return;
+	}
+	ph_timer_arm(l, &c->timer, c->wr->rule->socks->handshake_timeout);
+}
+
+void ph_socks__on_timer(struct fwd_conn *c)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct ph_loop *l = &c->wr->w->loop;
+	uint64_t idle;
+
+	switch (sx->phase) {
+	case SX_RESOLVING:
+		FWD_STAT(c->wr, connect_failed, 1);
+		socks_fail(c, -EHOSTUNREACH, 504, "the name lookup timed out");
+		break;
+	case SX_CONNECTING:
+		sx->lasterr = -ETIMEDOUT;
+		ph_io_close(l, &c->pump.io[1]);
+		socks_connect_next(c);
+		break;
+	case SX_BIND_WAIT:
+		socks_fail(c, -ETIMEDOUT, 0, "BIND: no incoming connection in time");
+		break;
+	case SX_UDP:
+		idle = c->wr->rule->udp_timeout;
+		if (l->now - sx->udp_last >= idle)
+			ph_forward__close(c, false, "udp: idle timeout", 0);
+		else
+			ph_timer_arm(l, &c->timer, idle - (l->now - sx->udp_last));
+		break;
+	default:
+		FWD_STAT(c->wr, errors, 1);
+		if (sx->phase == SX_HTTP)
+			socks_fail(c, -ETIMEDOUT, 408, "no complete request in time");
+		else
+			socks_fail(c, -ETIMEDOUT, 0, "handshake timed out");
+		break;
+	}
+}
+
+void ph_socks__conn_free(struct fwd_conn *c)
+{
+	struct ph_socks_conn *sx = c->sx;
+
+	if (sx == NULL)
+		return;
+	if (sx->q != NULL)
+		sx->q->c = NULL; /* its answer still fills the cache */
+	if (sx->aux.fd != -1)
+		ph_io_close(&c->wr->w->loop, &sx->aux);
+	free(sx->pend);
+	free(sx->fwd);
+	free(sx);
+	c->sx = NULL;
+}
+
+bool ph_socks__wrule_idle(const struct fwd_wrule *wr)
+{
+	return wr->sw == NULL || wr->sw->busy == 0;
+}
+
+void ph_socks__wrule_free(struct fwd_wrule *wr)
+{
+	struct ph_socks_wrule *sw = wr->sw;
+	struct ph_list *it, *tmp;
+
+	if (sw == NULL)
+		return;
+	/* lookups the resolver dropped when the worker ended */
+	ph_list_for_each_safe(it, tmp, &sw->lookups) {
+		struct socks_lookup *q = container_of(it, struct socks_lookup, node);
+
+		ph_list_del(&q->node);
+		free(q);
+	}
+	free(sw->cache);
+	free(sw);
+	wr->sw = NULL;
+}
