@@ -218,7 +218,15 @@ static void socks_fail(struct fwd_conn *c, int err, int status, const char *why)
 	int fd = c->pump.io[0].fd;
 	char reason[384];
 
-	if (sx->proto == 5 && sx->phase >= SX_REQUEST) {
+	if (sx->proto == 5 && sx->phase == SX_GREETING) {
+		static const uint8_t none[2] = {5, 0xff}; /* no acceptable method */
+
+		(void)send_all(fd, none, sizeof(none));
+	} else if (sx->proto == 5 && sx->phase == SX_AUTH) {
+		static const uint8_t denied[2] = {1, 1};
+
+		(void)send_all(fd, denied, sizeof(denied));
+	} else if (sx->proto == 5 && sx->phase >= SX_REQUEST) {
 		uint8_t r[PH_SOCKS5_REPLY_MAX];
 
 		(void)send_all(fd, r, ph_socks5_reply(rep5_of(err), NULL, r));
@@ -1004,7 +1012,8 @@ static void socks_on_client(struct ph_io *io, uint32_t events)
 
 	for (;;) {
 		ssize_t n;
-		int used;
+		size_t off;
+		int used = 0;
 
 		sx = c->sx;
 		if (c->state != FWD_SOCKS || sx == NULL)
@@ -1035,24 +1044,35 @@ static void socks_on_client(struct ph_io *io, uint32_t events)
 			ph_forward__close(c, false, "socks: the client closed mid-handshake", 0);
 			return;
 		}
-		used = socks_step(c, buf, (size_t)n);
-		if (used < 0)
-			return;
-		if (used == 0) {
-			if ((size_t)n == sizeof(buf)) {
-				FWD_STAT(c->wr, errors, 1);
-				socks_fail(c, -EPROTO, 431, "a handshake too long");
-			}
-			return; /* the rest comes with the next edge */
+		/* every whole message peeked at, then one read of them all; anything that comes
+		 * after this peek raises a new edge, so there is no need to peek again */
+		for (off = 0; off < (size_t)n && sx->phase < SX_READY; off += (size_t)used) {
+			used = socks_step(c, buf + off, (size_t)n - off);
+			if (used < 0)
+				return;
+			if (used == 0)
+				break;
 		}
-		if (recv(io->fd, buf, (size_t)used, 0) != used) { /* what the peek saw stays */
+		if (off == 0 && (size_t)n == sizeof(buf)) {
+			FWD_STAT(c->wr, errors, 1);
+			socks_fail(c, -EPROTO, 431, "a handshake too long");
+			return;
+		}
+		if (sx->phase < SX_READY && (size_t)n > off && (events & EPOLLRDHUP)) {
+			/* a message cut short, and the client will send nothing more */
+			FWD_STAT(c->wr, errors, 1);
+			ph_forward__close(c, false, "socks: the client closed mid-message",
+			                  -EPROTO);
+			return;
+		}
+		/* exactly what was used: what comes after the request stays for splice */
+		if (off > 0 && recv(io->fd, buf, off, 0) != (ssize_t)off) {
 			ph_forward__close(c, true, "socks: cannot read the handshake", -EIO);
 			return;
 		}
-		if (sx->phase == SX_READY) {
+		if (sx->phase == SX_READY)
 			socks_begin(c);
-			return;
-		}
+		return;
 	}
 }
 
@@ -1112,8 +1132,10 @@ void ph_socks__on_timer(struct fwd_conn *c)
 		FWD_STAT(c->wr, errors, 1);
 		if (sx->phase == SX_HTTP)
 			socks_fail(c, -ETIMEDOUT, 408, "no complete request in time");
-		else
-			socks_fail(c, -ETIMEDOUT, 0, "handshake timed out");
+		else if (sx->phase == SX_REQUEST || sx->phase == SX_REQUEST4)
+			socks_fail(c, -ETIMEDOUT, 0, "no complete request in time");
+		else /* mid-greeting or authentication: SOCKS has no answer for that */
+			ph_forward__close(c, false, "socks: handshake timed out", -ETIMEDOUT);
 		break;
 	}
 }
