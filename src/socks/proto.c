@@ -40,7 +40,9 @@ static int dest_set(struct ph_socks_dest *d, const char *host, size_t n, uint16_
 		return fail("a host name of a bad length");
 	memcpy(tmp, host, n);
 	tmp[n] = '\0';
-	if (memchr(tmp, '\0', n) == NULL && ph_addr_from_literal(tmp, port, &d->addr) == 0)
+	/* an address literal; a scope (fe80::1%eth0) would name one of our interfaces */
+	if (memchr(tmp, '\0', n) == NULL && memchr(tmp, '%', n) == NULL &&
+	    ph_addr_from_literal(tmp, port, &d->addr) == 0)
 		return 0;
 	memset(&d->addr, 0, sizeof(d->addr));
 	if (!name_ok(host, n))
@@ -165,7 +167,6 @@ int ph_socks5_request(const uint8_t *b, size_t n, struct ph_socks_req *req, uint
 	if (n < off + alen + 2)
 		return -EAGAIN;
 	port = (uint16_t)(b[off + alen] << 8 | b[off + alen + 1]);
-	req->cmd = b[1];
 	if (b[3] == 1) {
 		dest_set_v4(&req->dst, b + off, port);
 	} else if (b[3] == 4) {
@@ -174,6 +175,7 @@ int ph_socks5_request(const uint8_t *b, size_t n, struct ph_socks_req *req, uint
 		*rep = PH_SOCKS5_HOST_UNREACH;
 		return -EPROTO;
 	}
+	req->cmd = b[1];
 	return (int)(off + alen + 2);
 }
 
@@ -213,13 +215,15 @@ int ph_socks4_request(const uint8_t *b, size_t n, struct ph_socks_req *req, cons
 		return fail("an unknown SOCKS4 command");
 	if (n < 9)
 		return -EAGAIN;
-	/* USERID, NUL-terminated: at most PH_SOCKS_NAME_MAX bytes are waited for */
-	nul = memchr(b + 8, '\0', n - 8);
+	/*
+	 * USERID, NUL-terminated: at most PH_SOCKS_NAME_MAX bytes, looked for only there so a
+	 * longer one is refused however the bytes arrive, not only when read in pieces
+	 */
+	nul = memchr(b + 8, '\0', n - 8 > PH_SOCKS_NAME_MAX ? PH_SOCKS_NAME_MAX + 1 : n - 8);
 	if (nul == NULL)
 		return n - 8 > PH_SOCKS_NAME_MAX ? fail("a SOCKS4 user id too long") : -EAGAIN;
 	off = (size_t)(nul - b) + 1;
 	port = (uint16_t)(b[2] << 8 | b[3]);
-	req->cmd = b[1];
 	if (b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] != 0) { /* SOCKS4a: a name follows */
 		host = b + off;
 		nul = memchr(host, '\0', n - off);
@@ -228,9 +232,11 @@ int ph_socks4_request(const uint8_t *b, size_t n, struct ph_socks_req *req, cons
 			                                   : -EAGAIN;
 		if (dest_set(&req->dst, (const char *)host, (size_t)(nul - host), port, why) < 0)
 			return -EPROTO;
+		req->cmd = b[1];
 		return (int)(nul - b) + 1;
 	}
 	dest_set_v4(&req->dst, b + 4, port);
+	req->cmd = b[1];
 	return (int)off;
 }
 
@@ -486,9 +492,10 @@ int ph_http_basic_decode(const char *v, size_t n, char *user, size_t *ulen, char
                          size_t *plen)
 {
 	char dec[2 * (PH_SOCKS_NAME_MAX + 1)];
-	size_t dn = 0, i = 6;
+	size_t dn = 0, i = 6, ul, pl;
 	unsigned acc = 0, bits = 0;
 	const char *colon;
+	int err = -EINVAL;
 
 	user[0] = pass[0] = '\0';
 	*ulen = *plen = 0;
@@ -499,33 +506,33 @@ int ph_http_basic_decode(const char *v, size_t n, char *user, size_t *ulen, char
 	for (; i < n && v[i] != '='; i++) {
 		int x = b64val(v[i]);
 
-		if (x < 0)
-			return -EINVAL;
+		if (x < 0 || (bits + 6 >= 8 && dn >= sizeof(dec)))
+			goto out;
 		acc = (acc << 6) | (unsigned)x;
 		bits += 6;
 		if (bits >= 8) {
 			bits -= 8;
-			if (dn >= sizeof(dec))
-				return -EINVAL;
 			dec[dn++] = (char)((acc >> bits) & 0xff);
 		}
 	}
 	for (; i < n; i++)
 		if (v[i] != '=')
-			return -EINVAL;
+			goto out;
 	colon = memchr(dec, ':', dn);
 	if (colon == NULL || colon == dec || memchr(dec, '\0', dn) != NULL)
-		return -EINVAL;
-	*ulen = (size_t)(colon - dec);
-	*plen = dn - *ulen - 1;
-	if (*ulen > PH_SOCKS_NAME_MAX || *plen > PH_SOCKS_NAME_MAX) {
-		*ulen = *plen = 0;
-		return -EINVAL;
-	}
-	memcpy(user, dec, *ulen);
-	user[*ulen] = '\0';
-	memcpy(pass, colon + 1, *plen);
-	pass[*plen] = '\0';
-	explicit_bzero(dec, sizeof(dec));
-	return 0;
+		goto out;
+	ul = (size_t)(colon - dec);
+	pl = dn - ul - 1;
+	if (ul > PH_SOCKS_NAME_MAX || pl > PH_SOCKS_NAME_MAX)
+		goto out;
+	memcpy(user, dec, ul);
+	user[ul] = '\0';
+	memcpy(pass, colon + 1, pl);
+	pass[pl] = '\0';
+	*ulen = ul;
+	*plen = pl;
+	err = 0;
+out:
+	explicit_bzero(dec, sizeof(dec)); /* a refused password too */
+	return err;
 }
