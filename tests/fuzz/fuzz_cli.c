@@ -76,8 +76,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				      (!r->targets[i].hp.has_scheme ||
 				       r->targets[i].hp.proto == r->listen.proto));
 			/* an option of the other protocol is refused */
-			CHECK((r->listen.proto & PH_PROTO_UDP) ||
-			      (r->udp_timeout == 0 && r->max_sessions == 0));
+			CHECK((r->listen.proto & PH_PROTO_UDP) || r->max_sessions == 0);
+			CHECK((r->listen.proto & PH_PROTO_UDP) || r->kind == PH_RULE_SOCKS ||
+			      r->udp_timeout == 0); /* socks: for UDP ASSOCIATE */
 			CHECK((r->listen.proto & PH_PROTO_TCP) ||
 			      (r->max_conns == 0 && r->idle_timeout == 0));
 		} else {
