@@ -246,8 +246,11 @@ static struct ph_forward_rule *takeover(const struct ph_config *cfg, const bool 
 
 static bool same_spec(const struct ph_forward_rule *a, const struct ph_forward_rule *b)
 {
-	return a->spec != NULL && b->spec != NULL && a->spec_len == b->spec_len &&
-	       memcmp(a->spec, b->spec, a->spec_len) == 0;
+	if (a->spec == NULL || b->spec == NULL || a->spec_len != b->spec_len ||
+	    memcmp(a->spec, b->spec, a->spec_len) != 0)
+		return false;
+	/* the same line may name a --users file whose users changed */
+	return a->socks == NULL || b->socks == NULL || ph_socks_conf_same_users(a->socks, b->socks);
 }
 
 /*

@@ -28,6 +28,12 @@ void ph_socks_conf_free(struct ph_socks_conf *sc)
 	free(sc);
 }
 
+bool ph_socks_conf_same_users(const struct ph_socks_conf *a, const struct ph_socks_conf *b)
+{
+	return a->nusers == b->nusers &&
+	       (a->nusers == 0 || memcmp(a->users, b->users, a->nusers * sizeof(*a->users)) == 0);
+}
+
 static int user_add(struct ph_socks_conf *sc, const char *s, size_t n, const char **why)
 {
 	const char *colon = memchr(s, ':', n);

@@ -48,6 +48,9 @@ struct ph_socks_conf *ph_socks_conf_new(void);
 /* Frees sc, wiping the passwords. NULL is fine. */
 void ph_socks_conf_free(struct ph_socks_conf *sc);
 
+/* True when a and b have the same users (a reload reads a --users file again). */
+bool ph_socks_conf_same_users(const struct ph_socks_conf *a, const struct ph_socks_conf *b);
+
 /* Adds a user written NAME:PASS. Returns 0, -ENOMEM, or -EINVAL with a reason in *why. */
 int ph_socks_user_add(struct ph_socks_conf *sc, const char *spec, const char **why);
 
