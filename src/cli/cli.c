@@ -125,6 +125,7 @@ static const char help_socks[] =
 	"                         Proxy-Authorization, and SOCKS4 (no passwords) is\n"
 	"                         refused. Others can read argv: prefer --users\n"
 	"  --users FILE           users from FILE, one NAME:PASS a line, # comments\n"
+	"                         (read again on reload)\n"
 	"  --open                 allow listening on a non-loopback address with no\n"
 	"                         users: without it that is refused, since an open\n"
 	"                         proxy is found and abused within hours\n"
