@@ -7,8 +7,10 @@ Measures, for each forwarder and for a direct connection (the limit), on 127.0.0
   3. userspace RSS per idle connection (forwarder RSS with N idle connections minus before)
   4. forwarder CPU seconds per GB moved during the 1-stream iperf3 run
 then the UDP part (bench/udp.py: datagram round trips, CPU per datagram, RSS per session),
-and writes a table to stdout and bench/results/latest.md. BENCH_ONLY=tcp or BENCH_ONLY=udp
-runs one part alone (written to latest-tcp.md or latest-udp.md, unless BENCH_OUT says).
+then the SOCKS part (bench/socks.py: pinhole socks against microsocks, dante and ssh -D:
+proxied conn/s, throughput, CPU per GB, RSS per idle connection), and writes a table to
+stdout and bench/results/latest.md. BENCH_ONLY=tcp, udp or socks runs one part alone
+(written to latest-tcp.md, latest-udp.md or latest-socks.md, unless BENCH_OUT says).
 
 Every process it starts gets its own session; its id is appended to $BENCH_TMP/pgids so
 that run.sh's trap can end it whatever happens here. Every wait is bounded.
@@ -918,8 +920,8 @@ def run_tcp(results, notes, stopped_lines):
 
 
 def main():
-    if ONLY not in ("", "tcp", "udp"):
-        sys.exit("bench: BENCH_ONLY is tcp or udp (or unset: both), not %r" % ONLY)
+    if ONLY not in ("", "tcp", "udp", "socks"):
+        sys.exit("bench: BENCH_ONLY is tcp, udp or socks (or unset: all), not %r" % ONLY)
     if not os.access(PINHOLE, os.X_OK):
         sys.exit("bench: %s is missing; build first (ninja -C build)" % PINHOLE)
     set_subreaper()
@@ -929,11 +931,11 @@ def main():
     notes = []
     stopped_lines = []
     report = ""
-    if ONLY != "udp":
+    if ONLY in ("", "tcp"):
         run_tcp(results, notes, stopped_lines)
         report = build_report(env, results, notes, stopped_lines)
-    udp_raw = None
-    if ONLY != "tcp":
+    udp_raw = socks_raw = None
+    if ONLY in ("", "udp"):
         # udp.py imports this module as "bench": the same one, not a second copy
         sys.modules.setdefault("bench", sys.modules[__name__])
         import udp
@@ -941,6 +943,14 @@ def main():
         section, udp_notes, udp_raw = udp.run()
         report += ("\n" if report else "") + section
         udp_raw["notes"] = udp_notes
+    if ONLY in ("", "socks"):
+        # as udp.py, socks.py imports this module as "bench"
+        sys.modules.setdefault("bench", sys.modules[__name__])
+        import socks
+
+        section, socks_notes, socks_raw = socks.run()
+        report += ("\n" if report else "") + section
+        socks_raw["notes"] = socks_notes
     report = build_header(env) + report
     report += "\nTotal run time %.0f s.\n" % (time.monotonic() - t_start)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
@@ -948,8 +958,9 @@ def main():
         f.write(report)
     # every raw number, for whoever wants to look again
     with open(os.path.splitext(OUT)[0] + ".json", "w") as f:
-        json.dump({"env": env, "results": results if ONLY != "udp" else None, "notes": notes,
-                   "stopped": stopped_lines, "udp": udp_raw}, f, indent=1)
+        json.dump({"env": env, "results": results if ONLY in ("", "tcp") else None,
+                   "notes": notes, "stopped": stopped_lines, "udp": udp_raw,
+                   "socks": socks_raw}, f, indent=1)
     print()
     print(report)
     print("written to %s" % OUT)

@@ -49,12 +49,35 @@
  *       time, then keeps them open and idle. Prints "held=N failed=N secs=S" when set up,
  *       then waits like hold.
  *
+ *   connrate sink HOST:PORT [-t MAXSECS]
+ *       A discard server: one epoll thread, reads and drops what comes, closes on EOF (so a
+ *       sender that shuts down its side learns when everything has arrived). Prints
+ *       "listening" once bound, and on exit (SIGTERM/SIGINT or MAXSECS) "received=N".
+ *
+ *   connrate bulk HOST:PORT [-c STREAMS] [-t SECS] [-T TIMEOUT_MS]
+ *       Throughput: opens STREAMS connections (each within TIMEOUT_MS, SOCKS handshake
+ *       included), then writes 256 KiB blocks on all of them for SECS seconds, then shuts
+ *       down each one's sending side and waits (at most TIMEOUT_MS) for the server's EOF,
+ *       which comes once the sink has read everything. Prints one line:
+ *       bytes=N streams=N secs=S gbps=G drained=N setup_ms=M
+ *       secs runs from the first write to the last EOF (to the end of SECS when not every
+ *       stream drained), so every byte counted has reached the sink.
+ *
+ * --socks5 PROXY:PORT (load, hold, bulk; also -S): every connection goes through that SOCKS5
+ * proxy to HOST:PORT, the way a SOCKS client does it: connect to the proxy, send the greeting
+ * (version 5, one method: no authentication), wait for the method reply, send CONNECT with
+ * an IPv4 address, wait for the reply, and only then send data. Nothing is pipelined. The
+ * latency of load includes the whole handshake. A refusal or a malformed answer counts as an
+ * error; load adds socks_errors=N (of the errors, those) and socks_first=R (the first reply
+ * code that was not 0, or 256 for a malformed answer) to its line.
+ *
  * Every loop is bounded in time. Loopback IPv4 only is needed, but any IPv4 address works.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -74,6 +97,12 @@
 #define MAX_EVENTS 256
 
 static volatile sig_atomic_t stop_flag;
+
+/* --socks5: the proxy every client connection goes through (HOST:PORT is then the target) */
+static bool use_socks;
+static struct sockaddr_in socks_sa;
+static unsigned long long socks_errors;
+static unsigned socks_first; /* the first reply code that was not 0; 256: malformed */
 
 static void on_stop(int sig)
 {
@@ -106,7 +135,11 @@ static void usage(void)
 	                "       connrate uload HOST:PORT [-c CLIENTS] [-W WINDOW] [-t SECS] "
 	                "[-s BYTES] [-T TIMEOUT_MS] [-R RATE]\n"
 	                "       connrate uhold HOST:PORT [-n SOCKETS] [-p PARALLEL] [-s BYTES] "
-	                "[-w SETUP_SECS] [-H HOLD_SECS]\n");
+	                "[-w SETUP_SECS] [-H HOLD_SECS]\n"
+	                "       connrate sink HOST:PORT [-t MAXSECS]\n"
+	                "       connrate bulk HOST:PORT [-c STREAMS] [-t SECS] [-T TIMEOUT_MS]\n"
+	                "load, hold and bulk take --socks5 PROXY:PORT (-S): through that SOCKS5 "
+	                "proxy to HOST:PORT\n");
 	exit(2);
 }
 
@@ -279,10 +312,12 @@ static int echo_main(const struct sockaddr_in *sa, int maxsecs, size_t close_aft
 /* ---- clients: load and hold ---- */
 
 enum cstate {
-	C_FREE = 0,   /* slot unused */
-	C_CONNECTING, /* connect() in flight; waiting for EPOLLOUT */
-	C_READING,    /* request sent; waiting for the whole reply (and the FIN with -e) */
-	C_HELD,       /* hold mode: round trip done, kept open */
+	C_FREE = 0,     /* slot unused */
+	C_CONNECTING,   /* connect() in flight; waiting for EPOLLOUT */
+	C_SOCKS_METHOD, /* --socks5: greeting sent; waiting for the method reply (2 bytes) */
+	C_SOCKS_REPLY,  /* --socks5: CONNECT sent; waiting for the reply (10, 22 or more bytes) */
+	C_READING,      /* request sent; waiting for the whole reply (and the FIN with -e) */
+	C_HELD,         /* hold mode: round trip done, kept open */
 };
 
 struct client {
@@ -290,6 +325,8 @@ struct client {
 	enum cstate state;
 	size_t got;
 	uint64_t start;
+	uint16_t sgot, sneed; /* SOCKS answer: bytes read so far, its length (as far as known) */
+	unsigned char sb[5];  /* its first bytes */
 };
 
 struct lat {
@@ -343,6 +380,8 @@ static int client_start(int ep, struct client *c, const struct sockaddr_in *sa)
 	if (fd == -1)
 		return -errno;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (use_socks)
+		sa = &socks_sa;
 	if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) == -1 && errno != EINPROGRESS) {
 		int err = -errno;
 
@@ -370,13 +409,108 @@ static void client_drop(struct client *c)
 	c->state = C_FREE;
 }
 
+/* The SOCKS5 greeting: version 5, one method, 0 (no authentication). */
+static const unsigned char socks_greeting[3] = {5, 1, 0};
+
+/* The SOCKS5 CONNECT request for target sa (IPv4 address type): 10 bytes into req. */
+static void socks_request(unsigned char req[10], const struct sockaddr_in *sa)
+{
+	req[0] = 5; /* version */
+	req[1] = 1; /* CONNECT */
+	req[2] = 0;
+	req[3] = 1; /* IPv4 */
+	memcpy(req + 4, &sa->sin_addr, 4);
+	memcpy(req + 8, &sa->sin_port, 2);
+}
+
+/* The length of a SOCKS5 reply from its first 5 bytes, or 0 when they are not one. */
+static size_t socks_reply_len(const unsigned char b[5])
+{
+	if (b[0] != 5)
+		return 0;
+	switch (b[3]) {
+	case 1:
+		return 4 + 4 + 2;
+	case 4:
+		return 4 + 16 + 2;
+	case 3:
+		return 4 + 1 + (size_t)b[4] + 2;
+	default:
+		return 0;
+	}
+}
+
+static void socks_fail(unsigned code)
+{
+	socks_errors++;
+	if (socks_first == 0)
+		socks_first = code;
+}
+
+/*
+ * Reads what is missing of the SOCKS answer of c (sneed bytes, no more: what follows is the
+ * target's). Returns 1 when it is all there, 0 to wait for more, -1 on EOF or an error.
+ */
+static int socks_read(struct client *c)
+{
+	unsigned char buf[300];
+
+	while (c->sgot < c->sneed) {
+		size_t want = (size_t)(c->sneed - c->sgot);
+		ssize_t r = read(c->fd, buf, want < sizeof(buf) ? want : sizeof(buf));
+
+		if (r > 0) {
+			for (ssize_t i = 0; i < r && c->sgot + i < (ssize_t)sizeof(c->sb); i++)
+				c->sb[c->sgot + i] = buf[i];
+			c->sgot += (uint16_t)r;
+			if (c->state == C_SOCKS_REPLY && c->sneed == 5 && c->sgot == 5) {
+				size_t n = socks_reply_len(c->sb);
+
+				if (n == 0 || c->sb[1] != 0) {
+					socks_fail(n == 0 ? 256u : c->sb[1]);
+					return -1;
+				}
+				c->sneed = (uint16_t)n;
+			}
+			continue;
+		}
+		if (r == -1 && errno == EAGAIN)
+			return 0;
+		if (r == -1 && errno == EINTR)
+			continue;
+		socks_fail(256); /* the proxy closed (or reset) before its answer was complete */
+		return -1;
+	}
+	return 1;
+}
+
+/* Sends the request of c (size bytes) and waits for the reply: state C_READING. */
+static int client_send(int ep, struct client *c, size_t size)
+{
+	static char req[65536];
+	struct epoll_event ev;
+
+	if (req[0] == 0)
+		memset(req, 'x', sizeof(req));
+	if (write(c->fd, req, size) != (ssize_t)size) {
+		client_drop(c);
+		return -1;
+	}
+	c->state = C_READING;
+	ev.events = EPOLLIN;
+	ev.data.ptr = c;
+	epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+	return 0;
+}
+
 /*
  * Advances slot c on an event. Returns 1 when its round trip is complete, 0 while it goes on,
- * -1 when it failed (the slot is then freed).
+ * -1 when it failed (the slot is then freed). sa is the target (for --socks5).
  */
-static int client_step(int ep, struct client *c, uint32_t events, size_t size, bool wait_eof)
+static int client_step(int ep, struct client *c, uint32_t events, size_t size, bool wait_eof,
+                       const struct sockaddr_in *sa)
 {
-	static char req[65536], rsp[65536];
+	static char rsp[65536];
 	struct epoll_event ev;
 	int err = 0;
 	socklen_t len = sizeof(err);
@@ -387,15 +521,46 @@ static int client_step(int ep, struct client *c, uint32_t events, size_t size, b
 			client_drop(c);
 			return -1;
 		}
-		memset(req, 'x', size);
-		if (write(c->fd, req, size) != (ssize_t)size) {
+		if (!use_socks)
+			return client_send(ep, c, size);
+		/* a fresh socket takes 3 bytes whole */
+		if (write(c->fd, socks_greeting, sizeof(socks_greeting)) !=
+		    (ssize_t)sizeof(socks_greeting)) {
 			client_drop(c);
 			return -1;
 		}
-		c->state = C_READING;
+		c->state = C_SOCKS_METHOD;
+		c->sgot = 0;
+		c->sneed = 2;
 		ev.events = EPOLLIN;
 		ev.data.ptr = c;
 		epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+		return 0;
+	}
+	if (c->state == C_SOCKS_METHOD || c->state == C_SOCKS_REPLY) {
+		int r = socks_read(c);
+		unsigned char req[10];
+
+		if (r <= 0) {
+			if (r < 0)
+				client_drop(c);
+			return r;
+		}
+		if (c->state == C_SOCKS_REPLY)
+			return client_send(ep, c, size); /* the tunnel is up */
+		if (c->sb[0] != 5 || c->sb[1] != 0) {
+			socks_fail(c->sb[0] != 5 ? 256u : 255u); /* 255: no acceptable method */
+			client_drop(c);
+			return -1;
+		}
+		socks_request(req, sa);
+		if (write(c->fd, req, sizeof(req)) != (ssize_t)sizeof(req)) {
+			client_drop(c);
+			return -1;
+		}
+		c->state = C_SOCKS_REPLY;
+		c->sgot = 0;
+		c->sneed = 5; /* then socks_read knows the length */
 		return 0;
 	}
 	if (c->state == C_READING) {
@@ -470,7 +635,7 @@ static int load_main(const struct sockaddr_in *sa, int nclients, double secs, si
 		now = now_us();
 		for (int i = 0; i < n; i++) {
 			struct client *c = evs[i].data.ptr;
-			int r = client_step(ep, c, evs[i].events, size, wait_eof);
+			int r = client_step(ep, c, evs[i].events, size, wait_eof, sa);
 
 			if (r == 1) {
 				lat_add(&lat, now_us() - c->start);
@@ -502,9 +667,10 @@ static int load_main(const struct sockaddr_in *sa, int nclients, double secs, si
 	el = (double)(t1 - t0) / 1e6;
 	qsort(lat.v, lat.n, sizeof(*lat.v), cmp_u32);
 	printf("conns=%llu errors=%llu secs=%.3f rate=%.1f p50_us=%u p90_us=%u p99_us=%u "
-	       "max_us=%u first_errno=%llu\n",
+	       "max_us=%u first_errno=%llu socks_errors=%llu socks_first=%u\n",
 	       done, errors, el, el > 0 ? (double)done / el : 0.0, lat_pct(&lat, 0.50),
-	       lat_pct(&lat, 0.90), lat_pct(&lat, 0.99), lat.n ? lat.v[lat.n - 1] : 0, first_err);
+	       lat_pct(&lat, 0.90), lat_pct(&lat, 0.99), lat.n ? lat.v[lat.n - 1] : 0, first_err,
+	       socks_errors, socks_first);
 	fflush(stdout);
 	return 0;
 }
@@ -537,7 +703,7 @@ static int hold_main(const struct sockaddr_in *sa, int nconns, int parallel, siz
 		for (int i = 0; i < n; i++) {
 			struct client *c = evs[i].data.ptr;
 			bool was_held = c->state == C_HELD;
-			int r = client_step(ep, c, evs[i].events, size, false);
+			int r = client_step(ep, c, evs[i].events, size, false, sa);
 			struct epoll_event ev;
 
 			if (was_held) {
@@ -563,7 +729,7 @@ static int hold_main(const struct sockaddr_in *sa, int nconns, int parallel, siz
 	}
 	/* whatever did not finish setting up in time counts as failed */
 	for (int i = 0; i < nconns; i++)
-		if (cl[i].state == C_CONNECTING || cl[i].state == C_READING) {
+		if (cl[i].state != C_FREE && cl[i].state != C_HELD) {
 			client_drop(&cl[i]);
 			failed++;
 		}
@@ -1049,8 +1215,217 @@ static int uhold_main(const struct sockaddr_in *sa, int nsocks, int parallel, si
 	return 0;
 }
 
+/* ---- throughput: sink and bulk ---- */
+
+static int sink_main(const struct sockaddr_in *sa, int maxsecs)
+{
+	static char buf[262144];
+	struct epoll_event ev, evs[MAX_EVENTS];
+	uint64_t deadline = now_us() + (uint64_t)maxsecs * 1000000u;
+	unsigned long long received = 0;
+	int lfd, ep, one = 1;
+
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (lfd == -1)
+		die("socket");
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(lfd, (const struct sockaddr *)sa, sizeof(*sa)) == -1)
+		die("bind");
+	if (listen(lfd, 4096) == -1)
+		die("listen");
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	if (ep == -1)
+		die("epoll_create1");
+	ev.events = EPOLLIN;
+	ev.data.fd = lfd;
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) == -1)
+		die("epoll_ctl");
+	printf("listening\n");
+	fflush(stdout);
+	while (!stop_flag && now_us() < deadline) {
+		int n = epoll_wait(ep, evs, MAX_EVENTS, 200);
+
+		if (n == -1 && errno != EINTR)
+			die("epoll_wait");
+		for (int i = 0; i < n; i++) {
+			int fd = evs[i].data.fd;
+
+			if (fd == lfd) {
+				for (int k = 0; k < 64; k++) {
+					int c = accept4(lfd, NULL, NULL,
+					                SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+					if (c == -1)
+						break;
+					ev.events = EPOLLIN;
+					ev.data.fd = c;
+					if (epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev) == -1)
+						close(c);
+				}
+				continue;
+			}
+			/* a bounded number of reads per wake-up, so that every stream gets its turn */
+			for (int k = 0; k < 16; k++) {
+				ssize_t r = read(fd, buf, sizeof(buf));
+
+				if (r > 0) {
+					received += (unsigned long long)r;
+					continue;
+				}
+				if (r == -1 && errno == EAGAIN)
+					break;
+				if (r == -1 && errno == EINTR)
+					continue;
+				close(fd); /* EOF or an error: also leaves the epoll set */
+				break;
+			}
+		}
+	}
+	fprintf(stderr, "received=%llu\n", received);
+	return 0;
+}
+
+/*
+ * Connects to sa (through the --socks5 proxy, handshake included) with blocking calls bounded
+ * by the socket timeouts. Returns a non-blocking fd, or -1.
+ */
+static int bulk_dial(const struct sockaddr_in *sa, int timeout_ms)
+{
+	struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+	unsigned char req[10], b[300];
+	int fd, one = 1;
+	size_t n;
+
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return -1;
+	/* a connect, a send and a receive each wait at most this long */
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (const struct sockaddr *)(use_socks ? &socks_sa : sa), sizeof(*sa)) == -1)
+		goto fail;
+	if (use_socks) {
+		if (write(fd, socks_greeting, sizeof(socks_greeting)) != sizeof(socks_greeting))
+			goto fail;
+		if (recv(fd, b, 2, MSG_WAITALL) != 2 || b[0] != 5 || b[1] != 0)
+			goto fail;
+		socks_request(req, sa);
+		if (write(fd, req, sizeof(req)) != sizeof(req))
+			goto fail;
+		if (recv(fd, b, 5, MSG_WAITALL) != 5 || b[1] != 0)
+			goto fail;
+		n = socks_reply_len(b);
+		if (n == 0 || recv(fd, b + 5, n - 5, MSG_WAITALL) != (ssize_t)(n - 5))
+			goto fail;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (fcntl(fd, F_SETFL, O_NONBLOCK) == -1)
+		goto fail;
+	return fd;
+fail:
+	fprintf(stderr, "connrate: bulk: %s failed: %s\n", use_socks ? "SOCKS connect" : "connect",
+	        errno ? strerror(errno) : "bad answer");
+	close(fd);
+	return -1;
+}
+
+static int bulk_main(const struct sockaddr_in *sa, int nstreams, double secs, int timeout_ms)
+{
+	static char buf[262144];
+	struct epoll_event ev, evs[MAX_EVENTS];
+	int *fds = calloc((size_t)nstreams, sizeof(*fds));
+	unsigned long long bytes = 0;
+	uint64_t t_setup = now_us(), t0, end, t_last, deadline;
+	int ep = epoll_create1(EPOLL_CLOEXEC), drained = 0, open_fds = 0;
+	double el;
+
+	if (fds == NULL || ep == -1)
+		die("setup");
+	memset(buf, 'b', sizeof(buf));
+	for (int i = 0; i < nstreams; i++) {
+		errno = 0;
+		fds[i] = bulk_dial(sa, timeout_ms);
+		if (fds[i] == -1) {
+			printf("bytes=0 streams=%d secs=0 gbps=0 drained=0 setup_ms=%.1f "
+			       "failed=1\n",
+			       nstreams, (double)(now_us() - t_setup) / 1e3);
+			return 1;
+		}
+		ev.events = EPOLLOUT;
+		ev.data.u32 = (uint32_t)i;
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev) == -1)
+			die("epoll_ctl");
+	}
+	t0 = now_us();
+	end = t0 + (uint64_t)(secs * 1e6);
+	while (!stop_flag && now_us() < end) {
+		int n = epoll_wait(ep, evs, MAX_EVENTS, 10);
+
+		if (n == -1 && errno != EINTR)
+			die("epoll_wait");
+		for (int i = 0; i < n; i++) {
+			int fd = fds[evs[i].data.u32];
+			ssize_t w = write(fd, buf, sizeof(buf));
+
+			if (w > 0) {
+				bytes += (unsigned long long)w;
+			} else if (w == -1 && errno != EAGAIN && errno != EINTR) {
+				fprintf(stderr, "connrate: bulk: write: %s\n", strerror(errno));
+				stop_flag = 1;
+			}
+		}
+	}
+	t_last = now_us();
+	if (t_last > end)
+		t_last = end;
+	/* shut each sending side; the sink closes on EOF once it has read everything */
+	for (int i = 0; i < nstreams; i++) {
+		ev.events = EPOLLIN;
+		ev.data.u32 = (uint32_t)i;
+		shutdown(fds[i], SHUT_WR);
+		epoll_ctl(ep, EPOLL_CTL_MOD, fds[i], &ev);
+		open_fds++;
+	}
+	deadline = now_us() + (uint64_t)timeout_ms * 1000u;
+	while (open_fds > 0 && now_us() < deadline) {
+		int n = epoll_wait(ep, evs, MAX_EVENTS, 10);
+
+		if (n == -1 && errno != EINTR)
+			die("epoll_wait");
+		for (int i = 0; i < n; i++) {
+			int k = (int)evs[i].data.u32;
+			ssize_t r = read(fds[k], buf, sizeof(buf));
+
+			if (r > 0 || (r == -1 && (errno == EAGAIN || errno == EINTR)))
+				continue; /* nothing is expected; EOF is */
+			if (r == 0) {
+				drained++;
+				t_last = now_us();
+			}
+			close(fds[k]);
+			fds[k] = -1;
+			open_fds--;
+		}
+	}
+	for (int i = 0; i < nstreams; i++)
+		if (fds[i] != -1)
+			close(fds[i]);
+	if (drained < nstreams)
+		t_last = end; /* not known when the rest arrived: the end of the sending */
+	el = (double)(t_last - t0) / 1e6;
+	printf("bytes=%llu streams=%d secs=%.3f gbps=%.3f drained=%d setup_ms=%.1f\n", bytes,
+	       nstreams, el, el > 0 ? (double)bytes * 8 / el / 1e9 : 0.0, drained,
+	       (double)(t0 - t_setup) / 1e3);
+	fflush(stdout);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{"socks5", required_argument, NULL, 'S'},
+		{NULL, 0, NULL, 0},
+	};
 	struct sockaddr_in sa;
 	struct sigaction act;
 	const char *mode;
@@ -1068,8 +1443,17 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	optind = 3;
-	while ((c = getopt(argc, argv, "c:t:s:T:n:p:w:H:x:eW:R:")) != -1) {
+	while ((c = getopt_long(argc, argv, "c:t:s:T:n:p:w:H:x:eW:R:S:", longopts, NULL)) != -1) {
 		switch (c) {
+		case 'S':
+			if (parse_addr(optarg, &socks_sa) < 0) {
+				fprintf(stderr,
+				        "connrate: bad proxy address '%s' (want IPV4:PORT)\n",
+				        optarg);
+				return 2;
+			}
+			use_socks = true;
+			break;
 		case 'c':
 			clients = atoi(optarg);
 			break;
@@ -1136,6 +1520,10 @@ int main(int argc, char **argv)
 		return uload_main(&sa, clients, window, secs, size, timeout_ms, rate);
 	if (strcmp(mode, "uhold") == 0)
 		return uhold_main(&sa, nconns, parallel, size, setup, hold);
+	if (strcmp(mode, "sink") == 0)
+		return sink_main(&sa, maxsecs);
+	if (strcmp(mode, "bulk") == 0)
+		return bulk_main(&sa, clients, secs, timeout_ms);
 	usage();
 	return 2;
 }

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The pinhole benchmark: pinhole against direct, haproxy (splice), nginx stream, socat,
 # rinetd and redir on 127.0.0.1 (TCP), then against direct, nginx stream, socat and the
-# kernel's DNAT (UDP, bench/udp.py). Run by `make bench`, or directly as bench/run.sh after
-# `ninja -C build`. Writes bench/results/latest.md; docs/PERFORMANCE.md explains it.
+# kernel's DNAT (UDP, bench/udp.py), then `pinhole socks` against direct, microsocks, dante
+# and `ssh -D` (SOCKS5, bench/socks.py). Run by `make bench`, or directly as bench/run.sh
+# after `ninja -C build`. Writes bench/results/latest.md; docs/PERFORMANCE.md explains it.
 #
 # Knobs (environment): BENCH_SECS (4) per test, BENCH_ROUNDS (3), BENCH_CLIENTS (32),
 # BENCH_IDLE (9000), BENCH_PEERS (default: "direct pinhole pinhole-64k haproxy haproxy-1m
 # nginx socat rinetd redir"), BENCH_QUIET (0.25 cores of other load before a test is run
 # again), BENCH_RETRIES (2), BENCH_BUDGET (480 s for the rounds, retries included),
-# BENCH_PINHOLE (build/pinhole), BENCH_OUT (bench/results/latest.md), BENCH_ONLY (tcp or
-# udp: that part alone, written to latest-tcp.md or latest-udp.md unless BENCH_OUT says).
+# BENCH_PINHOLE (build/pinhole), BENCH_OUT (bench/results/latest.md), BENCH_ONLY (tcp, udp
+# or socks: that part alone, written to latest-tcp.md, latest-udp.md or latest-socks.md
+# unless BENCH_OUT says).
 # UDP (bench/udp.py): BENCH_UDP_PEERS (default: "direct pinhole nginx socat direct-veth
 # dnat-veth pinhole-veth"), BENCH_UDP_SECS (3), BENCH_UDP_ROUNDS (BENCH_ROUNDS),
 # BENCH_UDP_CLIENTS (32), BENCH_UDP_WINDOW (16 datagrams in flight per client),
@@ -17,6 +19,13 @@
 # open-loop rate as a share of direct's; 0: no open loop), BENCH_UDP_SESSIONS (10000),
 # BENCH_UDP_BUDGET (300 s). The -veth rows run in two network namespaces the benchmark makes
 # (a veth pair, 198.18.0.1-2, an nftables DNAT rule inside) and removes.
+# SOCKS (bench/socks.py): BENCH_SOCKS_PEERS (default: "direct pinhole microsocks dante ssh"),
+# BENCH_SOCKS_SECS (3) per test, BENCH_SOCKS_ROUNDS (BENCH_ROUNDS), BENCH_SOCKS_CLIENTS
+# (BENCH_CLIENTS), BENCH_SOCKS_IDLE (2000 idle proxied connections), BENCH_SOCKS_WORKERS (2:
+# pinhole's --workers), BENCH_SOCKS_BUDGET (200 s for the rounds, retries included). The ssh
+# row runs its own sshd (foreground, own config, host key and user key in the temp dir) on a
+# free loopback port, and `ssh -D` to it; /run/sshd (sshd's privilege separation directory)
+# is made if missing and removed again.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -59,6 +68,12 @@ cleanup() {
 		while read -r ns; do
 			[ -n "$ns" ] && ip netns del "$ns" 2>/dev/null || true
 		done <"$tmp/netns"
+	fi
+	# directories the SOCKS part made outside the temp dir (/run/sshd), if still empty
+	if [ -f "$tmp/rmdirs" ]; then
+		while read -r d; do
+			[ -n "$d" ] && rmdir "$d" 2>/dev/null || true
+		done <"$tmp/rmdirs"
 	fi
 	rm -rf "$tmp"
 	exit $rc

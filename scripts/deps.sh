@@ -2,7 +2,7 @@
 # Installs what pinhole needs to build and test, from Debian's archive, when missing.
 #   scripts/deps.sh build   compiler, meson, libraries
 #   scripts/deps.sh test    + cmocka, pytest and the real peers the tests drive
-#   scripts/deps.sh bench   + the forwarders the benchmark compares with
+#   scripts/deps.sh bench   + the forwarders and SOCKS proxies the benchmark compares with
 set -euo pipefail
 
 want=${1:-build}
@@ -12,7 +12,7 @@ build) ;;
 test) pkgs="$pkgs libcmocka-dev python3 python3-pytest curl socat iproute2 libclang-rt-14-dev dnsmasq-base bind9-dnsutils rinetd
 	nginx-light haproxy prometheus" ;;
 bench) pkgs="$pkgs python3 iperf3 socat curl iproute2 haproxy nginx-light libnginx-mod-stream
-	rinetd redir procps nftables" ;;
+	rinetd redir procps nftables microsocks dante-server openssh-server openssh-client" ;;
 *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 
@@ -27,7 +27,8 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 echo "deps: installing$missing"
-# Debian's maintainer scripts would start system-wide nginx/haproxy/rinetd daemons: forbid it
+# Debian's maintainer scripts would start system-wide nginx/haproxy/rinetd/danted/sshd
+# daemons: forbid it
 guard=""
 if [ ! -e /usr/sbin/policy-rc.d ]; then
 	printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
