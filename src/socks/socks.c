@@ -82,7 +82,8 @@ struct ph_socks_conn {
 	struct socks_lookup *q; /* the lookup in flight, or NULL */
 	char *fwd;              /* owned: HTTP, the rewritten head for the origin server */
 	size_t fwd_len;
-	struct ph_io aux; /* BIND's listener, or UDP ASSOCIATE's socket */
+	struct ph_io aux;   /* BIND's listener, or UDP ASSOCIATE's socket */
+	struct ph_io other; /* UDP ASSOCIATE: a socket of the other family, made when needed */
 	/* UDP ASSOCIATE */
 	struct ph_addr client; /* where datagrams must come from (port 0: the first tells) */
 	struct ph_addr peers[SOCKS_UDP_PEERS]; /* destinations written to: replies let back */
@@ -603,6 +604,30 @@ static void udp_peer_add(struct ph_socks_conn *sx, const struct ph_addr *a)
 		sx->npeers++;
 }
 
+static void socks_on_udp(struct ph_io *io, uint32_t events);
+static void socks_on_udp_other(struct ph_io *io, uint32_t events);
+
+/* The socket for destinations of a's family when the client's is the other one: an IPv4
+ * client may write to IPv6 hosts and the other way round. Returns 0 or -errno. */
+static int udp_other(struct fwd_conn *c, const struct ph_addr *a)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct ph_addr any;
+	int fd, err;
+
+	if (sx->other.fd != -1)
+		return 0;
+	ph_addr_from_literal(a->u.sa.sa_family == AF_INET6 ? "::" : "0.0.0.0", 0, &any);
+	fd = ph_udp_bind(&any, true, false, false, 0);
+	if (fd < 0)
+		return fd;
+	ph_io_init(&sx->other, fd, socks_on_udp_other);
+	err = ph_io_add(&c->wr->w->loop, &sx->other, EPOLLIN | EPOLLET);
+	if (err < 0)
+		ph_io_close(&c->wr->w->loop, &sx->other);
+	return err;
+}
+
 /* Sends a client's datagram on to dst (resolved). Returns true when it went. */
 static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const struct ph_addr *dst,
                      const uint8_t *data, size_t n)
@@ -612,10 +637,12 @@ static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const st
 	struct ph_addr a = *dst;
 
 	ph_addr_unmap(&a);
-	if (!ph_socks_dest_allows(wr->rule->socks, d->name, &a) ||
-	    a.u.sa.sa_family != sx->client.u.sa.sa_family)
+	if (!ph_socks_dest_allows(wr->rule->socks, d->name, &a))
 		return false;
-	if (sendto(sx->aux.fd, data, n, MSG_DONTWAIT, &a.u.sa, a.len) == -1)
+	if (a.u.sa.sa_family != sx->client.u.sa.sa_family && udp_other(c, &a) < 0)
+		return false;
+	if (sendto(a.u.sa.sa_family == sx->client.u.sa.sa_family ? sx->aux.fd : sx->other.fd, data,
+	           n, MSG_DONTWAIT, &a.u.sa, a.len) == -1)
 		return false;
 	udp_peer_add(sx, &a);
 	c->pump.dir[0].bytes += n;
@@ -696,15 +723,15 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 	}
 }
 
-static void socks_on_udp(struct ph_io *io, uint32_t events)
+/* Datagrams on io: the relay's own socket (the client and its peers), or the other
+ * family's (peers only). */
+static void udp_read(struct ph_socks_conn *sx, struct ph_io *io)
 {
 	static __thread uint8_t buf[PH_SOCKS_UDP_HDR_MAX + SOCKS_UDP_MAX];
-	struct ph_socks_conn *sx = container_of(io, struct ph_socks_conn, aux);
 	struct fwd_conn *c = sx->c;
 	struct fwd_wrule *wr = c->wr;
 	uint8_t *data = buf + PH_SOCKS_UDP_HDR_MAX; /* room to put a header in front */
 
-	(void)events;
 	for (unsigned i = 0; i < SOCKS_UDP_BUDGET && c->sx == sx && io->fd != -1; i++) {
 		struct ph_addr from;
 		socklen_t len = sizeof(from.u);
@@ -718,8 +745,9 @@ static void socks_on_udp(struct ph_io *io, uint32_t events)
 		from.len = len;
 		ph_addr_unmap(&from);
 		sx->udp_last = wr->w->loop.now;
-		if (ph_addr_equal(&from, &sx->client) ||
-		    (ph_addr_port(&sx->client) == 0 && ph_addr_same_host(&from, &sx->client))) {
+		if (io == &sx->aux &&
+		    (ph_addr_equal(&from, &sx->client) ||
+		     (ph_addr_port(&sx->client) == 0 && ph_addr_same_host(&from, &sx->client)))) {
 			sx->client = from; /* the first datagram tells the client's port */
 			udp_from_client(c, data, (size_t)n);
 		} else if (udp_peer_known(sx, &from)) {
@@ -728,7 +756,7 @@ static void socks_on_udp(struct ph_io *io, uint32_t events)
 
 			memcpy(data - hl, h, hl);
 			if (ph_addr_port(&sx->client) == 0 ||
-			    sendto(io->fd, data - hl, (size_t)n + hl, MSG_DONTWAIT,
+			    sendto(sx->aux.fd, data - hl, (size_t)n + hl, MSG_DONTWAIT,
 			           &sx->client.u.sa, sx->client.len) == -1) {
 				FWD_STAT(wr, dgrams_dropped, 1);
 				continue;
@@ -742,6 +770,18 @@ static void socks_on_udp(struct ph_io *io, uint32_t events)
 	}
 	if (c->sx == sx && io->fd != -1)
 		ph_io_mod(&wr->w->loop, io, EPOLLIN | EPOLLET); /* budget used: report again */
+}
+
+static void socks_on_udp(struct ph_io *io, uint32_t events)
+{
+	(void)events;
+	udp_read(container_of(io, struct ph_socks_conn, aux), io);
+}
+
+static void socks_on_udp_other(struct ph_io *io, uint32_t events)
+{
+	(void)events;
+	udp_read(container_of(io, struct ph_socks_conn, other), io);
 }
 
 static void socks_udp(struct fwd_conn *c)
@@ -1089,6 +1129,7 @@ void ph_socks__start(struct fwd_conn *c)
 	}
 	sx->c = c;
 	ph_io_init(&sx->aux, -1, NULL);
+	ph_io_init(&sx->other, -1, NULL);
 	c->sx = sx;
 	ph_forward__set_state(c, FWD_SOCKS);
 	/* the pump takes this registration over (EPOLL_CTL_MOD) when it starts */
@@ -1150,6 +1191,8 @@ void ph_socks__conn_free(struct fwd_conn *c)
 		sx->q->c = NULL; /* its answer still fills the cache */
 	if (sx->aux.fd != -1)
 		ph_io_close(&c->wr->w->loop, &sx->aux);
+	if (sx->other.fd != -1)
+		ph_io_close(&c->wr->w->loop, &sx->other);
 	free(sx->pend);
 	free(sx->fwd);
 	free(sx);

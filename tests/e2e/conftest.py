@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -449,6 +450,13 @@ def parse_stats(msg):
     return d
 
 
+COMMANDS = ("forward", "help", "run", "socks")
+# what the start line of a command says once its listeners are open (readiness)
+START_MARKS = {"forward": "forwarding tcp", "socks": "socks proxy on "}
+SOCKS_DEFAULT_PORT = 1080  # `pinhole socks` without LISTEN: 127.0.0.1:1080
+SOCKS_FLAGS = ("--open", "--quiet", "--verbose", "--help", "-h")  # socks options without a value
+
+
 class Pinhole:
     """One pinhole process: stderr goes to a file, .log reads it."""
 
@@ -458,6 +466,7 @@ class Pinhole:
         self.outpath = os.path.join(tmpdir, f"pinhole-{os.getpid()}-{idx}.out")
         self.expect_rc = 0
         self.quiet = any(re.fullmatch(r"-q+|--quiet", a) for a in self.args)
+        self.command = next((a for a in self.args if a in COMMANDS), None)
         self.listen_port = self._listen_port()
         self.workers = min(os.cpu_count() or 1, 64)
         for i, a in enumerate(self.args[:-1]):
@@ -475,6 +484,13 @@ class Pinhole:
                 for v in words:
                     if not v.startswith("-"):
                         return int(v.rsplit(":", 1)[1])
+            if w == "socks":  # LISTEN is optional there, and may come after options
+                for v in words:
+                    if not v.startswith("-"):
+                        return int(v.rsplit(":", 1)[1])
+                    if v not in SOCKS_FLAGS and not re.fullmatch(r"-v+|-q+|--[a-z-]+=.*", v):
+                        next(words, None)  # the option's value
+                return SOCKS_DEFAULT_PORT
         return None
 
     @property
@@ -516,7 +532,8 @@ class Pinhole:
         def ready():
             self._check_alive_or_expected()
             if not self.quiet:
-                return "forwarding tcp" in self.log and listeners(self.listen_port)
+                return START_MARKS.get(self.command, "forwarding tcp") in self.log \
+                    and listeners(self.listen_port)
             # -q hides the start line: count the listeners instead, one per worker (the
             # single probe socket pinhole binds and closes first cannot pass for two)
             assert self.workers >= 2, "with -q, run at least 2 workers: readiness counts them"
@@ -575,15 +592,15 @@ class Pinhole:
 def pinhole(tmp_path, tcp_server, spawn):
     """A callable: pinhole(*args, ready=True, prefix=(), env=None) -> Pinhole.
 
-    "forward" is put in front unless args start with an option or a command. The process is
-    stopped with SIGTERM at teardown (if still running), and its exit status must then be
-    .expect_rc (0 unless the test changes it), with no sanitizer report in its log.
+    "forward" is put in front unless args start with an option or a command (COMMANDS). The
+    process is stopped with SIGTERM at teardown (if still running), and its exit status must
+    then be .expect_rc (0 unless the test changes it), with no sanitizer report in its log.
     It depends on tcp_server and spawn so that pinhole stops before the servers behind it."""
     made = []
 
     def start(*args, ready=True, prefix=(), env=None):
         args = [str(a) for a in args]
-        if args and not args[0].startswith("-") and args[0] not in ("forward", "help", "run"):
+        if args and not args[0].startswith("-") and args[0] not in COMMANDS:
             args = ["forward"] + args
         p = Pinhole(args, str(tmp_path), prefix=prefix, env=env, idx=len(made))
         made.append(p)
@@ -866,3 +883,301 @@ def udp_echo():
         s.close()
     errors = [e for s in made for e in s.errors]
     assert not errors, "udp echo errors:\n" + "\n".join(errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# SOCKS and HTTP proxy clients, written to RFC 1928 (SOCKS5), RFC 1929 (its username and
+# password), the SOCKS4 and SOCKS4a notes, and RFC 9110/9112 (CONNECT, absolute-form)
+
+CMD_CONNECT, CMD_BIND, CMD_UDP = 1, 2, 3
+
+
+def start_socks(pinhole, *args, host="127.0.0.1"):
+    """`pinhole socks HOST:PORT *args` on a free port, ready; returns (Pinhole, port)."""
+    ph = pinhole("socks", f"{host}:{alloc_port()}", *args)
+    return ph, ph.listen_port
+
+
+def socks5_addr(host):
+    """ATYP and DST.ADDR for host: an IPv4 or IPv6 literal, else a domain name."""
+    for fam, atyp in ((socket.AF_INET, 1), (socket.AF_INET6, 4)):
+        try:
+            return bytes([atyp]) + socket.inet_pton(fam, host)
+        except OSError:
+            pass
+    name = host.encode()
+    return bytes([3, len(name)]) + name
+
+
+def socks5_parse_addr(buf):
+    """(host, port, bytes used) of the ATYP ADDR PORT at the start of buf; raises
+    AssertionError when buf is too short or ATYP unknown."""
+    assert buf, "no ATYP"
+    atyp = buf[0]
+    if atyp == 1:
+        n = 4
+        host = socket.inet_ntop(socket.AF_INET, buf[1:5]) if len(buf) >= 5 else None
+        start = 1
+    elif atyp == 4:
+        n = 16
+        host = socket.inet_ntop(socket.AF_INET6, buf[1:17]) if len(buf) >= 17 else None
+        start = 1
+    elif atyp == 3:
+        assert len(buf) >= 2, "no name length"
+        n = buf[1]
+        start = 2
+        host = buf[2:2 + n].decode(errors="replace")
+    else:
+        raise AssertionError(f"ATYP {atyp} in {buf[:8]!r}")
+    used = start + n + 2
+    assert len(buf) >= used, f"address cut short: {buf!r}"
+    return host, struct.unpack("!H", buf[start + n:used])[0], used
+
+
+def socks5_read_addr(s):
+    """Reads ATYP ADDR PORT from s: (host, port)."""
+    atyp = recv_exact(s, 1)
+    if atyp == b"\x03":
+        n = recv_exact(s, 1)
+        rest = recv_exact(s, n[0] + 2)
+        return socks5_parse_addr(atyp + n + rest)[:2]
+    assert atyp in (b"\x01", b"\x04"), f"reply with ATYP {atyp[0]}"
+    rest = recv_exact(s, (4 if atyp == b"\x01" else 16) + 2)
+    return socks5_parse_addr(atyp + rest)[:2]
+
+
+def socks5_reply(s):
+    """Reads one SOCKS5 reply: (REP, (BND.ADDR, BND.PORT))."""
+    head = recv_exact(s, 3)
+    assert head[0] == 5 and head[2] == 0, f"not a SOCKS5 reply: {head!r}"
+    return head[1], socks5_read_addr(s)
+
+
+def socks5_auth_msg(user, password):
+    u, p = user.encode(), password.encode()
+    return bytes([1, len(u)]) + u + bytes([len(p)]) + p
+
+
+def socks5_greet(s, user=None, password=None):
+    """The method negotiation (and RFC 1929 when user is given); fails the test unless the
+    proxy picks the method offered and, with a user, accepts the credentials."""
+    method = 0 if user is None else 2
+    s.sendall(bytes([5, 1, method]))
+    got = recv_exact(s, 2)
+    assert got == bytes([5, method]), f"method reply {got!r}, offered method {method}"
+    if user is not None:
+        s.sendall(socks5_auth_msg(user, password))
+        got = recv_exact(s, 2)
+        assert got == b"\x01\x00", f"RFC 1929 reply {got!r} for {user}:{password}"
+
+
+def socks5_request(s, cmd, host, port):
+    """Sends one request; returns the reply as socks5_reply does."""
+    s.sendall(bytes([5, cmd, 0]) + socks5_addr(host) + struct.pack("!H", port))
+    return socks5_reply(s)
+
+
+def socks5_open(proxy_port, cmd, host, port, user=None, password=None,
+                proxy_host="127.0.0.1", source=None):
+    """A socket to the proxy (from source, when given) that made its greeting and sent one
+    request: (socket, REP, (BND.ADDR, BND.PORT)). The caller closes the socket."""
+    s = connect(proxy_host, proxy_port, source=source)
+    try:
+        socks5_greet(s, user, password)
+        rep, bnd = socks5_request(s, cmd, host, port)
+    except BaseException:
+        s.close()
+        raise
+    return s, rep, bnd
+
+
+def socks5_connect(proxy_port, host, port, **kw):
+    """A socket through the proxy to host:port (CONNECT answered 0), and BND."""
+    s, rep, bnd = socks5_open(proxy_port, CMD_CONNECT, host, port, **kw)
+    if rep != 0:
+        s.close()
+        raise AssertionError(f"CONNECT {host}:{port}: reply {rep}, expected 0")
+    return s, bnd
+
+
+def socks4_request(s, host, port, userid=b""):
+    """A SOCKS4 CONNECT (SOCKS4a when host is a name); returns CD of the reply (90 granted,
+    91 rejected) after checking VN is 0."""
+    try:
+        ip, name = socket.inet_pton(socket.AF_INET, host), b""
+    except OSError:
+        ip, name = bytes([0, 0, 0, 1]), host.encode() + b"\0"
+    s.sendall(bytes([4, 1]) + struct.pack("!H", port) + ip + userid + b"\0" + name)
+    reply = recv_exact(s, 8)
+    assert reply[0] == 0, f"SOCKS4 reply with VN {reply[0]}: {reply!r}"
+    return reply[1]
+
+
+def read_http_head(s, limit=1 << 16):
+    """Reads a response head: (status, {lower-case name: value}, bytes after the head)."""
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(4096)
+        if not d:
+            raise AssertionError(f"EOF inside the response head: {bytes(buf)!r}")
+        buf += d
+        assert len(buf) <= limit, "response head too long"
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    m = re.fullmatch(r"HTTP/1\.[01] (\d{3})(?: .*)?", lines[0])
+    assert m, f"bad status line {lines[0]!r}"
+    headers = {}
+    for ln in lines[1:]:
+        k, sep, v = ln.partition(":")
+        assert sep, f"bad header line {ln!r}"
+        headers[k.strip().lower()] = v.strip()
+    return int(m.group(1)), headers, rest
+
+
+def read_all(s, timeout=5, limit=1 << 20):
+    """What s receives until the peer ends it: (bytes, 'eof' | 'reset' | 'timeout')."""
+    s.settimeout(timeout)
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            d = s.recv(65536)
+            if not d:
+                return bytes(buf), "eof"
+            buf += d
+            assert len(buf) <= limit, "peer sent more than expected"
+    except ConnectionResetError:
+        return bytes(buf), "reset"
+    except socket.timeout:
+        pass
+    return bytes(buf), "timeout"
+
+
+@pytest.fixture
+def blackhole():
+    """A loopback port whose SYNs are dropped, so that a connect to it times out: a listener
+    that never accepts, with its accept queue (backlog 0: one) full."""
+    lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(0)
+        port = lsn.getsockname()[1]
+        filler.settimeout(SOCK_TIMEOUT_S)
+        filler.connect(("127.0.0.1", port))
+        probe.settimeout(0.3)
+        try:
+            probe.connect(("127.0.0.1", port))
+            pytest.skip("a full accept queue does not drop SYNs here")
+        except socket.timeout:
+            pass
+        yield port
+    finally:
+        for s in (probe, filler, lsn):
+            s.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# web servers to reach through a proxy: plain HTTP and HTTPS (a self-signed certificate)
+
+WEB_SERVER_PY = r"""
+import http.server, socket, ssl, sys, threading
+port, root, cert, key, ready = int(sys.argv[1]), *sys.argv[2:6]
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, directory=root, **kw)
+
+    def do_GET(self):  # /peer answers the address the request came from
+        if self.path != "/peer":
+            return super().do_GET()
+        body = self.client_address[0].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+class V4(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class V6(V4):
+    address_family = socket.AF_INET6
+
+
+servers = [V4(("127.0.0.1", port), Handler)]
+try:
+    servers.append(V6(("::1", port), Handler))
+except OSError:
+    pass
+if cert != "-":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    for s in servers:
+        s.socket = ctx.wrap_socket(s.socket, server_side=True, do_handshake_on_connect=False)
+for s in servers:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+open(ready, "w").close()  # every socket listens (and is wrapped): the test may begin
+threading.Event().wait()
+"""
+
+
+class Web:
+    """A plain HTTP and an HTTPS server (127.0.0.1 and ::1, same port each) serving one
+    directory: index.html, big.bin, and /peer (the client's address)."""
+
+    def __init__(self, http_port, https_port, cacert, index, big):
+        self.http_port, self.https_port, self.cacert = http_port, https_port, cacert
+        self.index, self.big = index, big
+
+    def url(self, scheme, path, host="127.0.0.1"):
+        port = self.http_port if scheme == "http" else self.https_port
+        return f"{scheme}://{host}:{port}{path}"
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory):
+    """(cert, key) paths: a self-signed certificate for localhost, 127.0.0.1 and ::1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+                        "-keyout", str(key), "-out", str(cert)],
+                       capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"openssl req failed: {r.stderr.decode(errors='replace')}"
+    return str(cert), str(key)
+
+
+@pytest.fixture
+def web(tmp_path, spawn, tls_cert):
+    """A Web: python's http.server, once plain and once with TLS, on loopback."""
+    root = tmp_path / "www"
+    root.mkdir()
+    index = b"<html><body>pinhole socks e2e</body></html>\n"
+    big = os.urandom((2 << 20) + 7)
+    (root / "index.html").write_bytes(index)
+    (root / "big.bin").write_bytes(big)
+    script = tmp_path / "web_server.py"
+    script.write_text(WEB_SERVER_PY)
+    hp, sp = alloc_port(), alloc_port()
+    for port, tls in ((hp, ("-", "-")), (sp, tls_cert)):
+        ready = tmp_path / f"web-{port}.ready"
+        p = spawn([sys.executable, str(script), str(port), str(root), *tls, str(ready)])
+
+        def up(p=p, ready=ready):
+            if p.poll() is not None:
+                pytest.fail(f"web server exited with {p.returncode}: {p.stdout.read()!r}")
+            return ready.exists()
+
+        wait_until(up, READY_TIMEOUT_S, f"the web server on {port}")
+    return Web(hp, sp, tls_cert[0], index, big)
