@@ -263,7 +263,12 @@ bool ph_addr_is_any(const struct ph_addr *a)
 {
 	if (a->u.sa.sa_family == AF_INET)
 		return a->u.in.sin_addr.s_addr == htonl(INADDR_ANY);
-	if (a->u.sa.sa_family == AF_INET6)
-		return IN6_IS_ADDR_UNSPECIFIED(&a->u.in6.sin6_addr);
+	if (a->u.sa.sa_family == AF_INET6) {
+		const uint8_t *b = a->u.in6.sin6_addr.s6_addr;
+
+		return IN6_IS_ADDR_UNSPECIFIED(&a->u.in6.sin6_addr) ||
+		       (IN6_IS_ADDR_V4MAPPED(&a->u.in6.sin6_addr) &&
+		        (b[12] | b[13] | b[14] | b[15]) == 0);
+	}
 	return true;
 }

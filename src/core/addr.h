@@ -67,7 +67,7 @@ bool ph_addr_equal(const struct ph_addr *a, const struct ph_addr *b);
 /* True when a and b are the same family and address, whatever their ports. */
 bool ph_addr_same_host(const struct ph_addr *a, const struct ph_addr *b);
 
-/* True when a is the unspecified address (0.0.0.0 or ::) or has no family. */
+/* True when a is the unspecified address (0.0.0.0, ::, ::ffff:0.0.0.0) or has no family. */
 bool ph_addr_is_any(const struct ph_addr *a);
 
 #endif /* PH_CORE_ADDR_H */

@@ -384,7 +384,8 @@ static void socks_connect_next(struct fwd_conn *c)
 	while (sx->ai < sx->naddr) {
 		const struct ph_addr *a = &sx->addrs[sx->ai++];
 
-		if (!ph_socks_dest_allows(r->socks, sx->dst.name, a))
+		/* 0.0.0.0 and :: would reach this host past any rule about 127.0.0.0/8 */
+		if (ph_addr_is_any(a) || !ph_socks_dest_allows(r->socks, sx->dst.name, a))
 			continue;
 		sx->any_allowed = true;
 		c->try.tgt = 0;
@@ -637,7 +638,7 @@ static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const st
 	struct ph_addr a = *dst;
 
 	ph_addr_unmap(&a);
-	if (!ph_socks_dest_allows(wr->rule->socks, d->name, &a))
+	if (ph_addr_is_any(&a) || !ph_socks_dest_allows(wr->rule->socks, d->name, &a))
 		return false;
 	if (a.u.sa.sa_family != sx->client.u.sa.sa_family && udp_other(c, &a) < 0)
 		return false;
@@ -856,6 +857,11 @@ static void socks_begin(struct fwd_conn *c)
 		return;
 	}
 	sx->ai = 0;
+	if (sx->dst.name[0] == '\0' && ph_addr_is_any(&sx->dst.addr)) {
+		FWD_STAT(wr, denied, 1);
+		socks_fail(c, -EACCES, 0, "the unspecified address (this host) is no destination");
+		return;
+	}
 	if (sx->dst.name[0] == '\0') {
 		sx->addrs[0] = sx->dst.addr;
 		ph_addr_set_port(&sx->addrs[0], sx->dst.port);

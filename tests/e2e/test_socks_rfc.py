@@ -877,3 +877,35 @@ def test_stalled_handshakes_time_out(pinhole, echo_server):
     # it still works
     echo_once(good, b"still here")
     good.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the unspecified address means this host: never a destination, whatever the rules say
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "::ffff:0.0.0.0"])
+def test_unspecified_address_is_no_destination(pinhole, echo_server, host):
+    """Connecting to 0.0.0.0 (or ::) reaches the proxy's own host: a --deny-dest of
+    127.0.0.0/8 must not be walked around that way, so the answer is 'not allowed'."""
+    srv = echo_server(host="0.0.0.0")
+    _, port = start_socks(pinhole, "--deny-dest", "127.0.0.0/8")
+    s, rep, _ = socks5_open(port, CMD_CONNECT, host, srv.port)
+    s.close()
+    assert rep == 2, f"CONNECT {host}:{srv.port}: reply {rep}, expected 2 (not allowed)"
+    # and in a UDP ASSOCIATE relay, such a datagram goes nowhere
+    c, rep, (rhost, rport) = socks5_open(port, CMD_UDP, "0.0.0.0", 0)
+    assert rep == 0
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(0.5)
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target.bind(("0.0.0.0", 0))
+    target.settimeout(0.5)
+    try:
+        u.sendto(b"\x00\x00\x00" + socks5_addr(host) + struct.pack("!H", target.getsockname()[1])
+                 + b"hello", (rhost, rport))
+        with pytest.raises(socket.timeout):
+            target.recvfrom(100)
+    finally:
+        u.close()
+        target.close()
+        c.close()
