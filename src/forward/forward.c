@@ -55,7 +55,10 @@ const char *ph_forward__label(const struct ph_forward_rule *r, char *buf, size_t
 
 static void fwd_reap(struct ph_task *t)
 {
-	free(container_of(t, struct fwd_conn, reap));
+	struct fwd_conn *c = container_of(t, struct fwd_conn, reap);
+
+	free(c->sx); /* what socks/ left for after the batch; NULL mostly */
+	free(c);
 }
 
 /*
@@ -531,7 +534,9 @@ static void wrule_free(struct fwd_wrule *wr)
 		struct fwd_conn *c = container_of(it, struct fwd_conn, node);
 
 		ph_list_del(&c->node);
+		ph_socks__conn_free(c);
 		ph_pump_close(&c->pump, false);
+		free(c->sx);
 		free(c);
 	}
 	if (wr->lio.fd != -1)

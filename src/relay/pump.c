@@ -222,6 +222,11 @@ void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_
 	p->first_fin = -1;
 }
 
+void ph_pump_down_only(struct ph_pump *p)
+{
+	p->dir[0].flags = PUMP_EOF | PUMP_SHUT;
+}
+
 /* io[0] into epoll for the pump; the owner may have watched it already (to read a PROXY
  * header): then MOD, which also reports what is pending at once. */
 static int pump_watch0(struct ph_pump *p)

@@ -54,6 +54,13 @@ struct ph_pump {
  */
 void ph_pump_init(struct ph_pump *p, struct ph_worker *w, int a, int b, ph_pump_done_fn done);
 
+/*
+ * Before start: only io[1] -> io[0] will move; what io[0] sends is left unread (its reset
+ * still ends the pump). For a forwarded HTTP request without a body: nothing the client
+ * sends after it may reach that server.
+ */
+void ph_pump_down_only(struct ph_pump *p);
+
 /* The epoll events a pump's sockets are registered with. */
 #define PH_PUMP_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 

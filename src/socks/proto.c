@@ -414,6 +414,10 @@ int ph_http_proxy_parse(const char *b, size_t n, struct ph_http_proxy_req *req, 
 			req->auth_len = (size_t)(ve - v);
 		} else if (ieq(p, (size_t)(colon - p), "Host")) {
 			req->has_host = true;
+		} else if (ieq(p, (size_t)(colon - p), "Transfer-Encoding")) {
+			req->has_body = true;
+		} else if (ieq(p, (size_t)(colon - p), "Content-Length")) {
+			req->has_body |= ve > v && !(ve - v == 1 && v[0] == '0');
 		}
 		p = eol + 1;
 	}
@@ -435,7 +439,7 @@ int ph_http_proxy_rewrite(const char *head, const struct ph_http_proxy_req *req,
 	const char *p = (const char *)memchr(head, '\n', req->head_len) + 1,
 		   *end = head + req->head_len;
 	char line[PH_SOCKS_NAME_MAX + 64], a[PH_ADDR_STRLEN];
-	size_t off = 0;
+	size_t off = 0, al;
 	int n, err = 0;
 
 	n = snprintf(line, sizeof(line), " HTTP/1.%d\r\n", req->minor);
@@ -452,23 +456,27 @@ int ph_http_proxy_rewrite(const char *head, const struct ph_http_proxy_req *req,
 			break;
 		nl = (size_t)(colon - p);
 		if (!ieq(p, nl, "Proxy-Authorization") && !ieq(p, nl, "Proxy-Connection") &&
-		    !ieq(p, nl, "Connection") && !ieq(p, nl, "Keep-Alive"))
+		    !ieq(p, nl, "Connection") && !ieq(p, nl, "Keep-Alive") && !ieq(p, nl, "Host"))
 			err |= put(out, cap, &off, p, (size_t)(eol + 1 - p));
 		p = eol + 1;
 	}
-	if (!req->has_host) {
-		if (req->dst.name[0] != '\0') {
-			n = snprintf(line, sizeof(line), "Host: %s:%u\r\n", req->dst.name,
-			             req->dst.port);
-		} else {
-			struct ph_addr x = req->dst.addr;
+	/* the target's authority, the port left out when it is http's */
+	if (req->dst.name[0] != '\0') {
+		n = snprintf(line, sizeof(line), "Host: %s", req->dst.name);
+	} else {
+		struct ph_addr x = req->dst.addr;
 
-			ph_addr_set_port(&x, req->dst.port);
-			n = snprintf(line, sizeof(line), "Host: %s\r\n",
-			             ph_addr_fmt(&x, a, sizeof(a)));
-		}
-		err |= put(out, cap, &off, line, (size_t)n);
+		ph_addr_set_port(&x, 0);
+		ph_addr_fmt(&x, a, sizeof(a));
+		al = strlen(a);
+		if (al > 2 && a[al - 2] == ':') /* [v6]:0 or v4:0: the ":0" goes */
+			a[al - 2] = '\0';
+		n = snprintf(line, sizeof(line), "Host: %s", a);
 	}
+	if (req->dst.port != 80)
+		n += snprintf(line + n, sizeof(line) - (size_t)n, ":%u", req->dst.port);
+	n += snprintf(line + n, sizeof(line) - (size_t)n, "\r\n");
+	err |= put(out, cap, &off, line, (size_t)n);
 	err |= put(out, cap, &off, "Connection: close\r\n\r\n", 21);
 	return err != 0 ? -ENOSPC : (int)off;
 }

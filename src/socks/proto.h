@@ -104,6 +104,7 @@ struct ph_http_proxy_req {
 	const char *auth; /* the Proxy-Authorization value, trimmed; NULL when absent */
 	size_t auth_len;
 	bool has_host; /* a Host header was sent */
+	bool has_body; /* a request body follows (Content-Length > 0, Transfer-Encoding) */
 	int minor;     /* HTTP/1.minor */
 	size_t head_len;
 };
@@ -118,7 +119,8 @@ int ph_http_proxy_parse(const char *b, size_t n, struct ph_http_proxy_req *req, 
 /*
  * The head to send the origin server for a non-CONNECT request: the request line in
  * origin form, the client's headers without Proxy-Authorization, Proxy-Connection,
- * Connection and Keep-Alive, a Host header when it had none, and `Connection: close`.
+ * Connection, Keep-Alive and Host, a Host header naming the request's target (RFC 7230
+ * 5.4: a proxy replaces it), and `Connection: close`.
  * Returns its length, or -ENOSPC when cap is too small (head_len + 300 always suffices).
  */
 int ph_http_proxy_rewrite(const char *head, const struct ph_http_proxy_req *req, char *out,

@@ -13,7 +13,11 @@ void ph_socks__start(struct fwd_conn *c);
 /* c's deadline passed while in FWD_SOCKS. */
 void ph_socks__on_timer(struct fwd_conn *c);
 
-/* Frees c's socks state (lookups forgotten, extra sockets closed). Idempotent. */
+/*
+ * Ends c's socks state: lookups forgotten, extra sockets closed, buffers freed. The state
+ * itself is freed now, or, when one of its sockets was watched (an event of this batch
+ * may still point into it), left in c->sx for c's reap to free. Idempotent.
+ */
 void ph_socks__conn_free(struct fwd_conn *c);
 
 /* True when no name lookup of wr's is in flight. */

@@ -9,6 +9,7 @@
  */
 #include "socks/socks-int.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@
 #define SOCKS_UDP_PEERS  16    /* destinations whose replies a UDP relay lets back */
 #define SOCKS_UDP_BUDGET 64    /* datagrams per wake-up */
 #define SOCKS_UDP_MAX    65535
+#define SOCKS_UDP_HOLD   2048 /* a datagram waiting for its name's lookup: at most this */
 
 enum sx_phase {
 	SX_FIRST = 0,  /* nothing read yet: the first byte says which protocol */
@@ -82,8 +84,10 @@ struct ph_socks_conn {
 	struct socks_lookup *q; /* the lookup in flight, or NULL */
 	char *fwd;              /* owned: HTTP, the rewritten head for the origin server */
 	size_t fwd_len;
+	bool one_request;   /* HTTP without a body: the client's later bytes stay unread */
 	struct ph_io aux;   /* BIND's listener, or UDP ASSOCIATE's socket */
 	struct ph_io other; /* UDP ASSOCIATE: a socket of the other family, made when needed */
+	bool watched;       /* aux or other was in epoll: freed with the connection */
 	/* UDP ASSOCIATE */
 	struct ph_addr client; /* where datagrams must come from (port 0: the first tells) */
 	struct ph_addr peers[SOCKS_UDP_PEERS]; /* destinations written to: replies let back */
@@ -473,15 +477,19 @@ static void socks_on_connect(struct ph_io *io, uint32_t events)
 	err = socks_reply_ok(c, &bound);
 	if (err == 0 && sx->fwd != NULL) {
 		err = send_all(io->fd, sx->fwd, sx->fwd_len);
-		c->pump.dir[0].bytes += sx->fwd_len;
-		FWD_STAT(c->wr, bytes_up, sx->fwd_len);
-		FWD_STAT(c->wr, copied, sx->fwd_len);
+		if (err == 0) {
+			c->pump.dir[0].bytes += sx->fwd_len;
+			FWD_STAT(c->wr, bytes_up, sx->fwd_len);
+			FWD_STAT(c->wr, copied, sx->fwd_len);
+		}
 	}
 	if (err < 0) {
 		FWD_STAT(c->wr, errors, 1);
 		ph_forward__close(c, true, "cannot send the reply", err);
 		return;
 	}
+	if (sx->one_request)
+		ph_pump_down_only(&c->pump);
 	ph_socks__conn_free(c); /* the handshake is over: only the pump's state is left */
 	ph_forward__relay(c, events, true);
 }
@@ -498,6 +506,12 @@ static int local_of(struct fwd_conn *c, struct ph_addr *a)
 	ph_addr_unmap(a);
 	ph_addr_set_port(a, 0);
 	return 0;
+}
+
+/* The unspecified address of a's family, port 0. */
+static void any_of(const struct ph_addr *a, struct ph_addr *any)
+{
+	ph_addr_from_literal(a->u.sa.sa_family == AF_INET6 ? "::" : "0.0.0.0", 0, any);
 }
 
 static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
@@ -559,21 +573,27 @@ static void socks_bind(struct fwd_conn *c)
 	socklen_t len = sizeof(local.u);
 	int fd, err;
 
+	struct ph_addr any;
+
+	/* every interface (a peer elsewhere must reach it); the reply names the address the
+	 * client reached us at */
 	err = local_of(c, &local);
 	if (err == 0) {
-		fd = ph_tcp_listen(&local, true, false);
+		any_of(&local, &any);
+		fd = ph_tcp_listen(&any, true, false);
 		err = fd < 0 ? fd : 0;
 	}
 	if (err == 0) {
 		ph_io_init(&sx->aux, fd, socks_on_bind_accept);
+		sx->watched = true;
 		err = ph_io_add(l, &sx->aux, EPOLLIN | EPOLLET);
 	}
-	if (err == 0 && getsockname(sx->aux.fd, &local.u.sa, &len) == -1)
+	if (err == 0 && getsockname(sx->aux.fd, &any.u.sa, &len) == -1)
 		err = -errno;
 	if (err == 0 && sx->proto == 4 && local.u.sa.sa_family != AF_INET)
 		err = -EAFNOSUPPORT;
 	if (err == 0) {
-		local.len = len;
+		ph_addr_set_port(&local, ph_addr_port(&any));
 		err = socks_reply_ok(c, &local);
 	}
 	if (err < 0) {
@@ -608,6 +628,17 @@ static void udp_peer_add(struct ph_socks_conn *sx, const struct ph_addr *a)
 static void socks_on_udp(struct ph_io *io, uint32_t events);
 static void socks_on_udp_other(struct ph_io *io, uint32_t events);
 
+/* Multicast and broadcast: a relay for one client has no business on the LAN's groups. */
+static bool is_multicast(const struct ph_addr *a)
+{
+	if (a->u.sa.sa_family == AF_INET) {
+		uint32_t v = ntohl(a->u.in.sin_addr.s_addr);
+
+		return (v >> 28) == 0xe || v == 0xffffffffu;
+	}
+	return a->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_MULTICAST(&a->u.in6.sin6_addr);
+}
+
 /* The socket for destinations of a's family when the client's is the other one: an IPv4
  * client may write to IPv6 hosts and the other way round. Returns 0 or -errno. */
 static int udp_other(struct fwd_conn *c, const struct ph_addr *a)
@@ -623,6 +654,7 @@ static int udp_other(struct fwd_conn *c, const struct ph_addr *a)
 	if (fd < 0)
 		return fd;
 	ph_io_init(&sx->other, fd, socks_on_udp_other);
+	sx->watched = true;
 	err = ph_io_add(&c->wr->w->loop, &sx->other, EPOLLIN | EPOLLET);
 	if (err < 0)
 		ph_io_close(&c->wr->w->loop, &sx->other);
@@ -638,7 +670,8 @@ static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const st
 	struct ph_addr a = *dst;
 
 	ph_addr_unmap(&a);
-	if (ph_addr_is_any(&a) || !ph_socks_dest_allows(wr->rule->socks, d->name, &a))
+	if (ph_addr_is_any(&a) || is_multicast(&a) ||
+	    !ph_socks_dest_allows(wr->rule->socks, d->name, &a))
 		return false;
 	if (a.u.sa.sa_family != sx->client.u.sa.sa_family && udp_other(c, &a) < 0)
 		return false;
@@ -710,7 +743,7 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 		if (!ph_socks_dest_allows(wr->rule->socks, d.name, NULL))
 			return;
 	}
-	sx->pend = malloc(n);
+	sx->pend = n <= SOCKS_UDP_HOLD ? malloc(n) : NULL; /* a name's first datagram: small */
 	if (sx->pend == NULL) {
 		FWD_STAT(wr, dgrams_dropped, 1);
 		return;
@@ -739,17 +772,17 @@ static void udp_read(struct ph_socks_conn *sx, struct ph_io *io)
 		ssize_t n = recvfrom(io->fd, data, SOCKS_UDP_MAX, 0, &from.u.sa, &len);
 
 		if (n == -1) {
-			if (errno == EINTR)
-				continue;
-			return; /* EAGAIN, or an ICMP error of an earlier send: nothing to read */
+			if (errno == EAGAIN)
+				return;
+			continue; /* EINTR, or an ICMP error of an earlier send */
 		}
 		from.len = len;
 		ph_addr_unmap(&from);
-		sx->udp_last = wr->w->loop.now;
 		if (io == &sx->aux &&
 		    (ph_addr_equal(&from, &sx->client) ||
 		     (ph_addr_port(&sx->client) == 0 && ph_addr_same_host(&from, &sx->client)))) {
 			sx->client = from; /* the first datagram tells the client's port */
+			sx->udp_last = wr->w->loop.now;
 			udp_from_client(c, data, (size_t)n);
 		} else if (udp_peer_known(sx, &from)) {
 			uint8_t h[PH_SOCKS_UDP_HDR_MAX];
@@ -762,6 +795,8 @@ static void udp_read(struct ph_socks_conn *sx, struct ph_io *io)
 				FWD_STAT(wr, dgrams_dropped, 1);
 				continue;
 			}
+			sx->udp_last =
+				wr->w->loop.now; /* a stranger's datagram keeps nothing alive */
 			c->pump.dir[1].bytes += (uint64_t)n;
 			FWD_STAT(wr, bytes_down, (uint64_t)n);
 			FWD_STAT(wr, dgrams_down, 1);
@@ -794,19 +829,27 @@ static void socks_udp(struct fwd_conn *c)
 	socklen_t len = sizeof(local.u);
 	int fd, err;
 
+	struct ph_addr any;
+
+	/* every interface, or --source: a socket bound to 127.0.0.1 could not send beyond
+	 * this host; the reply names the address the client reached us at */
 	err = local_of(c, &local);
 	if (err == 0) {
-		fd = ph_udp_bind(&local, true, false, false, 0);
+		any_of(&local, &any);
+		if (wr->rule->has_source && wr->rule->source.u.sa.sa_family == local.u.sa.sa_family)
+			any = wr->rule->source;
+		fd = ph_udp_bind(&any, true, false, false, 0);
 		err = fd < 0 ? fd : 0;
 	}
 	if (err == 0) {
 		ph_io_init(&sx->aux, fd, socks_on_udp);
+		sx->watched = true;
 		err = ph_io_add(l, &sx->aux, EPOLLIN | EPOLLET);
 	}
-	if (err == 0 && getsockname(sx->aux.fd, &local.u.sa, &len) == -1)
+	if (err == 0 && getsockname(sx->aux.fd, &any.u.sa, &len) == -1)
 		err = -errno;
 	if (err == 0) {
-		local.len = len;
+		ph_addr_set_port(&local, ph_addr_port(&any));
 		err = socks_reply_ok(c, &local);
 	}
 	if (err < 0) {
@@ -842,6 +885,22 @@ static void socks_begin(struct fwd_conn *c)
 	                                     : "UDP ASSOCIATE",
 	         dest_fmt(&sx->dst, d, sizeof(d)));
 	if (sx->cmd == PH_SOCKS_BIND) {
+		/* the peer is checked against DST.ADDR: it must be an address the rules allow */
+		if (sx->dst.name[0] != '\0') {
+			socks_fail(
+				c, -EAFNOSUPPORT, 0,
+				"BIND takes the address of the host that will connect, not a name");
+			return;
+		}
+		if (!ph_addr_is_any(&sx->dst.addr) &&
+		    !ph_socks_dest_allows(wr->rule->socks, NULL, &sx->dst.addr)) {
+			FWD_STAT(wr, denied, 1);
+			snprintf(reason, sizeof(reason),
+			         "BIND for %s: not allowed by --allow-dest/--deny-dest",
+			         dest_fmt(&sx->dst, d, sizeof(d)));
+			socks_fail(c, -EACCES, 0, reason);
+			return;
+		}
 		socks_bind(c);
 		return;
 	}
@@ -887,6 +946,21 @@ static void socks_begin(struct fwd_conn *c)
 
 /* ---- the handshake ---- */
 
+/* A client's word fit for a log line: printable ASCII, at most 32 bytes, '?' for the rest. */
+static const char *printable(const char *s, size_t n, char *out, size_t cap)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < n && k + 4 < cap && i < 32; i++)
+		out[k++] = s[i] > ' ' && s[i] < 0x7f && s[i] != '\'' ? s[i] : '?';
+	if (n > 32 && k + 4 < cap) {
+		memcpy(out + k, "...", 3);
+		k += 3;
+	}
+	out[k] = '\0';
+	return out;
+}
+
 /*
  * One message of the handshake from the n bytes peeked at b. Returns the bytes it used
  * (to be read from the socket), 0 when more must come first, or -1 when c was closed.
@@ -896,11 +970,11 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 	struct ph_socks_conn *sx = c->sx;
 	const struct ph_socks_conf *sc = c->wr->rule->socks;
 	char user[PH_SOCKS_NAME_MAX + 1], pass[PH_SOCKS_NAME_MAX + 1],
-		reason[PH_SOCKS_NAME_MAX + 96];
+		reason[PH_SOCKS_NAME_MAX + 96], shown[40];
 	struct ph_socks_req req;
 	struct ph_http_proxy_req hr;
 	const char *why = NULL;
-	size_t ulen, plen;
+	size_t ulen = 0, plen = 0;
 	unsigned methods;
 	uint8_t rep, r[2];
 	int len, status;
@@ -956,7 +1030,8 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 			FWD_STAT(c->wr, denied, 1);
 			drain(c->pump.io[0].fd);
 			snprintf(reason, sizeof(reason),
-			         "socks5: wrong user name or password (user '%.64s')", user);
+			         "socks5: wrong user name or password (user '%s')",
+			         printable(user, ulen, shown, sizeof(shown)));
 			ph_forward__close(c, false, reason, -EACCES);
 			return -1;
 		}
@@ -1013,10 +1088,10 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 			explicit_bzero(pass, sizeof(pass));
 			if (!ok) {
 				FWD_STAT(c->wr, denied, 1);
-				snprintf(reason, sizeof(reason), "%s (user '%.64s')",
+				snprintf(reason, sizeof(reason), "%s (user '%s')",
 				         hr.auth == NULL ? "no proxy credentials"
 				                         : "wrong user name or password",
-				         user);
+				         printable(user, ulen, shown, sizeof(shown)));
 				socks_fail(c, -EACCES, 407, reason);
 				return -1;
 			}
@@ -1036,6 +1111,10 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 				return -1;
 			}
 			sx->fwd_len = (size_t)m;
+			/* a request without a body is all there is: the server answers it and
+			 * closes (Connection: close); a next request, which may be for another
+			 * host, must not reach this one */
+			sx->one_request = !hr.has_body;
 		}
 		sx->phase = SX_READY;
 		return len;
@@ -1047,6 +1126,43 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 	FWD_STAT(c->wr, errors, 1);
 	socks_fail(c, -EPROTO, 0, why != NULL ? why : "a bad handshake");
 	return -1;
+}
+
+/*
+ * The client's socket after its request. UDP ASSOCIATE: the TCP connection only says how
+ * long the relay lives; what it carries is read and dropped, a bounded amount per
+ * wake-up. Otherwise its bytes wait for the pump (which re-reads readiness when it takes
+ * the socket over); a client that went away (reset, or gone altogether) ends it now.
+ */
+static void socks_on_client_later(struct fwd_conn *c, uint32_t events)
+{
+	struct ph_socks_conn *sx = c->sx;
+	struct ph_io *io = &c->pump.io[0];
+	char buf[4096];
+
+	if (sx->phase == SX_UDP && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+		for (int i = 0; i < 16; i++) {
+			ssize_t n = recv(io->fd, buf, sizeof(buf), 0);
+
+			if (n > 0)
+				continue;
+			if (n == 0 || (errno != EAGAIN && errno != EINTR))
+				ph_forward__close(c, false, "udp: the client ended the association",
+				                  0);
+			return;
+		}
+		ph_io_mod(&c->wr->w->loop, io, PH_PUMP_EVENTS); /* more: report it again */
+		return;
+	}
+	if (events & (EPOLLHUP | EPOLLERR)) {
+		int err = ph_sock_error(io->fd);
+
+		ph_forward__close(c, true, "socks: the client went away before its reply",
+		                  err < 0 ? err : -ECONNRESET);
+		return;
+	}
+	if (sx->phase == SX_BIND_WAIT && (events & EPOLLRDHUP))
+		ph_forward__close(c, false, "BIND: the client ended it before a peer came", 0);
 }
 
 /* The client's socket during the handshake and until the pump takes it over. */
@@ -1065,16 +1181,7 @@ static void socks_on_client(struct ph_io *io, uint32_t events)
 		if (c->state != FWD_SOCKS || sx == NULL)
 			return;
 		if (sx->phase >= SX_READY) {
-			if ((sx->phase == SX_UDP || sx->phase == SX_BIND_WAIT) &&
-			    (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
-				/* the TCP connection only says how long the relay lives */
-				n = recv(io->fd, buf, sizeof(buf), 0);
-				if (n == 0 || (n == -1 && errno != EAGAIN && errno != EINTR))
-					ph_forward__close(c, false,
-					                  "the client ended the association", 0);
-				else if (n > 0)
-					continue;
-			}
+			socks_on_client_later(c, events);
 			return;
 		}
 		n = recv(io->fd, buf, sizeof(buf), MSG_PEEK);
@@ -1195,14 +1302,21 @@ void ph_socks__conn_free(struct fwd_conn *c)
 		return;
 	if (sx->q != NULL)
 		sx->q->c = NULL; /* its answer still fills the cache */
+	sx->q = NULL;
 	if (sx->aux.fd != -1)
 		ph_io_close(&c->wr->w->loop, &sx->aux);
 	if (sx->other.fd != -1)
 		ph_io_close(&c->wr->w->loop, &sx->other);
 	free(sx->pend);
+	sx->pend = NULL;
 	free(sx->fwd);
-	free(sx);
-	c->sx = NULL;
+	sx->fwd = NULL;
+	/* an event of this batch may still point into a socket it watched: then the memory
+	 * goes with the connection's (forward.c's reap), after the batch */
+	if (!sx->watched) {
+		free(sx);
+		c->sx = NULL;
+	}
 }
 
 bool ph_socks__wrule_idle(const struct fwd_wrule *wr)

@@ -909,3 +909,73 @@ def test_unspecified_address_is_no_destination(pinhole, echo_server, host):
         u.close()
         target.close()
         c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# a plain http:// request is the only one that reaches its server
+
+
+def test_plain_http_request_is_alone_on_its_connection(pinhole):
+    """A client that keeps its proxy connection alive sends a second request (with its
+    credentials, maybe for another host): it must not reach the first request's server.
+    The server gets exactly one request, with the Host of its URL, no proxy headers."""
+    got, lock = [], threading.Lock()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(5)
+
+    def serve():
+        c, _ = srv.accept()
+        c.settimeout(2)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                data += c.recv(4096)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            time.sleep(0.3)  # whatever else the proxy lets through arrives meanwhile
+            c.setblocking(False)
+            try:
+                data += c.recv(65536)
+            except BlockingIOError:
+                pass
+        finally:
+            c.close()
+            with lock:
+                got.append(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    _, port = start_socks(pinhole, "--user", "alice:s3cret")
+    sport = srv.getsockname()[1]
+    auth = "Proxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n"  # alice:s3cret
+    c = connect("127.0.0.1", port)
+    c.sendall(f"GET http://127.0.0.1:{sport}/one HTTP/1.1\r\nHost: evil.example\r\n{auth}"
+              f"Connection: keep-alive\r\n\r\n"
+              f"GET http://other.example/two HTTP/1.1\r\nHost: other.example\r\n{auth}\r\n"
+              .encode())
+    reply, how = read_all(c, timeout=5)
+    c.close()
+    t.join(5)
+    srv.close()
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"ok"), (reply, how)
+    assert len(got) == 1, got
+    req = got[0].decode(errors="replace")
+    assert req.startswith("GET /one HTTP/1.1\r\n"), req
+    assert req.count("GET ") == 1 and "/two" not in req, req
+    assert f"Host: 127.0.0.1:{sport}\r\n" in req and "evil.example" not in req, req
+    assert "Proxy-Authorization" not in req and "Connection: close\r\n" in req, req
+
+
+def test_a_user_name_cannot_forge_log_lines(pinhole):
+    """The user name a client sends is its own bytes: written to the log, a newline in it
+    would make a line of the client's choosing."""
+    ph, port = start_socks(pinhole, "--user", "alice:s3cret")
+    c = connect("127.0.0.1", port)
+    c.sendall(b"\x05\x01\x02")
+    assert recv_exact(c, 2) == b"\x05\x02"
+    c.sendall(socks5_auth_msg("x\n12:00:00.000 info: forged", "nope"))
+    assert recv_exact(c, 2) == b"\x01\x01"
+    c.close()
+    ph.wait_log(r"wrong user name or password")
+    assert not any(line.startswith("12:00:00.000") for line in ph.log.splitlines()), ph.log

@@ -505,6 +505,22 @@ static void hbad(const char *s, int status, const char *want)
 	assert_non_null(strstr(res.why, want));
 }
 
+/* whether a body follows decides if the client's later bytes may reach the server */
+static void test_http_body(void **state)
+{
+	struct hresult res;
+
+	(void)state;
+	hok("GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", &res);
+	assert_false(res.req.has_body);
+	hok("POST http://a.example/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &res);
+	assert_false(res.req.has_body);
+	hok("POST http://a.example/ HTTP/1.1\r\ncontent-length: 12\r\n\r\n", &res);
+	assert_true(res.req.has_body);
+	hok("POST http://a.example/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", &res);
+	assert_true(res.req.has_body);
+}
+
 static void test_http_connect(void **state)
 {
 	struct hresult res;
@@ -648,23 +664,24 @@ static void test_http_rewrite(void **state)
 	        "Host: example.com:8080\r\n"
 	        "Connection: close\r\n"
 	        "\r\n");
-	/* a Host is kept and none added; header names in any case; other headers kept */
+	/* the client's Host is replaced by the target's (RFC 7230 5.4), whatever it said;
+	 * header names in any case; other headers kept; port 80 left out */
 	rewrite("POST http://example.com/form HTTP/1.0\r\n"
-	        "host: example.com\r\n"
+	        "host: forbidden.example\r\n"
 	        "CONNECTION: Upgrade\r\n"
 	        "proxy-connection: close\r\n"
 	        "Connection-X: y\r\n"
 	        "Content-Length: 3\r\n"
 	        "\r\n",
 	        "POST /form HTTP/1.0\r\n"
-	        "host: example.com\r\n"
 	        "Connection-X: y\r\n"
 	        "Content-Length: 3\r\n"
+	        "Host: example.com\r\n"
 	        "Connection: close\r\n"
 	        "\r\n");
 	/* no headers at all; an address literal, IPv4 and IPv6; bare LF kept as sent */
 	rewrite("GET http://192.0.2.1 HTTP/1.1\r\n\r\n",
-	        "GET / HTTP/1.1\r\nHost: 192.0.2.1:80\r\nConnection: close\r\n\r\n");
+	        "GET / HTTP/1.1\r\nHost: 192.0.2.1\r\nConnection: close\r\n\r\n");
 	rewrite("GET http://[2001:db8::1]:8080/v6 HTTP/1.1\nAccept: x\n\n",
 	        "GET /v6 HTTP/1.1\r\nAccept: x\nHost: [2001:db8::1]:8080\r\n"
 	        "Connection: close\r\n\r\n");
@@ -1116,14 +1133,15 @@ static void test_dest_allows(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_greeting),      cmocka_unit_test(test_userpass),
-		cmocka_unit_test(test_request),       cmocka_unit_test(test_reply),
-		cmocka_unit_test(test_socks4),        cmocka_unit_test(test_socks4_reply),
-		cmocka_unit_test(test_udp),           cmocka_unit_test(test_http_connect),
-		cmocka_unit_test(test_http_absolute), cmocka_unit_test(test_http_rewrite),
-		cmocka_unit_test(test_basic),         cmocka_unit_test(test_user_add),
-		cmocka_unit_test(test_users_load),    cmocka_unit_test(test_user_ok),
-		cmocka_unit_test(test_dest_add),      cmocka_unit_test(test_dest_allows),
+		cmocka_unit_test(test_greeting),     cmocka_unit_test(test_userpass),
+		cmocka_unit_test(test_request),      cmocka_unit_test(test_reply),
+		cmocka_unit_test(test_socks4),       cmocka_unit_test(test_socks4_reply),
+		cmocka_unit_test(test_udp),          cmocka_unit_test(test_http_connect),
+		cmocka_unit_test(test_http_body),    cmocka_unit_test(test_http_absolute),
+		cmocka_unit_test(test_http_rewrite), cmocka_unit_test(test_basic),
+		cmocka_unit_test(test_user_add),     cmocka_unit_test(test_users_load),
+		cmocka_unit_test(test_user_ok),      cmocka_unit_test(test_dest_add),
+		cmocka_unit_test(test_dest_allows),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
