@@ -25,6 +25,7 @@
 #include "core/worker.h"
 #include "ctl/ctl.h"
 #include "forward/forward.h"
+#include "portmap/portmap.h"
 #include "socks/socks.h"
 
 #define FDS_BASE       32 /* stdio, epoll, eventfds, resolver sockets, a spare */
@@ -902,6 +903,12 @@ int main(int argc, char **argv)
 	case PH_CMD_STATUS:
 	case PH_CMD_RELOAD:
 		err = ask(&cfg);
+		ph_config_free(&cfg);
+		return err;
+	case PH_CMD_MAP:
+		err = cfg.verbosity < 0 ? (int)PH_LOG_ERR : (int)PH_LOG_INFO + cfg.verbosity;
+		ph_log_level = err > PH_LOG_TRACE ? PH_LOG_TRACE : (enum ph_log_level)err;
+		err = ph_map_run(&cfg.map);
 		ph_config_free(&cfg);
 		return err;
 	case PH_CMD_FORWARD:

@@ -24,6 +24,8 @@ static const char help_overview[] =
 	"                                      from LISTEN to a TARGET\n"
 	"  socks [LISTEN]                      a SOCKS5, SOCKS4a and HTTP proxy: each\n"
 	"                                      client names where it goes (ssh -D)\n"
+	"  map PORT | map ip | map probe       ask the home router to forward a port\n"
+	"                                      here (PCP, NAT-PMP, UPnP), and keep it\n"
 	"  run FILE [--check]                  run the rules of a config file (one\n"
 	"                                      command a line, as typed after pinhole)\n"
 	"  status [--json]                     what a running pinhole is doing: each\n"
@@ -153,6 +155,41 @@ static const char help_socks[] =
 	"  pinhole socks :1080 --users /etc/pinhole/socks.users --deny-dest 10.0.0.0/8\n"
 	"  pinhole socks 0.0.0.0:3128 --open --allow 192.168.1.0/24\n";
 
+static const char help_map[] =
+	"Usage: pinhole map [add] PORT [OPTIONS]   forward PORT of the router to this host\n"
+	"       pinhole map del PORT [OPTIONS]     delete that mapping\n"
+	"       pinhole map ip                     the router's external address\n"
+	"       pinhole map probe                  what the router speaks, and its state\n"
+	"       pinhole map list                   the router's mappings (UPnP)\n"
+	"\n"
+	"Asks the gateway (the default route's, or --gateway) to forward its external port to\n"
+	"PORT on this host, the job of upnpc and natpmpc. PCP (RFC 6887), NAT-PMP (RFC 6886)\n"
+	"and UPnP IGD (SSDP) are asked at once and the best that answers is used, in that\n"
+	"order. The mapping, the external\n"
+	"address and the lifetime the router granted are printed; then pinhole stays in the\n"
+	"foreground, renews the mapping at half its lifetime, maps again when the router\n"
+	"restarts (its epoch goes back), and deletes the mapping when stopped (SIGINT,\n"
+	"SIGTERM). A second signal stops at once.\n"
+	"\n"
+	"Options:\n"
+	"  --tcp, --udp, --both   the protocol(s) to map (default tcp)\n"
+	"  --external N           the external port wanted; without it the router picks\n"
+	"                         (PCP: PREFER_FAILURE, so N or nothing; NAT-PMP: another\n"
+	"                         port granted is given back and reported)\n"
+	"  --lifetime S           seconds asked for (default 7200)\n"
+	"  --method M             auto (default), pcp, natpmp or upnp\n"
+	"  --gateway IP           the router to ask\n"
+	"  --once                 map, print, exit (the mapping lives out its lifetime)\n"
+	"  --keep                 leave the mapping in place when stopped\n"
+	"\n"
+	"Exit status: 0 done; 1 the router refused or nobody answered (the reason is\n"
+	"printed); 2 bad usage.\n"
+	"\n"
+	"Examples:\n"
+	"  pinhole map 8080                     # router:8080 or another port -> here:8080\n"
+	"  pinhole map 51820 --udp --external 51820 --once\n"
+	"  pinhole map ip\n";
+
 static const char help_run[] =
 	"Usage: pinhole run FILE [--check] [OPTIONS]\n"
 	"\n"
@@ -193,6 +230,8 @@ const char *ph_cli_help(const char *topic)
 		return help_run;
 	if (strcmp(topic, "socks") == 0)
 		return help_socks;
+	if (strcmp(topic, "map") == 0)
+		return help_map;
 	return NULL;
 }
 
@@ -770,6 +809,143 @@ static int cli_socks(int argc, char *const *argv, int first, struct ph_config *c
 	return 0;
 }
 
+static int cli_port(const char *word, int argi, const char *what, uint16_t *out,
+                    struct ph_cli_error *e)
+{
+	unsigned long long v;
+
+	if (ph_parse_uint(word, 1, 65535, &v) < 0)
+		return cli_fail(e, argi, "%s '%s': expected a port from 1 to 65535", what, word);
+	*out = (uint16_t)v;
+	return 0;
+}
+
+/* `map [add|del] PORT`, `map ip`, `map probe`. */
+static int cli_map(int argc, char *const *argv, int first, struct ph_config *cfg,
+                   struct ph_cli_error *e)
+{
+	struct ph_map_conf *mc = &cfg->map;
+	unsigned long long v;
+	bool have_port = false, verb_given = false;
+	int err;
+
+	ph_map_conf_init(mc);
+	for (int i = first + 1; i < argc; i++) {
+		const char *word = argv[i];
+		struct cli_opt o;
+
+		if (word[0] == '-' && word[1] != '\0') {
+			opt_split(word, &o);
+			if (!o.inline_value &&
+			    (strcmp(o.name, "--tcp") == 0 || strcmp(o.name, "--udp") == 0 ||
+			     strcmp(o.name, "--both") == 0)) {
+				mc->protos = o.name[2] == 't'   ? PH_MAP_TCP
+				             : o.name[2] == 'u' ? PH_MAP_UDP
+				                                : PH_MAP_TCP | PH_MAP_UDP;
+				continue;
+			}
+			if (!o.inline_value && strcmp(o.name, "--once") == 0) {
+				mc->once = true;
+				continue;
+			}
+			if (!o.inline_value && strcmp(o.name, "--keep") == 0) {
+				mc->keep = true;
+				continue;
+			}
+			if (strcmp(o.name, "--external") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err == 0)
+					err = cli_port(o.value, i, "--external", &mc->external, e);
+				if (err < 0)
+					return err;
+				continue;
+			}
+			if (strcmp(o.name, "--lifetime") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err == 0)
+					err = opt_uint(&o, i, 1, 0x7fffffff, &v, e);
+				if (err < 0)
+					return err;
+				mc->lifetime = (uint32_t)v;
+				continue;
+			}
+			if (strcmp(o.name, "--method") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err < 0)
+					return err;
+				if (strcmp(o.value, "auto") == 0)
+					mc->method = PH_MAP_AUTO;
+				else if (strcmp(o.value, "pcp") == 0)
+					mc->method = PH_MAP_PCP;
+				else if (strcmp(o.value, "natpmp") == 0 ||
+				         strcmp(o.value, "nat-pmp") == 0)
+					mc->method = PH_MAP_NATPMP;
+				else if (strcmp(o.value, "upnp") == 0)
+					mc->method = PH_MAP_UPNP;
+				else
+					return cli_fail(e, i,
+					                "--method '%s': auto, pcp, natpmp or upnp",
+					                o.value);
+				continue;
+			}
+			if (strcmp(o.name, "--gateway") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err < 0)
+					return err;
+				if (ph_addr_from_literal(o.value, 0, &mc->gateway) < 0 ||
+				    mc->gateway.u.sa.sa_family != AF_INET)
+					return cli_fail(
+						e, i,
+						"--gateway '%s': the router's IPv4 address, as in "
+						"192.168.1.1",
+						o.value);
+				mc->has_gateway = true;
+				continue;
+			}
+			err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+			if (err < 0)
+				return err;
+			if (err == 0)
+				return cli_fail(e, i,
+				                "unknown option '%s' (see pinhole map --help)",
+				                o.name);
+			if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL)
+				cfg->help_topic = "map";
+			continue;
+		}
+		if (!verb_given && !have_port &&
+		    (strcmp(word, "add") == 0 || strcmp(word, "del") == 0 ||
+		     strcmp(word, "ip") == 0 || strcmp(word, "probe") == 0 ||
+		     strcmp(word, "list") == 0)) {
+			mc->verb = word[0] == 'a'   ? PH_MAP_ADD
+			           : word[0] == 'd' ? PH_MAP_DEL
+			           : word[0] == 'i' ? PH_MAP_IP
+			           : word[0] == 'l' ? PH_MAP_LIST
+			                            : PH_MAP_PROBE;
+			verb_given = true;
+			continue;
+		}
+		if (have_port || mc->verb == PH_MAP_IP || mc->verb == PH_MAP_PROBE ||
+		    mc->verb == PH_MAP_LIST)
+			return cli_fail(e, i, "map: '%s': unexpected (see pinhole map --help)",
+			                word);
+		err = cli_port(word, i, "map: port", &mc->internal, e);
+		if (err < 0)
+			return err;
+		have_port = true;
+	}
+	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION)
+		return 0;
+	if ((mc->verb == PH_MAP_ADD || mc->verb == PH_MAP_DEL) && !have_port)
+		return cli_fail(e, first, "map: missing the PORT to map (see pinhole map --help)");
+	if (mc->verb == PH_MAP_DEL && mc->method == PH_MAP_PCP)
+		return cli_fail(e, first,
+		                "map del: PCP deletes a mapping only with the secret it was made "
+		                "with; use --method natpmp or upnp (auto tries both)");
+	cfg->cmd = PH_CMD_MAP;
+	return 0;
+}
+
 /* `status [--json]`, `reload`: questions for a running pinhole. */
 static int cli_ask(int argc, char *const *argv, int first, struct ph_config *cfg,
                    struct ph_cli_error *e)
@@ -873,6 +1049,8 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 			return cli_run(argc, argv, i, cfg, e);
 		if (strcmp(word, "socks") == 0)
 			return cli_socks(argc, argv, i, cfg, e);
+		if (strcmp(word, "map") == 0)
+			return cli_map(argc, argv, i, cfg, e);
 		if (strcmp(word, "status") == 0 || strcmp(word, "reload") == 0)
 			return cli_ask(argc, argv, i, cfg, e);
 		if (strcmp(word, "help") == 0) {

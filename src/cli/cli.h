@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "core/addr.h"
+#include "portmap/portmap.h"
 
 struct ph_forward_rule;
 
@@ -20,6 +21,7 @@ enum ph_cmd {
 	PH_CMD_RUN,      /* run (or with check, only check) the rules of run_file */
 	PH_CMD_STATUS,   /* ask a running pinhole for its status (json: as JSON) */
 	PH_CMD_RELOAD,   /* ask a running pinhole to reload its FILE */
+	PH_CMD_MAP,      /* ask the gateway for a port mapping (map) */
 };
 
 #define PH_CONFIG_MAX_RULES 1024
@@ -44,6 +46,7 @@ struct ph_config {
 	bool json;              /* status --json */
 	bool has_metrics;       /* --metrics ADDR: */
 	struct ph_addr metrics; /* where Prometheus metrics are served */
+	struct ph_map_conf map; /* `pinhole map ...` */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
 };

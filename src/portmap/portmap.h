@@ -1,0 +1,48 @@
+/*
+ * `pinhole map`: asks the gateway to forward a port here, with PCP (RFC 6887), NAT-PMP
+ * (RFC 6886) or UPnP IGD (libminiupnpc, on a helper thread), and keeps the mapping alive (renewed at half its lifetime,
+ * recreated when the gateway restarts) until stopped, then deletes it.
+ */
+#ifndef PH_PORTMAP_PORTMAP_H
+#define PH_PORTMAP_PORTMAP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/addr.h"
+
+enum ph_map_method { PH_MAP_AUTO = 0, PH_MAP_PCP, PH_MAP_NATPMP, PH_MAP_UPNP };
+enum ph_map_verb { PH_MAP_ADD = 0, PH_MAP_DEL, PH_MAP_IP, PH_MAP_PROBE, PH_MAP_LIST };
+
+#define PH_MAP_TCP 1
+#define PH_MAP_UDP 2
+
+#define PH_MAP_LIFETIME 7200 /* s: RFC 6886's recommendation */
+
+struct ph_map_conf {
+	uint8_t verb;      /* enum ph_map_verb */
+	uint8_t method;    /* enum ph_map_method */
+	uint8_t protos;    /* PH_MAP_TCP | PH_MAP_UDP */
+	uint16_t internal; /* the port on this host */
+	uint16_t external; /* the external port wanted; 0: any */
+	uint32_t lifetime; /* s asked for */
+	bool once;         /* map, print, exit (the mapping lives its lifetime) */
+	bool keep;         /* do not delete the mapping on exit */
+	bool has_gateway;  /* --gateway, else the default route's */
+	struct ph_addr gateway;
+	uint64_t timeout; /* ms to wait for the gateway before giving up (per try) */
+};
+
+void ph_map_conf_init(struct ph_map_conf *mc);
+
+/* Runs `pinhole map ...` in the foreground. Returns the exit status (0, 1). */
+int ph_map_run(const struct ph_map_conf *mc);
+
+/* The IPv4 default gateway from /proc/net/route. Returns 0 or -errno. */
+int ph_map_default_gateway(struct ph_addr *gw);
+
+/* True when a is an address no one on the internet can reach (RFC 1918, CGNAT 100.64/10,
+ * loopback, link-local, the documentation and benchmarking blocks). */
+bool ph_map_addr_is_private(const struct ph_addr *a);
+
+#endif /* PH_PORTMAP_PORTMAP_H */
