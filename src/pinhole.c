@@ -2,7 +2,9 @@
  * pinhole: the command line. Parses the words (one grammar, src/cli/), then runs the rules
  * on the worker threads while the main thread owns the signals.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,12 +51,20 @@ struct ph_main {
 	struct ph_config *cfg;             /* the rules running now */
 	struct ph_forward_rule **retiring; /* owned: removed by a reload, finishing */
 	unsigned nretiring;
-	struct ph_list plans;   /* struct reload_plan not run by every worker yet */
-	struct ph_timer retire; /* frees what finished, once a second while any is left */
-	struct ph_ctl *ctl;     /* owned: the control socket, or NULL */
-	struct ph_ctl *metrics; /* owned: the --metrics endpoint, or NULL */
-	uint64_t start;         /* loop ms at start, for the uptime */
-	char reload_msg[4096];  /* what the last reload said, for `pinhole reload` */
+	struct ph_list plans;     /* struct reload_plan not run by every worker yet */
+	struct ph_timer retire;   /* frees what finished, once a second while any is left */
+	struct ph_ctl *ctl;       /* owned: the control socket, or NULL */
+	struct ph_ctl *metrics;   /* owned: the --metrics endpoint, or NULL */
+	uint64_t start;           /* loop ms at start, for the uptime */
+	struct ph_list unmapping; /* struct unmapping: --map keepers deleting their mappings */
+	char reload_msg[4096];    /* what the last reload said, for `pinhole reload` */
+};
+
+/* A --map keeper told to stop, until it has deleted its mappings. */
+struct unmapping {
+	struct ph_list node; /* in ph_main.unmapping */
+	struct ph_main *m;
+	struct ph_map_keeper *k;
 };
 
 /* What one reload asks of every worker, in order: attach the new rules, detach the old. */
@@ -97,6 +107,68 @@ static void log_problem(void *arg, const char *msg)
 static const char *rule_origin(const struct ph_forward_rule *r)
 {
 	return r->name[0] != '\0' ? r->name : r->origin;
+}
+
+/* --map: a keeper of a router mapping for r's listen port, for as long as r runs. */
+static void map_start(struct ph_main *m, struct ph_forward_rule *r)
+{
+	struct ph_map_conf mc;
+	char label[96];
+	int err;
+
+	if (!r->map || r->keeper != NULL)
+		return;
+	ph_map_conf_init(&mc);
+	mc.internal = ph_addr_port(&r->listen.addr);
+	mc.protos = (r->listen.proto & PH_PROTO_TCP ? PH_MAP_TCP : 0) |
+	            (r->listen.proto & PH_PROTO_UDP ? PH_MAP_UDP : 0);
+	snprintf(label, sizeof(label), "%.80s", r->name[0] ? r->name : r->origin);
+	if (label[0] == '\0')
+		snprintf(label, sizeof(label), "%s :%u",
+		         r->kind == PH_RULE_SOCKS ? "socks" : "forward", mc.internal);
+	if (!r->listen.wildcard && ph_map_addr_is_private(&r->listen.addr) &&
+	    ((r->listen.addr.u.sa.sa_family == AF_INET &&
+	      (ntohl(r->listen.addr.u.in.sin_addr.s_addr) >> 24) == 127) ||
+	     (r->listen.addr.u.sa.sa_family == AF_INET6 &&
+	      IN6_IS_ADDR_LOOPBACK(&r->listen.addr.u.in6.sin6_addr))))
+		ph_warn("%s: --map on a loopback address: what the router forwards here cannot "
+		        "reach it (listen on :PORT or the LAN address)",
+		        label);
+	err = ph_map_keeper_start(&m->loop, &mc, label, &r->keeper);
+	if (err < 0)
+		ph_warn("%s: --map: cannot ask the router (%s); the rule runs without a mapping",
+		        label, strerror(-err));
+}
+
+static void main_on_unmapped(void *arg)
+{
+	struct unmapping *u = arg;
+	struct ph_main *m = u->m;
+
+	ph_list_del(&u->node);
+	free(u);
+	if (m->ended >= m->started && m->started != 0 && ph_list_empty(&m->unmapping))
+		ph_loop_stop(&m->loop);
+}
+
+/* r's keeper deletes its mapping and goes (the rule is removed, or pinhole stops). */
+static void map_stop(struct ph_main *m, struct ph_forward_rule *r)
+{
+	struct unmapping *u;
+
+	if (r->keeper == NULL)
+		return;
+	u = calloc(1, sizeof(*u));
+	if (u == NULL) {
+		ph_map_keeper_stop(r->keeper, NULL, NULL);
+		r->keeper = NULL;
+		return;
+	}
+	u->m = m;
+	u->k = r->keeper;
+	r->keeper = NULL;
+	ph_list_add_tail(&m->unmapping, &u->node);
+	ph_map_keeper_stop(u->k, main_on_unmapped, u);
 }
 
 static void main_abort(struct ph_main *m)
@@ -370,6 +442,20 @@ static void main_reload(struct ph_main *m)
 	nc.nrules = 0;
 	for (unsigned k = 0; k < p->nadd; k++)
 		log_rule(p->add[k], m->nw);
+	/* --map: a rule that took a removed rule's listener over takes its mapping too */
+	for (unsigned k = 0; k < p->nadd; k++) {
+		struct ph_forward_rule *r = p->add[k], *o = r->from_tcp ? r->from_tcp : r->from_udp;
+
+		if (r->map && o != NULL && o->keeper != NULL &&
+		    o->listen.proto == r->listen.proto &&
+		    ph_addr_port(&o->listen.addr) == ph_addr_port(&r->listen.addr)) {
+			r->keeper = o->keeper;
+			o->keeper = NULL;
+		}
+		map_start(m, r);
+	}
+	for (unsigned i = 0; i < p->ndel; i++)
+		map_stop(m, p->del[i]);
 	for (unsigned i = 0; i < p->ndel; i++)
 		ph_info("%s: rule removed: no new connections; open ones finish",
 		        rule_origin(p->del[i]));
@@ -457,6 +543,8 @@ static void main_on_signal(struct ph_io *io, uint32_t events)
 			        (unsigned long long)s.active, (unsigned long long)m->drain_timeout);
 			for (unsigned i = 0; i < m->nw; i++)
 				ph_worker_post(m->w[i], PH_WORKER_DRAIN);
+			for (unsigned i = 0; i < m->cfg->nrules; i++)
+				map_stop(m, m->cfg->rules[i]);
 			ph_timer_arm(&m->loop, &m->drain, m->drain_timeout);
 			break;
 		default:
@@ -474,8 +562,8 @@ static void main_on_done(struct ph_io *io, uint32_t events)
 	if (read(io->fd, &n, sizeof(n)) != (ssize_t)sizeof(n))
 		return;
 	m->ended += (unsigned)n;
-	if (m->ended >= m->started)
-		ph_loop_stop(&m->loop);
+	if (m->ended >= m->started && ph_list_empty(&m->unmapping))
+		ph_loop_stop(&m->loop); /* and the mappings are deleted (bounded) */
 }
 
 /*
@@ -649,6 +737,7 @@ static int run(struct ph_config *cfg)
 	ph_io_init(&m.done_io, dfd, main_on_done);
 	ph_timer_init(&m.drain, main_on_drain_timeout);
 	ph_timer_init(&m.retire, main_on_retire);
+	ph_list_init(&m.unmapping);
 	ph_list_init(&m.plans);
 	m.cfg = cfg;
 	if (ph_io_add(&m.loop, &m.sig_io, EPOLLIN) < 0 ||
@@ -740,6 +829,8 @@ static int run(struct ph_config *cfg)
 	}
 	if (m.started == 0)
 		goto out_workers;
+	for (unsigned i = 0; i < cfg->nrules; i++)
+		map_start(&m, cfg->rules[i]);
 	m.start = m.loop.now;
 	ph_notify("READY=1");
 	err = ph_loop_run(&m.loop);
@@ -752,6 +843,16 @@ static int run(struct ph_config *cfg)
 out_workers:
 	/* workers that never started are told to abort and are not waited for */
 	main_abort(&m);
+	/* mappings not deleted in time (a second signal) stay with the router, for their lease */
+	for (unsigned i = 0; i < cfg->nrules; i++)
+		ph_map_keeper_free(cfg->rules[i]->keeper);
+	while (!ph_list_empty(&m.unmapping)) {
+		struct unmapping *u = container_of(m.unmapping.next, struct unmapping, node);
+
+		ph_list_del(&u->node);
+		ph_map_keeper_free(u->k);
+		free(u);
+	}
 	for (unsigned i = 0; i < m.nw; i++)
 		ph_worker_destroy(m.w[i]);
 	ph_ctl_close(m.ctl);

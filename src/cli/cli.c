@@ -100,6 +100,8 @@ static const char help_forward[] =
 	"                         names is the one --allow/--deny, logs and\n"
 	"                         --proxy-protocol see; others are refused\n"
 	"  --name NAME            the rule's name in logs\n"
+	"  --map                  ask the router (PCP, NAT-PMP, UPnP) to forward the listen\n"
+	"                         port here for as long as the rule runs (see map --help)\n"
 	"\n"
 	"Examples:\n"
 	"  pinhole forward :8080 10.0.0.5:80\n"
@@ -145,6 +147,7 @@ static const char help_socks[] =
 	"  --udp-timeout DUR      end a UDP ASSOCIATE relay idle this long (60s)\n"
 	"  --source ADDR          connect to destinations from this local address\n"
 	"  --name NAME            the rule's name in logs, status and metrics\n"
+	"  --map                  ask the router to forward the listen port here\n"
 	"\n"
 	"To drop privileges, give --user USER before the command:\n"
 	"  pinhole --user nobody socks :1080 --users /etc/pinhole/users\n"
@@ -519,6 +522,12 @@ static int cli_forward_opt(int argc, char *const *argv, int *i, struct cli_opt *
 			return cli_fail(e, *i, "--source '%s': must be an IP address of this host",
 			                o->value);
 		r->has_source = true;
+		return 0;
+	}
+	if (strcmp(o->name, "--map") == 0) {
+		if (o->inline_value)
+			return cli_fail(e, *i, "option --map takes no value");
+		r->map = true;
 		return 0;
 	}
 	if (strcmp(o->name, "--name") == 0) {

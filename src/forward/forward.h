@@ -16,6 +16,7 @@
 struct ph_worker;
 struct ph_stats;
 struct ph_socks_conf;
+struct ph_map_keeper;
 struct fwd_wrule;
 struct udp_wrule;
 
@@ -43,17 +44,19 @@ struct ph_forward_rule {
 	struct ph_hostport listen;
 	struct ph_forward_target targets[PH_FORWARD_MAX_TARGETS];
 	unsigned ntargets;
-	struct ph_acl acl;           /* owned */
-	struct ph_acl proxy_from;    /* owned: --accept-proxy, trusted proxies; n == 0: none */
-	int proxy_send;              /* --proxy-protocol: 1 or 2, 0 for none */
-	unsigned max_conns;          /* 0: no limit */
-	uint64_t connect_timeout;    /* ms per connect attempt */
-	uint64_t idle_timeout;       /* ms without bytes in either direction; 0: none */
-	uint64_t udp_timeout;        /* ms a UDP session lives without a datagram */
-	struct ph_addr source;       /* --source: the local address towards targets, */
-	bool has_source;             /* when given */
-	unsigned max_sessions;       /* UDP sessions over all workers; 0: the default */
-	struct ph_socks_conf *socks; /* owned: a socks rule's users, destinations... */
+	struct ph_acl acl;            /* owned */
+	struct ph_acl proxy_from;     /* owned: --accept-proxy, trusted proxies; n == 0: none */
+	int proxy_send;               /* --proxy-protocol: 1 or 2, 0 for none */
+	unsigned max_conns;           /* 0: no limit */
+	uint64_t connect_timeout;     /* ms per connect attempt */
+	uint64_t idle_timeout;        /* ms without bytes in either direction; 0: none */
+	uint64_t udp_timeout;         /* ms a UDP session lives without a datagram */
+	struct ph_addr source;        /* --source: the local address towards targets, */
+	bool has_source;              /* when given */
+	unsigned max_sessions;        /* UDP sessions over all workers; 0: the default */
+	struct ph_socks_conf *socks;  /* owned: a socks rule's users, destinations... */
+	bool map;                     /* --map: ask the router to forward the listen port */
+	struct ph_map_keeper *keeper; /* the main thread's, while --map runs; or NULL */
 	/* run time */
 	uint64_t live;     /* atomic: connections alive, over all workers */
 	uint64_t sessions; /* atomic: UDP sessions alive, over all workers */

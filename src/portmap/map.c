@@ -8,7 +8,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,14 +26,18 @@
 #include "portmap/pmp.h"
 #include "portmap/upnp.h"
 
-#define PM_RTO_MS      250   /* first retransmission; doubles each time */
+#define PM_RTO_MS 250 /* first retransmission; doubles each time */
+#define PM_PCP_RTO_MS                                                                              \
+	1000                 /* PCP MAP (RFC 6887 says 3 s; a router searching a free port
+                              * for each retransmission is slowed down by more) */
 #define PM_PROBE_TRIES 4     /* 0.25 + 0.5 + 1 + 2 s: whether anyone answers */
 #define PM_MAP_TRIES   5     /* then the mapping is retried later */
 #define PM_RETRY_MS    30000 /* a mapping the gateway did not grant is asked for again */
 #define PM_CHECK_MS    60000 /* the gateway's epoch is checked this often */
-#define PM_DEL_MS      2000  /* at exit, deleting may take this long */
+#define PM_DEL_MS      5000  /* at exit, deleting may take this long */
 #define PM_UPNP_MS     15000 /* a UPnP job (SSDP, then HTTP calls) gets this long */
 #define PM_UPNP_DEL_MS 5000  /* at exit, a UPnP deletion may take this long */
+#define PM_AGAIN_MS    60000 /* a keeper whose router refused or vanished tries again */
 
 enum pm_state {
 	PM_IDLE = 0, /* waiting to ask (or to retry) */
@@ -61,8 +67,19 @@ struct pm_map {
 
 struct pm {
 	const struct ph_map_conf *mc;
-	struct ph_loop loop;
+	struct ph_loop *loop; /* borrowed */
+	/* a keeper (a rule's --map in a daemon): logs instead of stdout, never gives up */
+	bool daemon;
+	char label[72];            /* "RULE: " in its log lines */
+	struct ph_map_conf own_mc; /* its configuration (mc points here) */
+	void (*done)(void *arg);   /* called once stopped; then it frees itself */
+	void *done_arg;
+	struct ph_timer restart; /* a keeper that failed tries again */
+	struct ph_task free_task;
+	bool finished;
+	bool warned; /* about a private external address, once */
 	struct ph_io sock, sig;
+	struct ph_io announce; /* 224.0.0.1:5350: the gateway says it restarted */
 	struct ph_addr gw, client;
 	uint8_t method; /* PH_MAP_PCP or PH_MAP_NATPMP once known; PH_MAP_AUTO before */
 	bool pcp_ok;    /* answers seen while probing */
@@ -106,6 +123,24 @@ static const char *ip_str(const struct ph_addr *a, char *buf, size_t len)
 	if (a->u.sa.sa_family == 0 || inet_ntop(a->u.sa.sa_family, p, buf, (socklen_t)len) == NULL)
 		snprintf(buf, len, "?");
 	return buf;
+}
+
+/* A result line: stdout for the map command (scripts read it), the log for a keeper. */
+static void pm_say(const struct pm *pm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void pm_say(const struct pm *pm, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (pm->free_task.fn != NULL) {
+		ph_info("%smap: %s", pm->label, line);
+		return;
+	}
+	printf("%s\n", line);
+	fflush(stdout);
 }
 
 static const char *proto_str(uint8_t p)
@@ -191,6 +226,12 @@ static void pm_send(struct pm *pm, const uint8_t *b, size_t n)
 }
 
 static void pm_stop(struct pm *pm, int rc);
+static void pm_fail(struct pm *pm);
+static void pm_on_restart(struct ph_timer *t);
+static bool pm_busy(const struct pm *pm);
+static void pm_finish(struct pm *pm);
+static void pm_close(struct pm *pm);
+static void pm_on_signal(struct ph_io *io, uint32_t events);
 
 /* ---- requests ---- */
 
@@ -227,9 +268,9 @@ static void map_ask(struct pm_map *m)
 	}
 	m->state = PM_ASKING;
 	m->tries = 1;
-	m->rto = PM_RTO_MS;
+	m->rto = m->pm->method == PH_MAP_PCP ? PM_PCP_RTO_MS : PM_RTO_MS;
 	map_send(m, m->pm->mc->lifetime);
-	ph_timer_arm(&m->pm->loop, &m->timer, m->rto);
+	ph_timer_arm(m->pm->loop, &m->timer, m->rto);
 }
 
 static void map_delete(struct pm_map *m)
@@ -244,7 +285,7 @@ static void map_delete(struct pm_map *m)
 	m->tries = 1;
 	m->rto = PM_RTO_MS;
 	map_send(m, 0);
-	ph_timer_arm(&m->pm->loop, &m->timer, m->rto);
+	ph_timer_arm(m->pm->loop, &m->timer, m->rto);
 }
 
 static void map_on_timer(struct ph_timer *t)
@@ -265,11 +306,11 @@ static void map_on_timer(struct ph_timer *t)
 		map_ask(m);
 		break;
 	case PM_ASKING:
-		if (m->tries < PM_MAP_TRIES) {
+		if (m->tries < (pm->method == PH_MAP_PCP ? PM_MAP_TRIES - 1 : PM_MAP_TRIES)) {
 			m->tries++;
 			m->rto *= 2;
 			map_send(m, pm->mc->lifetime);
-			ph_timer_arm(&pm->loop, t, m->rto);
+			ph_timer_arm(pm->loop, t, m->rto);
 			break;
 		}
 		if (pm->mc->once) {
@@ -284,14 +325,14 @@ static void map_on_timer(struct ph_timer *t)
 		        proto_str(m->proto), pm->mc->internal,
 		        (unsigned long long)pm_retry_ms(pm) / 1000);
 		m->state = PM_IDLE;
-		ph_timer_arm(&pm->loop, t, pm_retry_ms(pm));
+		ph_timer_arm(pm->loop, t, pm_retry_ms(pm));
 		break;
 	case PM_DELETING:
-		if (m->tries < 3) {
+		if (m->tries < 4) {
 			m->tries++;
 			m->rto *= 2;
 			map_send(m, 0);
-			ph_timer_arm(&pm->loop, t, m->rto);
+			ph_timer_arm(pm->loop, t, m->rto);
 			break;
 		}
 		m->state = PM_DONE; /* the deadline ends the program */
@@ -312,17 +353,18 @@ static void print_map(struct pm *pm, struct pm_map *m, const char *verb)
 	ph_addr_set_port(&ext, m->ext);
 	ph_addr_set_port(&in, pm->mc->internal);
 	if (m->permanent)
-		printf("%s %s %s -> %s (%s, permanent: the router grants no lease; deleted on "
-		       "exit)\n",
+		pm_say(pm,
+		       "%s %s %s -> %s (%s, permanent: the router grants no lease; deleted on "
+		       "exit)",
 		       verb, proto_str(m->proto),
 		       ext.u.sa.sa_family != 0 ? ph_addr_fmt(&ext, e, sizeof(e)) : "?",
 		       ph_addr_fmt(&in, c, sizeof(c)), method_str(pm->method));
 	else
-		printf("%s %s %s -> %s (%s, lifetime %u s)\n", verb, proto_str(m->proto),
+		pm_say(pm, "%s %s %s -> %s (%s, lifetime %u s)", verb, proto_str(m->proto),
 		       ext.u.sa.sa_family != 0 ? ph_addr_fmt(&ext, e, sizeof(e)) : "?",
 		       ph_addr_fmt(&in, c, sizeof(c)), method_str(pm->method), m->life);
-	fflush(stdout);
-	if (!m->shown && ext.u.sa.sa_family != 0 && ph_map_addr_is_private(&ext))
+	if (!pm->warned && ext.u.sa.sa_family != 0 && ph_map_addr_is_private(&ext) &&
+	    (pm->warned = true))
 		ph_warn("map: the router's external address %s is private: there is another "
 		        "NAT beyond it (double NAT or carrier-grade NAT), so this mapping is "
 		        "not reachable from the internet",
@@ -333,7 +375,7 @@ static void print_map(struct pm *pm, struct pm_map *m, const char *verb)
 /* The gateway's epoch: one that went back means it lost its mappings (RFC 6886 3.6). */
 static void pm_epoch(struct pm *pm, uint32_t epoch)
 {
-	uint64_t now = pm->loop.now;
+	uint64_t now = pm->loop->now;
 	bool reset = false;
 
 	if (pm->have_epoch) {
@@ -351,7 +393,7 @@ static void pm_epoch(struct pm *pm, uint32_t epoch)
 		struct pm_map *m = &pm->maps[i];
 
 		if (m->state == PM_MAPPED || m->state == PM_IDLE) {
-			ph_timer_stop(&pm->loop, &m->timer);
+			ph_timer_stop(pm->loop, &m->timer);
 			map_ask(m);
 		}
 	}
@@ -370,14 +412,13 @@ static void map_answer(struct pm *pm, struct pm_map *m, const struct ph_pmp_resp
 	const struct ph_map_conf *mc = pm->mc;
 	char g[PH_ADDR_STRLEN];
 
-	ph_timer_stop(&pm->loop, &m->timer);
+	ph_timer_stop(pm->loop, &m->timer);
 	if (m->state == PM_DELETING) {
 		if (r->result != 0)
 			ph_warn("map: deleting %s port %u: %s", proto_str(m->proto), mc->internal,
 			        ph_pmp_result_str(r->version, r->result));
 		else
-			printf("deleted %s port %u\n", proto_str(m->proto), mc->internal);
-		fflush(stdout);
+			pm_say(pm, "deleted %s port %u", proto_str(m->proto), mc->internal);
 		m->state = PM_DONE;
 		pm_stop(pm, pm->rc);
 		return;
@@ -391,11 +432,11 @@ static void map_answer(struct pm *pm, struct pm_map *m, const struct ph_pmp_resp
 		       r->version == PH_PCP_VERSION ? "PCP" : "NAT-PMP", r->result);
 		if (transient && !mc->once) {
 			m->state = PM_IDLE;
-			ph_timer_arm(&pm->loop, &m->timer, pm_retry_ms(pm));
+			ph_timer_arm(pm->loop, &m->timer, pm_retry_ms(pm));
 			return;
 		}
 		m->state = PM_DONE;
-		pm_stop(pm, 1);
+		pm_fail(pm);
 		return;
 	}
 	if (mc->external != 0 && r->external != mc->external) {
@@ -423,7 +464,7 @@ static void map_answer(struct pm *pm, struct pm_map *m, const struct ph_pmp_resp
 		ph_info("map: renewed %s port %u -> %u for %u s", proto_str(m->proto), mc->internal,
 		        m->ext, m->life);
 	m->state = PM_MAPPED;
-	ph_timer_arm(&pm->loop, &m->timer, (uint64_t)(m->life > 2 ? m->life : 2) * 500);
+	ph_timer_arm(pm->loop, &m->timer, (uint64_t)(m->life > 2 ? m->life : 2) * 500);
 	if (mc->once && all_mapped(pm))
 		pm_stop(pm, 0);
 }
@@ -441,6 +482,9 @@ static struct pm_map *find_map(struct pm *pm, const struct ph_pmp_resp *r)
 		if (r->proto != 0 && r->proto != m->proto)
 			continue;
 		if (r->internal != 0 && r->internal != pm->mc->internal)
+			continue;
+		/* a late answer to an earlier MAP is no answer to the delete sent since */
+		if (m->state == PM_DELETING && r->result == 0 && r->lifetime != 0)
 			continue;
 		return m;
 	}
@@ -461,7 +505,7 @@ static void pm_on_answer(struct pm *pm, const struct ph_pmp_resp *r)
 		if (pm->mc->method == PH_MAP_PCP) {
 			ph_err("map: the gateway speaks NAT-PMP, not PCP (try --method natpmp, or "
 			       "auto)");
-			pm_stop(pm, 1);
+			pm_fail(pm);
 			return;
 		}
 		ph_info("map: the gateway speaks NAT-PMP only: asking again in NAT-PMP");
@@ -486,7 +530,7 @@ static void pm_on_answer(struct pm *pm, const struct ph_pmp_resp *r)
 		if (pm->method == PH_MAP_AUTO && pm->pcp_ok && pm->mc->verb == PH_MAP_ADD &&
 		    !pm->stopping) {
 			pm->method = PH_MAP_PCP;
-			ph_timer_stop(&pm->loop, &pm->probe);
+			ph_timer_stop(pm->loop, &pm->probe);
 			pm_start_maps(pm);
 		}
 		return;
@@ -548,7 +592,7 @@ static void upnp_kick(struct pm *pm)
 	if (pm->upnp_stuck) {
 		for (unsigned i = 0; i < pm->nmaps; i++)
 			pm->maps[i].want = 0xff;
-		pm_stop(pm, 1);
+		pm_fail(pm);
 		return;
 	}
 	for (unsigned i = 0; i < pm->nmaps && m == NULL; i++)
@@ -568,25 +612,28 @@ static void upnp_kick(struct pm *pm)
 	if (ph_upnp_submit(pm->upnp, j) < 0)
 		return;
 	pm->upnp_job = j;
-	ph_timer_arm(&pm->loop, &pm->upnp_deadline,
+	ph_timer_arm(pm->loop, &pm->upnp_deadline,
 	             pm->stopping && j->op == PH_UPNP_DEL ? PM_UPNP_DEL_MS : PM_UPNP_MS);
 }
 
 /* Starts a job that no mapping owns (discovery, list, delete by internal port). */
-static void upnp_submit(struct pm *pm, uint8_t op, uint8_t proto)
+static bool upnp_submit(struct pm *pm, uint8_t op, uint8_t proto)
 {
 	struct ph_upnp_job *j = &pm->upnp_req;
 
+	if (pm->upnp == NULL || pm->upnp_job != NULL || pm->upnp_stuck)
+		return false;
 	memset(j, 0, sizeof(*j));
 	j->op = op;
 	j->proto = proto;
 	j->internal = pm->mc->internal;
 	if (pm->mc->has_gateway)
 		j->gateway = pm->mc->gateway;
-	if (ph_upnp_submit(pm->upnp, j) == 0) {
-		pm->upnp_job = j;
-		ph_timer_arm(&pm->loop, &pm->upnp_deadline, PM_UPNP_MS);
-	}
+	if (ph_upnp_submit(pm->upnp, j) < 0)
+		return false;
+	pm->upnp_job = j;
+	ph_timer_arm(pm->loop, &pm->upnp_deadline, PM_UPNP_MS);
+	return true;
 }
 
 static struct pm_map *upnp_owner(struct pm *pm, const struct ph_upnp_job *j)
@@ -608,15 +655,14 @@ static void upnp_map_result(struct pm *pm, struct pm_map *m, const struct ph_upn
 			ph_warn("map: deleting %s port %u: %s", proto_str(m->proto), m->ext,
 			        j->why);
 		else
-			printf("deleted %s port %u\n", proto_str(m->proto), mc->internal);
-		fflush(stdout);
+			pm_say(pm, "deleted %s port %u", proto_str(m->proto), mc->internal);
 		m->state = PM_DONE;
 		pm_stop(pm, pm->rc);
 		return;
 	}
 	if (op == PH_UPNP_CHECK) {
 		if (j->rc == 0 && j->present) {
-			ph_timer_arm(&pm->loop, &m->timer, PM_CHECK_MS);
+			ph_timer_arm(pm->loop, &m->timer, PM_CHECK_MS);
 			return;
 		}
 		ph_warn("map: the router lost the %s mapping of port %u (restarted?): mapping "
@@ -630,11 +676,11 @@ static void upnp_map_result(struct pm *pm, struct pm_map *m, const struct ph_upn
 		ph_err("map: UPnP %s port %u: %s", proto_str(m->proto), mc->internal, j->why);
 		if (!mc->once && (j->rc < 0 || j->rc == 501 || j->rc == 728)) {
 			m->state = PM_IDLE; /* no answer, or busy: again later */
-			ph_timer_arm(&pm->loop, &m->timer, pm_retry_ms(pm));
+			ph_timer_arm(pm->loop, &m->timer, pm_retry_ms(pm));
 			return;
 		}
 		m->state = PM_DONE;
-		pm_stop(pm, 1);
+		pm_fail(pm);
 		return;
 	}
 	if (m->state == PM_MAPPED && m->ext != j->granted)
@@ -651,7 +697,7 @@ static void upnp_map_result(struct pm *pm, struct pm_map *m, const struct ph_upn
 		ph_info("map: renewed %s port %u -> %u for %u s", proto_str(m->proto), mc->internal,
 		        m->ext, m->life);
 	m->state = PM_MAPPED;
-	ph_timer_arm(&pm->loop, &m->timer,
+	ph_timer_arm(pm->loop, &m->timer,
 	             m->permanent ? PM_CHECK_MS : (uint64_t)(m->life > 2 ? m->life : 2) * 500);
 	if (mc->once && all_mapped(pm))
 		pm_stop(pm, 0);
@@ -710,7 +756,7 @@ static void upnp_on_io(struct ph_io *io, uint32_t events)
 	while (read(io->fd, &n, sizeof(n)) == (ssize_t)sizeof(n))
 		;
 	while ((j = ph_upnp_take(pm->upnp)) != NULL) {
-		ph_timer_stop(&pm->loop, &pm->upnp_deadline);
+		ph_timer_stop(pm->loop, &pm->upnp_deadline);
 		pm->upnp_job = NULL;
 		if (pm->upnp_stuck) {
 			free(j->text); /* an abandoned job ended after all: too late */
@@ -736,6 +782,80 @@ static void upnp_on_deadline(struct ph_timer *t)
 	snprintf(j->why, sizeof(j->why), "the router's UPnP did not answer in time");
 	j->text = NULL;
 	upnp_result(pm, j);
+}
+
+/* ---- the gateway's announcements (RFC 6886 3.2.1, RFC 6887 14.1.3) ---- */
+
+static void pm_on_announce(struct ph_io *io, uint32_t events)
+{
+	struct pm *pm = container_of(io, struct pm, announce);
+	uint8_t b[PH_PCP_MAX + 4];
+
+	(void)events;
+	for (int k = 0; k < 16; k++) {
+		struct ph_addr from;
+		socklen_t len = sizeof(from.u);
+		struct ph_pmp_resp r;
+		const char *why;
+		ssize_t n = recvfrom(io->fd, b, sizeof(b), 0, &from.u.sa, &len);
+
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		from.len = len;
+		/* from our gateway only: anyone on the LAN can send to the group */
+		if (!ph_addr_same_host(&from, &pm->gw) || ph_pmp_parse(b, (size_t)n, &r, &why) < 0)
+			continue;
+		pm->have_epoch = true;
+		pm->epoch = r.epoch;
+		pm->epoch_at = pm->loop->now;
+		if (pm->stopping)
+			continue;
+		ph_warn("%smap: the gateway announced a restart or a new address: mapping again",
+		        pm->label);
+		for (unsigned i = 0; i < pm->nmaps; i++) {
+			struct pm_map *m = &pm->maps[i];
+
+			if (m->state == PM_MAPPED || m->state == PM_IDLE) {
+				ph_timer_stop(pm->loop, &m->timer);
+				m->shown = false;
+				map_ask(m);
+			}
+		}
+	}
+	ph_io_mod(pm->loop, io, EPOLLIN | EPOLLET); /* more: report it again */
+}
+
+/* Joins 224.0.0.1 on the interface towards the gateway, port 5350. Best effort. */
+static void pm_listen_announcements(struct pm *pm)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(PH_PMP_CLIENT_PORT)};
+	struct ip_mreqn mr;
+	int fd, one = 1;
+
+	if (pm->client.u.sa.sa_family != AF_INET)
+		return;
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		return;
+	memset(&mr, 0, sizeof(mr));
+	inet_pton(AF_INET, "224.0.0.1", &sa.sin_addr);
+	mr.imr_multiaddr = sa.sin_addr;
+	mr.imr_address = pm->client.u.in.sin_addr;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1 ||
+	    bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1 ||
+	    setsockopt(fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &mr, sizeof(mr)) == -1) {
+		ph_debug("%smap: not listening for the gateway's announcements: %s", pm->label,
+		         strerror(errno));
+		close(fd);
+		return;
+	}
+	ph_io_init(&pm->announce, fd, pm_on_announce);
+	if (ph_io_add(pm->loop, &pm->announce, EPOLLIN | EPOLLET) < 0)
+		ph_io_close(pm->loop, &pm->announce);
 }
 
 /* ---- probing (auto), checking the epoch ---- */
@@ -838,7 +958,7 @@ static void pm_decide(struct pm *pm)
 	       "does not speak %s",
 	       mc->method == PH_MAP_AUTO ? "PCP, NAT-PMP or UPnP" : method_str(mc->method),
 	       ip_str(&pm->gw, a, sizeof(a)), mc->method == PH_MAP_AUTO ? "them" : "it");
-	pm_stop(pm, 1);
+	pm_fail(pm);
 }
 
 static void pm_after_discovery(struct pm *pm)
@@ -861,7 +981,7 @@ static void pm_on_probe(struct ph_timer *t)
 		pm->probe_tries++;
 		pm->probe_rto *= 2;
 		pm_probe_send(pm);
-		ph_timer_arm(&pm->loop, t, pm->probe_rto);
+		ph_timer_arm(pm->loop, t, pm->probe_rto);
 		return;
 	}
 	/* UPnP decides only when the others did not answer, or to be shown by probe */
@@ -882,7 +1002,7 @@ static void pm_on_check(struct ph_timer *t)
 		pm_send(pm, b, ph_pcp_announce_req(&pm->client, b));
 	else
 		pm_send(pm, b, ph_natpmp_addr_req(b));
-	ph_timer_arm(&pm->loop, t, PM_CHECK_MS);
+	ph_timer_arm(pm->loop, t, PM_CHECK_MS);
 }
 
 static void pm_start_maps(struct pm *pm)
@@ -895,7 +1015,7 @@ static void pm_start_maps(struct pm *pm)
 	for (unsigned i = 0; i < pm->nmaps; i++)
 		map_ask(&pm->maps[i]);
 	if (!pm->mc->once)
-		ph_timer_arm(&pm->loop, &pm->check, PM_CHECK_MS);
+		ph_timer_arm(pm->loop, &pm->check, PM_CHECK_MS);
 }
 
 /* ---- the end ---- */
@@ -909,12 +1029,63 @@ static bool pm_busy(const struct pm *pm)
 	return pm->mc->verb == PH_MAP_DEL && pm->upnp_job != NULL && !pm->upnp_stuck;
 }
 
+/*
+ * The router refused, or none answered: the map command ends (exit 1); a keeper (a rule's
+ * --map) says so and starts over later, since the rule goes on without it.
+ */
+static void pm_fail(struct pm *pm)
+{
+	if (!pm->daemon) {
+		pm_stop(pm, 1);
+		return;
+	}
+	ph_warn("%smap: trying again in %d s", pm->label, PM_AGAIN_MS / 1000);
+	for (unsigned i = 0; i < pm->nmaps; i++) {
+		ph_timer_stop(pm->loop, &pm->maps[i].timer);
+		pm->maps[i].state = PM_IDLE;
+		pm->maps[i].want = 0xff;
+		pm->maps[i].shown = false;
+		pm->maps[i].ext = 0;
+	}
+	ph_timer_stop(pm->loop, &pm->probe);
+	ph_timer_stop(pm->loop, &pm->check);
+	pm->pcp_ok = pm->natpmp_ok = pm->await_upnp = false;
+	pm->upnp_done = pm->upnp_ok = pm->upnp_wanted = false;
+	pm->method = pm->mc->method;
+	ph_timer_arm(pm->loop, &pm->restart, PM_AGAIN_MS);
+}
+
+static void pm_begin(struct pm *pm);
+
+static void pm_on_restart(struct ph_timer *t)
+{
+	pm_begin(container_of(t, struct pm, restart));
+}
+
+/* Stopped: the map command's loop ends, or a keeper tells its owner and goes. */
+static void pm_finish(struct pm *pm)
+{
+	void (*done)(void *arg) = pm->done;
+
+	if (pm->free_task.fn == NULL) { /* the map command */
+		ph_loop_stop(pm->loop);
+		return;
+	}
+	if (pm->finished)
+		return;
+	pm->finished = true;
+	pm_close(pm);
+	if (done != NULL)
+		done(pm->done_arg);
+	ph_task_queue(pm->loop, &pm->free_task); /* after this batch: no event points here */
+}
+
 static void pm_on_deadline(struct ph_timer *t)
 {
 	struct pm *pm = container_of(t, struct pm, deadline);
 
-	ph_warn("map: the gateway did not confirm every deletion");
-	ph_loop_stop(&pm->loop);
+	ph_warn("%smap: the gateway did not confirm every deletion", pm->label);
+	pm_finish(pm);
 }
 
 /* Stops with rc once deletions (unless --keep or --once) are answered or time out. */
@@ -923,24 +1094,24 @@ static void pm_stop(struct pm *pm, int rc)
 	if (!pm->stopping) {
 		pm->stopping = true;
 		pm->rc = rc;
-		ph_timer_stop(&pm->loop, &pm->check);
-		ph_timer_stop(&pm->loop, &pm->probe);
+		ph_timer_stop(pm->loop, &pm->check);
+		ph_timer_stop(pm->loop, &pm->probe);
 		for (unsigned i = 0; i < pm->nmaps; i++) {
 			struct pm_map *m = &pm->maps[i];
 
-			ph_timer_stop(&pm->loop, &m->timer);
+			ph_timer_stop(pm->loop, &m->timer);
 			if (m->state == PM_MAPPED && !pm->mc->keep && !pm->mc->once)
 				map_delete(m);
 			else if (m->state != PM_DELETING)
 				m->state = PM_DONE;
 		}
-		ph_timer_arm(&pm->loop, &pm->deadline,
+		ph_timer_arm(pm->loop, &pm->deadline,
 		             pm->method == PH_MAP_UPNP || pm->mc->verb == PH_MAP_DEL
 		                     ? PM_UPNP_DEL_MS + 1000
 		                     : PM_DEL_MS);
 	}
 	if (!pm_busy(pm))
-		ph_loop_stop(&pm->loop);
+		pm_finish(pm);
 }
 
 static void pm_on_signal(struct ph_io *io, uint32_t events)
@@ -951,142 +1122,242 @@ static void pm_on_signal(struct ph_io *io, uint32_t events)
 	(void)events;
 	while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 		if (pm->stopping) {
-			ph_loop_stop(&pm->loop); /* a second signal: at once */
+			ph_loop_stop(pm->loop); /* a second signal: at once */
 			return;
 		}
 		pm_stop(pm, 0);
 	}
 }
 
+/* Sockets, timers and the UPnP thread for pm (pm->mc, pm->loop set). Returns 0 or 1. */
+static int pm_open(struct pm *pm)
+{
+	const struct ph_map_conf *mc = pm->mc;
+	char a[PH_ADDR_STRLEN];
+	socklen_t len = sizeof(pm->client.u);
+	int fd, err;
+
+	pm->method = mc->method;
+	ph_io_init(&pm->sock, -1, pm_on_sock);
+	ph_io_init(&pm->upnp_io, -1, upnp_on_io);
+	ph_io_init(&pm->sig, -1, pm_on_signal);
+	ph_io_init(&pm->announce, -1, pm_on_announce);
+	ph_timer_init(&pm->upnp_deadline, upnp_on_deadline);
+	ph_timer_init(&pm->probe, pm_on_probe);
+	ph_timer_init(&pm->check, pm_on_check);
+	ph_timer_init(&pm->deadline, pm_on_deadline);
+	ph_timer_init(&pm->restart, pm_on_restart);
+	for (unsigned i = 0; i < 2; i++)
+		pm->maps[i].want = 0xff;
+	if (mc->has_gateway) {
+		pm->gw = mc->gateway;
+		ph_addr_set_port(&pm->gw, PH_PMP_PORT);
+	} else if ((err = ph_map_default_gateway(&pm->gw)) < 0) {
+		ph_err("%smap: no default gateway (%s): give --gateway IP", pm->label,
+		       strerror(-err));
+		return 1;
+	}
+	fd = ph_udp_connect(&pm->gw, NULL, 0);
+	if (fd < 0 || getsockname(fd, &pm->client.u.sa, &len) == -1) {
+		ph_err("%smap: cannot reach the gateway %s: %s", pm->label,
+		       ip_str(&pm->gw, a, sizeof(a)), strerror(fd < 0 ? -fd : errno));
+		if (fd >= 0)
+			close(fd);
+		return 1;
+	}
+	pm->client.len = len;
+	pm->sock.fd = fd;
+	if (ph_io_add(pm->loop, &pm->sock, EPOLLIN | EPOLLET) < 0) {
+		ph_err("%smap: cannot watch the socket", pm->label);
+		return 1;
+	}
+	if (mc->verb == PH_MAP_ADD && !mc->once)
+		pm_listen_announcements(pm);
+	for (unsigned p = PH_MAP_TCP; p <= PH_MAP_UDP; p <<= 1) {
+		struct pm_map *m;
+
+		if (!(mc->protos & p))
+			continue;
+		m = &pm->maps[pm->nmaps++];
+		m->pm = pm;
+		m->proto = p == PH_MAP_TCP ? PH_PMP_TCP : PH_PMP_UDP;
+		ph_random(m->nonce, sizeof(m->nonce)); /* kept for renewal and deletion */
+		ph_timer_init(&m->timer, map_on_timer);
+	}
+	if (mc->method == PH_MAP_AUTO || mc->method == PH_MAP_UPNP) {
+		/* UPnP's calls block: they run on a thread that reports on an eventfd */
+		int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+		if (efd == -1 || ph_upnp_start(&pm->upnp, efd) < 0) {
+			ph_err("%smap: cannot start the UPnP helper thread", pm->label);
+			if (efd != -1)
+				close(efd);
+			return 1;
+		}
+		pm->upnp_io.fd = efd;
+		if (ph_io_add(pm->loop, &pm->upnp_io, EPOLLIN | EPOLLET) < 0)
+			return 1;
+	}
+	ph_debug("%smap: gateway %s, this host %s, %s", pm->label, ip_str(&pm->gw, a, sizeof(a)),
+	         ph_addr_fmt(&pm->client, (char[PH_ADDR_STRLEN]){0}, PH_ADDR_STRLEN),
+	         method_str(mc->method));
+	return 0;
+}
+
+/* The first requests: probing, or straight to the mappings. */
+static void pm_begin(struct pm *pm)
+{
+	const struct ph_map_conf *mc = pm->mc;
+
+	if (mc->verb == PH_MAP_LIST) {
+		upnp_submit(pm, PH_UPNP_LIST, 0);
+	} else if (mc->verb == PH_MAP_DEL) {
+		/* NAT-PMP deletes by internal port (PCP would need the mapping's nonce); UPnP
+		 * by external port: its table is walked for this host's mappings of PORT */
+		if (mc->method != PH_MAP_UPNP) {
+			pm->method = PH_MAP_NATPMP;
+			pm_start_maps(pm);
+		}
+		if (pm->upnp != NULL)
+			upnp_submit(pm, PH_UPNP_DEL_INTERNAL,
+			            mc->protos == PH_MAP_TCP   ? PH_PMP_TCP
+			            : mc->protos == PH_MAP_UDP ? PH_PMP_UDP
+			                                       : 0);
+	} else if (mc->verb == PH_MAP_ADD && mc->method == PH_MAP_PCP) {
+		pm->method = PH_MAP_PCP;
+		pm_start_maps(pm);
+	} else {
+		if (!pm->upnp_done)
+			pm->upnp_wanted = upnp_submit(pm, PH_UPNP_DISCOVER, 0);
+		/* ask both at once; NAT-PMP's address answer also gives the external address */
+		pm->probe_tries = 1;
+		pm->probe_rto = PM_RTO_MS;
+		if (mc->method != PH_MAP_UPNP)
+			pm_probe_send(pm);
+		ph_timer_arm(pm->loop, &pm->probe, mc->method == PH_MAP_UPNP ? 0 : pm->probe_rto);
+	}
+}
+
+static void pm_close(struct pm *pm)
+{
+	for (unsigned i = 0; i < pm->nmaps; i++)
+		ph_timer_stop(pm->loop, &pm->maps[i].timer);
+	ph_timer_stop(pm->loop, &pm->probe);
+	ph_timer_stop(pm->loop, &pm->check);
+	ph_timer_stop(pm->loop, &pm->deadline);
+	ph_timer_stop(pm->loop, &pm->restart);
+	ph_timer_stop(pm->loop, &pm->upnp_deadline);
+	ph_upnp_stop(pm->upnp); /* a call still running is left to finish alone */
+	pm->upnp = NULL;
+	if (pm->upnp_io.fd != -1)
+		ph_io_close(pm->loop, &pm->upnp_io);
+	if (pm->sock.fd != -1)
+		ph_io_close(pm->loop, &pm->sock);
+	if (pm->sig.fd != -1)
+		ph_io_close(pm->loop, &pm->sig);
+	if (pm->announce.fd != -1)
+		ph_io_close(pm->loop, &pm->announce);
+}
+
 int ph_map_run(const struct ph_map_conf *mc)
 {
+	struct ph_loop loop;
 	struct pm pm;
-	char a[PH_ADDR_STRLEN];
-	socklen_t len = sizeof(pm.client.u);
 	sigset_t sigs;
-	int fd, err;
 
 	memset(&pm, 0, sizeof(pm));
 	pm.mc = mc;
-	pm.method = mc->method;
-	if (mc->has_gateway) {
-		pm.gw = mc->gateway;
-		ph_addr_set_port(&pm.gw, PH_PMP_PORT);
-	} else if ((err = ph_map_default_gateway(&pm.gw)) < 0) {
-		ph_err("map: no default gateway (%s): give --gateway IP", strerror(-err));
-		return 1;
-	}
-	if (ph_loop_init(&pm.loop) < 0) {
+	pm.loop = &loop;
+	if (ph_loop_init(&loop) < 0) {
 		ph_err("map: cannot make an event loop");
 		return 1;
 	}
-	ph_io_init(&pm.sock, -1, pm_on_sock);
-	ph_io_init(&pm.upnp_io, -1, upnp_on_io);
-	ph_timer_init(&pm.upnp_deadline, upnp_on_deadline);
-	for (unsigned i = 0; i < 2; i++)
-		pm.maps[i].want = 0xff;
-	ph_io_init(&pm.sig, -1, pm_on_signal);
-	ph_timer_init(&pm.probe, pm_on_probe);
-	ph_timer_init(&pm.check, pm_on_check);
-	ph_timer_init(&pm.deadline, pm_on_deadline);
-	fd = ph_udp_connect(&pm.gw, NULL, 0);
-	if (fd < 0 || getsockname(fd, &pm.client.u.sa, &len) == -1) {
-		ph_err("map: cannot reach the gateway %s: %s", ip_str(&pm.gw, a, sizeof(a)),
-		       strerror(fd < 0 ? -fd : errno));
-		if (fd >= 0)
-			close(fd);
-		pm.rc = 1;
+	pm.rc = pm_open(&pm);
+	if (pm.rc != 0)
 		goto out;
-	}
-	pm.client.len = len;
-	pm.sock.fd = fd;
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGHUP);
 	sigprocmask(SIG_BLOCK, &sigs, NULL);
 	pm.sig.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (pm.sig.fd == -1 || ph_io_add(&pm.loop, &pm.sock, EPOLLIN | EPOLLET) < 0 ||
-	    ph_io_add(&pm.loop, &pm.sig, EPOLLIN | EPOLLET) < 0) {
-		ph_err("map: cannot watch the socket: %s", strerror(errno));
+	if (pm.sig.fd == -1 || ph_io_add(&loop, &pm.sig, EPOLLIN | EPOLLET) < 0) {
+		ph_err("map: cannot watch signals: %s", strerror(errno));
 		pm.rc = 1;
 		goto out;
 	}
-	for (unsigned p = PH_MAP_TCP; p <= PH_MAP_UDP; p <<= 1) {
-		struct pm_map *m;
-
-		if (!(mc->protos & p))
-			continue;
-		m = &pm.maps[pm.nmaps++];
-		m->pm = &pm;
-		m->proto = p == PH_MAP_TCP ? PH_PMP_TCP : PH_PMP_UDP;
-		ph_random(m->nonce, sizeof(m->nonce)); /* kept for renewal and deletion */
-		ph_timer_init(&m->timer, map_on_timer);
-	}
-	ph_debug("map: gateway %s, this host %s, %s", ip_str(&pm.gw, a, sizeof(a)),
-	         ph_addr_fmt(&pm.client, (char[PH_ADDR_STRLEN]){0}, PH_ADDR_STRLEN),
-	         method_str(mc->method));
-	if (mc->method == PH_MAP_AUTO || mc->method == PH_MAP_UPNP) {
-		/* UPnP's calls block: they run on a thread that reports on an eventfd */
-		int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-
-		if (efd == -1 || ph_upnp_start(&pm.upnp, efd) < 0) {
-			ph_err("map: cannot start the UPnP helper thread");
-			if (efd != -1)
-				close(efd);
-			pm.rc = 1;
-			goto out;
-		}
-		pm.upnp_io.fd = efd;
-		if (ph_io_add(&pm.loop, &pm.upnp_io, EPOLLIN | EPOLLET) < 0) {
-			pm.rc = 1;
-			goto out;
-		}
-	}
-	if (mc->verb == PH_MAP_LIST) {
-		upnp_submit(&pm, PH_UPNP_LIST, 0);
-	} else if (mc->verb == PH_MAP_DEL) {
-		/* NAT-PMP deletes by internal port (PCP would need the mapping's nonce); UPnP
-		 * by external port: its table is walked for this host's mappings of PORT */
-		if (mc->method != PH_MAP_UPNP) {
-			pm.method = PH_MAP_NATPMP;
-			pm_start_maps(&pm);
-		}
-		if (pm.upnp != NULL)
-			upnp_submit(&pm, PH_UPNP_DEL_INTERNAL,
-			            mc->protos == PH_MAP_TCP   ? PH_PMP_TCP
-			            : mc->protos == PH_MAP_UDP ? PH_PMP_UDP
-			                                       : 0);
-	} else if (mc->verb == PH_MAP_ADD && mc->method == PH_MAP_PCP) {
-		pm_start_maps(&pm);
-	} else {
-		if (pm.upnp != NULL) {
-			pm.upnp_wanted = true;
-			upnp_submit(&pm, PH_UPNP_DISCOVER, 0);
-		}
-		/* ask both at once; NAT-PMP's address answer also gives the external address */
-		pm.probe_tries = 1;
-		pm.probe_rto = PM_RTO_MS;
-		if (mc->method != PH_MAP_UPNP)
-			pm_probe_send(&pm);
-		ph_timer_arm(&pm.loop, &pm.probe, mc->method == PH_MAP_UPNP ? 0 : pm.probe_rto);
-	}
-	if (ph_loop_run(&pm.loop) < 0)
+	pm_begin(&pm);
+	if (ph_loop_run(&loop) < 0)
 		pm.rc = 1;
 out:
-	for (unsigned i = 0; i < pm.nmaps; i++)
-		ph_timer_stop(&pm.loop, &pm.maps[i].timer);
-	ph_timer_stop(&pm.loop, &pm.probe);
-	ph_timer_stop(&pm.loop, &pm.check);
-	ph_timer_stop(&pm.loop, &pm.deadline);
-	ph_timer_stop(&pm.loop, &pm.upnp_deadline);
-	ph_upnp_stop(pm.upnp); /* a call still running is left to finish alone */
-	if (pm.upnp_io.fd != -1)
-		ph_io_close(&pm.loop, &pm.upnp_io);
-	if (pm.sock.fd != -1)
-		ph_io_close(&pm.loop, &pm.sock);
-	if (pm.sig.fd != -1)
-		ph_io_close(&pm.loop, &pm.sig);
-	ph_loop_free(&pm.loop);
+	pm_close(&pm);
+	ph_loop_free(&loop);
 	return pm.rc;
+}
+
+/* ---- keepers: a rule's mapping in a daemon ---- */
+
+static void keeper_free(struct ph_task *t)
+{
+	struct pm *pm = container_of(t, struct pm, free_task);
+
+	free(pm);
+}
+
+int ph_map_keeper_start(struct ph_loop *l, const struct ph_map_conf *mc, const char *label,
+                        struct ph_map_keeper **out)
+{
+	struct pm *pm = calloc(1, sizeof(*pm));
+
+	*out = NULL;
+	if (pm == NULL)
+		return -ENOMEM;
+	pm->own_mc = *mc;
+	pm->own_mc.verb = PH_MAP_ADD;
+	pm->own_mc.once = pm->own_mc.keep = false;
+	pm->mc = &pm->own_mc;
+	pm->loop = l;
+	pm->daemon = true;
+	ph_task_init(&pm->free_task, keeper_free);
+	snprintf(pm->label, sizeof(pm->label), "%s%s", label, label[0] ? ": " : "");
+	if (pm_open(pm) != 0) {
+		pm_close(pm);
+		free(pm);
+		return -EIO;
+	}
+	pm_begin(pm);
+	*out = (struct ph_map_keeper *)pm;
+	return 0;
+}
+
+void ph_map_keeper_stop(struct ph_map_keeper *k, void (*done)(void *arg), void *arg)
+{
+	struct pm *pm = (struct pm *)k;
+
+	if (pm == NULL) {
+		if (done != NULL)
+			done(arg);
+		return;
+	}
+	pm->done = done;
+	pm->done_arg = arg;
+	pm->daemon = false; /* stopping: no more retries */
+	if (pm->stopping) {
+		if (!pm_busy(pm))
+			pm_finish(pm);
+		return;
+	}
+	pm_stop(pm, 0);
+}
+
+void ph_map_keeper_free(struct ph_map_keeper *k)
+{
+	struct pm *pm = (struct pm *)k;
+
+	if (pm == NULL)
+		return;
+	if (!pm->finished)
+		pm_close(pm);
+	ph_task_cancel(&pm->free_task);
+	free(pm);
 }

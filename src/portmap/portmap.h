@@ -38,6 +38,26 @@ void ph_map_conf_init(struct ph_map_conf *mc);
 /* Runs `pinhole map ...` in the foreground. Returns the exit status (0, 1). */
 int ph_map_run(const struct ph_map_conf *mc);
 
+struct ph_loop;
+struct ph_map_keeper;
+
+/*
+ * A mapping kept for as long as a rule lives (forward/socks --map in a daemon), on loop l:
+ * mapped like `map` does, renewed, mapped again after a router restart, and, when the
+ * router refuses or none answers, tried again every minute; lines in the log, starting
+ * "label: ". Returns 0, or -errno (no gateway, no sockets).
+ */
+int ph_map_keeper_start(struct ph_loop *l, const struct ph_map_conf *mc, const char *label,
+                        struct ph_map_keeper **out);
+
+/* Deletes the keeper's mappings (bounded time), calls done(arg), then frees itself.
+ * NULL is fine (done is called at once). */
+void ph_map_keeper_stop(struct ph_map_keeper *k, void (*done)(void *arg), void *arg);
+
+/* Frees a keeper at once, its mappings left to their lease (the loop has ended). NULL is
+ * fine. */
+void ph_map_keeper_free(struct ph_map_keeper *k);
+
 /* The IPv4 default gateway from /proc/net/route. Returns 0 or -errno. */
 int ph_map_default_gateway(struct ph_addr *gw);
 

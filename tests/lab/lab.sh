@@ -208,7 +208,12 @@ stop_pidfile() {  # $1 name
     if alive "$pid"; then
         kill "$pid" 2>/dev/null
         for i in $(seq 1 25); do alive "$pid" || break; sleep 0.1; done
-        alive "$pid" && kill -9 "$pid" 2>/dev/null
+        if alive "$pid"; then
+            kill -9 "$pid" 2>/dev/null
+            # until it is reaped: a new miniupnpd that still sees it (its .mpid
+            # file) exits with "MiniUPnPd is already running"
+            for i in $(seq 1 50); do [ -e "/proc/$pid" ] || break; sleep 0.1; done
+        fi
     fi
     rm -f "$f"
 }
