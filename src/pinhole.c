@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +30,7 @@
 #include "forward/forward.h"
 #include "portmap/portmap.h"
 #include "socks/socks.h"
+#include "tunnel/keys.h"
 
 #define FDS_BASE       32 /* stdio, epoll, eventfds, resolver sockets, a spare */
 #define FDS_PER_WORKER 8  /* epoll, eventfd, listener, spare pipes */
@@ -957,6 +959,53 @@ static int ask(const struct ph_config *cfg)
 	return err;
 }
 
+/* `pinhole keygen`: makes a key pair (or shows one's public key). Returns the exit status. */
+static int keygen(const struct ph_config *cfg)
+{
+	char path[600], why[700], line[PH_KEY_LINE_MAX], fp[PH_FP_LEN];
+	uint8_t pub[PH_KEY_LEN];
+	struct ph_key *k;
+	int err;
+
+	if (cfg->key_file != NULL) {
+		snprintf(path, sizeof(path), "%s", cfg->key_file);
+	} else {
+		const char *home = getenv("HOME"), *xdg = getenv("XDG_CONFIG_HOME");
+		char dir[560];
+
+		if (getuid() == 0)
+			snprintf(dir, sizeof(dir), "/etc/pinhole");
+		else if (xdg != NULL && xdg[0] == '/')
+			snprintf(dir, sizeof(dir), "%.500s/pinhole", xdg);
+		else if (home != NULL && home[0] == '/')
+			snprintf(dir, sizeof(dir), "%.500s/.config/pinhole", home);
+		else {
+			fprintf(stderr, "pinhole: keygen: no HOME: give -f FILE\n");
+			return 2;
+		}
+		if (!cfg->key_show && mkdir(dir, 0700) == -1 && errno != EEXIST) {
+			fprintf(stderr, "pinhole: keygen: %s: %s\n", dir, strerror(errno));
+			return 1;
+		}
+		snprintf(path, sizeof(path), "%s/key", dir);
+	}
+	err = cfg->key_show ? ph_key_load(path, &k, why, sizeof(why))
+	                    : ph_key_generate(path, &k, why, sizeof(why));
+	if (err < 0) {
+		fprintf(stderr, "pinhole: keygen: %s\n", why);
+		return 1;
+	}
+	ph_key_public(k, pub);
+	ph_key_free(k);
+	ph_pubkey_format(pub, cfg->key_comment, line, sizeof(line));
+	ph_key_fingerprint(pub, fp);
+	if (!cfg->key_show)
+		fprintf(stderr, "pinhole: wrote the private key to %s (mode 0600)\n", path);
+	printf("%s\n", line);
+	fprintf(stderr, "pinhole: fingerprint %s\n", fp);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct ph_config cfg;
@@ -1004,6 +1053,10 @@ int main(int argc, char **argv)
 	case PH_CMD_STATUS:
 	case PH_CMD_RELOAD:
 		err = ask(&cfg);
+		ph_config_free(&cfg);
+		return err;
+	case PH_CMD_KEYGEN:
+		err = keygen(&cfg);
 		ph_config_free(&cfg);
 		return err;
 	case PH_CMD_MAP:

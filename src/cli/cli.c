@@ -24,6 +24,8 @@ static const char help_overview[] =
 	"                                      from LISTEN to a TARGET\n"
 	"  socks [LISTEN]                      a SOCKS5, SOCKS4a and HTTP proxy: each\n"
 	"                                      client names where it goes (ssh -D)\n"
+	"  keygen [-f FILE]                    make a key pair for the relay (server,\n"
+	"                                      expose); prints the public key\n"
 	"  map PORT | map ip | map probe       ask the home router to forward a port\n"
 	"                                      here (PCP, NAT-PMP, UPnP), and keep it\n"
 	"  run FILE [--check]                  run the rules of a config file (one\n"
@@ -193,6 +195,19 @@ static const char help_map[] =
 	"  pinhole map 51820 --udp --external 51820 --once\n"
 	"  pinhole map ip\n";
 
+static const char help_keygen[] =
+	"Usage: pinhole keygen [-f FILE] [-C COMMENT]\n"
+	"       pinhole keygen --show [-f FILE]\n"
+	"\n"
+	"Makes an Ed25519 key pair (OpenSSL) for the relay: the private key goes to FILE\n"
+	"(PEM, mode 0600; an existing file is never overwritten), the public key is printed\n"
+	"as one line, `ph-ed25519 BASE64 COMMENT`, and its fingerprint (SHA256:...) on\n"
+	"stderr. A relay lists its clients' public keys in --authorized-keys; a client pins\n"
+	"the relay's fingerprint. --show prints the public key of an existing FILE.\n"
+	"\n"
+	"FILE defaults to /etc/pinhole/key as root, else ~/.config/pinhole/key (the\n"
+	"directory is made, mode 0700).\n";
+
 static const char help_run[] =
 	"Usage: pinhole run FILE [--check] [OPTIONS]\n"
 	"\n"
@@ -235,6 +250,8 @@ const char *ph_cli_help(const char *topic)
 		return help_socks;
 	if (strcmp(topic, "map") == 0)
 		return help_map;
+	if (strcmp(topic, "keygen") == 0)
+		return help_keygen;
 	return NULL;
 }
 
@@ -955,6 +972,57 @@ static int cli_map(int argc, char *const *argv, int first, struct ph_config *cfg
 	return 0;
 }
 
+/* `keygen [-f FILE] [-C COMMENT] [--show]` */
+static int cli_keygen(int argc, char *const *argv, int first, struct ph_config *cfg,
+                      struct ph_cli_error *e)
+{
+	int err;
+
+	for (int i = first + 1; i < argc; i++) {
+		struct cli_opt o;
+
+		if (argv[i][0] != '-' || argv[i][1] == '\0')
+			return cli_fail(e, i,
+			                "keygen: '%s': unexpected (see pinhole keygen --help)",
+			                argv[i]);
+		opt_split(argv[i], &o);
+		if (strcmp(o.name, "-f") == 0 || strcmp(o.name, "--file") == 0 ||
+		    strcmp(o.name, "-C") == 0 || strcmp(o.name, "--comment") == 0) {
+			bool file = o.name[1] == 'f' || o.name[2] == 'f';
+
+			err = opt_value(argc, argv, &i, &o, e);
+			if (err < 0)
+				return err;
+			if (o.value[0] == '\0' || strlen(o.value) > (file ? 500u : 60u))
+				return cli_fail(e, i, "%s must be 1-%u characters", o.name,
+				                file ? 500u : 60u);
+			if (!file && strpbrk(o.value, "\n\r\t") != NULL)
+				return cli_fail(e, i, "%s: one line, no tabs", o.name);
+			if (file)
+				cfg->key_file = o.value;
+			else
+				cfg->key_comment = o.value;
+			continue;
+		}
+		if (strcmp(o.name, "--show") == 0 && !o.inline_value) {
+			cfg->key_show = true;
+			continue;
+		}
+		err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+		if (err < 0)
+			return err;
+		if (err == 0)
+			return cli_fail(e, i, "unknown option '%s' (see pinhole keygen --help)",
+			                o.name);
+		if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL)
+			cfg->help_topic = "keygen";
+	}
+	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION)
+		return 0;
+	cfg->cmd = PH_CMD_KEYGEN;
+	return 0;
+}
+
 /* `status [--json]`, `reload`: questions for a running pinhole. */
 static int cli_ask(int argc, char *const *argv, int first, struct ph_config *cfg,
                    struct ph_cli_error *e)
@@ -1060,6 +1128,8 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 			return cli_socks(argc, argv, i, cfg, e);
 		if (strcmp(word, "map") == 0)
 			return cli_map(argc, argv, i, cfg, e);
+		if (strcmp(word, "keygen") == 0)
+			return cli_keygen(argc, argv, i, cfg, e);
 		if (strcmp(word, "status") == 0 || strcmp(word, "reload") == 0)
 			return cli_ask(argc, argv, i, cfg, e);
 		if (strcmp(word, "help") == 0) {

@@ -22,6 +22,7 @@ enum ph_cmd {
 	PH_CMD_STATUS,   /* ask a running pinhole for its status (json: as JSON) */
 	PH_CMD_RELOAD,   /* ask a running pinhole to reload its FILE */
 	PH_CMD_MAP,      /* ask the gateway for a port mapping (map) */
+	PH_CMD_KEYGEN,   /* make a key pair, or show the public half of one (keygen) */
 };
 
 #define PH_CONFIG_MAX_RULES 1024
@@ -29,24 +30,27 @@ enum ph_cmd {
 
 struct ph_config {
 	enum ph_cmd cmd;
-	const char *help_topic; /* borrowed from argv */
-	int verbosity;          /* +1 per -v, -1 per -q */
-	unsigned workers;       /* 0: one per online CPU */
-	uint64_t drain_timeout; /* ms that live connections get after SIGTERM */
-	unsigned pipe_size;     /* bytes per splice pipe, 0: the kernel's default */
-	const char *run_file;   /* borrowed from argv: `pinhole run FILE` */
-	bool check;             /* run --check: check FILE, run nothing */
-	bool rinetd;            /* run --rinetd: FILE is a rinetd.conf */
-	unsigned udp_sessions;  /* --max-sessions of a UDP rule that sets none (from fds) */
-	char user[64];          /* --user: who to become once the ports are bound; "" */
-	char pidfile[512];      /* --pidfile; "" for none */
-	char control[108];      /* --control: the control socket; "" default, "none" off */
-	char logfile[512];      /* --log-file: a line per connection event; "" none */
-	int logformat;          /* --log-format: enum ph_connlog_format */
-	bool json;              /* status --json */
-	bool has_metrics;       /* --metrics ADDR: */
-	struct ph_addr metrics; /* where Prometheus metrics are served */
-	struct ph_map_conf map; /* `pinhole map ...` */
+	const char *help_topic;  /* borrowed from argv */
+	int verbosity;           /* +1 per -v, -1 per -q */
+	unsigned workers;        /* 0: one per online CPU */
+	uint64_t drain_timeout;  /* ms that live connections get after SIGTERM */
+	unsigned pipe_size;      /* bytes per splice pipe, 0: the kernel's default */
+	const char *run_file;    /* borrowed from argv: `pinhole run FILE` */
+	bool check;              /* run --check: check FILE, run nothing */
+	bool rinetd;             /* run --rinetd: FILE is a rinetd.conf */
+	unsigned udp_sessions;   /* --max-sessions of a UDP rule that sets none (from fds) */
+	char user[64];           /* --user: who to become once the ports are bound; "" */
+	char pidfile[512];       /* --pidfile; "" for none */
+	char control[108];       /* --control: the control socket; "" default, "none" off */
+	char logfile[512];       /* --log-file: a line per connection event; "" none */
+	int logformat;           /* --log-format: enum ph_connlog_format */
+	bool json;               /* status --json */
+	bool has_metrics;        /* --metrics ADDR: */
+	struct ph_addr metrics;  /* where Prometheus metrics are served */
+	struct ph_map_conf map;  /* `pinhole map ...` */
+	const char *key_file;    /* keygen -f FILE (borrowed from argv); NULL: the default */
+	const char *key_comment; /* keygen -C COMMENT */
+	bool key_show;           /* keygen --show: print the public key of FILE */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
 };

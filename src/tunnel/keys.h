@@ -1,0 +1,79 @@
+/*
+ * The relay's identities, the ssh way: an Ed25519 key pair per relay and per client
+ * (OpenSSL), the public key written as one line, `ph-ed25519 BASE64 [comment]`, and its
+ * fingerprint `SHA256:BASE64` (unpadded, as ssh prints them). The relay keeps an
+ * authorized-keys file of client keys, each with optional limits.
+ */
+#ifndef PH_TUNNEL_KEYS_H
+#define PH_TUNNEL_KEYS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PH_KEY_LEN      32 /* an Ed25519 public key */
+#define PH_KEY_TYPE     "ph-ed25519"
+#define PH_KEY_LINE_MAX 256 /* a public key line: type, base64, a comment */
+#define PH_FP_LEN       52  /* "SHA256:" and 43 base64 characters, and NUL */
+#define PH_AUTH_NAMES   8   /* service names an authorized key may be limited to */
+#define PH_AUTH_RANGES  8   /* port ranges likewise */
+#define PH_NAME_MAX     32  /* a service name */
+
+struct ph_key; /* a private key (OpenSSL's EVP_PKEY) */
+
+/*
+ * Makes a key pair and writes the private key to path (PEM, PKCS#8, mode 0600, created:
+ * an existing file is not overwritten). Returns 0 and the key, or -errno with a reason.
+ */
+int ph_key_generate(const char *path, struct ph_key **out, char *why, size_t whylen);
+
+/*
+ * Reads a private key file. It must be a regular file that only its owner may read (as
+ * ssh wants). Returns 0, or -errno with a reason (-ENOENT: no such file).
+ */
+int ph_key_load(const char *path, struct ph_key **out, char *why, size_t whylen);
+
+void ph_key_free(struct ph_key *k);
+
+/* The public half. */
+void ph_key_public(const struct ph_key *k, uint8_t pub[PH_KEY_LEN]);
+
+/* Writes "ph-ed25519 BASE64" (and " comment" when given) into line. */
+void ph_pubkey_format(const uint8_t pub[PH_KEY_LEN], const char *comment, char *line, size_t len);
+
+/*
+ * Parses a public key line's first two words: "ph-ed25519 BASE64". Returns the bytes
+ * used (the comment, if any, follows), or -EINVAL with a static reason.
+ */
+int ph_pubkey_parse(const char *s, size_t n, uint8_t pub[PH_KEY_LEN], const char **why);
+
+/* "SHA256:..." of a public key, into fp (PH_FP_LEN bytes). */
+void ph_key_fingerprint(const uint8_t pub[PH_KEY_LEN], char fp[PH_FP_LEN]);
+
+/* Ed25519 signature of msg with k (64 bytes), and its check. Return 0 or -EIO / -EBADMSG. */
+int ph_key_sign(struct ph_key *k, const uint8_t *msg, size_t n, uint8_t sig[64]);
+int ph_key_verify(const uint8_t pub[PH_KEY_LEN], const uint8_t *msg, size_t n,
+                  const uint8_t sig[64]);
+
+/* One authorized client key and what it may ask for. */
+struct ph_auth_key {
+	uint8_t pub[PH_KEY_LEN];
+	char comment[64];
+	char names[PH_AUTH_NAMES][PH_NAME_MAX + 1]; /* names it may expose; none: any */
+	unsigned nnames;
+	uint16_t lo[PH_AUTH_RANGES], hi[PH_AUTH_RANGES]; /* public ports; none: any */
+	unsigned nranges;
+	unsigned max_services; /* 0: no limit */
+};
+
+/*
+ * Parses one authorized-keys line: `[OPTIONS] ph-ed25519 BASE64 [comment]`, OPTIONS a
+ * comma-separated list of `names=a|b`, `ports=20000-20099|443`, `max=N`. Returns 1 with
+ * *k filled, 0 for a blank or comment line, or -EINVAL with a reason naming the word.
+ */
+int ph_auth_parse_line(const char *line, struct ph_auth_key *k, char *why, size_t whylen);
+
+/* True when k may expose a service called name (NULL: unnamed) on public port port. */
+bool ph_auth_allows(const struct ph_auth_key *k, const char *name, uint16_t port);
+
+#endif /* PH_TUNNEL_KEYS_H */
