@@ -983,9 +983,20 @@ static int keygen(const struct ph_config *cfg)
 			fprintf(stderr, "pinhole: keygen: no HOME: give -f FILE\n");
 			return 2;
 		}
-		if (!cfg->key_show && mkdir(dir, 0700) == -1 && errno != EEXIST) {
-			fprintf(stderr, "pinhole: keygen: %s: %s\n", dir, strerror(errno));
-			return 1;
+		/* ~/.config may not exist yet either: each missing directory, 0700 */
+		for (char *p = dir + 1; !cfg->key_show; p++) {
+			char c = *p;
+
+			if (c != '/' && c != '\0')
+				continue;
+			*p = '\0';
+			if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+				fprintf(stderr, "pinhole: keygen: %s: %s\n", dir, strerror(errno));
+				return 1;
+			}
+			*p = c;
+			if (c == '\0')
+				break;
 		}
 		snprintf(path, sizeof(path), "%s/key", dir);
 	}

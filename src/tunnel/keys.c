@@ -118,9 +118,23 @@ out:
 	return err;
 }
 
+/*
+ * OpenSSL's passphrase callback: refuses, and notes that one was wanted. Without it
+ * OpenSSL prompts on the terminal, or reads stdin when there is none.
+ */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	*(bool *)u = true;
+	return -1;
+}
+
 int ph_key_load(const char *path, struct ph_key **out, char *why, size_t whylen)
 {
 	struct stat st;
+	bool encrypted = false;
 	EVP_PKEY *k;
 	FILE *f;
 	int fd;
@@ -151,12 +165,13 @@ int ph_key_load(const char *path, struct ph_key **out, char *why, size_t whylen)
 		snprintf(why, whylen, "%s: %s", path, strerror(errno));
 		return -EIO;
 	}
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	k = PEM_read_PrivateKey(f, NULL, no_passphrase, &encrypted);
 	fclose(f);
 	if (k == NULL || EVP_PKEY_get_id(k) != EVP_PKEY_ED25519) {
 		EVP_PKEY_free(k);
-		snprintf(why, whylen,
-		         "%s: not an Ed25519 private key (make one with pinhole keygen)", path);
+		snprintf(why, whylen, "%s: %s", path,
+		         encrypted ? "an encrypted key (pinhole keys have no passphrase)"
+		                   : "not an Ed25519 private key (make one with pinhole keygen)");
 		return -EINVAL;
 	}
 	*out = (struct ph_key *)k;
@@ -278,7 +293,8 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 		return opt_fail(why, whylen, w, wl, "an option is names=, ports= or max=");
 	v = eq + 1;
 	if ((size_t)(eq - w) == 5 && memcmp(w, "names", 5) == 0) {
-		while (v < end) {
+		/* an empty list or item is refused: "names=" must not read as "any name" */
+		for (;;) {
 			const char *bar = memchr(v, '|', (size_t)(end - v));
 			size_t nl = (size_t)((bar ? bar : end) - v);
 
@@ -292,12 +308,14 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 					                "a name is letters, digits, - _ and .");
 			memcpy(k->names[k->nnames], v, nl);
 			k->names[k->nnames++][nl] = '\0';
-			v += nl + (bar != NULL);
+			if (bar == NULL)
+				break;
+			v = bar + 1;
 		}
 		return 0;
 	}
 	if ((size_t)(eq - w) == 5 && memcmp(w, "ports", 5) == 0) {
-		while (v < end) {
+		for (;;) { /* likewise: "ports=" is no port, not any port */
 			const char *bar = memchr(v, '|', (size_t)(end - v));
 			const char *stop = bar ? bar : end,
 				   *dash = memchr(v, '-', (size_t)(stop - v));
@@ -311,7 +329,9 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 				                "ports=20000-20099|443: up to 8 ports or ranges");
 			k->lo[k->nranges] = lo;
 			k->hi[k->nranges++] = dash ? hi : lo;
-			v = stop + (bar != NULL);
+			if (bar == NULL)
+				break;
+			v = bar + 1;
 		}
 		return 0;
 	}
