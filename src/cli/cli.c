@@ -441,6 +441,25 @@ static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 	return 0;
 }
 
+/*
+ * An option the command itself does not know: one of every command's (cfg), or an error
+ * pointing at `pinhole TOPIC --help`. --help names TOPIC. Returns 0 or -EINVAL.
+ */
+static int cli_common_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
+                          struct ph_config *cfg, const char *topic, struct ph_cli_error *e)
+{
+	int err = cli_global_opt(argc, argv, i, o, cfg, e);
+
+	if (err < 0)
+		return err;
+	if (err == 0)
+		return cli_fail(e, *i, "unknown option '%s' (see pinhole %s%s--help)", o->name,
+		                topic, topic[0] ? " " : "");
+	if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL && topic[0] != '\0')
+		cfg->help_topic = topic;
+	return 0;
+}
+
 static int cli_acl(struct ph_forward_rule *r, bool allow, const struct cli_opt *o, int argi,
                    struct ph_cli_error *e)
 {
@@ -928,15 +947,9 @@ static int cli_map(int argc, char *const *argv, int first, struct ph_config *cfg
 				mc->has_gateway = true;
 				continue;
 			}
-			err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+			err = cli_common_opt(argc, argv, &i, &o, cfg, "map", e);
 			if (err < 0)
 				return err;
-			if (err == 0)
-				return cli_fail(e, i,
-				                "unknown option '%s' (see pinhole map --help)",
-				                o.name);
-			if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL)
-				cfg->help_topic = "map";
 			continue;
 		}
 		if (!verb_given && !have_port &&
@@ -1008,14 +1021,9 @@ static int cli_keygen(int argc, char *const *argv, int first, struct ph_config *
 			cfg->key_show = true;
 			continue;
 		}
-		err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+		err = cli_common_opt(argc, argv, &i, &o, cfg, "keygen", e);
 		if (err < 0)
 			return err;
-		if (err == 0)
-			return cli_fail(e, i, "unknown option '%s' (see pinhole keygen --help)",
-			                o.name);
-		if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL)
-			cfg->help_topic = "keygen";
 	}
 	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION)
 		return 0;
@@ -1040,11 +1048,9 @@ static int cli_ask(int argc, char *const *argv, int first, struct ph_config *cfg
 			cfg->json = true;
 			continue;
 		}
-		err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+		err = cli_common_opt(argc, argv, &i, &o, cfg, "", e);
 		if (err < 0)
 			return err;
-		if (err == 0)
-			return cli_fail(e, i, "unknown option '%s' (see pinhole --help)", o.name);
 	}
 	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION)
 		return 0;
@@ -1073,15 +1079,9 @@ static int cli_run(int argc, char *const *argv, int first, struct ph_config *cfg
 				cfg->rinetd = true;
 				continue;
 			}
-			err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+			err = cli_common_opt(argc, argv, &i, &o, cfg, "run", e);
 			if (err < 0)
 				return err;
-			if (err == 0)
-				return cli_fail(e, i,
-				                "unknown option '%s' (see pinhole run --help)",
-				                o.name);
-			if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL)
-				cfg->help_topic = "run";
 			continue;
 		}
 		if (file != NULL)
@@ -1112,12 +1112,9 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 
 		if (word[0] == '-' && word[1] != '\0') {
 			opt_split(word, &o);
-			err = cli_global_opt(argc, argv, &i, &o, cfg, e);
+			err = cli_common_opt(argc, argv, &i, &o, cfg, "", e);
 			if (err < 0)
 				return err;
-			if (err == 0)
-				return cli_fail(e, i, "unknown option '%s' (see pinhole --help)",
-				                o.name);
 			continue;
 		}
 		if (strcmp(word, "forward") == 0)
