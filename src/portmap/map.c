@@ -521,9 +521,7 @@ static void pm_on_answer(struct pm *pm, const struct ph_pmp_resp *r)
 			pm->have_ext = true;
 			pm->natpmp_ext = r->ext;
 		}
-		if (pm->method == PH_MAP_AUTO && pm->mc->verb == PH_MAP_ADD)
-			return; /* the probe decides when it ends or PCP answers */
-		return;
+		return; /* the probe decides when it ends, or when PCP answers */
 	}
 	if (r->version == PH_PCP_VERSION && r->opcode == 0) {
 		pm->pcp_ok = r->result == 0;

@@ -429,16 +429,6 @@ struct ph_upnp_job *ph_upnp_take(struct ph_upnp *u)
 	return j;
 }
 
-bool ph_upnp_busy(struct ph_upnp *u)
-{
-	bool busy;
-
-	pthread_mutex_lock(&u->mu);
-	busy = u->has_job;
-	pthread_mutex_unlock(&u->mu);
-	return busy;
-}
-
 void ph_upnp_stop(struct ph_upnp *u)
 {
 	bool busy;

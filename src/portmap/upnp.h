@@ -55,9 +55,6 @@ int ph_upnp_submit(struct ph_upnp *u, struct ph_upnp_job *j);
 /* The job that ended, or NULL. */
 struct ph_upnp_job *ph_upnp_take(struct ph_upnp *u);
 
-/* True while a job runs (also an abandoned one). */
-bool ph_upnp_busy(struct ph_upnp *u);
-
 /* Stops the thread: joined when idle, else left to finish alone (its memory stays). */
 void ph_upnp_stop(struct ph_upnp *u);
 

@@ -17,8 +17,6 @@ import re
 import signal
 import socket
 import subprocess
-import threading
-import time
 
 import pytest
 
@@ -26,7 +24,6 @@ from conftest import (BIN, READY_TIMEOUT_S, SANITIZER_MARKS, SOCK_TIMEOUT_S, STO
                       alloc_port, connect, echo_once, listeners, parse_log, run_pinhole,
                       tagged_echo_handler, wait_until)
 
-UDP_ECHO_LIFETIME_S = 30  # an echo thread ends by itself after this, whatever happens
 START_RE = re.compile(r"^(?:(?P<name>.+): )?forwarding (?P<proto>tcp|udp|tcp\+udp) "
                       r"(?P<listen>\S+) -> (?P<targets>.+) \((?P<workers>\d+) workers")
 
@@ -170,60 +167,6 @@ class RunPinhole:
             assert mark not in log, f"sanitizer report in pinhole's log:\n{log}"
         assert self.rc == 0, f"pinhole {self.args} exited with {self.rc}; log:\n{log}"
         return self.rc
-
-
-class UdpEcho:
-    """A UDP echo on a loopback address in a thread: replies tag + datagram."""
-
-    def __init__(self, host="127.0.0.1", port=None, tag=b""):
-        self.host, self.tag = host, tag
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.port = port if port is not None else free_port_both()
-        self.sock.bind((host, self.port))
-        self.sock.settimeout(0.05)
-        self.errors = []
-        self.count = 0
-        self.stopping = threading.Event()
-        self.deadline = time.monotonic() + UDP_ECHO_LIFETIME_S
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stopping.is_set() and time.monotonic() < self.deadline:
-            try:
-                data, peer = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            except OSError as e:
-                if not self.stopping.is_set():
-                    self.errors.append(f"udp echo {self.port}: {e!r}")
-                return
-            self.count += 1
-            try:
-                self.sock.sendto(self.tag + data, peer)
-            except OSError as e:
-                self.errors.append(f"udp echo {self.port}: sendto {peer}: {e!r}")
-
-    def close(self):
-        self.stopping.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
-
-
-@pytest.fixture
-def udp_echo():
-    made = []
-
-    def make(**kw):
-        s = UdpEcho(**kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-    errors = [e for s in made for e in s.errors]
-    assert not errors, "udp echo errors:\n" + "\n".join(errors)
 
 
 @pytest.fixture
