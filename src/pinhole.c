@@ -31,6 +31,7 @@
 #include "portmap/portmap.h"
 #include "socks/socks.h"
 #include "tunnel/keys.h"
+#include "tunnel/tunnel.h"
 
 #define FDS_BASE       32 /* stdio, epoll, eventfds, resolver sockets, a spare */
 #define FDS_PER_WORKER 8  /* epoll, eventfd, listener, spare pipes */
@@ -53,13 +54,18 @@ struct ph_main {
 	struct ph_config *cfg;             /* the rules running now */
 	struct ph_forward_rule **retiring; /* owned: removed by a reload, finishing */
 	unsigned nretiring;
-	struct ph_list plans;     /* struct reload_plan not run by every worker yet */
-	struct ph_timer retire;   /* frees what finished, once a second while any is left */
-	struct ph_ctl *ctl;       /* owned: the control socket, or NULL */
-	struct ph_ctl *metrics;   /* owned: the --metrics endpoint, or NULL */
-	uint64_t start;           /* loop ms at start, for the uptime */
-	struct ph_list unmapping; /* struct unmapping: --map keepers deleting their mappings */
-	char reload_msg[4096];    /* what the last reload said, for `pinhole reload` */
+	struct ph_list plans;       /* struct reload_plan not run by every worker yet */
+	struct ph_timer retire;     /* frees what finished, once a second while any is left */
+	struct ph_ctl *ctl;         /* owned: the control socket, or NULL */
+	struct ph_ctl *metrics;     /* owned: the --metrics endpoint, or NULL */
+	uint64_t start;             /* loop ms at start, for the uptime */
+	struct ph_list unmapping;   /* struct unmapping: --map keepers deleting their mappings */
+	char reload_msg[4096];      /* what the last reload said, for `pinhole reload` */
+	struct ph_relay *relay;     /* owned: `server`, or NULL */
+	struct ph_exposer *exposer; /* owned: the `expose` rules, or NULL */
+	struct ph_task fatal;       /* the exposer gave up: stop, exit status 1 */
+	struct ph_task tunnel_end;  /* frees the relay and exposer after this round's events */
+	bool failed;
 };
 
 /* A --map keeper told to stop, until it has deleted its mappings. */
@@ -142,6 +148,13 @@ static void map_start(struct ph_main *m, struct ph_forward_rule *r)
 		        label, strerror(-err));
 }
 
+/* Stops the loop once every worker ended and every mapping is deleted. */
+static void main_maybe_stop(struct ph_main *m)
+{
+	if (m->ended >= m->started && ph_list_empty(&m->unmapping) && (m->draining || m->aborting))
+		ph_loop_stop(&m->loop);
+}
+
 static void main_on_unmapped(void *arg)
 {
 	struct unmapping *u = arg;
@@ -149,8 +162,7 @@ static void main_on_unmapped(void *arg)
 
 	ph_list_del(&u->node);
 	free(u);
-	if (m->ended >= m->started && m->started != 0 && ph_list_empty(&m->unmapping))
-		ph_loop_stop(&m->loop);
+	main_maybe_stop(m);
 }
 
 /* r's keeper deletes its mapping and goes (the rule is removed, or pinhole stops). */
@@ -359,7 +371,7 @@ static void main_reload(struct ph_main *m)
 	ph_config_init(&nc);
 	nc.rinetd = cfg->rinetd;
 	n = ph_conf_load(cfg->run_file, &nc, log_problem, m);
-	if (n == 0 && nc.nrules == 0) {
+	if (n == 0 && nc.nrules == 0 && nc.server == NULL && nc.nexpose == 0) {
 		reload_say(m, true, "%s: no rules", cfg->run_file);
 		n = 1;
 	}
@@ -477,6 +489,45 @@ out:
 	ph_config_free(&nc);
 }
 
+/* Adds the relay's and the exposer's status to a status reply r (text, or JSON fields). */
+static char *tunnel_status(struct ph_main *m, char *r, bool json, size_t *len)
+{
+	size_t cap = 64 * 1024, n;
+	char *t;
+
+	if (r == NULL || (m->relay == NULL && m->exposer == NULL))
+		return r;
+	t = realloc(r, *len + cap);
+	if (t == NULL)
+		return r;
+	r = t;
+	n = *len;
+	if (json) { /* into the object: before its closing brace */
+		while (n > 0 && r[n - 1] != '}')
+			n--;
+		if (n == 0)
+			return r;
+		n--;
+		if (m->relay != NULL) {
+			n += (size_t)snprintf(r + n, *len + cap - n, ",\"relay\":");
+			n += ph_relay_status(m->relay, true, r + n, *len + cap - n - 4);
+		}
+		if (m->exposer != NULL) {
+			n += (size_t)snprintf(r + n, *len + cap - n, ",\"expose\":");
+			n += ph_expose_status(m->exposer, true, r + n, *len + cap - n - 4);
+		}
+		n += (size_t)snprintf(r + n, *len + cap - n, "}\n");
+	} else {
+		if (m->relay != NULL)
+			n += ph_relay_status(m->relay, false, r + n, *len + cap - n - 1);
+		if (m->exposer != NULL)
+			n += ph_expose_status(m->exposer, false, r + n, *len + cap - n - 1);
+	}
+	r[n] = '\0';
+	*len = n;
+	return r;
+}
+
 /* A command on the control socket. Returns the reply (malloc'd), or NULL. */
 static char *main_ctl(void *arg, const char *cmd, size_t *len)
 {
@@ -498,7 +549,8 @@ static char *main_ctl(void *arg, const char *cmd, size_t *len)
 
 	ph_stats_sum(m->w, m->nw, &totals);
 	if (strcmp(cmd, "status") == 0 || strcmp(cmd, "status json") == 0)
-		return ph_status_render(&src, cmd[6] == ' ', len);
+		return tunnel_status(m, ph_status_render(&src, cmd[6] == ' ', len), cmd[6] == ' ',
+		                     len);
 	if (strcmp(cmd, "metrics") == 0)
 		return ph_metrics_render(&src, len);
 	if (strcmp(cmd, "reload") == 0) {
@@ -514,11 +566,64 @@ static char *main_ctl(void *arg, const char *cmd, size_t *len)
 	return r;
 }
 
+/* SIGTERM, SIGINT: drain (a second time: abort). The relay and the exposer end at once. */
+static void main_stop(struct ph_main *m)
+{
+	struct ph_stats s;
+
+	if (m->draining) {
+		ph_info("second signal: stopping now");
+		main_abort(m);
+		return;
+	}
+	m->draining = true;
+	ph_notify("STOPPING=1");
+	ph_stats_sum(m->w, m->nw, &s);
+	if (m->nw > 0)
+		ph_info("stopping: no new connections; %llu open ones get up to %llu ms",
+		        (unsigned long long)s.active, (unsigned long long)m->drain_timeout);
+	for (unsigned i = 0; i < m->nw; i++)
+		ph_worker_post(m->w[i], PH_WORKER_DRAIN);
+	for (unsigned i = 0; i < m->cfg->nrules; i++)
+		map_stop(m, m->cfg->rules[i]);
+	ph_timer_arm(&m->loop, &m->drain, m->drain_timeout);
+	if (m->relay != NULL || m->exposer != NULL)
+		ph_task_queue(&m->loop, &m->tunnel_end); /* events of this round may name them */
+	else
+		main_maybe_stop(m);
+}
+
+static void main_on_tunnel_end(struct ph_task *t)
+{
+	struct ph_main *m = container_of(t, struct ph_main, tunnel_end);
+
+	ph_relay_free(m->relay); /* a GOAWAY to every session */
+	m->relay = NULL;
+	ph_expose_free(m->exposer);
+	m->exposer = NULL;
+	main_maybe_stop(m);
+}
+
+static void main_on_fatal(struct ph_task *t)
+{
+	struct ph_main *m = container_of(t, struct ph_main, fatal);
+
+	m->failed = true;
+	m->draining = false;
+	main_stop(m);
+}
+
+static void main_expose_fatal(void *arg)
+{
+	struct ph_main *m = arg;
+
+	ph_task_queue(&m->loop, &m->fatal); /* not from inside the exposer's callback */
+}
+
 static void main_on_signal(struct ph_io *io, uint32_t events)
 {
 	struct ph_main *m = container_of(io, struct ph_main, sig_io);
 	struct signalfd_siginfo si;
-	struct ph_stats s;
 
 	(void)events;
 	while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
@@ -533,21 +638,7 @@ static void main_on_signal(struct ph_io *io, uint32_t events)
 			break;
 		case SIGTERM:
 		case SIGINT:
-			if (m->draining) {
-				ph_info("second signal: stopping now");
-				main_abort(m);
-				break;
-			}
-			m->draining = true;
-			ph_notify("STOPPING=1");
-			ph_stats_sum(m->w, m->nw, &s);
-			ph_info("stopping: no new connections; %llu open ones get up to %llu ms",
-			        (unsigned long long)s.active, (unsigned long long)m->drain_timeout);
-			for (unsigned i = 0; i < m->nw; i++)
-				ph_worker_post(m->w[i], PH_WORKER_DRAIN);
-			for (unsigned i = 0; i < m->cfg->nrules; i++)
-				map_stop(m, m->cfg->rules[i]);
-			ph_timer_arm(&m->loop, &m->drain, m->drain_timeout);
+			main_stop(m);
 			break;
 		default:
 			break;
@@ -700,6 +791,9 @@ static int run(struct ph_config *cfg)
 	bool pid_written = false;
 	unsigned nw = cfg->workers != 0 ? cfg->workers : online_cpus();
 
+	if (cfg->nrules == 0 && cfg->run_file == NULL) /* server/expose: they run on this thread */
+		nw = 0;
+
 	if (check_fd_limit(cfg, nw) < 0)
 		goto out_cfg;
 	if (wo.pipe_size == 0) {
@@ -741,11 +835,13 @@ static int run(struct ph_config *cfg)
 	ph_timer_init(&m.retire, main_on_retire);
 	ph_list_init(&m.unmapping);
 	ph_list_init(&m.plans);
+	ph_task_init(&m.fatal, main_on_fatal);
+	ph_task_init(&m.tunnel_end, main_on_tunnel_end);
 	m.cfg = cfg;
 	if (ph_io_add(&m.loop, &m.sig_io, EPOLLIN) < 0 ||
 	    ph_io_add(&m.loop, &m.done_io, EPOLLIN) < 0)
 		goto out_fds;
-	m.w = calloc(nw, sizeof(*m.w));
+	m.w = calloc(nw != 0 ? nw : 1, sizeof(*m.w));
 	if (m.w == NULL)
 		goto out_fds;
 	for (; m.nw < nw; m.nw++) {
@@ -810,6 +906,21 @@ static int run(struct ph_config *cfg)
 			goto out_workers;
 		}
 	}
+	if (cfg->server != NULL) {
+		err = ph_relay_start(&m.loop, cfg->server, &m.relay, why, sizeof(why));
+		if (err < 0) {
+			fprintf(stderr, "pinhole: server: %s\n", why);
+			goto out_workers;
+		}
+	}
+	if (cfg->nexpose != 0) {
+		err = ph_expose_start(&m.loop, cfg->expose, cfg->nexpose, main_expose_fatal, &m,
+		                      &m.exposer, why, sizeof(why));
+		if (err < 0) {
+			fprintf(stderr, "pinhole: expose: %s\n", why);
+			goto out_workers;
+		}
+	}
 	if (cfg->user[0] != '\0') { /* the ports are bound: root is not needed any more */
 		err = ph_drop_privileges(cfg->user, why, sizeof(why));
 		if (err < 0) {
@@ -829,7 +940,7 @@ static int run(struct ph_config *cfg)
 		}
 		m.started++;
 	}
-	if (m.started == 0)
+	if (m.started == 0 && m.nw != 0)
 		goto out_workers;
 	for (unsigned i = 0; i < cfg->nrules; i++)
 		map_start(&m, cfg->rules[i]);
@@ -838,11 +949,17 @@ static int run(struct ph_config *cfg)
 	err = ph_loop_run(&m.loop);
 	if (err < 0)
 		ph_err("main loop: %s", strerror(-err));
-	else if (!m.aborting || m.draining)
+	else if ((!m.aborting || m.draining) && !m.failed)
 		status = 0;
 	log_stats(&m, "stopped");
 
 out_workers:
+	ph_relay_free(m.relay);
+	m.relay = NULL;
+	ph_expose_free(m.exposer);
+	m.exposer = NULL;
+	ph_task_cancel(&m.fatal);
+	ph_task_cancel(&m.tunnel_end);
 	/* workers that never started are told to abort and are not waited for */
 	main_abort(&m);
 	/* mappings not deleted in time (a second signal) stay with the router, for their lease */
@@ -908,7 +1025,7 @@ static int load_config(struct ph_config *cfg)
 		fprintf(stderr, "pinhole: out of memory\n");
 		return 1;
 	}
-	if (n == 0 && cfg->nrules == 0) {
+	if (n == 0 && cfg->nrules == 0 && cfg->server == NULL && cfg->nexpose == 0) {
 		fprintf(stderr, "%s: no rules (see pinhole run --help)\n", cfg->run_file);
 		n = 1;
 	}

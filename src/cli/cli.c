@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/acl.h"
@@ -13,6 +14,8 @@
 #include "core/util.h"
 #include "forward/forward.h"
 #include "socks/socks.h"
+#include "tunnel/msg.h"
+#include "tunnel/session.h"
 
 static const char help_overview[] =
 	"pinhole - port forwarding and NAT traversal\n"
@@ -24,6 +27,9 @@ static const char help_overview[] =
 	"                                      from LISTEN to a TARGET\n"
 	"  socks [LISTEN]                      a SOCKS5, SOCKS4a and HTTP proxy: each\n"
 	"                                      client names where it goes (ssh -D)\n"
+	"  server [LISTEN]                     the relay: clients behind NATs publish\n"
+	"                                      services on its ports (ssh -R, frp)\n"
+	"  expose LOCAL --via RELAY            publish LOCAL on a relay's public port\n"
 	"  keygen [-f FILE]                    make a key pair for the relay (server,\n"
 	"                                      expose); prints the public key\n"
 	"  map PORT | map ip | map probe       ask the home router to forward a port\n"
@@ -208,6 +214,53 @@ static const char help_keygen[] =
 	"FILE defaults to /etc/pinhole/key as root, else ~/.config/pinhole/key (the\n"
 	"directory is made, mode 0700).\n";
 
+static const char help_server[] =
+	"Usage: pinhole server [LISTEN] [--authorized-keys FILE] [--key FILE] [--ports RANGE]\n"
+	"                      [--bind ADDR] [--heartbeat DUR]\n"
+	"\n"
+	"The relay. Clients (`pinhole expose`) connect to LISTEN (default :7835) over TLS 1.3,\n"
+	"prove their key, and each service they register gets a public port here whose\n"
+	"visitors are carried to them. Ports stay with their key while its client\n"
+	"reconnects: a restarted client gets the same port back at once.\n"
+	"\n"
+	"  --authorized-keys FILE  client public keys (`pinhole keygen` lines), one a line,\n"
+	"                          each with optional limits before it:\n"
+	"                            names=web|ssh,ports=20000-20099|443,max=4 ph-ed25519 ...\n"
+	"                          (default authorized_keys next to the key). The relay\n"
+	"                          does not start without one.\n"
+	"  --key FILE              the relay's key, made on first start (default\n"
+	"                          /etc/pinhole/key as root, else ~/.config/pinhole/key);\n"
+	"                          its fingerprint is logged: clients pin it\n"
+	"  --ports LO-HI           the ports handed out when a client asks for any (port\n"
+	"                          0); explicit ports must be inside too (default: any)\n"
+	"  --bind ADDR             the address public ports listen on (default all)\n"
+	"  --heartbeat DUR         PING interval (default 10s); a client silent for three\n"
+	"                          is dropped, and its ports freed three later\n";
+
+static const char help_expose[] =
+	"Usage: pinhole expose LOCAL --via RELAY[:PORT] [--port N] [--udp] [--name NAME]\n"
+	"                      [--proxy-protocol v1|v2] [--relay-key SHA256:...] [--key FILE]\n"
+	"\n"
+	"Publishes the service at LOCAL (HOST:PORT here or on this network) on a relay's\n"
+	"public port: what ssh -R, frp and rathole do. The session is made from here, so\n"
+	"NATs and firewalls let it out; it is made again forever, with back-off, when it\n"
+	"breaks (also when the relay is down at start), and the port is taken back.\n"
+	"\n"
+	"  --via RELAY[:PORT]      the relay (`pinhole server`), port 7835 by default\n"
+	"  --port N                the public port to ask for (default: any; the one given\n"
+	"                          is logged: 'public at RELAY:PORT')\n"
+	"  --udp                   LOCAL is a UDP service: datagrams are carried as such\n"
+	"  --name NAME             the service's name (a relay may limit a key to names)\n"
+	"  --proxy-protocol v1|v2  tell LOCAL each visitor's address (PROXY protocol)\n"
+	"  --relay-key SHA256:...  the relay's fingerprint; without it the first one seen is\n"
+	"                          kept in known_relays and a change is refused, as ssh does\n"
+	"  --key FILE              this client's key, made when missing (default as keygen)\n"
+	"  --known-relays FILE     where first-seen relay keys are kept (default\n"
+	"                          known_relays next to the key)\n"
+	"  --heartbeat DUR         PING interval (default 10s)\n"
+	"\n"
+	"Several expose lines of one `pinhole run FILE` share one session per relay.\n";
+
 static const char help_run[] =
 	"Usage: pinhole run FILE [--check] [OPTIONS]\n"
 	"\n"
@@ -250,6 +303,10 @@ const char *ph_cli_help(const char *topic)
 		return help_socks;
 	if (strcmp(topic, "map") == 0)
 		return help_map;
+	if (strcmp(topic, "server") == 0)
+		return help_server;
+	if (strcmp(topic, "expose") == 0)
+		return help_expose;
 	if (strcmp(topic, "keygen") == 0)
 		return help_keygen;
 	return NULL;
@@ -263,6 +320,11 @@ void ph_config_init(struct ph_config *cfg)
 
 void ph_config_free(struct ph_config *cfg)
 {
+	free(cfg->server);
+	cfg->server = NULL;
+	for (unsigned i = 0; i < cfg->nexpose; i++)
+		free(cfg->expose[i]);
+	cfg->nexpose = 0;
 	for (unsigned i = 0; i < cfg->nrules; i++)
 		ph_forward_rule_free(cfg->rules[i]);
 	cfg->nrules = 0;
@@ -985,6 +1047,272 @@ static int cli_map(int argc, char *const *argv, int first, struct ph_config *cfg
 	return 0;
 }
 
+/* A file option's value: 1-500 characters. Returns 0 or -EINVAL. */
+static int opt_file(const struct cli_opt *o, int argi, char *out, size_t len,
+                    struct ph_cli_error *e)
+{
+	if (o->value[0] == '\0' || strlen(o->value) >= len)
+		return cli_fail(e, argi, "%s must be 1-%zu characters", o->name, len - 1);
+	memcpy(out, o->value, strlen(o->value) + 1);
+	return 0;
+}
+
+/* --heartbeat DUR: 1 s to 10 min. */
+static int opt_heartbeat(const struct cli_opt *o, int argi, uint64_t *out, struct ph_cli_error *e)
+{
+	int err = opt_duration(o, argi, out, e);
+
+	if (err == 0 && (*out < 200 || *out > 600000))
+		return cli_fail(e, argi, "--heartbeat '%s': from 200ms to 10m", o->value);
+	return err;
+}
+
+/* `server [LISTEN] ...` */
+static int cli_server(int argc, char *const *argv, int first, struct ph_config *cfg,
+                      struct ph_cli_error *e)
+{
+	struct ph_server_conf *c;
+	bool have_listen = false;
+	const char *why;
+	int err;
+
+	if (cfg->server != NULL)
+		return cli_fail(e, first, "server: one relay per process");
+	c = malloc(sizeof(*c));
+	if (c == NULL)
+		return -ENOMEM;
+	ph_server_conf_init(c);
+	cfg->server = c;
+	for (int i = first + 1; i < argc; i++) {
+		const char *word = argv[i];
+		struct cli_opt o;
+
+		if (word[0] == '-' && word[1] != '\0') {
+			opt_split(word, &o);
+			if (strcmp(o.name, "--key") == 0 ||
+			    strcmp(o.name, "--authorized-keys") == 0) {
+				bool key = o.name[3] == 'e';
+
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err == 0)
+					err = opt_file(&o, i, key ? c->key_file : c->auth_file,
+					               sizeof(c->key_file), e);
+				if (err < 0)
+					return err;
+				continue;
+			}
+			if (strcmp(o.name, "--ports") == 0) {
+				unsigned long long lo, hi;
+				char *dash;
+				char buf[16];
+
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err < 0)
+					return err;
+				snprintf(buf, sizeof(buf), "%s", o.value);
+				dash = strchr(buf, '-');
+				if (dash != NULL)
+					*dash = '\0';
+				if (strlen(o.value) >= sizeof(buf) ||
+				    ph_parse_uint(buf, 1, 65535, &lo) < 0 ||
+				    ph_parse_uint(dash != NULL ? dash + 1 : buf, lo, 65535, &hi) <
+				            0)
+					return cli_fail(
+						e, i,
+						"--ports '%s': expected LO-HI, as in 20000-20099",
+						o.value);
+				c->port_lo = (uint16_t)lo;
+				c->port_hi = (uint16_t)hi;
+				continue;
+			}
+			if (strcmp(o.name, "--bind") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err < 0)
+					return err;
+				if (ph_addr_from_literal(o.value, 0, &c->bind) < 0)
+					return cli_fail(
+						e, i,
+						"--bind '%s': an IP address, as in 203.0.113.5",
+						o.value);
+				c->has_bind = true;
+				continue;
+			}
+			if (strcmp(o.name, "--heartbeat") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err == 0)
+					err = opt_heartbeat(&o, i, &c->hb_ms, e);
+				if (err < 0)
+					return err;
+				continue;
+			}
+			err = cli_common_opt(argc, argv, &i, &o, cfg, "server", e);
+			if (err < 0)
+				return err;
+			continue;
+		}
+		if (have_listen)
+			return cli_fail(e, i, "server: '%s': one LISTEN address only", word);
+		if (ph_hostport_parse(word, &c->listen, &why) < 0)
+			return cli_fail(e, i, "server: '%s': %s", word, why);
+		if (c->listen.proto != PH_PROTO_TCP || c->listen.is_name)
+			return cli_fail(e, i, "server: '%s': a TCP address such as :7835", word);
+		have_listen = true;
+	}
+	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION)
+		return 0;
+	cfg->cmd = PH_CMD_FORWARD;
+	return 0;
+}
+
+/* `expose LOCAL --via RELAY ...` */
+static int cli_expose(int argc, char *const *argv, int first, struct ph_config *cfg,
+                      struct ph_cli_error *e)
+{
+	struct ph_expose_conf *c;
+	bool have_local = false, have_via = false;
+	const char *why;
+	int err;
+
+	if (cfg->nexpose == PH_EXPOSE_MAX)
+		return cli_fail(e, first, "expose: at most %u expose rules", PH_EXPOSE_MAX);
+	c = malloc(sizeof(*c));
+	if (c == NULL)
+		return -ENOMEM;
+	ph_expose_conf_init(c);
+	cfg->expose[cfg->nexpose++] = c;
+	for (int i = first + 1; i < argc; i++) {
+		const char *word = argv[i];
+		struct cli_opt o;
+
+		if (word[0] == '-' && word[1] != '\0') {
+			opt_split(word, &o);
+			if (strcmp(o.name, "--udp") == 0 && !o.inline_value) {
+				c->udp = true;
+				continue;
+			}
+			if (strcmp(o.name, "--via") == 0) {
+				char buf[PH_HOST_MAX + 16];
+
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err < 0)
+					return err;
+				/* the port may be left out: 7835 */
+				snprintf(buf, sizeof(buf), "%s", o.value);
+				if (ph_hostport_parse(buf, &c->via, &why) < 0) {
+					snprintf(buf, sizeof(buf),
+					         strchr(o.value, ':') ? "[%s]:%u" : "%s:%u",
+					         o.value, PH_RELAY_PORT);
+					if (strlen(o.value) > PH_HOST_MAX ||
+					    ph_hostport_parse(buf, &c->via, &why) < 0)
+						return cli_fail(e, i, "--via '%s': %s", o.value,
+						                why);
+				}
+				if (c->via.wildcard || c->via.has_scheme)
+					return cli_fail(e, i, "--via '%s': the relay's HOST[:PORT]",
+					                o.value);
+				have_via = true;
+				continue;
+			}
+			if (strcmp(o.name, "--port") == 0) {
+				unsigned long long v;
+
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err == 0)
+					err = opt_uint(&o, i, 0, 65535, &v, e);
+				if (err < 0)
+					return err;
+				c->port = (uint16_t)v;
+				continue;
+			}
+			if (strcmp(o.name, "--name") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err < 0)
+					return err;
+				if (!ph_svc_name_ok(o.value))
+					return cli_fail(e, i,
+					                "--name '%s': 1-32 of A-Z a-z 0-9 . _ -",
+					                o.value);
+				snprintf(c->name, sizeof(c->name), "%s", o.value);
+				continue;
+			}
+			if (strcmp(o.name, "--proxy-protocol") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err < 0)
+					return err;
+				if (strcmp(o.value, "v1") == 0 || strcmp(o.value, "1") == 0)
+					c->proxy = 1;
+				else if (strcmp(o.value, "v2") == 0 || strcmp(o.value, "2") == 0)
+					c->proxy = 2;
+				else
+					return cli_fail(e, i, "--proxy-protocol '%s': v1 or v2",
+					                o.value);
+				continue;
+			}
+			if (strcmp(o.name, "--relay-key") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err < 0)
+					return err;
+				if (strncmp(o.value, "SHA256:", 7) != 0 ||
+				    strlen(o.value) != PH_FP_LEN - 1)
+					return cli_fail(
+						e, i,
+						"--relay-key '%s': the relay's fingerprint, "
+						"SHA256: and 43 characters, as its log shows it",
+						o.value);
+				snprintf(c->relay_fp, sizeof(c->relay_fp), "%s", o.value);
+				continue;
+			}
+			if (strcmp(o.name, "--key") == 0 || strcmp(o.name, "--known-relays") == 0) {
+				bool key = o.name[3] == 'e';
+
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err == 0)
+					err = opt_file(&o, i, key ? c->key_file : c->known_file,
+					               sizeof(c->key_file), e);
+				if (err < 0)
+					return err;
+				continue;
+			}
+			if (strcmp(o.name, "--heartbeat") == 0) {
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err == 0)
+					err = opt_heartbeat(&o, i, &c->hb_ms, e);
+				if (err < 0)
+					return err;
+				continue;
+			}
+			err = cli_common_opt(argc, argv, &i, &o, cfg, "expose", e);
+			if (err < 0)
+				return err;
+			continue;
+		}
+		if (have_local)
+			return cli_fail(e, i, "expose: '%s': one LOCAL address only", word);
+		if (ph_hostport_parse(word, &c->local, &why) < 0)
+			return cli_fail(e, i, "expose: '%s': %s", word, why);
+		if (c->local.wildcard)
+			return cli_fail(e, i,
+			                "expose: '%s': LOCAL needs a host, as in 127.0.0.1:%u",
+			                word, c->local.port);
+		if (c->local.proto == PH_PROTO_UDP)
+			c->udp = true;
+		else if (c->local.proto != PH_PROTO_TCP)
+			return cli_fail(e, i, "expose: '%s': one protocol a rule", word);
+		have_local = true;
+	}
+	if (cfg->cmd == PH_CMD_HELP || cfg->cmd == PH_CMD_VERSION)
+		return 0;
+	if (!have_local)
+		return cli_fail(e, first, "expose: missing LOCAL (see pinhole expose --help)");
+	if (!have_via)
+		return cli_fail(e, first,
+		                "expose: missing --via RELAY (see pinhole expose --help)");
+	if (c->udp && c->proxy != 0)
+		return cli_fail(e, first, "expose: --proxy-protocol is for TCP services");
+	cfg->cmd = PH_CMD_FORWARD;
+	return 0;
+}
+
 /* `keygen [-f FILE] [-C COMMENT] [--show]` */
 static int cli_keygen(int argc, char *const *argv, int first, struct ph_config *cfg,
                       struct ph_cli_error *e)
@@ -1127,6 +1455,10 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 			return cli_map(argc, argv, i, cfg, e);
 		if (strcmp(word, "keygen") == 0)
 			return cli_keygen(argc, argv, i, cfg, e);
+		if (strcmp(word, "server") == 0)
+			return cli_server(argc, argv, i, cfg, e);
+		if (strcmp(word, "expose") == 0)
+			return cli_expose(argc, argv, i, cfg, e);
 		if (strcmp(word, "status") == 0 || strcmp(word, "reload") == 0)
 			return cli_ask(argc, argv, i, cfg, e);
 		if (strcmp(word, "help") == 0) {

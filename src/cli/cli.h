@@ -10,6 +10,7 @@
 
 #include "core/addr.h"
 #include "portmap/portmap.h"
+#include "tunnel/tunnel.h"
 
 struct ph_forward_rule;
 
@@ -53,6 +54,9 @@ struct ph_config {
 	bool key_show;           /* keygen --show: print the public key of FILE */
 	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
+	struct ph_server_conf *server;                /* owned: `server`, NULL none */
+	struct ph_expose_conf *expose[PH_EXPOSE_MAX]; /* owned: `expose` rules */
+	unsigned nexpose;
 };
 
 /* What went wrong, and at which word (an index into the argv given, or -1). */

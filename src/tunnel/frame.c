@@ -10,12 +10,12 @@ struct frame_rule {
 
 static const struct frame_rule rules[] = {
 	[PH_FRAME_CTRL] = {1, PH_FRAME_MAX, 0},
-	[PH_FRAME_OPEN] = {2 + 1 + 2 + 4, PH_FRAME_MAX, 1},
+	[PH_FRAME_OPEN] = {2 + 1 + 1, PH_FRAME_MAX, 1}, /* service, two addresses */
 	[PH_FRAME_DATA] = {1, PH_FRAME_MAX, 1},
 	[PH_FRAME_WINDOW] = {4, 4, -1}, /* a stream, or 0 for the session */
 	[PH_FRAME_FIN] = {0, 0, 1},
 	[PH_FRAME_RST] = {1, 1, 1},
-	[PH_FRAME_DGRAM] = {2 + 4 + 1 + 2 + 4, PH_FRAME_MAX, 0},
+	[PH_FRAME_DGRAM] = {2 + 4 + 1, PH_FRAME_MAX, 0}, /* service, flow, address */
 	[PH_FRAME_PING] = {8, 8, 0},
 	[PH_FRAME_PONG] = {8, 8, 0},
 	[PH_FRAME_GOAWAY] = {1, 1 + 200, 0},

@@ -1,0 +1,801 @@
+/*
+ * `pinhole expose`: the client. One session per relay, made from here (so NATs and
+ * firewalls let it out), kept up forever: when it ends, it is made again after a jittered
+ * back-off (0.5 s doubling to 30 s), and every rule registers again - asking for the port
+ * it had, which the relay held for it. Visitors arrive as streams (TCP: a connection to
+ * the local service each) or datagrams (UDP: a socket to the local service per peer).
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/net.h"
+#include "core/util.h"
+#include "relay/proxyproto.h"
+#include "tunnel/frame.h"
+#include "tunnel/msg.h"
+#include "tunnel/session.h"
+#include "tunnel/tls.h"
+#include "tunnel/tunnel.h"
+
+#define BACKOFF_MIN_MS 500
+#define BACKOFF_MAX_MS 30000
+#define FLOW_IDLE_MS   60000
+#define FLOW_MAX       1024 /* UDP peers per rule */
+#define UDP_BATCH      64
+
+enum xrule_state {
+	XR_IDLE,    /* not asked (no session) */
+	XR_ASKED,   /* REGISTER sent */
+	XR_UP,      /* public */
+	XR_REFUSED, /* refused for good: a limit, or a request the relay cannot take */
+};
+
+struct xclient;
+
+struct xflow {
+	struct ph_io io; /* connected to the local service */
+	struct xrule *r;
+	uint32_t id;
+	uint64_t last;
+	struct ph_list lru;
+	struct xflow *hnext;
+};
+
+struct xrule {
+	struct xclient *c;
+	const struct ph_expose_conf *conf;
+	unsigned idx;
+	enum xrule_state state;
+	struct ph_addr local;
+	uint16_t service, port, want;
+	struct ph_timer again;
+	uint64_t visitors, refused;
+	struct ph_list flows;
+	struct xflow *byid[64];
+	unsigned nflows;
+	struct ph_ratelimit rl;
+};
+
+struct xclient {
+	struct ph_list node;
+	struct ph_exposer *x;
+	const struct ph_expose_conf *conf; /* the first rule's: via, key, pin */
+	struct ph_key *key;
+	struct ssl_ctx_st *ctx;
+	struct ph_sess *s;
+	struct xrule *rules[PH_EXPOSE_MAX];
+	unsigned nrules;
+	struct ph_timer retry;
+	uint64_t backoff, up_at;
+	char relay[PH_HOST_MAX + 8];
+	char known[600];
+	char tofu[PH_FP_LEN]; /* a first-seen key to store once the session is up */
+	bool fatal;
+	unsigned attempts;
+};
+
+struct ph_exposer {
+	struct ph_loop *loop;
+	struct ph_list clients;
+	void (*fatal)(void *arg);
+	void *arg;
+	struct ph_timer sweep;
+	struct ph_list dead; /* closed flows, freed by reap after this round's events */
+	struct ph_task reap;
+	bool stopping;
+};
+
+static const struct ph_sess_ops client_ops;
+static void client_connect(struct xclient *c);
+
+/* --- the relay's key: pinned, or trusted on first use and remembered ----------------- */
+
+/* The known-relays line for c's relay: 1 with its fingerprint and line number, 0 none. */
+static int known_lookup(const struct xclient *c, char fp[PH_FP_LEN], unsigned *lineno)
+{
+	char line[700];
+	unsigned n = 0;
+	size_t rl = strlen(c->relay);
+	FILE *f = fopen(c->known, "re");
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char *p;
+
+		n++;
+		if (strncmp(line, c->relay, rl) != 0 || line[rl] != ' ')
+			continue;
+		p = line + rl + 1;
+		p[strcspn(p, " \t\r\n")] = '\0';
+		snprintf(fp, PH_FP_LEN, "%s", p);
+		*lineno = n;
+		fclose(f);
+		return 1;
+	}
+	fclose(f);
+	return 0;
+}
+
+static bool relay_ok(void *arg, const uint8_t pub[PH_KEY_LEN])
+{
+	struct xclient *c = arg;
+	char fp[PH_FP_LEN], known[PH_FP_LEN];
+	unsigned line = 0;
+
+	ph_key_fingerprint(pub, fp);
+	c->tofu[0] = '\0';
+	if (c->conf->relay_fp[0] != '\0') {
+		if (strcmp(fp, c->conf->relay_fp) == 0)
+			return true;
+		ph_err("relay %s presents key %s, not the pinned --relay-key %s: refusing it "
+		       "(someone may be in the middle)",
+		       c->relay, fp, c->conf->relay_fp);
+		c->fatal = true;
+		return false;
+	}
+	if (known_lookup(c, known, &line) == 1) {
+		if (strcmp(fp, known) == 0)
+			return true;
+		ph_err("relay %s presents key %s, but %s:%u says %s: refusing it. If the relay's "
+		       "key really changed, delete that line.",
+		       c->relay, fp, c->known, line, known);
+		c->fatal = true;
+		return false;
+	}
+	snprintf(c->tofu, sizeof(c->tofu), "%s", fp);
+	return true;
+}
+
+static void known_store(struct xclient *c)
+{
+	char dir[600], why[256];
+	FILE *f;
+
+	if (c->conf->known_file[0] == '\0' &&
+	    ph_conf_dir(dir, sizeof(dir), true, why, sizeof(why)) < 0) {
+		ph_warn("cannot remember relay %s's key: %s", c->relay, why);
+		return;
+	}
+	f = fopen(c->known, "ae");
+	if (f == NULL || fprintf(f, "%s %s\n", c->relay, c->tofu) < 0 || fclose(f) != 0) {
+		ph_warn("cannot remember relay %s's key in %s: %s", c->relay, c->known,
+		        strerror(errno));
+		return;
+	}
+	ph_info("relay %s: first seen with key %s, now pinned in %s", c->relay, c->tofu, c->known);
+}
+
+/* --- rules ---------------------------------------------------------------------------- */
+
+static void flow_free(struct xflow *f)
+{
+	struct xrule *r = f->r;
+	struct xflow **pp = &r->byid[f->id & 63];
+
+	while (*pp != f)
+		pp = &(*pp)->hnext;
+	*pp = f->hnext;
+	ph_list_del(&f->lru);
+	ph_io_close(r->c->x->loop, &f->io);
+	r->nflows--;
+	/* an event of this round may still name it: freed after them */
+	ph_list_add_tail(&r->c->x->dead, &f->lru);
+	ph_task_queue(r->c->x->loop, &r->c->x->reap);
+}
+
+static void exposer_reap(struct ph_task *t)
+{
+	struct ph_exposer *x = container_of(t, struct ph_exposer, reap);
+
+	while (!ph_list_empty(&x->dead)) {
+		struct ph_list *n = x->dead.next;
+
+		ph_list_del(n);
+		free(container_of(n, struct xflow, lru));
+	}
+}
+
+static void rule_flows_drop(struct xrule *r)
+{
+	while (!ph_list_empty(&r->flows))
+		flow_free(container_of(r->flows.next, struct xflow, lru));
+}
+
+static const char *local_str(const struct xrule *r, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s%s:%u", r->conf->udp ? "udp://" : "", r->conf->local.host,
+	         r->conf->local.port);
+	return buf;
+}
+
+/* Resolves LOCAL (a name is looked up at each session start). Returns 0 or -errno. */
+static int rule_resolve(struct xrule *r)
+{
+	const struct ph_hostport *hp = &r->conf->local;
+	struct addrinfo hints = {.ai_socktype = r->conf->udp ? SOCK_DGRAM : SOCK_STREAM}, *ai;
+	char port[8];
+	int err;
+
+	if (!hp->is_name) {
+		r->local = hp->addr;
+		return 0;
+	}
+	snprintf(port, sizeof(port), "%u", hp->port);
+	err = getaddrinfo(hp->host, port, &hints, &ai);
+	if (err != 0) {
+		ph_warn("expose %s: %s", hp->host, gai_strerror(err));
+		return -ENOENT;
+	}
+	(void)ph_addr_from_sa(ai->ai_addr, ai->ai_addrlen, &r->local);
+	freeaddrinfo(ai);
+	return 0;
+}
+
+static void rule_register(struct xrule *r)
+{
+	struct ph_ctrl m = {.type = PH_CTRL_REGISTER,
+	                    .req = r->idx + 1,
+	                    .proto = r->conf->udp ? PH_SVC_UDP : PH_SVC_TCP,
+	                    .port = r->want,
+	                    .proxy = (uint8_t)r->conf->proxy};
+	uint8_t out[PH_CTRL_MAX];
+
+	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP || r->state == XR_REFUSED)
+		return;
+	snprintf(m.name, sizeof(m.name), "%s", r->conf->name);
+	r->state = XR_ASKED;
+	(void)ph_sess_ctrl(r->c->s, out, ph_ctrl_build(&m, out));
+}
+
+static void rule_again(struct ph_timer *t)
+{
+	rule_register(container_of(t, struct xrule, again));
+}
+
+static void exposer_check(struct ph_exposer *x)
+{
+	for (struct ph_list *n = x->clients.next; n != &x->clients; n = n->next) {
+		struct xclient *c = container_of(n, struct xclient, node);
+
+		for (unsigned i = 0; i < c->nrules; i++)
+			if (c->rules[i]->state != XR_REFUSED)
+				return;
+	}
+	ph_err("every expose rule was refused: nothing left to do");
+	x->fatal(x->arg);
+}
+
+static void on_registered(struct xclient *c, const struct ph_ctrl *m)
+{
+	struct xrule *r;
+	char l[PH_HOST_MAX + 16];
+
+	if (m->req == 0 || m->req > c->nrules)
+		return;
+	r = c->rules[m->req - 1];
+	if (r->state == XR_UP && r->service != m->service)
+		return;
+	r->service = m->service;
+	r->state = XR_UP;
+	ph_info("expose %s: public at %s:%u%s%s%s", local_str(r, l, sizeof(l)), c->conf->via.host,
+	        m->port, r->conf->udp ? " (udp)" : "", r->port == m->port ? " again" : "",
+	        r->port != 0 && r->port != m->port ? " (a new port)" : "");
+	r->port = r->want = m->port;
+}
+
+static void on_refused(struct xclient *c, const struct ph_ctrl *m)
+{
+	struct xrule *r;
+	char l[PH_HOST_MAX + 16];
+
+	if (m->req == 0 || m->req > c->nrules)
+		return;
+	r = c->rules[m->req - 1];
+	if (r->want != r->conf->port) { /* the port it had: any will do */
+		ph_info("expose %s: port %u is not to be had again (%s); asking for another",
+		        local_str(r, l, sizeof(l)), r->want, m->text);
+		r->want = r->conf->port;
+		rule_register(r);
+		return;
+	}
+	if (m->code == PH_REFUSE_LIMIT || m->code == PH_REFUSE_BADREQ) {
+		ph_err("expose %s: the relay refused it: %s", local_str(r, l, sizeof(l)), m->text);
+		r->state = XR_REFUSED;
+		exposer_check(c->x);
+		return;
+	}
+	ph_warn("expose %s: the relay refused it: %s; asking again in 5 s",
+	        local_str(r, l, sizeof(l)), m->text);
+	r->state = XR_IDLE;
+	ph_timer_arm(c->x->loop, &r->again, 5000);
+}
+
+static struct xrule *rule_by_service(struct xclient *c, uint16_t service)
+{
+	for (unsigned i = 0; i < c->nrules; i++)
+		if (c->rules[i]->state == XR_UP && c->rules[i]->service == service)
+			return c->rules[i];
+	return NULL;
+}
+
+/* --- UDP ------------------------------------------------------------------------------- */
+
+static void flow_io(struct ph_io *io, uint32_t events)
+{
+	struct xflow *f = container_of(io, struct xflow, io);
+	struct xrule *r = f->r;
+	uint8_t p[PH_FRAME_MAX];
+
+	(void)events;
+	for (int i = 0; i < UDP_BATCH; i++) {
+		ssize_t n = recv(io->fd, p + 7, sizeof(p) - 7, MSG_TRUNC);
+
+		if (n < 0)
+			return;
+		if ((size_t)n > sizeof(p) - 7 || r->c->s == NULL || r->state != XR_UP)
+			continue;
+		ph_put16(p, r->service);
+		ph_put32(p + 2, f->id);
+		p[6] = 0; /* no address: the relay knows its peer by the flow */
+		f->last = r->c->x->loop->now;
+		(void)ph_sess_dgram(r->c->s, p, 7 + (size_t)n);
+	}
+}
+
+static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
+{
+	struct xclient *c = s->owner;
+	struct xrule *r = rule_by_service(c, ph_get16(p));
+	uint32_t id = ph_get32(p + 2);
+	struct ph_addr peer;
+	struct xflow *f;
+	int an;
+
+	if (r == NULL || !r->conf->udp)
+		return;
+	an = ph_msg_addr_get(p + 6, n - 6, &peer);
+	if (an < 0)
+		return;
+	for (f = r->byid[id & 63]; f != NULL && f->id != id; f = f->hnext)
+		;
+	if (f == NULL) {
+		int fd;
+
+		if (r->nflows >= FLOW_MAX)
+			flow_free(container_of(r->flows.next, struct xflow, lru));
+		fd = ph_udp_connect(&r->local, NULL, 0);
+		if (fd < 0)
+			return;
+		f = calloc(1, sizeof(*f));
+		if (f == NULL) {
+			close(fd);
+			return;
+		}
+		f->r = r;
+		f->id = id;
+		ph_io_init(&f->io, fd, flow_io);
+		if (ph_io_add(c->x->loop, &f->io, EPOLLIN) < 0) {
+			close(fd);
+			free(f);
+			return;
+		}
+		f->hnext = r->byid[id & 63];
+		r->byid[id & 63] = f;
+		ph_list_init(&f->lru);
+		r->nflows++;
+		r->visitors++;
+	}
+	ph_list_del(&f->lru);
+	ph_list_add_tail(&r->flows, &f->lru);
+	f->last = c->x->loop->now;
+	(void)send(f->io.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT);
+}
+
+static void exposer_sweep(struct ph_timer *t)
+{
+	struct ph_exposer *x = container_of(t, struct ph_exposer, sweep);
+
+	for (struct ph_list *n = x->clients.next; n != &x->clients; n = n->next) {
+		struct xclient *c = container_of(n, struct xclient, node);
+
+		for (unsigned i = 0; i < c->nrules; i++) {
+			struct xrule *r = c->rules[i];
+
+			while (!ph_list_empty(&r->flows)) {
+				struct xflow *f = container_of(r->flows.next, struct xflow, lru);
+
+				if (x->loop->now - f->last < FLOW_IDLE_MS)
+					break;
+				flow_free(f);
+			}
+		}
+	}
+	ph_timer_arm(x->loop, &x->sweep, 10000);
+}
+
+/* --- session callbacks ------------------------------------------------------------------- */
+
+static int client_up(struct ph_sess *s)
+{
+	struct xclient *c = s->owner;
+
+	c->s = s;
+	ph_info("relay %s: session up", c->relay);
+	if (c->tofu[0] != '\0')
+		known_store(c);
+	c->backoff = 0;
+	c->attempts = 0;
+	c->up_at = s->loop->now;
+	for (unsigned i = 0; i < c->nrules; i++) {
+		struct xrule *r = c->rules[i];
+
+		if (r->state == XR_REFUSED)
+			continue;
+		r->state = XR_IDLE;
+		if (rule_resolve(r) < 0) {
+			ph_timer_arm(s->loop, &r->again, 5000);
+			continue;
+		}
+		rule_register(r);
+	}
+	return 0;
+}
+
+static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **why)
+{
+	struct xclient *c = s->owner;
+	struct ph_ctrl m;
+
+	if (ph_ctrl_parse(p, n, &m, why) < 0)
+		return -EPROTO;
+	switch (m.type) {
+	case PH_CTRL_REGISTERED:
+		on_registered(c, &m);
+		return 0;
+	case PH_CTRL_REFUSED:
+		on_refused(c, &m);
+		return 0;
+	case PH_CTRL_UNREGISTER:
+		for (unsigned i = 0; i < c->nrules; i++) {
+			struct xrule *r = c->rules[i];
+			char l[PH_HOST_MAX + 16];
+
+			if (r->state != XR_UP || r->service != m.service)
+				continue;
+			ph_warn("expose %s: port %u was taken over by another client with this "
+			        "key; asking again in 30 s",
+			        local_str(r, l, sizeof(l)), r->port);
+			r->state = XR_IDLE;
+			rule_flows_drop(r);
+			ph_timer_arm(s->loop, &r->again, 30000);
+		}
+		return 0;
+	default:
+		*why = "a control message only the client sends";
+		return -EPROTO;
+	}
+}
+
+static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t n, bool fin,
+                       const char **why)
+{
+	struct xclient *c = s->owner;
+	struct ph_addr visitor, pub;
+	uint8_t pre[PH_PROXY_MAX];
+	size_t pn = 0, off = 2;
+	struct xrule *r;
+	int an, fd;
+
+	r = rule_by_service(c, ph_get16(p));
+	an = ph_msg_addr_get(p + off, n - off, &visitor);
+	if (an > 0) {
+		off += (size_t)an;
+		an = ph_msg_addr_get(p + off, n - off, &pub);
+	}
+	if (an < 0) {
+		*why = "an OPEN with a malformed address";
+		return -EPROTO;
+	}
+	off += (size_t)an;
+	if (r == NULL || r->conf->udp) {
+		ph_sess_rst(s, id, PH_RST_NOSERVICE);
+		return 0;
+	}
+	r->visitors++;
+	fd = ph_tcp_connect(&r->local, NULL);
+	if (fd < 0) {
+		char l[PH_HOST_MAX + 16];
+
+		r->refused++;
+		if (ph_ratelimit_ok(&r->rl, s->loop->now, 5))
+			ph_warn("expose %s: %s", local_str(r, l, sizeof(l)), strerror(-fd));
+		ph_sess_rst(s, id, PH_RST_REFUSED);
+		return 0;
+	}
+	if (r->conf->proxy != 0 && visitor.u.sa.sa_family != AF_UNSPEC)
+		pn = ph_proxy_build(r->conf->proxy, &visitor, &pub, pre);
+	(void)ph_stream_attach(s, id, fd, true, pre, pn, p + off, n - off, fin, r);
+	return 0;
+}
+
+static void client_stream_end(struct ph_sess *s, struct ph_stream *st)
+{
+	(void)s;
+	(void)st;
+}
+
+static void client_retry(struct ph_timer *t)
+{
+	client_connect(container_of(t, struct xclient, retry));
+}
+
+static void client_later(struct xclient *c, const char *why)
+{
+	uint64_t ms;
+
+	c->backoff = c->backoff == 0 ? BACKOFF_MIN_MS : c->backoff * 2;
+	if (c->backoff > BACKOFF_MAX_MS)
+		c->backoff = BACKOFF_MAX_MS;
+	ms = c->backoff / 2 + ph_now_ms() % (c->backoff / 2 + 1); /* jitter: half to all of it */
+	if (c->attempts++ < 3 || c->backoff == BACKOFF_MAX_MS)
+		ph_warn("relay %s: %s; trying again in %.1f s", c->relay, why, (double)ms / 1000);
+	ph_timer_arm(c->x->loop, &c->retry, ms);
+}
+
+static void client_closed(struct ph_sess *s, const char *why)
+{
+	struct xclient *c = s->owner;
+
+	c->s = NULL;
+	for (unsigned i = 0; i < c->nrules; i++) {
+		struct xrule *r = c->rules[i];
+
+		ph_timer_stop(c->x->loop, &r->again);
+		rule_flows_drop(r);
+		if (r->state != XR_REFUSED)
+			r->state = XR_IDLE;
+	}
+	if (c->x->stopping)
+		return;
+	if (c->fatal) {
+		c->x->fatal(c->x->arg);
+		return;
+	}
+	if (c->up_at != 0 && s->state == PH_SESS_CLOSED && s->up_at != 0 &&
+	    s->loop->now - s->up_at > 10000)
+		c->backoff = 0; /* it lasted: start again from the shortest wait */
+	client_later(c, why);
+}
+
+static const struct ph_sess_ops client_ops = {
+	.up = client_up,
+	.ctrl = client_ctrl,
+	.open = client_open,
+	.dgram = client_dgram,
+	.stream_end = client_stream_end,
+	.closed = client_closed,
+};
+
+static void client_connect(struct xclient *c)
+{
+	const struct ph_hostport *via = &c->conf->via;
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai;
+	struct ph_addr a;
+	char port[8];
+	int fd, err;
+
+	if (via->is_name) {
+		snprintf(port, sizeof(port), "%u", via->port);
+		err = getaddrinfo(via->host, port, &hints, &ai);
+		if (err != 0) {
+			client_later(c, gai_strerror(err));
+			return;
+		}
+		(void)ph_addr_from_sa(ai->ai_addr, ai->ai_addrlen, &a);
+		freeaddrinfo(ai);
+	} else {
+		a = via->addr;
+	}
+	fd = ph_tcp_connect(&a, NULL);
+	if (fd < 0) {
+		client_later(c, strerror(-fd));
+		return;
+	}
+	c->s = ph_sess_new(c->x->loop, fd, c->ctx, false, &client_ops, c, c->conf->hb_ms);
+	if (c->s == NULL) {
+		client_later(c, "out of memory");
+		return;
+	}
+	c->s->peer_addr = a;
+}
+
+/* --- the exposer ------------------------------------------------------------------------ */
+
+static bool same_client(const struct ph_expose_conf *a, const struct ph_expose_conf *b)
+{
+	return strcmp(a->via.host, b->via.host) == 0 && a->via.port == b->via.port &&
+	       strcmp(a->key_file, b->key_file) == 0 && strcmp(a->relay_fp, b->relay_fp) == 0 &&
+	       strcmp(a->known_file, b->known_file) == 0 && a->hb_ms == b->hb_ms;
+}
+
+static int client_new(struct ph_exposer *x, const struct ph_expose_conf *conf, char *why,
+                      size_t whylen)
+{
+	struct xclient *c = calloc(1, sizeof(*c));
+	char dir[520];
+	int err;
+
+	if (c == NULL)
+		return -ENOMEM;
+	c->x = x;
+	c->conf = conf;
+	ph_timer_init(&c->retry, client_retry);
+	ph_list_add_tail(&x->clients, &c->node);
+	snprintf(c->relay, sizeof(c->relay), strchr(conf->via.host, ':') ? "[%s]:%u" : "%s:%u",
+	         conf->via.host, conf->via.port);
+	if (conf->known_file[0] != '\0') {
+		snprintf(c->known, sizeof(c->known), "%s", conf->known_file);
+	} else {
+		err = ph_conf_dir(dir, sizeof(dir), false, why, whylen);
+		if (err < 0)
+			return err;
+		snprintf(c->known, sizeof(c->known), "%s/known_relays", dir);
+	}
+	err = ph_key_open(conf->key_file, true, &c->key, why, whylen);
+	if (err < 0)
+		return err;
+	c->ctx = ph_tls_ctx_new(c->key, false, relay_ok, c, why, whylen);
+	return c->ctx != NULL ? 0 : -EIO;
+}
+
+int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsigned n,
+                    void (*fatal)(void *arg), void *arg, struct ph_exposer **out, char *why,
+                    size_t whylen)
+{
+	struct ph_exposer *x = calloc(1, sizeof(*x));
+	int err = -ENOMEM;
+
+	if (x == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	x->loop = l;
+	x->fatal = fatal;
+	x->arg = arg;
+	ph_list_init(&x->clients);
+	ph_list_init(&x->dead);
+	ph_task_init(&x->reap, exposer_reap);
+	ph_timer_init(&x->sweep, exposer_sweep);
+	for (unsigned i = 0; i < n; i++) {
+		struct xclient *c = NULL;
+		struct xrule *r;
+
+		for (struct ph_list *p = x->clients.next; p != &x->clients; p = p->next)
+			if (same_client(container_of(p, struct xclient, node)->conf, conf[i]))
+				c = container_of(p, struct xclient, node);
+		if (c == NULL) {
+			err = client_new(x, conf[i], why, whylen);
+			if (err < 0)
+				goto fail;
+			c = container_of(x->clients.prev, struct xclient, node);
+		}
+		r = calloc(1, sizeof(*r));
+		if (r == NULL) {
+			err = -ENOMEM;
+			snprintf(why, whylen, "out of memory");
+			goto fail;
+		}
+		r->c = c;
+		r->conf = conf[i];
+		r->idx = c->nrules;
+		r->want = conf[i]->port;
+		ph_list_init(&r->flows);
+		ph_timer_init(&r->again, rule_again);
+		c->rules[c->nrules++] = r;
+	}
+	for (struct ph_list *p = x->clients.next; p != &x->clients; p = p->next) {
+		struct xclient *c = container_of(p, struct xclient, node);
+
+		ph_info("relay %s: connecting (%u rule%s)", c->relay, c->nrules,
+		        c->nrules == 1 ? "" : "s");
+		client_connect(c);
+	}
+	ph_timer_arm(l, &x->sweep, 10000);
+	*out = x;
+	return 0;
+fail:
+	ph_expose_free(x);
+	return err;
+}
+
+void ph_expose_free(struct ph_exposer *x)
+{
+	if (x == NULL)
+		return;
+	x->stopping = true;
+	while (!ph_list_empty(&x->clients)) {
+		struct xclient *c = container_of(x->clients.next, struct xclient, node);
+
+		if (c->s != NULL) {
+			struct ph_sess *s = c->s;
+
+			ph_sess_close(s, PH_GOAWAY_NORMAL, "the client is stopping");
+			ph_sess_free(s);
+		}
+		ph_timer_stop(x->loop, &c->retry);
+		for (unsigned i = 0; i < c->nrules; i++) {
+			rule_flows_drop(c->rules[i]);
+			ph_timer_stop(x->loop, &c->rules[i]->again);
+			free(c->rules[i]);
+		}
+		ph_list_del(&c->node);
+		ph_tls_ctx_free(c->ctx);
+		ph_key_free(c->key);
+		free(c);
+	}
+	ph_timer_stop(x->loop, &x->sweep);
+	ph_task_cancel(&x->reap);
+	exposer_reap(&x->reap);
+	free(x);
+}
+
+size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len)
+{
+	size_t n = 0;
+
+#define OUT(...)                                                                                   \
+	do {                                                                                       \
+		if (n < len)                                                                       \
+			n += (size_t)snprintf(buf + n, len - n, __VA_ARGS__);                      \
+	} while (0)
+	OUT(json ? "[" : "relays:\n");
+	for (struct ph_list *p = x->clients.next; p != &x->clients; p = p->next) {
+		struct xclient *c = container_of(p, struct xclient, node);
+		struct ph_sess *s = c->s != NULL && c->s->state == PH_SESS_UP ? c->s : NULL;
+		char up[32], down[32];
+
+		if (json)
+			OUT("%s{\"relay\":\"%s\",\"up\":%s,\"rtt_ms\":%llu,\"streams\":%llu,"
+			    "\"bytes_in\":%llu,\"bytes_out\":%llu,\"rules\":[",
+			    p == x->clients.next ? "" : ",", c->relay, s ? "true" : "false",
+			    s ? (unsigned long long)s->rtt_ms : 0ull,
+			    s ? (unsigned long long)s->st.active : 0ull,
+			    s ? (unsigned long long)s->st.bytes_in : 0ull,
+			    s ? (unsigned long long)s->st.bytes_out : 0ull);
+		else
+			OUT("  %s: %s, rtt %llu ms, %llu streams, in %s, out %s\n", c->relay,
+			    s ? "up" : "connecting", s ? (unsigned long long)s->rtt_ms : 0ull,
+			    s ? (unsigned long long)s->st.active : 0ull,
+			    ph_fmt_bytes(s ? s->st.bytes_in : 0, up, sizeof(up)),
+			    ph_fmt_bytes(s ? s->st.bytes_out : 0, down, sizeof(down)));
+		for (unsigned i = 0; i < c->nrules; i++) {
+			struct xrule *r = c->rules[i];
+			static const char *const states[] = {"waiting", "asked", "public",
+			                                     "refused"};
+			char l[PH_HOST_MAX + 16];
+
+			local_str(r, l, sizeof(l));
+			if (json)
+				OUT("%s{\"local\":\"%s\",\"name\":\"%s\",\"state\":\"%s\",\"port\":"
+				    "%u,"
+				    "\"visitors\":%llu}",
+				    i ? "," : "", l, r->conf->name, states[r->state], r->port,
+				    (unsigned long long)r->visitors);
+			else
+				OUT("    %s%s%s: %s, public port %u, %llu visitors\n", l,
+				    r->conf->name[0] ? " " : "", r->conf->name, states[r->state],
+				    r->port, (unsigned long long)r->visitors);
+		}
+		OUT(json ? "]}" : "");
+	}
+	OUT(json ? "]" : "");
+#undef OUT
+	return n < len ? n : len;
+}

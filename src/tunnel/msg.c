@@ -1,0 +1,189 @@
+#include "tunnel/msg.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "tunnel/session.h"
+
+bool ph_svc_name_ok(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || n > PH_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why)
+{
+	size_t len;
+
+	memset(c, 0, sizeof(*c));
+	*why = "a truncated control message";
+	if (n < 1)
+		return -EPROTO;
+	c->type = p[0];
+	switch (c->type) {
+	case PH_CTRL_REGISTER:
+		if (n < 1 + 4 + 1 + 2 + 1 + 1)
+			return -EPROTO;
+		c->req = ph_get32(p + 1);
+		c->proto = p[5];
+		c->port = ph_get16(p + 6);
+		c->proxy = p[8];
+		len = p[9];
+		if (n != 10 + len) {
+			*why = "a REGISTER of the wrong length";
+			return -EPROTO;
+		}
+		if (len > PH_NAME_MAX) {
+			*why = "a service name longer than 32 bytes";
+			return -EPROTO;
+		}
+		memcpy(c->name, p + 10, len);
+		c->name[len] = '\0';
+		if ((len != 0 && (strlen(c->name) != len || !ph_svc_name_ok(c->name)))) {
+			*why = "a service name with characters other than A-Z a-z 0-9 . _ -";
+			return -EPROTO;
+		}
+		if (c->proto != PH_SVC_TCP && c->proto != PH_SVC_UDP) {
+			*why = "a REGISTER for a protocol other than tcp or udp";
+			return -EPROTO;
+		}
+		if (c->proxy > 2) {
+			*why = "a REGISTER with an unknown PROXY protocol version";
+			return -EPROTO;
+		}
+		return 0;
+	case PH_CTRL_REGISTERED:
+		if (n != 1 + 4 + 2 + 2)
+			return -EPROTO;
+		c->req = ph_get32(p + 1);
+		c->service = ph_get16(p + 5);
+		c->port = ph_get16(p + 7);
+		if (c->port == 0) {
+			*why = "a REGISTERED without a port";
+			return -EPROTO;
+		}
+		return 0;
+	case PH_CTRL_REFUSED:
+		if (n < 1 + 4 + 1 + 1)
+			return -EPROTO;
+		c->req = ph_get32(p + 1);
+		c->code = p[5];
+		len = p[6];
+		if (n != 7 + len || len > PH_CTRL_TEXT_MAX) {
+			*why = "a REFUSED of the wrong length";
+			return -EPROTO;
+		}
+		for (size_t i = 0; i < len; i++) /* printable only: it reaches the log */
+			c->text[i] = p[7 + i] >= 0x20 && p[7 + i] < 0x7f ? (char)p[7 + i] : '?';
+		c->text[len] = '\0';
+		return 0;
+	case PH_CTRL_UNREGISTER:
+		if (n != 1 + 2)
+			return -EPROTO;
+		c->service = ph_get16(p + 1);
+		return 0;
+	default:
+		*why = "an unknown control message";
+		return -EPROTO;
+	}
+}
+
+size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out)
+{
+	size_t len;
+
+	out[0] = c->type;
+	switch (c->type) {
+	case PH_CTRL_REGISTER:
+		ph_put32(out + 1, c->req);
+		out[5] = c->proto;
+		ph_put16(out + 6, c->port);
+		out[8] = c->proxy;
+		len = strnlen(c->name, PH_NAME_MAX);
+		out[9] = (uint8_t)len;
+		memcpy(out + 10, c->name, len);
+		return 10 + len;
+	case PH_CTRL_REGISTERED:
+		ph_put32(out + 1, c->req);
+		ph_put16(out + 5, c->service);
+		ph_put16(out + 7, c->port);
+		return 9;
+	case PH_CTRL_REFUSED:
+		ph_put32(out + 1, c->req);
+		out[5] = c->code;
+		len = strnlen(c->text, PH_CTRL_TEXT_MAX);
+		out[6] = (uint8_t)len;
+		memcpy(out + 7, c->text, len);
+		return 7 + len;
+	case PH_CTRL_UNREGISTER:
+		ph_put16(out + 1, c->service);
+		return 3;
+	default:
+		return 1;
+	}
+}
+
+int ph_msg_addr_get(const uint8_t *p, size_t n, struct ph_addr *a)
+{
+	memset(a, 0, sizeof(*a));
+	if (n < 1)
+		return -EPROTO;
+	switch (p[0]) {
+	case 0:
+		a->u.sa.sa_family = AF_UNSPEC;
+		return 1;
+	case 4:
+		if (n < 1 + 2 + 4)
+			return -EPROTO;
+		a->u.in.sin_family = AF_INET;
+		memcpy(&a->u.in.sin_port, p + 1, 2);
+		memcpy(&a->u.in.sin_addr, p + 3, 4);
+		a->len = sizeof(a->u.in);
+		return 7;
+	case 6:
+		if (n < 1 + 2 + 16)
+			return -EPROTO;
+		a->u.in6.sin6_family = AF_INET6;
+		memcpy(&a->u.in6.sin6_port, p + 1, 2);
+		memcpy(&a->u.in6.sin6_addr, p + 3, 16);
+		a->len = sizeof(a->u.in6);
+		return 19;
+	default:
+		return -EPROTO;
+	}
+}
+
+size_t ph_msg_addr_put(uint8_t *p, const struct ph_addr *a)
+{
+	if (a != NULL && a->u.sa.sa_family == AF_INET6 &&
+	    IN6_IS_ADDR_V4MAPPED(&a->u.in6.sin6_addr)) {
+		p[0] = 4;
+		memcpy(p + 1, &a->u.in6.sin6_port, 2);
+		memcpy(p + 3, a->u.in6.sin6_addr.s6_addr + 12, 4);
+		return 7;
+	}
+	if (a != NULL && a->u.sa.sa_family == AF_INET) {
+		p[0] = 4;
+		memcpy(p + 1, &a->u.in.sin_port, 2);
+		memcpy(p + 3, &a->u.in.sin_addr, 4);
+		return 7;
+	}
+	if (a != NULL && a->u.sa.sa_family == AF_INET6) {
+		p[0] = 6;
+		memcpy(p + 1, &a->u.in6.sin6_port, 2);
+		memcpy(p + 3, &a->u.in6.sin6_addr, 16);
+		return 19;
+	}
+	p[0] = 0;
+	return 1;
+}

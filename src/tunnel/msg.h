@@ -1,0 +1,67 @@
+/*
+ * The relay's message payloads (docs/PROTOCOL.md): CTRL messages, and the addresses OPEN
+ * and DGRAM carry. Every parser checks each length before it reads; text from the peer
+ * is kept printable, since it reaches the log.
+ */
+#ifndef PH_TUNNEL_MSG_H
+#define PH_TUNNEL_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/addr.h"
+#include "tunnel/keys.h"
+
+enum ph_ctrl_type {
+	PH_CTRL_REGISTER = 1,   /* client: expose a service */
+	PH_CTRL_REGISTERED = 2, /* relay: it is public */
+	PH_CTRL_REFUSED = 3,    /* relay: it is not, and why */
+	PH_CTRL_UNREGISTER = 4, /* either: the service is gone */
+};
+
+#define PH_SVC_TCP 1
+#define PH_SVC_UDP 2
+
+/* REFUSED codes */
+#define PH_REFUSE_LIMIT  1 /* outside the key's limits */
+#define PH_REFUSE_INUSE  2 /* the port is taken */
+#define PH_REFUSE_BIND   3 /* the relay could not open it */
+#define PH_REFUSE_FULL   4 /* no free port in the range */
+#define PH_REFUSE_BADREQ 5 /* a request the relay does not understand */
+
+#define PH_CTRL_TEXT_MAX 200
+#define PH_CTRL_MAX      (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + 8)
+
+struct ph_ctrl {
+	uint8_t type;
+	uint32_t req;     /* REGISTER, REGISTERED, REFUSED: the request it answers */
+	uint8_t proto;    /* REGISTER: PH_SVC_* */
+	uint16_t port;    /* REGISTER: wanted (0: any); REGISTERED: given */
+	uint8_t proxy;    /* REGISTER: PROXY protocol version for the local service, 0 none */
+	uint16_t service; /* REGISTERED, UNREGISTER */
+	uint8_t code;     /* REFUSED */
+	char name[PH_NAME_MAX + 1];      /* REGISTER: "" when unnamed */
+	char text[PH_CTRL_TEXT_MAX + 1]; /* REFUSED */
+};
+
+/* Parses a CTRL payload. Returns 0, or -EPROTO with a static reason. */
+int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why);
+
+/* Writes c into out (PH_CTRL_MAX bytes). Returns the length. */
+size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out);
+
+/* True when name is a valid service name: 1-32 of [A-Za-z0-9._-]. */
+bool ph_svc_name_ok(const char *name);
+
+#define PH_MSG_ADDR_MAX (1 + 2 + 16)
+
+/*
+ * An address in a payload: family (0 none, 4, 6), then port and 4 or 16 bytes. Returns
+ * the bytes read (a has AF_UNSPEC for none), or -EPROTO.
+ */
+int ph_msg_addr_get(const uint8_t *p, size_t n, struct ph_addr *a);
+
+/* Writes a (NULL or not IP: none); an IPv4-mapped IPv6 address is written as IPv4. Returns the length. */
+size_t ph_msg_addr_put(uint8_t *p, const struct ph_addr *a);
+
+#endif /* PH_TUNNEL_MSG_H */

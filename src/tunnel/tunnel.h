@@ -1,0 +1,82 @@
+/*
+ * Remote forwarding through a relay (docs/PROTOCOL.md): `pinhole server` is the relay a
+ * public host runs; `pinhole expose` connects out to it from behind a NAT and publishes
+ * local services on its ports. Both run on one loop (the main thread's).
+ */
+#ifndef PH_TUNNEL_TUNNEL_H
+#define PH_TUNNEL_TUNNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/addr.h"
+#include "tunnel/keys.h"
+
+struct ph_loop;
+
+#define PH_EXPOSE_MAX 64 /* expose rules in one process */
+
+/* `pinhole server [LISTEN] ...` */
+struct ph_server_conf {
+	struct ph_hostport listen; /* where clients connect; :7835 by default */
+	char key_file[512];        /* "" the default (created when missing) */
+	char auth_file[512];       /* --authorized-keys; "" the default next to the key */
+	uint16_t port_lo, port_hi; /* --ports: handed out for port 0; 0 none */
+	bool has_bind;
+	struct ph_addr bind; /* --bind: the public listeners' address (port unused) */
+	uint64_t hb_ms;      /* --heartbeat; 0 the default */
+};
+
+/* `pinhole expose LOCAL --via RELAY ...` */
+struct ph_expose_conf {
+	struct ph_hostport local; /* the service here */
+	struct ph_hostport via;   /* the relay */
+	uint16_t port;            /* --port: the public port wanted, 0 any */
+	bool udp;
+	char name[PH_NAME_MAX + 1]; /* --name, "" none */
+	int proxy;                  /* --proxy-protocol 1 or 2, 0 none */
+	char relay_fp[PH_FP_LEN];   /* --relay-key, "" trust on first use */
+	char key_file[512];         /* --key, "" the default */
+	char known_file[512];       /* --known-relays, "" the default */
+	uint64_t hb_ms;             /* --heartbeat; 0 the default */
+};
+
+void ph_server_conf_init(struct ph_server_conf *c);
+void ph_expose_conf_init(struct ph_expose_conf *c);
+
+/*
+ * The directory pinhole keeps its keys and known relays in: /etc/pinhole as root, else
+ * $XDG_CONFIG_HOME/pinhole or ~/.config/pinhole; made (0700, with its parents) when
+ * create. Returns 0, or -errno with a reason.
+ */
+int ph_conf_dir(char *dir, size_t len, bool create, char *why, size_t whylen);
+
+/*
+ * Loads the key at path ("" the default), making it when it is missing (create), and
+ * saying so with its public line. Returns 0 or -errno with a reason.
+ */
+int ph_key_open(const char *path, bool create, struct ph_key **out, char *why, size_t whylen);
+
+struct ph_relay;
+struct ph_exposer;
+
+/* Starts the relay on l. Returns 0, or -errno with a reason. */
+int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_relay **out,
+                   char *why, size_t whylen);
+void ph_relay_free(struct ph_relay *r);
+/* Appends the relay's status (text or a JSON object) to buf. Returns bytes written. */
+size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len);
+
+/*
+ * Starts the exposer for rules c[0..n) on l: one session per relay (rules naming the same
+ * relay, key and pin share it). fatal(arg) is called when no rule can ever work (every
+ * one refused for good, or the relay's key is not the pinned one).
+ */
+int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *c, unsigned n,
+                    void (*fatal)(void *arg), void *arg, struct ph_exposer **out, char *why,
+                    size_t whylen);
+void ph_expose_free(struct ph_exposer *x);
+size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len);
+
+#endif /* PH_TUNNEL_TUNNEL_H */
