@@ -639,6 +639,31 @@ static int sess_frame(struct ph_sess *s, const struct ph_frame *f, const char **
 	}
 }
 
+/* Handles the whole frames in s->in and keeps the rest. */
+static void sess_input(struct ph_sess *s)
+{
+	uint32_t off = 0;
+
+	while (s->state == PH_SESS_UP) {
+		struct ph_frame f;
+		const char *why = NULL;
+		int n = ph_frame_parse(s->in + off, s->in_len - off, &f, &why);
+
+		if (n == -EAGAIN)
+			break;
+		if (n < 0 || sess_frame(s, &f, &why) < 0) {
+			ph_sess_close(s, PH_GOAWAY_PROTOCOL, "protocol error: %s",
+			              why != NULL ? why : "a bad frame");
+			return;
+		}
+		off += (uint32_t)n;
+	}
+	if (s->state == PH_SESS_UP && off > 0) {
+		memmove(s->in, s->in + off, s->in_len - off);
+		s->in_len -= off;
+	}
+}
+
 /* Reads and handles frames until SSL has nothing or the budget is spent. */
 static void sess_read(struct ph_sess *s)
 {
@@ -646,7 +671,6 @@ static void sess_read(struct ph_sess *s)
 
 	s->read_wait = false;
 	while (s->state == PH_SESS_UP) {
-		uint32_t off = 0;
 		int r;
 
 		if (budget == 0) {
@@ -679,26 +703,7 @@ static void sess_read(struct ph_sess *s)
 		s->in_len += (uint32_t)r;
 		s->last_rx = s->loop->now;
 		budget = (size_t)r >= budget ? 0 : budget - (size_t)r;
-		while (s->state == PH_SESS_UP) {
-			struct ph_frame f;
-			const char *why = NULL;
-			int n = ph_frame_parse(s->in + off, s->in_len - off, &f, &why);
-
-			if (n == -EAGAIN)
-				break;
-			if (n < 0 || sess_frame(s, &f, &why) < 0) {
-				ph_sess_close(s, PH_GOAWAY_PROTOCOL, "protocol error: %s",
-				              why != NULL ? why : "a bad frame");
-				return;
-			}
-			off += (uint32_t)n;
-		}
-		if (s->state != PH_SESS_UP)
-			return;
-		if (off > 0) {
-			memmove(s->in, s->in + off, s->in_len - off);
-			s->in_len -= off;
-		}
+		sess_input(s);
 	}
 }
 
@@ -720,6 +725,10 @@ static void sess_send(struct ph_sess *s)
 		}
 		if (pending(s) == 0)
 			return;
+		if (s->ssl == NULL) { /* a session made for the fuzzer: the output goes nowhere */
+			s->out_off = s->out_len = 0;
+			continue;
+		}
 		int r = SSL_write(s->ssl, s->out + s->out_off, (int)pending(s));
 
 		ph_trace("session fd %d: SSL_write %u: %d", s->io.fd, pending(s), r);
@@ -859,7 +868,7 @@ void ph_sess_close(struct ph_sess *s, uint8_t reason, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(s->why, sizeof(s->why), fmt, ap);
 	va_end(ap);
-	if (s->state == PH_SESS_UP) {
+	if (s->state == PH_SESS_UP && s->ssl != NULL) {
 		uint8_t p[1 + 200];
 		size_t n = strlen(s->why) > 200 ? 200 : strlen(s->why);
 
@@ -903,6 +912,56 @@ void ph_sess_free(struct ph_sess *s)
 	free(s->out);
 	free(s->tab);
 	free(s);
+}
+
+struct ph_sess *ph_sess_new_plain(struct ph_loop *l, bool server, const struct ph_sess_ops *ops,
+                                  void *owner)
+{
+	struct ph_sess *s = calloc(1, sizeof(*s));
+
+	if (s == NULL)
+		return NULL;
+	s->loop = l;
+	s->ops = ops;
+	s->owner = owner;
+	s->server = server;
+	s->next_id = server ? 2 : 1;
+	s->cap = PH_SESS_CAP;
+	s->hb_ms = PH_HEARTBEAT_MS;
+	ph_list_init(&s->ready);
+	ph_list_init(&s->flushq);
+	ph_list_init(&s->dead);
+	ph_task_init(&s->more, sess_task);
+	ph_timer_init(&s->hb, sess_hb);
+	ph_io_init(&s->io, -1, sess_io);
+	s->in = malloc(IN_CAP);
+	s->out = malloc(OUT_HIGH + PH_FRAME_HDR + PH_FRAME_MAX);
+	if (s->in == NULL || s->out == NULL) {
+		free(s->in);
+		free(s->out);
+		free(s);
+		return NULL;
+	}
+	s->in_cap = IN_CAP;
+	s->out_cap = OUT_HIGH + PH_FRAME_HDR + PH_FRAME_MAX;
+	s->state = PH_SESS_UP;
+	return s;
+}
+
+int ph_sess_feed(struct ph_sess *s, const uint8_t *p, size_t n)
+{
+	while (n > 0 && s->state == PH_SESS_UP) {
+		size_t k = s->in_cap - s->in_len < n ? s->in_cap - s->in_len : n;
+
+		memcpy(s->in + s->in_len, p, k);
+		s->in_len += (uint32_t)k;
+		p += k;
+		n -= k;
+		sess_input(s);
+		if (s->state == PH_SESS_UP)
+			sess_send(s);
+	}
+	return s->state == PH_SESS_UP ? 0 : -EPROTO;
 }
 
 int ph_sess_ctrl(struct ph_sess *s, const uint8_t *p, size_t n)

@@ -182,6 +182,15 @@ struct ph_stream *ph_stream_attach(struct ph_sess *s, uint32_t id, int fd, bool 
                                    const uint8_t *pre, size_t pn, const uint8_t *first, size_t fn,
                                    bool fin, void *owner);
 
+/*
+ * For the fuzzer: a session already up, with no TLS and no socket, whose output is
+ * dropped; ph_sess_feed() hands it decrypted bytes as if they had arrived. Returns 0, or
+ * -EPROTO once the bytes ended the session (freed with ph_sess_free).
+ */
+struct ph_sess *ph_sess_new_plain(struct ph_loop *l, bool server, const struct ph_sess_ops *ops,
+                                  void *owner);
+int ph_sess_feed(struct ph_sess *s, const uint8_t *p, size_t n);
+
 /* Answers a stream the owner will not take with a RST of reason. */
 void ph_sess_rst(struct ph_sess *s, uint32_t id, uint8_t reason);
 
