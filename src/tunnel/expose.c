@@ -77,6 +77,7 @@ struct xclient {
 	char known[600];
 	char tofu[PH_FP_LEN]; /* a first-seen key to store once the session is up */
 	bool fatal;
+	bool confirmed; /* the relay answered: it took this client's key */
 	unsigned attempts;
 };
 
@@ -427,11 +428,7 @@ static int client_up(struct ph_sess *s)
 	struct xclient *c = s->owner;
 
 	c->s = s;
-	ph_info("relay %s: session up", c->relay);
-	if (c->tofu[0] != '\0')
-		known_store(c);
-	c->backoff = 0;
-	c->attempts = 0;
+	c->confirmed = false; /* TLS 1.3: the relay judges this client's key after this */
 	c->up_at = s->loop->now;
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];
@@ -455,6 +452,14 @@ static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char
 
 	if (ph_ctrl_parse(p, n, &m, why) < 0)
 		return -EPROTO;
+	if (!c->confirmed) { /* the relay's first answer: it took this client's key */
+		c->confirmed = true;
+		ph_info("relay %s: session up", c->relay);
+		if (c->tofu[0] != '\0')
+			known_store(c);
+		c->backoff = 0;
+		c->attempts = 0;
+	}
 	switch (m.type) {
 	case PH_CTRL_REGISTERED:
 		on_registered(c, &m);
@@ -568,9 +573,19 @@ static void client_closed(struct ph_sess *s, const char *why)
 		c->x->fatal(c->x->arg);
 		return;
 	}
-	if (c->up_at != 0 && s->state == PH_SESS_CLOSED && s->up_at != 0 &&
-	    s->loop->now - s->up_at > 10000)
+	if (c->confirmed && s->loop->now - s->up_at > 10000)
 		c->backoff = 0; /* it lasted: start again from the shortest wait */
+	if (!c->confirmed && strstr(why, "alert") != NULL && c->attempts == 0) {
+		uint8_t pub[PH_KEY_LEN];
+		char fp[PH_FP_LEN];
+
+		ph_key_public(c->key, pub);
+		ph_key_fingerprint(pub, fp);
+		ph_warn("relay %s refused the session (%s): is this client's key %s in its "
+		        "authorized keys? (`pinhole keygen --show -f KEY` prints the line to add)",
+		        c->relay, why, fp);
+	}
+	c->confirmed = false;
 	client_later(c, why);
 }
 

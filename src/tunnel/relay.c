@@ -85,6 +85,7 @@ struct ph_relay {
 	struct ph_timer sweep;
 	struct ph_list dead; /* closed services, freed by reap after this round's events */
 	struct ph_task reap;
+	struct ph_ratelimit rl; /* for the refused-key lines */
 	char auth_file[600];
 };
 
@@ -100,7 +101,16 @@ static const struct ph_auth_key *auth_find(const struct ph_relay *r, const uint8
 
 static bool peer_ok(void *arg, const uint8_t pub[PH_KEY_LEN])
 {
-	return auth_find(arg, pub) != NULL;
+	struct ph_relay *r = arg;
+	char fp[PH_FP_LEN];
+
+	if (auth_find(r, pub) != NULL)
+		return true;
+	if (ph_ratelimit_ok(&r->rl, r->loop->now, 10)) {
+		ph_key_fingerprint(pub, fp);
+		ph_info("a client with key %s is refused: not in %s", fp, r->auth_file);
+	}
+	return false;
 }
 
 static int auth_load(struct ph_relay *r, char *why, size_t whylen)
