@@ -504,9 +504,9 @@ static void sess_handshake(struct ph_sess *s)
 			ERR_clear_error();
 			return;
 		}
-		if (SSL_get_verify_result(s->ssl) != X509_V_OK)
-			ph_sess_close(s, PH_GOAWAY_PROTOCOL, "TLS handshake: %s",
-			              X509_verify_cert_error_string(SSL_get_verify_result(s->ssl)));
+		if (SSL_get_verify_result(s->ssl) != X509_V_OK) /* our verify callback said no */
+			ph_sess_close(s, PH_GOAWAY_PROTOCOL,
+			              "TLS handshake: the peer's key is not accepted");
 		else
 			ph_sess_close(s, PH_GOAWAY_PROTOCOL, "TLS handshake: %s",
 			              e == SSL_ERROR_SYSCALL && errno != 0 ? strerror(errno)
