@@ -32,6 +32,7 @@
 #define ST_FIN_RCVD   0x08 /* the peer ended: shut the socket once buf is out */
 #define ST_SHUT       0x10 /* shutdown(SHUT_WR) done */
 #define ST_DEAD       0x20 /* closed, waiting to be freed */
+#define ST_RDHUP      0x40 /* the socket's FIN (or an error) arrived: read until it shows */
 
 static void sess_task(struct ph_task *t);
 static void sess_send(struct ph_sess *s);
@@ -406,6 +407,8 @@ static void stream_io(struct ph_io *io, uint32_t events)
 		ph_list_add_tail(&st->s->flushq, &st->fnode);
 		kick(st->s);
 	}
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		st->flags |= ST_RDHUP;
 	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
 		st->flags |= ST_READABLE;
 		stream_want_send(st);
@@ -430,8 +433,12 @@ static void stream_serve(struct ph_stream *st)
 		st->credit -= (uint32_t)n;
 		st->bytes_in += (uint64_t)n;
 		s->st.bytes_out += (uint64_t)n;
-		if ((uint32_t)n < want)
-			st->flags &= (uint16_t)~ST_READABLE; /* drained: the next edge says more */
+		/*
+		 * A short read drained the socket: the next edge says more - unless the FIN
+		 * came with these bytes, whose edge is spent: then read on to the 0.
+		 */
+		if ((uint32_t)n < want && !(st->flags & ST_RDHUP))
+			st->flags &= (uint16_t)~ST_READABLE;
 		return;
 	}
 	st->flags &= (uint16_t)~ST_READABLE;
