@@ -1035,8 +1035,9 @@ static int load_config(struct ph_config *cfg)
 		return 2;
 	}
 	if (cfg->check)
-		printf("%s: %u rule%s, no problems\n", cfg->run_file, cfg->nrules,
-		       cfg->nrules == 1 ? "" : "s");
+		printf("%s: %u rule%s, no problems\n", cfg->run_file,
+		       cfg->nrules + cfg->nexpose + (cfg->server != NULL),
+		       cfg->nrules + cfg->nexpose + (cfg->server != NULL) == 1 ? "" : "s");
 	return 0;
 }
 

@@ -1253,7 +1253,7 @@ static int cli_expose(int argc, char *const *argv, int first, struct ph_config *
 				if (err < 0)
 					return err;
 				if (strncmp(o.value, "SHA256:", 7) != 0 ||
-				    strlen(o.value) != PH_FP_LEN - 1)
+				    strlen(o.value) != 7 + 43)
 					return cli_fail(
 						e, i,
 						"--relay-key '%s': the relay's fingerprint, "

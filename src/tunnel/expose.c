@@ -285,8 +285,9 @@ static void on_registered(struct xclient *c, const struct ph_ctrl *m)
 		return;
 	r->service = m->service;
 	r->state = XR_UP;
-	ph_info("expose %s: public at %s:%u%s%s%s", local_str(r, l, sizeof(l)), c->conf->via.host,
-	        m->port, r->conf->udp ? " (udp)" : "", r->port == m->port ? " again" : "",
+	ph_info("expose %s%s%s: public at %s:%u%s%s%s", local_str(r, l, sizeof(l)),
+	        r->conf->name[0] ? " " : "", r->conf->name, c->conf->via.host, m->port,
+	        r->conf->udp ? " (udp)" : "", r->port == m->port ? " again" : "",
 	        r->port != 0 && r->port != m->port ? " (a new port)" : "");
 	r->port = r->want = m->port;
 }

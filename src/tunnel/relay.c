@@ -25,12 +25,13 @@
 #include "tunnel/tls.h"
 #include "tunnel/tunnel.h"
 
-#define MAX_HANDSHAKES 64 /* sessions not yet authenticated, at once */
-#define ACCEPT_BATCH   64 /* visitors accepted per event */
-#define UDP_BATCH      64 /* datagrams read per event */
-#define FLOW_IDLE_MS   60000
-#define FLOW_MAX       4096 /* UDP peers per service */
-#define AUTH_MAX       4096 /* authorized keys */
+#define MAX_HANDSHAKES        64 /* sessions not yet authenticated, at once */
+#define MAX_HANDSHAKES_PER_IP 8  /* of them from one address */
+#define ACCEPT_BATCH          64 /* visitors accepted per event */
+#define UDP_BATCH             64 /* datagrams read per event */
+#define FLOW_IDLE_MS          60000
+#define FLOW_MAX              4096 /* UDP peers per service */
+#define AUTH_MAX              4096 /* authorized keys */
 
 struct rsess;
 
@@ -718,6 +719,25 @@ static const struct ph_sess_ops relay_ops = {
 	.closed = rs_closed,
 };
 
+/* Sessions from peer's address (any port) still in their handshake. */
+static unsigned pending_from(struct ph_relay *r, const struct ph_addr *peer)
+{
+	unsigned n = 0;
+
+	for (struct ph_list *l = r->sessions.next; l != &r->sessions; l = l->next) {
+		const struct rsess *rs = container_of(l, struct rsess, node);
+		const struct ph_addr *a = &rs->s->peer_addr;
+
+		if (rs->up || a->u.sa.sa_family != peer->u.sa.sa_family)
+			continue;
+		if (a->u.sa.sa_family == AF_INET
+		            ? a->u.in.sin_addr.s_addr == peer->u.in.sin_addr.s_addr
+		            : memcmp(&a->u.in6.sin6_addr, &peer->u.in6.sin6_addr, 16) == 0)
+			n++;
+	}
+	return n;
+}
+
 static void relay_accept(struct ph_io *io, uint32_t events)
 {
 	struct ph_relay *r = container_of(io, struct ph_relay, lis);
@@ -732,9 +752,26 @@ static void relay_accept(struct ph_io *io, uint32_t events)
 		fd = accept4(io->fd, &peer.u.sa, &peer.len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			return;
-		if (r->handshakes >= MAX_HANDSHAKES) {
-			close(fd); /* unauthenticated sessions are bounded */
+		if (pending_from(r, &peer) >= MAX_HANDSHAKES_PER_IP) {
+			close(fd); /* one address may not hold every slot */
 			continue;
+		}
+		if (r->handshakes >= MAX_HANDSHAKES) {
+			/*
+			 * Unauthenticated sessions are bounded; the oldest makes room, so that a
+			 * flood of silent connections cannot keep a real client out (its handshake
+			 * takes milliseconds, theirs never ends).
+			 */
+			for (struct ph_list *n = r->sessions.next; n != &r->sessions; n = n->next) {
+				struct rsess *old = container_of(n, struct rsess, node);
+
+				if (!old->up) {
+					ph_sess_close(old->s, PH_GOAWAY_NORMAL,
+					              "no TLS handshake yet, and %u others wait",
+					              MAX_HANDSHAKES);
+					break; /* frees old: n is not used again */
+				}
+			}
 		}
 		rs = calloc(1, sizeof(*rs));
 		if (rs == NULL) {

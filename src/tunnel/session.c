@@ -194,7 +194,14 @@ static void stream_credit_back(struct ph_stream *st)
 	inc = st->consumed;
 	st->epoch += st->consumed;
 	if (st->epoch >= st->rwin) {
-		rtt = s->rtt_ms > 0 ? (uint32_t)s->rtt_ms : 1;
+		/*
+		 * The whole window drained within two round trips: the window, not the reader,
+		 * is what limits this stream. The floor (20 ms) stands for the queues a busy
+		 * machine adds to a round trip that PING measures rarely; a reader slower than
+		 * a window per 20 ms never gets a bigger one, so it cannot make the relay hold
+		 * more than its window.
+		 */
+		rtt = s->rtt_ms > 10 ? (uint32_t)s->rtt_ms : 10;
 		if (st->rwin < PH_WIN_MAX && s->loop->now - st->epoch_t <= 2 * (uint64_t)rtt) {
 			inc += st->rwin; /* the window doubles */
 			st->rwin *= 2;
@@ -398,6 +405,8 @@ static void stream_io(struct ph_io *io, uint32_t events)
 {
 	struct ph_stream *st = container_of(io, struct ph_stream, io);
 
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		st->flags |= ST_RDHUP; /* also while connecting: this edge comes once */
 	if (st->flags & ST_CONNECTING) {
 		if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
 			stream_connected(st);
@@ -407,8 +416,6 @@ static void stream_io(struct ph_io *io, uint32_t events)
 		ph_list_add_tail(&st->s->flushq, &st->fnode);
 		kick(st->s);
 	}
-	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-		st->flags |= ST_RDHUP;
 	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
 		st->flags |= ST_READABLE;
 		stream_want_send(st);
@@ -534,7 +541,7 @@ static void sess_handshake(struct ph_sess *s)
 	s->out_cap = OUT_HIGH + PH_FRAME_HDR + PH_FRAME_MAX;
 	s->state = PH_SESS_UP;
 	s->up_at = s->last_rx = s->loop->now;
-	ph_timer_arm(s->loop, &s->hb, s->hb_ms);
+	ph_timer_arm(s->loop, &s->hb, 1); /* the first PING at once: the RTT is wanted early */
 	if (s->ops->up(s) < 0 && s->state != PH_SESS_CLOSED)
 		ph_sess_close(s, PH_GOAWAY_NORMAL, "refused");
 }

@@ -56,7 +56,7 @@ LAB_TOOLS = ("ip", "nft", "ping", "miniupnpd", "upnpc", "natpmpc", "socat", "stu
 LAB_UP_TIMEOUT_S = 60
 MiB = 1 << 20
 
-PUBLIC_RE = r"^expose {local}: public at {host}:(\d+)(?: \(udp\))?( again)?$"
+PUBLIC_RE = r"^expose {local}(?: [A-Za-z0-9._-]+)?: public at {host}:(\d+)(?: \(udp\))?( again)?$"
 
 # both ends of the bulk test: send SIZE random bytes while reading the peer's to EOF, then
 # print "sha256(sent) sha256(received) received-count errors"
