@@ -20,7 +20,7 @@
 #define OUT_HIGH    (64u << 10)              /* frames queued before streams wait */
 #define OUT_MAX     (1u << 20)               /* control frames past this: the peer is stuck */
 #define DGRAM_ROOM  (OUT_HIGH + (64u << 10)) /* datagrams queued past this are dropped */
-#define IN_CAP      (2 * (PH_FRAME_HDR + PH_FRAME_MAX))
+#define IN_CAP      (4 * (PH_FRAME_HDR + PH_FRAME_MAX))
 #define READ_BUDGET (1u << 20) /* decrypted bytes per turn before others get theirs */
 #define SEND_BUDGET (1u << 20)
 #define LOWAT       (128u << 10) /* TCP_NOTSENT_LOWAT on the session socket */
@@ -653,10 +653,14 @@ static int sess_frame(struct ph_sess *s, const struct ph_frame *f, const char **
 	}
 }
 
-/* Handles the whole frames in s->in and keeps the rest. */
+/*
+ * Handles the whole frames in s->in from in_off and keeps the rest where it is: it moves
+ * to the front only when the room behind it is less than a frame (in_room()), so most
+ * reads cost no copy.
+ */
 static void sess_input(struct ph_sess *s)
 {
-	uint32_t off = 0;
+	uint32_t off = s->in_off;
 
 	while (s->state == PH_SESS_UP) {
 		struct ph_frame f;
@@ -672,10 +676,22 @@ static void sess_input(struct ph_sess *s)
 		}
 		off += (uint32_t)n;
 	}
-	if (s->state == PH_SESS_UP && off > 0) {
-		memmove(s->in, s->in + off, s->in_len - off);
-		s->in_len -= off;
+	if (s->state != PH_SESS_UP)
+		return;
+	s->in_off = off;
+	if (s->in_off == s->in_len)
+		s->in_off = s->in_len = 0;
+}
+
+/* Room for at least a whole frame behind the unparsed bytes. */
+static uint32_t in_room(struct ph_sess *s)
+{
+	if (s->in_cap - s->in_len < PH_FRAME_HDR + PH_FRAME_MAX && s->in_off > 0) {
+		memmove(s->in, s->in + s->in_off, s->in_len - s->in_off);
+		s->in_len -= s->in_off;
+		s->in_off = 0;
 	}
+	return s->in_cap - s->in_len;
 }
 
 /* Reads and handles frames until SSL has nothing or the budget is spent. */
@@ -692,7 +708,7 @@ static void sess_read(struct ph_sess *s)
 			kick(s);
 			return;
 		}
-		r = SSL_read(s->ssl, s->in + s->in_len, (int)(s->in_cap - s->in_len));
+		r = SSL_read(s->ssl, s->in + s->in_len, (int)in_room(s));
 		ph_trace("session fd %d: SSL_read %d", s->io.fd, r);
 		if (r <= 0) {
 			int e = SSL_get_error(s->ssl, r);
@@ -727,7 +743,15 @@ static void sess_send(struct ph_sess *s)
 	size_t budget = SEND_BUDGET;
 
 	while (s->state == PH_SESS_UP && !s->want_write) {
-		while (pending(s) < OUT_HIGH && !ph_list_empty(&s->ready)) {
+		/*
+		 * Refill while there is room behind what waits without moving it: the
+		 * output is written out whole before it is filled again, so no byte is
+		 * moved twice.
+		 */
+		while (!ph_list_empty(&s->ready) &&
+		       (pending(s) == 0 ||
+		        (pending(s) < OUT_HIGH &&
+		         s->out_len + PH_FRAME_HDR + PH_FRAME_MAX <= s->out_cap))) {
 			struct ph_stream *st = container_of(s->ready.next, struct ph_stream, rnode);
 
 			ph_list_del(&st->rnode);
@@ -859,6 +883,7 @@ struct ph_sess *ph_sess_new(struct ph_loop *l, int fd, struct ssl_ctx_st *ctx, b
 	}
 	SSL_set_mode(s->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 	                             SSL_MODE_RELEASE_BUFFERS);
+	SSL_set_read_ahead(s->ssl, 1); /* a read takes what is there, not one record's header */
 	if (server)
 		SSL_set_accept_state(s->ssl);
 	else
@@ -965,7 +990,7 @@ struct ph_sess *ph_sess_new_plain(struct ph_loop *l, bool server, const struct p
 int ph_sess_feed(struct ph_sess *s, const uint8_t *p, size_t n)
 {
 	while (n > 0 && s->state == PH_SESS_UP) {
-		size_t k = s->in_cap - s->in_len < n ? s->in_cap - s->in_len : n;
+		size_t room = in_room(s), k = room < n ? room : n;
 
 		memcpy(s->in + s->in_len, p, k);
 		s->in_len += (uint32_t)k;

@@ -97,7 +97,7 @@ struct ph_sess {
 	struct ph_addr peer_addr;
 	/* input: decrypted bytes not yet parsed */
 	uint8_t *in;
-	uint32_t in_len, in_cap;
+	uint32_t in_off, in_len, in_cap; /* unparsed bytes: in[in_off..in_len) */
 	/* output: frames not yet taken by SSL_write */
 	uint8_t *out;
 	uint32_t out_off, out_len, out_cap;
