@@ -914,6 +914,17 @@ void ph_relay_free(struct ph_relay *r)
 	free(r);
 }
 
+/* A key's comment as it may stand in JSON and on one line: quotes, backslashes, controls as ?. */
+static const char *safe(const char *in, char *out, size_t len)
+{
+	size_t i = 0;
+
+	for (; in[i] != '\0' && i + 1 < len; i++)
+		out[i] = in[i] == '"' || in[i] == '\\' || (unsigned char)in[i] < 0x20 ? '?' : in[i];
+	out[i] = '\0';
+	return out;
+}
+
 size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 {
 	size_t n = 0;
@@ -928,15 +939,17 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 	for (struct ph_list *l = r->sessions.next; l != &r->sessions; l = l->next) {
 		struct rsess *rs = container_of(l, struct rsess, node);
 		const struct ph_sess_stats *st = &rs->s->st;
+		char comment[sizeof(rs->key->comment)];
 
 		if (rs->key == NULL)
 			continue;
+		safe(rs->key->comment, comment, sizeof(comment));
 		if (json)
 			OUT("%s{\"peer\":\"%s\",\"key\":\"%s\",\"comment\":\"%s\",\"rtt_ms\":%llu,"
 			    "\"streams\":%llu,\"streams_total\":%llu,\"bytes_in\":%llu,"
 			    "\"bytes_out\":%llu,\"dgrams_in\":%llu,\"dgrams_out\":%llu,"
 			    "\"dgrams_dropped\":%llu}",
-			    l == r->sessions.next ? "" : ",", rs->peer, rs->fp, rs->key->comment,
+			    l == r->sessions.next ? "" : ",", rs->peer, rs->fp, comment,
 			    (unsigned long long)rs->s->rtt_ms, (unsigned long long)st->active,
 			    (unsigned long long)st->streams, (unsigned long long)st->bytes_in,
 			    (unsigned long long)st->bytes_out, (unsigned long long)st->dgrams_in,
@@ -944,7 +957,7 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 			    (unsigned long long)st->dgrams_drop);
 		else
 			OUT("  %s %s%s%s rtt %llu ms, %llu streams (%llu in all), in %s, out %s\n",
-			    rs->peer, rs->fp, rs->key->comment[0] ? " " : "", rs->key->comment,
+			    rs->peer, rs->fp, comment[0] ? " " : "", comment,
 			    (unsigned long long)rs->s->rtt_ms, (unsigned long long)st->active,
 			    (unsigned long long)st->streams,
 			    ph_fmt_bytes(st->bytes_in, up, sizeof(up)),
