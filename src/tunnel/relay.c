@@ -271,14 +271,19 @@ static void svc_hold_end(struct ph_timer *t)
 	svc_free(v);
 }
 
-/* Its session is gone: hold the port for the key, unpolled, for three heartbeats. */
-static void svc_orphan(struct rsvc *v)
+/*
+ * Its session is gone: hold the port for the key, unpolled, for three heartbeats - or one,
+ * when the session already took three to be found dead, so that a vanished client's
+ * ports are free within the heartbeat timeout (plus one) of its last word.
+ */
+static void svc_orphan(struct rsvc *v, bool timed_out)
 {
 	struct ph_relay *r = v->r;
+	uint64_t hb = r->c->hb_ms != 0 ? r->c->hb_ms : PH_HEARTBEAT_MS;
 
 	v->owner = NULL;
 	(void)ph_io_mod(r->loop, &v->io, 0);
-	ph_timer_arm(r->loop, &v->hold, 3 * (r->c->hb_ms != 0 ? r->c->hb_ms : PH_HEARTBEAT_MS));
+	ph_timer_arm(r->loop, &v->hold, timed_out ? hb : 3 * hb);
 }
 
 static void svc_visitors(struct ph_io *io, uint32_t events)
@@ -704,7 +709,7 @@ static void rs_closed(struct ph_sess *s, const char *why)
 		struct rsvc *v = container_of(n, struct rsvc, node);
 
 		if (v->owner == rs)
-			svc_orphan(v);
+			svc_orphan(v, s->timed_out);
 	}
 	ph_list_del(&rs->node);
 	free(rs); /* the session frees itself */

@@ -480,6 +480,7 @@ static void sess_hb(struct ph_timer *t)
 		return;
 	}
 	if (s->loop->now - s->last_rx >= 3 * s->hb_ms) {
+		s->timed_out = true;
 		ph_sess_close(s, PH_GOAWAY_TIMEOUT, "no word from the peer for %llu s",
 		              (unsigned long long)((s->loop->now - s->last_rx) / 1000));
 		return;

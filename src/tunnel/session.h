@@ -92,7 +92,7 @@ struct ph_sess {
 	bool server;     /* the relay's end: opens even stream ids */
 	bool want_write; /* SSL wants the socket writable */
 	bool read_wait;  /* input was left in SSL or the socket: the task continues */
-	bool in_cb;      /* inside a callback of the loop: closing waits */
+	bool timed_out;  /* it ended because the peer fell silent for three heartbeats */
 	uint8_t peer[PH_KEY_LEN];
 	struct ph_addr peer_addr;
 	/* input: decrypted bytes not yet parsed */
