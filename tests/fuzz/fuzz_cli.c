@@ -58,8 +58,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(memchr(e.msg, '\0', sizeof(e.msg)) != NULL);
 	if (err == 0) {
 		CHECK(e.argi == -1 && e.msg[0] == '\0');
-		CHECK(cfg.nrules <= 1);
-		if (cfg.cmd == PH_CMD_FORWARD) {
+		CHECK(cfg.nrules <= 1 && cfg.nexpose <= 1);
+		/* a relay or an expose rule is a command of its own, with a forward rule none */
+		if (cfg.cmd == PH_CMD_FORWARD && (cfg.server != NULL || cfg.nexpose != 0)) {
+			CHECK(cfg.nrules == 0 && (cfg.server != NULL) + cfg.nexpose == 1);
+			for (unsigned i = 0; i < cfg.nexpose; i++)
+				CHECK(cfg.expose[i]->via.port != 0 &&
+				      !cfg.expose[i]->via.wildcard &&
+				      cfg.expose[i]->local.port != 0 &&
+				      !cfg.expose[i]->local.wildcard);
+		} else if (cfg.cmd == PH_CMD_FORWARD) {
 			const struct ph_forward_rule *r = cfg.rules[0];
 
 			CHECK(cfg.nrules == 1);
