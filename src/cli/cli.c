@@ -1067,6 +1067,28 @@ static int opt_heartbeat(const struct cli_opt *o, int argi, uint64_t *out, struc
 	return err;
 }
 
+/*
+ * The options server and expose share: --key FILE, a second file option (file_opt, into
+ * file), --heartbeat DUR; anything else is one of every command's. Both files hold 512
+ * bytes. Returns 0 or -EINVAL.
+ */
+static int cli_tunnel_opt(int argc, char *const *argv, int *i, struct cli_opt *o, char *key,
+                          const char *file_opt, char *file, uint64_t *hb_ms, struct ph_config *cfg,
+                          const char *topic, struct ph_cli_error *e)
+{
+	int err;
+
+	if (strcmp(o->name, "--key") == 0 || strcmp(o->name, file_opt) == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		return err == 0 ? opt_file(o, *i, o->name[3] == 'e' ? key : file, 512, e) : err;
+	}
+	if (strcmp(o->name, "--heartbeat") == 0) {
+		err = opt_value(argc, argv, i, o, e);
+		return err == 0 ? opt_heartbeat(o, *i, hb_ms, e) : err;
+	}
+	return cli_common_opt(argc, argv, i, o, cfg, topic, e);
+}
+
 /* `server [LISTEN] ...` */
 static int cli_server(int argc, char *const *argv, int first, struct ph_config *cfg,
                       struct ph_cli_error *e)
@@ -1089,18 +1111,6 @@ static int cli_server(int argc, char *const *argv, int first, struct ph_config *
 
 		if (word[0] == '-' && word[1] != '\0') {
 			opt_split(word, &o);
-			if (strcmp(o.name, "--key") == 0 ||
-			    strcmp(o.name, "--authorized-keys") == 0) {
-				bool key = o.name[3] == 'e';
-
-				err = opt_value(argc, argv, &i, &o, e);
-				if (err == 0)
-					err = opt_file(&o, i, key ? c->key_file : c->auth_file,
-					               sizeof(c->key_file), e);
-				if (err < 0)
-					return err;
-				continue;
-			}
 			if (strcmp(o.name, "--ports") == 0) {
 				unsigned long long lo, hi;
 				char *dash;
@@ -1137,15 +1147,8 @@ static int cli_server(int argc, char *const *argv, int first, struct ph_config *
 				c->has_bind = true;
 				continue;
 			}
-			if (strcmp(o.name, "--heartbeat") == 0) {
-				err = opt_value(argc, argv, &i, &o, e);
-				if (err == 0)
-					err = opt_heartbeat(&o, i, &c->hb_ms, e);
-				if (err < 0)
-					return err;
-				continue;
-			}
-			err = cli_common_opt(argc, argv, &i, &o, cfg, "server", e);
+			err = cli_tunnel_opt(argc, argv, &i, &o, c->key_file, "--authorized-keys",
+			                     c->auth_file, &c->hb_ms, cfg, "server", e);
 			if (err < 0)
 				return err;
 			continue;
@@ -1262,26 +1265,8 @@ static int cli_expose(int argc, char *const *argv, int first, struct ph_config *
 				snprintf(c->relay_fp, sizeof(c->relay_fp), "%s", o.value);
 				continue;
 			}
-			if (strcmp(o.name, "--key") == 0 || strcmp(o.name, "--known-relays") == 0) {
-				bool key = o.name[3] == 'e';
-
-				err = opt_value(argc, argv, &i, &o, e);
-				if (err == 0)
-					err = opt_file(&o, i, key ? c->key_file : c->known_file,
-					               sizeof(c->key_file), e);
-				if (err < 0)
-					return err;
-				continue;
-			}
-			if (strcmp(o.name, "--heartbeat") == 0) {
-				err = opt_value(argc, argv, &i, &o, e);
-				if (err == 0)
-					err = opt_heartbeat(&o, i, &c->hb_ms, e);
-				if (err < 0)
-					return err;
-				continue;
-			}
-			err = cli_common_opt(argc, argv, &i, &o, cfg, "expose", e);
+			err = cli_tunnel_opt(argc, argv, &i, &o, c->key_file, "--known-relays",
+			                     c->known_file, &c->hb_ms, cfg, "expose", e);
 			if (err < 0)
 				return err;
 			continue;
