@@ -8,9 +8,12 @@ Measures, for each forwarder and for a direct connection (the limit), on 127.0.0
   4. forwarder CPU seconds per GB moved during the 1-stream iperf3 run
 then the UDP part (bench/udp.py: datagram round trips, CPU per datagram, RSS per session),
 then the SOCKS part (bench/socks.py: pinhole socks against microsocks, dante and ssh -D:
-proxied conn/s, throughput, CPU per GB, RSS per idle connection), and writes a table to
-stdout and bench/results/latest.md. BENCH_ONLY=tcp, udp or socks runs one part alone
-(written to latest-tcp.md, latest-udp.md or latest-socks.md, unless BENCH_OUT says).
+proxied conn/s, throughput, CPU per GB, RSS per idle connection), then the relay part
+(bench/relay.py: pinhole server + expose against ssh -R: throughput both ways, conn/s,
+first-byte latency, memory per idle stream, idle client, binary size), and writes a table to
+stdout and bench/results/latest.md. BENCH_ONLY=tcp, udp, socks or relay runs one part alone
+(written to latest-tcp.md, latest-udp.md, latest-socks.md or latest-relay.md, unless
+BENCH_OUT says).
 
 Every process it starts gets its own session; its id is appended to $BENCH_TMP/pgids so
 that run.sh's trap can end it whatever happens here. Every wait is bounded.
@@ -920,8 +923,8 @@ def run_tcp(results, notes, stopped_lines):
 
 
 def main():
-    if ONLY not in ("", "tcp", "udp", "socks"):
-        sys.exit("bench: BENCH_ONLY is tcp, udp or socks (or unset: all), not %r" % ONLY)
+    if ONLY not in ("", "tcp", "udp", "socks", "relay"):
+        sys.exit("bench: BENCH_ONLY is tcp, udp, socks or relay (or unset: all), not %r" % ONLY)
     if not os.access(PINHOLE, os.X_OK):
         sys.exit("bench: %s is missing; build first (ninja -C build)" % PINHOLE)
     set_subreaper()
@@ -934,7 +937,7 @@ def main():
     if ONLY in ("", "tcp"):
         run_tcp(results, notes, stopped_lines)
         report = build_report(env, results, notes, stopped_lines)
-    udp_raw = socks_raw = None
+    udp_raw = socks_raw = relay_raw = None
     if ONLY in ("", "udp"):
         # udp.py imports this module as "bench": the same one, not a second copy
         sys.modules.setdefault("bench", sys.modules[__name__])
@@ -951,6 +954,14 @@ def main():
         section, socks_notes, socks_raw = socks.run()
         report += ("\n" if report else "") + section
         socks_raw["notes"] = socks_notes
+    if ONLY in ("", "relay"):
+        # as udp.py, relay.py imports this module as "bench"
+        sys.modules.setdefault("bench", sys.modules[__name__])
+        import relay
+
+        section, relay_notes, relay_raw = relay.run()
+        report += ("\n" if report else "") + section
+        relay_raw["notes"] = relay_notes
     report = build_header(env) + report
     report += "\nTotal run time %.0f s.\n" % (time.monotonic() - t_start)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
@@ -960,7 +971,7 @@ def main():
     with open(os.path.splitext(OUT)[0] + ".json", "w") as f:
         json.dump({"env": env, "results": results if ONLY in ("", "tcp") else None,
                    "notes": notes, "stopped": stopped_lines, "udp": udp_raw,
-                   "socks": socks_raw}, f, indent=1)
+                   "socks": socks_raw, "relay": relay_raw}, f, indent=1)
     print()
     print(report)
     print("written to %s" % OUT)

@@ -2,16 +2,18 @@
 # The pinhole benchmark: pinhole against direct, haproxy (splice), nginx stream, socat,
 # rinetd and redir on 127.0.0.1 (TCP), then against direct, nginx stream, socat and the
 # kernel's DNAT (UDP, bench/udp.py), then `pinhole socks` against direct, microsocks, dante
-# and `ssh -D` (SOCKS5, bench/socks.py). Run by `make bench`, or directly as bench/run.sh
-# after `ninja -C build`. Writes bench/results/latest.md; docs/PERFORMANCE.md explains it.
+# and `ssh -D` (SOCKS5, bench/socks.py), then the relay (`pinhole server` + `pinhole expose`)
+# against direct and `ssh -R` (bench/relay.py). Run by `make bench`, or directly as
+# bench/run.sh after `ninja -C build`. Writes bench/results/latest.md; docs/PERFORMANCE.md
+# explains it.
 #
 # Knobs (environment): BENCH_SECS (4) per test, BENCH_ROUNDS (3), BENCH_CLIENTS (32),
 # BENCH_IDLE (9000), BENCH_PEERS (default: "direct pinhole pinhole-64k haproxy haproxy-1m
 # nginx socat rinetd redir"), BENCH_QUIET (0.25 cores of other load before a test is run
 # again), BENCH_RETRIES (2), BENCH_BUDGET (480 s for the rounds, retries included),
-# BENCH_PINHOLE (build/pinhole), BENCH_OUT (bench/results/latest.md), BENCH_ONLY (tcp, udp
-# or socks: that part alone, written to latest-tcp.md, latest-udp.md or latest-socks.md
-# unless BENCH_OUT says).
+# BENCH_PINHOLE (build/pinhole), BENCH_OUT (bench/results/latest.md), BENCH_ONLY (tcp, udp,
+# socks or relay: that part alone, written to latest-tcp.md, latest-udp.md, latest-socks.md
+# or latest-relay.md unless BENCH_OUT says).
 # UDP (bench/udp.py): BENCH_UDP_PEERS (default: "direct pinhole nginx socat direct-veth
 # dnat-veth pinhole-veth"), BENCH_UDP_SECS (3), BENCH_UDP_ROUNDS (BENCH_ROUNDS),
 # BENCH_UDP_CLIENTS (32), BENCH_UDP_WINDOW (16 datagrams in flight per client),
@@ -26,6 +28,15 @@
 # row runs its own sshd (foreground, own config, host key and user key in the temp dir) on a
 # free loopback port, and `ssh -D` to it; /run/sshd (sshd's privilege separation directory)
 # is made if missing and removed again.
+# Relay (bench/relay.py, about 4-5 minutes): BENCH_RELAY_PEERS (default: "direct pinhole ssh"),
+# BENCH_RELAY_SECS (3) per test, BENCH_RELAY_ROUNDS (BENCH_ROUNDS), BENCH_RELAY_CLIENTS
+# (BENCH_CLIENTS), BENCH_RELAY_IDLE (10000 idle visitor streams), BENCH_RELAY_RTT (10 ms: the
+# round trip the latency test adds between client and relay, with a delay proxy on
+# loopback), BENCH_RELAY_BUDGET (200 s for the rounds, retries included). The ssh row runs
+# its own sshd as the SOCKS part does, and `ssh -N -R` with cipher aes128-gcm@openssh.com;
+# the pinhole row `pinhole server` and one `pinhole expose` per public port, with keys made
+# in the temp dir. The stripped size of BENCH_RELAY_RELEASE (build-rel/pinhole: a
+# --buildtype=release build) is reported too when it exists.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -85,8 +96,8 @@ trap 'exit 143' TERM
 # ---- the load generator and echo server, built fresh each time
 gcc -O2 -Wall -Wextra -o "$tmp/connrate" "$here/connrate.c"
 
-# 9000 idle connections need 18000 descriptors in the forwarder (10000 UDP sessions: 10000,
-# and as many client sockets in connrate): take the hard limit
+# 9000 idle connections need 18000 descriptors in the forwarder (10000 UDP sessions or relay
+# streams: 10000, and as many client sockets in connrate): take the hard limit
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt 19000 ]; then
 	echo "bench: note: open files limited to $(ulimit -n); idle tests may fall short" >&2
