@@ -128,6 +128,12 @@ struct ssl_ctx_st *ph_tls_ctx_new(struct ph_key *key, bool server, ph_tls_peer_f
 	}
 	/* no resumption: every session shows its key again */
 	SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+	/*
+	 * AES-128-GCM first: a fifth less CPU per byte than OpenSSL's default AES-256-GCM
+	 * (the relay's cost is per byte; docs/PERFORMANCE.md); the others stay acceptable.
+	 */
+	(void)SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+	                                    "TLS_CHACHA20_POLY1305_SHA256");
 	if (server)
 		SSL_CTX_set_num_tickets(ctx, 0);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
