@@ -24,6 +24,7 @@
 #define READ_BUDGET (1u << 20) /* decrypted bytes per turn before others get theirs */
 #define SEND_BUDGET (1u << 20)
 #define LOWAT       (128u << 10) /* TCP_NOTSENT_LOWAT on the session socket */
+#define WIRE_CAP    (256u << 10) /* TLS records gathered for one write() */
 
 /* stream flags */
 #define ST_CONNECTING 0x01 /* the local connect is in flight */
@@ -469,6 +470,86 @@ static const char *ssl_reason(void)
 	return r != NULL ? r : "the connection ended";
 }
 
+/*
+ * The wire: SSL writes its records into s->wire (a BIO of ours) rather than onto the
+ * socket, and wire_flush() hands them to the kernel in one write() - sixteen records a
+ * call instead of one (the relay benchmark's syscall count; docs/PERFORMANCE.md).
+ */
+static int wire_flush(struct ph_sess *s)
+{
+	while (s->wire_off < s->wire_len) {
+		ssize_t w = write(s->io.fd, s->wire + s->wire_off, s->wire_len - s->wire_off);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				s->want_write = true;
+				return -EAGAIN;
+			}
+			return -errno;
+		}
+		s->wire_off += (uint32_t)w;
+	}
+	s->wire_off = s->wire_len = 0;
+	return 0;
+}
+
+static int wire_write(BIO *b, const char *p, int n)
+{
+	struct ph_sess *s = BIO_get_data(b);
+
+	BIO_clear_retry_flags(b);
+	if (n <= 0)
+		return 0;
+	if (s->wire_len + (uint32_t)n > WIRE_CAP && s->wire_off > 0) {
+		memmove(s->wire, s->wire + s->wire_off, s->wire_len - s->wire_off);
+		s->wire_len -= s->wire_off;
+		s->wire_off = 0;
+	}
+	if (s->wire_len + (uint32_t)n > WIRE_CAP) {
+		BIO_set_retry_write(b); /* SSL says WANT_WRITE: the wire goes out first */
+		return -1;
+	}
+	memcpy(s->wire + s->wire_len, p, (size_t)n);
+	s->wire_len += (uint32_t)n;
+	return n;
+}
+
+static long wire_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	(void)b;
+	(void)num;
+	(void)ptr;
+	return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static BIO_METHOD *wire_method(void)
+{
+	static BIO_METHOD *m; /* made once; sessions live on one thread */
+
+	if (m == NULL) {
+		m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pinhole wire");
+		if (m != NULL && (BIO_meth_set_write(m, wire_write) != 1 ||
+		                  BIO_meth_set_ctrl(m, wire_ctrl) != 1)) {
+			BIO_meth_free(m);
+			m = NULL;
+		}
+	}
+	return m;
+}
+
+/* After an SSL call: what it wrote goes to the socket. Returns 0, or -1 (session closed). */
+static int sess_flush(struct ph_sess *s)
+{
+	int err = wire_flush(s);
+
+	if (err == 0 || err == -EAGAIN)
+		return 0;
+	ph_sess_close(s, PH_GOAWAY_NORMAL, "session: %s", strerror(-err));
+	return -1;
+}
+
 static void sess_hb(struct ph_timer *t)
 {
 	struct ph_sess *s = container_of(t, struct ph_sess, hb);
@@ -512,6 +593,8 @@ static void sess_handshake(struct ph_sess *s)
 {
 	int r = SSL_do_handshake(s->ssl);
 
+	if (sess_flush(s) < 0)
+		return;
 	if (r != 1) {
 		int e = SSL_get_error(s->ssl, r);
 
@@ -714,13 +797,9 @@ static void sess_read(struct ph_sess *s)
 		if (r <= 0) {
 			int e = SSL_get_error(s->ssl, r);
 
-			if (e == SSL_ERROR_WANT_READ) {
+			if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
 				ERR_clear_error();
-				return;
-			}
-			if (e == SSL_ERROR_WANT_WRITE) {
-				ERR_clear_error();
-				s->want_write = true;
+				(void)sess_flush(s); /* what SSL answered while reading */
 				return;
 			}
 			if (e == SSL_ERROR_ZERO_RETURN)
@@ -743,6 +822,8 @@ static void sess_send(struct ph_sess *s)
 {
 	size_t budget = SEND_BUDGET;
 
+	if (s->ssl != NULL && (sess_flush(s) < 0 || s->want_write))
+		return;
 	while (s->state == PH_SESS_UP && !s->want_write) {
 		/*
 		 * Refill while there is room behind what waits without moving it: the
@@ -763,7 +844,7 @@ static void sess_send(struct ph_sess *s)
 				stream_want_send(st); /* to the back, if it still may */
 		}
 		if (pending(s) == 0)
-			return;
+			break;
 		if (s->ssl == NULL) { /* a session made for the fuzzer: the output goes nowhere */
 			s->out_off = s->out_len = 0;
 			continue;
@@ -774,10 +855,15 @@ static void sess_send(struct ph_sess *s)
 		if (r <= 0) {
 			int e = SSL_get_error(s->ssl, r);
 
-			if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+			if (e == SSL_ERROR_WANT_WRITE) { /* the wire is full: out it goes */
 				ERR_clear_error();
-				s->want_write = e == SSL_ERROR_WANT_WRITE;
-				return;
+				if (sess_flush(s) < 0)
+					return;
+				continue; /* want_write says whether the socket took it */
+			}
+			if (e == SSL_ERROR_WANT_READ) {
+				ERR_clear_error();
+				break;
 			}
 			ph_sess_close(s, PH_GOAWAY_NORMAL, "session: %s",
 			              e == SSL_ERROR_SYSCALL && errno != 0 ? strerror(errno)
@@ -789,10 +875,12 @@ static void sess_send(struct ph_sess *s)
 			s->out_off = s->out_len = 0;
 		if ((size_t)r >= budget) {
 			kick(s);
-			return;
+			break;
 		}
 		budget -= (size_t)r;
 	}
+	if (s->state == PH_SESS_UP && s->ssl != NULL)
+		(void)sess_flush(s);
 }
 
 static void sess_io(struct ph_io *io, uint32_t events)
@@ -855,6 +943,7 @@ struct ph_sess *ph_sess_new(struct ph_loop *l, int fd, struct ssl_ctx_st *ctx, b
                             const struct ph_sess_ops *ops, void *owner, uint64_t hb_ms)
 {
 	struct ph_sess *s = calloc(1, sizeof(*s));
+	BIO *rbio, *wbio;
 
 	if (s == NULL) {
 		close(fd);
@@ -875,13 +964,22 @@ struct ph_sess *ph_sess_new(struct ph_loop *l, int fd, struct ssl_ctx_st *ctx, b
 	ph_io_init(&s->io, fd, sess_io);
 	sock_opts(fd, s->hb_ms);
 	s->ssl = SSL_new(ctx);
-	if (s->ssl == NULL || SSL_set_fd(s->ssl, fd) != 1) {
+	s->wire = malloc(WIRE_CAP);
+	rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+	wbio = wire_method() != NULL ? BIO_new(wire_method()) : NULL;
+	if (s->ssl == NULL || s->wire == NULL || rbio == NULL || wbio == NULL) {
 		ERR_clear_error();
+		BIO_free(rbio);
+		BIO_free(wbio);
 		SSL_free(s->ssl);
+		free(s->wire);
 		close(fd);
 		free(s);
 		return NULL;
 	}
+	BIO_set_data(wbio, s);
+	BIO_set_init(wbio, 1);
+	SSL_set_bio(s->ssl, rbio, wbio); /* the SSL owns both */
 	SSL_set_mode(s->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 	                             SSL_MODE_RELEASE_BUFFERS);
 	SSL_set_read_ahead(s->ssl, 1); /* a read takes what is there, not one record's header */
@@ -892,6 +990,7 @@ struct ph_sess *ph_sess_new(struct ph_loop *l, int fd, struct ssl_ctx_st *ctx, b
 	if (ph_io_add(l, &s->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0 ||
 	    ph_timer_arm(l, &s->hb, PH_HANDSHAKE_MS) < 0) {
 		SSL_free(s->ssl);
+		free(s->wire);
 		ph_io_close(l, &s->io);
 		free(s);
 		return NULL;
@@ -926,6 +1025,7 @@ void ph_sess_close(struct ph_sess *s, uint8_t reason, const char *fmt, ...)
 			}
 			(void)SSL_shutdown(s->ssl);
 			ERR_clear_error();
+			(void)wire_flush(s);
 		}
 	}
 	s->state = PH_SESS_CLOSED;
@@ -948,6 +1048,7 @@ void ph_sess_free(struct ph_sess *s)
 	ph_task_cancel(&s->more);
 	sess_free_dead(s);
 	SSL_free(s->ssl);
+	free(s->wire);
 	free(s->in);
 	free(s->out);
 	free(s->tab);

@@ -98,6 +98,9 @@ struct ph_sess {
 	/* input: decrypted bytes not yet parsed */
 	uint8_t *in;
 	uint32_t in_off, in_len, in_cap; /* unparsed bytes: in[in_off..in_len) */
+	/* TLS records SSL wrote, not yet taken by the socket */
+	uint8_t *wire;
+	uint32_t wire_off, wire_len;
 	/* output: frames not yet taken by SSL_write */
 	uint8_t *out;
 	uint32_t out_off, out_len, out_cap;
