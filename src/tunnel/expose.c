@@ -531,12 +531,6 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	return 0;
 }
 
-static void client_stream_end(struct ph_sess *s, struct ph_stream *st)
-{
-	(void)s;
-	(void)st;
-}
-
 static void client_retry(struct ph_timer *t)
 {
 	client_connect(container_of(t, struct xclient, retry));
@@ -595,7 +589,6 @@ static const struct ph_sess_ops client_ops = {
 	.ctrl = client_ctrl,
 	.open = client_open,
 	.dgram = client_dgram,
-	.stream_end = client_stream_end,
 	.closed = client_closed,
 };
 

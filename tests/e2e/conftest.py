@@ -450,9 +450,10 @@ def parse_stats(msg):
     return d
 
 
-COMMANDS = ("forward", "help", "run", "socks")
+COMMANDS = ("forward", "help", "run", "socks", "server", "expose")
 # what the start line of a command says once its listeners are open (readiness)
-START_MARKS = {"forward": "forwarding tcp", "socks": "socks proxy on "}
+START_MARKS = {"forward": "forwarding tcp", "socks": "socks proxy on ", "server": "relay on ",
+               "expose": ": public at "}
 SOCKS_DEFAULT_PORT = 1080  # `pinhole socks` without LISTEN: 127.0.0.1:1080
 SOCKS_FLAGS = ("--open", "--quiet", "--verbose", "--help", "-h")  # socks options without a value
 
@@ -610,7 +611,7 @@ def pinhole(tmp_path, tcp_server, spawn):
 
     yield start
     failures = []
-    for p in made:
+    for p in reversed(made):  # the last started first: a client before its relay
         try:
             if p.rc is None:
                 p.stop()
