@@ -12,7 +12,7 @@ build) ;;
 test) pkgs="$pkgs libcmocka-dev python3 python3-pytest curl socat iproute2 libclang-rt-14-dev dnsmasq-base bind9-dnsutils rinetd
 	nginx-light haproxy prometheus proxychains4 openssl
 	nftables iputils-ping miniupnpd-nftables miniupnpc natpmpc coturn stun-client stun-server
-	conntrack netcat-openbsd openssh-server openssh-client" ;;
+	conntrack netcat-openbsd openssh-server openssh-client strace" ;;
 bench) pkgs="$pkgs python3 iperf3 socat curl iproute2 haproxy nginx-light libnginx-mod-stream
 	rinetd redir procps nftables microsocks dante-server openssh-server openssh-client" ;;
 *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;

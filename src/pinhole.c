@@ -20,6 +20,7 @@
 #include "cli/cli.h"
 #include "cli/conf.h"
 #include "config.h"
+#include "conn/accept.h"
 #include "core/connlog.h"
 #include "core/log.h"
 #include "core/resolve.h"
@@ -33,9 +34,10 @@
 #include "tunnel/keys.h"
 #include "tunnel/tunnel.h"
 
-#define FDS_BASE       32 /* stdio, epoll, eventfds, resolver sockets, a spare */
-#define FDS_PER_WORKER 8  /* epoll, eventfd, listener, spare pipes */
-#define FDS_PER_CONN   4  /* client, target, and a pipe while bytes are in flight */
+#define FDS_BASE        32 /* stdio, epoll, eventfds, resolver sockets, a spare */
+#define FDS_PER_WORKER  8  /* epoll, eventfd, listener, spare pipes */
+#define FDS_PER_CONN    4  /* client, target, and a pipe while bytes are in flight */
+#define FDS_SPARE_PIPES 32 /* idle pipes a worker's pool keeps */
 
 #define PIPE_SIZE_ROOT (1u << 20) /* default splice pipe size as root */
 #define PIPE_SIZE_USER (1u << 18) /* and as another user */
@@ -352,20 +354,31 @@ static void main_reload(struct ph_main *m)
 	struct ph_forward_rule **final = NULL;
 	struct reload_plan *p = NULL;
 	bool *kept = NULL;
-	char why[256];
+	char why[1024];
 	unsigned nkept = 0;
 	int n;
 
 	m->reload_msg[0] = '\0';
+	if (m->draining) {
+		snprintf(m->reload_msg, sizeof(m->reload_msg), "stopping: no reload now\n");
+		return;
+	}
+	if (m->relay != NULL) { /* authorized keys: a removed key loses its sessions now */
+		n = ph_relay_reload(m->relay, why, sizeof(why));
+		/* the reply's last line says how it went: "reloaded" when the relay is all */
+		reload_say(m, n < 0, "%s%s",
+		           n < 0                   ? "reload: relay: "
+		           : cfg->run_file == NULL ? "reloaded the relay's keys: "
+		                                   : "relay: ",
+		           why);
+	}
 	if (cfg->run_file == NULL) {
+		if (m->relay != NULL)
+			return;
 		ph_warn("SIGHUP: the rules came from the command line; nothing to reload "
 		        "(pinhole run FILE reloads FILE)");
 		snprintf(m->reload_msg, sizeof(m->reload_msg),
 		         "nothing to reload: the rules came from the command line\n");
-		return;
-	}
-	if (m->draining) {
-		snprintf(m->reload_msg, sizeof(m->reload_msg), "stopping: no reload now\n");
 		return;
 	}
 	ph_config_init(&nc);
@@ -731,6 +744,14 @@ static int check_fd_limit(struct ph_config *cfg, unsigned nw)
 		if ((r->listen.proto & PH_PROTO_UDP) && r->max_sessions == 0)
 			r->max_sessions = cfg->udp_sessions;
 	}
+	/*
+	 * What is left is the connections' fd budget: each reserves what it may hold before
+	 * it is accepted (conn/accept.h), so none meets EMFILE once admitted. The workers'
+	 * spare pipes and the UDP sessions' sockets are not theirs.
+	 */
+	need += (unsigned long long)nauto * cfg->udp_sessions + nw * FDS_SPARE_PIPES * 2ull + 64;
+	left = rl.rlim_cur > need ? rl.rlim_cur - need : 0;
+	ph_fds_set_limit(left > 64 ? left : 64);
 	return 0;
 }
 
@@ -783,7 +804,7 @@ static void log_rule(const struct ph_forward_rule *r, unsigned nw)
  */
 static int run(struct ph_config *cfg)
 {
-	struct ph_worker_opts wo = {.pipe_size = cfg->pipe_size, .spare_pipes = 32};
+	struct ph_worker_opts wo = {.pipe_size = cfg->pipe_size, .spare_pipes = FDS_SPARE_PIPES};
 	struct ph_main m;
 	sigset_t sigs;
 	char why[256];

@@ -239,7 +239,8 @@ static const char help_server[] =
 
 static const char help_expose[] =
 	"Usage: pinhole expose LOCAL --via RELAY[:PORT] [--port N] [--udp] [--name NAME]\n"
-	"                      [--proxy-protocol v1|v2] [--relay-key SHA256:...] [--key FILE]\n"
+	"                      [--max-conns N] [--proxy-protocol v1|v2] [--relay-key SHA256:...]\n"
+	"                      [--key FILE]\n"
 	"\n"
 	"Publishes the service at LOCAL (HOST:PORT here or on this network) on a relay's\n"
 	"public port: what ssh -R, frp and rathole do. The session is made from here, so\n"
@@ -251,6 +252,7 @@ static const char help_expose[] =
 	"                          is logged: 'public at RELAY:PORT')\n"
 	"  --udp                   LOCAL is a UDP service: datagrams are carried as such\n"
 	"  --name NAME             the service's name (a relay may limit a key to names)\n"
+	"  --max-conns N           visitors at once; the relay resets those past it\n"
 	"  --proxy-protocol v1|v2  tell LOCAL each visitor's address (PROXY protocol)\n"
 	"  --relay-key SHA256:...  the relay's fingerprint; without it the first one seen is\n"
 	"                          kept in known_relays and a change is refused, as ssh does\n"
@@ -1225,6 +1227,17 @@ static int cli_expose(int argc, char *const *argv, int first, struct ph_config *
 				if (err < 0)
 					return err;
 				c->port = (uint16_t)v;
+				continue;
+			}
+			if (strcmp(o.name, "--max-conns") == 0) {
+				unsigned long long v;
+
+				err = opt_value(argc, argv, &i, &o, e);
+				if (err == 0)
+					err = opt_uint(&o, i, 1, 1000000, &v, e);
+				if (err < 0)
+					return err;
+				c->max_conns = (uint32_t)v;
 				continue;
 			}
 			if (strcmp(o.name, "--name") == 0) {

@@ -2,6 +2,7 @@
 #ifndef PH_CORE_NET_H
 #define PH_CORE_NET_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -45,6 +46,15 @@ void ph_sock_set_rst(int fd);
 
 /* Reads and clears the socket's pending error (SO_ERROR): 0 or -errno. */
 int ph_sock_error(int fd);
+
+/*
+ * True for a -errno that says this process ran short (fds, buffers, memory), not that the
+ * peer or the network failed: such an error never counts against a target.
+ */
+static inline bool ph_err_is_local(int err)
+{
+	return err == -EMFILE || err == -ENFILE || err == -ENOBUFS || err == -ENOMEM;
+}
 
 /* A message for a bind() failure that a newcomer understands. */
 const char *ph_bind_strerror(int err);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "conn/accept.h"
 #include "core/loop.h"
 #include "core/worker.h"
 #include "forward/forward.h"
@@ -33,9 +34,7 @@ enum fwd_state {
 struct fwd_wrule {
 	struct ph_forward_rule *rule; /* borrowed */
 	struct ph_worker *w;          /* borrowed */
-	struct ph_io lio;             /* the listener; closed when draining */
-	struct ph_timer pause;        /* accepting resumes after an fd shortage */
-	struct ph_task more;          /* accepting goes on after a full budget */
+	struct ph_acceptor acc;       /* the listener; closed when draining */
 	struct ph_worker_hook hook;
 	struct ph_list conns;       /* fwd_conn.node of live connections */
 	struct ph_tsel sel;         /* the targets as this worker sees them */
@@ -43,7 +42,7 @@ struct fwd_wrule {
 	bool detached;              /* a reload removed the rule: retires when conns is empty */
 	bool retired;               /* the worker is done with it (main may free it) */
 	struct ph_task retire_task; /* drops the rule's refs after the batch that retired it */
-	struct ph_ratelimit rl_denied, rl_full, rl_accept, rl_logfile;
+	struct ph_ratelimit rl_denied, rl_full, rl_logfile;
 	struct ph_socks_wrule *sw; /* owned: a socks rule's name cache and lookups; or NULL */
 };
 
@@ -61,6 +60,7 @@ struct fwd_conn {
 	struct ph_tsel_try try;   /* the targets' addresses tried so far */
 	struct ph_socks_conn *sx; /* owned: a socks client's handshake until it relays */
 	uint8_t state;
+	uint8_t fds; /* of the fd budget, reserved at accept and given back at close */
 };
 
 /* Counts into the worker's totals and the rule's own on this worker (one writer each). */

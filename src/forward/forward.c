@@ -17,8 +17,6 @@
 #include "relay/pump.h"
 #include "socks/socks-int.h"
 
-#define FWD_ACCEPT_BUDGET   64  /* accepts per wake-up before yielding */
-#define FWD_PAUSE_MS        100 /* accept pause after running out of fds */
 #define FWD_LOG_PER_SEC     10  /* lines per second per kind of refusal */
 #define FWD_LOGFILE_PER_SEC 100 /* "denied" lines a second in --log-file: a flood fills no disk */
 
@@ -101,6 +99,8 @@ void ph_forward__close(struct fwd_conn *c, bool rst, const char *reason, int err
 	/* the slot is free before the client can see the close and come back */
 	__atomic_fetch_sub(&wr->rule->live, 1, __ATOMIC_RELAXED);
 	ph_pump_close(&c->pump, rst);
+	ph_fds_give(c->fds); /* after the close: the fds are free again */
+	c->fds = 0;
 	ph_task_queue(&w->loop, &c->reap);
 	ph_forward__retire(wr); /* the last thing that touches wr or its rule */
 	ph_worker_conn_dec(w);
@@ -268,6 +268,11 @@ static void fwd_try(struct fwd_conn *c, int n)
 		err = fwd_connect(c);
 		if (err == 0)
 			return;
+		if (ph_err_is_local(err)) { /* our shortage, never the target's fault */
+			FWD_STAT(wr, errors, 1);
+			ph_forward__close(c, true, "cannot open a socket to the target", err);
+			return;
+		}
 		c->try.lasterr = err;
 	}
 }
@@ -366,10 +371,12 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	/* behind a trusted proxy the ACL is for the client its header names: later */
 	if (r->proxy_from.n != 0) {
 		if (!ph_acl_allows(&r->proxy_from, peer)) {
+			ph_fds_give(wr->acc.cost);
 			fwd_deny(wr, fd, peer, "--accept-proxy (not a trusted proxy)");
 			return;
 		}
 	} else if (!ph_acl_allows(&r->acl, peer)) {
+		ph_fds_give(wr->acc.cost);
 		fwd_deny(wr, fd, peer, "--allow/--deny");
 		return;
 	}
@@ -381,12 +388,14 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 			ph_warn("%s: refused %s: --max-conns %u reached",
 			        ph_forward__label(r, label, sizeof(label)),
 			        ph_addr_fmt(peer, a, sizeof(a)), r->max_conns);
+		ph_fds_give(wr->acc.cost);
 		ph_sock_set_rst(fd);
 		close(fd);
 		return;
 	}
 	c = calloc(1, sizeof(*c));
 	if (c == NULL) {
+		ph_fds_give(wr->acc.cost);
 		__atomic_fetch_sub(&r->live, 1, __ATOMIC_RELAXED);
 		FWD_STAT(wr, errors, 1);
 		ph_err("%s: out of memory: refused %s", ph_forward__label(r, label, sizeof(label)),
@@ -394,6 +403,7 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 		close(fd);
 		return;
 	}
+	c->fds = (uint8_t)wr->acc.cost; /* given back by the close path */
 	ph_pump_init(&c->pump, w, fd, -1, fwd_on_pump_done);
 	c->pump.rs = &wr->stats;
 	ph_timer_init(&c->timer, fwd_on_timer);
@@ -431,69 +441,14 @@ static void fwd_admit(struct fwd_wrule *wr, int fd, const struct ph_addr *peer)
 	ph_timer_arm(&w->loop, &c->timer, r->connect_timeout);
 }
 
-static void fwd_accept_some(struct fwd_wrule *wr)
+static void fwd_on_accept(struct ph_acceptor *a, int fd, const struct ph_addr *peer)
 {
-	struct ph_worker *w = wr->w;
-	char label[96];
-
-	for (unsigned i = 0; i < FWD_ACCEPT_BUDGET; i++) {
-		struct ph_addr peer;
-		socklen_t len = sizeof(peer.u);
-		int fd;
-
-		if (wr->lio.fd == -1)
-			return;
-		fd = ph_sys.accept4(wr->lio.fd, &peer.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd == -1) {
-			switch (errno) {
-			case EAGAIN:
-				return;
-			case EINTR:
-			case ECONNABORTED:
-			case EPERM:
-				continue;
-			case EMFILE:
-			case ENFILE:
-			case ENOBUFS:
-			case ENOMEM:
-				/* the client waits in the backlog; retry once fds are freed */
-				FWD_STAT(wr, errors, 1);
-				if (ph_ratelimit_ok(&wr->rl_accept, w->loop.now, 1))
-					ph_err("%s: cannot accept: %s (raise the limit with ulimit "
-					       "-n); pausing %d ms",
-					       ph_forward__label(wr->rule, label, sizeof(label)),
-					       strerror(errno), FWD_PAUSE_MS);
-				ph_timer_arm(&w->loop, &wr->pause, FWD_PAUSE_MS);
-				return;
-			default:
-				ph_err("%s: accept: %s",
-				       ph_forward__label(wr->rule, label, sizeof(label)),
-				       strerror(errno));
-				ph_timer_arm(&w->loop, &wr->pause, FWD_PAUSE_MS);
-				return;
-			}
-		}
-		peer.len = len;
-		ph_addr_unmap(&peer);
-		fwd_admit(wr, fd, &peer);
-	}
-	ph_task_queue(&w->loop, &wr->more); /* more may be waiting: after the others */
+	fwd_admit(container_of(a, struct fwd_wrule, acc), fd, peer);
 }
 
-static void fwd_on_accept(struct ph_io *io, uint32_t events)
+static const char *fwd_acc_label(struct ph_acceptor *a, char *buf, size_t len)
 {
-	(void)events;
-	fwd_accept_some(container_of(io, struct fwd_wrule, lio));
-}
-
-static void fwd_on_more(struct ph_task *t)
-{
-	fwd_accept_some(container_of(t, struct fwd_wrule, more));
-}
-
-static void fwd_on_pause(struct ph_timer *t)
-{
-	fwd_accept_some(container_of(t, struct fwd_wrule, pause));
+	return ph_forward__label(container_of(a, struct fwd_wrule, acc)->rule, buf, len);
 }
 
 static void fwd_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
@@ -503,9 +458,8 @@ static void fwd_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
 	struct ph_list *it, *tmp;
 
 	/* both stop accepting; abort also ends what is live */
-	ph_io_close(l, &wr->lio);
-	ph_timer_stop(l, &wr->pause);
-	ph_task_cancel(&wr->more);
+	(void)l;
+	ph_acceptor_close(&wr->acc);
 	if (cmd != PH_WORKER_ABORT)
 		return;
 	ph_list_for_each_safe(it, tmp, &wr->conns) {
@@ -534,16 +488,14 @@ static void wrule_free(struct fwd_wrule *wr)
 		struct fwd_conn *c = container_of(it, struct fwd_conn, node);
 
 		ph_list_del(&c->node);
+		ph_fds_give(c->fds);
 		ph_socks__conn_free(c);
 		ph_pump_close(&c->pump, false);
 		free(c->sx);
 		free(c);
 	}
-	if (wr->lio.fd != -1)
-		close(wr->lio.fd);
+	ph_acceptor_close(&wr->acc);
 	ph_list_del(&wr->hook.node);
-	ph_timer_stop(&wr->w->loop, &wr->pause);
-	ph_task_cancel(&wr->more);
 	ph_task_cancel(&wr->retire_task);
 	ph_socks__wrule_free(wr);
 	free(wr);
@@ -622,9 +574,9 @@ static int tcp_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
 		}
 		wr->rule = r;
 		wr->w = w[i];
-		ph_io_init(&wr->lio, -1, fwd_on_accept);
-		ph_timer_init(&wr->pause, fwd_on_pause);
-		ph_task_init(&wr->more, fwd_on_more);
+		ph_acceptor_init(&wr->acc, -1,
+		                 r->kind == PH_RULE_SOCKS ? PH_FDS_SOCKS : PH_FDS_FORWARD,
+		                 fwd_on_accept, fwd_acc_label);
 		ph_list_init(&wr->conns);
 		ph_list_init(&wr->hook.node);
 		ph_task_init(&wr->retire_task, wrule_on_retired);
@@ -639,7 +591,7 @@ static int tcp_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
 			err = fd;
 			goto err_free;
 		}
-		wr->lio.fd = fd;
+		wr->acc.io.fd = fd;
 	}
 	r->listen.addr = from != NULL ? from->listen.addr : bound; /* what is bound, for logs */
 	return 0;
@@ -661,22 +613,18 @@ static void tcp_attach(struct fwd_wrule *wr, struct fwd_wrule *from)
 	int err;
 
 	ph_worker_hook_add(wr->w, &wr->hook, fwd_on_cmd);
-	if (wr->lio.fd == -1 && from != NULL && from->lio.fd == -1)
+	if (wr->acc.io.fd == -1 && from != NULL && from->acc.io.fd == -1)
 		ph_warn("%s: the rule it replaces had no listener on worker %d: none here either",
 		        ph_forward__label(wr->rule, label, sizeof(label)), wr->w->id);
-	if (wr->lio.fd == -1 && from != NULL && from->lio.fd != -1) {
-		/* the listener changes hands: connections waiting in its queue stay */
-		ph_io_forget(l, &from->lio, &wr->lio.fd);
-		ph_timer_stop(l, &from->pause);
-		ph_task_cancel(&from->more);
-	}
-	if (wr->lio.fd == -1)
+	if (wr->acc.io.fd == -1 && from != NULL && from->acc.io.fd != -1)
+		ph_acceptor_take(l, &wr->acc, &from->acc); /* clients in its queue stay */
+	if (wr->acc.io.fd == -1)
 		return;
-	err = ph_io_add(l, &wr->lio, EPOLLIN | EPOLLET);
+	err = ph_acceptor_start(l, &wr->acc);
 	if (err < 0) {
 		ph_err("%s: cannot watch the listener: %s",
 		       ph_forward__label(wr->rule, label, sizeof(label)), strerror(-err));
-		ph_io_close(l, &wr->lio);
+		ph_acceptor_close(&wr->acc);
 	}
 }
 
@@ -711,9 +659,8 @@ static void tcp_detach(struct fwd_wrule *wr)
 {
 	struct ph_loop *l = &wr->w->loop;
 
-	ph_io_close(l, &wr->lio); /* harmless when a new rule took the listener over */
-	ph_timer_stop(l, &wr->pause);
-	ph_task_cancel(&wr->more);
+	(void)l;
+	ph_acceptor_close(&wr->acc); /* harmless when a new rule took the listener over */
 	wr->detached = true;
 	wr->sel.idle = wrule_on_sel_idle;
 	ph_forward__retire(wr);

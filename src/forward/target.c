@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "core/net.h"
 #include "core/worker.h"
 #include "forward/forward.h"
 
@@ -198,6 +199,10 @@ void ph_tsel_failed(struct ph_tsel *s, unsigned t, const struct ph_addr *dst, in
 	uint64_t backoff = TSEL_BACKOFF_MIN_MS, now = s->w->loop.now;
 	char a[PH_ADDR_STRLEN];
 
+	if (ph_err_is_local(err)) { /* out of fds or memory here: the target is not to blame */
+		__atomic_fetch_sub(&tg->fails, 1, __ATOMIC_RELAXED);
+		return;
+	}
 	for (uint32_t i = 1; i < fails && backoff < TSEL_BACKOFF_MAX_MS; i++)
 		backoff *= 2;
 	if (backoff > TSEL_BACKOFF_MAX_MS)

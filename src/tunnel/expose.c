@@ -245,7 +245,8 @@ static void rule_register(struct xrule *r)
 	                    .req = r->idx + 1,
 	                    .proto = r->conf->udp ? PH_SVC_UDP : PH_SVC_TCP,
 	                    .port = r->want,
-	                    .proxy = (uint8_t)r->conf->proxy};
+	                    .proxy = (uint8_t)r->conf->proxy,
+	                    .max_conns = r->conf->max_conns};
 	uint8_t out[PH_CTRL_MAX];
 
 	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP || r->state == XR_REFUSED)

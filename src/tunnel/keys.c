@@ -290,7 +290,8 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 	const char *eq = memchr(w, '=', wl), *v, *end = w + wl;
 
 	if (eq == NULL)
-		return opt_fail(why, whylen, w, wl, "an option is names=, ports= or max=");
+		return opt_fail(why, whylen, w, wl,
+		                "an option is names=, ports=, max= or sessions=");
 	v = eq + 1;
 	if ((size_t)(eq - w) == 5 && memcmp(w, "names", 5) == 0) {
 		/* an empty list or item is refused: "names=" must not read as "any name" */
@@ -335,6 +336,14 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 		}
 		return 0;
 	}
+	if ((size_t)(eq - w) == 8 && memcmp(w, "sessions", 8) == 0) {
+		uint16_t n;
+
+		if (parse_port(v, (size_t)(end - v), &n) < 0 || n > PH_AUTH_SESSIONS_MAX)
+			return opt_fail(why, whylen, w, wl, "sessions=N: sessions at once, 1-1024");
+		k->max_sessions = n;
+		return 0;
+	}
 	if ((size_t)(eq - w) == 3 && memcmp(w, "max", 3) == 0) {
 		uint16_t n;
 
@@ -343,7 +352,7 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 		k->max_services = n;
 		return 0;
 	}
-	return opt_fail(why, whylen, w, wl, "an option is names=, ports= or max=");
+	return opt_fail(why, whylen, w, wl, "an option is names=, ports=, max= or sessions=");
 }
 
 int ph_auth_parse_line(const char *line, struct ph_auth_key *k, char *why, size_t whylen)
@@ -390,18 +399,25 @@ int ph_auth_parse_line(const char *line, struct ph_auth_key *k, char *why, size_
 	return 1;
 }
 
-bool ph_auth_allows(const struct ph_auth_key *k, const char *name, uint16_t port)
+bool ph_auth_name_ok(const struct ph_auth_key *k, const char *name)
 {
-	bool ok = k->nnames == 0;
-
-	for (unsigned i = 0; i < k->nnames && !ok; i++)
-		ok = name != NULL && strcmp(name, k->names[i]) == 0;
-	if (!ok)
-		return false;
-	if (k->nranges == 0)
+	if (k->nnames == 0)
 		return true;
+	for (unsigned i = 0; i < k->nnames; i++)
+		if (name != NULL && strcmp(name, k->names[i]) == 0)
+			return true;
+	return false;
+}
+
+bool ph_auth_port_named(const struct ph_auth_key *k, uint16_t port)
+{
 	for (unsigned i = 0; i < k->nranges; i++)
 		if (port >= k->lo[i] && port <= k->hi[i])
 			return true;
 	return false;
+}
+
+bool ph_auth_allows(const struct ph_auth_key *k, const char *name, uint16_t port)
+{
+	return ph_auth_name_ok(k, name) && (k->nranges == 0 || ph_auth_port_named(k, port));
 }

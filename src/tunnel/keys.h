@@ -64,16 +64,27 @@ struct ph_auth_key {
 	uint16_t lo[PH_AUTH_RANGES], hi[PH_AUTH_RANGES]; /* public ports; none: any */
 	unsigned nranges;
 	unsigned max_services; /* 0: no limit */
+	unsigned max_sessions; /* 0: PH_AUTH_SESSIONS */
 };
+
+#define PH_AUTH_SESSIONS     8    /* sessions a key may hold at once, unless sessions= */
+#define PH_AUTH_SESSIONS_MAX 1024 /* the most sessions= may say */
 
 /*
  * Parses one authorized-keys line: `[OPTIONS] ph-ed25519 BASE64 [comment]`, OPTIONS a
- * comma-separated list of `names=a|b`, `ports=20000-20099|443`, `max=N`. Returns 1 with
+ * comma-separated list of `names=a|b`, `ports=20000-20099|443`, `max=N` (services at once),
+ * `sessions=N` (sessions at once). Returns 1 with
  * *k filled, 0 for a blank or comment line, or -EINVAL with a reason naming the word.
  */
 int ph_auth_parse_line(const char *line, struct ph_auth_key *k, char *why, size_t whylen);
 
 /* True when k may expose a service called name (NULL: unnamed) on public port port. */
 bool ph_auth_allows(const struct ph_auth_key *k, const char *name, uint16_t port);
+
+/* True when k's names= lets it use name (NULL or "": unnamed), or k has no names=. */
+bool ph_auth_name_ok(const struct ph_auth_key *k, const char *name);
+
+/* True when one of k's ports= ranges holds port (false when k has no ports=). */
+bool ph_auth_port_named(const struct ph_auth_key *k, uint16_t port);
 
 #endif /* PH_TUNNEL_KEYS_H */

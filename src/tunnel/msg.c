@@ -39,6 +39,16 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 		c->port = ph_get16(p + 6);
 		c->proxy = p[8];
 		len = p[9];
+		if (n == 10 + len + 4 &&
+		    len <= PH_NAME_MAX) { /* the visitor limit, when one is set */
+			c->max_conns = ph_get32(p + 10 + len);
+			if (c->max_conns == 0) {
+				*why = "a REGISTER with a visitor limit of 0 (no limit is sent as "
+				       "none)";
+				return -EPROTO;
+			}
+			n -= 4;
+		}
 		if (n != 10 + len) {
 			*why = "a REGISTER of the wrong length";
 			return -EPROTO;
@@ -112,7 +122,10 @@ size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out)
 		len = strnlen(c->name, PH_NAME_MAX);
 		out[9] = (uint8_t)len;
 		memcpy(out + 10, c->name, len);
-		return 10 + len;
+		if (c->max_conns == 0)
+			return 10 + len; /* as before the limit existed */
+		ph_put32(out + 10 + len, c->max_conns);
+		return 10 + len + 4;
 	case PH_CTRL_REGISTERED:
 		ph_put32(out + 1, c->req);
 		ph_put16(out + 5, c->service);

@@ -30,7 +30,7 @@ enum ph_ctrl_type {
 #define PH_REFUSE_BADREQ 5 /* a request the relay does not understand */
 
 #define PH_CTRL_TEXT_MAX 200
-#define PH_CTRL_MAX      (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + 8)
+#define PH_CTRL_MAX      (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + 8 + 4)
 
 struct ph_ctrl {
 	uint8_t type;
@@ -40,6 +40,8 @@ struct ph_ctrl {
 	uint8_t proxy;    /* REGISTER: PROXY protocol version for the local service, 0 none */
 	uint16_t service; /* REGISTERED, UNREGISTER */
 	uint8_t code;     /* REFUSED */
+	uint32_t
+		max_conns; /* REGISTER: visitors at once, 0 no limit (optional u32 after the name) */
 	char name[PH_NAME_MAX + 1];      /* REGISTER: "" when unnamed */
 	char text[PH_CTRL_TEXT_MAX + 1]; /* REFUSED */
 };

@@ -16,9 +16,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "conn/accept.h"
 #include "core/log.h"
 #include "core/net.h"
 #include "core/util.h"
+#include "relay/udptab.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
 #include "tunnel/session.h"
@@ -26,21 +28,22 @@
 #include "tunnel/tunnel.h"
 
 #define MAX_HANDSHAKES        64 /* sessions not yet authenticated, at once */
-#define MAX_HANDSHAKES_PER_IP 8  /* of them from one address */
-#define ACCEPT_BATCH          64 /* visitors accepted per event */
+#define MAX_HANDSHAKES_PER_IP 8  /* of them from one IPv4 address or IPv6 /64 */
 #define UDP_BATCH             64 /* datagrams read per event */
 #define FLOW_IDLE_MS          60000
 #define FLOW_MAX              4096 /* UDP peers per service */
 #define AUTH_MAX              4096 /* authorized keys */
+#define PORT_TRIES            64   /* binds one port-0 REGISTER may try in a range */
+#define PORT_PRIVILEGED       1024 /* below: only for a key whose ports= names it */
+#define LOG_PER_SEC           10   /* lines a second per kind of refusal */
 
 struct rsess;
 
+/* A public UDP peer of a service: found by its address (keyed hash) or by its id. */
 struct uflow {
-	struct ph_list lru; /* in the service's flows, least recent first */
-	struct uflow *anext, *inext;
-	struct ph_addr peer;
+	struct ph_udp_node node; /* in the service's table, least recent first */
+	struct uflow *inext;     /* in byid */
 	uint32_t id;
-	uint64_t last;
 };
 
 struct rsvc {
@@ -51,22 +54,27 @@ struct rsvc {
 	uint16_t id, port;
 	uint8_t proto, proxy;
 	char name[PH_NAME_MAX + 1];
-	struct ph_io io; /* listener or UDP socket */
+	struct ph_acceptor acc; /* TCP: the listener */
+	struct ph_io io;        /* UDP: the socket */
 	struct ph_timer hold;
 	struct ph_addr pub;
-	uint64_t visitors, bytes_in, bytes_out, dgrams;
+	uint32_t max_conns; /* visitors at once (the client's --max-conns); 0 no limit */
+	uint32_t live;      /* visitors now */
+	uint64_t visitors, bytes_in, bytes_out, dgrams, refused;
+	struct ph_ratelimit rl_full;
 	/* UDP */
-	struct ph_list flows;
-	struct uflow *byaddr[256], *byid[256];
-	uint32_t nflows, next_flow;
+	struct ph_udptab flows;  /* by peer address: SipHash with a random key */
+	struct uflow *byid[256]; /* ids are ours and sequential: evenly spread */
+	uint32_t next_flow;
 };
 
 struct rsess {
 	struct ph_list node; /* in relay.sessions */
 	struct ph_relay *r;
 	struct ph_sess *s;
-	const struct ph_auth_key *key; /* once up */
-	bool up;                       /* the handshake is done */
+	const struct ph_auth_key *key; /* once up: &kcopy (a reload may drop the file's) */
+	struct ph_auth_key kcopy;
+	bool up; /* the handshake is done */
 	char peer[PH_ADDR_STRLEN];
 	char fp[PH_FP_LEN];
 };
@@ -78,7 +86,7 @@ struct ph_relay {
 	struct ssl_ctx_st *ctx;
 	struct ph_auth_key *keys;
 	unsigned nkeys;
-	struct ph_io lis;
+	struct ph_acceptor lis;
 	struct ph_list sessions, services;
 	unsigned handshakes;
 	uint16_t next_sid;
@@ -86,7 +94,8 @@ struct ph_relay {
 	struct ph_timer sweep;
 	struct ph_list dead; /* closed services, freed by reap after this round's events */
 	struct ph_task reap;
-	struct ph_ratelimit rl; /* for the refused-key lines */
+	struct ph_ratelimit rl;      /* for the refused-key lines */
+	struct ph_ratelimit rl_hand; /* for the handshake-limit lines */
 	char auth_file[600];
 };
 
@@ -114,132 +123,143 @@ static bool peer_ok(void *arg, const uint8_t pub[PH_KEY_LEN])
 	return false;
 }
 
-static int auth_load(struct ph_relay *r, char *why, size_t whylen)
+/*
+ * Reads the authorized keys file of r into *keys (owned by the caller, *n of them).
+ * Returns 0, or -errno with a reason naming the file and line (*keys NULL).
+ */
+static int auth_read(const struct ph_relay *r, struct ph_auth_key **keys, unsigned *nkeys,
+                     char *why, size_t whylen)
 {
 	char line[1024];
 	unsigned n = 0;
 	FILE *f = fopen(r->auth_file, "re");
+	struct ph_auth_key *v = NULL;
+	unsigned nk = 0;
+	int err = 0;
 
+	*keys = NULL;
+	*nkeys = 0;
 	if (f == NULL) {
+		err = -errno;
 		snprintf(why, whylen,
 		         "--authorized-keys %s: %s (a relay with no authorized keys would only "
 		         "refuse; add the clients' `pinhole keygen` lines to it)",
-		         r->auth_file, strerror(errno));
-		return -errno;
+		         r->auth_file, strerror(-err));
+		return err;
 	}
 	while (fgets(line, sizeof(line), f) != NULL) {
 		struct ph_auth_key k;
 		char reason[256];
-		int err;
 
 		n++;
 		if (strchr(line, '\n') == NULL && !feof(f)) {
 			snprintf(why, whylen, "%s:%u: line too long", r->auth_file, n);
-			fclose(f);
-			return -EINVAL;
+			err = -EINVAL;
+			break;
 		}
 		err = ph_auth_parse_line(line, &k, reason, sizeof(reason));
 		if (err < 0) {
 			snprintf(why, whylen, "%s:%u: %s", r->auth_file, n, reason);
-			fclose(f);
-			return err;
+			break;
 		}
 		if (err == 0)
 			continue;
-		if (r->nkeys == AUTH_MAX) {
+		err = 0;
+		if (nk == AUTH_MAX) {
 			snprintf(why, whylen, "%s:%u: more than %u keys", r->auth_file, n,
 			         AUTH_MAX);
-			fclose(f);
-			return -E2BIG;
+			err = -E2BIG;
+			break;
 		}
-		if ((r->nkeys & (r->nkeys - 1)) == 0) { /* 0, 1, 2, 4...: grow */
-			struct ph_auth_key *v =
-				realloc(r->keys, (r->nkeys != 0 ? r->nkeys * 2 : 1) * sizeof(*v));
+		if ((nk & (nk - 1)) == 0) { /* 0, 1, 2, 4...: grow */
+			struct ph_auth_key *nv = realloc(v, (nk != 0 ? nk * 2 : 1) * sizeof(*v));
 
-			if (v == NULL) {
-				fclose(f);
+			if (nv == NULL) {
 				snprintf(why, whylen, "out of memory");
-				return -ENOMEM;
+				err = -ENOMEM;
+				break;
 			}
-			r->keys = v;
+			v = nv;
 		}
-		r->keys[r->nkeys++] = k;
+		v[nk++] = k;
 	}
 	fclose(f);
-	if (r->nkeys == 0) {
+	if (err == 0 && nk == 0) {
 		snprintf(why, whylen,
 		         "--authorized-keys %s holds no key: a relay nobody may use is not started "
 		         "(add the clients' `pinhole keygen` lines)",
 		         r->auth_file);
-		return -ENOENT;
+		err = -ENOENT;
 	}
+	if (err < 0) {
+		free(v);
+		return err;
+	}
+	*keys = v;
+	*nkeys = nk;
 	return 0;
 }
 
 /* --- services ---------------------------------------------------------------------------- */
 
-static unsigned flow_hash_addr(const struct ph_addr *a)
-{
-	const uint8_t *p = (const uint8_t *)&a->u;
-	unsigned h = 2166136261u;
-
-	for (socklen_t i = 0; i < a->len; i++)
-		h = (h ^ p[i]) * 16777619u;
-	return h & 255;
-}
-
 static void flow_free(struct rsvc *v, struct uflow *f)
 {
-	struct uflow **pp = &v->byaddr[flow_hash_addr(&f->peer)];
+	struct uflow **pp = &v->byid[f->id & 255];
 
-	while (*pp != f)
-		pp = &(*pp)->anext;
-	*pp = f->anext;
-	pp = &v->byid[f->id & 255];
 	while (*pp != f)
 		pp = &(*pp)->inext;
 	*pp = f->inext;
-	ph_list_del(&f->lru);
-	v->nflows--;
+	ph_udptab_del(&v->flows, &f->node);
 	free(f);
 }
 
 static struct uflow *flow_get(struct rsvc *v, const struct ph_addr *peer, uint64_t now)
 {
-	unsigned h = flow_hash_addr(peer);
+	struct ph_udp_key k;
+	struct ph_udp_node *n;
 	struct uflow *f;
 
-	for (f = v->byaddr[h]; f != NULL; f = f->anext)
-		if (f->peer.len == peer->len && memcmp(&f->peer.u, &peer->u, peer->len) == 0)
-			break;
-	if (f == NULL) {
-		if (v->nflows >= FLOW_MAX) /* the least recent peer makes room */
-			flow_free(v, container_of(v->flows.next, struct uflow, lru));
-		f = calloc(1, sizeof(*f));
-		if (f == NULL)
-			return NULL;
-		f->peer = *peer;
-		f->id = ++v->next_flow;
-		f->anext = v->byaddr[h];
-		v->byaddr[h] = f;
-		f->inext = v->byid[f->id & 255];
-		v->byid[f->id & 255] = f;
-		ph_list_init(&f->lru);
-		v->nflows++;
+	memset(&k, 0, sizeof(k)); /* compared as bytes: only what the address holds is set */
+	memcpy(&k.peer.u, &peer->u, peer->len <= sizeof(k.peer.u) ? peer->len : sizeof(k.peer.u));
+	k.peer.len = peer->len;
+	n = ph_udptab_find(&v->flows, &k);
+	if (n != NULL) {
+		ph_udptab_touch(&v->flows, n, now);
+		return container_of(n, struct uflow, node);
 	}
-	ph_list_del(&f->lru);
-	ph_list_add_tail(&v->flows, &f->lru);
-	f->last = now;
+	if (v->flows.n >= FLOW_MAX) /* the least recent peer makes room */
+		flow_free(v, container_of(ph_udptab_oldest(&v->flows), struct uflow, node));
+	f = calloc(1, sizeof(*f));
+	if (f == NULL)
+		return NULL;
+	f->id = ++v->next_flow;
+	f->inext = v->byid[f->id & 255];
+	v->byid[f->id & 255] = f;
+	ph_udptab_add(&v->flows, &f->node, &k, now);
+	return f;
+}
+
+static struct uflow *flow_by_id(struct rsvc *v, uint32_t id)
+{
+	struct uflow *f;
+
+	for (f = v->byid[id & 255]; f != NULL; f = f->inext)
+		if (f->id == id)
+			break;
 	return f;
 }
 
 /* Closes v; it is freed after this round's events, which may still name its socket. */
 static void svc_free(struct rsvc *v)
 {
-	while (!ph_list_empty(&v->flows))
-		flow_free(v, container_of(v->flows.next, struct uflow, lru));
+	struct ph_udp_node *n;
+
+	while ((n = ph_udptab_oldest(&v->flows)) != NULL)
+		flow_free(v, container_of(n, struct uflow, node));
+	ph_udptab_free(&v->flows);
 	ph_timer_stop(v->r->loop, &v->hold);
 	ph_io_close(v->r->loop, &v->io);
+	ph_acceptor_close(&v->acc);
 	ph_list_del(&v->node);
 	ph_list_add_tail(&v->r->dead, &v->node);
 	ph_task_queue(v->r->loop, &v->r->reap);
@@ -282,37 +302,53 @@ static void svc_orphan(struct rsvc *v, bool timed_out)
 	uint64_t hb = r->c->hb_ms != 0 ? r->c->hb_ms : PH_HEARTBEAT_MS;
 
 	v->owner = NULL;
-	(void)ph_io_mod(r->loop, &v->io, 0);
+	if (v->proto == PH_SVC_UDP)
+		(void)ph_io_mod(r->loop, &v->io, 0);
+	else
+		ph_acceptor_hold(&v->acc, true);
 	ph_timer_arm(r->loop, &v->hold, timed_out ? hb : 3 * hb);
 }
 
-static void svc_visitors(struct ph_io *io, uint32_t events)
+static const char *svc_label(struct ph_acceptor *a, char *buf, size_t len)
 {
-	struct rsvc *v = container_of(io, struct rsvc, io);
+	struct rsvc *v = container_of(a, struct rsvc, acc);
+
+	snprintf(buf, len, "relay tcp port %u%s%s", v->port, v->name[0] ? " " : "", v->name);
+	return buf;
+}
+
+/* A visitor: a stream on the owner's session, its first bytes riding with the OPEN. */
+static void svc_visitor(struct ph_acceptor *a, int fd, const struct ph_addr *peer)
+{
+	struct rsvc *v = container_of(a, struct rsvc, acc);
 	uint8_t head[2 + 2 * PH_MSG_ADDR_MAX];
+	char pa[PH_ADDR_STRLEN];
+	struct ph_addr local;
+	size_t hn;
 
-	(void)events;
-	for (int i = 0; i < ACCEPT_BATCH && v->owner != NULL; i++) {
-		struct ph_addr peer, local;
-		size_t hn;
-		int fd;
-
-		peer.len = sizeof(peer.u);
-		fd = accept4(io->fd, &peer.u.sa, &peer.len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE)
-				ph_warn("%s port %u: cannot accept: %s", proto_str(v->proto),
-				        v->port, strerror(errno));
-			return;
-		}
-		local.len = sizeof(local.u);
-		if (getsockname(fd, &local.u.sa, &local.len) < 0)
-			local = v->pub;
-		ph_put16(head, v->id);
-		hn = 2 + ph_msg_addr_put(head + 2, &peer);
-		hn += ph_msg_addr_put(head + hn, &local);
-		v->visitors++;
-		(void)ph_sess_open(v->owner->s, fd, head, hn, v);
+	if (v->owner == NULL || (v->max_conns != 0 && v->live >= v->max_conns)) {
+		v->refused++;
+		if (v->owner != NULL && ph_ratelimit_ok(&v->rl_full, v->r->loop->now, LOG_PER_SEC))
+			ph_warn("tcp port %u%s%s: refused visitor %s: --max-conns %u reached",
+			        v->port, v->name[0] ? " " : "", v->name,
+			        ph_addr_fmt(peer, pa, sizeof(pa)), v->max_conns);
+		ph_fds_give(a->cost);
+		ph_sock_set_rst(fd);
+		close(fd);
+		return;
+	}
+	local.len = sizeof(local.u);
+	if (getsockname(fd, &local.u.sa, &local.len) < 0)
+		local = v->pub;
+	ph_put16(head, v->id);
+	hn = 2 + ph_msg_addr_put(head + 2, peer);
+	hn += ph_msg_addr_put(head + hn, &local);
+	v->visitors++;
+	v->live++;
+	/* the stream's end (rs_stream_end) gives the fd and the slot back */
+	if (ph_sess_open(v->owner->s, fd, head, hn, v) == NULL) {
+		v->live--;
+		ph_fds_give(a->cost);
 	}
 }
 
@@ -355,14 +391,47 @@ static void svc_datagrams(struct ph_io *io, uint32_t events)
 	}
 }
 
-/* Whether port is one key k may hold (its ports=, else the relay's --ports, else any). */
-static bool port_allowed(const struct ph_relay *r, const struct ph_auth_key *k, uint16_t port)
+/*
+ * Whether key k may hold public port port: inside its ports= when it has them, inside the
+ * relay's --ports when given (both, when both are), and a privileged port only when its
+ * ports= names it. When not, why says so (for the REFUSED text).
+ */
+static bool port_allowed(const struct ph_relay *r, const struct ph_auth_key *k, uint16_t port,
+                         char *why, size_t len)
 {
-	if (k->nranges != 0)
-		return ph_auth_allows(k, NULL, port);
-	if (r->c->port_lo != 0)
-		return port >= r->c->port_lo && port <= r->c->port_hi;
+	if (k->nranges != 0 && !ph_auth_port_named(k, port)) {
+		size_t n = (size_t)snprintf(why, len, "port %u is outside this key's ports=", port);
+
+		for (unsigned i = 0; i < k->nranges && n < len; i++)
+			n += (size_t)snprintf(why + n, len - n,
+			                      k->lo[i] == k->hi[i] ? "%s%u" : "%s%u-%u",
+			                      i ? "|" : "", k->lo[i], k->hi[i]);
+		return false;
+	}
+	if (r->c->port_lo != 0 && (port < r->c->port_lo || port > r->c->port_hi)) {
+		snprintf(why, len, "port %u is outside the relay's --ports %u-%u", port,
+		         r->c->port_lo, r->c->port_hi);
+		return false;
+	}
+	if (port < PORT_PRIVILEGED && !ph_auth_port_named(k, port)) {
+		snprintf(why, len,
+		         "port %u is privileged: only a key whose ports= names it may have it",
+		         port);
+		return false;
+	}
 	return true;
+}
+
+/* Whether one of the relay's services already holds port for proto. */
+static bool port_held(const struct ph_relay *r, uint8_t proto, uint16_t port)
+{
+	for (struct ph_list *n = r->services.next; n != &r->services; n = n->next) {
+		const struct rsvc *v = container_of(n, struct rsvc, node);
+
+		if (v->port == port && v->proto == proto)
+			return true;
+	}
+	return false;
 }
 
 /* Opens the public socket of v on port (0: the kernel's choice). Returns the fd or -errno. */
@@ -450,45 +519,76 @@ static unsigned key_services(struct ph_relay *r, const uint8_t key[PH_KEY_LEN])
 	return n;
 }
 
-static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
+/*
+ * The first free port for a port-0 REGISTER of key k: in its ports= (inside --ports too),
+ * else in --ports, else the kernel's choice. Ports this relay holds are skipped without a
+ * syscall, and at most PORT_TRIES binds are tried, so a full range costs a client's
+ * REGISTER little. Returns the fd, or -errno (-ENOSPC: none free).
+ */
+static int svc_bind_any(struct ph_relay *r, const struct ph_auth_key *k, struct rsvc *v)
+{
+	unsigned nr = k->nranges != 0 ? k->nranges : 1, tries = 0;
+	char why[128];
+	int fd = -ENOSPC;
+
+	if (k->nranges == 0 && r->c->port_lo == 0)
+		return svc_bind(r, v, 0);
+	for (unsigned i = 0; i < nr && fd < 0 && tries < PORT_TRIES; i++) {
+		unsigned lo = k->nranges != 0 ? k->lo[i] : r->c->port_lo;
+		unsigned hi = k->nranges != 0 ? k->hi[i] : r->c->port_hi;
+		unsigned span = hi - lo + 1, start = r->next_port % span;
+
+		for (unsigned j = 0; j < span && fd < 0 && tries < PORT_TRIES; j++) {
+			uint16_t p = (uint16_t)(lo + (start + j) % span);
+
+			if (port_held(r, v->proto, p) || !port_allowed(r, k, p, why, sizeof(why)))
+				continue;
+			tries++;
+			fd = svc_bind(r, v, p);
+			if (fd >= 0)
+				r->next_port = (uint16_t)(start + j + 1);
+		}
+	}
+	return fd >= 0 ? fd : -ENOSPC;
+}
+
+/* Takes service v back for session rs: a restarted or reconnected client of the same key. */
+static void svc_take_back(struct rsess *rs, const struct ph_ctrl *c, struct rsvc *v)
 {
 	struct ph_relay *r = rs->r;
+
+	if (v->owner != NULL) {
+		struct ph_ctrl u = {.type = PH_CTRL_UNREGISTER, .service = v->id};
+		uint8_t out[PH_CTRL_MAX];
+
+		ph_warn("client %s: takes %s port %u over from %s, a session of the same key that "
+		        "looks stale",
+		        rs->peer, proto_str(v->proto), v->port, v->owner->peer);
+		ph_sess_drop_owner(v->owner->s, v);
+		(void)ph_sess_ctrl(v->owner->s, out, ph_ctrl_build(&u, out));
+	}
+	ph_timer_stop(r->loop, &v->hold);
+	v->owner = rs;
+	v->proxy = c->proxy;
+	v->max_conns = c->max_conns;
+	snprintf(v->name, sizeof(v->name), "%s", c->name);
+	if (v->proto == PH_SVC_TCP) {
+		ph_acceptor_hold(&v->acc, false);
+	} else if (ph_io_mod(r->loop, &v->io, EPOLLIN) < 0) {
+		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay cannot poll port %u", v->port);
+		svc_free(v);
+		return;
+	}
+	sess_registered(rs, c->req, v, true);
+}
+
+/* Checks a REGISTER against the key's limits. Returns true, or false with the refusal sent. */
+static bool register_allowed(struct rsess *rs, const struct ph_ctrl *c)
+{
 	const struct ph_auth_key *k = rs->key;
-	struct rsvc *v = svc_match(r, rs, c);
-	int fd = -EADDRINUSE;
+	char why[PH_CTRL_TEXT_MAX];
 
-	if (v != NULL && v->owner == rs) {
-		sess_refuse(rs, c->req, PH_REFUSE_INUSE, "port %u is already this session's",
-		            c->port);
-		return;
-	}
-	if (v != NULL && (k->nnames == 0 || ph_auth_allows(k, c->name, 0))) {
-		/* the same key again: a restarted or reconnected client takes its port back */
-		if (v->owner != NULL) {
-			struct ph_ctrl u = {.type = PH_CTRL_UNREGISTER, .service = v->id};
-			uint8_t out[PH_CTRL_MAX];
-
-			ph_warn("client %s: takes %s port %u over from %s, a session of the same "
-			        "key "
-			        "that looks stale",
-			        rs->peer, proto_str(v->proto), v->port, v->owner->peer);
-			ph_sess_drop_owner(v->owner->s, v);
-			(void)ph_sess_ctrl(v->owner->s, out, ph_ctrl_build(&u, out));
-		}
-		ph_timer_stop(r->loop, &v->hold);
-		v->owner = rs;
-		v->proxy = c->proxy;
-		snprintf(v->name, sizeof(v->name), "%s", c->name);
-		if (ph_io_mod(r->loop, &v->io, EPOLLIN) < 0) {
-			sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay cannot poll port %u",
-			            v->port);
-			svc_free(v);
-			return;
-		}
-		sess_registered(rs, c->req, v, true);
-		return;
-	}
-	if (k->nnames != 0 && (c->name[0] == '\0' || !ph_auth_allows(k, c->name, 0))) {
+	if (!ph_auth_name_ok(k, c->name)) {
 		char names[PH_AUTH_NAMES * (PH_NAME_MAX + 1) + 1] = "";
 
 		for (unsigned i = 0; i < k->nnames; i++)
@@ -498,28 +598,55 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 		            c->name[0] ? "name '%s' is not among this key's names=%s"
 		                       : "%sthis key may only expose names=%s (give --name)",
 		            c->name, names);
-		return;
+		return false;
 	}
-	if (k->max_services != 0 && key_services(r, k->pub) >= k->max_services) {
+	if (k->max_services != 0 && key_services(rs->r, k->pub) >= k->max_services) {
 		sess_refuse(rs, c->req, PH_REFUSE_LIMIT, "this key holds its max=%u services",
 		            k->max_services);
+		return false;
+	}
+	if (c->port != 0 && !port_allowed(rs->r, k, c->port, why, sizeof(why))) {
+		sess_refuse(rs, c->req, PH_REFUSE_LIMIT, "%s", why);
+		return false;
+	}
+	return true;
+}
+
+/* Opens v's public socket and starts serving it. Returns 0, or -errno with v unchanged. */
+static int svc_open(struct ph_relay *r, struct rsvc *v, int fd)
+{
+	int err;
+
+	if (v->proto == PH_SVC_UDP) {
+		err = ph_udptab_init(&v->flows);
+		if (err < 0)
+			return err;
+		ph_io_init(&v->io, fd, svc_datagrams);
+		err = ph_io_add(r->loop, &v->io, EPOLLIN);
+		if (err < 0)
+			ph_udptab_free(&v->flows);
+		return err;
+	}
+	ph_acceptor_init(&v->acc, fd, PH_FDS_STREAM, svc_visitor, svc_label);
+	return ph_acceptor_start(r->loop, &v->acc);
+}
+
+static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
+{
+	struct ph_relay *r = rs->r;
+	const struct ph_auth_key *k = rs->key;
+	struct rsvc *v = svc_match(r, rs, c);
+	int fd, err;
+
+	if (v != NULL && v->owner == rs) {
+		sess_refuse(rs, c->req, PH_REFUSE_INUSE, "port %u is already this session's",
+		            c->port);
 		return;
 	}
-	if (c->port != 0 && !port_allowed(r, k, c->port)) {
-		if (k->nranges != 0) {
-			char ports[PH_AUTH_RANGES * 12 + 1] = "";
-
-			for (unsigned i = 0; i < k->nranges; i++)
-				snprintf(ports + strlen(ports), sizeof(ports) - strlen(ports),
-				         k->lo[i] == k->hi[i] ? "%s%u" : "%s%u-%u", i ? "|" : "",
-				         k->lo[i], k->hi[i]);
-			sess_refuse(rs, c->req, PH_REFUSE_LIMIT,
-			            "port %u is outside this key's ports=%s", c->port, ports);
-		} else {
-			sess_refuse(rs, c->req, PH_REFUSE_LIMIT,
-			            "port %u is outside the relay's --ports %u-%u", c->port,
-			            r->c->port_lo, r->c->port_hi);
-		}
+	if (!register_allowed(rs, c))
+		return;
+	if (v != NULL) {
+		svc_take_back(rs, c, v);
 		return;
 	}
 	v = calloc(1, sizeof(*v));
@@ -530,54 +657,32 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	v->r = r;
 	v->proto = c->proto;
 	v->proxy = c->proxy;
+	v->max_conns = c->max_conns;
 	memcpy(v->key, k->pub, PH_KEY_LEN);
 	snprintf(v->name, sizeof(v->name), "%s", c->name);
-	ph_list_init(&v->flows);
+	ph_list_init(&v->flows.lru); /* empty until a UDP service makes its table */
 	ph_list_init(&v->node);
 	ph_timer_init(&v->hold, svc_hold_end);
-	ph_io_init(&v->io, -1, c->proto == PH_SVC_UDP ? svc_datagrams : svc_visitors);
-	if (c->port != 0) {
-		fd = svc_bind(r, v, c->port);
-	} else if (k->nranges == 0 && r->c->port_lo == 0) {
-		fd = svc_bind(r, v, 0);
-	} else { /* the first free port of the key's ranges, or of --ports */
-		unsigned nr = k->nranges != 0 ? k->nranges : 1;
-
-		for (unsigned i = 0; i < nr && fd < 0; i++) {
-			unsigned lo = k->nranges != 0 ? k->lo[i] : r->c->port_lo;
-			unsigned hi = k->nranges != 0 ? k->hi[i] : r->c->port_hi;
-			unsigned span = hi - lo + 1, start = r->next_port % span;
-
-			for (unsigned j = 0; j < span && fd < 0; j++) {
-				unsigned p = lo + (start + j) % span;
-
-				if (k->nranges != 0 && r->c->port_lo != 0 &&
-				    (p < r->c->port_lo || p > r->c->port_hi))
-					continue;
-				fd = svc_bind(r, v, (uint16_t)p);
-				if (fd >= 0)
-					r->next_port = (uint16_t)(start + j + 1);
-			}
-		}
-		if (fd < 0) {
-			free(v);
-			sess_refuse(rs, c->req, PH_REFUSE_FULL, "no free port left in %s",
-			            k->nranges != 0 ? "this key's ports=" : "the relay's --ports");
-			return;
-		}
-	}
+	ph_io_init(&v->io, -1, svc_datagrams);
+	ph_acceptor_init(&v->acc, -1, PH_FDS_STREAM, svc_visitor, svc_label);
+	fd = c->port != 0 ? svc_bind(r, v, c->port) : svc_bind_any(r, k, v);
 	if (fd < 0) {
 		free(v);
-		sess_refuse(rs, c->req, fd == -EADDRINUSE ? PH_REFUSE_INUSE : PH_REFUSE_BIND,
-		            "port %u: %s", c->port,
-		            fd == -EADDRINUSE ? "in use on the relay" : ph_bind_strerror(-fd));
+		if (fd == -ENOSPC)
+			sess_refuse(rs, c->req, PH_REFUSE_FULL, "no free port left in %s",
+			            k->nranges != 0 ? "this key's ports=" : "the relay's --ports");
+		else
+			sess_refuse(
+				rs, c->req, fd == -EADDRINUSE ? PH_REFUSE_INUSE : PH_REFUSE_BIND,
+				"port %u: %s", c->port,
+				fd == -EADDRINUSE ? "in use on the relay" : ph_bind_strerror(fd));
 		return;
 	}
-	v->io.fd = fd;
 	do /* a service id no live service has */
 		v->id = ++r->next_sid;
 	while (v->id == 0);
-	if (ph_io_add(r->loop, &v->io, EPOLLIN) < 0) {
+	err = svc_open(r, v, fd);
+	if (err < 0) {
 		close(fd);
 		free(v);
 		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay cannot poll a new port");
@@ -605,14 +710,34 @@ static int rs_up(struct ph_sess *s)
 {
 	struct rsess *rs = s->owner;
 
+	const struct ph_auth_key *k = auth_find(rs->r, s->peer);
+	unsigned n = 0, max;
+
 	rs->r->handshakes--;
 	rs->up = true;
-	rs->key = auth_find(rs->r, s->peer);
-	if (rs->key == NULL)
-		return -EPERM; /* the handshake checked it; the file cannot have changed */
+	if (k == NULL)
+		return -EPERM; /* the handshake checked it; a reload cannot have come between */
+	rs->kcopy = *k;
+	rs->key = &rs->kcopy;
 	ph_key_fingerprint(s->peer, rs->fp);
-	ph_info("client %s: key %s%s%s%s", rs->peer, rs->fp, rs->key->comment[0] ? " (" : "",
-	        rs->key->comment, rs->key->comment[0] ? ")" : "");
+	ph_info("client %s: key %s%s%s%s", rs->peer, rs->fp, k->comment[0] ? " (" : "", k->comment,
+	        k->comment[0] ? ")" : "");
+	max = k->max_sessions != 0 ? k->max_sessions : PH_AUTH_SESSIONS;
+	for (struct ph_list *l = rs->r->sessions.next; l != &rs->r->sessions; l = l->next) {
+		const struct rsess *o = container_of(l, struct rsess, node);
+
+		n += o != rs && o->up && o->key != NULL &&
+		     memcmp(o->key->pub, k->pub, PH_KEY_LEN) == 0;
+	}
+	if (n >= max) {
+		ph_warn("client %s (%s): refused: the key holds %u sessions already (sessions=%u)",
+		        rs->peer, k->comment[0] ? k->comment : rs->fp, n, max);
+		ph_sess_close(s, PH_GOAWAY_NORMAL,
+		              "this key holds %u sessions on the relay already; raise sessions= "
+		              "on its authorized_keys line",
+		              n);
+		return -EPERM;
+	}
 	return 0;
 }
 
@@ -668,16 +793,14 @@ static void rs_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	an = ph_msg_addr_get(p + 6, n - 6, &ignored);
 	if (an < 0)
 		return;
-	for (f = v->byid[ph_get32(p + 2) & 255]; f != NULL; f = f->inext)
-		if (f->id == ph_get32(p + 2))
-			break;
+	f = flow_by_id(v, ph_get32(p + 2));
 	if (f ==
 	    NULL) /* the relay sends only to peers that wrote to it: never where a client says */
 		return;
-	if (sendto(v->io.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT, &f->peer.u.sa,
-	           f->peer.len) >= 0)
+	if (sendto(v->io.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT, &f->node.key.peer.u.sa,
+	           f->node.key.peer.len) >= 0)
 		v->bytes_out += n - 6 - (size_t)an;
-	f->last = rs->r->loop->now;
+	ph_udptab_touch(&v->flows, &f->node, rs->r->loop->now);
 }
 
 static void rs_stream_end(struct ph_sess *s, struct ph_stream *st)
@@ -688,6 +811,8 @@ static void rs_stream_end(struct ph_sess *s, struct ph_stream *st)
 	if (v != NULL) {
 		v->bytes_in += st->bytes_in;
 		v->bytes_out += st->bytes_out;
+		v->live--;
+		ph_fds_give(PH_FDS_STREAM);
 	}
 }
 
@@ -699,6 +824,7 @@ static void rs_closed(struct ph_sess *s, const char *why)
 
 	if (!rs->up)
 		r->handshakes--;
+	ph_fds_give(PH_FDS_STREAM); /* the session's socket, reserved at accept */
 	if (rs->key == NULL) {
 		ph_info("client %s: %s", rs->peer, why);
 	} else {
@@ -724,7 +850,7 @@ static const struct ph_sess_ops relay_ops = {
 	.closed = rs_closed,
 };
 
-/* Sessions from peer's address (any port) still in their handshake. */
+/* Sessions from peer's address (any port; for IPv6 its /64) still in their handshake. */
 static unsigned pending_from(struct ph_relay *r, const struct ph_addr *peer)
 {
 	unsigned n = 0;
@@ -735,65 +861,84 @@ static unsigned pending_from(struct ph_relay *r, const struct ph_addr *peer)
 
 		if (rs->up || a->u.sa.sa_family != peer->u.sa.sa_family)
 			continue;
+		/* an IPv6 host has a /64 to pick addresses from: it counts as one */
 		if (a->u.sa.sa_family == AF_INET
 		            ? a->u.in.sin_addr.s_addr == peer->u.in.sin_addr.s_addr
-		            : memcmp(&a->u.in6.sin6_addr, &peer->u.in6.sin6_addr, 16) == 0)
+		            : memcmp(&a->u.in6.sin6_addr, &peer->u.in6.sin6_addr, 8) == 0)
 			n++;
 	}
 	return n;
 }
 
-static void relay_accept(struct ph_io *io, uint32_t events)
+/*
+ * The pending session to end so that a new one may start: the oldest of those that sent
+ * nothing the TLS handshake could use yet, else the oldest. A real client finishes within
+ * a round trip of its ClientHello, so a flood of newer connections never evicts a
+ * handshake that is almost done.
+ */
+static struct rsess *pending_victim(struct ph_relay *r)
 {
-	struct ph_relay *r = container_of(io, struct ph_relay, lis);
+	struct rsess *oldest = NULL;
 
-	(void)events;
-	for (int i = 0; i < ACCEPT_BATCH; i++) {
-		struct ph_addr peer;
-		struct rsess *rs;
-		int fd;
+	for (struct ph_list *n = r->sessions.next; n != &r->sessions; n = n->next) {
+		struct rsess *rs = container_of(n, struct rsess, node);
 
-		peer.len = sizeof(peer.u);
-		fd = accept4(io->fd, &peer.u.sa, &peer.len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0)
-			return;
-		if (pending_from(r, &peer) >= MAX_HANDSHAKES_PER_IP) {
-			close(fd); /* one address may not hold every slot */
+		if (rs->up)
 			continue;
-		}
-		if (r->handshakes >= MAX_HANDSHAKES) {
-			/*
-			 * Unauthenticated sessions are bounded; the oldest makes room, so that a
-			 * flood of silent connections cannot keep a real client out (its handshake
-			 * takes milliseconds, theirs never ends).
-			 */
-			for (struct ph_list *n = r->sessions.next; n != &r->sessions; n = n->next) {
-				struct rsess *old = container_of(n, struct rsess, node);
-
-				if (!old->up) {
-					ph_sess_close(old->s, PH_GOAWAY_NORMAL,
-					              "no TLS handshake yet, and %u others wait",
-					              MAX_HANDSHAKES);
-					break; /* frees old: n is not used again */
-				}
-			}
-		}
-		rs = calloc(1, sizeof(*rs));
-		if (rs == NULL) {
-			close(fd);
-			continue;
-		}
-		rs->r = r;
-		ph_addr_fmt(&peer, rs->peer, sizeof(rs->peer));
-		rs->s = ph_sess_new(r->loop, fd, r->ctx, true, &relay_ops, rs, r->c->hb_ms);
-		if (rs->s == NULL) {
-			free(rs);
-			continue;
-		}
-		rs->s->peer_addr = peer;
-		r->handshakes++;
-		ph_list_add_tail(&r->sessions, &rs->node);
+		if (rs->s->ssl != NULL && SSL_in_before(rs->s->ssl))
+			return rs;
+		if (oldest == NULL)
+			oldest = rs;
 	}
+	return oldest;
+}
+
+static const char *relay_label(struct ph_acceptor *a, char *buf, size_t len)
+{
+	(void)a;
+	snprintf(buf, len, "relay");
+	return buf;
+}
+
+static void relay_accept(struct ph_acceptor *a, int fd, const struct ph_addr *peer)
+{
+	struct ph_relay *r = container_of(a, struct ph_relay, lis);
+	char pa[PH_ADDR_STRLEN];
+	struct rsess *rs, *old;
+
+	if (pending_from(r, peer) >= MAX_HANDSHAKES_PER_IP) {
+		if (ph_ratelimit_ok(&r->rl_hand, r->loop->now, 1))
+			ph_info("relay: refused %s: %u handshakes from its address wait already",
+			        ph_addr_fmt(peer, pa, sizeof(pa)), MAX_HANDSHAKES_PER_IP);
+		ph_fds_give(a->cost);
+		close(fd); /* one address may not hold every slot */
+		return;
+	}
+	if (r->handshakes >= MAX_HANDSHAKES && (old = pending_victim(r)) != NULL)
+		/*
+		 * Unauthenticated sessions are bounded; one makes room, so that a flood of
+		 * silent connections cannot keep a real client out (its handshake takes
+		 * milliseconds, theirs never ends).
+		 */
+		ph_sess_close(old->s, PH_GOAWAY_NORMAL, "no TLS handshake yet, and %u others wait",
+		              MAX_HANDSHAKES); /* frees old */
+	rs = calloc(1, sizeof(*rs));
+	if (rs == NULL) {
+		ph_fds_give(a->cost);
+		close(fd);
+		return;
+	}
+	rs->r = r;
+	ph_addr_fmt(peer, rs->peer, sizeof(rs->peer));
+	rs->s = ph_sess_new(r->loop, fd, r->ctx, true, &relay_ops, rs, r->c->hb_ms);
+	if (rs->s == NULL) {
+		ph_fds_give(a->cost);
+		free(rs);
+		return;
+	}
+	rs->s->peer_addr = *peer;
+	r->handshakes++;
+	ph_list_add_tail(&r->sessions, &rs->node);
 }
 
 /* Once a heartbeat: UDP peers idle for a minute are forgotten. */
@@ -804,13 +949,11 @@ static void relay_sweep(struct ph_timer *t)
 	for (struct ph_list *n = r->services.next; n != &r->services; n = n->next) {
 		struct rsvc *v = container_of(n, struct rsvc, node);
 
-		while (!ph_list_empty(&v->flows)) {
-			struct uflow *f = container_of(v->flows.next, struct uflow, lru);
+		struct ph_udp_node *f;
 
-			if (r->loop->now - f->last < FLOW_IDLE_MS)
-				break;
-			flow_free(v, f);
-		}
+		while ((f = ph_udptab_oldest(&v->flows)) != NULL &&
+		       r->loop->now - f->last >= FLOW_IDLE_MS)
+			flow_free(v, container_of(f, struct uflow, node));
 	}
 	ph_timer_arm(r->loop, &r->sweep, 10000);
 }
@@ -835,7 +978,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	ph_list_init(&r->dead);
 	ph_task_init(&r->reap, relay_reap);
 	ph_timer_init(&r->sweep, relay_sweep);
-	ph_io_init(&r->lis, -1, relay_accept);
+	ph_acceptor_init(&r->lis, -1, PH_FDS_STREAM, relay_accept, relay_label);
 	if (c->auth_file[0] != '\0') {
 		snprintf(r->auth_file, sizeof(r->auth_file), "%s", c->auth_file);
 	} else {
@@ -844,7 +987,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 			goto fail;
 		snprintf(r->auth_file, sizeof(r->auth_file), "%s/authorized_keys", dir);
 	}
-	err = auth_load(r, why, whylen);
+	err = auth_read(r, &r->keys, &r->nkeys, why, whylen);
 	if (err < 0)
 		goto fail;
 	err = ph_key_open(c->key_file, true, &r->key, why, whylen);
@@ -873,12 +1016,12 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	if (fd < 0) {
 		snprintf(why, whylen, "server: cannot listen on %s:%u: %s",
 		         c->listen.wildcard ? "" : c->listen.host, c->listen.port,
-		         ph_bind_strerror(-fd));
+		         ph_bind_strerror(fd));
 		err = fd;
 		goto fail;
 	}
-	ph_io_init(&r->lis, fd, relay_accept);
-	err = ph_io_add(l, &r->lis, EPOLLIN);
+	r->lis.io.fd = fd;
+	err = ph_acceptor_start(l, &r->lis);
 	if (err < 0) {
 		snprintf(why, whylen, "server: %s", strerror(-err));
 		goto fail;
@@ -894,6 +1037,75 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 fail:
 	ph_relay_free(r);
 	return err;
+}
+
+/* Whether service v of key k still fits k's limits (after a reload changed them). */
+static bool svc_fits(const struct ph_relay *r, const struct ph_auth_key *k, const struct rsvc *v)
+{
+	char why[PH_CTRL_TEXT_MAX];
+
+	return ph_auth_name_ok(k, v->name) && port_allowed(r, k, v->port, why, sizeof(why));
+}
+
+int ph_relay_reload(struct ph_relay *r, char *msg, size_t len)
+{
+	struct ph_auth_key *keys, *old = r->keys;
+	unsigned n, ended = 0, closed = 0;
+	struct ph_list *it, *tmp;
+	char why[512];
+	int err;
+
+	err = auth_read(r, &keys, &n, why, sizeof(why));
+	if (err < 0) {
+		snprintf(msg, len, "%s; the keys in use stay", why);
+		return err;
+	}
+	r->keys = keys;
+	r->nkeys = n;
+	free(old);
+	/* sessions of removed keys end; the others get their key's new limits */
+	ph_list_for_each_safe(it, tmp, &r->sessions) {
+		struct rsess *rs = container_of(it, struct rsess, node);
+		const struct ph_auth_key *k;
+
+		if (!rs->up || rs->key == NULL)
+			continue; /* still in its handshake: judged against the new keys */
+		k = auth_find(r, rs->key->pub);
+		if (k != NULL) {
+			rs->kcopy = *k;
+			continue;
+		}
+		ph_info("client %s (%s): its key was removed from %s: session ended", rs->peer,
+		        rs->key->comment[0] ? rs->key->comment : rs->fp, r->auth_file);
+		ended++;
+		ph_sess_close(
+			rs->s, PH_GOAWAY_NORMAL,
+			"this key was removed from the relay's authorized keys"); /* frees rs */
+	}
+	/* services of removed keys close (held ones too), and those outside new limits */
+	ph_list_for_each_safe(it, tmp, &r->services) {
+		struct rsvc *v = container_of(it, struct rsvc, node);
+		const struct ph_auth_key *k = auth_find(r, v->key);
+
+		if (k != NULL && svc_fits(r, k, v))
+			continue;
+		ph_info("%s port %u%s%s closed: %s", proto_str(v->proto), v->port,
+		        v->name[0] ? " " : "", v->name,
+		        k == NULL ? "its key was removed" : "outside its key's new limits");
+		if (v->owner != NULL) {
+			struct ph_ctrl u = {.type = PH_CTRL_UNREGISTER, .service = v->id};
+			uint8_t out[PH_CTRL_MAX];
+
+			ph_sess_drop_owner(v->owner->s, v);
+			(void)ph_sess_ctrl(v->owner->s, out, ph_ctrl_build(&u, out));
+		}
+		closed++;
+		svc_free(v);
+	}
+	snprintf(msg, len, "%u authorized key%s from %s; %u session%s ended, %u port%s closed", n,
+	         n == 1 ? "" : "s", r->auth_file, ended, ended == 1 ? "" : "s", closed,
+	         closed == 1 ? "" : "s");
+	return 0;
 }
 
 void ph_relay_free(struct ph_relay *r)
@@ -912,7 +1124,7 @@ void ph_relay_free(struct ph_relay *r)
 	ph_task_cancel(&r->reap);
 	relay_reap(&r->reap);
 	ph_timer_stop(r->loop, &r->sweep);
-	ph_io_close(r->loop, &r->lis);
+	ph_acceptor_close(&r->lis);
 	ph_tls_ctx_free(r->ctx);
 	ph_key_free(r->key);
 	free(r->keys);
@@ -974,11 +1186,13 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 
 		if (json)
 			OUT("%s{\"proto\":\"%s\",\"port\":%u,\"name\":\"%s\",\"client\":\"%s\","
-			    "\"held\":%s,\"visitors\":%llu,\"datagrams\":%llu,\"bytes_in\":%llu,"
+			    "\"held\":%s,\"live\":%u,\"max_conns\":%u,\"refused\":%llu,"
+			    "\"visitors\":%llu,\"datagrams\":%llu,\"bytes_in\":%llu,"
 			    "\"bytes_out\":%llu}",
 			    l == r->services.next ? "" : ",", proto_str(v->proto), v->port, v->name,
 			    v->owner != NULL ? v->owner->peer : "",
-			    v->owner == NULL ? "true" : "false", (unsigned long long)v->visitors,
+			    v->owner == NULL ? "true" : "false", v->live, v->max_conns,
+			    (unsigned long long)v->refused, (unsigned long long)v->visitors,
 			    (unsigned long long)v->dgrams, (unsigned long long)v->bytes_in,
 			    (unsigned long long)v->bytes_out);
 		else

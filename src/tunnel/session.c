@@ -1152,6 +1152,7 @@ struct ph_stream *ph_sess_open(struct ph_sess *s, int fd, const uint8_t *head, s
 		n = read(fd, p + PH_FRAME_HDR + hn, room);
 	while (n < 0 && errno == EINTR);
 	if (n < 0 && errno != EAGAIN) {
+		st->owner = NULL; /* NULL means the owner hears nothing of it: no stream_end */
 		stream_close(st, true, 0); /* reset before a word: the peer never hears of it */
 		return NULL;
 	}

@@ -170,7 +170,7 @@ int ph_sess_dgram(struct ph_sess *s, const uint8_t *p, size_t n);
 /*
  * Opens a stream for the local socket fd (connected, or connecting when connecting) with
  * an OPEN frame whose payload is head[0..hn) followed by whatever fd has to read now.
- * Returns the stream, or NULL (fd closed).
+ * Returns the stream, or NULL (fd closed, and ops->stream_end not called for it).
  */
 struct ph_stream *ph_sess_open(struct ph_sess *s, int fd, const uint8_t *head, size_t hn,
                                void *owner);

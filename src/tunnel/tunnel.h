@@ -36,6 +36,7 @@ struct ph_expose_conf {
 	bool udp;
 	char name[PH_NAME_MAX + 1]; /* --name, "" none */
 	int proxy;                  /* --proxy-protocol 1 or 2, 0 none */
+	uint32_t max_conns;         /* --max-conns: visitors at once, 0 no limit */
 	char relay_fp[PH_FP_LEN];   /* --relay-key, "" trust on first use */
 	char key_file[512];         /* --key, "" the default */
 	char known_file[512];       /* --known-relays, "" the default */
@@ -65,6 +66,14 @@ struct ph_exposer;
 int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_relay **out,
                    char *why, size_t whylen);
 void ph_relay_free(struct ph_relay *r);
+
+/*
+ * Reads the authorized keys again: sessions of keys no longer there end (a GOAWAY says
+ * why) and their ports close, services outside a key's new limits close, the others go
+ * on untouched. A file with a problem changes nothing. Writes one line into msg. Returns 0
+ * or -errno.
+ */
+int ph_relay_reload(struct ph_relay *r, char *msg, size_t len);
 /* Appends the relay's status (text or a JSON object) to buf. Returns bytes written. */
 size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len);
 

@@ -49,7 +49,8 @@ static bool same(const struct ph_ctrl *a, const struct ph_ctrl *b)
 {
 	return a->type == b->type && a->req == b->req && a->proto == b->proto &&
 	       a->port == b->port && a->proxy == b->proxy && a->service == b->service &&
-	       a->code == b->code && strcmp(a->name, b->name) == 0 && strcmp(a->text, b->text) == 0;
+	       a->code == b->code && a->max_conns == b->max_conns &&
+	       strcmp(a->name, b->name) == 0 && strcmp(a->text, b->text) == 0;
 }
 
 static void check_ctrl(const uint8_t *data, size_t size)

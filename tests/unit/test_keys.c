@@ -722,11 +722,11 @@ static void test_auth_bad(void **state)
 {
 	(void)state;
 	/* not an option */
-	auth_bad("foo=1 " KEY, "foo=1", "names=, ports= or max=");
-	auth_bad("names " KEY, "names", "names=, ports= or max=");
-	auth_bad("Names=a " KEY, "Names=a", "names=, ports= or max=");
-	auth_bad("max=1,,names=a " KEY, "", "names=, ports= or max=");
-	auth_bad("ssh-ed25519 " B64_32, "ssh-ed25519", "names=, ports= or max=");
+	auth_bad("foo=1 " KEY, "foo=1", "names=, ports=, max= or sessions=");
+	auth_bad("names " KEY, "names", "names=, ports=, max= or sessions=");
+	auth_bad("Names=a " KEY, "Names=a", "names=, ports=, max= or sessions=");
+	auth_bad("max=1,,names=a " KEY, "", "names=, ports=, max= or sessions=");
+	auth_bad("ssh-ed25519 " B64_32, "ssh-ed25519", "names=, ports=, max= or sessions=");
 	/* names */
 	auth_bad("names=a|b|c|d|e|f|g|h|i " KEY, "names=a|b|c|d|e|f|g|h|i", "up to 8 names");
 	auth_bad("names=a,names=b|c|d|e|f|g|h|i " KEY, "names=b|c|d|e|f|g|h|i", "up to 8 names");
@@ -827,6 +827,49 @@ static void test_auth_allows(void **state)
 	assert_true(ph_auth_allows(&k, "web", 80));
 }
 
+/*
+ * The relay judges a name and a port on their own (a port-0 REGISTER has a name but no port
+ * yet; a take-back has a port): with names= and ports= on one key, a name is judged by
+ * names= alone and a port by ports= alone. This was the bug: the relay asked
+ * ph_auth_allows(k, name, 0) and (k, NULL, port), so such a key could register nothing.
+ */
+static void test_auth_name_and_port_apart(void **state)
+{
+	struct ph_auth_key k;
+
+	(void)state;
+	auth_ok("names=web,ports=8000-8001|443 " KEY, &k);
+	assert_true(ph_auth_name_ok(&k, "web"));
+	assert_false(ph_auth_name_ok(&k, "ssh"));
+	assert_false(ph_auth_name_ok(&k, ""));
+	assert_false(ph_auth_name_ok(&k, NULL));
+	assert_true(ph_auth_port_named(&k, 8000));
+	assert_true(ph_auth_port_named(&k, 443));
+	assert_false(ph_auth_port_named(&k, 0));
+	assert_false(ph_auth_port_named(&k, 8002));
+	auth_ok(KEY, &k); /* no limits: any name, and no port is *named* (privileged stay out) */
+	assert_true(ph_auth_name_ok(&k, NULL));
+	assert_true(ph_auth_name_ok(&k, "x"));
+	assert_false(ph_auth_port_named(&k, 81));
+}
+
+static void test_auth_sessions(void **state)
+{
+	struct ph_auth_key k;
+	char why[256];
+
+	(void)state;
+	auth_ok(KEY, &k);
+	assert_int_equal(k.max_sessions, 0); /* the relay's default, PH_AUTH_SESSIONS */
+	auth_ok("sessions=2,max=3 " KEY, &k);
+	assert_int_equal(k.max_sessions, 2);
+	assert_int_equal(k.max_services, 3);
+	assert_int_equal(ph_auth_parse_line("sessions=0 " KEY, &k, why, sizeof(why)), -EINVAL);
+	assert_non_null(strstr(why, "sessions=N"));
+	assert_int_equal(ph_auth_parse_line("sessions=1025 " KEY, &k, why, sizeof(why)), -EINVAL);
+	assert_int_equal(ph_auth_parse_line("sessions= " KEY, &k, why, sizeof(why)), -EINVAL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -845,6 +888,8 @@ int main(void)
 		cmocka_unit_test(test_auth_options),
 		cmocka_unit_test(test_auth_bad),
 		cmocka_unit_test(test_auth_allows),
+		cmocka_unit_test(test_auth_name_and_port_apart),
+		cmocka_unit_test(test_auth_sessions),
 	};
 
 	return cmocka_run_group_tests(tests, setup_dir, remove_dir);
