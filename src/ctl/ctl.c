@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "conn/accept.h"
 #include "core/addr.h"
 #include "core/log.h"
 #include "core/loop.h"
@@ -36,7 +37,8 @@ struct ctl_client {
 
 struct ph_ctl {
 	struct ph_loop *loop;
-	struct ph_io lio;
+	struct ph_acceptor lio; /* cost 0: CTL_MAX_CLIENTS bounds it, and status must work when
+	                        * connections have spent the fd budget */
 	struct ph_list clients;
 	unsigned nclients;
 	ph_ctl_fn fn;
@@ -207,33 +209,35 @@ static void client_on_timeout(struct ph_timer *t)
 	client_close(container_of(t, struct ctl_client, timer));
 }
 
-static void ctl_on_accept(struct ph_io *io, uint32_t events)
+static void ctl_on_accept(struct ph_acceptor *a, int fd, const struct ph_addr *peer)
 {
-	struct ph_ctl *ctl = container_of(io, struct ph_ctl, lio);
+	struct ph_ctl *ctl = container_of(a, struct ph_ctl, lio);
+	struct ctl_client *c;
 
-	(void)events;
-	for (;;) {
-		struct ctl_client *c;
-		int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-		if (fd == -1)
-			return; /* EAGAIN, or trouble that the next client retries */
-		if (ctl->nclients >= CTL_MAX_CLIENTS || (c = calloc(1, sizeof(*c))) == NULL) {
-			close(fd);
-			continue;
-		}
-		c->ctl = ctl;
-		ph_io_init(&c->io, fd, client_on_io);
-		ph_timer_init(&c->timer, client_on_timeout);
-		ph_task_init(&c->reap, client_reap);
-		ph_list_add_tail(&ctl->clients, &c->node);
-		ctl->nclients++;
-		if (ph_io_add(ctl->loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
-			client_close(c);
-			continue;
-		}
-		ph_timer_arm(ctl->loop, &c->timer, CTL_TIMEOUT_MS);
+	(void)peer;
+	if (ctl->nclients >= CTL_MAX_CLIENTS || (c = calloc(1, sizeof(*c))) == NULL) {
+		close(fd);
+		return;
 	}
+	c->ctl = ctl;
+	ph_io_init(&c->io, fd, client_on_io);
+	ph_timer_init(&c->timer, client_on_timeout);
+	ph_task_init(&c->reap, client_reap);
+	ph_list_add_tail(&ctl->clients, &c->node);
+	ctl->nclients++;
+	if (ph_io_add(ctl->loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+		client_close(c);
+		return;
+	}
+	ph_timer_arm(ctl->loop, &c->timer, CTL_TIMEOUT_MS);
+}
+
+static const char *ctl_label(struct ph_acceptor *a, char *buf, size_t len)
+{
+	struct ph_ctl *ctl = container_of(a, struct ph_ctl, lio);
+
+	snprintf(buf, len, "%s", ctl->http ? "--metrics" : "control socket");
+	return buf;
 }
 
 /* Is somebody answering at sa? */
@@ -295,8 +299,8 @@ int ph_ctl_open(struct ph_loop *l, const char *path, ph_ctl_fn fn, void *arg, st
 	ctl->arg = arg;
 	ph_list_init(&ctl->clients);
 	snprintf(ctl->path, sizeof(ctl->path), "%s", path);
-	ph_io_init(&ctl->lio, fd, ctl_on_accept);
-	err = ph_io_add(l, &ctl->lio, EPOLLIN | EPOLLET);
+	ph_acceptor_init(&ctl->lio, fd, 0, ctl_on_accept, ctl_label);
+	err = ph_acceptor_start(l, &ctl->lio);
 	if (err < 0) {
 		snprintf(why, whylen, "control socket: epoll: %s", strerror(-err));
 		unlink(path);
@@ -339,8 +343,8 @@ int ph_metrics_open(struct ph_loop *l, const struct ph_addr *a, ph_ctl_fn fn, vo
 	ctl->arg = arg;
 	ctl->http = true;
 	ph_list_init(&ctl->clients);
-	ph_io_init(&ctl->lio, fd, ctl_on_accept);
-	err = ph_io_add(l, &ctl->lio, EPOLLIN | EPOLLET);
+	ph_acceptor_init(&ctl->lio, fd, 0, ctl_on_accept, ctl_label);
+	err = ph_acceptor_start(l, &ctl->lio);
 	if (err < 0) {
 		snprintf(why, whylen, "--metrics: epoll: %s", strerror(-err));
 		close(fd);
@@ -362,7 +366,7 @@ void ph_ctl_close(struct ph_ctl *ctl)
 		ph_task_cancel(&c->reap);
 		client_reap(&c->reap);
 	}
-	ph_io_close(ctl->loop, &ctl->lio);
+	ph_acceptor_close(&ctl->lio);
 	if (ctl->path[0] != '\0')
 		unlink(ctl->path); /* may fail after --user: harmless, the next start replaces it */
 	free(ctl);
