@@ -76,4 +76,18 @@ int ph_auth_parse_line(const char *line, struct ph_auth_key *k, char *why, size_
 /* True when k may expose a service called name (NULL: unnamed) on public port port. */
 bool ph_auth_allows(const struct ph_auth_key *k, const char *name, uint16_t port);
 
+/*
+ * ssh's StrictModes for a file that says whom to trust (authorized_keys, known_relays):
+ * fd is the file, opened from path. Both the file and the directory it is in (after
+ * symbolic links) must belong to root or to our effective uid, and neither may be
+ * writable by group or others - a directory with the sticky bit excepted, as /tmp: there
+ * only a file's owner may replace it. Everything is judged on what fd holds (fstat, and
+ * the directory's entry must still be fd's inode), so nothing can be swapped in between.
+ * Only the file's own directory is checked, not those above it.
+ * Returns 0; -EPERM with a reason naming the file and what to run (`chmod go-w FILE`);
+ * -EINVAL when fd is not a regular file; or another -errno (the directory cannot be
+ * opened, the file was renamed or replaced since it was opened) with a reason.
+ */
+int ph_strict_modes(int fd, const char *path, char *why, size_t whylen);
+
 #endif /* PH_TUNNEL_KEYS_H */
