@@ -118,6 +118,7 @@ static int auth_load(struct ph_relay *r, char *why, size_t whylen)
 {
 	char line[1024];
 	unsigned n = 0;
+	int untrusted;
 	FILE *f = fopen(r->auth_file, "re");
 
 	if (f == NULL) {
@@ -126,6 +127,11 @@ static int auth_load(struct ph_relay *r, char *why, size_t whylen)
 		         "refuse; add the clients' `pinhole keygen` lines to it)",
 		         r->auth_file, strerror(errno));
 		return -errno;
+	}
+	untrusted = ph_strict_modes(fileno(f), r->auth_file, why, whylen); /* ssh's StrictModes */
+	if (untrusted < 0) {
+		fclose(f);
+		return untrusted;
 	}
 	while (fgets(line, sizeof(line), f) != NULL) {
 		struct ph_auth_key k;

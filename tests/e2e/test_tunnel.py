@@ -30,14 +30,16 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 
 import pytest
 
-from conftest import (READY_TIMEOUT_S, SANITIZER_MARKS, SOCK_TIMEOUT_S, Pinhole, alloc_port,
+from conftest import (BIN, READY_TIMEOUT_S, SANITIZER_MARKS, SOCK_TIMEOUT_S, Pinhole, alloc_port,
                       connect, echo_handler, echo_once, free_udp_port, listeners, many_echo,
                       outcome, recv_exact, recv_until_eof, run_peer, run_pinhole, send_in_thread,
                       sha256, tagged_echo_handler, wait_listening, wait_not_listening, wait_until)
@@ -105,8 +107,8 @@ def procs(udp_echo, pinhole):
     fixture: stopped with SIGTERM at teardown, the last started first, and checked for its
     exit status and sanitizer reports). udp_echo comes first so that it outlives them."""
 
-    def start(*args):
-        return pinhole(*args, ready=False)
+    def start(*args, **kw):
+        return pinhole(*args, ready=False, **kw)
 
     return start
 
@@ -146,9 +148,12 @@ class Relay:
 _relays = iter(range(1, 1 << 30))
 
 
-def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, ports=None):
-    """`pinhole server 127.0.0.1:R --bind 127.0.0.1 --ports LO-HI` with its own key and an
-    authorized_keys of the lines given (default: alice's), ready: logged and listening."""
+def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, ports=None,
+                key=None):
+    """`pinhole server 127.0.0.1:R --bind 127.0.0.1 --ports LO-HI` with its own key (or key)
+    and an authorized_keys of the lines given (default: alice's), ready: logged and
+    listening."""
+    key = key or keys.relay
     n = next(_relays)
     port = port or alloc_port()
     lo, hi = ports or port_range(nports)
@@ -156,13 +161,13 @@ def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, 
     if not authf.exists():
         authf.write_text("\n".join(auth if auth is not None else [keys.alice.line]) + "\n")
     ctl = tmp_path / f"r{n}.sock"
-    args = ["server", f"127.0.0.1:{port}", "--key", keys.relay.path, "--authorized-keys", authf,
+    args = ["server", f"127.0.0.1:{port}", "--key", key.path, "--authorized-keys", authf,
             "--bind", "127.0.0.1", "--ports", f"{lo}-{hi}", "--control", ctl,
             "--drain-timeout", "2s"]
     if hb:
         args += ["--heartbeat", hb]
     p = procs(*args)
-    p.wait_log(rf"^relay on 127\.0\.0\.1:{port}, key {re.escape(keys.relay.fp)}, ",
+    p.wait_log(rf"^relay on 127\.0\.0\.1:{port}, key {re.escape(key.fp)}, ",
                timeout=READY_TIMEOUT_S)
     wait_listening(port, proc=p.proc)
     return Relay(p, port, lo, hi, str(ctl), authf)
@@ -177,14 +182,15 @@ def restart_relay(procs, tmp_path, keys, old):
 
 
 def start_expose(procs, tmp_path, keys, relay_port, local, *extra, key=None, hb=None,
-                 known=None, control="none"):
-    """`pinhole expose LOCAL --via 127.0.0.1:R` (not waited for: see wait_public)."""
-    args = ["expose", local, "--via", f"127.0.0.1:{relay_port}", "--key",
+                 known=None, control="none", prefix=(), pre=()):
+    """`pinhole [PRE] expose LOCAL --via 127.0.0.1:R` (not waited for: see wait_public);
+    pre: global options (--user), prefix: a command to run it through (setpriv)."""
+    args = [*pre, "expose", local, "--via", f"127.0.0.1:{relay_port}", "--key",
             (key or keys.alice).path, "--known-relays", known or tmp_path / "known_relays",
             "--control", control, "--drain-timeout", "2s"]
     if hb:
         args += ["--heartbeat", hb]
-    return procs(*args, *extra)
+    return procs(*args, *extra, prefix=prefix)
 
 
 def public_ports(p):
@@ -933,6 +939,34 @@ def test_known_relays_mismatch(procs, tmp_path, keys, echo_server):
     assert line is not None and keys.bob.fp in line and f"{known}:3" in line, x.log
     assert relay.status()["relay"]["services"] == []
     assert known.read_text().count("\n") == 3, "known_relays was changed"
+
+
+# ---------------------------------------------------------------------------------------------
+# 7b. the files that say whom to trust pass ssh's StrictModes
+
+
+@pytest.mark.parametrize("case", ["file g+w", "dir o+w"])
+def test_authorized_keys_strict_modes(tmp_path, keys, case):
+    """ssh's StrictModes for the relay's authorized_keys: whoever may write it (or its
+    directory) may let any key in, so the relay does not start, naming the file and the
+    fix. Before, it started."""
+    d = tmp_path / "etc"
+    d.mkdir()
+    auth = d / "authorized_keys"
+    auth.write_text(keys.alice.line + "\n")
+    if case == "file g+w":
+        auth.chmod(0o664)
+        want = f"pinhole: server: {auth}: group or others may write it (mode 0664): not " \
+            f"trusted; chmod go-w {auth}\n"
+    else:
+        d.chmod(0o757)
+        want = f"chmod go-w {os.path.realpath(d)}\n"
+    port = alloc_port()
+    r = run_pinhole("server", f"127.0.0.1:{port}", "--key", keys.relay.path,
+                    "--authorized-keys", auth, "--control", "none", timeout=15)
+    assert r.returncode == 1, r
+    assert want in r.stderr, r.stderr
+    assert not listeners(port)
 
 
 @pytest.mark.parametrize("content", ["", "# only a comment\n\n"])
