@@ -1000,8 +1000,9 @@ def test_known_relays_unreadable_is_refused(procs, tmp_path, keys, echo_server, 
         known.mkdir()
     else:
         nobody = request.getfixturevalue("as_nobody")
-        known, key, prefix, err = tmp_path / "known_relays", nobody.key, nobody.prefix, \
-            "Permission denied"
+        (tmp_path / "root-only").mkdir(mode=0o700)
+        known, key, prefix, err = tmp_path / "root-only" / "known_relays", nobody.key, \
+            nobody.prefix, "Permission denied"
     x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", known=known,
                      key=key, prefix=prefix)
     assert exit_status(x) == 1, x.log
@@ -1104,15 +1105,16 @@ def test_authorized_keys_strict_modes(tmp_path, keys, case):
 
 def test_user_nobody_pins_on_first_use(procs, tmp_path, keys, echo_server):
     """The documented `pinhole --user nobody expose ...` as root, known_relays where only
-    root may go (tmp_path is root's 0700, as /etc/pinhole is): it is opened before root is
+    root may go (a directory of mode 0700, as /etc/pinhole is): it is opened before root is
     dropped, so the first key is pinned, and checked by the next sessions - the same relay
     back is let in, the same address with another key is refused naming the line. Before,
     nobody could not open the file: every key was trusted, none stored."""
     need_root()
     srv = echo_server(handler=echo)
     relay = start_relay(procs, tmp_path, keys)
-    known = tmp_path / "known_relays"
-    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}",
+    (tmp_path / "etc").mkdir(mode=0o700)
+    known = tmp_path / "etc" / "known_relays"
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", known=known,
                      pre=("--user", "nobody"))
     x.wait_log(rf"^running as nobody \(uid {NOBODY}, ")
     pub = wait_public(x)
