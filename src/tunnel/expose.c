@@ -6,11 +6,13 @@
  * the local service each) or datagrams (UDP: a socket to the local service per peer).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -75,7 +77,10 @@ struct xclient {
 	uint64_t backoff, up_at;
 	char relay[PH_HOST_MAX + 8];
 	char known[600];
-	char tofu[PH_FP_LEN]; /* a first-seen key to store once the session is up */
+	int known_fd;         /* owned: known, opened at start (before --user), -1 with a pin */
+	int known_werr;       /* -errno: known_fd is read-only, for this reason; 0 writable */
+	char tofu[PH_FP_LEN]; /* a first-seen key to store once the handshake is done */
+	char refusal[1400];   /* why this client refused the relay, for the retry's log line */
 	bool fatal;
 	bool confirmed; /* the relay answered: it took this client's key */
 	unsigned attempts;
@@ -97,16 +102,72 @@ static void client_connect(struct xclient *c);
 
 /* --- the relay's key: pinned, or trusted on first use and remembered ----------------- */
 
-/* The known-relays line for c's relay: 1 with its fingerprint and line number, 0 none. */
+/*
+ * The known-relays file is opened once, at start: before `--user` drops root, which is
+ * how `pinhole --user U expose` as root keeps reading and appending to
+ * /etc/pinhole/known_relays (a directory only root may enter) as U. Made 0600 when
+ * missing; read-only when it may be read but not written (a relay it names is checked,
+ * a new one cannot be pinned and is refused). It must pass ssh's StrictModes
+ * (ph_strict_modes): only its owner may change it afterwards, so the check at open holds
+ * for the fd's life. The path is not opened again: an edit that replaces the file (a new
+ * inode) counts from the next start. Returns 0, or -errno with a reason naming the file.
+ */
+static int known_open(struct xclient *c, char *why, size_t whylen)
+{
+	const int flags = O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK; /* a FIFO never blocks */
+	char dir[520];
+	int err;
+
+	if (c->conf->known_file[0] != '\0') {
+		snprintf(c->known, sizeof(c->known), "%s", c->conf->known_file);
+	} else {
+		err = ph_conf_dir(dir, sizeof(dir), true, why, whylen);
+		if (err < 0)
+			return err;
+		snprintf(c->known, sizeof(c->known), "%s/known_relays", dir);
+	}
+	c->known_fd = open(c->known, O_RDWR | O_APPEND | O_CREAT | flags, 0600);
+	if (c->known_fd == -1 && (errno == EACCES || errno == EROFS || errno == EPERM)) {
+		c->known_werr = -errno;
+		c->known_fd = open(c->known, O_RDONLY | flags);
+		if (c->known_fd == -1)
+			errno = -c->known_werr; /* the first reason is the one to fix */
+	}
+	if (c->known_fd == -1) {
+		err = -errno;
+		snprintf(why, whylen, "known relays %s: %s", c->known, strerror(-err));
+		return err;
+	}
+	return ph_strict_modes(c->known_fd, c->known, why, whylen);
+}
+
+/*
+ * Reads the known-relays file from its start for c's relay's line. Returns 1 with its
+ * fingerprint and line number, 0 when there is none, or -errno when the file cannot be
+ * read (then no key may be trusted: an unreadable file is not an empty one).
+ */
 static int known_lookup(const struct xclient *c, char fp[PH_FP_LEN], unsigned *lineno)
 {
 	char line[700];
 	unsigned n = 0;
 	size_t rl = strlen(c->relay);
-	FILE *f = fopen(c->known, "re");
+	int fd, err = 0;
+	FILE *f;
 
-	if (f == NULL)
-		return 0;
+	fd = fcntl(c->known_fd, F_DUPFD_CLOEXEC, 0); /* fclose must not close known_fd */
+	if (fd == -1)
+		return -errno;
+	f = fdopen(fd, "r");
+	if (f == NULL) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	if (fseek(f, 0, SEEK_SET) == -1) { /* the offset is shared with known_fd */
+		err = -errno;
+		goto out;
+	}
+	errno = 0;
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char *p;
 
@@ -117,11 +178,14 @@ static int known_lookup(const struct xclient *c, char fp[PH_FP_LEN], unsigned *l
 		p[strcspn(p, " \t\r\n")] = '\0';
 		snprintf(fp, PH_FP_LEN, "%s", p);
 		*lineno = n;
-		fclose(f);
-		return 1;
+		err = 1;
+		goto out;
 	}
+	if (ferror(f))
+		err = errno != 0 ? -errno : -EIO;
+out:
 	fclose(f);
-	return 0;
+	return err;
 }
 
 static bool relay_ok(void *arg, const uint8_t pub[PH_KEY_LEN])
@@ -129,6 +193,7 @@ static bool relay_ok(void *arg, const uint8_t pub[PH_KEY_LEN])
 	struct xclient *c = arg;
 	char fp[PH_FP_LEN], known[PH_FP_LEN];
 	unsigned line = 0;
+	int found;
 
 	ph_key_fingerprint(pub, fp);
 	c->tofu[0] = '\0';
@@ -141,7 +206,14 @@ static bool relay_ok(void *arg, const uint8_t pub[PH_KEY_LEN])
 		c->fatal = true;
 		return false;
 	}
-	if (known_lookup(c, known, &line) == 1) {
+	found = known_lookup(c, known, &line);
+	if (found < 0) {
+		snprintf(c->refusal, sizeof(c->refusal),
+		         "cannot read %s (%s), so its key %s cannot be checked: refusing it",
+		         c->known, strerror(-found), fp);
+		return false;
+	}
+	if (found == 1) {
 		if (strcmp(fp, known) == 0)
 			return true;
 		ph_err("relay %s presents key %s, but %s:%u says %s: refusing it. If the relay's "
@@ -150,27 +222,42 @@ static bool relay_ok(void *arg, const uint8_t pub[PH_KEY_LEN])
 		c->fatal = true;
 		return false;
 	}
-	snprintf(c->tofu, sizeof(c->tofu), "%s", fp);
+	if (c->known_werr != 0) {
+		snprintf(
+			c->refusal, sizeof(c->refusal),
+			"a new key %s, which cannot be pinned: %s is read-only here (%s); refusing "
+			"it (add the line `%s %s` to trust it)",
+			fp, c->known, strerror(-c->known_werr), c->relay, fp);
+		return false;
+	}
+	snprintf(c->tofu, sizeof(c->tofu), "%s", fp); /* stored by client_up, or refused */
 	return true;
 }
 
-static void known_store(struct xclient *c)
+/*
+ * Appends "RELAY FINGERPRINT" (c->tofu) to the known-relays file in one write, after a
+ * newline when its last line has none, and syncs it. Returns 0 or -errno.
+ */
+static int known_store(struct xclient *c)
 {
-	char dir[600], why[256];
-	FILE *f;
+	char line[1 + sizeof(c->relay) + 1 + PH_FP_LEN + 1], last = '\n';
+	struct stat st;
+	ssize_t w;
+	int n;
 
-	if (c->conf->known_file[0] == '\0' &&
-	    ph_conf_dir(dir, sizeof(dir), true, why, sizeof(why)) < 0) {
-		ph_warn("cannot remember relay %s's key: %s", c->relay, why);
-		return;
-	}
-	f = fopen(c->known, "ae");
-	if (f == NULL || fprintf(f, "%s %s\n", c->relay, c->tofu) < 0 || fclose(f) != 0) {
-		ph_warn("cannot remember relay %s's key in %s: %s", c->relay, c->known,
-		        strerror(errno));
-		return;
-	}
-	ph_info("relay %s: first seen with key %s, now pinned in %s", c->relay, c->tofu, c->known);
+	if (fstat(c->known_fd, &st) == -1)
+		return -errno;
+	if (st.st_size > 0 && pread(c->known_fd, &last, 1, st.st_size - 1) != 1)
+		return errno != 0 ? -errno : -EIO;
+	n = snprintf(line, sizeof(line), "%s%s %s\n", last == '\n' ? "" : "\n", c->relay, c->tofu);
+	do
+		w = write(c->known_fd, line, (size_t)n);
+	while (w == -1 && errno == EINTR);
+	if (w == -1)
+		return -errno;
+	if (w != n) /* a line cut short reads as another key: refused, never trusted */
+		return -ENOSPC;
+	return fdatasync(c->known_fd) == -1 ? -errno : 0;
 }
 
 /* --- rules ---------------------------------------------------------------------------- */
@@ -428,8 +515,22 @@ static void exposer_sweep(struct ph_timer *t)
 static int client_up(struct ph_sess *s)
 {
 	struct xclient *c = s->owner;
+	int err;
 
 	c->s = s;
+	/* a first-seen key is pinned before a REGISTER goes to its holder, or not used */
+	if (c->tofu[0] != '\0') {
+		err = known_store(c);
+		if (err < 0) {
+			snprintf(c->refusal, sizeof(c->refusal),
+			         "a new key %s, which cannot be pinned in %s (%s): refusing it",
+			         c->tofu, c->known, strerror(-err));
+			return err;
+		}
+		ph_info("relay %s: first seen with key %s, now pinned in %s", c->relay, c->tofu,
+		        c->known);
+		c->tofu[0] = '\0';
+	}
 	c->confirmed = false; /* TLS 1.3: the relay judges this client's key after this */
 	c->up_at = s->loop->now;
 	for (unsigned i = 0; i < c->nrules; i++) {
@@ -457,8 +558,6 @@ static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char
 	if (!c->confirmed) { /* the relay's first answer: it took this client's key */
 		c->confirmed = true;
 		ph_info("relay %s: session up", c->relay);
-		if (c->tofu[0] != '\0')
-			known_store(c);
 		c->backoff = 0;
 		c->attempts = 0;
 	}
@@ -582,7 +681,8 @@ static void client_closed(struct ph_sess *s, const char *why)
 		        c->relay, why, fp);
 	}
 	c->confirmed = false;
-	client_later(c, why);
+	client_later(c, c->refusal[0] != '\0' ? c->refusal : why);
+	c->refusal[0] = '\0';
 }
 
 static const struct ph_sess_ops client_ops = {
@@ -639,24 +739,21 @@ static int client_new(struct ph_exposer *x, const struct ph_expose_conf *conf, c
                       size_t whylen)
 {
 	struct xclient *c = calloc(1, sizeof(*c));
-	char dir[520];
 	int err;
 
 	if (c == NULL)
 		return -ENOMEM;
 	c->x = x;
 	c->conf = conf;
+	c->known_fd = -1;
 	ph_timer_init(&c->retry, client_retry);
 	ph_list_add_tail(&x->clients, &c->node);
 	snprintf(c->relay, sizeof(c->relay), strchr(conf->via.host, ':') ? "[%s]:%u" : "%s:%u",
 	         conf->via.host, conf->via.port);
-	if (conf->known_file[0] != '\0') {
-		snprintf(c->known, sizeof(c->known), "%s", conf->known_file);
-	} else {
-		err = ph_conf_dir(dir, sizeof(dir), false, why, whylen);
+	if (conf->relay_fp[0] == '\0') { /* no pin: trust on first use, through known_relays */
+		err = known_open(c, why, whylen);
 		if (err < 0)
 			return err;
-		snprintf(c->known, sizeof(c->known), "%s/known_relays", dir);
 	}
 	err = ph_key_open(conf->key_file, true, &c->key, why, whylen);
 	if (err < 0)
@@ -748,6 +845,8 @@ void ph_expose_free(struct ph_exposer *x)
 		ph_list_del(&c->node);
 		ph_tls_ctx_free(c->ctx);
 		ph_key_free(c->key);
+		if (c->known_fd != -1)
+			close(c->known_fd);
 		free(c);
 	}
 	ph_timer_stop(x->loop, &x->sweep);

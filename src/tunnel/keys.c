@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,6 +258,86 @@ int ph_key_verify(const uint8_t pub[PH_KEY_LEN], const uint8_t *msg, size_t n,
 	EVP_MD_CTX_free(ctx);
 	EVP_PKEY_free(k);
 	return ok ? 0 : -EBADMSG;
+}
+
+/* True when a file that says whom to trust may belong to uid: root, or the uid we run as. */
+static bool trusted_owner(uid_t uid)
+{
+	return uid == 0 || uid == geteuid();
+}
+
+int ph_strict_modes(int fd, const char *path, char *why, size_t whylen)
+{
+	char real[PATH_MAX], base[NAME_MAX + 1], *slash;
+	struct stat st, dst, ent;
+	int dfd, err;
+
+	if (fstat(fd, &st) == -1) {
+		err = -errno;
+		snprintf(why, whylen, "%s: %s", path, strerror(-err));
+		return err;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(why, whylen, "%s: not a regular file", path);
+		return -EINVAL;
+	}
+	if (!trusted_owner(st.st_uid)) {
+		snprintf(
+			why, whylen,
+			"%s: owned by uid %u, neither root nor this process (uid %u): not trusted; "
+			"chown it",
+			path, (unsigned)st.st_uid, (unsigned)geteuid());
+		return -EPERM;
+	}
+	if (st.st_mode & 022) {
+		snprintf(why, whylen,
+		         "%s: group or others may write it (mode %04o): not trusted; chmod go-w %s",
+		         path, (unsigned)(st.st_mode & 07777), path);
+		return -EPERM;
+	}
+	/* whoever may write the directory may put another file in this one's place */
+	if (realpath(path, real) == NULL) {
+		err = -errno;
+		snprintf(why, whylen, "%s: %s", path, strerror(-err));
+		return err;
+	}
+	slash = strrchr(real, '/'); /* realpath's answer is absolute */
+	snprintf(base, sizeof(base), "%s", slash + 1);
+	if (slash == real) /* "/x" is in "/" */
+		slash++;
+	*slash = '\0';
+	dfd = open(real, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dfd == -1) {
+		err = -errno;
+		snprintf(why, whylen, "%s: its directory %s: %s", path, real, strerror(-err));
+		return err;
+	}
+	if (fstat(dfd, &dst) == -1 || fstatat(dfd, base, &ent, AT_SYMLINK_NOFOLLOW) == -1) {
+		err = -errno;
+		close(dfd);
+		snprintf(why, whylen, "%s: %s", path, strerror(-err));
+		return err;
+	}
+	close(dfd);
+	if (ent.st_dev != st.st_dev || ent.st_ino != st.st_ino) {
+		snprintf(why, whylen, "%s: replaced while it was being opened", path);
+		return -ESTALE;
+	}
+	if (!trusted_owner(dst.st_uid)) {
+		snprintf(why, whylen,
+		         "%s: its directory %s is owned by uid %u, neither root nor this process "
+		         "(uid %u): not trusted; chown it",
+		         path, real, (unsigned)dst.st_uid, (unsigned)geteuid());
+		return -EPERM;
+	}
+	if ((dst.st_mode & 022) && !(dst.st_mode & S_ISVTX)) {
+		snprintf(why, whylen,
+		         "%s: group or others may write its directory (mode %04o): not trusted; "
+		         "chmod go-w %s",
+		         path, (unsigned)(dst.st_mode & 07777), real);
+		return -EPERM;
+	}
+	return 0;
 }
 
 /* ---- authorized keys ---- */

@@ -87,4 +87,18 @@ bool ph_auth_name_ok(const struct ph_auth_key *k, const char *name);
 /* True when one of k's ports= ranges holds port (false when k has no ports=). */
 bool ph_auth_port_named(const struct ph_auth_key *k, uint16_t port);
 
+/*
+ * ssh's StrictModes for a file that says whom to trust (authorized_keys, known_relays):
+ * fd is the file, opened from path. Both the file and the directory it is in (after
+ * symbolic links) must belong to root or to our effective uid, and neither may be
+ * writable by group or others - a directory with the sticky bit excepted, as /tmp: there
+ * only a file's owner may replace it. Everything is judged on what fd holds (fstat, and
+ * the directory's entry must still be fd's inode), so nothing can be swapped in between.
+ * Only the file's own directory is checked, not those above it.
+ * Returns 0; -EPERM with a reason naming the file and what to run (`chmod go-w FILE`);
+ * -EINVAL when fd is not a regular file; or another -errno (the directory cannot be
+ * opened, the file was renamed or replaced since it was opened) with a reason.
+ */
+int ph_strict_modes(int fd, const char *path, char *why, size_t whylen);
+
 #endif /* PH_TUNNEL_KEYS_H */

@@ -132,6 +132,7 @@ static int auth_read(const struct ph_relay *r, struct ph_auth_key **keys, unsign
 {
 	char line[1024];
 	unsigned n = 0;
+	int untrusted;
 	FILE *f = fopen(r->auth_file, "re");
 	struct ph_auth_key *v = NULL;
 	unsigned nk = 0;
@@ -146,6 +147,11 @@ static int auth_read(const struct ph_relay *r, struct ph_auth_key **keys, unsign
 		         "refuse; add the clients' `pinhole keygen` lines to it)",
 		         r->auth_file, strerror(-err));
 		return err;
+	}
+	untrusted = ph_strict_modes(fileno(f), r->auth_file, why, whylen); /* ssh's StrictModes */
+	if (untrusted < 0) {
+		fclose(f);
+		return untrusted;
 	}
 	while (fgets(line, sizeof(line), f) != NULL) {
 		struct ph_auth_key k;

@@ -30,14 +30,16 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 
 import pytest
 
-from conftest import (READY_TIMEOUT_S, SANITIZER_MARKS, SOCK_TIMEOUT_S, Pinhole, alloc_port,
+from conftest import (BIN, READY_TIMEOUT_S, SANITIZER_MARKS, SOCK_TIMEOUT_S, Pinhole, alloc_port,
                       connect, echo_handler, echo_once, free_udp_port, listeners, many_echo,
                       outcome, recv_exact, recv_until_eof, run_peer, run_pinhole, send_in_thread,
                       sha256, tagged_echo_handler, wait_listening, wait_not_listening, wait_until)
@@ -105,8 +107,8 @@ def procs(udp_echo, pinhole):
     fixture: stopped with SIGTERM at teardown, the last started first, and checked for its
     exit status and sanitizer reports). udp_echo comes first so that it outlives them."""
 
-    def start(*args):
-        return pinhole(*args, ready=False)
+    def start(*args, **kw):
+        return pinhole(*args, ready=False, **kw)
 
     return start
 
@@ -146,9 +148,12 @@ class Relay:
 _relays = iter(range(1, 1 << 30))
 
 
-def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, ports=None):
-    """`pinhole server 127.0.0.1:R --bind 127.0.0.1 --ports LO-HI` with its own key and an
-    authorized_keys of the lines given (default: alice's), ready: logged and listening."""
+def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, ports=None,
+                key=None):
+    """`pinhole server 127.0.0.1:R --bind 127.0.0.1 --ports LO-HI` with its own key (or key)
+    and an authorized_keys of the lines given (default: alice's), ready: logged and
+    listening."""
+    key = key or keys.relay
     n = next(_relays)
     port = port or alloc_port()
     lo, hi = ports or port_range(nports)
@@ -156,13 +161,13 @@ def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, 
     if not authf.exists():
         authf.write_text("\n".join(auth if auth is not None else [keys.alice.line]) + "\n")
     ctl = tmp_path / f"r{n}.sock"
-    args = ["server", f"127.0.0.1:{port}", "--key", keys.relay.path, "--authorized-keys", authf,
+    args = ["server", f"127.0.0.1:{port}", "--key", key.path, "--authorized-keys", authf,
             "--bind", "127.0.0.1", "--ports", f"{lo}-{hi}", "--control", ctl,
             "--drain-timeout", "2s"]
     if hb:
         args += ["--heartbeat", hb]
     p = procs(*args)
-    p.wait_log(rf"^relay on 127\.0\.0\.1:{port}, key {re.escape(keys.relay.fp)}, ",
+    p.wait_log(rf"^relay on 127\.0\.0\.1:{port}, key {re.escape(key.fp)}, ",
                timeout=READY_TIMEOUT_S)
     wait_listening(port, proc=p.proc)
     return Relay(p, port, lo, hi, str(ctl), authf)
@@ -177,14 +182,15 @@ def restart_relay(procs, tmp_path, keys, old):
 
 
 def start_expose(procs, tmp_path, keys, relay_port, local, *extra, key=None, hb=None,
-                 known=None, control="none"):
-    """`pinhole expose LOCAL --via 127.0.0.1:R` (not waited for: see wait_public)."""
-    args = ["expose", local, "--via", f"127.0.0.1:{relay_port}", "--key",
+                 known=None, control="none", prefix=(), pre=()):
+    """`pinhole [PRE] expose LOCAL --via 127.0.0.1:R` (not waited for: see wait_public);
+    pre: global options (--user), prefix: a command to run it through (setpriv)."""
+    args = [*pre, "expose", local, "--via", f"127.0.0.1:{relay_port}", "--key",
             (key or keys.alice).path, "--known-relays", known or tmp_path / "known_relays",
             "--control", control, "--drain-timeout", "2s"]
     if hb:
         args += ["--heartbeat", hb]
-    return procs(*args, *extra)
+    return procs(*args, *extra, prefix=prefix)
 
 
 def public_ports(p):
@@ -933,6 +939,202 @@ def test_known_relays_mismatch(procs, tmp_path, keys, echo_server):
     assert line is not None and keys.bob.fp in line and f"{known}:3" in line, x.log
     assert relay.status()["relay"]["services"] == []
     assert known.read_text().count("\n") == 3, "known_relays was changed"
+
+
+# ---------------------------------------------------------------------------------------------
+# 7b. the pin never fails open: a known_relays that cannot be read or written refuses the
+# relay, the files that say whom to trust pass ssh's StrictModes, and `--user` keeps the pin
+
+NOBODY = 65534  # nobody and nogroup on Debian
+
+
+def need_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (--user, or a client run as nobody, or chown)")
+
+
+@pytest.fixture
+def as_nobody(keys):
+    """A client that is not root from its start: .prefix runs pinhole as nobody (setpriv),
+    .key is a copy of alice's key that nobody owns, in .dir, a scratch directory in /tmp
+    that nobody owns (tmp_path is root's alone), removed at the end."""
+    need_root()
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    prefix = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+    probe = subprocess.run([*prefix, BIN, "--version"], capture_output=True, timeout=10)
+    if probe.returncode != 0:
+        pytest.skip(f"nobody cannot run {BIN}: {probe.stderr[-300:]!r}")
+    d = tempfile.mkdtemp(prefix="ph-nobody-")
+    os.chown(d, NOBODY, NOBODY)
+    path = os.path.join(d, "alice")
+    shutil.copyfile(keys.alice.path, path)
+    os.chown(path, NOBODY, NOBODY)
+    os.chmod(path, 0o600)
+
+    class AsNobody:
+        pass
+
+    n = AsNobody()
+    n.prefix, n.dir, n.key = prefix, d, Key(path, keys.alice.line, keys.alice.fp)
+    yield n
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def nothing_registered(relay, x):
+    assert not public_ports(x), x.log
+    assert relay.status()["relay"]["services"] == []
+    assert not any("exposes" in m for m in relay.messages()), relay.proc.log
+
+
+@pytest.mark.parametrize("how", ["a directory", "no access"])
+def test_known_relays_unreadable_is_refused(procs, tmp_path, keys, echo_server, how, request):
+    """A known_relays that cannot be opened is not an empty one: the client stops at start,
+    naming the file and the error, and nothing reaches the relay. ("no access": a client
+    that is not root, and the file where only root may go.) Before, the first key seen
+    was trusted then, and the client registered with whoever held it."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    if how == "a directory":
+        known, key, prefix, err = tmp_path / "known_dir", None, (), "Is a directory"
+        known.mkdir()
+    else:
+        nobody = request.getfixturevalue("as_nobody")
+        (tmp_path / "root-only").mkdir(mode=0o700)
+        known, key, prefix, err = tmp_path / "root-only" / "known_relays", nobody.key, \
+            nobody.prefix, "Permission denied"
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", known=known,
+                     key=key, prefix=prefix)
+    assert exit_status(x) == 1, x.log
+    assert f"pinhole: expose: known relays {known}: {err}\n" in x.log, x.log
+    nothing_registered(relay, x)
+
+
+def test_known_relays_read_only_refuses_a_new_relay(procs, tmp_path, keys, echo_server,
+                                                    as_nobody):
+    """known_relays that the client (nobody) may read but not write: a new relay cannot be
+    pinned, so it is refused at each attempt, with the usual back-off, and nothing is
+    registered with it; once the line is there (root adds it to the same file), the next
+    attempt checks it and goes through. Before, the key was used without being pinned."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    known = os.path.join(as_nobody.dir, "known_relays")
+    first = f"127.0.0.1:1 {keys.bob.fp}\n"
+    with open(known, "w") as f:
+        f.write(first)
+    os.chmod(known, 0o644)  # root's: nobody may read it, not write it
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", known=known,
+                     key=as_nobody.key, prefix=as_nobody.prefix)
+    x.wait_log(rf"^relay 127\.0\.0\.1:{relay.port}: a new key {re.escape(keys.relay.fp)}, "
+               rf"which cannot be pinned: {re.escape(known)} is read-only here \(Permission "
+               rf"denied\); refusing it .*; trying again in ", timeout=10, count=2)
+    nothing_registered(relay, x)
+    with open(known) as f:
+        assert f.read() == first
+    with open(known, "a") as f:
+        f.write(f"127.0.0.1:{relay.port} {keys.relay.fp}\n")
+    echo_check(wait_public(x, timeout=15))
+    assert x.proc.poll() is None
+
+
+@pytest.mark.parametrize("case", ["file g+w", "file o+w", "dir g+w", "owner", "sticky dir"])
+def test_known_relays_strict_modes(procs, tmp_path, keys, echo_server, case):
+    """ssh's StrictModes for known_relays: a file group or others may write, or that belongs
+    to another user, or in a directory group or others may write (unless sticky, as /tmp),
+    could hold any relay's key: the client refuses to start, naming it and the fix."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    d = tmp_path / "state"
+    d.mkdir()
+    known = d / "known_relays"
+    known.write_text("")
+    known.chmod(0o600)
+    real = os.path.realpath(d)
+    if case == "file g+w":
+        known.chmod(0o620)
+        want = f"{known}: group or others may write it (mode 0620): not trusted; " \
+            f"chmod go-w {known}"
+    elif case == "file o+w":
+        known.chmod(0o602)
+        want = f"chmod go-w {known}"
+    elif case == "dir g+w":
+        d.chmod(0o770)
+        want = f"{known}: group or others may write its directory (mode 0770): not " \
+            f"trusted; chmod go-w {real}"
+    elif case == "owner":
+        need_root()
+        os.chown(known, NOBODY, NOBODY)
+        want = f"{known}: owned by uid {NOBODY}, neither root nor this process (uid 0)"
+    else:
+        d.chmod(0o1777)
+        want = None
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", known=known)
+    if want is None:  # only the owner may replace a file there: fine
+        echo_check(wait_public(x))
+        assert known.read_text() == f"127.0.0.1:{relay.port} {keys.relay.fp}\n"
+        return
+    assert exit_status(x) == 1, x.log
+    assert want in x.log, x.log
+    nothing_registered(relay, x)
+    assert known.read_text() == ""
+
+
+@pytest.mark.parametrize("case", ["file g+w", "dir o+w"])
+def test_authorized_keys_strict_modes(tmp_path, keys, case):
+    """ssh's StrictModes for the relay's authorized_keys: whoever may write it (or its
+    directory) may let any key in, so the relay does not start, naming the file and the
+    fix. Before, it started."""
+    d = tmp_path / "etc"
+    d.mkdir()
+    auth = d / "authorized_keys"
+    auth.write_text(keys.alice.line + "\n")
+    if case == "file g+w":
+        auth.chmod(0o664)
+        want = f"pinhole: server: {auth}: group or others may write it (mode 0664): not " \
+            f"trusted; chmod go-w {auth}\n"
+    else:
+        d.chmod(0o757)
+        want = f"chmod go-w {os.path.realpath(d)}\n"
+    port = alloc_port()
+    r = run_pinhole("server", f"127.0.0.1:{port}", "--key", keys.relay.path,
+                    "--authorized-keys", auth, "--control", "none", timeout=15)
+    assert r.returncode == 1, r
+    assert want in r.stderr, r.stderr
+    assert not listeners(port)
+
+
+def test_user_nobody_pins_on_first_use(procs, tmp_path, keys, echo_server):
+    """The documented `pinhole --user nobody expose ...` as root, known_relays where only
+    root may go (a directory of mode 0700, as /etc/pinhole is): it is opened before root is
+    dropped, so the first key is pinned, and checked by the next sessions - the same relay
+    back is let in, the same address with another key is refused naming the line. Before,
+    nobody could not open the file: every key was trusted, none stored."""
+    need_root()
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    (tmp_path / "etc").mkdir(mode=0o700)
+    known = tmp_path / "etc" / "known_relays"
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", known=known,
+                     pre=("--user", "nobody"))
+    x.wait_log(rf"^running as nobody \(uid {NOBODY}, ")
+    pub = wait_public(x)
+    echo_check(pub)
+    with open(f"/proc/{x.pid}/status") as f:
+        assert re.search(rf"^Uid:\s+{NOBODY}\s+{NOBODY}\s", f.read(), re.M)
+    pinned = f"127.0.0.1:{relay.port} {keys.relay.fp}\n"
+    assert known.read_text() == pinned
+    st = os.stat(known)
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o600, st
+    relay.proc.stop()
+    relay2 = restart_relay(procs, tmp_path, keys, relay)
+    assert wait_public(x, count=2, timeout=15) == pub
+    assert known.read_text() == pinned  # checked, not stored twice
+    relay2.proc.stop()
+    start_relay(procs, tmp_path, keys, key=keys.bob, port=relay.port, ports=(relay.lo, relay.hi))
+    assert exit_status(x, timeout=20) == 1, x.log
+    assert any(keys.bob.fp in m and f"{known}:1 says {keys.relay.fp}" in m
+               for m in x.messages()), x.log
+    assert known.read_text() == pinned
 
 
 @pytest.mark.parametrize("content", ["", "# only a comment\n\n"])

@@ -5,7 +5,9 @@
  * public key line formats and parses back, and malformed ones are refused; fingerprints,
  * public key lines and signatures match values computed independently (OpenSSL's own
  * base64 and SHA-256, RFC 8032 section 7.1 test 1); authorized-keys lines parse to their
- * limits or are refused naming the word, and ph_auth_allows applies those limits.
+ * limits or are refused naming the word, and ph_auth_allows applies those limits;
+ * ph_strict_modes refuses a file, or its directory, that group or others may write or
+ * another user owns, judging the file that is open.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -870,6 +872,101 @@ static void test_auth_sessions(void **state)
 	assert_int_equal(ph_auth_parse_line("sessions= " KEY, &k, why, sizeof(why)), -EINVAL);
 }
 
+/* ---- StrictModes ---- */
+
+/* ph_strict_modes on path, opened here (read-only, never blocking on a FIFO). */
+static int strict(const char *path, char *why, size_t whylen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), err;
+
+	assert_int_not_equal(fd, -1);
+	why[0] = '\0';
+	err = ph_strict_modes(fd, path, why, whylen);
+	close(fd);
+	return err;
+}
+
+static void test_strict_modes(void **state)
+{
+	char why[1024], d[256], f[256], want[600];
+	int fd;
+
+	(void)state;
+	snprintf(d, sizeof(d), "%s", at("trust"));
+	snprintf(f, sizeof(f), "%s", at("trust/known"));
+	assert_int_equal(mkdir(d, 0700), 0);
+	write_file(f, "x\n", 0600);
+	assert_int_equal(strict(f, why, sizeof(why)), 0);
+	assert_int_equal(chmod(f, 0644), 0); /* others may read it: it holds nothing secret */
+	assert_int_equal(strict(f, why, sizeof(why)), 0);
+
+	/* group or others may write it */
+	assert_int_equal(chmod(f, 0620), 0);
+	assert_int_equal(strict(f, why, sizeof(why)), -EPERM);
+	snprintf(want, sizeof(want),
+	         "%s: group or others may write it (mode 0620): not trusted; "
+	         "chmod go-w %s",
+	         f, f);
+	assert_string_equal(why, want);
+	assert_int_equal(chmod(f, 0602), 0);
+	assert_int_equal(strict(f, why, sizeof(why)), -EPERM);
+	assert_has(why, "chmod go-w");
+	assert_int_equal(chmod(f, 0600), 0);
+
+	/* its directory likewise, unless sticky (only a file's owner may replace it there) */
+	assert_int_equal(chmod(d, 0770), 0);
+	assert_int_equal(strict(f, why, sizeof(why)), -EPERM);
+	snprintf(want, sizeof(want),
+	         "%s: group or others may write its directory (mode 0770): "
+	         "not trusted; chmod go-w %s",
+	         f, d);
+	assert_string_equal(why, want);
+	assert_int_equal(chmod(d, 0703), 0);
+	assert_int_equal(strict(f, why, sizeof(why)), -EPERM);
+	assert_int_equal(chmod(d, 01777), 0);
+	assert_int_equal(strict(f, why, sizeof(why)), 0);
+	assert_int_equal(chmod(d, 0755), 0);
+	assert_int_equal(strict(f, why, sizeof(why)), 0);
+
+	/* through a symbolic link: the directory judged is the file's own */
+	assert_int_equal(mkdir(at("links"), 0700), 0);
+	assert_int_equal(symlink(f, at("links/known")), 0);
+	assert_int_equal(strict(at("links/known"), why, sizeof(why)), 0);
+	assert_int_equal(chmod(d, 0777), 0);
+	assert_int_equal(strict(at("links/known"), why, sizeof(why)), -EPERM);
+	snprintf(want, sizeof(want), "chmod go-w %s", d);
+	assert_has(why, want);
+	assert_int_equal(chmod(d, 0700), 0);
+
+	/* another user's file or directory (only root can make one here) */
+	if (geteuid() == 0) {
+		assert_int_equal(chown(f, 65534, 65534), 0);
+		assert_int_equal(strict(f, why, sizeof(why)), -EPERM);
+		assert_has(why, "owned by uid 65534, neither root nor this process (uid 0)");
+		assert_int_equal(chown(f, 0, 0), 0);
+		assert_int_equal(chown(d, 65534, 65534), 0);
+		assert_int_equal(strict(f, why, sizeof(why)), -EPERM);
+		assert_has(why, "its directory");
+		assert_has(why, "owned by uid 65534");
+		assert_int_equal(chown(d, 0, 0), 0);
+		assert_int_equal(strict(f, why, sizeof(why)), 0);
+	}
+
+	/* not a regular file */
+	assert_int_equal(mkfifo(at("trust/fifo"), 0600), 0);
+	assert_int_equal(strict(at("trust/fifo"), why, sizeof(why)), -EINVAL);
+	assert_has(why, "not a regular file");
+
+	/* what is open is judged: a file put in its place after it was opened is not it */
+	fd = open(f, O_RDONLY | O_CLOEXEC);
+	assert_int_not_equal(fd, -1);
+	write_file(at("trust/other"), "y\n", 0600);
+	assert_int_equal(rename(at("trust/other"), f), 0);
+	assert_int_equal(ph_strict_modes(fd, f, why, sizeof(why)), -ESTALE);
+	assert_has(why, "replaced");
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -890,6 +987,8 @@ int main(void)
 		cmocka_unit_test(test_auth_allows),
 		cmocka_unit_test(test_auth_name_and_port_apart),
 		cmocka_unit_test(test_auth_sessions),
+
+		cmocka_unit_test(test_strict_modes),
 	};
 
 	return cmocka_run_group_tests(tests, setup_dir, remove_dir);
