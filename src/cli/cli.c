@@ -911,6 +911,10 @@ static int cli_socks(int argc, char *const *argv, int first, struct ph_config *c
 	}
 	if (r->udp_timeout == 0)
 		r->udp_timeout = PH_UDP_TIMEOUT_MS;
+	/* a client from elsewhere must not reach this host's own services (127.0.0.1, ::1,
+	 * its addresses) nor its link's (169.254.169.254) through the proxy; ssh -D style
+	 * users on loopback reach their own services as before */
+	r->socks->deny_local = !is_loopback(&r->listen);
 	cfg->rules[cfg->nrules++] = r;
 	cfg->cmd = PH_CMD_FORWARD;
 	return 0;

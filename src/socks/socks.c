@@ -78,6 +78,9 @@ struct ph_socks_conn {
 	uint8_t cmd;        /* enum ph_socks_cmd */
 	uint8_t naddr, ai;  /* the destination's addresses, and the next to try */
 	bool any_allowed;   /* some address passed the destination rules */
+	bool any_refused;   /* some address was refused by them: the first is addrs[refused_ai] */
+	uint8_t refused_ai;
+	int refused; /* what refused it (ph_socks_dest_allows's why) */
 	int lasterr;
 	struct ph_socks_dest dst;
 	struct ph_addr addrs[PH_RESOLVE_MAX];
@@ -250,6 +253,23 @@ static void socks_fail(struct fwd_conn *c, int err, int status, const char *why)
 
 /* ---- the destination: cache, lookup, rules, connect ---- */
 
+/* ph_socks_dest_allows for c's rule, with its worker's table of this host's addresses. */
+static bool dest_ok(const struct fwd_conn *c, const char *name, const struct ph_addr *a, int *why)
+{
+	return ph_socks_dest_allows(c->wr->rule->socks, c->wr->w->self_addrs, name, a, why);
+}
+
+/* Refuses c's request with "what: refused by RULE", counted as denied. */
+static void socks_refuse(struct fwd_conn *c, const char *what, int why)
+{
+	char rule[PH_SOCKS_NAME_MAX + 96], reason[2 * PH_SOCKS_NAME_MAX + 192];
+
+	FWD_STAT(c->wr, denied, 1);
+	snprintf(reason, sizeof(reason), "%s: refused by %s", what,
+	         ph_socks_dest_why(c->wr->rule->socks, why, rule, sizeof(rule)));
+	socks_fail(c, -EACCES, 0, reason);
+}
+
 static struct socks_cached *cache_slot(struct ph_socks_wrule *sw, const char *name)
 {
 	return &sw->cache[ph_siphash13(sw->key, name, strlen(name)) % SOCKS_CACHE];
@@ -382,15 +402,23 @@ static void socks_connect_next(struct fwd_conn *c)
 	struct fwd_wrule *wr = c->wr;
 	const struct ph_forward_rule *r = wr->rule;
 	struct ph_loop *l = &wr->w->loop;
-	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96];
-	int fd, err;
+	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96], ip[PH_ADDR_STRLEN];
+	int fd, err, why;
 
 	while (sx->ai < sx->naddr) {
 		const struct ph_addr *a = &sx->addrs[sx->ai++];
 
 		/* 0.0.0.0 and :: would reach this host past any rule about 127.0.0.0/8 */
-		if (ph_addr_is_any(a) || !ph_socks_dest_allows(r->socks, sx->dst.name, a))
+		if (ph_addr_is_any(a))
 			continue;
+		if (!dest_ok(c, sx->dst.name, a, &why)) {
+			if (!sx->any_refused) {
+				sx->refused = why;
+				sx->refused_ai = (uint8_t)(sx->ai - 1);
+			}
+			sx->any_refused = true;
+			continue;
+		}
 		sx->any_allowed = true;
 		c->try.tgt = 0;
 		c->try.dst = *a;
@@ -412,9 +440,16 @@ static void socks_connect_next(struct fwd_conn *c)
 	}
 	dest_fmt(&sx->dst, d, sizeof(d));
 	if (!sx->any_allowed) {
-		FWD_STAT(wr, denied, 1);
-		snprintf(reason, sizeof(reason), "%s: not allowed by --allow-dest/--deny-dest", d);
-		socks_fail(c, -EACCES, 0, reason);
+		if (sx->any_refused) {
+			/* a name: which address it led to */
+			snprintf(reason, sizeof(reason), "%s (%s)", d,
+			         ph_addr_fmt(&sx->addrs[sx->refused_ai], ip, sizeof(ip)));
+			socks_refuse(c, sx->dst.name[0] != '\0' ? reason : d, sx->refused);
+		} else {
+			FWD_STAT(wr, denied, 1);
+			socks_fail(c, -EACCES, 0,
+			           "the unspecified address (this host) is no destination");
+		}
 		return;
 	}
 	FWD_STAT(wr, connect_failed, 1);
@@ -542,7 +577,7 @@ static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
 		/* the connection must come from the host the client named (unless 0.0.0.0) */
 		if ((sx->dst.name[0] == '\0' && !ph_addr_is_any(&sx->dst.addr) &&
 		     !ph_addr_equal(&want, &peer)) ||
-		    !ph_socks_dest_allows(c->wr->rule->socks, NULL, &peer)) {
+		    !dest_ok(c, NULL, &peer, NULL)) {
 			ph_info("c%llu: BIND: refused a connection from %s",
 			        (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
 			ph_sock_set_rst(fd);
@@ -670,8 +705,7 @@ static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const st
 	struct ph_addr a = *dst;
 
 	ph_addr_unmap(&a);
-	if (ph_addr_is_any(&a) || is_multicast(&a) ||
-	    !ph_socks_dest_allows(wr->rule->socks, d->name, &a))
+	if (ph_addr_is_any(&a) || is_multicast(&a) || !dest_ok(c, d->name, &a, NULL))
 		return false;
 	if (a.u.sa.sa_family != sx->client.u.sa.sa_family && udp_other(c, &a) < 0)
 		return false;
@@ -733,14 +767,13 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 		return;
 	}
 	/* the name is looked up; this datagram waits for it (the one before is dropped) */
-	if (sx->pend != NULL || sx->q != NULL ||
-	    !ph_socks_dest_allows(wr->rule->socks, d.name, NULL)) {
+	if (sx->pend != NULL || sx->q != NULL || !dest_ok(c, d.name, NULL, NULL)) {
 		FWD_STAT(wr, dgrams_dropped, 1);
 		if (sx->q != NULL)
 			return;
 		free(sx->pend);
 		sx->pend = NULL;
-		if (!ph_socks_dest_allows(wr->rule->socks, d.name, NULL))
+		if (!dest_ok(c, d.name, NULL, NULL))
 			return;
 	}
 	sx->pend = n <= SOCKS_UDP_HOLD ? malloc(n) : NULL; /* a name's first datagram: small */
@@ -876,7 +909,7 @@ static void socks_begin(struct fwd_conn *c)
 	struct fwd_wrule *wr = c->wr;
 	struct ph_loop *l = &wr->w->loop;
 	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96];
-	int err;
+	int err, why;
 
 	ph_timer_stop(l, &c->timer);
 	ph_trace("c%llu: %s %s %s", (unsigned long long)c->id, proto_name(sx),
@@ -892,13 +925,10 @@ static void socks_begin(struct fwd_conn *c)
 				"BIND takes the address of the host that will connect, not a name");
 			return;
 		}
-		if (!ph_addr_is_any(&sx->dst.addr) &&
-		    !ph_socks_dest_allows(wr->rule->socks, NULL, &sx->dst.addr)) {
-			FWD_STAT(wr, denied, 1);
-			snprintf(reason, sizeof(reason),
-			         "BIND for %s: not allowed by --allow-dest/--deny-dest",
+		if (!ph_addr_is_any(&sx->dst.addr) && !dest_ok(c, NULL, &sx->dst.addr, &why)) {
+			snprintf(reason, sizeof(reason), "BIND for %s",
 			         dest_fmt(&sx->dst, d, sizeof(d)));
-			socks_fail(c, -EACCES, 0, reason);
+			socks_refuse(c, reason, why);
 			return;
 		}
 		socks_bind(c);
@@ -908,11 +938,8 @@ static void socks_begin(struct fwd_conn *c)
 		socks_udp(c);
 		return;
 	}
-	if (!ph_socks_dest_allows(wr->rule->socks, sx->dst.name, NULL)) {
-		FWD_STAT(wr, denied, 1);
-		snprintf(reason, sizeof(reason), "%s: not allowed by --allow-dest/--deny-dest",
-		         dest_fmt(&sx->dst, d, sizeof(d)));
-		socks_fail(c, -EACCES, 0, reason);
+	if (!dest_ok(c, sx->dst.name, NULL, &why)) {
+		socks_refuse(c, dest_fmt(&sx->dst, d, sizeof(d)), why);
 		return;
 	}
 	sx->ai = 0;

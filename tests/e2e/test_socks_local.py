@@ -1,0 +1,165 @@
+"""
+A socks proxy and this host's own services (the classic SSRF): the `local` destination
+class, refused by default on a rule that listens beyond loopback.
+
+    python client ──> pinhole socks 0.0.0.0:P / [::]:P / 127.0.0.1:P ──┬─> echo 0.0.0.0:E + [::]:E
+                                                                      ├─> UDP echo 127.0.0.1:U
+    BIND peer 127.0.0.1 ──> the port BIND announces                   └─> (this host's own
+                                                                           addresses, port E)
+
+The echo server listens on every interface (one socket per family, the same port), so a
+proxy that let a "local" destination through would really reach it and the test would see
+the echo.
+"""
+
+import re
+import socket
+import subprocess
+
+import pytest
+
+from conftest import (CMD_BIND, CMD_CONNECT, CMD_UDP, alloc_port, connect, echo_once,
+                      read_http_head, recv_exact, socks5_open, socks5_reply, start_socks,
+                      wait_until)
+
+REFUSED = 2  # SOCKS5 "connection not allowed by ruleset"
+
+
+@pytest.fixture
+def everywhere(echo_server, ipv6):
+    """An echo service on every interface, IPv4 and IPv6, one port: (port, servers)."""
+    port = alloc_port()
+    return port, [echo_server("0.0.0.0", port=port), echo_server("::", port=port)]
+
+
+def accepted(servers):
+    return sum(s.accepted for s in servers)
+
+
+def reply_to(port, host, tport, proxy_host="127.0.0.1", **kw):
+    s, rep, _ = socks5_open(port, CMD_CONNECT, host, tport, proxy_host=proxy_host, **kw)
+    s.close()
+    return rep
+
+
+def own_addresses():
+    """This host's addresses that are neither loopback nor link-local (ip -o addr)."""
+    out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True,
+                         timeout=5, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        m = re.search(r"\binet6? ([0-9a-f.:]+)/", line)
+        if m and not m.group(1).startswith(("127.", "::1", "fe80:")):
+            found.append(m.group(1))
+    return found
+
+
+LOCAL_DESTS = ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "localhost"]
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "[::]"])
+def test_public_rule_refuses_local_by_default(pinhole, everywhere, listen):
+    """A rule on the wildcard (--open here) refuses CONNECT to the loopback addresses, v4
+    and v6, the IPv4-mapped form, a name that resolves to them, the cloud metadata address
+    and this host's own addresses, with reply 2 and a log line naming why; the echo
+    service, which is there on every one of them, sees nobody."""
+    eport, servers = everywhere
+    ph, port = start_socks(pinhole, "--open", host=listen)
+    proxy = "::1" if listen.startswith("[") else "127.0.0.1"
+    for dest in LOCAL_DESTS + own_addresses():
+        assert reply_to(port, dest, eport, proxy_host=proxy) == REFUSED, \
+            f"CONNECT {dest}:{eport} through a proxy on {listen} was not refused"
+    # nothing listens there: without the rule this would be a connect failure, not 2
+    assert reply_to(port, "169.254.169.254", 80, proxy_host=proxy) == REFUSED
+    assert reply_to(port, "0.0.0.0", eport, proxy_host=proxy) == REFUSED
+    assert accepted(servers) == 0
+    ph.wait_log(r"localhost:\d+ \((127\.0\.0\.1|::1):\d+\): refused by a local destination")
+    ph.wait_log(r"\[::1\]:\d+: refused by a local destination .*--allow-dest local")
+
+
+def test_public_rule_with_users_refuses_local(pinhole, everywhere):
+    eport, servers = everywhere
+    _, port = start_socks(pinhole, "--user", "alice:s3cret", host="0.0.0.0")
+    for dest in ("127.0.0.1", "::1", "localhost"):
+        assert reply_to(port, dest, eport, user="alice", password="s3cret") == REFUSED, dest
+    assert accepted(servers) == 0
+
+
+def test_public_rule_http_connect_to_local_is_403(pinhole, everywhere):
+    eport, servers = everywhere
+    _, port = start_socks(pinhole, "--open", host="0.0.0.0")
+    for authority in (f"127.0.0.1:{eport}", f"[::1]:{eport}", f"localhost:{eport}"):
+        c = connect("127.0.0.1", port)
+        try:
+            c.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+            status, _, _ = read_http_head(c)
+        finally:
+            c.close()
+        assert status == 403, f"CONNECT {authority}: HTTP {status}"
+    assert accepted(servers) == 0
+
+
+def test_allow_dest_lifts_the_default(pinhole, everywhere):
+    """--allow-dest 127.0.0.1 lets exactly that address through (and makes an allow list);
+    --allow-dest local lets every local address through."""
+    eport, servers = everywhere
+    _, port = start_socks(pinhole, "--open", "--allow-dest", "127.0.0.1", host="0.0.0.0")
+    s, rep, _ = socks5_open(port, CMD_CONNECT, "127.0.0.1", eport)
+    try:
+        assert rep == 0, f"CONNECT 127.0.0.1 with --allow-dest 127.0.0.1: reply {rep}"
+        echo_once(s, b"allowed by --allow-dest 127.0.0.1")
+    finally:
+        s.close()
+    assert reply_to(port, "::1", eport) == REFUSED
+    assert reply_to(port, "127.0.0.2", eport) == REFUSED
+    _, port2 = start_socks(pinhole, "--open", "--allow-dest", "local", host="0.0.0.0")
+    for dest in LOCAL_DESTS:
+        s, rep, _ = socks5_open(port2, CMD_CONNECT, dest, eport)
+        try:
+            assert rep == 0, f"CONNECT {dest} with --allow-dest local: reply {rep}"
+            echo_once(s, dest.encode())
+        finally:
+            s.close()
+
+
+def test_allow_everything_does_not_open_this_host(pinhole, everywhere):
+    """0.0.0.0/0 and ::/0 say "anywhere", not "this host": local stays refused."""
+    eport, servers = everywhere
+    _, port = start_socks(pinhole, "--open", "--allow-dest", "0.0.0.0/0", "--allow-dest",
+                          "::/0", host="0.0.0.0")
+    for dest in ("127.0.0.1", "::1", "localhost"):
+        assert reply_to(port, dest, eport) == REFUSED, dest
+    assert accepted(servers) == 0
+
+
+def test_loopback_rule_reaches_its_own_host(pinhole, everywhere):
+    """ssh -D style: a rule on loopback reaches this host's services as before."""
+    eport, _ = everywhere
+    _, port = start_socks(pinhole)
+    for dest in LOCAL_DESTS:
+        s, rep, _ = socks5_open(port, CMD_CONNECT, dest, eport)
+        try:
+            assert rep == 0, f"CONNECT {dest} through a loopback rule: reply {rep}"
+            echo_once(s, dest.encode())
+        finally:
+            s.close()
+
+
+def test_deny_dest_local_on_a_loopback_rule(pinhole, everywhere):
+    """--deny-dest local: ::1 is refused with 127.0.0.1 (what 127.0.0.0/8 alone left
+    open), and the log line names the rule."""
+    eport, servers = everywhere
+    ph, port = start_socks(pinhole, "--deny-dest", "local")
+    for dest in LOCAL_DESTS + own_addresses():
+        assert reply_to(port, dest, eport) == REFUSED, dest
+    assert accepted(servers) == 0
+    ph.wait_log(r"\[::1\]:\d+: refused by --deny-dest local")
+
+
+def test_deny_dest_cidr_matches_the_mapped_form(pinhole, everywhere):
+    """An IPv4 CIDR matches an IPv4-mapped IPv6 destination (ATYP 4, ::ffff:127.0.0.1)."""
+    eport, servers = everywhere
+    ph, port = start_socks(pinhole, "--deny-dest", "127.0.0.0/8")
+    assert reply_to(port, "::ffff:127.0.0.1", eport) == REFUSED
+    assert accepted(servers) == 0
+    ph.wait_log(r"refused by --deny-dest 127\.0\.0\.0/8")
