@@ -1,6 +1,7 @@
 """
 A socks proxy and this host's own services (the classic SSRF): the `local` destination
-class, refused by default on a rule that listens beyond loopback.
+class, refused by default on a rule that listens beyond loopback, and BIND / UDP ASSOCIATE
+on the address the client reached rather than on every interface.
 
     python client ──> pinhole socks 0.0.0.0:P / [::]:P / 127.0.0.1:P ──┬─> echo 0.0.0.0:E + [::]:E
                                                                       ├─> UDP echo 127.0.0.1:U
@@ -163,3 +164,75 @@ def test_deny_dest_cidr_matches_the_mapped_form(pinhole, everywhere):
     assert reply_to(port, "::ffff:127.0.0.1", eport) == REFUSED
     assert accepted(servers) == 0
     ph.wait_log(r"refused by --deny-dest 127\.0\.0\.0/8")
+
+
+# ---------------------------------------------------------------------------------------------
+# BIND and UDP ASSOCIATE: on the address the client reached
+
+
+# written as CIDRs (not `local`) so that the same test runs against a pinhole without it
+ALLOW_LOOPBACK = ["--allow-dest", "127.0.0.0/8", "--allow-dest", "::1"]
+
+
+def tcp_listeners(port):
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         timeout=5, check=True).stdout
+    return [ln.split()[3] for ln in out.splitlines() if ln.strip()]
+
+
+def udp_sockets(port):
+    out = subprocess.run(["ss", "-uanH", f"sport = :{port}"], capture_output=True, text=True,
+                         timeout=5, check=True).stdout
+    return [ln.split()[3] for ln in out.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("listen,reach", [("0.0.0.0", "127.0.0.1"), ("[::]", "::1")])
+def test_bind_listens_on_the_reached_address(pinhole, ipv6, listen, reach):
+    _, port = start_socks(pinhole, "--open", *ALLOW_LOOPBACK, host=listen)
+    s, rep, (host, bport) = socks5_open(port, CMD_BIND, reach, 0, proxy_host=reach)
+    try:
+        assert rep == 0, f"BIND: first reply {rep}"
+        assert host == reach, f"BND.ADDR {host}, the client reached {reach}"
+        where = tcp_listeners(bport)
+        want = f"[{reach}]:{bport}" if ":" in reach else f"{reach}:{bport}"
+        assert where == [want], f"BIND's port {bport} listens on {where}, not on {want}"
+        peer = connect(reach, bport)
+        try:
+            rep, who = socks5_reply(s)
+            assert rep == 0 and who == peer.getsockname()[:2], (rep, who)
+            peer.sendall(b"through BIND")
+            assert recv_exact(s, 12) == b"through BIND"
+        finally:
+            peer.close()
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("listen,reach", [("0.0.0.0", "127.0.0.1"), ("[::]", "::1")])
+def test_udp_associate_binds_the_reached_address(pinhole, udp_echo, ipv6, listen, reach):
+    """The relay's port is on the address the client reached, and it still relays, to a
+    destination of either family."""
+    a4, a6 = udp_echo(), udp_echo(host="::1")
+    _, port = start_socks(pinhole, "--open", *ALLOW_LOOPBACK, host=listen)
+    fam = socket.AF_INET6 if ":" in reach else socket.AF_INET
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.bind((reach, 0))
+    s, rep, (host, rport) = socks5_open(port, CMD_UDP, *u.getsockname()[:2], proxy_host=reach)
+    try:
+        assert rep == 0, f"UDP ASSOCIATE: reply {rep}"
+        assert host == reach, f"BND.ADDR {host}, the client reached {reach}"
+        where = udp_sockets(rport)
+        want = f"[{reach}]:{rport}" if ":" in reach else f"{reach}:{rport}"
+        assert where == [want], f"the relay's port {rport} is on {where}, not on {want}"
+        for dest, echo in (("127.0.0.1", a4), ("::1", a6)):
+            atyp = b"\x04" + socket.inet_pton(socket.AF_INET6, dest) if ":" in dest \
+                else b"\x01" + socket.inet_pton(socket.AF_INET, dest)
+            u.sendto(b"\0\0\0" + atyp + echo.port.to_bytes(2, "big") + b"ping", (reach, rport))
+            d, src = u.recvfrom(65536)
+            assert src[:2] == (reach, rport), f"answer from {src}"
+            assert d.endswith(b"ping") and d[3:4] == atyp[:1], d
+    finally:
+        s.close()
+        u.close()
+    wait_until(lambda: not udp_sockets(rport), 5, "the relay's port to close")
