@@ -13,7 +13,10 @@ proxy that let a "local" destination through would really reach it and the test 
 the echo.
 """
 
+import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 
@@ -236,3 +239,69 @@ def test_udp_associate_binds_the_reached_address(pinhole, udp_echo, ipv6, listen
         s.close()
         u.close()
     wait_until(lambda: not udp_sockets(rport), 5, "the relay's port to close")
+
+
+# ---------------------------------------------------------------------------------------------
+# this host's addresses are read at start and again on reload
+#
+#     test (host side) ── veth 10.R.0.1/30 ─── 10.R.0.2/30 veth ── netns phsl<pid>:
+#                                                                  pinhole run (socks 0.0.0.0:P)
+#                                                                  lo: 10.R.1.1 added later
+
+
+def sh(*cmd):
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, f"{cmd}: {r.stderr}"
+
+
+@pytest.fixture
+def netns():
+    """A namespace joined to this one by a veth pair; removed at the end: (name, R)."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace needs root")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 (ip) is not installed")
+    pid = os.getpid()
+    ns, host_if, r = f"phsl{pid}", f"phsl{pid % 100000}h", 100 + pid % 150
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True, timeout=10).returncode:
+        pytest.skip("cannot create a network namespace here")
+    try:
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "v0", "netns", ns)
+        sh("ip", "addr", "add", f"10.{r}.0.1/30", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        sh("ip", "-n", ns, "addr", "add", f"10.{r}.0.2/30", "dev", "v0")
+        sh("ip", "-n", ns, "link", "set", "v0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns, r
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def test_own_addresses_are_read_again_on_reload(pinhole, netns, tmp_path):
+    """The proxy's own address is refused from the start; an address the host gets later
+    is let through (nothing listens there: refused by the host, reply 5) until a reload
+    reads the addresses again, then refused by the rule (2)."""
+    ns, r = netns
+    proxy, later = f"10.{r}.0.2", f"10.{r}.1.1"
+    port = alloc_port()
+    conf = tmp_path / "socks.conf"
+    conf.write_text(f"socks 0.0.0.0:{port} --open --name pub\n")
+    ph = pinhole("run", conf, ready=False, prefix=("ip", "netns", "exec", ns))
+    ph.wait_log(r"^pub: socks proxy on ")
+
+    def up():
+        try:
+            connect(proxy, port, timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(up, 5, f"the proxy on {proxy}:{port}")
+    assert reply_to(port, proxy, 9, proxy_host=proxy) == REFUSED, "its own address"
+    sh("ip", "-n", ns, "addr", "add", f"{later}/32", "dev", "lo")
+    assert reply_to(port, later, 9, proxy_host=proxy) == 5, "before the reload"
+    ph.send_signal(signal.SIGHUP)
+    ph.wait_log(r"^reloaded ")
+    assert reply_to(port, later, 9, proxy_host=proxy) == REFUSED, "after the reload"
+    ph.wait_log(rf"{re.escape(later)}:9: refused by a local destination")
