@@ -264,7 +264,8 @@ static bool dest_ok(const struct fwd_conn *c, const char *name, const struct ph_
 /* Refuses c's request with "what: refused by RULE", counted as denied. */
 static void socks_refuse(struct fwd_conn *c, const char *what, int why)
 {
-	char rule[PH_SOCKS_NAME_MAX + 96], reason[2 * PH_SOCKS_NAME_MAX + 192];
+	/* cut to what an HTTP reply's 512 bytes can carry after its head */
+	char rule[PH_SOCKS_NAME_MAX + 96], reason[384];
 
 	FWD_STAT(c->wr, denied, 1);
 	snprintf(reason, sizeof(reason), "%s: refused by %s", what,

@@ -103,6 +103,20 @@ def test_public_rule_http_connect_to_local_is_403(pinhole, everywhere):
     assert accepted(servers) == 0
 
 
+def test_long_refusal_still_gets_its_403(pinhole):
+    """A 253-byte name refused by a rule naming it: the reason is cut to fit the reply,
+    never the reply dropped."""
+    name = ".".join(["a" * 62, "b" * 62, "c" * 62, "d" * 60, "test"])[:253]
+    _, port = start_socks(pinhole, "--deny-dest", name)
+    c = connect("127.0.0.1", port)
+    try:
+        c.sendall(f"CONNECT {name}:80 HTTP/1.1\r\nHost: {name}:80\r\n\r\n".encode())
+        status, _, _ = read_http_head(c)
+    finally:
+        c.close()
+    assert status == 403
+
+
 def test_allow_dest_lifts_the_default(pinhole, everywhere):
     """--allow-dest 127.0.0.1 lets exactly that address through (and makes an allow list);
     --allow-dest local lets every local address through."""
