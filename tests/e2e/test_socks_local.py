@@ -319,3 +319,24 @@ def test_own_addresses_are_read_again_on_reload(pinhole, netns, tmp_path):
     ph.wait_log(r"^reloaded ")
     assert reply_to(port, later, 9, proxy_host=proxy) == REFUSED, "after the reload"
     ph.wait_log(rf"{re.escape(later)}:9: refused by a local destination")
+
+
+def test_udp_associate_on_a_public_rule_drops_local_destinations(pinhole, udp_echo):
+    """UDP ASSOCIATE judges each datagram's destination the same way: on a public rule, one
+    to 127.0.0.1 (a local resolver, say) is dropped, never delivered."""
+    a = udp_echo()
+    _, port = start_socks(pinhole, "--open", host="0.0.0.0")
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(0.5)
+    u.bind(("127.0.0.1", 0))
+    s, rep, (host, rport) = socks5_open(port, CMD_UDP, *u.getsockname())
+    try:
+        assert rep == 0, f"UDP ASSOCIATE: reply {rep}"
+        u.sendto(b"\0\0\0\x01" + socket.inet_aton("127.0.0.1") + a.port.to_bytes(2, "big")
+                 + b"to this host", (host, rport))
+        with pytest.raises(socket.timeout):
+            u.recvfrom(65536)
+        assert a.count == 0, "a datagram reached this host's UDP service"
+    finally:
+        s.close()
+        u.close()
