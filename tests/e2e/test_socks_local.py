@@ -292,8 +292,8 @@ def netns():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
-def test_own_addresses_are_read_again_on_reload(pinhole, netns, tmp_path):
-    """The proxy's own address is refused from the start; an address the host gets later
+def test_own_addresses_are_read_again_on_reload(netns, pinhole, tmp_path):
+    """(netns first: pinhole stops before the namespace goes.) The proxy's own address is refused from the start; an address the host gets later
     is let through (nothing listens there: refused by the host, reply 5) until a reload
     reads the addresses again, then refused by the rule (2)."""
     ns, r = netns
@@ -302,7 +302,7 @@ def test_own_addresses_are_read_again_on_reload(pinhole, netns, tmp_path):
     conf = tmp_path / "socks.conf"
     conf.write_text(f"socks 0.0.0.0:{port} --open --name pub\n")
     ph = pinhole("run", conf, ready=False, prefix=("ip", "netns", "exec", ns))
-    ph.wait_log(r"^pub: socks proxy on ")
+    ph.wait_log(r"^pub: socks proxy on ", timeout=10)
 
     def up():
         try:
@@ -316,7 +316,7 @@ def test_own_addresses_are_read_again_on_reload(pinhole, netns, tmp_path):
     sh("ip", "-n", ns, "addr", "add", f"{later}/32", "dev", "lo")
     assert reply_to(port, later, 9, proxy_host=proxy) == 5, "before the reload"
     ph.send_signal(signal.SIGHUP)
-    ph.wait_log(r"^reloaded ")
+    ph.wait_log(r"^reloaded ", timeout=10)
     assert reply_to(port, later, 9, proxy_host=proxy) == REFUSED, "after the reload"
     ph.wait_log(rf"{re.escape(later)}:9: refused by a local destination")
 
