@@ -21,6 +21,7 @@
 #include "cli/conf.h"
 #include "config.h"
 #include "conn/accept.h"
+#include "core/acl.h"
 #include "core/connlog.h"
 #include "core/log.h"
 #include "core/resolve.h"
@@ -57,6 +58,7 @@ struct ph_main {
 	struct ph_forward_rule **retiring; /* owned: removed by a reload, finishing */
 	unsigned nretiring;
 	struct ph_list plans;       /* struct reload_plan not run by every worker yet */
+	struct ph_hostaddrs *self;  /* owned: this host's addresses, the workers' self_addrs */
 	struct ph_timer retire;     /* frees what finished, once a second while any is left */
 	struct ph_ctl *ctl;         /* owned: the control socket, or NULL */
 	struct ph_ctl *metrics;     /* owned: the --metrics endpoint, or NULL */
@@ -82,8 +84,10 @@ struct reload_plan {
 	struct ph_list node; /* in ph_main.plans */
 	struct ph_forward_rule **add, **del;
 	unsigned nadd, ndel;
-	struct ph_worker_call *calls; /* owned: one per worker */
-	unsigned pending;             /* atomic: workers that have not run it yet */
+	struct ph_worker_call *calls;    /* owned: one per worker */
+	unsigned pending;                /* atomic: workers that have not run it yet */
+	const struct ph_hostaddrs *self; /* this host's addresses read again: the workers' */
+	struct ph_hostaddrs *old_self;   /* owned: the table it replaces, freed with the plan */
 };
 
 static void log_rule(const struct ph_forward_rule *r, unsigned nw);
@@ -232,6 +236,7 @@ static void log_stats(struct ph_main *m, const char *what)
 static void plan_free(struct reload_plan *p)
 {
 	ph_list_del(&p->node);
+	ph_hostaddrs_free(p->old_self); /* every worker ran the plan, or none is left */
 	free(p->add);
 	free(p->del);
 	free(p->calls);
@@ -247,6 +252,8 @@ static void plan_run(struct ph_worker *w, void *arg)
 		ph_forward_attach(p->add[i], (unsigned)w->id);
 	for (unsigned i = 0; i < p->ndel; i++)
 		ph_forward_detach(p->del[i], (unsigned)w->id);
+	if (p->self != NULL)
+		w->self_addrs = p->self;
 	__atomic_fetch_sub(&p->pending, 1, __ATOMIC_ACQ_REL);
 }
 
@@ -353,6 +360,7 @@ static void main_reload(struct ph_main *m)
 	struct ph_config *cfg = m->cfg, nc;
 	struct ph_forward_rule **final = NULL;
 	struct reload_plan *p = NULL;
+	struct ph_hostaddrs *self;
 	bool *kept = NULL;
 	char why[1024];
 	unsigned nkept = 0;
@@ -448,6 +456,14 @@ static void main_reload(struct ph_main *m)
 			goto out;
 		}
 		m->retiring = rt;
+	}
+	/* this host's addresses (socks' `local`) may have changed since: read them again */
+	if (ph_hostaddrs_read(&self) == 0) {
+		p->self = self;
+		p->old_self = m->self;
+		m->self = self;
+	} else {
+		ph_warn("reload: cannot read this host's addresses; `local` keeps the old ones");
 	}
 	p->pending = m->nw;
 	ph_list_add_tail(&m->plans, &p->node);
@@ -877,6 +893,14 @@ static int run(struct ph_config *cfg)
 			goto out_workers;
 		}
 	}
+	/* socks' `local` covers this host's own addresses: read them now, and on reload */
+	err = ph_hostaddrs_read(&m.self);
+	if (err < 0) {
+		fprintf(stderr, "pinhole: cannot read this host's addresses: %s\n", strerror(-err));
+		goto out_workers;
+	}
+	for (unsigned i = 0; i < m.nw; i++)
+		m.w[i]->self_addrs = m.self;
 	for (unsigned i = 0; i < cfg->nrules; i++) {
 		err = ph_forward_start(cfg->rules[i], m.w, m.nw, why, sizeof(why));
 		if (err < 0) {
@@ -1008,6 +1032,8 @@ out_workers:
 	free(m.retiring);
 	while (!ph_list_empty(&m.plans))
 		plan_free(container_of(m.plans.next, struct reload_plan, node));
+	ph_hostaddrs_free(m.self);
+	m.self = NULL;
 	for (unsigned i = 0; i < m.nw; i++)
 		free(m.w[i]);
 	free(m.w);

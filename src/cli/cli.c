@@ -142,11 +142,16 @@ static const char help_socks[] =
 	"                         users: without it that is refused, since an open\n"
 	"                         proxy is found and abused within hours\n"
 	"  --allow-dest X         destinations allowed: a CIDR (10.0.0.0/8), a name and\n"
-	"                         the names under it (example.com), or only the names\n"
-	"                         under it (*.example.com). Repeatable.\n"
+	"                         the names under it (example.com), only the names\n"
+	"                         under it (*.example.com), or local: this host and its\n"
+	"                         link (127.0.0.0/8, ::1, 169.254.0.0/16, fe80::/10,\n"
+	"                         0.0.0.0/8, ::, this host's addresses). Repeatable.\n"
 	"  --deny-dest X          destinations refused, written the same way. A deny\n"
 	"                         rule that matches the name or its address always wins;\n"
-	"                         with allow rules, one of them must match.\n"
+	"                         with allow rules, one of them must match. A rule that\n"
+	"                         listens beyond loopback refuses local destinations\n"
+	"                         unless --allow-dest local (or a CIDR holding the\n"
+	"                         address, not 0.0.0.0/0) lets them through\n"
 	"  --allow CIDR, --deny CIDR   clients let in or kept out (as for forward)\n"
 	"  --max-conns N          at most N clients at once\n"
 	"  --handshake-timeout DUR  a client must have sent its request by then (10s)\n"
@@ -164,6 +169,7 @@ static const char help_socks[] =
 	"  pinhole socks                               # 127.0.0.1:1080, no auth\n"
 	"  curl --socks5-hostname 127.0.0.1:1080 https://example.com/\n"
 	"  pinhole socks :1080 --users /etc/pinhole/socks.users --deny-dest 10.0.0.0/8\n"
+	"  pinhole socks --deny-dest local             # ssh -D, but not into this host\n"
 	"  pinhole socks 0.0.0.0:3128 --open --allow 192.168.1.0/24\n";
 
 static const char help_map[] =
@@ -913,6 +919,10 @@ static int cli_socks(int argc, char *const *argv, int first, struct ph_config *c
 	}
 	if (r->udp_timeout == 0)
 		r->udp_timeout = PH_UDP_TIMEOUT_MS;
+	/* a client from elsewhere must not reach this host's own services (127.0.0.1, ::1,
+	 * its addresses) nor its link's (169.254.169.254) through the proxy; ssh -D style
+	 * users on loopback reach their own services as before */
+	r->socks->deny_local = !is_loopback(&r->listen);
 	cfg->rules[cfg->nrules++] = r;
 	cfg->cmd = PH_CMD_FORWARD;
 	return 0;

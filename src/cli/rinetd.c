@@ -158,10 +158,6 @@ static void rinetd_pattern(const char *p, char *out, size_t len)
 		snprintf(out, len, "%s/%u", net, parts * 8);
 		return;
 	}
-	if (strcmp(p, "*") == 0) {
-		snprintf(out, len, "0.0.0.0/0"); /* rinetd matches IPv4 text: * is every IPv4 */
-		return;
-	}
 	snprintf(out, len, "%s", p);
 }
 
@@ -195,7 +191,18 @@ static int rinetd_flush(struct rinetd_ctx *x)
 			for (unsigned i = 0; i < groups[g]->n; i++) {
 				if (groups[g]->allow[i] != (pass == 1))
 					continue;
-				words[n++] = pass == 1 ? "--allow" : "--deny";
+				char *opt = pass == 1 ? "--allow" : "--deny";
+
+				if (strcmp(groups[g]->pat[i], "*") == 0) {
+					/* every client, IPv4 and IPv6 (a `::` bind has both):
+					 * two CIDRs (hence 4 words a line in words[]) */
+					words[n++] = opt;
+					words[n++] = "0.0.0.0/0";
+					words[n++] = opt;
+					words[n++] = "::/0";
+					continue;
+				}
+				words[n++] = opt;
 				rinetd_pattern(groups[g]->pat[i], acl_words[na],
 				               sizeof(acl_words[na]));
 				words[n++] = acl_words[na++];

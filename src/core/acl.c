@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fnmatch.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,4 +172,88 @@ void ph_acl_free(struct ph_acl *acl)
 	acl->n = 0;
 	acl->has_allow = false;
 	acl->has_pattern = false;
+}
+
+int ph_hostaddrs_read(struct ph_hostaddrs **out)
+{
+	struct ifaddrs *ifs, *i;
+	struct ph_hostaddrs *h;
+	unsigned n = 0;
+	int err;
+
+	*out = NULL;
+	if (getifaddrs(&ifs) == -1)
+		return -errno;
+	for (i = ifs; i != NULL; i = i->ifa_next)
+		n += i->ifa_addr != NULL &&
+		     (i->ifa_addr->sa_family == AF_INET || i->ifa_addr->sa_family == AF_INET6);
+	h = calloc(1, sizeof(*h));
+	if (h == NULL || (n > 0 && (h->a = calloc(n, sizeof(*h->a))) == NULL)) {
+		err = -ENOMEM;
+		goto err_free;
+	}
+	for (i = ifs; i != NULL && h->n < n; i = i->ifa_next) {
+		struct ph_cidr *c = &h->a[h->n];
+
+		if (i->ifa_addr == NULL)
+			continue;
+		if (i->ifa_addr->sa_family == AF_INET) {
+			const struct sockaddr_in *in = (const void *)i->ifa_addr;
+
+			c->family = AF_INET;
+			c->prefix = 32;
+			memcpy(c->net, &in->sin_addr, 4);
+		} else if (i->ifa_addr->sa_family == AF_INET6) {
+			const struct sockaddr_in6 *in6 = (const void *)i->ifa_addr;
+
+			c->family = AF_INET6;
+			c->prefix = 128;
+			memcpy(c->net, &in6->sin6_addr, 16);
+		} else {
+			continue;
+		}
+		h->n++;
+	}
+	freeifaddrs(ifs);
+	*out = h;
+	return 0;
+
+err_free:
+	free(h);
+	freeifaddrs(ifs);
+	return err;
+}
+
+void ph_hostaddrs_free(struct ph_hostaddrs *h)
+{
+	if (h == NULL)
+		return;
+	free(h->a);
+	free(h);
+}
+
+bool ph_addr_is_local(const struct ph_addr *a, const struct ph_hostaddrs *self)
+{
+	struct ph_addr u = *a;
+
+	ph_addr_unmap(&u);
+	if (u.u.sa.sa_family == AF_INET) {
+		uint32_t v = ntohl(u.u.in.sin_addr.s_addr);
+
+		/* 127.0.0.0/8 loopback, 0.0.0.0/8 "this network", 169.254.0.0/16 link-local */
+		if ((v >> 24) == 127 || (v >> 24) == 0 || (v >> 16) == 0xa9fe)
+			return true;
+	} else if (u.u.sa.sa_family == AF_INET6) {
+		const struct in6_addr *ip = &u.u.in6.sin6_addr;
+
+		if (IN6_IS_ADDR_LOOPBACK(ip) || IN6_IS_ADDR_UNSPECIFIED(ip) ||
+		    IN6_IS_ADDR_LINKLOCAL(ip))
+			return true;
+	} else {
+		return false;
+	}
+	for (unsigned i = 0; self != NULL && i < self->n; i++)
+		if (ph_cidr_contains(&self->a[i], &u))
+			return true;
+	return false;
 }

@@ -62,4 +62,28 @@ bool ph_acl_allows(const struct ph_acl *acl, const struct ph_addr *a);
 
 void ph_acl_free(struct ph_acl *acl);
 
+/* The addresses of this host's interfaces, as host routes (read with getifaddrs). */
+struct ph_hostaddrs {
+	struct ph_cidr *a; /* owned */
+	unsigned n;
+};
+
+/*
+ * Reads the addresses of every interface of this host (up or down). Returns 0 and a
+ * table the caller owns in *out (free it with ph_hostaddrs_free), or -errno with *out ==
+ * NULL.
+ */
+int ph_hostaddrs_read(struct ph_hostaddrs **out);
+
+/* Frees h. NULL is fine. */
+void ph_hostaddrs_free(struct ph_hostaddrs *h);
+
+/*
+ * True when a reaches this host or its link rather than the network beyond: loopback
+ * (127.0.0.0/8, ::1), link-local (169.254.0.0/16 with the cloud metadata address,
+ * fe80::/10), the unspecified addresses (0.0.0.0/8, ::), or one of self's addresses (self
+ * may be NULL). An IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
+ */
+bool ph_addr_is_local(const struct ph_addr *a, const struct ph_hostaddrs *self);
+
 #endif /* PH_CORE_ACL_H */

@@ -15,6 +15,7 @@
 
 struct ph_resolver;
 struct ph_dgram_batch;
+struct ph_hostaddrs;
 
 /* Counters of one worker: written only by it (relaxed stores), read by anyone. */
 struct ph_stats {
@@ -82,6 +83,10 @@ struct ph_worker {
 	struct ph_dgram_batch *dgram; /* owned: UDP datagram slots; made by the first UDP rule */
 	struct ph_dgram_batch *dgram_out; /* owned: replies gathered for one sendmmsg */
 	struct ph_stats stats;
+	/* borrowed: this host's addresses (core/acl.h), the main thread's table; it swaps
+	 * in a new one on reload with a ph_worker_call, and frees the old once every worker
+	 * ran it */
+	const struct ph_hostaddrs *self_addrs;
 	struct ph_list hooks;
 	uint64_t live;    /* connections that keep the worker alive while draining */
 	uint64_t next_id; /* connection ids, unique within the worker */

@@ -1,5 +1,6 @@
 #include "socks/socks.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -148,7 +149,9 @@ int ph_socks_dest_add(struct ph_socks_conf *sc, bool allow, const char *s, const
 	memset(&r, 0, sizeof(r));
 	r.allow = allow;
 	*why = NULL;
-	if (ph_cidr_parse(s, &r.cidr, why) < 0) {
+	if (strcmp(s, "local") == 0) {
+		r.is_local = true; /* the class, not the names under .local (write .local) */
+	} else if (ph_cidr_parse(s, &r.cidr, why) < 0) {
 		/* not a CIDR: a name suffix, "example.com" or "*.example.com" */
 		const char *p = s;
 
@@ -201,20 +204,69 @@ static bool name_matches(const struct ph_socks_dest_rule *r, const char *name)
 	return n > rn && name[n - rn - 1] == '.' && strncasecmp(name + n - rn, r->name, rn) == 0;
 }
 
-bool ph_socks_dest_allows(const struct ph_socks_conf *sc, const char *name, const struct ph_addr *a)
+bool ph_socks_dest_allows(const struct ph_socks_conf *sc, const struct ph_hostaddrs *self,
+                          const char *name, const struct ph_addr *a, int *why)
 {
-	bool allowed = !sc->has_allow;
+	bool allowed = !sc->has_allow, covered = false, local = false;
 
 	if (name != NULL && name[0] == '\0')
 		name = NULL;
+	if (a != NULL)
+		local = ph_addr_is_local(a, self);
 	for (unsigned i = 0; i < sc->ndests; i++) {
 		const struct ph_socks_dest_rule *r = &sc->dests[i];
-		bool hit = r->is_name ? name != NULL && name_matches(r, name)
-		                      : a != NULL && ph_cidr_contains(&r->cidr, a);
+		bool hit = r->is_local  ? local
+		           : r->is_name ? name != NULL && name_matches(r, name)
+		                        : a != NULL && ph_cidr_contains(&r->cidr, a);
 
-		if (hit && !r->allow)
+		if (hit && !r->allow) {
+			if (why != NULL)
+				*why = (int)i;
 			return false;
+		}
 		allowed |= hit;
+		/* a name cannot vouch for where it leads, nor 0.0.0.0/0 ("anything") for this
+		 * host: only `local` or an address rule really written for it */
+		covered |= hit && (r->is_local || (!r->is_name && r->cidr.prefix > 0));
 	}
-	return allowed || a == NULL; /* before resolving, only a deny rule can say no */
+	if (local && sc->deny_local && !covered) {
+		if (why != NULL)
+			*why = PH_SOCKS_DEST_LOCAL;
+		return false;
+	}
+	if (!allowed && a != NULL) { /* before resolving, only a deny rule can say no */
+		if (why != NULL)
+			*why = PH_SOCKS_DEST_NO_ALLOW;
+		return false;
+	}
+	return true;
+}
+
+const char *ph_socks_dest_why(const struct ph_socks_conf *sc, int why, char *buf, size_t len)
+{
+	const struct ph_socks_dest_rule *r;
+	char ip[INET6_ADDRSTRLEN] = "";
+
+	if (why == PH_SOCKS_DEST_LOCAL) {
+		snprintf(buf, len,
+		         "a local destination (this host or its link) on a rule that "
+		         "listens beyond loopback (--allow-dest local would let it)");
+		return buf;
+	}
+	if (why < 0 || (unsigned)why >= sc->ndests) {
+		snprintf(buf, len, "no --allow-dest matches");
+		return buf;
+	}
+	r = &sc->dests[why];
+	if (r->is_local) {
+		snprintf(buf, len, "--%s-dest local", r->allow ? "allow" : "deny");
+	} else if (r->is_name) {
+		snprintf(buf, len, "--%s-dest %s%s", r->allow ? "allow" : "deny",
+		         r->sub_only ? "*." : "", r->name);
+	} else {
+		inet_ntop(r->cidr.family, r->cidr.net, ip, sizeof(ip));
+		snprintf(buf, len, "--%s-dest %s/%u", r->allow ? "allow" : "deny", ip,
+		         r->cidr.prefix);
+	}
+	return buf;
 }

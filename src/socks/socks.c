@@ -78,16 +78,21 @@ struct ph_socks_conn {
 	uint8_t cmd;        /* enum ph_socks_cmd */
 	uint8_t naddr, ai;  /* the destination's addresses, and the next to try */
 	bool any_allowed;   /* some address passed the destination rules */
+	bool any_refused;   /* some address was refused by them: the first is addrs[refused_ai] */
+	uint8_t refused_ai;
+	int refused; /* what refused it (ph_socks_dest_allows's why) */
 	int lasterr;
 	struct ph_socks_dest dst;
 	struct ph_addr addrs[PH_RESOLVE_MAX];
 	struct socks_lookup *q; /* the lookup in flight, or NULL */
 	char *fwd;              /* owned: HTTP, the rewritten head for the origin server */
 	size_t fwd_len;
-	bool one_request;   /* HTTP without a body: the client's later bytes stay unread */
-	struct ph_io aux;   /* BIND's listener, or UDP ASSOCIATE's socket */
-	struct ph_io other; /* UDP ASSOCIATE: a socket of the other family, made when needed */
-	bool watched;       /* aux or other was in epoll: freed with the connection */
+	bool one_request; /* HTTP without a body: the client's later bytes stay unread */
+	/* BIND's listener, or UDP ASSOCIATE's socket for the client: both on the address the
+	 * client reached (what the reply names) */
+	struct ph_io aux;
+	struct ph_io out[2]; /* UDP ASSOCIATE: to destinations, IPv4 and IPv6; made on need */
+	bool watched;        /* aux or out was in epoll: freed with the connection */
 	/* UDP ASSOCIATE */
 	struct ph_addr client; /* where datagrams must come from (port 0: the first tells) */
 	struct ph_addr peers[SOCKS_UDP_PEERS]; /* destinations written to: replies let back */
@@ -250,6 +255,24 @@ static void socks_fail(struct fwd_conn *c, int err, int status, const char *why)
 
 /* ---- the destination: cache, lookup, rules, connect ---- */
 
+/* ph_socks_dest_allows for c's rule, with its worker's table of this host's addresses. */
+static bool dest_ok(const struct fwd_conn *c, const char *name, const struct ph_addr *a, int *why)
+{
+	return ph_socks_dest_allows(c->wr->rule->socks, c->wr->w->self_addrs, name, a, why);
+}
+
+/* Refuses c's request with "what: refused by RULE", counted as denied. */
+static void socks_refuse(struct fwd_conn *c, const char *what, int why)
+{
+	/* cut to what an HTTP reply's 512 bytes can carry after its head */
+	char rule[PH_SOCKS_NAME_MAX + 96], reason[384];
+
+	FWD_STAT(c->wr, denied, 1);
+	snprintf(reason, sizeof(reason), "%s: refused by %s", what,
+	         ph_socks_dest_why(c->wr->rule->socks, why, rule, sizeof(rule)));
+	socks_fail(c, -EACCES, 0, reason);
+}
+
 static struct socks_cached *cache_slot(struct ph_socks_wrule *sw, const char *name)
 {
 	return &sw->cache[ph_siphash13(sw->key, name, strlen(name)) % SOCKS_CACHE];
@@ -382,15 +405,23 @@ static void socks_connect_next(struct fwd_conn *c)
 	struct fwd_wrule *wr = c->wr;
 	const struct ph_forward_rule *r = wr->rule;
 	struct ph_loop *l = &wr->w->loop;
-	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96];
-	int fd, err;
+	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96], ip[PH_ADDR_STRLEN];
+	int fd, err, why;
 
 	while (sx->ai < sx->naddr) {
 		const struct ph_addr *a = &sx->addrs[sx->ai++];
 
 		/* 0.0.0.0 and :: would reach this host past any rule about 127.0.0.0/8 */
-		if (ph_addr_is_any(a) || !ph_socks_dest_allows(r->socks, sx->dst.name, a))
+		if (ph_addr_is_any(a))
 			continue;
+		if (!dest_ok(c, sx->dst.name, a, &why)) {
+			if (!sx->any_refused) {
+				sx->refused = why;
+				sx->refused_ai = (uint8_t)(sx->ai - 1);
+			}
+			sx->any_refused = true;
+			continue;
+		}
 		sx->any_allowed = true;
 		c->try.tgt = 0;
 		c->try.dst = *a;
@@ -412,9 +443,16 @@ static void socks_connect_next(struct fwd_conn *c)
 	}
 	dest_fmt(&sx->dst, d, sizeof(d));
 	if (!sx->any_allowed) {
-		FWD_STAT(wr, denied, 1);
-		snprintf(reason, sizeof(reason), "%s: not allowed by --allow-dest/--deny-dest", d);
-		socks_fail(c, -EACCES, 0, reason);
+		if (sx->any_refused) {
+			/* a name: which address it led to */
+			snprintf(reason, sizeof(reason), "%s (%s)", d,
+			         ph_addr_fmt(&sx->addrs[sx->refused_ai], ip, sizeof(ip)));
+			socks_refuse(c, sx->dst.name[0] != '\0' ? reason : d, sx->refused);
+		} else {
+			FWD_STAT(wr, denied, 1);
+			socks_fail(c, -EACCES, 0,
+			           "the unspecified address (this host) is no destination");
+		}
 		return;
 	}
 	FWD_STAT(wr, connect_failed, 1);
@@ -542,7 +580,7 @@ static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
 		/* the connection must come from the host the client named (unless 0.0.0.0) */
 		if ((sx->dst.name[0] == '\0' && !ph_addr_is_any(&sx->dst.addr) &&
 		     !ph_addr_equal(&want, &peer)) ||
-		    !ph_socks_dest_allows(c->wr->rule->socks, NULL, &peer)) {
+		    !dest_ok(c, NULL, &peer, NULL)) {
 			ph_info("c%llu: BIND: refused a connection from %s",
 			        (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
 			ph_sock_set_rst(fd);
@@ -569,18 +607,15 @@ static void socks_bind(struct fwd_conn *c)
 {
 	struct ph_socks_conn *sx = c->sx;
 	struct ph_loop *l = &c->wr->w->loop;
-	struct ph_addr local;
-	socklen_t len = sizeof(local.u);
+	struct ph_addr local, bound;
+	socklen_t len = sizeof(bound.u);
 	int fd, err;
 
-	struct ph_addr any;
-
-	/* every interface (a peer elsewhere must reach it); the reply names the address the
-	 * client reached us at */
+	/* on the address the client reached us at, which the reply names: a port on every
+	 * interface would open this host wider than the proxy itself is */
 	err = local_of(c, &local);
 	if (err == 0) {
-		any_of(&local, &any);
-		fd = ph_tcp_listen(&any, true, false);
+		fd = ph_tcp_listen(&local, true, false);
 		err = fd < 0 ? fd : 0;
 	}
 	if (err == 0) {
@@ -588,12 +623,12 @@ static void socks_bind(struct fwd_conn *c)
 		sx->watched = true;
 		err = ph_io_add(l, &sx->aux, EPOLLIN | EPOLLET);
 	}
-	if (err == 0 && getsockname(sx->aux.fd, &any.u.sa, &len) == -1)
+	if (err == 0 && getsockname(sx->aux.fd, &bound.u.sa, &len) == -1)
 		err = -errno;
 	if (err == 0 && sx->proto == 4 && local.u.sa.sa_family != AF_INET)
 		err = -EAFNOSUPPORT;
 	if (err == 0) {
-		ph_addr_set_port(&local, ph_addr_port(&any));
+		ph_addr_set_port(&local, ph_addr_port(&bound));
 		err = socks_reply_ok(c, &local);
 	}
 	if (err < 0) {
@@ -626,7 +661,8 @@ static void udp_peer_add(struct ph_socks_conn *sx, const struct ph_addr *a)
 }
 
 static void socks_on_udp(struct ph_io *io, uint32_t events);
-static void socks_on_udp_other(struct ph_io *io, uint32_t events);
+static void socks_on_udp_out4(struct ph_io *io, uint32_t events);
+static void socks_on_udp_out6(struct ph_io *io, uint32_t events);
 
 /* Multicast and broadcast: a relay for one client has no business on the LAN's groups. */
 static bool is_multicast(const struct ph_addr *a)
@@ -639,26 +675,39 @@ static bool is_multicast(const struct ph_addr *a)
 	return a->u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_MULTICAST(&a->u.in6.sin6_addr);
 }
 
-/* The socket for destinations of a's family when the client's is the other one: an IPv4
- * client may write to IPv6 hosts and the other way round. Returns 0 or -errno. */
-static int udp_other(struct fwd_conn *c, const struct ph_addr *a)
+/*
+ * The socket to destinations of a's family: returns its fd (made now if needed), or
+ * -errno. Not the client's socket: that one is on the address the client reached, which
+ * may be 127.0.0.1, and could not send beyond this host. Bound to --source when it is of
+ * a's family; else the kernel picks the address per destination.
+ */
+static int udp_out(struct fwd_conn *c, const struct ph_addr *a)
 {
 	struct ph_socks_conn *sx = c->sx;
-	struct ph_addr any;
+	const struct ph_forward_rule *r = c->wr->rule;
+	bool v6 = a->u.sa.sa_family == AF_INET6;
+	struct ph_io *io = &sx->out[v6];
+	struct ph_addr from;
 	int fd, err;
 
-	if (sx->other.fd != -1)
-		return 0;
-	ph_addr_from_literal(a->u.sa.sa_family == AF_INET6 ? "::" : "0.0.0.0", 0, &any);
-	fd = ph_udp_bind(&any, true, false, false, 0);
+	if (io->fd != -1)
+		return io->fd;
+	any_of(a, &from);
+	if (r->has_source && r->source.u.sa.sa_family == a->u.sa.sa_family) {
+		from = r->source;
+		ph_addr_set_port(&from, 0);
+	}
+	fd = ph_udp_bind(&from, true, false, false, 0);
 	if (fd < 0)
 		return fd;
-	ph_io_init(&sx->other, fd, socks_on_udp_other);
+	ph_io_init(io, fd, v6 ? socks_on_udp_out6 : socks_on_udp_out4);
 	sx->watched = true;
-	err = ph_io_add(&c->wr->w->loop, &sx->other, EPOLLIN | EPOLLET);
-	if (err < 0)
-		ph_io_close(&c->wr->w->loop, &sx->other);
-	return err;
+	err = ph_io_add(&c->wr->w->loop, io, EPOLLIN | EPOLLET);
+	if (err < 0) {
+		ph_io_close(&c->wr->w->loop, io);
+		return err;
+	}
+	return fd;
 }
 
 /* Sends a client's datagram on to dst (resolved). Returns true when it went. */
@@ -668,15 +717,13 @@ static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const st
 	struct ph_socks_conn *sx = c->sx;
 	struct fwd_wrule *wr = c->wr;
 	struct ph_addr a = *dst;
+	int fd;
 
 	ph_addr_unmap(&a);
-	if (ph_addr_is_any(&a) || is_multicast(&a) ||
-	    !ph_socks_dest_allows(wr->rule->socks, d->name, &a))
+	if (ph_addr_is_any(&a) || is_multicast(&a) || !dest_ok(c, d->name, &a, NULL))
 		return false;
-	if (a.u.sa.sa_family != sx->client.u.sa.sa_family && udp_other(c, &a) < 0)
-		return false;
-	if (sendto(a.u.sa.sa_family == sx->client.u.sa.sa_family ? sx->aux.fd : sx->other.fd, data,
-	           n, MSG_DONTWAIT, &a.u.sa, a.len) == -1)
+	fd = udp_out(c, &a);
+	if (fd < 0 || sendto(fd, data, n, MSG_DONTWAIT, &a.u.sa, a.len) == -1)
 		return false;
 	udp_peer_add(sx, &a);
 	c->pump.dir[0].bytes += n;
@@ -733,14 +780,13 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 		return;
 	}
 	/* the name is looked up; this datagram waits for it (the one before is dropped) */
-	if (sx->pend != NULL || sx->q != NULL ||
-	    !ph_socks_dest_allows(wr->rule->socks, d.name, NULL)) {
+	if (sx->pend != NULL || sx->q != NULL || !dest_ok(c, d.name, NULL, NULL)) {
 		FWD_STAT(wr, dgrams_dropped, 1);
 		if (sx->q != NULL)
 			return;
 		free(sx->pend);
 		sx->pend = NULL;
-		if (!ph_socks_dest_allows(wr->rule->socks, d.name, NULL))
+		if (!dest_ok(c, d.name, NULL, NULL))
 			return;
 	}
 	sx->pend = n <= SOCKS_UDP_HOLD ? malloc(n) : NULL; /* a name's first datagram: small */
@@ -757,8 +803,8 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 	}
 }
 
-/* Datagrams on io: the relay's own socket (the client and its peers), or the other
- * family's (peers only). */
+/* Datagrams on io: the client's socket (from the client only), or one to destinations
+ * (from those the client wrote to only). */
 static void udp_read(struct ph_socks_conn *sx, struct ph_io *io)
 {
 	static __thread uint8_t buf[PH_SOCKS_UDP_HDR_MAX + SOCKS_UDP_MAX];
@@ -784,7 +830,7 @@ static void udp_read(struct ph_socks_conn *sx, struct ph_io *io)
 			sx->client = from; /* the first datagram tells the client's port */
 			sx->udp_last = wr->w->loop.now;
 			udp_from_client(c, data, (size_t)n);
-		} else if (udp_peer_known(sx, &from)) {
+		} else if (io != &sx->aux && udp_peer_known(sx, &from)) {
 			uint8_t h[PH_SOCKS_UDP_HDR_MAX];
 			size_t hl = ph_socks5_udp_header(&from, h);
 
@@ -801,7 +847,7 @@ static void udp_read(struct ph_socks_conn *sx, struct ph_io *io)
 			FWD_STAT(wr, bytes_down, (uint64_t)n);
 			FWD_STAT(wr, dgrams_down, 1);
 		} else {
-			FWD_STAT(wr, dgrams_dropped, 1); /* nobody the client wrote to */
+			FWD_STAT(wr, dgrams_dropped, 1); /* not the client, nor whom it wrote to */
 		}
 	}
 	if (c->sx == sx && io->fd != -1)
@@ -814,10 +860,16 @@ static void socks_on_udp(struct ph_io *io, uint32_t events)
 	udp_read(container_of(io, struct ph_socks_conn, aux), io);
 }
 
-static void socks_on_udp_other(struct ph_io *io, uint32_t events)
+static void socks_on_udp_out4(struct ph_io *io, uint32_t events)
 {
 	(void)events;
-	udp_read(container_of(io, struct ph_socks_conn, other), io);
+	udp_read(container_of(io, struct ph_socks_conn, out[0]), io);
+}
+
+static void socks_on_udp_out6(struct ph_io *io, uint32_t events)
+{
+	(void)events;
+	udp_read(container_of(io, struct ph_socks_conn, out[1]), io);
 }
 
 static void socks_udp(struct fwd_conn *c)
@@ -825,20 +877,15 @@ static void socks_udp(struct fwd_conn *c)
 	struct ph_socks_conn *sx = c->sx;
 	struct fwd_wrule *wr = c->wr;
 	struct ph_loop *l = &wr->w->loop;
-	struct ph_addr local;
-	socklen_t len = sizeof(local.u);
+	struct ph_addr local, bound;
+	socklen_t len = sizeof(bound.u);
 	int fd, err;
 
-	struct ph_addr any;
-
-	/* every interface, or --source: a socket bound to 127.0.0.1 could not send beyond
-	 * this host; the reply names the address the client reached us at */
+	/* the client's socket is on the address it reached us at, which the reply names (not
+	 * every interface); destinations get sockets of their own (udp_out) */
 	err = local_of(c, &local);
 	if (err == 0) {
-		any_of(&local, &any);
-		if (wr->rule->has_source && wr->rule->source.u.sa.sa_family == local.u.sa.sa_family)
-			any = wr->rule->source;
-		fd = ph_udp_bind(&any, true, false, false, 0);
+		fd = ph_udp_bind(&local, true, false, false, 0);
 		err = fd < 0 ? fd : 0;
 	}
 	if (err == 0) {
@@ -846,10 +893,10 @@ static void socks_udp(struct fwd_conn *c)
 		sx->watched = true;
 		err = ph_io_add(l, &sx->aux, EPOLLIN | EPOLLET);
 	}
-	if (err == 0 && getsockname(sx->aux.fd, &any.u.sa, &len) == -1)
+	if (err == 0 && getsockname(sx->aux.fd, &bound.u.sa, &len) == -1)
 		err = -errno;
 	if (err == 0) {
-		ph_addr_set_port(&local, ph_addr_port(&any));
+		ph_addr_set_port(&local, ph_addr_port(&bound));
 		err = socks_reply_ok(c, &local);
 	}
 	if (err < 0) {
@@ -876,7 +923,7 @@ static void socks_begin(struct fwd_conn *c)
 	struct fwd_wrule *wr = c->wr;
 	struct ph_loop *l = &wr->w->loop;
 	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96];
-	int err;
+	int err, why;
 
 	ph_timer_stop(l, &c->timer);
 	ph_trace("c%llu: %s %s %s", (unsigned long long)c->id, proto_name(sx),
@@ -892,13 +939,10 @@ static void socks_begin(struct fwd_conn *c)
 				"BIND takes the address of the host that will connect, not a name");
 			return;
 		}
-		if (!ph_addr_is_any(&sx->dst.addr) &&
-		    !ph_socks_dest_allows(wr->rule->socks, NULL, &sx->dst.addr)) {
-			FWD_STAT(wr, denied, 1);
-			snprintf(reason, sizeof(reason),
-			         "BIND for %s: not allowed by --allow-dest/--deny-dest",
+		if (!ph_addr_is_any(&sx->dst.addr) && !dest_ok(c, NULL, &sx->dst.addr, &why)) {
+			snprintf(reason, sizeof(reason), "BIND for %s",
 			         dest_fmt(&sx->dst, d, sizeof(d)));
-			socks_fail(c, -EACCES, 0, reason);
+			socks_refuse(c, reason, why);
 			return;
 		}
 		socks_bind(c);
@@ -908,11 +952,8 @@ static void socks_begin(struct fwd_conn *c)
 		socks_udp(c);
 		return;
 	}
-	if (!ph_socks_dest_allows(wr->rule->socks, sx->dst.name, NULL)) {
-		FWD_STAT(wr, denied, 1);
-		snprintf(reason, sizeof(reason), "%s: not allowed by --allow-dest/--deny-dest",
-		         dest_fmt(&sx->dst, d, sizeof(d)));
-		socks_fail(c, -EACCES, 0, reason);
+	if (!dest_ok(c, sx->dst.name, NULL, &why)) {
+		socks_refuse(c, dest_fmt(&sx->dst, d, sizeof(d)), why);
 		return;
 	}
 	sx->ai = 0;
@@ -1242,7 +1283,8 @@ void ph_socks__start(struct fwd_conn *c)
 	}
 	sx->c = c;
 	ph_io_init(&sx->aux, -1, NULL);
-	ph_io_init(&sx->other, -1, NULL);
+	ph_io_init(&sx->out[0], -1, NULL);
+	ph_io_init(&sx->out[1], -1, NULL);
 	c->sx = sx;
 	ph_forward__set_state(c, FWD_SOCKS);
 	/* the pump takes this registration over (EPOLL_CTL_MOD) when it starts */
@@ -1305,8 +1347,9 @@ void ph_socks__conn_free(struct fwd_conn *c)
 	sx->q = NULL;
 	if (sx->aux.fd != -1)
 		ph_io_close(&c->wr->w->loop, &sx->aux);
-	if (sx->other.fd != -1)
-		ph_io_close(&c->wr->w->loop, &sx->other);
+	for (unsigned i = 0; i < PH_ARRAY_SIZE(sx->out); i++)
+		if (sx->out[i].fd != -1)
+			ph_io_close(&c->wr->w->loop, &sx->out[i]);
 	free(sx->pend);
 	sx->pend = NULL;
 	free(sx->fwd);

@@ -221,3 +221,42 @@ def test_logfile_like_rinetd(pinhole, echo_server, free_port, tmp_path):
         assert re.fullmatch(r"\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d ", opened[0]), opened[0]
     # what rinetd writes for a denied client, pinhole writes the same way
     assert [r[1] for r in logs["pinhole"] if r[8] == "denied"] == ["127.0.0.9"]
+
+
+def test_deny_star_on_a_v6_bind_refuses_ipv6_clients(pinhole, echo_server, free_port, tmp_path,
+                                                      ipv6):
+    """`deny *` on a rule bound to `::` (IPv6 clients only, as pinhole listens there) turns
+    away an IPv6 client on ::1; the rule beside it without a deny serves it."""
+    srv = echo_server()
+    closed, opened = free_port(), free_port()
+    path = tmp_path / "v6.conf"
+    path.write_text(f":: {closed} 127.0.0.1 {srv.port}\n"
+                    f"deny *\n"
+                    f":: {opened} 127.0.0.1 {srv.port}\n")
+    ph = pinhole("run", str(path), ready=False)
+    ph.wait_log(rf"forwarding tcp \[::\]:{opened} ")
+    wait_until(lambda: listeners(closed) and listeners(opened), 5, "pinhole to listen")
+    assert served6(opened, "::1")
+    assert not served6(closed, "::1"), "deny * let an IPv6 client in"
+    assert srv.accepted == 1
+
+
+def served6(port, source):
+    """served(), for an IPv6 client from source to [::1]:port."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.bind((source, 0))
+        s.connect(("::1", port))
+        s.sendall(b"hello")
+        got = b""
+        while len(got) < 5:
+            d = s.recv(100)
+            if not d:
+                break
+            got += d
+        return got == b"hello"
+    except OSError:
+        return False
+    finally:
+        s.close()

@@ -395,6 +395,63 @@ static void test_acl_patterns(void **state)
 	assert_int_equal(acl.n, 0);
 }
 
+/* the `local` class: fixed ranges, and this host's addresses as getifaddrs tells them */
+static void test_is_local(void **state)
+{
+	static const char *const local[] = {
+		"127.0.0.1",       "127.255.255.254", "::1",     "::ffff:127.0.0.1",
+		"169.254.169.254", "169.254.0.0",     "fe80::1", "fe80::abcd:1",
+		"0.0.0.0",         "0.255.0.1",       "::",      "::ffff:169.254.169.254"};
+	static const char *const remote[] = {
+		"128.0.0.1", "126.255.255.255", "169.255.0.1", "169.253.0.1",    "1.0.0.0",
+		"::2",       "fec0::1",         "2001:db8::1", "::ffff:8.8.8.8", "ff02::1"};
+	struct ph_hostaddrs *h = NULL;
+	struct ph_addr a;
+
+	(void)state;
+	for (size_t i = 0; i < PH_ARRAY_SIZE(local); i++) {
+		a = addr(local[i]);
+		if (!ph_addr_is_local(&a, NULL))
+			print_error("%s is not local\n", local[i]);
+		assert_true(ph_addr_is_local(&a, NULL));
+	}
+	for (size_t i = 0; i < PH_ARRAY_SIZE(remote); i++) {
+		a = addr(remote[i]);
+		if (ph_addr_is_local(&a, NULL))
+			print_error("%s is local\n", remote[i]);
+		assert_false(ph_addr_is_local(&a, NULL));
+	}
+	/* this host's addresses: each one is local with the table, and loopback is there */
+	assert_int_equal(ph_hostaddrs_read(&h), 0);
+	assert_non_null(h);
+	for (unsigned i = 0; i < h->n; i++) {
+		memset(&a, 0, sizeof(a));
+		a.u.sa.sa_family = h->a[i].family;
+		if (h->a[i].family == AF_INET) {
+			memcpy(&a.u.in.sin_addr, h->a[i].net, 4);
+			a.len = sizeof(a.u.in);
+		} else {
+			memcpy(&a.u.in6.sin6_addr, h->a[i].net, 16);
+			a.len = sizeof(a.u.in6);
+		}
+		assert_true(ph_addr_is_local(&a, h));
+	}
+	{
+		struct ph_cidr mine = cidr("198.51.100.9");
+		struct ph_hostaddrs t = {.a = &mine, .n = 1};
+
+		a = addr("198.51.100.9");
+		assert_false(ph_addr_is_local(&a, NULL));
+		assert_true(ph_addr_is_local(&a, &t));
+		a = addr("::ffff:198.51.100.9");
+		assert_true(ph_addr_is_local(&a, &t));
+		a = addr("198.51.100.10");
+		assert_false(ph_addr_is_local(&a, &t));
+	}
+	ph_hostaddrs_free(h);
+	ph_hostaddrs_free(NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -410,6 +467,7 @@ int main(void)
 		cmocka_unit_test(test_acl_allow_list),
 		cmocka_unit_test(test_acl_deny_list),
 		cmocka_unit_test(test_acl_many_rules),
+		cmocka_unit_test(test_is_local),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 
 #include "core/addr.h"
+#include "core/util.h"
 #include "ctl/http.h"
 #include "socks/proto.h"
 #include "socks/socks.h"
@@ -995,15 +996,154 @@ static void dest_bad(const char *s, const char *want)
 	ph_socks_conf_free(sc);
 }
 
+/* This host's addresses, as the tests pretend: 192.0.2.77 and 2001:db8::77. */
+static struct ph_cidr self_net[2] = {
+	{.family = AF_INET, .prefix = 32, .net = {192, 0, 2, 77}},
+	{.family = AF_INET6, .prefix = 128, .net = {0x20, 0x01, 0x0d, 0xb8, [15] = 0x77}},
+};
+static const struct ph_hostaddrs self = {.a = self_net, .n = 2};
+
+/* What refused the last destination allows() refused. */
+static int last_why;
+
 /* ph_socks_dest_allows for a name (or NULL) and an address literal (or NULL). */
 static bool allows(const struct ph_socks_conf *sc, const char *name, const char *ip)
 {
 	struct ph_addr a;
 
+	last_why = 1000;
 	if (ip == NULL)
-		return ph_socks_dest_allows(sc, name, NULL);
+		return ph_socks_dest_allows(sc, &self, name, NULL, &last_why);
 	a = addr(ip, 443);
-	return ph_socks_dest_allows(sc, name, &a);
+	return ph_socks_dest_allows(sc, &self, name, &a, &last_why);
+}
+
+/* Loopback, link-local (the cloud metadata address too), unspecified, this host's own. */
+static const char *const local_ips[] = {
+	"127.0.0.1",   "127.1.2.3",  "::1",          "::ffff:127.0.0.1",  "169.254.169.254",
+	"169.254.0.1", "fe80::1",    "febf::1",      "0.0.0.0",           "0.1.2.3",
+	"::",          "192.0.2.77", "2001:db8::77", "::ffff:192.0.2.77",
+};
+/* and some that are not */
+static const char *const remote_ips[] = {
+	"192.0.2.1",       "198.51.100.7", "2001:db8::1", "fec0::1",        "128.0.0.1",
+	"169.253.255.255", "1.0.0.0",      "::2",         "::ffff:8.8.8.8",
+};
+
+/* `local` as a rule, and as the default of a rule that listens beyond loopback */
+static void test_dest_local(void **state)
+{
+	struct ph_socks_conf *sc = ph_socks_conf_new();
+	char buf[256];
+
+	(void)state;
+	assert_non_null(sc);
+	/* a loopback rule, as before: the host's services are reachable */
+	for (size_t i = 0; i < PH_ARRAY_SIZE(local_ips); i++)
+		assert_true(allows(sc, NULL, local_ips[i]));
+	/* --deny-dest local: every local address, v4 and v6, and the mapped forms */
+	dest_add(sc, false, "local");
+	assert_true(sc->dests[0].is_local);
+	assert_false(sc->dests[0].is_name);
+	for (size_t i = 0; i < PH_ARRAY_SIZE(local_ips); i++) {
+		if (allows(sc, NULL, local_ips[i]))
+			print_error("%s was let through\n", local_ips[i]);
+		assert_false(allows(sc, NULL, local_ips[i]));
+		assert_int_equal(last_why, 0);
+	}
+	for (size_t i = 0; i < PH_ARRAY_SIZE(remote_ips); i++) {
+		if (!allows(sc, NULL, remote_ips[i]))
+			print_error("%s was refused\n", remote_ips[i]);
+		assert_true(allows(sc, NULL, remote_ips[i]));
+	}
+	assert_true(allows(sc, "localhost", NULL)); /* the name is judged by its address */
+	assert_false(allows(sc, "localhost", "127.0.0.1"));
+	assert_string_equal(ph_socks_dest_why(sc, 0, buf, sizeof(buf)), "--deny-dest local");
+	/* without this host's table, its own addresses are not known to be local */
+	{
+		struct ph_addr a = addr("192.0.2.77", 80);
+
+		assert_true(ph_socks_dest_allows(sc, NULL, NULL, &a, NULL));
+	}
+	ph_socks_conf_free(sc);
+
+	/* a rule beyond loopback: local refused by default, the rest allowed */
+	sc = ph_socks_conf_new();
+	assert_non_null(sc);
+	sc->deny_local = true;
+	for (size_t i = 0; i < PH_ARRAY_SIZE(local_ips); i++) {
+		assert_false(allows(sc, NULL, local_ips[i]));
+		assert_int_equal(last_why, PH_SOCKS_DEST_LOCAL);
+	}
+	for (size_t i = 0; i < PH_ARRAY_SIZE(remote_ips); i++)
+		assert_true(allows(sc, NULL, remote_ips[i]));
+	assert_true(allows(sc, "localhost", NULL));
+	assert_false(allows(sc, "localhost", "::1"));
+	assert_non_null(strstr(ph_socks_dest_why(sc, PH_SOCKS_DEST_LOCAL, buf, sizeof(buf)),
+	                       "--allow-dest local"));
+	/* a deny rule still names itself */
+	dest_add(sc, false, "10.0.0.0/8");
+	assert_false(allows(sc, NULL, "10.1.1.1"));
+	assert_int_equal(last_why, 0);
+	assert_string_equal(ph_socks_dest_why(sc, 0, buf, sizeof(buf)), "--deny-dest 10.0.0.0/8");
+	ph_socks_conf_free(sc);
+
+	/* an --allow-dest address rule that covers the address lifts the default for it */
+	sc = ph_socks_conf_new();
+	assert_non_null(sc);
+	sc->deny_local = true;
+	dest_add(sc, true, "127.0.0.1");
+	assert_true(allows(sc, NULL, "127.0.0.1"));
+	assert_true(allows(sc, NULL, "::ffff:127.0.0.1"));
+	assert_true(allows(sc, "localhost", "127.0.0.1"));
+	assert_false(allows(sc, NULL, "127.0.0.2"));
+	assert_int_equal(last_why, PH_SOCKS_DEST_LOCAL);
+	assert_false(allows(sc, NULL, "::1"));
+	assert_false(allows(sc, NULL, "192.0.2.1")); /* an allow list: nothing else */
+	assert_int_equal(last_why, PH_SOCKS_DEST_NO_ALLOW);
+	assert_string_equal(ph_socks_dest_why(sc, PH_SOCKS_DEST_NO_ALLOW, buf, sizeof(buf)),
+	                    "no --allow-dest matches");
+	ph_socks_conf_free(sc);
+
+	/* --allow-dest local lets every local address through */
+	sc = ph_socks_conf_new();
+	assert_non_null(sc);
+	sc->deny_local = true;
+	dest_add(sc, true, "local");
+	dest_add(sc, true, "192.0.2.0/24");
+	for (size_t i = 0; i < PH_ARRAY_SIZE(local_ips); i++)
+		assert_true(allows(sc, NULL, local_ips[i]));
+	assert_true(allows(sc, NULL, "192.0.2.1"));
+	assert_false(allows(sc, NULL, "198.51.100.7"));
+	assert_string_equal(ph_socks_dest_why(sc, 0, buf, sizeof(buf)), "--allow-dest local");
+	ph_socks_conf_free(sc);
+
+	/* a name cannot vouch for its address, nor "anything" for this host */
+	sc = ph_socks_conf_new();
+	assert_non_null(sc);
+	sc->deny_local = true;
+	dest_add(sc, true, "localhost");
+	dest_add(sc, true, "example.com");
+	dest_add(sc, true, "0.0.0.0/0");
+	dest_add(sc, true, "::/0");
+	assert_false(allows(sc, "localhost", "127.0.0.1"));
+	assert_false(allows(sc, "rebind.example.com", "::1"));
+	assert_false(allows(sc, NULL, "127.0.0.1"));
+	assert_false(allows(sc, NULL, "169.254.169.254"));
+	assert_int_equal(last_why, PH_SOCKS_DEST_LOCAL);
+	assert_true(allows(sc, "www.example.com", "198.51.100.7"));
+	assert_true(allows(sc, NULL, "2001:db8::1"));
+	ph_socks_conf_free(sc);
+
+	/* ".local" is still the names under .local (mDNS), not the class */
+	sc = ph_socks_conf_new();
+	assert_non_null(sc);
+	dest_add(sc, false, ".local");
+	assert_true(sc->dests[0].is_name);
+	assert_false(allows(sc, "printer.local", NULL));
+	assert_true(allows(sc, NULL, "127.0.0.1"));
+	assert_string_equal(ph_socks_dest_why(sc, 0, buf, sizeof(buf)), "--deny-dest *.local");
+	ph_socks_conf_free(sc);
 }
 
 static void test_dest_add(void **state)
@@ -1141,7 +1281,7 @@ int main(void)
 		cmocka_unit_test(test_http_rewrite), cmocka_unit_test(test_basic),
 		cmocka_unit_test(test_user_add),     cmocka_unit_test(test_users_load),
 		cmocka_unit_test(test_user_ok),      cmocka_unit_test(test_dest_add),
-		cmocka_unit_test(test_dest_allows),
+		cmocka_unit_test(test_dest_allows),  cmocka_unit_test(test_dest_local),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
