@@ -605,8 +605,8 @@ static void upnp_kick(struct pm *pm)
 	j->external = m->ext != 0 ? m->ext : pm->mc->external;
 	j->exact = pm->mc->external != 0 || m->ext != 0; /* a renewal keeps its port */
 	j->lifetime = m->permanent ? 0 : pm->mc->lifetime;
-	if (pm->mc->has_gateway)
-		j->gateway = pm->mc->gateway;
+	j->gateway = pm->gw; /* given, or the default route's: only its devices are asked */
+	snprintf(j->label, sizeof(j->label), "%s", pm->label);
 	if (ph_upnp_submit(pm->upnp, j) < 0)
 		return;
 	pm->upnp_job = j;
@@ -625,8 +625,8 @@ static bool upnp_submit(struct pm *pm, uint8_t op, uint8_t proto)
 	j->op = op;
 	j->proto = proto;
 	j->internal = pm->mc->internal;
-	if (pm->mc->has_gateway)
-		j->gateway = pm->mc->gateway;
+	j->gateway = pm->gw; /* given, or the default route's: only its devices are asked */
+	snprintf(j->label, sizeof(j->label), "%s", pm->label);
 	if (ph_upnp_submit(pm->upnp, j) < 0)
 		return false;
 	pm->upnp_job = j;
