@@ -176,31 +176,46 @@ bool ph_map_addr_is_private(const struct ph_addr *a)
 	       (v >> 8) == (203u << 16 | 113);             /* 203.0.113.0/24 */
 }
 
-int ph_map_default_gateway(struct ph_addr *gw)
+int ph_map_route_gateway(const char *path, struct ph_addr *gw)
 {
 	char line[256];
-	FILE *f = fopen("/proc/net/route", "re");
+	FILE *f = fopen(path, "re");
+	unsigned long best = ~0ul;
 	int err = -ENETUNREACH;
 
+	memset(gw, 0, sizeof(*gw));
 	if (f == NULL)
 		return -errno;
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char ifn[64];
-		unsigned dst, via, flags;
+		unsigned dst, via, flags, refcnt, use, mask;
+		unsigned long metric;
 
-		if (sscanf(line, "%63s %x %x %x", ifn, &dst, &via, &flags) == 4 && dst == 0 &&
-		    (flags & 0x2) && via != 0) { /* RTF_GATEWAY */
-			memset(gw, 0, sizeof(*gw));
-			gw->u.in.sin_family = AF_INET;
-			gw->u.in.sin_addr.s_addr = via; /* /proc writes it in network order */
-			gw->u.in.sin_port = htons(PH_PMP_PORT);
-			gw->len = sizeof(gw->u.in);
-			err = 0;
-			break;
-		}
+		/* Iface Destination Gateway Flags RefCnt Use Metric Mask ...; the header and
+		 * anything else that does not scan is skipped. A default route is 0.0.0.0/0:
+		 * a VPN's 0.0.0.0/1 has destination 0 too, and is no route to the LAN's
+		 * router. Of several, the lowest metric is the one the kernel uses. */
+		if (sscanf(line, "%63s %x %x %x %u %u %lu %x", ifn, &dst, &via, &flags, &refcnt,
+		           &use, &metric, &mask) != 8 ||
+		    dst != 0 || mask != 0 || via == 0 || (flags & 0x3) != 0x3 || /* UP|GATEWAY */
+		    (err == 0 && metric >= best))
+			continue;
+		best = metric;
+		gw->u.in.sin_family = AF_INET;
+		gw->u.in.sin_addr.s_addr = via; /* /proc writes it in network order */
+		gw->u.in.sin_port = htons(PH_PMP_PORT);
+		gw->len = sizeof(gw->u.in);
+		err = 0;
 	}
 	fclose(f);
+	if (err != 0)
+		memset(gw, 0, sizeof(*gw));
 	return err;
+}
+
+int ph_map_default_gateway(struct ph_addr *gw)
+{
+	return ph_map_route_gateway("/proc/net/route", gw);
 }
 
 void ph_map_conf_init(struct ph_map_conf *mc)
