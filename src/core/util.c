@@ -148,3 +148,79 @@ void ph_random(void *buf, size_t len)
 		p[got] = (unsigned char)ph_siphash13(k, &c, sizeof(c));
 	}
 }
+
+/* The length of the UTF-8 sequence at p when it is valid and printable (no C1 control, no
+ * bidirectional override), else 0. A NUL ends a sequence early, so p's terminator is never
+ * read past. */
+static size_t utf8_printable_len(const unsigned char *p)
+{
+	uint32_t cp;
+	size_t n;
+
+	if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+		n = 2;
+		cp = p[0] & 0x1fu;
+	} else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+		n = 3;
+		cp = p[0] & 0x0fu;
+	} else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+		n = 4;
+		cp = p[0] & 0x07u;
+	} else {
+		return 0;
+	}
+	for (size_t i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3fu);
+	}
+	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) || /* overlong */
+	    (cp >= 0xd800 && cp <= 0xdfff) || /* surrogates */
+	    cp <= 0x9f ||                     /* C1 controls (and overlong) */
+	    (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069)) /* bidi */
+		return 0;
+	return n;
+}
+
+/* The length of the escape sequence at p (p[0] is ESC): ECMA-48's CSI, its string
+ * sequences, or ESC and one byte. An unterminated one runs to the end of the text. */
+static size_t esc_len(const unsigned char *p)
+{
+	size_t i = 1;
+
+	if (p[i] == '[') { /* CSI: parameter and intermediate bytes, then a final byte */
+		for (i++; p[i] >= 0x20 && p[i] <= 0x3f; i++)
+			;
+		return p[i] >= 0x40 && p[i] <= 0x7e ? i + 1 : i;
+	}
+	if (p[i] == ']' || p[i] == 'P' || p[i] == 'X' || p[i] == '^' || p[i] == '_') {
+		/* OSC, DCS, SOS, PM, APC: a string ended by BEL or ST (ESC \) */
+		for (i++; p[i] != '\0' && p[i] != 0x07 && !(p[i] == 0x1b && p[i + 1] == '\\'); i++)
+			;
+		return p[i] == 0x07 ? i + 1 : p[i] == 0x1b ? i + 2 : i;
+	}
+	return p[i] >= 0x20 && p[i] <= 0x7e ? 2 : 1; /* ESC 7, ESC c ...; a lone ESC */
+}
+
+size_t ph_str_sanitize(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+	size_t i = 0, o = 0, n;
+
+	while (p[i] != '\0') {
+		if (p[i] == 0x1b) {
+			i += esc_len(p + i);
+		} else if (p[i] >= 0x20 && p[i] < 0x7f) {
+			p[o++] = p[i++];
+		} else if (p[i] >= 0x80 && (n = utf8_printable_len(p + i)) > 0) {
+			memmove(p + o, p + i, n); /* o <= i: in place */
+			o += n;
+			i += n;
+		} else {
+			p[o++] = '?';
+			i++;
+		}
+	}
+	p[o] = '\0';
+	return o;
+}

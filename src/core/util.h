@@ -70,4 +70,15 @@ int ph_parse_uint(const char *s, unsigned long long min, unsigned long long max,
 /* Formats a byte count as "1.2 MiB" into buf. Returns buf. */
 const char *ph_fmt_bytes(uint64_t n, char *buf, size_t len);
 
+/*
+ * Makes text that a peer wrote (a router's description of a mapping, its external address,
+ * a URL it gave) safe to print or log, in place: terminal escape sequences (ESC [ ... final
+ * byte; ESC ] and the other string sequences up to BEL or ESC \; ESC and one byte) are
+ * removed, and every other control byte (0x00-0x1f, 0x7f), C1 control (U+0080-U+009F),
+ * bidirectional override (U+202A-U+202E, U+2066-U+2069) and byte that is not part of valid
+ * UTF-8 becomes '?'. Valid UTF-8 text is kept. s is NUL-terminated; the result is never
+ * longer. Returns the new length.
+ */
+size_t ph_str_sanitize(char *s);
+
 #endif /* PH_CORE_UTIL_H */

@@ -176,31 +176,46 @@ bool ph_map_addr_is_private(const struct ph_addr *a)
 	       (v >> 8) == (203u << 16 | 113);             /* 203.0.113.0/24 */
 }
 
-int ph_map_default_gateway(struct ph_addr *gw)
+int ph_map_route_gateway(const char *path, struct ph_addr *gw)
 {
 	char line[256];
-	FILE *f = fopen("/proc/net/route", "re");
+	FILE *f = fopen(path, "re");
+	unsigned long best = ~0ul;
 	int err = -ENETUNREACH;
 
+	memset(gw, 0, sizeof(*gw));
 	if (f == NULL)
 		return -errno;
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char ifn[64];
-		unsigned dst, via, flags;
+		unsigned dst, via, flags, refcnt, use, mask;
+		unsigned long metric;
 
-		if (sscanf(line, "%63s %x %x %x", ifn, &dst, &via, &flags) == 4 && dst == 0 &&
-		    (flags & 0x2) && via != 0) { /* RTF_GATEWAY */
-			memset(gw, 0, sizeof(*gw));
-			gw->u.in.sin_family = AF_INET;
-			gw->u.in.sin_addr.s_addr = via; /* /proc writes it in network order */
-			gw->u.in.sin_port = htons(PH_PMP_PORT);
-			gw->len = sizeof(gw->u.in);
-			err = 0;
-			break;
-		}
+		/* Iface Destination Gateway Flags RefCnt Use Metric Mask ...; the header and
+		 * anything else that does not scan is skipped. A default route is 0.0.0.0/0:
+		 * a VPN's 0.0.0.0/1 has destination 0 too, and is no route to the LAN's
+		 * router. Of several, the lowest metric is the one the kernel uses. */
+		if (sscanf(line, "%63s %x %x %x %u %u %lu %x", ifn, &dst, &via, &flags, &refcnt,
+		           &use, &metric, &mask) != 8 ||
+		    dst != 0 || mask != 0 || via == 0 || (flags & 0x3) != 0x3 || /* UP|GATEWAY */
+		    (err == 0 && metric >= best))
+			continue;
+		best = metric;
+		gw->u.in.sin_family = AF_INET;
+		gw->u.in.sin_addr.s_addr = via; /* /proc writes it in network order */
+		gw->u.in.sin_port = htons(PH_PMP_PORT);
+		gw->len = sizeof(gw->u.in);
+		err = 0;
 	}
 	fclose(f);
+	if (err != 0)
+		memset(gw, 0, sizeof(*gw));
 	return err;
+}
+
+int ph_map_default_gateway(struct ph_addr *gw)
+{
+	return ph_map_route_gateway("/proc/net/route", gw);
 }
 
 void ph_map_conf_init(struct ph_map_conf *mc)
@@ -605,8 +620,8 @@ static void upnp_kick(struct pm *pm)
 	j->external = m->ext != 0 ? m->ext : pm->mc->external;
 	j->exact = pm->mc->external != 0 || m->ext != 0; /* a renewal keeps its port */
 	j->lifetime = m->permanent ? 0 : pm->mc->lifetime;
-	if (pm->mc->has_gateway)
-		j->gateway = pm->mc->gateway;
+	j->gateway = pm->gw; /* given, or the default route's: only its devices are asked */
+	snprintf(j->label, sizeof(j->label), "%s", pm->label);
 	if (ph_upnp_submit(pm->upnp, j) < 0)
 		return;
 	pm->upnp_job = j;
@@ -625,8 +640,8 @@ static bool upnp_submit(struct pm *pm, uint8_t op, uint8_t proto)
 	j->op = op;
 	j->proto = proto;
 	j->internal = pm->mc->internal;
-	if (pm->mc->has_gateway)
-		j->gateway = pm->mc->gateway;
+	j->gateway = pm->gw; /* given, or the default route's: only its devices are asked */
+	snprintf(j->label, sizeof(j->label), "%s", pm->label);
 	if (ph_upnp_submit(pm->upnp, j) < 0)
 		return false;
 	pm->upnp_job = j;

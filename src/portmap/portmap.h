@@ -58,7 +58,14 @@ void ph_map_keeper_stop(struct ph_map_keeper *k, void (*done)(void *arg), void *
  * fine. */
 void ph_map_keeper_free(struct ph_map_keeper *k);
 
-/* The IPv4 default gateway from /proc/net/route. Returns 0 or -errno. */
+/*
+ * The IPv4 default gateway: the next hop of the 0.0.0.0/0 route that is up and has the lowest
+ * metric, read from the kernel's /proc/net/route (or path, written the same way), on the
+ * NAT-PMP port. The only router whose UPnP devices pinhole uses, unless --gateway names
+ * another. Returns 0 and *gw, -ENETUNREACH (no such route) or -errno (the file); *gw is
+ * cleared on failure.
+ */
+int ph_map_route_gateway(const char *path, struct ph_addr *gw);
 int ph_map_default_gateway(struct ph_addr *gw);
 
 /* True when a is an address no one on the internet can reach (RFC 1918, CGNAT 100.64/10,

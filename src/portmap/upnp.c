@@ -11,8 +11,12 @@
 
 #include <miniupnpc/igd_desc_parse.h>
 #include <miniupnpc/miniupnpc.h>
+#include <miniupnpc/miniwget.h>
 #include <miniupnpc/upnpcommands.h>
 #include <miniupnpc/upnperrors.h>
+
+#include "core/log.h"
+#include "core/util.h"
 
 #define UPNP_DISCOVER_MS 2000 /* SSDP: how long to wait for answers */
 #define UPNP_DESC        "pinhole"
@@ -78,23 +82,82 @@ static const char *proto_str(uint8_t p)
 	return p == 17 ? "UDP" : "TCP";
 }
 
-/* The URL's host is the gateway's address (when one was given). */
-static bool url_is_host(const char *url, const struct ph_addr *gw)
+int ph_upnp_url_parse(const char *url, struct ph_addr *out, const char **why)
 {
-	char ip[INET6_ADDRSTRLEN];
-	const char *h;
+	static const char scheme[] = "http://";
+	char host[INET_ADDRSTRLEN], back[INET_ADDRSTRLEN];
+	const char *h, *p;
+	unsigned long port = 80;
+	struct in_addr in;
 	size_t n;
 
-	if (gw->u.sa.sa_family == 0)
-		return true;
-	if (inet_ntop(AF_INET, &gw->u.in.sin_addr, ip, sizeof(ip)) == NULL)
-		return false;
-	h = strstr(url, "://");
-	if (h == NULL)
-		return false;
-	h += 3;
-	n = strlen(ip);
-	return strncmp(h, ip, n) == 0 && (h[n] == ':' || h[n] == '/' || h[n] == '\0');
+	memset(out, 0, sizeof(*out));
+	for (p = url; *p != '\0'; p++) {
+		if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
+			*why = "it has spaces or control characters";
+			return -EPROTO;
+		}
+	}
+	if (strncmp(url, scheme, sizeof(scheme) - 1) != 0) {
+		*why = "it is not an http:// URL";
+		return -EPROTO;
+	}
+	h = url + sizeof(scheme) - 1;
+	n = strcspn(h, ":/");
+	if (n == 0 || n >= sizeof(host)) {
+		*why = "its host is not an IPv4 address";
+		return -EPROTO;
+	}
+	memcpy(host, h, n);
+	host[n] = '\0';
+	/* canonical dotted decimal only: what getaddrinfo() would read in another way
+	 * (010.1.1.1 is octal to inet_aton) or a name (resolved by anyone) is refused */
+	if (inet_pton(AF_INET, host, &in) != 1 ||
+	    inet_ntop(AF_INET, &in, back, sizeof(back)) == NULL || strcmp(host, back) != 0) {
+		*why = "its host is not an IPv4 address";
+		return -EPROTO;
+	}
+	p = h + n;
+	if (*p == ':') {
+		port = 0;
+		for (n = 0, p++; *p >= '0' && *p <= '9' && n < 6; p++, n++)
+			port = port * 10 + (unsigned long)(*p - '0');
+		if (n == 0 || n > 5 || port == 0 || port > 65535) {
+			*why = "its port is not 1-65535";
+			return -EPROTO;
+		}
+	}
+	if (*p != '/' && *p != '\0') {
+		*why = "its host and port are not followed by a path";
+		return -EPROTO;
+	}
+	out->u.in.sin_family = AF_INET;
+	out->u.in.sin_addr = in;
+	out->u.in.sin_port = htons((uint16_t)port);
+	out->len = sizeof(out->u.in);
+	*why = NULL;
+	return 0;
+}
+
+/* Whether the gateway's device may be asked at url: its host is the gateway's address
+ * (any port: the router picks its HTTP port). Else logs one line naming url and why. */
+static bool url_at_gateway(const struct ph_upnp_job *j, const char *what, const char *url)
+{
+	char shown[160], gw[INET6_ADDRSTRLEN] = "?";
+	struct ph_addr a;
+	const char *why;
+
+	if (ph_upnp_url_parse(url, &a, &why) == 0) {
+		if (ph_addr_same_host(&a, &j->gateway))
+			return true;
+		why = "not the gateway";
+	}
+	inet_ntop(AF_INET, &j->gateway.u.in.sin_addr, gw, sizeof(gw));
+	snprintf(shown, sizeof(shown), "%s", url);
+	ph_str_sanitize(shown); /* the device wrote it */
+	ph_warn("%smap: UPnP: a device ignored: its %s %s is %s (the gateway is %s)", j->label,
+	        what, shown, why, gw);
+	return false;
 }
 
 static void igd_forget(struct ph_upnp *u)
@@ -104,10 +167,67 @@ static void igd_forget(struct ph_upnp *u)
 	u->have_igd = false;
 }
 
+/*
+ * Reads the description of device d (at the gateway, checked by the caller) into u->urls,
+ * u->data and u->lanaddr. Returns 1 when it is an IGD whose control URLs are at the gateway
+ * too, connected; 2 the same but not connected; 0 not usable (nothing is left to free).
+ */
+static int igd_try(struct ph_upnp *u, const struct ph_upnp_job *j, const struct UPNPDev *d)
+{
+	int size = 0, status = 0;
+	char *xml;
+
+	xml = miniwget_getaddr(d->descURL, &size, u->lanaddr, sizeof(u->lanaddr), d->scope_id,
+	                       &status);
+	if (xml == NULL) {
+		ph_debug("%smap: UPnP: no description from the device at the gateway (HTTP %d)",
+		         j->label, status);
+		return 0;
+	}
+	memset(&u->data, 0, sizeof(u->data));
+	parserootdesc(xml, size, &u->data);
+	free(xml);
+	if (strncmp(u->data.CIF.servicetype,
+	            "urn:schemas-upnp-org:service:WANCommonInterfaceConfig:", 54) != 0 ||
+	    u->data.first.servicetype[0] == '\0')
+		return 0; /* a UPnP device, but no Internet Gateway Device */
+	/* WANIPConnection (v2 before v1) before WANPPPConnection */
+	if (strstr(u->data.first.servicetype, "WANPPPConnection") != NULL &&
+	    strstr(u->data.second.servicetype, "WANIPConnection") != NULL) {
+		struct IGDdatas_service ppp = u->data.first;
+
+		u->data.first = u->data.second;
+		u->data.second = ppp;
+	}
+	/* the description's URLBase or its absolute control URLs may name any host */
+	memset(&u->urls, 0, sizeof(u->urls));
+	GetUPNPUrls(&u->urls, &u->data, d->descURL, d->scope_id);
+	if (u->urls.controlURL == NULL || u->urls.controlURL_CIF == NULL ||
+	    !url_at_gateway(j, "control URL", u->urls.controlURL) ||
+	    !url_at_gateway(j, "interface control URL", u->urls.controlURL_CIF)) {
+		FreeUPNPUrls(&u->urls);
+		return 0;
+	}
+	return UPNPIGD_IsConnected(&u->urls, &u->data) ? 1 : 2;
+}
+
+/* The IGD's external address into j->extip, cleaned for printing; "" when it has none. */
+static void get_extip(struct ph_upnp *u, struct ph_upnp_job *j)
+{
+	if (UPNP_GetExternalIPAddress(u->urls.controlURL, u->service, j->extip) != 0)
+		j->extip[0] = '\0';
+	ph_str_sanitize(j->extip);
+}
+
 static void do_discover(struct ph_upnp *u, struct ph_upnp_job *j)
 {
-	struct UPNPDev *devs, *d, *keep = NULL, **pp;
-	int err = 0, r;
+	struct UPNPDev *devs, *d;
+	struct UPNPUrls spare_urls; /* owned while have_spare */
+	struct IGDdatas spare_data;
+	char spare_lan[sizeof(u->lanaddr)];
+	bool have_spare = false;
+	int err = 0, r = 0;
+	unsigned at_gw = 0;
 
 	igd_forget(u);
 	devs = upnpDiscover(UPNP_DISCOVER_MS, NULL, NULL, 0, 0, 2, &err);
@@ -117,58 +237,48 @@ static void do_discover(struct ph_upnp *u, struct ph_upnp_job *j)
 		         "no UPnP device answered (UPnP is off on the router?)");
 		return;
 	}
-	/* only the gateway's own devices, when one was named */
-	for (pp = &devs; *pp != NULL;) {
-		d = *pp;
-		if (!url_is_host(d->descURL, &j->gateway)) {
-			*pp = d->pNext;
-			d->pNext = keep;
-			keep = d;
+	/* anyone on the LAN may answer SSDP: only the gateway's own devices are asked, and
+	 * the first connected IGD among them is used, else the first IGD */
+	for (d = devs; d != NULL && r != 1; d = d->pNext) {
+		if (!url_at_gateway(j, "description URL", d->descURL))
 			continue;
-		}
-		pp = &d->pNext;
-	}
-	freeUPNPDevlist(keep);
-	if (devs == NULL) {
-		j->rc = -ENOENT;
-		snprintf(j->why, sizeof(j->why), "UPnP devices answered, but not the gateway");
-		return;
-	}
-	memset(&u->urls, 0, sizeof(u->urls));
-	memset(&u->data, 0, sizeof(u->data));
-	r = UPNP_GetValidIGD(devs, &u->urls, &u->data, u->lanaddr, sizeof(u->lanaddr));
-	freeUPNPDevlist(devs);
-	if (r != 1 && r != 2) {
-		if (r != 0)
+		at_gw++;
+		r = igd_try(u, j, d);
+		if (r == 2 && !have_spare) { /* kept (and owned) in case none is connected */
+			spare_urls = u->urls;
+			spare_data = u->data;
+			memcpy(spare_lan, u->lanaddr, sizeof(spare_lan));
+			have_spare = true;
+		} else if (r == 2) {
 			FreeUPNPUrls(&u->urls);
+		}
+	}
+	freeUPNPDevlist(devs);
+	if (r == 1 && have_spare) {
+		FreeUPNPUrls(&spare_urls);
+	} else if (r != 1 && have_spare) {
+		u->urls = spare_urls;
+		u->data = spare_data;
+		memcpy(u->lanaddr, spare_lan, sizeof(u->lanaddr));
+		r = 2;
+	}
+	if (r != 1 && r != 2) {
 		j->rc = -ENOENT;
-		snprintf(j->why, sizeof(j->why),
-		         "a UPnP device answered, but it is no Internet "
-		         "Gateway Device");
+		snprintf(j->why, sizeof(j->why), "%s",
+		         at_gw == 0 ? "UPnP devices answered, but none at the gateway"
+		                    : "a UPnP device at the gateway answered, but it is no usable "
+		                      "Internet Gateway Device");
 		return;
 	}
-	/* WANIPConnection (v2 before v1) before WANPPPConnection */
 	snprintf(u->service, sizeof(u->service), "%s", u->data.first.servicetype);
-	if (strstr(u->data.first.servicetype, "WANPPPConnection") != NULL &&
-	    strstr(u->data.second.servicetype, "WANIPConnection") != NULL) {
-		struct IGDdatas_service ppp = u->data.first;
-		char root[MINIUPNPC_URL_MAXSIZE];
-
-		/* the IP service's URLs, resolved the way the first service's are */
-		snprintf(root, sizeof(root), "%s", u->urls.rootdescURL ? u->urls.rootdescURL : "");
-		u->data.first = u->data.second;
-		u->data.second = ppp;
-		FreeUPNPUrls(&u->urls);
-		GetUPNPUrls(&u->urls, &u->data, root, 0);
-		snprintf(u->service, sizeof(u->service), "%s", u->data.first.servicetype);
-	}
 	u->have_igd = true;
 	j->connected = r == 1;
 	snprintf(j->lanaddr, sizeof(j->lanaddr), "%s", u->lanaddr);
 	snprintf(j->service, sizeof(j->service), "%s", u->service);
+	ph_str_sanitize(j->service); /* the device wrote it; u->service stays as sent */
 	snprintf(j->url, sizeof(j->url), "%s", u->urls.rootdescURL ? u->urls.rootdescURL : "");
-	if (UPNP_GetExternalIPAddress(u->urls.controlURL, u->service, j->extip) != 0)
-		j->extip[0] = '\0';
+	ph_str_sanitize(j->url);
+	get_extip(u, j);
 	j->rc = 0;
 }
 
@@ -232,8 +342,7 @@ static void do_add(struct ph_upnp *u, struct ph_upnp_job *j)
 	snprintf(ext, sizeof(ext), "%u", j->granted);
 	if (read_lease(u, ext, proto, client, inport, &j->lease) != 0)
 		j->lease = lifetime; /* not readable: as asked */
-	if (UPNP_GetExternalIPAddress(u->urls.controlURL, u->service, j->extip) != 0)
-		j->extip[0] = '\0';
+	get_extip(u, j);
 }
 
 static void do_del(struct ph_upnp *u, struct ph_upnp_job *j)
@@ -286,6 +395,13 @@ static void do_walk(struct ph_upnp *u, struct ph_upnp_job *j)
 		if (r != 0)
 			break; /* 713: past the last entry */
 		if (j->op == PH_UPNP_LIST) {
+			/* every field is the router's text, printed as it is: cleaned first */
+			ph_str_sanitize(proto);
+			ph_str_sanitize(ext);
+			ph_str_sanitize(client);
+			ph_str_sanitize(in);
+			ph_str_sanitize(desc);
+			ph_str_sanitize(dur);
 			fprintf(out, "%s %s -> %s:%s '%s' lease %s s%s\n", proto, ext, client, in,
 			        desc, dur, strcmp(dur, "0") == 0 ? " (permanent)" : "");
 			continue;
@@ -293,6 +409,8 @@ static void do_walk(struct ph_upnp *u, struct ph_upnp_job *j)
 		if (strcmp(client, u->lanaddr) == 0 && strtoul(in, NULL, 10) == j->internal &&
 		    (j->proto == 0 || strcasecmp(proto, proto_str(j->proto)) == 0) &&
 		    UPNP_DeletePortMapping(u->urls.controlURL, u->service, ext, proto, NULL) == 0) {
+			ph_str_sanitize(proto);
+			ph_str_sanitize(ext);
 			fprintf(out, "%s %s\n", proto, ext);
 			deleted++;
 			i--; /* the entries after it moved down by one */

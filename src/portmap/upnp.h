@@ -29,8 +29,9 @@ struct ph_upnp_job {
 	uint16_t external;      /* the external port asked for; 0: any (ADD), or the one (DEL) */
 	bool exact;             /* ADD: that external port or nothing */
 	uint32_t lifetime;      /* s; 0: permanent */
-	struct ph_addr gateway; /* family 0: any IGD; else the one at this address */
-	/* out */
+	struct ph_addr gateway; /* the gateway (IPv4): only its devices and URLs are used */
+	char label[72];         /* "RULE: " before the thread's log lines, or "" */
+	/* out: the text fields (extip, service, url, text) are cleaned with ph_str_sanitize */
 	int rc;            /* 0; a UPnP error code (718, 725...); or < 0 (no IGD...) */
 	char why[256];     /* what went wrong, in words */
 	uint16_t granted;  /* ADD: the external port */
@@ -57,6 +58,15 @@ struct ph_upnp_job *ph_upnp_take(struct ph_upnp *u);
 
 /* Stops the thread: joined when idle, else left to finish alone (its memory stays). */
 void ph_upnp_stop(struct ph_upnp *u);
+
+/*
+ * Parses a URL a UPnP device gave (SSDP's LOCATION, the control URLs of its description) in
+ * the only form pinhole follows: "http://", an IPv4 address in canonical dotted decimal
+ * (no name: a name could resolve anywhere), an optional ":PORT" (1-65535), then "/" and a
+ * path or the end, and nowhere a space or a control byte. Returns 0 and the address with
+ * its port (80 when none) in *out, or -EPROTO with the reason, a static string, in *why.
+ */
+int ph_upnp_url_parse(const char *url, struct ph_addr *out, const char **why);
 
 /* The meaning of a UPnP error code, for a one-line message. */
 const char *ph_upnp_strerror(int rc);

@@ -1,6 +1,7 @@
 """
-`pinhole map` (PCP, NAT-PMP) end to end against a real router: miniupnpd 2.3 on nftables NAT
-in the network-namespace lab of tests/lab/lab.sh (topology: ../shared/lab/README.md).
+`pinhole map` (PCP, NAT-PMP, UPnP IGD) end to end against a real router: miniupnpd 2.3 on
+nftables NAT in the network-namespace lab of tests/lab/lab.sh (topology:
+../shared/lab/README.md).
 
     lan 10.77.1.10 ──── router ──────────────────── wan 198.18.0.1
     pinhole map PORT    LAN 10.77.1.1, WAN 198.18.0.11     a client (python) that
@@ -17,8 +18,9 @@ scripts/deps.sh test); skipped otherwise. The module brings the lab up once (`la
 tears down any lab already there) and down at the end, whatever happens; every process
 the tests start in a namespace is killed at teardown. Every wait is bounded.
 
-`--method upnp` is not tested here (pinhole's UPnP IGD client comes later); `upnpc` is only
-the other party of the interoperability tests.
+UPnP IGD is tested against the same miniupnpd, and against rogue devices the tests start
+(an SSDP responder in lan, a fake IGD on the router's LAN address, listeners that must hear
+nothing): see "UPnP trust" below. `upnpc` is the other party of the interoperability tests.
 """
 
 import os
@@ -973,3 +975,331 @@ def test_forward_rule_with_map(lan_server, router, tmp_path):
             p.kill()
             p.wait(timeout=5)
         err.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# UPnP trust: anyone on the LAN can answer SSDP. Only the gateway's own devices are asked,
+# and only at the gateway's address; what a router says is printed without its control
+# characters.
+#
+#     lan 10.77.1.10                              router 10.77.1.1
+#     pinhole map --method upnp   ── M-SEARCH ──> miniupnpd (the real IGD, :5000)
+#     ROGUE_SSDP_PY: answers too,                 FAKE_IGD_PY (:18300): a device description
+#       LOCATION where the test says              and SOAP answers the test wrote
+#     TRAP_PY on 127.0.0.1 / 10.77.1.10: must
+#       never see a byte from pinhole
+
+# answers every M-SEARCH (239.255.255.250:1900, heard on the interface of argv[1]) with
+# LOCATION argv[2], after argv[5] s (so that it is the latest answer); logs each search
+ROGUE_SSDP_PY = r"""
+import socket, sys, threading, time
+ip, location, log, ready, delay = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("239.255.255.250", 1900))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             socket.inet_aton("239.255.255.250") + socket.inet_aton(ip))
+open(ready, "w").close()
+s.settimeout(120)  # ends by itself, whatever happens to the test
+while True:
+    data, peer = s.recvfrom(4096)
+    head = data.decode("latin-1").split("\r\n")
+    if not head[0].startswith("M-SEARCH"):
+        continue
+    st = next((ln.split(":", 1)[1].strip() for ln in head if ln.lower().startswith("st:")), "")
+    with open(log, "a") as f:
+        f.write(f"{peer[0]}:{peer[1]} {st}\n")
+    time.sleep(delay)
+    answer = ("HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nST: %s\r\n"
+              "USN: uuid:0badc0de-0000-4000-8000-000000000001::%s\r\nEXT:\r\n"
+              "SERVER: Linux UPnP/1.1 rogue/1.0\r\nLOCATION: %s\r\n\r\n" % (st, st, location))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind((ip, 0))
+    u.sendto(answer.encode(), peer)
+    u.close()
+"""
+
+# a TCP listener on argv[1]:argv[2] that logs every connection and what it was sent
+TRAP_PY = r"""
+import socket, sys
+ip, port, log, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((ip, port))
+s.listen(16)
+open(ready, "w").close()
+s.settimeout(120)
+while True:
+    c, peer = s.accept()
+    c.settimeout(2)
+    try:
+        got = c.recv(4096)
+    except OSError:
+        got = b""
+    with open(log, "a") as f:
+        f.write(f"{peer[0]}:{peer[1]} {got[:200]!r}\n")
+    c.close()
+"""
+
+# an IGD that exists to say what the test wants: argv[1]:argv[2] serves /rootDesc.xml, whose
+# WANIPConnection control URL is argv[5] and URLBase argv[6] ("-": none); it answers
+# GetStatusInfo (Connected), GetExternalIPAddress (argv[7]) and GetGenericPortMappingEntry
+# (one entry described argv[8], then 713); every request is logged
+FAKE_IGD_PY = r"""
+import http.server, re, socketserver, sys
+ip, port, log, ready, control, urlbase, extip, desc = sys.argv[1:9]
+port = int(port)
+esc = lambda s: s.encode().decode("unicode_escape").encode("latin-1")
+extip, desc = esc(extip), esc(desc)
+base = b"" if urlbase == "-" else b"<URLBase>" + urlbase.encode() + b"</URLBase>"
+DESC = (b'<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0">'
+        b"<specVersion><major>1</major><minor>0</minor></specVersion>" + base +
+        b"<device><deviceType>urn:schemas-upnp-org:device:InternetGatewayDevice:1</deviceType>"
+        b"<friendlyName>fake</friendlyName><deviceList><device>"
+        b"<deviceType>urn:schemas-upnp-org:device:WANDevice:1</deviceType><serviceList><service>"
+        b"<serviceType>urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1</serviceType>"
+        b"<serviceId>urn:upnp-org:serviceId:WANCommonIFC1</serviceId>"
+        b"<controlURL>/ctl/CmnIfCfg</controlURL><eventSubURL>/evt/CmnIfCfg</eventSubURL>"
+        b"<SCPDURL>/WANCfg.xml</SCPDURL></service></serviceList><deviceList><device>"
+        b"<deviceType>urn:schemas-upnp-org:device:WANConnectionDevice:1</deviceType>"
+        b"<serviceList><service>"
+        b"<serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>"
+        b"<serviceId>urn:upnp-org:serviceId:WANIPConn1</serviceId>"
+        b"<controlURL>" + control.encode() + b"</controlURL><eventSubURL>/evt/IPConn</eventSubURL>"
+        b"<SCPDURL>/WANIPCn.xml</SCPDURL></service></serviceList>"
+        b"</device></deviceList></device></deviceList></device></root>")
+SVC = b"urn:schemas-upnp-org:service:WANIPConnection:1"
+
+
+def envelope(body):
+    return (b'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+            b's:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/"><s:Body>' + body +
+            b"</s:Body></s:Envelope>")
+
+
+def answer(action, body):
+    if action == "GetStatusInfo":
+        return 200, (b"<NewConnectionStatus>Connected</NewConnectionStatus>"
+                     b"<NewLastConnectionError>ERROR_NONE</NewLastConnectionError>"
+                     b"<NewUptime>100</NewUptime>")
+    if action == "GetExternalIPAddress":
+        return 200, b"<NewExternalIPAddress>" + extip + b"</NewExternalIPAddress>"
+    if action == "GetGenericPortMappingEntry" and re.search(rb"<NewPortMappingIndex>0<", body):
+        return 200, (b"<NewRemoteHost></NewRemoteHost><NewExternalPort>40999</NewExternalPort>"
+                     b"<NewProtocol>TCP</NewProtocol><NewInternalPort>20999</NewInternalPort>"
+                     b"<NewInternalClient>10.77.1.10</NewInternalClient><NewEnabled>1</NewEnabled>"
+                     b"<NewPortMappingDescription>" + desc + b"</NewPortMappingDescription>"
+                     b"<NewLeaseDuration>600</NewLeaseDuration>")
+    code = b"713" if action == "GetGenericPortMappingEntry" else b"401"
+    return 500, None, code
+
+
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def note(self):
+        with open(log, "a") as f:
+            f.write(f"{self.command} {self.path} {self.headers.get('SOAPAction', '')}\n")
+
+    def reply(self, status, body, ctype=b"text/xml"):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype.decode())
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.note()
+        self.reply(200, DESC) if self.path == "/rootDesc.xml" else self.reply(404, b"")
+
+    def do_POST(self):
+        self.note()
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        action = self.headers.get("SOAPAction", "").strip('"').split("#")[-1]
+        r = answer(action, body)
+        if r[0] == 200:
+            self.reply(200, envelope(b"<u:" + action.encode() + b'Response xmlns:u="' + SVC +
+                                     b'">' + r[1] + b"</u:" + action.encode() + b"Response>"))
+            return
+        self.reply(500, envelope(b"<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError"
+                                 b'</faultstring><detail><UPnPError xmlns="urn:schemas-upnp-org:'
+                                 b'control-1-0"><errorCode>' + r[2] + b"</errorCode>"
+                                 b"<errorDescription>no</errorDescription></UPnPError></detail>"
+                                 b"</s:Fault>"))
+
+
+class Server(http.server.HTTPServer):
+    allow_reuse_address = True
+
+    def server_bind(self):  # without HTTPServer's getfqdn(): no DNS in the lab
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = ip, port
+
+
+srv = Server((ip, port), H)
+srv.timeout = 1
+open(ready, "w").close()
+for _ in range(120):
+    srv.handle_request()
+"""
+
+TRAP_PORT = 18200  # where a rogue points pinhole (it must never connect there)
+FAKE_IGD_PORT = 18300  # the fake IGD's HTTP port, on the router's LAN address
+
+
+class Peer:
+    """A python helper started in a namespace: ready once its file exists; lines() reads
+    its log."""
+
+    def __init__(self, lab, ns, script, args, tmp_path, name):
+        self.log = tmp_path / f"{name}.log"
+        ready = tmp_path / f"{name}.ready"
+        self.log.write_text("")
+        self.proc = lab.popen(ns, [PY, "-c", script, *[str(a) for a in args[:2]], self.log,
+                                   ready, *[str(a) for a in args[2:]]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def up():
+            if self.proc.poll() is not None:
+                pytest.fail(f"{name} exited with {self.proc.returncode}: "
+                            f"{self.proc.stderr.read()!r}")
+            return ready.exists()
+
+        wait_until(up, 10, f"{name} in {ns} to be ready")
+
+    def lines(self):
+        return self.log.read_text(errors="replace").splitlines()
+
+
+def rogue_ssdp(lab, location, tmp_path, delay=0.3):
+    """A second UPnP device in lan that answers every search with LOCATION location."""
+    return Peer(lab, "lan", ROGUE_SSDP_PY, [LAN_IP, location, delay], tmp_path, "rogue-ssdp")
+
+
+def trap(lab, ns, ip, tmp_path):
+    return Peer(lab, ns, TRAP_PY, [ip, TRAP_PORT], tmp_path, f"trap-{ip}")
+
+
+def fake_igd(lab, tmp_path, control="/ctl/IPConn", urlbase="-", extip="198.18.0.11",
+             desc="fake"):
+    return Peer(lab, "router", FAKE_IGD_PY, [GW_IP, FAKE_IGD_PORT, control, urlbase, extip, desc],
+                tmp_path, "fake-igd")
+
+
+def stop_miniupnpd(lab):
+    """The router's miniupnpd stopped (the next test's router fixture starts it again)."""
+    pid = lab.miniupnpd_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: lab.miniupnpd_pid() is None, 10, "the router's miniupnpd to stop")
+
+
+def map_through_upnp(mapper, lan_server, router, t):
+    """Maps a port with --method upnp; checks it works through the real router, and that
+    trap t hears nothing from pinhole meanwhile."""
+    port, ext = ports()
+    lan_server("tcp", port)
+    m = mapper(port, "--external", ext, "--method", "upnp", "--lifetime", 600)
+
+    def mapped():
+        assert t.lines() == [], f"pinhole connected to the rogue's trap: {t.lines()}\n{m.show()}"
+        assert m.proc.poll() is None, m.show()
+        return [ln for ln in m.stdout.splitlines() if ln.startswith("mapped tcp ")]
+
+    ln = wait_until(mapped, 20, f"the mapping\n{m.show()}")[0]
+    assert re.fullmatch(rf"mapped tcp {re.escape(WAN_IP)}:{ext} -> {re.escape(LAN_IP)}:{port} "
+                        rf"\(UPnP, lifetime \d+ s\)", ln), m.show()
+    router.assert_reaches("tcp", ext, port)
+    return m, port
+
+
+@pytest.mark.parametrize("where", ["loopback", "lan-host"])
+def test_upnp_rogue_location_is_not_fetched(mapper, lan_server, router, tmp_path, where):
+    """A rogue answers SSDP with a LOCATION on this host's loopback (SSRF) or another LAN
+    address: pinhole never connects there, says so once, and maps through the router."""
+    ip = "127.0.0.1" if where == "loopback" else LAN_IP
+    t = trap(router, "lan", ip, tmp_path)
+    url = f"http://{ip}:{TRAP_PORT}/rootDesc.xml"
+    rogue = rogue_ssdp(router, url, tmp_path)
+    m, port = map_through_upnp(mapper, lan_server, router, t)
+    assert rogue.lines(), "the rogue never heard pinhole's search: the test proves nothing"
+    assert t.lines() == [], f"pinhole connected to the rogue's {url}: {t.lines()}\n{m.show()}"
+    warns = m.wait_log(rf"^map: UPnP: a device ignored: its description URL {re.escape(url)} "
+                       rf"is not the gateway \(the gateway is {re.escape(GW_IP)}\)$",
+                       level="warn")
+    assert len(warns) == 1, m.show()
+    assert m.stop() == 0, m.show()
+    assert f"deleted tcp port {port}" in m.stdout.splitlines(), m.show()
+    assert t.lines() == [], f"pinhole connected to the rogue's {url}: {t.lines()}"
+
+
+@pytest.mark.parametrize("how", ["control-url", "url-base"])
+def test_upnp_rogue_control_url_elsewhere_is_refused(mapper, lan_server, router, tmp_path,
+                                                     how):
+    """A device at the gateway's address whose description sends SOAP elsewhere (an absolute
+    controlURL, or a URLBase) is not used: no request reaches that host."""
+    t = trap(router, "lan", "127.0.0.1", tmp_path)
+    there = f"http://127.0.0.1:{TRAP_PORT}"
+    fake = (fake_igd(router, tmp_path, control=f"{there}/ctl/IPConn") if how == "control-url"
+            else fake_igd(router, tmp_path, urlbase=f"{there}/"))
+    rogue_ssdp(router, f"http://{GW_IP}:{FAKE_IGD_PORT}/rootDesc.xml", tmp_path)
+    m, _ = map_through_upnp(mapper, lan_server, router, t)
+    assert any(ln.startswith("GET /rootDesc.xml") for ln in fake.lines()), \
+        f"pinhole never read the rogue's description: the test proves nothing\n{m.show()}"
+    m.wait_log(rf"^map: UPnP: a device ignored: its control URL {re.escape(there)}/ctl/IPConn "
+               rf"is not the gateway \(the gateway is {re.escape(GW_IP)}\)$", level="warn")
+    assert [ln for ln in fake.lines() if ln.startswith("POST")] == [], fake.lines()
+    assert m.stop() == 0, m.show()
+    assert t.lines() == [], f"pinhole sent the rogue's SOAP to {there}: {t.lines()}"
+
+
+def test_upnp_rogue_alone_fails_clearly(router, tmp_path):
+    """With the router's UPnP off and only a rogue answering: exit 1, the rogue named, its
+    URL never fetched."""
+    t = trap(router, "lan", "127.0.0.1", tmp_path)
+    url = f"http://127.0.0.1:{TRAP_PORT}/rootDesc.xml"
+    try:
+        stop_miniupnpd(router)
+        rogue = rogue_ssdp(router, url, tmp_path)
+        port, _ = ports()
+        r, took = run_map(router, port, "--method", "upnp", "--once", timeout=40)
+        assert r.returncode == 1, f"exit {r.returncode}\n{r.stdout}{r.stderr}"
+        assert rogue.lines(), "the rogue never heard pinhole's search: the test proves nothing"
+        assert "mapped" not in r.stdout, r.stdout
+        assert re.search(rf" warn: map: UPnP: a device ignored: its description URL "
+                         rf"{re.escape(url)} is not the gateway", r.stderr), r.stderr
+        errors = [ln for ln in r.stderr.splitlines() if " error: " in ln]
+        assert len(errors) == 1 and GW_IP in errors[0], r.stderr
+        assert t.lines() == [], f"pinhole connected to the rogue's {url}: {t.lines()}"
+    finally:
+        router.ensure_router()
+
+
+def test_upnp_router_text_is_printed_clean(router, tmp_path):
+    """A router (here a fake one at the gateway's address, the real one stopped) whose
+    external address and mapping description carry terminal escapes and line breaks: `map
+    list` and `map probe` print them without a control character."""
+    try:
+        stop_miniupnpd(router)
+        fake = fake_igd(router, tmp_path, extip=r"\x1b[1m203.0.113.7",
+                        desc=r"\x1b]0;owned\x07evil\x1b[2J\r\nfake: line\x7f")
+        rogue_ssdp(router, f"http://{GW_IP}:{FAKE_IGD_PORT}/rootDesc.xml", tmp_path, delay=0)
+        r, _ = run_map(router, "list", timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert any(ln.startswith("POST") for ln in fake.lines()), fake.lines()
+        out = r.stdout + r.stderr
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", out), repr(out)
+        assert r.stdout == ("TCP 40999 -> 10.77.1.10:20999 'evil??fake: line?' lease 600 s\n"), \
+            repr(r.stdout)
+
+        r, _ = run_map(router, "probe", timeout=30)
+        out = r.stdout + r.stderr
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", out), repr(out)
+        assert re.search(rf"^upnp: yes, IGDv1 at http://{re.escape(GW_IP)}:{FAKE_IGD_PORT}/"
+                         r"rootDesc\.xml, external address 203\.0\.113\.7( \(private: [^()]*\))?$", r.stdout,
+                         re.M), \
+            repr(r.stdout)
+    finally:
+        router.ensure_router()

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -666,6 +667,67 @@ static void test_default_gateway(void **state)
 	assert_int_not_equal(gw.u.in.sin_addr.s_addr, 0);
 }
 
+/* Writes text to a temporary file and reads its gateway as /proc/net/route. */
+static int route_gateway(const char *text, struct ph_addr *gw)
+{
+	char path[] = "/tmp/test_pmp_route.XXXXXX";
+	int fd = mkstemp(path), err;
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	err = ph_map_route_gateway(path, gw);
+	unlink(path);
+	return err;
+}
+
+#define ROUTE_HEAD                                                                                 \
+	"Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+
+static void test_route_gateway(void **state)
+{
+	struct ph_addr gw, want;
+
+	(void)state;
+	/* the kernel's own layout: the one default route, next to the LAN's */
+	assert_int_equal(route_gateway(ROUTE_HEAD "eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t"
+	                                          "00000000\t0\t0\t0\n"
+	                                          "eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t"
+	                                          "00FFFFFF\t0\t0\t0\n",
+	                               &gw),
+	                 0);
+	assert_int_equal(ph_addr_from_literal("192.168.1.1", PH_PMP_PORT, &want), 0);
+	assert_true(ph_addr_equal(&gw, &want));
+
+	/* a VPN's 0.0.0.0/1 and 128.0.0.0/1 come first, a route that is down, and two
+	 * default routes: the one of the lowest metric is the router */
+	assert_int_equal(route_gateway(ROUTE_HEAD "tun0\t00000000\t0100080A\t0003\t0\t0\t0\t"
+	                                          "00000080\t0\t0\t0\n"
+	                                          "tun0\t00000080\t0100080A\t0003\t0\t0\t0\t"
+	                                          "00000080\t0\t0\t0\n"
+	                                          "eth1\t00000000\t0101000A\t0002\t0\t0\t0\t"
+	                                          "00000000\t0\t0\t0\n"
+	                                          "wlan0\t00000000\t0102A8C0\t0003\t0\t0\t600\t"
+	                                          "00000000\t0\t0\t0\n"
+	                                          "eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t"
+	                                          "00000000\t0\t0\t0\n",
+	                               &gw),
+	                 0);
+	assert_true(ph_addr_equal(&gw, &want));
+
+	/* no default route with a gateway: none, and nothing half set */
+	assert_int_equal(route_gateway(ROUTE_HEAD "eth0\t00000000\t00000000\t0001\t0\t0\t0\t"
+	                                          "00000000\t0\t0\t0\n"
+	                                          "tun0\t00000000\t0100080A\t0003\t0\t0\t0\t"
+	                                          "00000080\t0\t0\t0\n"
+	                                          "garbage\n",
+	                               &gw),
+	                 -ENETUNREACH);
+	assert_int_equal(gw.u.sa.sa_family, 0);
+	assert_int_equal(route_gateway(ROUTE_HEAD, &gw), -ENETUNREACH);
+	assert_int_equal(ph_map_route_gateway("/nonexistent/route", &gw), -ENOENT);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -684,6 +746,7 @@ int main(void)
 		cmocka_unit_test(test_result_str),
 		cmocka_unit_test(test_addr_is_private),
 		cmocka_unit_test(test_default_gateway),
+		cmocka_unit_test(test_route_gateway),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
