@@ -22,6 +22,7 @@
 #include "config.h"
 #include "core/connlog.h"
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/resolve.h"
 #include "core/service.h"
 #include "core/util.h"
@@ -66,6 +67,9 @@ struct ph_main {
 	struct ph_task fatal;       /* the exposer gave up: stop, exit status 1 */
 	struct ph_task tunnel_end;  /* frees the relay and exposer after this round's events */
 	bool failed;
+	struct ph_logagg agg;     /* failures counted on this thread (the relay, expose) */
+	struct ph_timer agg_tick; /* logs every thread's counted failures */
+	uint64_t agg_since;       /* loop ms of the last such line */
 };
 
 /* A --map keeper told to stop, until it has deleted its mappings. */
@@ -225,6 +229,31 @@ static void log_stats(struct ph_main *m, const char *what)
 		        what, (unsigned long long)s.udp_sessions, (unsigned long long)s.udp_active,
 		        (unsigned long long)s.dgrams_up, (unsigned long long)s.dgrams_down,
 		        (unsigned long long)s.dgrams_dropped, (unsigned long long)s.udp_evicted);
+}
+
+/* Logs the failures every thread counted since the last time (one line per kind). */
+static void log_failures(struct ph_main *m)
+{
+	struct ph_logagg *sum = malloc(sizeof(*sum));
+
+	if (sum == NULL)
+		return; /* the counts wait for the next tick */
+	ph_logagg_init(sum);
+	ph_logagg_take(sum, &m->agg);
+	for (unsigned i = 0; i < m->nw; i++)
+		ph_logagg_take(sum, &m->w[i]->agg);
+	ph_logagg_report(sum, m->loop.now - m->agg_since);
+	m->agg_since = m->loop.now;
+	ph_logagg_destroy(sum);
+	free(sum);
+}
+
+static void main_on_agg_tick(struct ph_timer *t)
+{
+	struct ph_main *m = container_of(t, struct ph_main, agg_tick);
+
+	log_failures(m);
+	ph_timer_arm(&m->loop, &m->agg_tick, PH_LOGAGG_INTERVAL_MS);
 }
 
 static void plan_free(struct reload_plan *p)
@@ -823,6 +852,8 @@ static int run(struct ph_config *cfg)
 		m.udp |= (cfg->rules[i]->listen.proto & PH_PROTO_UDP) != 0;
 	if (ph_loop_init(&m.loop) < 0)
 		goto out_cfg;
+	ph_logagg_init(&m.agg);
+	ph_logagg_bind(&m.agg);
 	sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
 	dfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (sfd == -1 || dfd == -1) {
@@ -833,6 +864,7 @@ static int run(struct ph_config *cfg)
 	ph_io_init(&m.done_io, dfd, main_on_done);
 	ph_timer_init(&m.drain, main_on_drain_timeout);
 	ph_timer_init(&m.retire, main_on_retire);
+	ph_timer_init(&m.agg_tick, main_on_agg_tick);
 	ph_list_init(&m.unmapping);
 	ph_list_init(&m.plans);
 	ph_task_init(&m.fatal, main_on_fatal);
@@ -945,12 +977,15 @@ static int run(struct ph_config *cfg)
 	for (unsigned i = 0; i < cfg->nrules; i++)
 		map_start(&m, cfg->rules[i]);
 	m.start = m.loop.now;
+	m.agg_since = m.loop.now;
+	ph_timer_arm(&m.loop, &m.agg_tick, PH_LOGAGG_INTERVAL_MS);
 	ph_notify("READY=1");
 	err = ph_loop_run(&m.loop);
 	if (err < 0)
 		ph_err("main loop: %s", strerror(-err));
 	else if ((!m.aborting || m.draining) && !m.failed)
 		status = 0;
+	log_failures(&m);
 	log_stats(&m, "stopped");
 
 out_workers:
@@ -996,6 +1031,8 @@ out_fds:
 	if (dfd != -1)
 		close(dfd);
 	ph_loop_free(&m.loop);
+	ph_logagg_bind(NULL); /* what is noted from here on is logged at once */
+	ph_logagg_destroy(&m.agg);
 out_cfg:
 	ph_config_free(cfg); /* again after out_workers: it is idempotent */
 	return status;

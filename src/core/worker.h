@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/logagg.h"
 #include "core/loop.h"
 #include "core/pipepool.h"
 
@@ -82,6 +83,7 @@ struct ph_worker {
 	struct ph_dgram_batch *dgram; /* owned: UDP datagram slots; made by the first UDP rule */
 	struct ph_dgram_batch *dgram_out; /* owned: replies gathered for one sendmmsg */
 	struct ph_stats stats;
+	struct ph_logagg agg; /* failures counted for the main thread's periodic line */
 	struct ph_list hooks;
 	uint64_t live;    /* connections that keep the worker alive while draining */
 	uint64_t next_id; /* connection ids, unique within the worker */

@@ -20,6 +20,7 @@
 
 #include "core/connlog.h"
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "core/resolve.h"
 #include "core/util.h"
@@ -543,8 +544,12 @@ static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
 		if ((sx->dst.name[0] == '\0' && !ph_addr_is_any(&sx->dst.addr) &&
 		     !ph_addr_equal(&want, &peer)) ||
 		    !ph_socks_dest_allows(c->wr->rule->socks, NULL, &peer)) {
-			ph_info("c%llu: BIND: refused a connection from %s",
-			        (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
+			char label[96];
+
+			ph_logagg_note(ph_forward__label(c->wr->rule, label, sizeof(label)),
+			               "BIND peers", "refused: not the host the client named",
+			               "c%llu: BIND: refused a connection from %s",
+			               (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
 			ph_sock_set_rst(fd);
 			close(fd);
 			continue;

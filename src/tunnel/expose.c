@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "core/util.h"
 #include "relay/proxyproto.h"
@@ -59,7 +60,6 @@ struct xrule {
 	struct ph_list flows;
 	struct xflow *byid[64];
 	unsigned nflows;
-	struct ph_ratelimit rl;
 };
 
 struct xclient {
@@ -517,11 +517,12 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	r->visitors++;
 	fd = ph_tcp_connect(&r->local, NULL);
 	if (fd < 0) {
-		char l[PH_HOST_MAX + 16];
+		char l[PH_HOST_MAX + 16], label[PH_HOST_MAX + 24];
 
 		r->refused++;
-		if (ph_ratelimit_ok(&r->rl, s->loop->now, 5))
-			ph_warn("expose %s: %s", local_str(r, l, sizeof(l)), strerror(-fd));
+		snprintf(label, sizeof(label), "expose %s", local_str(r, l, sizeof(l)));
+		ph_logagg_note(label, "visitors", "the local service cannot be reached", "%s: %s",
+		               label, strerror(-fd));
 		ph_sess_rst(s, id, PH_RST_REFUSED);
 		return 0;
 	}

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "core/util.h"
 #include "tunnel/frame.h"
@@ -700,7 +701,8 @@ static void rs_closed(struct ph_sess *s, const char *why)
 	if (!rs->up)
 		r->handshakes--;
 	if (rs->key == NULL) {
-		ph_info("client %s: %s", rs->peer, why);
+		ph_logagg_note("relay", "connections", "ended before a key was known",
+		               "client %s: %s", rs->peer, why);
 	} else {
 		ph_info("client %s (%s): session ended: %s", rs->peer,
 		        rs->key->comment[0] ? rs->key->comment : rs->fp, why);

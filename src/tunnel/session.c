@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "tunnel/frame.h"
 #include "tunnel/tls.h"
@@ -272,9 +273,15 @@ static void sess_over_cap(struct ph_sess *s)
 					big = st;
 		if (big == NULL || big->blen == 0)
 			return;
-		ph_info("stream %u reset: its reader does not read and the session holds %llu "
-		        "bytes (cap %llu)",
-		        big->id, (unsigned long long)s->buffered, (unsigned long long)s->cap);
+		char label[PH_ADDR_STRLEN + 16], a[PH_ADDR_STRLEN];
+
+		snprintf(label, sizeof(label), "session with %s",
+		         ph_addr_fmt(&s->peer_addr, a, sizeof(a)));
+		ph_logagg_note(label, "streams", "reset: the reader does not read",
+		               "stream %u reset: its reader does not read and the session holds "
+		               "%llu bytes (cap %llu)",
+		               big->id, (unsigned long long)s->buffered,
+		               (unsigned long long)s->cap);
 		stream_close(big, true, PH_RST_OVERLOAD);
 	}
 }

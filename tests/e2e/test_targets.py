@@ -27,10 +27,14 @@ def test_backend_down(pinhole, free_port):
         end, took = connect_outcome(port)
         assert end == "reset", f"attempt {i}: {end}"
         assert took < 2, f"attempt {i}: closed after {took:.2f} s"
-    ph.wait_log(r"no target reachable: Connection refused")
     ph.wait_log(rf"^target 127\.0\.0\.1:{down} \(127\.0\.0\.1:{down}\) failed: "
                 r"Connection refused; skipped for \d+ ms$")
     ph.stop()
+    # the connections' failures: counted in one line, said at the latest when pinhole stops
+    assert any(re.fullmatch(rf"forward 127\.0\.0\.1:{port}: 3 connections in the last \d+ s: "
+                            r"no target reachable \(the first: c\d+ .*: no target reachable: "
+                            r"Connection refused, 0 bytes up, 0 down, \d+ ms\)", m)
+               for m in ph.messages()), ph.log
     st = ph.final_stats()
     assert st["accepted"] == 3 and st["target_failures"] == 3 and st["active"] == 0, st
 
@@ -107,7 +111,8 @@ def test_connect_timeout(pinhole, free_port):
     l, filler, silent = silent_target()
     try:
         port = free_port()
-        ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{silent}", "--connect-timeout", "500ms")
+        ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{silent}", "--connect-timeout", "500ms",
+                     "-v")
         end, took = connect_outcome(port, timeout=5)
         assert end == "reset"
         assert 0.4 <= took < 2, f"gave up after {took:.2f} s, --connect-timeout is 500ms"
@@ -160,7 +165,7 @@ def test_hostname_target(pinhole, echo_server, free_port):
 
 def test_hostname_target_down(pinhole, free_port):
     port, down = free_port(), free_port()
-    ph = pinhole(f"127.0.0.1:{port}", f"localhost:{down}")
+    ph = pinhole(f"127.0.0.1:{port}", f"localhost:{down}", "-v")
     end, took = connect_outcome(port)
     assert end == "reset" and took < 2, (end, took)
     ph.wait_log(rf"target localhost:{down} \(.*:{down}\) failed: Connection refused")
@@ -170,7 +175,7 @@ def test_hostname_target_down(pinhole, free_port):
 def test_target_recovers(pinhole, echo_server, free_port):
     """A target that was down and comes up is used again once its back-off ends."""
     port, later = free_port(), free_port()
-    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{later}", "--workers", "1")
+    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{later}", "--workers", "1", "-v")
     assert connect_outcome(port)[0] == "reset"
     srv = echo_server(port=later)
 
@@ -191,6 +196,8 @@ def test_target_recovers(pinhole, echo_server, free_port):
     assert served()
     assert srv.accepted == 1
     wait_until(lambda: "no target reachable" in ph.log, 5, "the first failure in the log")
+    # down and up again are state changes, said at the default level too
+    ph.wait_log(rf"^target 127\.0\.0\.1:{later} is up again$")
 
 
 def test_early_data_and_fin_wait_out_a_failover(pinhole, echo_server, free_port):
