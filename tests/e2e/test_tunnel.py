@@ -146,9 +146,11 @@ class Relay:
 _relays = iter(range(1, 1 << 30))
 
 
-def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, ports=None):
+def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, ports=None,
+                verbose=False):
     """`pinhole server 127.0.0.1:R --bind 127.0.0.1 --ports LO-HI` with its own key and an
-    authorized_keys of the lines given (default: alice's), ready: logged and listening."""
+    authorized_keys of the lines given (default: alice's), ready: logged and listening.
+    verbose: -v, a line per failed connection (the default level only counts them)."""
     n = next(_relays)
     port = port or alloc_port()
     lo, hi = ports or port_range(nports)
@@ -161,6 +163,8 @@ def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, 
             "--drain-timeout", "2s"]
     if hb:
         args += ["--heartbeat", hb]
+    if verbose:
+        args.append("-v")
     p = procs(*args)
     p.wait_log(rf"^relay on 127\.0\.0\.1:{port}, key {re.escape(keys.relay.fp)}, ",
                timeout=READY_TIMEOUT_S)
@@ -797,7 +801,7 @@ def test_frozen_client_is_dropped_then_comes_back_slow(procs, tmp_path, keys, ec
 
 def test_unauthorized_key_is_refused(procs, tmp_path, keys, echo_server):
     srv = echo_server(handler=echo)
-    relay = start_relay(procs, tmp_path, keys)
+    relay = start_relay(procs, tmp_path, keys, verbose=True)
     want = relay.lo
     x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "--port", want,
                      key=keys.mallory)
@@ -819,7 +823,7 @@ def test_refused_key_backs_off_slow(procs, tmp_path, keys, echo_server):
     """A key the relay does not know: the client retries with growing back-off (0.5 s
     doubling), not several times a second."""
     srv = echo_server(handler=echo)
-    relay = start_relay(procs, tmp_path, keys)
+    relay = start_relay(procs, tmp_path, keys, verbose=True)
     x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}",
                      key=keys.mallory)
     relay.proc.wait_log(r"TLS handshake", timeout=10)
@@ -1181,7 +1185,7 @@ def test_hostile_tls_peer(procs, tmp_path, keys, echo_server, bob_cert, case):
 
 
 def test_garbage_to_the_relay_port(procs, tmp_path, keys, echo_server):
-    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server)
+    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server, verbose=True)
     payloads = [os.urandom(4096), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
                 b"\x16\x03\x01\x00\x05hello", b"\x16\x03\x03\xff\xff" + b"\x00" * 70000,
                 b"SSH-2.0-OpenSSH_9.2\r\n", b"\x00" * 20]
@@ -1217,7 +1221,7 @@ def test_handshake_flood_does_not_lock_out_clients_slow(procs, tmp_path, keys, e
     """200 connections that never start TLS: the relay keeps serving alice's visitors, and a
     client that comes during the flood gets in once the stalled handshakes time out (10 s)."""
     srv = echo_server(handler=echo)
-    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server)
+    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server, verbose=True)
     flood = []
     try:
         for _ in range(200):
