@@ -822,7 +822,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 {
 	struct ph_relay *r = calloc(1, sizeof(*r));
 	uint8_t pub[PH_KEY_LEN];
-	char fp[PH_FP_LEN], dir[520];
+	char fp[PH_FP_LEN], dir[520], hp[PH_HOST_MAX + 8];
 	struct ph_addr a;
 	int err, fd;
 
@@ -858,8 +858,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 		goto fail;
 	}
 	if (c->listen.is_name) {
-		snprintf(why, whylen, "server: listen on an address, not a name ('%s')",
-		         c->listen.host);
+		snprintf(why, whylen, "listen on an address, not a name ('%s')", c->listen.host);
 		err = -EINVAL;
 		goto fail;
 	}
@@ -873,24 +872,26 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 		fd = ph_tcp_listen(&a, false, false);
 	}
 	if (fd < 0) {
-		snprintf(why, whylen, "server: cannot listen on %s:%u: %s",
-		         c->listen.wildcard ? "" : c->listen.host, c->listen.port,
-		         ph_bind_strerror(-fd));
+		snprintf(why, whylen, "cannot listen on %s: %s",
+		         ph_hostport_fmt(c->listen.wildcard ? "" : c->listen.host, c->listen.port,
+		                         hp, sizeof(hp)),
+		         ph_bind_strerror(fd));
 		err = fd;
 		goto fail;
 	}
 	ph_io_init(&r->lis, fd, relay_accept);
 	err = ph_io_add(l, &r->lis, EPOLLIN);
 	if (err < 0) {
-		snprintf(why, whylen, "server: %s", strerror(-err));
+		snprintf(why, whylen, "%s", strerror(-err));
 		goto fail;
 	}
 	ph_timer_arm(l, &r->sweep, 10000);
 	ph_key_public(r->key, pub);
 	ph_key_fingerprint(pub, fp);
-	ph_info("relay on %s:%u, key %s, %u authorized key%s (%s)",
-	        c->listen.wildcard ? "" : c->listen.host, c->listen.port, fp, r->nkeys,
-	        r->nkeys == 1 ? "" : "s", r->auth_file);
+	ph_info("relay on %s, key %s, %u authorized key%s (%s)",
+	        ph_hostport_fmt(c->listen.wildcard ? "" : c->listen.host, c->listen.port, hp,
+	                        sizeof(hp)),
+	        fp, r->nkeys, r->nkeys == 1 ? "" : "s", r->auth_file);
 	*out = r;
 	return 0;
 fail:

@@ -951,6 +951,37 @@ def test_relay_refuses_to_start_without_keys(tmp_path, keys, content):
     assert not listeners(port)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_relay_on_a_busy_port(tmp_path, keys, host, ipv6):
+    """The reason in words (not "Unknown error -98"), said once, and an IPv6 address in
+    brackets as it is written on the command line."""
+    auth = tmp_path / "authorized_keys"
+    auth.write_text(keys.alice.line + "\n")
+    port = alloc_port()
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    busy = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        busy.bind((host, port))
+        busy.listen(1)
+        r = run_pinhole("server", shown, "--key", keys.relay.path, "--authorized-keys", auth,
+                        "--control", "none", timeout=15)
+    finally:
+        busy.close()
+    assert r.returncode == 1, r
+    assert r.stderr.splitlines()[-1] == (f"pinhole: server: cannot listen on {shown}: address "
+                                         "already in use (another program listens there)"), \
+        r.stderr
+
+
+def test_relay_on_ipv6_says_its_address_in_brackets(procs, tmp_path, keys, ipv6):
+    auth = tmp_path / "authorized_keys"
+    auth.write_text(keys.alice.line + "\n")
+    port = alloc_port()
+    p = procs("server", f"[::1]:{port}", "--key", keys.relay.path, "--authorized-keys", auth,
+              "--control", "none")
+    p.wait_log(rf"^relay on \[::1\]:{port}, key ", timeout=READY_TIMEOUT_S)
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. hostile peers
 
