@@ -211,8 +211,10 @@ static void rule_flows_drop(struct xrule *r)
 
 static const char *local_str(const struct xrule *r, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s%s:%u", r->conf->udp ? "udp://" : "", r->conf->local.host,
-	         r->conf->local.port);
+	char hp[PH_HOST_MAX + 8];
+
+	snprintf(buf, len, "%s%s", r->conf->udp ? "udp://" : "",
+	         ph_hostport_fmt(r->conf->local.host, r->conf->local.port, hp, sizeof(hp)));
 	return buf;
 }
 
@@ -276,7 +278,7 @@ static void exposer_check(struct ph_exposer *x)
 static void on_registered(struct xclient *c, const struct ph_ctrl *m)
 {
 	struct xrule *r;
-	char l[PH_HOST_MAX + 16];
+	char l[PH_HOST_MAX + 16], hp[PH_HOST_MAX + 8];
 
 	if (m->req == 0 || m->req > c->nrules)
 		return;
@@ -285,8 +287,9 @@ static void on_registered(struct xclient *c, const struct ph_ctrl *m)
 		return;
 	r->service = m->service;
 	r->state = XR_UP;
-	ph_info("expose %s%s%s: public at %s:%u%s%s%s", local_str(r, l, sizeof(l)),
-	        r->conf->name[0] ? " " : "", r->conf->name, c->conf->via.host, m->port,
+	ph_info("expose %s%s%s: public at %s%s%s%s", local_str(r, l, sizeof(l)),
+	        r->conf->name[0] ? " " : "", r->conf->name,
+	        ph_hostport_fmt(c->conf->via.host, m->port, hp, sizeof(hp)),
 	        r->conf->udp ? " (udp)" : "", r->port == m->port ? " again" : "",
 	        r->port != 0 && r->port != m->port ? " (a new port)" : "");
 	r->port = r->want = m->port;

@@ -982,6 +982,27 @@ def test_relay_on_ipv6_says_its_address_in_brackets(procs, tmp_path, keys, ipv6)
     p.wait_log(rf"^relay on \[::1\]:{port}, key ", timeout=READY_TIMEOUT_S)
 
 
+def test_expose_over_ipv6_says_addresses_in_brackets(procs, tmp_path, keys, echo_server, ipv6):
+    srv = echo_server(host="::1", handler=echo)
+    auth = tmp_path / "authorized_keys"
+    auth.write_text(keys.alice.line + "\n")
+    port = alloc_port()
+    lo, hi = port_range(4)
+    relay = procs("server", f"[::1]:{port}", "--key", keys.relay.path, "--authorized-keys", auth,
+                  "--bind", "::1", "--ports", f"{lo}-{hi}", "--control", "none")
+    relay.wait_log(r"^relay on ", timeout=READY_TIMEOUT_S)
+    x = procs("expose", f"[::1]:{srv.port}", "--via", f"[::1]:{port}", "--key", keys.alice.path,
+              "--known-relays", tmp_path / "known_relays", "--control", "none")
+    m = x.wait_log(rf"^expose \[::1\]:{srv.port}: public at \[::1\]:(\d+)$",
+                   timeout=READY_TIMEOUT_S)
+    pub = int(re.search(r"\]:(\d+)$", m[0]).group(1))
+    c = connect("::1", pub)
+    try:
+        echo_once(c, b"over v6")
+    finally:
+        c.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. hostile peers
 
