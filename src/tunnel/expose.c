@@ -556,6 +556,7 @@ static void client_later(struct xclient *c, const char *why)
 static void client_closed(struct ph_sess *s, const char *why)
 {
 	struct xclient *c = s->owner;
+	char said[224];
 
 	c->s = NULL;
 	for (unsigned i = 0; i < c->nrules; i++) {
@@ -574,6 +575,19 @@ static void client_closed(struct ph_sess *s, const char *why)
 	}
 	if (c->confirmed && s->loop->now - s->up_at > 10000)
 		c->backoff = 0; /* it lasted: start again from the shortest wait */
+	/*
+	 * TLS 1.3: our handshake ends before the relay has judged this client's key; an alert
+	 * then, or a close before the relay's first word, is the relay refusing the key (a
+	 * write meeting that close would call it "Broken pipe").
+	 */
+	if (!c->confirmed && strstr(why, "alert") != NULL)
+		snprintf(said, sizeof(said), "the relay refused this client's key (%s)", why);
+	else if (!c->confirmed && s->up_at != 0)
+		snprintf(said, sizeof(said),
+		         "the relay closed the connection before accepting this client's key (%s)",
+		         why);
+	else
+		snprintf(said, sizeof(said), "%s", why);
 	if (!c->confirmed && strstr(why, "alert") != NULL && c->attempts == 0) {
 		uint8_t pub[PH_KEY_LEN];
 		char fp[PH_FP_LEN];
@@ -585,7 +599,7 @@ static void client_closed(struct ph_sess *s, const char *why)
 		        c->relay, why, fp);
 	}
 	c->confirmed = false;
-	client_later(c, why);
+	client_later(c, said);
 }
 
 static const struct ph_sess_ops client_ops = {

@@ -40,7 +40,8 @@ import pytest
 from conftest import (READY_TIMEOUT_S, SANITIZER_MARKS, SOCK_TIMEOUT_S, Pinhole, alloc_port,
                       connect, echo_handler, echo_once, free_udp_port, listeners, many_echo,
                       outcome, recv_exact, recv_until_eof, run_peer, run_pinhole, send_in_thread,
-                      sha256, tagged_echo_handler, wait_listening, wait_not_listening, wait_until)
+                      set_rst, sha256, tagged_echo_handler, wait_listening, wait_not_listening,
+                      wait_until)
 
 MiB = 1 << 20
 HB = "1s"  # --heartbeat on both sides where liveness matters: a silent peer goes after 3 s
@@ -1001,6 +1002,71 @@ def test_expose_over_ipv6_says_addresses_in_brackets(procs, tmp_path, keys, echo
         echo_once(c, b"over v6")
     finally:
         c.close()
+
+
+def test_expose_names_why_the_relay_said_no(procs, tmp_path, keys, echo_server):
+    """A relay that refuses the key, one that closes after the TLS handshake without a word,
+    and no relay at all: each in its own words, never "Broken pipe"."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}",
+                     key=keys.mallory)
+    x.wait_log(rf"^relay 127\.0\.0\.1:{relay.port}: the relay refused this client's key "
+               r"\(.*alert.*\); trying again in ", timeout=10)
+    nobody = alloc_port()
+    y = start_expose(procs, tmp_path, keys, nobody, f"127.0.0.1:{srv.port}")
+    y.wait_log(rf"^relay 127\.0\.0\.1:{nobody}: cannot connect: Connection refused; trying "
+               r"again in ", timeout=10)
+    for p in (x, y):
+        assert not any("Broken pipe" in m for m in p.messages()), p.log
+
+
+def test_expose_names_a_relay_that_closes_after_the_handshake(procs, tmp_path, keys,
+                                                              echo_server, bob_cert):
+    """A TLS 1.3 peer (bob's key) that takes the handshake, then resets the connection
+    before a word: to the client, the relay did not accept its key."""
+    srv = echo_server(handler=echo)
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", alloc_port()))
+    ls.listen(8)
+    ls.settimeout(0.2)
+    port = ls.getsockname()[1]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(bob_cert, keys.bob.path)
+    stop = threading.Event()
+    served = []
+
+    def fake_relay():
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                continue
+            c.settimeout(5)
+            try:
+                t = ctx.wrap_socket(c, server_side=True)
+                served.append(True)
+                time.sleep(0.2)  # the client's first frames arrive, unread
+                set_rst(t)
+                t.close()
+            except OSError:
+                c.close()
+
+    th = threading.Thread(target=fake_relay, daemon=True)
+    th.start()
+    try:
+        x = start_expose(procs, tmp_path, keys, port, f"127.0.0.1:{srv.port}")
+        x.wait_log(rf"^relay 127\.0\.0\.1:{port}: the relay closed the connection before "
+                   r"accepting this client's key \(.*\); trying again in ", timeout=10)
+        assert served
+        assert not any("Broken pipe" in m for m in x.messages()), x.log
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        ls.close()
 
 
 # ---------------------------------------------------------------------------------------------
