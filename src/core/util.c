@@ -148,3 +148,19 @@ void ph_random(void *buf, size_t len)
 		p[got] = (unsigned char)ph_siphash13(k, &c, sizeof(c));
 	}
 }
+
+const char *ph_strerror(int err)
+{
+	switch (-err) {
+	case PH_ENONAME:
+		return "no such name";
+	case PH_ENOADDR:
+		return "no address for the name";
+	case PH_EDNSFAIL:
+		return "DNS server failure";
+	case PH_EDNSTIMEOUT:
+		return "DNS timeout";
+	default:
+		return strerror(-err);
+	}
+}

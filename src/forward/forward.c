@@ -72,7 +72,7 @@ static void fwd_close_line(const struct fwd_conn *c, const char *reason, int err
 	snprintf(buf, len, "c%llu %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms%s%s%s",
 	         (unsigned long long)c->id, ph_addr_fmt(&c->peer, peer, sizeof(peer)),
 	         c->try.tgt >= 0 ? ph_addr_fmt(&c->try.dst, dst, sizeof(dst)) : "-", reason,
-	         err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
+	         err != 0 ? ": " : "", err != 0 ? ph_strerror(err) : "",
 	         (unsigned long long)c->pump.dir[0].bytes, (unsigned long long)c->pump.dir[1].bytes,
 	         (unsigned long long)(wr->w->loop.now - c->start), wr->rule->name[0] ? " (" : "",
 	         wr->rule->name, wr->rule->name[0] ? ")" : "");

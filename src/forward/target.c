@@ -218,6 +218,6 @@ void ph_tsel_failed(struct ph_tsel *s, unsigned t, const struct ph_addr *dst, in
 		        "target %s (%s) failed: %s; skipped for %llu ms",
 		        ph_hostport_fmt(tg->hp.host[0] ? tg->hp.host : "*", tg->hp.port, hp,
 		                        sizeof(hp)),
-		        dst != NULL ? ph_addr_fmt(dst, a, sizeof(a)) : "-", strerror(-err),
+		        dst != NULL ? ph_addr_fmt(dst, a, sizeof(a)) : "-", ph_strerror(err),
 		        (unsigned long long)backoff);
 }

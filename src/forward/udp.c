@@ -158,7 +158,7 @@ static void udp_close_line(const struct udp_sess *s, const char *reason, int err
 	         "%llu ms%s%s%s",
 	         (unsigned long long)s->id, client_fmt(&s->node.key.peer, peer, sizeof(peer)),
 	         s->io.fd != -1 ? ph_addr_fmt(&s->try.dst, dst, sizeof(dst)) : "-", reason,
-	         err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
+	         err != 0 ? ": " : "", err != 0 ? ph_strerror(err) : "",
 	         (unsigned long long)s->pkts[0], (unsigned long long)s->bytes[0],
 	         (unsigned long long)s->pkts[1], (unsigned long long)s->bytes[1],
 	         (unsigned long long)(uw->w->loop.now - s->start), uw->rule->name[0] ? " (" : "",

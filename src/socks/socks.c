@@ -148,6 +148,10 @@ static uint8_t rep5_of(int err)
 		return PH_SOCKS5_NET_UNREACH;
 	case -EHOSTUNREACH:
 	case -ENOENT:
+	case -PH_ENONAME: /* the name's lookup failed: no host to reach */
+	case -PH_ENOADDR:
+	case -PH_EDNSFAIL:
+	case -PH_EDNSTIMEOUT:
 		return PH_SOCKS5_HOST_UNREACH;
 	case -ETIMEDOUT:
 		return PH_SOCKS5_TTL_EXPIRED;
@@ -242,7 +246,13 @@ static void socks_fail(struct fwd_conn *c, int err, int status, const char *why)
 		ph_socks4_reply(PH_SOCKS4_REJECTED, NULL, r);
 		(void)send_all(fd, r, sizeof(r));
 	} else if (sx->proto == 'H') {
-		http_reply(fd, status != 0 ? status : status_of(err), why);
+		char body[448];
+		bool dns = err <= -PH_ENONAME && err >= -PH_EDNSTIMEOUT; /* a name's lookup */
+
+		/* the client reads why a name failed; the log line has it after the reason */
+		snprintf(body, sizeof(body), "%s%s%s", why, dns ? ": " : "",
+		         dns ? ph_strerror(err) : "");
+		http_reply(fd, status != 0 ? status : status_of(err), body);
 	}
 	drain(fd);
 	snprintf(reason, sizeof(reason), "%s: %s", sx->proto != 0 ? proto_name(sx) : "socks", why);
@@ -305,6 +315,7 @@ static void socks_on_dns(void *arg, int err, const char *why, const struct ph_ad
 	struct fwd_conn *c = q->c;
 	char reason[320];
 
+	(void)why; /* err says it: ph_strerror() */
 	ph_list_del(&q->node);
 	sw->busy--;
 	if (err == 0 && n > 0) {
@@ -326,11 +337,10 @@ static void socks_on_dns(void *arg, int err, const char *why, const struct ph_ad
 		if (sx->phase == SX_RESOLVING) {
 			ph_timer_stop(&wr->w->loop, &c->timer);
 			if (err != 0 || n == 0) {
-				snprintf(reason, sizeof(reason), "cannot resolve %s (%s)", q->name,
-				         why != NULL ? why : "no address");
+				/* err's words (ph_strerror) name the cause: "no such name" */
+				snprintf(reason, sizeof(reason), "cannot resolve %s", q->name);
 				FWD_STAT(wr, connect_failed, 1);
-				socks_fail(c, err == -ETIMEDOUT ? -EHOSTUNREACH : -ENOENT, 502,
-				           reason);
+				socks_fail(c, err != 0 ? err : -PH_ENOADDR, 502, reason);
 			} else {
 				sx->naddr = (uint8_t)(n < PH_RESOLVE_MAX ? n : PH_RESOLVE_MAX);
 				memcpy(sx->addrs, addrs, sx->naddr * sizeof(*addrs));
@@ -1049,7 +1059,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 			socks_fail(c,
 			           rep == PH_SOCKS5_CMD_UNSUPPORTED    ? -EOPNOTSUPP
 			           : rep == PH_SOCKS5_ATYP_UNSUPPORTED ? -EAFNOSUPPORT
-			           : rep == PH_SOCKS5_HOST_UNREACH     ? -ENOENT
+			           : rep == PH_SOCKS5_HOST_UNREACH     ? -PH_ENONAME
 			                                               : -EPROTO,
 			           0, why);
 			return -1;

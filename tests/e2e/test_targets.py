@@ -11,6 +11,7 @@ answered from /etc/hosts).
 
 import os
 import re
+import shutil
 import socket
 import time
 
@@ -291,3 +292,49 @@ def test_source_of_another_family_fails_over(pinhole, echo_server, free_port):
     for _ in range(2):
         assert connect_outcome(port)[0] == "reset"
     ph.wait_log(r"Address family not supported")
+
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+
+
+@pytest.fixture
+def local_dns(tmp_path, spawn):
+    """dnsmasq on 127.0.X.Y:53, the only server of a resolv.conf that pinhole sees in a
+    mount namespace of its own (unshare -m, a bind mount): names under .test it has none
+    of are NXDOMAIN, noaddr.test has a TXT record and no address, others are REFUSED.
+    Returns the prefix to run pinhole with."""
+    if not os.access(DNSMASQ, os.X_OK) or shutil.which("unshare") is None:
+        pytest.skip("dnsmasq or unshare is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("a mount namespace and port 53 need root")
+    ip = f"127.0.{os.getpid() % 200 + 20}.{os.getpid() // 200 % 200 + 20}"
+    spawn([DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
+           f"--listen-address={ip}", "--bind-interfaces", "--pid-file=", "--log-facility=-",
+           "--local=/test/", "--txt-record=noaddr.test,x"])
+
+    def up():
+        try:
+            socket.create_connection((ip, 53), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(up, 5, f"dnsmasq on {ip}:53")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {ip}\n")
+    return ("unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+            str(resolv))
+
+
+@pytest.mark.parametrize("name,words", [("nx.test", "no such name"),
+                                        ("noaddr.test", "no address for the name"),
+                                        ("nx.example", "DNS server failure")])
+def test_a_name_that_fails_says_why(pinhole, free_port, local_dns, name, words):
+    """NXDOMAIN, an answer without an address and a refusing server each in their own
+    words, not "No such file or directory" or "Input/output error"."""
+    port = free_port()
+    ph = pinhole(f"127.0.0.1:{port}", f"{name}:80", "-v", "--workers", "1", prefix=local_dns)
+    assert connect_outcome(port)[0] == "reset"
+    ph.wait_log(rf"^cannot resolve {re.escape(name)}: {words}$")
+    ph.wait_log(rf"^c1 127\.0\.0\.1:\d+ -> \S+: no target reachable: {words}, 0 bytes up, ")
+
