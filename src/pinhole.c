@@ -67,6 +67,7 @@ struct ph_main {
 	struct ph_task fatal;       /* the exposer gave up: stop, exit status 1 */
 	struct ph_task tunnel_end;  /* frees the relay and exposer after this round's events */
 	bool failed;
+	struct ph_tunnel_stats relay_last, expose_last; /* what they carried, once freed */
 	struct ph_logagg agg;     /* failures counted on this thread (the relay, expose) */
 	struct ph_timer agg_tick; /* logs every thread's counted failures */
 	uint64_t agg_since;       /* loop ms of the last such line */
@@ -208,11 +209,34 @@ static void main_on_drain_timeout(struct ph_timer *t)
 	main_abort(m);
 }
 
+/* The counters of the relay or the exposer (live, or what they carried when freed). */
+static void log_tunnel_stats(const char *what, const char *kind, const struct ph_tunnel_stats *t)
+{
+	char up[32], down[32];
+
+	ph_info("%s: %s: %llu sessions, %llu visitors, %s up, %s down, %llu datagrams", what, kind,
+	        (unsigned long long)t->sessions, (unsigned long long)t->visitors,
+	        ph_fmt_bytes(t->bytes_up, up, sizeof(up)),
+	        ph_fmt_bytes(t->bytes_down, down, sizeof(down)), (unsigned long long)t->dgrams);
+}
+
 static void log_stats(struct ph_main *m, const char *what)
 {
 	struct ph_stats s;
 	char up[32], down[32];
 
+	if (m->cfg->server != NULL) {
+		if (m->relay != NULL)
+			ph_relay_stats(m->relay, &m->relay_last);
+		log_tunnel_stats(what, "relay", &m->relay_last);
+	}
+	if (m->cfg->nexpose != 0) {
+		if (m->exposer != NULL)
+			ph_expose_stats(m->exposer, &m->expose_last);
+		log_tunnel_stats(what, "expose", &m->expose_last);
+	}
+	if (m->nw == 0 && m->cfg->nrules == 0)
+		return; /* no forward rule: its counters would say "0 connections" */
 	ph_stats_sum(m->w, m->nw, &s);
 	ph_info("%s: %llu connections (%llu active), %s up, %s down, %llu bytes spliced, "
 	        "%llu copied, %llu denied, %llu over limit, %llu target failures, %llu resets, "
@@ -626,6 +650,10 @@ static void main_on_tunnel_end(struct ph_task *t)
 {
 	struct ph_main *m = container_of(t, struct ph_main, tunnel_end);
 
+	if (m->relay != NULL) /* its counters, for the stopped: line */
+		ph_relay_stats(m->relay, &m->relay_last);
+	if (m->exposer != NULL)
+		ph_expose_stats(m->exposer, &m->expose_last);
 	ph_relay_free(m->relay); /* a GOAWAY to every session */
 	m->relay = NULL;
 	ph_expose_free(m->exposer);

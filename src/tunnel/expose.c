@@ -90,6 +90,7 @@ struct ph_exposer {
 	struct ph_list dead; /* closed flows, freed by reap after this round's events */
 	struct ph_task reap;
 	bool stopping;
+	struct ph_tunnel_stats gone; /* of ended sessions */
 };
 
 static const struct ph_sess_ops client_ops;
@@ -553,11 +554,35 @@ static void client_later(struct xclient *c, const char *why)
 	ph_timer_arm(c->x->loop, &c->retry, ms);
 }
 
+/* Adds a client session's counts to *t: what the relay sent it came from visitors. */
+static void sess_stats_add(struct ph_tunnel_stats *t, const struct ph_sess_stats *st)
+{
+	t->sessions++;
+	t->bytes_up += st->bytes_in;
+	t->bytes_down += st->bytes_out;
+	t->dgrams += st->dgrams_in + st->dgrams_out;
+}
+
+void ph_expose_stats(struct ph_exposer *x, struct ph_tunnel_stats *out)
+{
+	*out = x->gone;
+	for (struct ph_list *l = x->clients.next; l != &x->clients; l = l->next) {
+		const struct xclient *c = container_of(l, struct xclient, node);
+
+		if (c->s != NULL && c->confirmed)
+			sess_stats_add(out, &c->s->st);
+		for (unsigned i = 0; i < c->nrules; i++)
+			out->visitors += c->rules[i]->visitors;
+	}
+}
+
 static void client_closed(struct ph_sess *s, const char *why)
 {
 	struct xclient *c = s->owner;
 	char said[224];
 
+	if (c->confirmed) /* what it carried stays in the totals */
+		sess_stats_add(&c->x->gone, &s->st);
 	c->s = NULL;
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];

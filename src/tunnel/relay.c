@@ -89,6 +89,7 @@ struct ph_relay {
 	struct ph_task reap;
 	struct ph_ratelimit rl; /* for the refused-key lines */
 	char auth_file[600];
+	struct ph_tunnel_stats gone; /* of ended sessions and freed services */
 };
 
 static const struct ph_sess_ops relay_ops;
@@ -237,6 +238,7 @@ static struct uflow *flow_get(struct rsvc *v, const struct ph_addr *peer, uint64
 /* Closes v; it is freed after this round's events, which may still name its socket. */
 static void svc_free(struct rsvc *v)
 {
+	v->r->gone.visitors += v->visitors; /* its counts outlive it in the totals */
 	while (!ph_list_empty(&v->flows))
 		flow_free(v, container_of(v->flows.next, struct uflow, lru));
 	ph_timer_stop(v->r->loop, &v->hold);
@@ -692,6 +694,29 @@ static void rs_stream_end(struct ph_sess *s, struct ph_stream *st)
 	}
 }
 
+/* Adds a relay session's counts to *t: what it sent its client came from visitors. */
+static void sess_stats_add(struct ph_tunnel_stats *t, const struct ph_sess_stats *st)
+{
+	t->bytes_up += st->bytes_out;
+	t->bytes_down += st->bytes_in;
+	t->dgrams += st->dgrams_in + st->dgrams_out;
+}
+
+void ph_relay_stats(struct ph_relay *r, struct ph_tunnel_stats *out)
+{
+	*out = r->gone;
+	for (struct ph_list *l = r->sessions.next; l != &r->sessions; l = l->next) {
+		const struct rsess *rs = container_of(l, struct rsess, node);
+
+		if (rs->key == NULL)
+			continue;
+		out->sessions++;
+		sess_stats_add(out, &rs->s->st);
+	}
+	for (struct ph_list *l = r->services.next; l != &r->services; l = l->next)
+		out->visitors += container_of(l, struct rsvc, node)->visitors;
+}
+
 static void rs_closed(struct ph_sess *s, const char *why)
 {
 	struct rsess *rs = s->owner;
@@ -712,6 +737,10 @@ static void rs_closed(struct ph_sess *s, const char *why)
 
 		if (v->owner == rs)
 			svc_orphan(v, s->timed_out);
+	}
+	if (rs->key != NULL) { /* what it carried stays in the totals */
+		r->gone.sessions++;
+		sess_stats_add(&r->gone, &s->st);
 	}
 	ph_list_del(&rs->node);
 	free(rs); /* the session frees itself */

@@ -1069,6 +1069,24 @@ def test_expose_names_a_relay_that_closes_after_the_handshake(procs, tmp_path, k
         ls.close()
 
 
+def test_stopped_lines_count_the_visitors(procs, tmp_path, keys, echo_server):
+    """The relay's and the client's stopped: lines count what went through them, not the
+    forward counters ("0 connections") of a process that runs no forward rule."""
+    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server)  # 1 visitor, 21 bytes
+    n = 60
+    for i in range(n):
+        echo_check(pub, f"v{i:08d}\n".encode())  # 10 bytes each
+    total = 21 + 10 * n
+    x.stop()
+    relay.proc.wait_log(r"session ended: ", timeout=10)
+    relay.proc.stop()
+    for p, kind in ((x, "expose"), (relay.proc, "relay")):
+        msgs = p.messages()
+        assert msgs[-1] == (f"stopped: {kind}: 1 sessions, {n + 1} visitors, {total} B up, "
+                            f"{total} B down, 0 datagrams"), p.log
+        assert not any(m.startswith("stopped: 0 connections") for m in msgs), p.log
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. hostile peers
 
