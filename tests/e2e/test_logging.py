@@ -9,11 +9,12 @@ What pinhole says on stderr at each verbosity, held to `pinhole --help`:
 """
 
 import re
+import signal
 import socket
 import time
 
-from conftest import (connect, connect_outcome, echo_once, outcome, parse_log, recv_exact,
-                      set_rst, wait_until)
+from conftest import (connect, connect_outcome, echo_once, free_udp_port, outcome, parse_log,
+                      recv_exact, set_rst, wait_until)
 
 
 def one_session(port, up):
@@ -173,3 +174,37 @@ def test_verbose_logs_each_failure(pinhole, free_port):
                 r"Connection refused, 0 bytes up, 0 down, \d+ ms$", count=5)
     ph.stop()
     assert not any(" in the last " in m for m in ph.messages()), ph.log
+
+
+def test_udp_failures_are_counted(pinhole, free_port):
+    """100 clients whose datagrams meet an unreachable target: one counted line at the
+    default level, not one per session."""
+    dead, port = free_udp_port(), free_udp_port()
+    ph = pinhole(f"udp://127.0.0.1:{port}", f"127.0.0.1:{dead}", "--workers", "1",
+                 ready=False)
+    ph.wait_log(r"^forwarding udp ", timeout=10)
+    clients = []
+    try:
+        for i in range(100):
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            clients.append(c)
+            c.sendto(b"anyone?", ("127.0.0.1", port))
+
+        def all_ended():
+            before = sum(1 for m in ph.messages() if m.startswith("stats udp:"))
+            ph.send_signal(signal.SIGUSR1)
+            m = re.match(r"stats udp: (\d+) sessions \((\d+) active\)",
+                         ph.wait_log(r"^stats udp: ", count=before + 1)[-1])
+            return m and m.group(1) == "100" and m.group(2) == "0"
+
+        wait_until(all_ended, 10, "the 100 sessions to end")
+    finally:
+        for c in clients:
+            c.close()
+    ph.stop()
+    msgs = ph.messages()
+    n, firsts = _counted(msgs, f"forward 127.0.0.1:{port}", "udp sessions",
+                         "target unreachable")
+    assert n == 100, "\n".join(msgs)
+    assert "target unreachable: Connection refused" in firsts[0], firsts
+    assert len(msgs) < 20, "\n".join(msgs)
