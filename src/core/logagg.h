@@ -35,7 +35,9 @@ struct ph_logagg {
 	struct ph_logagg_ent ent[PH_LOGAGG_SLOTS];
 };
 
+/* Makes *a an empty table (its lock too); ph_logagg_destroy() undoes it. Cannot fail. */
 void ph_logagg_init(struct ph_logagg *a);
+/* Frees what init made; a must not be bound to a thread that still notes. */
 void ph_logagg_destroy(struct ph_logagg *a);
 
 /* From now on this thread's notes go to a (borrowed; NULL: each note is logged at once). */
