@@ -24,6 +24,7 @@
 #include "core/acl.h"
 #include "core/connlog.h"
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/resolve.h"
 #include "core/service.h"
 #include "core/util.h"
@@ -70,6 +71,10 @@ struct ph_main {
 	struct ph_task fatal;       /* the exposer gave up: stop, exit status 1 */
 	struct ph_task tunnel_end;  /* frees the relay and exposer after this round's events */
 	bool failed;
+	struct ph_tunnel_stats relay_last, expose_last; /* what they carried, once freed */
+	struct ph_logagg agg;     /* failures counted on this thread (the relay, expose) */
+	struct ph_timer agg_tick; /* logs every thread's counted failures */
+	uint64_t agg_since;       /* loop ms of the last such line */
 };
 
 /* A --map keeper told to stop, until it has deleted its mappings. */
@@ -210,11 +215,34 @@ static void main_on_drain_timeout(struct ph_timer *t)
 	main_abort(m);
 }
 
+/* The counters of the relay or the exposer (live, or what they carried when freed). */
+static void log_tunnel_stats(const char *what, const char *kind, const struct ph_tunnel_stats *t)
+{
+	char up[32], down[32];
+
+	ph_info("%s: %s: %llu sessions, %llu visitors, %s up, %s down, %llu datagrams", what, kind,
+	        (unsigned long long)t->sessions, (unsigned long long)t->visitors,
+	        ph_fmt_bytes(t->bytes_up, up, sizeof(up)),
+	        ph_fmt_bytes(t->bytes_down, down, sizeof(down)), (unsigned long long)t->dgrams);
+}
+
 static void log_stats(struct ph_main *m, const char *what)
 {
 	struct ph_stats s;
 	char up[32], down[32];
 
+	if (m->cfg->server != NULL) {
+		if (m->relay != NULL)
+			ph_relay_stats(m->relay, &m->relay_last);
+		log_tunnel_stats(what, "relay", &m->relay_last);
+	}
+	if (m->cfg->nexpose != 0) {
+		if (m->exposer != NULL)
+			ph_expose_stats(m->exposer, &m->expose_last);
+		log_tunnel_stats(what, "expose", &m->expose_last);
+	}
+	if (m->nw == 0 && m->cfg->nrules == 0)
+		return; /* no forward rule: its counters would say "0 connections" */
 	ph_stats_sum(m->w, m->nw, &s);
 	ph_info("%s: %llu connections (%llu active), %s up, %s down, %llu bytes spliced, "
 	        "%llu copied, %llu denied, %llu over limit, %llu target failures, %llu resets, "
@@ -231,6 +259,31 @@ static void log_stats(struct ph_main *m, const char *what)
 		        what, (unsigned long long)s.udp_sessions, (unsigned long long)s.udp_active,
 		        (unsigned long long)s.dgrams_up, (unsigned long long)s.dgrams_down,
 		        (unsigned long long)s.dgrams_dropped, (unsigned long long)s.udp_evicted);
+}
+
+/* Logs the failures every thread counted since the last time (one line per kind). */
+static void log_failures(struct ph_main *m)
+{
+	struct ph_logagg *sum = malloc(sizeof(*sum));
+
+	if (sum == NULL)
+		return; /* the counts wait for the next tick */
+	ph_logagg_init(sum);
+	ph_logagg_take(sum, &m->agg);
+	for (unsigned i = 0; i < m->nw; i++)
+		ph_logagg_take(sum, &m->w[i]->agg);
+	ph_logagg_report(sum, m->loop.now - m->agg_since);
+	m->agg_since = m->loop.now;
+	ph_logagg_destroy(sum);
+	free(sum);
+}
+
+static void main_on_agg_tick(struct ph_timer *t)
+{
+	struct ph_main *m = container_of(t, struct ph_main, agg_tick);
+
+	log_failures(m);
+	ph_timer_arm(&m->loop, &m->agg_tick, PH_LOGAGG_INTERVAL_MS);
 }
 
 static void plan_free(struct reload_plan *p)
@@ -626,6 +679,10 @@ static void main_on_tunnel_end(struct ph_task *t)
 {
 	struct ph_main *m = container_of(t, struct ph_main, tunnel_end);
 
+	if (m->relay != NULL) /* its counters, for the stopped: line */
+		ph_relay_stats(m->relay, &m->relay_last);
+	if (m->exposer != NULL)
+		ph_expose_stats(m->exposer, &m->expose_last);
 	ph_relay_free(m->relay); /* a GOAWAY to every session */
 	m->relay = NULL;
 	ph_expose_free(m->exposer);
@@ -860,6 +917,8 @@ static int run(struct ph_config *cfg)
 		m.udp |= (cfg->rules[i]->listen.proto & PH_PROTO_UDP) != 0;
 	if (ph_loop_init(&m.loop) < 0)
 		goto out_cfg;
+	ph_logagg_init(&m.agg);
+	ph_logagg_bind(&m.agg);
 	sfd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
 	dfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (sfd == -1 || dfd == -1) {
@@ -870,6 +929,7 @@ static int run(struct ph_config *cfg)
 	ph_io_init(&m.done_io, dfd, main_on_done);
 	ph_timer_init(&m.drain, main_on_drain_timeout);
 	ph_timer_init(&m.retire, main_on_retire);
+	ph_timer_init(&m.agg_tick, main_on_agg_tick);
 	ph_list_init(&m.unmapping);
 	ph_list_init(&m.plans);
 	ph_task_init(&m.fatal, main_on_fatal);
@@ -990,12 +1050,15 @@ static int run(struct ph_config *cfg)
 	for (unsigned i = 0; i < cfg->nrules; i++)
 		map_start(&m, cfg->rules[i]);
 	m.start = m.loop.now;
+	m.agg_since = m.loop.now;
+	ph_timer_arm(&m.loop, &m.agg_tick, PH_LOGAGG_INTERVAL_MS);
 	ph_notify("READY=1");
 	err = ph_loop_run(&m.loop);
 	if (err < 0)
 		ph_err("main loop: %s", strerror(-err));
 	else if ((!m.aborting || m.draining) && !m.failed)
 		status = 0;
+	log_failures(&m);
 	log_stats(&m, "stopped");
 
 out_workers:
@@ -1043,6 +1106,8 @@ out_fds:
 	if (dfd != -1)
 		close(dfd);
 	ph_loop_free(&m.loop);
+	ph_logagg_bind(NULL); /* what is noted from here on is logged at once */
+	ph_logagg_destroy(&m.agg);
 out_cfg:
 	ph_config_free(cfg); /* again after out_workers: it is idempotent */
 	return status;

@@ -209,6 +209,14 @@ const char *ph_addr_fmt(const struct ph_addr *a, char *buf, size_t len)
 	return buf;
 }
 
+const char *ph_hostport_fmt(const char *host, uint16_t port, char *buf, size_t len)
+{
+	bool v6 = strchr(host, ':') != NULL;
+
+	snprintf(buf, len, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", port);
+	return buf;
+}
+
 uint16_t ph_addr_port(const struct ph_addr *a)
 {
 	return ntohs(a->u.sa.sa_family == AF_INET ? a->u.in.sin_port : a->u.in6.sin6_port);

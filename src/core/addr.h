@@ -55,6 +55,13 @@ int ph_addr_from_sa(const struct sockaddr *sa, socklen_t len, struct ph_addr *a)
 #define PH_ADDR_STRLEN 64
 const char *ph_addr_fmt(const struct ph_addr *a, char *buf, size_t len);
 
+/*
+ * Writes host and port the way they are written on the command line: "name:80",
+ * "1.2.3.4:80", "[::1]:80" (a host with a colon is an IPv6 literal and gets brackets).
+ * Returns buf; PH_HOST_MAX + 8 bytes are enough.
+ */
+const char *ph_hostport_fmt(const char *host, uint16_t port, char *buf, size_t len);
+
 uint16_t ph_addr_port(const struct ph_addr *a);
 void ph_addr_set_port(struct ph_addr *a, uint16_t port);
 

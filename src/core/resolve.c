@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "core/util.h"
 #include "core/worker.h"
 
 struct resolve_sock {
@@ -150,6 +151,28 @@ static void resolve_deliver(struct ph_task *t)
 	free(q);
 }
 
+/* c-ares's status of a lookup that gave no address, as one of our codes (core/util.h). */
+static int resolve_err(int status)
+{
+	switch (status) {
+	case ARES_ENOTFOUND: /* NXDOMAIN */
+	case ARES_EBADNAME:
+		return -PH_ENONAME;
+	case ARES_SUCCESS: /* none of the families asked for */
+	case ARES_ENODATA:
+		return -PH_ENOADDR;
+	case ARES_ETIMEOUT:
+		return -PH_EDNSTIMEOUT;
+	case ARES_ENOMEM:
+		return -ENOMEM;
+	case ARES_ECANCELLED:
+	case ARES_EDESTRUCTION:
+		return -ECANCELED;
+	default: /* SERVFAIL, REFUSED, an answer that does not parse, no server to ask */
+		return -PH_EDNSFAIL;
+	}
+}
+
 static void resolve_done(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
 {
 	struct resolve_query *q = arg;
@@ -174,12 +197,8 @@ static void resolve_done(void *arg, int status, int timeouts, struct ares_addrin
 	q->err = 0;
 	q->why = NULL;
 	if (q->n == 0) {
-		q->err = status == ARES_ETIMEOUT ? -ETIMEDOUT
-		         : (status == ARES_SUCCESS || status == ARES_ENOTFOUND ||
-		            status == ARES_ENODATA)
-		                 ? -ENOENT
-		                 : -EIO;
-		q->why = status == ARES_SUCCESS ? "no address" : ares_strerror(status);
+		q->err = resolve_err(status);
+		q->why = ph_strerror(q->err);
 	}
 	if (q->r->destroying) {
 		free(q);

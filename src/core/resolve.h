@@ -17,8 +17,9 @@ struct ph_resolver;
 
 /*
  * Called once with the answer: err 0 and n >= 1 addresses (port set), with the answer's
- * time to live in seconds; or err < 0 (-ENOENT no such name, -ETIMEDOUT, -EIO) and a
- * static reason in why.
+ * time to live in seconds; or err < 0 (-PH_ENONAME, -PH_ENOADDR, -PH_EDNSFAIL,
+ * -PH_EDNSTIMEOUT of core/util.h, -ENOMEM, -ECANCELED) and its words in why, a static
+ * string (ph_strerror(err)).
  */
 typedef void (*ph_resolve_fn)(void *arg, int err, const char *why, const struct ph_addr *addrs,
                               unsigned n, uint32_t ttl);

@@ -224,3 +224,19 @@ size_t ph_str_sanitize(char *s)
 	p[o] = '\0';
 	return o;
 }
+
+const char *ph_strerror(int err)
+{
+	switch (-err) {
+	case PH_ENONAME:
+		return "no such name";
+	case PH_ENOADDR:
+		return "no address for the name";
+	case PH_EDNSFAIL:
+		return "DNS server failure";
+	case PH_EDNSTIMEOUT:
+		return "DNS timeout";
+	default:
+		return strerror(-err);
+	}
+}

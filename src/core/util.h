@@ -81,4 +81,16 @@ const char *ph_fmt_bytes(uint64_t n, char *buf, size_t len);
  */
 size_t ph_str_sanitize(char *s);
 
+/*
+ * Errors of our own beside errno's, negated like them (-PH_ENONAME): a name without an
+ * address says why in its own words rather than as "No such file or directory".
+ */
+#define PH_ENONAME     4096 /* no such name (NXDOMAIN) */
+#define PH_ENOADDR     4097 /* the name exists but has no address */
+#define PH_EDNSFAIL    4098 /* the DNS server failed or refused to answer */
+#define PH_EDNSTIMEOUT 4099 /* no DNS server answered in time */
+
+/* The words for err, a negative errno or one of ours above (strerror() of -err else). */
+const char *ph_strerror(int err);
+
 #endif /* PH_CORE_UTIL_H */

@@ -87,6 +87,7 @@ int ph_worker_init(struct ph_worker *w, int id, const struct ph_worker_opts *o, 
 	memset(w, 0, sizeof(*w));
 	w->id = id;
 	w->done_fd = done_fd;
+	ph_logagg_init(&w->agg);
 	ph_list_init(&w->hooks);
 	ph_list_init(&w->calls);
 	pthread_mutex_init(&w->calls_lock, NULL);
@@ -110,6 +111,7 @@ err_fd:
 	w->cmd_fd = -1;
 err_loop:
 	ph_loop_free(&w->loop);
+	ph_logagg_destroy(&w->agg);
 	return err;
 }
 
@@ -121,6 +123,7 @@ static void *worker_main(void *arg)
 
 	worker_self = w;
 	ph_log_set_worker(w->id);
+	ph_logagg_bind(&w->agg);
 	err = ph_loop_run(&w->loop);
 	if (err < 0)
 		ph_err("event loop failed: %s", strerror(-err));
@@ -164,6 +167,7 @@ void ph_worker_destroy(struct ph_worker *w)
 	while (!ph_list_empty(&w->calls)) /* posted after the worker ended: never run */
 		ph_list_del(w->calls.next);
 	pthread_mutex_destroy(&w->calls_lock);
+	ph_logagg_destroy(&w->agg);
 	ph_pipepool_free(&w->pipes);
 	ph_loop_free(&w->loop);
 }

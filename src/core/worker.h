@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/logagg.h"
 #include "core/loop.h"
 #include "core/pipepool.h"
 
@@ -87,6 +88,7 @@ struct ph_worker {
 	 * in a new one on reload with a ph_worker_call, and frees the old once every worker
 	 * ran it */
 	const struct ph_hostaddrs *self_addrs;
+	struct ph_logagg agg; /* failures counted for the main thread's periodic line */
 	struct ph_list hooks;
 	uint64_t live;    /* connections that keep the worker alive while draining */
 	uint64_t next_id; /* connection ids, unique within the worker */

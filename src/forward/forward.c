@@ -8,6 +8,7 @@
 
 #include "core/connlog.h"
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "core/resolve.h"
 #include "core/sys.h"
@@ -59,29 +60,43 @@ static void fwd_reap(struct ph_task *t)
 	free(c);
 }
 
+/* c's one line at its close: client, target, why, bytes each way, time, rule. */
+static void fwd_close_line(const struct fwd_conn *c, const char *reason, int err, char *buf,
+                           size_t len)
+{
+	const struct fwd_wrule *wr = c->wr;
+	char peer[PH_ADDR_STRLEN], dst[PH_ADDR_STRLEN];
+
+	snprintf(buf, len, "c%llu %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms%s%s%s",
+	         (unsigned long long)c->id, ph_addr_fmt(&c->peer, peer, sizeof(peer)),
+	         c->try.tgt >= 0 ? ph_addr_fmt(&c->try.dst, dst, sizeof(dst)) : "-", reason,
+	         err != 0 ? ": " : "", err != 0 ? ph_strerror(err) : "",
+	         (unsigned long long)c->pump.dir[0].bytes, (unsigned long long)c->pump.dir[1].bytes,
+	         (unsigned long long)(wr->w->loop.now - c->start), wr->rule->name[0] ? " (" : "",
+	         wr->rule->name, wr->rule->name[0] ? ")" : "");
+}
+
 /*
- * The one close path: logs one line (reason, bytes each way, duration), closes both
- * sockets (with resets when rst), and frees c after this batch. Idempotent.
+ * The one close path: logs one line (reason, bytes each way, duration) at -v, or below -v
+ * counts a failure for the periodic line (core/logagg.h), closes both sockets (with resets
+ * when rst), and frees c after this batch. Idempotent.
  */
 void ph_forward__close(struct fwd_conn *c, bool rst, const char *reason, int err)
 {
 	struct fwd_wrule *wr = c->wr;
 	struct ph_worker *w = wr->w;
-	char peer[PH_ADDR_STRLEN], dst[PH_ADDR_STRLEN];
-	enum ph_log_level lvl = err != 0 ? PH_LOG_INFO : PH_LOG_DEBUG;
+	char line[512], label[96];
 
 	if (c->state == FWD_CLOSED)
 		return;
-	if (lvl <= ph_log_level) {
-		/* one line per finished connection: client, target, why, bytes, time, rule */
-		ph_log_(lvl, "c%llu %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms%s%s%s",
-		        (unsigned long long)c->id, ph_addr_fmt(&c->peer, peer, sizeof(peer)),
-		        c->try.tgt >= 0 ? ph_addr_fmt(&c->try.dst, dst, sizeof(dst)) : "-", reason,
-		        err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
-		        (unsigned long long)c->pump.dir[0].bytes,
-		        (unsigned long long)c->pump.dir[1].bytes,
-		        (unsigned long long)(w->loop.now - c->start), wr->rule->name[0] ? " (" : "",
-		        wr->rule->name, wr->rule->name[0] ? ")" : "");
+	if (err == 0 && PH_LOG_DEBUG <= ph_log_level) {
+		fwd_close_line(c, reason, err, line, sizeof(line));
+		ph_debug("%s", line);
+	} else if (err != 0 && PH_LOG_INFO <= ph_log_level) {
+		/* a failure any client can cause, a line per connection only at -v */
+		fwd_close_line(c, reason, err, line, sizeof(line));
+		ph_logagg_note(ph_forward__label(wr->rule, label, sizeof(label)), "connections",
+		               reason, "%s", line);
 	}
 	if (ph_connlog_on()) /* rinetd's words: local is the client's side, remote the target's */
 		ph_connlog(&c->peer, &wr->rule->listen.addr,

@@ -185,10 +185,14 @@ int ph_tsel_dns_done(struct ph_tsel *s, struct ph_tsel_try *t, int err, struct p
 void ph_tsel_ok(struct ph_tsel *s, unsigned t)
 {
 	struct ph_forward_target *tg = &s->rule->targets[t];
+	char hp[PH_HOST_MAX + 8];
 
-	if (__atomic_load_n(&tg->fails, __ATOMIC_RELAXED) != 0) {
-		__atomic_store_n(&tg->fails, 0, __ATOMIC_RELAXED);
+	/* the exchange lets one worker only see the state change, and log it */
+	if (__atomic_load_n(&tg->fails, __ATOMIC_RELAXED) != 0 &&
+	    __atomic_exchange_n(&tg->fails, 0, __ATOMIC_RELAXED) != 0) {
 		__atomic_store_n(&tg->backoff_until, 0, __ATOMIC_RELAXED);
+		ph_info("target %s is up again", ph_hostport_fmt(tg->hp.host[0] ? tg->hp.host : "*",
+		                                                 tg->hp.port, hp, sizeof(hp)));
 	}
 }
 
@@ -197,7 +201,7 @@ void ph_tsel_failed(struct ph_tsel *s, unsigned t, const struct ph_addr *dst, in
 	struct ph_forward_target *tg = &s->rule->targets[t];
 	uint32_t fails = __atomic_add_fetch(&tg->fails, 1, __ATOMIC_RELAXED);
 	uint64_t backoff = TSEL_BACKOFF_MIN_MS, now = s->w->loop.now;
-	char a[PH_ADDR_STRLEN];
+	char a[PH_ADDR_STRLEN], hp[PH_HOST_MAX + 8];
 
 	if (ph_err_is_local(err)) { /* out of fds or memory here: the target is not to blame */
 		__atomic_fetch_sub(&tg->fails, 1, __ATOMIC_RELAXED);
@@ -208,9 +212,17 @@ void ph_tsel_failed(struct ph_tsel *s, unsigned t, const struct ph_addr *dst, in
 	if (backoff > TSEL_BACKOFF_MAX_MS)
 		backoff = TSEL_BACKOFF_MAX_MS;
 	__atomic_store_n(&tg->backoff_until, now + backoff, __ATOMIC_RELAXED);
-	if (ph_ratelimit_ok(&s->rl_failed, now, TSEL_LOG_PER_SEC))
-		ph_warn("target %s:%u (%s) failed: %s; skipped for %llu ms",
-		        tg->hp.host[0] ? tg->hp.host : "*", tg->hp.port,
-		        dst != NULL ? ph_addr_fmt(dst, a, sizeof(a)) : "-", strerror(-err),
+	/*
+	 * Its going down is a state change, logged; failing again while down is a failure of
+	 * the connection that tried it, which its close line counts (a line each at -v).
+	 */
+	if (fails == 1 ? PH_LOG_WARN <= ph_log_level &&
+	                         ph_ratelimit_ok(&s->rl_failed, now, TSEL_LOG_PER_SEC)
+	               : PH_LOG_DEBUG <= ph_log_level)
+		ph_log_(fails == 1 ? PH_LOG_WARN : PH_LOG_DEBUG,
+		        "target %s (%s) failed: %s; skipped for %llu ms",
+		        ph_hostport_fmt(tg->hp.host[0] ? tg->hp.host : "*", tg->hp.port, hp,
+		                        sizeof(hp)),
+		        dst != NULL ? ph_addr_fmt(dst, a, sizeof(a)) : "-", ph_strerror(err),
 		        (unsigned long long)backoff);
 }

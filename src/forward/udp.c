@@ -22,6 +22,7 @@
 
 #include "core/dgram.h"
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "core/portseq.h"
 #include "core/worker.h"
@@ -145,28 +146,44 @@ static const char *client_fmt(const struct ph_addr *a, char *buf, size_t len)
 	return ph_addr_fmt(&u, buf, len);
 }
 
-/* The one close path: logs one line, closes the upstream socket, frees s after the batch. */
+/* s's one line at its close: client, target, why, datagrams and bytes each way, time. */
+static void udp_close_line(const struct udp_sess *s, const char *reason, int err, char *buf,
+                           size_t len)
+{
+	const struct udp_wrule *uw = s->uw;
+	char peer[PH_ADDR_STRLEN], dst[PH_ADDR_STRLEN];
+
+	snprintf(buf, len,
+	         "u%llu %s -> %s: %s%s%s, %llu datagrams (%llu B) up, %llu (%llu B) down, "
+	         "%llu ms%s%s%s",
+	         (unsigned long long)s->id, client_fmt(&s->node.key.peer, peer, sizeof(peer)),
+	         s->io.fd != -1 ? ph_addr_fmt(&s->try.dst, dst, sizeof(dst)) : "-", reason,
+	         err != 0 ? ": " : "", err != 0 ? ph_strerror(err) : "",
+	         (unsigned long long)s->pkts[0], (unsigned long long)s->bytes[0],
+	         (unsigned long long)s->pkts[1], (unsigned long long)s->bytes[1],
+	         (unsigned long long)(uw->w->loop.now - s->start), uw->rule->name[0] ? " (" : "",
+	         uw->rule->name, uw->rule->name[0] ? ")" : "");
+}
+
+/*
+ * The one close path: logs one line at -v (below -v a failure is counted for the periodic
+ * line, core/logagg.h), closes the upstream socket, frees s after the batch.
+ */
 static void udp_close(struct udp_sess *s, const char *reason, int err)
 {
 	struct udp_wrule *uw = s->uw;
 	struct ph_worker *w = uw->w;
-	char peer[PH_ADDR_STRLEN], dst[PH_ADDR_STRLEN];
-	enum ph_log_level lvl = err != 0 ? PH_LOG_INFO : PH_LOG_DEBUG;
+	char line[512], label[96];
 
 	if (s->state == UDP_CLOSED)
 		return;
-	if (lvl <= ph_log_level) {
-		ph_log_(lvl,
-		        "u%llu %s -> %s: %s%s%s, %llu datagrams (%llu B) up, %llu (%llu B) down, "
-		        "%llu ms%s%s%s",
-		        (unsigned long long)s->id,
-		        client_fmt(&s->node.key.peer, peer, sizeof(peer)),
-		        s->io.fd != -1 ? ph_addr_fmt(&s->try.dst, dst, sizeof(dst)) : "-", reason,
-		        err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
-		        (unsigned long long)s->pkts[0], (unsigned long long)s->bytes[0],
-		        (unsigned long long)s->pkts[1], (unsigned long long)s->bytes[1],
-		        (unsigned long long)(w->loop.now - s->start), uw->rule->name[0] ? " (" : "",
-		        uw->rule->name, uw->rule->name[0] ? ")" : "");
+	if (err == 0 && PH_LOG_DEBUG <= ph_log_level) {
+		udp_close_line(s, reason, err, line, sizeof(line));
+		ph_debug("%s", line);
+	} else if (err != 0 && PH_LOG_INFO <= ph_log_level) {
+		udp_close_line(s, reason, err, line, sizeof(line));
+		ph_logagg_note(ph_forward__label(uw->rule, label, sizeof(label)), "udp sessions",
+		               reason, "%s", line);
 	}
 	s->state = UDP_CLOSED;
 	ph_tsel_wait_cancel(&s->wait);

@@ -20,6 +20,7 @@
 
 #include "core/connlog.h"
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "core/resolve.h"
 #include "core/util.h"
@@ -152,6 +153,10 @@ static uint8_t rep5_of(int err)
 		return PH_SOCKS5_NET_UNREACH;
 	case -EHOSTUNREACH:
 	case -ENOENT:
+	case -PH_ENONAME: /* the name's lookup failed: no host to reach */
+	case -PH_ENOADDR:
+	case -PH_EDNSFAIL:
+	case -PH_EDNSTIMEOUT:
 		return PH_SOCKS5_HOST_UNREACH;
 	case -ETIMEDOUT:
 		return PH_SOCKS5_TTL_EXPIRED;
@@ -246,7 +251,13 @@ static void socks_fail(struct fwd_conn *c, int err, int status, const char *why)
 		ph_socks4_reply(PH_SOCKS4_REJECTED, NULL, r);
 		(void)send_all(fd, r, sizeof(r));
 	} else if (sx->proto == 'H') {
-		http_reply(fd, status != 0 ? status : status_of(err), why);
+		char body[448];
+		bool dns = err <= -PH_ENONAME && err >= -PH_EDNSTIMEOUT; /* a name's lookup */
+
+		/* the client reads why a name failed; the log line has it after the reason */
+		snprintf(body, sizeof(body), "%s%s%s", why, dns ? ": " : "",
+		         dns ? ph_strerror(err) : "");
+		http_reply(fd, status != 0 ? status : status_of(err), body);
 	}
 	drain(fd);
 	snprintf(reason, sizeof(reason), "%s: %s", sx->proto != 0 ? proto_name(sx) : "socks", why);
@@ -327,6 +338,7 @@ static void socks_on_dns(void *arg, int err, const char *why, const struct ph_ad
 	struct fwd_conn *c = q->c;
 	char reason[320];
 
+	(void)why; /* err says it: ph_strerror() */
 	ph_list_del(&q->node);
 	sw->busy--;
 	if (err == 0 && n > 0) {
@@ -348,11 +360,10 @@ static void socks_on_dns(void *arg, int err, const char *why, const struct ph_ad
 		if (sx->phase == SX_RESOLVING) {
 			ph_timer_stop(&wr->w->loop, &c->timer);
 			if (err != 0 || n == 0) {
-				snprintf(reason, sizeof(reason), "cannot resolve %s (%s)", q->name,
-				         why != NULL ? why : "no address");
+				/* err's words (ph_strerror) name the cause: "no such name" */
+				snprintf(reason, sizeof(reason), "cannot resolve %s", q->name);
 				FWD_STAT(wr, connect_failed, 1);
-				socks_fail(c, err == -ETIMEDOUT ? -EHOSTUNREACH : -ENOENT, 502,
-				           reason);
+				socks_fail(c, err != 0 ? err : -PH_ENOADDR, 502, reason);
 			} else {
 				sx->naddr = (uint8_t)(n < PH_RESOLVE_MAX ? n : PH_RESOLVE_MAX);
 				memcpy(sx->addrs, addrs, sx->naddr * sizeof(*addrs));
@@ -581,8 +592,12 @@ static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
 		if ((sx->dst.name[0] == '\0' && !ph_addr_is_any(&sx->dst.addr) &&
 		     !ph_addr_equal(&want, &peer)) ||
 		    !dest_ok(c, NULL, &peer, NULL)) {
-			ph_info("c%llu: BIND: refused a connection from %s",
-			        (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
+			char label[96];
+
+			ph_logagg_note(ph_forward__label(c->wr->rule, label, sizeof(label)),
+			               "BIND peers", "refused: not the host the client named",
+			               "c%llu: BIND: refused a connection from %s",
+			               (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
 			ph_sock_set_rst(fd);
 			close(fd);
 			continue;
@@ -1085,7 +1100,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 			socks_fail(c,
 			           rep == PH_SOCKS5_CMD_UNSUPPORTED    ? -EOPNOTSUPP
 			           : rep == PH_SOCKS5_ATYP_UNSUPPORTED ? -EAFNOSUPPORT
-			           : rep == PH_SOCKS5_HOST_UNREACH     ? -ENOENT
+			           : rep == PH_SOCKS5_HOST_UNREACH     ? -PH_ENONAME
 			                                               : -EPROTO,
 			           0, why);
 			return -1;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "core/util.h"
 #include "relay/proxyproto.h"
@@ -61,7 +62,6 @@ struct xrule {
 	struct ph_list flows;
 	struct xflow *byid[64];
 	unsigned nflows;
-	struct ph_ratelimit rl;
 };
 
 struct xclient {
@@ -95,6 +95,7 @@ struct ph_exposer {
 	struct ph_list dead; /* closed flows, freed by reap after this round's events */
 	struct ph_task reap;
 	bool stopping;
+	struct ph_tunnel_stats gone; /* of ended sessions */
 };
 
 static const struct ph_sess_ops client_ops;
@@ -298,8 +299,10 @@ static void rule_flows_drop(struct xrule *r)
 
 static const char *local_str(const struct xrule *r, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s%s:%u", r->conf->udp ? "udp://" : "", r->conf->local.host,
-	         r->conf->local.port);
+	char hp[PH_HOST_MAX + 8];
+
+	snprintf(buf, len, "%s%s", r->conf->udp ? "udp://" : "",
+	         ph_hostport_fmt(r->conf->local.host, r->conf->local.port, hp, sizeof(hp)));
 	return buf;
 }
 
@@ -364,7 +367,7 @@ static void exposer_check(struct ph_exposer *x)
 static void on_registered(struct xclient *c, const struct ph_ctrl *m)
 {
 	struct xrule *r;
-	char l[PH_HOST_MAX + 16];
+	char l[PH_HOST_MAX + 16], hp[PH_HOST_MAX + 8];
 
 	if (m->req == 0 || m->req > c->nrules)
 		return;
@@ -373,8 +376,9 @@ static void on_registered(struct xclient *c, const struct ph_ctrl *m)
 		return;
 	r->service = m->service;
 	r->state = XR_UP;
-	ph_info("expose %s%s%s: public at %s:%u%s%s%s", local_str(r, l, sizeof(l)),
-	        r->conf->name[0] ? " " : "", r->conf->name, c->conf->via.host, m->port,
+	ph_info("expose %s%s%s: public at %s%s%s%s", local_str(r, l, sizeof(l)),
+	        r->conf->name[0] ? " " : "", r->conf->name,
+	        ph_hostport_fmt(c->conf->via.host, m->port, hp, sizeof(hp)),
 	        r->conf->udp ? " (udp)" : "", r->port == m->port ? " again" : "",
 	        r->port != 0 && r->port != m->port ? " (a new port)" : "");
 	r->port = r->want = m->port;
@@ -617,11 +621,12 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	r->visitors++;
 	fd = ph_tcp_connect(&r->local, NULL);
 	if (fd < 0) {
-		char l[PH_HOST_MAX + 16];
+		char l[PH_HOST_MAX + 16], label[PH_HOST_MAX + 24];
 
 		r->refused++;
-		if (ph_ratelimit_ok(&r->rl, s->loop->now, 5))
-			ph_warn("expose %s: %s", local_str(r, l, sizeof(l)), strerror(-fd));
+		snprintf(label, sizeof(label), "expose %s", local_str(r, l, sizeof(l)));
+		ph_logagg_note(label, "visitors", "the local service cannot be reached", "%s: %s",
+		               label, strerror(-fd));
 		ph_sess_rst(s, id, PH_RST_REFUSED);
 		return 0;
 	}
@@ -649,10 +654,35 @@ static void client_later(struct xclient *c, const char *why)
 	ph_timer_arm(c->x->loop, &c->retry, ms);
 }
 
+/* Adds a client session's counts to *t: what the relay sent it came from visitors. */
+static void sess_stats_add(struct ph_tunnel_stats *t, const struct ph_sess_stats *st)
+{
+	t->sessions++;
+	t->bytes_up += st->bytes_in;
+	t->bytes_down += st->bytes_out;
+	t->dgrams += st->dgrams_in + st->dgrams_out;
+}
+
+void ph_expose_stats(struct ph_exposer *x, struct ph_tunnel_stats *out)
+{
+	*out = x->gone;
+	for (struct ph_list *l = x->clients.next; l != &x->clients; l = l->next) {
+		const struct xclient *c = container_of(l, struct xclient, node);
+
+		if (c->s != NULL && c->confirmed)
+			sess_stats_add(out, &c->s->st);
+		for (unsigned i = 0; i < c->nrules; i++)
+			out->visitors += c->rules[i]->visitors;
+	}
+}
+
 static void client_closed(struct ph_sess *s, const char *why)
 {
 	struct xclient *c = s->owner;
+	char said[224];
 
+	if (c->confirmed) /* what it carried stays in the totals */
+		sess_stats_add(&c->x->gone, &s->st);
 	c->s = NULL;
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];
@@ -670,6 +700,19 @@ static void client_closed(struct ph_sess *s, const char *why)
 	}
 	if (c->confirmed && s->loop->now - s->up_at > 10000)
 		c->backoff = 0; /* it lasted: start again from the shortest wait */
+	/*
+	 * TLS 1.3: our handshake ends before the relay has judged this client's key; an alert
+	 * then, or a close before the relay's first word, is the relay refusing the key (a
+	 * write meeting that close would call it "Broken pipe").
+	 */
+	if (!c->confirmed && strstr(why, "alert") != NULL)
+		snprintf(said, sizeof(said), "the relay refused this client's key (%s)", why);
+	else if (!c->confirmed && s->up_at != 0)
+		snprintf(said, sizeof(said),
+		         "the relay closed the connection before accepting this client's key (%s)",
+		         why);
+	else
+		snprintf(said, sizeof(said), "%s", why);
 	if (!c->confirmed && strstr(why, "alert") != NULL && c->attempts == 0) {
 		uint8_t pub[PH_KEY_LEN];
 		char fp[PH_FP_LEN];
@@ -681,7 +724,7 @@ static void client_closed(struct ph_sess *s, const char *why)
 		        c->relay, why, fp);
 	}
 	c->confirmed = false;
-	client_later(c, c->refusal[0] != '\0' ? c->refusal : why);
+	client_later(c, c->refusal[0] != '\0' ? c->refusal : said);
 	c->refusal[0] = '\0';
 }
 

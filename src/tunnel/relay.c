@@ -18,6 +18,7 @@
 
 #include "conn/accept.h"
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "core/util.h"
 #include "relay/udptab.h"
@@ -35,7 +36,6 @@
 #define AUTH_MAX              4096 /* authorized keys */
 #define PORT_TRIES            64   /* binds one port-0 REGISTER may try in a range */
 #define PORT_PRIVILEGED       1024 /* below: only for a key whose ports= names it */
-#define LOG_PER_SEC           10   /* lines a second per kind of refusal */
 
 struct rsess;
 
@@ -61,7 +61,6 @@ struct rsvc {
 	uint32_t max_conns; /* visitors at once (the client's --max-conns); 0 no limit */
 	uint32_t live;      /* visitors now */
 	uint64_t visitors, bytes_in, bytes_out, dgrams, refused;
-	struct ph_ratelimit rl_full;
 	/* UDP */
 	struct ph_udptab flows;  /* by peer address: SipHash with a random key */
 	struct uflow *byid[256]; /* ids are ours and sequential: evenly spread */
@@ -94,9 +93,9 @@ struct ph_relay {
 	struct ph_timer sweep;
 	struct ph_list dead; /* closed services, freed by reap after this round's events */
 	struct ph_task reap;
-	struct ph_ratelimit rl;      /* for the refused-key lines */
-	struct ph_ratelimit rl_hand; /* for the handshake-limit lines */
+	struct ph_ratelimit rl; /* for the refused-key lines */
 	char auth_file[600];
+	struct ph_tunnel_stats gone; /* of ended sessions and freed services */
 };
 
 static const struct ph_sess_ops relay_ops;
@@ -258,6 +257,7 @@ static struct uflow *flow_by_id(struct rsvc *v, uint32_t id)
 /* Closes v; it is freed after this round's events, which may still name its socket. */
 static void svc_free(struct rsvc *v)
 {
+	v->r->gone.visitors += v->visitors; /* its counts outlive it in the totals */
 	struct ph_udp_node *n;
 
 	while ((n = ph_udptab_oldest(&v->flows)) != NULL)
@@ -334,10 +334,14 @@ static void svc_visitor(struct ph_acceptor *a, int fd, const struct ph_addr *pee
 
 	if (v->owner == NULL || (v->max_conns != 0 && v->live >= v->max_conns)) {
 		v->refused++;
-		if (v->owner != NULL && ph_ratelimit_ok(&v->rl_full, v->r->loop->now, LOG_PER_SEC))
-			ph_warn("tcp port %u%s%s: refused visitor %s: --max-conns %u reached",
-			        v->port, v->name[0] ? " " : "", v->name,
-			        ph_addr_fmt(peer, pa, sizeof(pa)), v->max_conns);
+		if (v->owner != NULL) {
+			char label[64];
+
+			svc_label(a, label, sizeof(label));
+			ph_logagg_note(label, "visitors", "refused: --max-conns reached",
+			               "%s: refused visitor %s: --max-conns %u reached", label,
+			               ph_addr_fmt(peer, pa, sizeof(pa)), v->max_conns);
+		}
 		ph_fds_give(a->cost);
 		ph_sock_set_rst(fd);
 		close(fd);
@@ -822,6 +826,29 @@ static void rs_stream_end(struct ph_sess *s, struct ph_stream *st)
 	}
 }
 
+/* Adds a relay session's counts to *t: what it sent its client came from visitors. */
+static void sess_stats_add(struct ph_tunnel_stats *t, const struct ph_sess_stats *st)
+{
+	t->bytes_up += st->bytes_out;
+	t->bytes_down += st->bytes_in;
+	t->dgrams += st->dgrams_in + st->dgrams_out;
+}
+
+void ph_relay_stats(struct ph_relay *r, struct ph_tunnel_stats *out)
+{
+	*out = r->gone;
+	for (struct ph_list *l = r->sessions.next; l != &r->sessions; l = l->next) {
+		const struct rsess *rs = container_of(l, struct rsess, node);
+
+		if (rs->key == NULL)
+			continue;
+		out->sessions++;
+		sess_stats_add(out, &rs->s->st);
+	}
+	for (struct ph_list *l = r->services.next; l != &r->services; l = l->next)
+		out->visitors += container_of(l, struct rsvc, node)->visitors;
+}
+
 static void rs_closed(struct ph_sess *s, const char *why)
 {
 	struct rsess *rs = s->owner;
@@ -832,7 +859,8 @@ static void rs_closed(struct ph_sess *s, const char *why)
 		r->handshakes--;
 	ph_fds_give(PH_FDS_STREAM); /* the session's socket, reserved at accept */
 	if (rs->key == NULL) {
-		ph_info("client %s: %s", rs->peer, why);
+		ph_logagg_note("relay", "connections", "ended before a key was known",
+		               "client %s: %s", rs->peer, why);
 	} else {
 		ph_info("client %s (%s): session ended: %s", rs->peer,
 		        rs->key->comment[0] ? rs->key->comment : rs->fp, why);
@@ -842,6 +870,10 @@ static void rs_closed(struct ph_sess *s, const char *why)
 
 		if (v->owner == rs)
 			svc_orphan(v, s->timed_out);
+	}
+	if (rs->key != NULL) { /* what it carried stays in the totals */
+		r->gone.sessions++;
+		sess_stats_add(&r->gone, &s->st);
 	}
 	ph_list_del(&rs->node);
 	free(rs); /* the session frees itself */
@@ -913,9 +945,10 @@ static void relay_accept(struct ph_acceptor *a, int fd, const struct ph_addr *pe
 	struct rsess *rs, *old;
 
 	if (pending_from(r, peer) >= MAX_HANDSHAKES_PER_IP) {
-		if (ph_ratelimit_ok(&r->rl_hand, r->loop->now, 1))
-			ph_info("relay: refused %s: %u handshakes from its address wait already",
-			        ph_addr_fmt(peer, pa, sizeof(pa)), MAX_HANDSHAKES_PER_IP);
+		ph_logagg_note("relay", "connections",
+		               "refused: too many handshakes from one address",
+		               "relay: refused %s: %u handshakes from its address wait already",
+		               ph_addr_fmt(peer, pa, sizeof(pa)), MAX_HANDSHAKES_PER_IP);
 		ph_fds_give(a->cost);
 		close(fd); /* one address may not hold every slot */
 		return;
@@ -969,7 +1002,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 {
 	struct ph_relay *r = calloc(1, sizeof(*r));
 	uint8_t pub[PH_KEY_LEN];
-	char fp[PH_FP_LEN], dir[520];
+	char fp[PH_FP_LEN], dir[520], hp[PH_HOST_MAX + 8];
 	struct ph_addr a;
 	int err, fd;
 
@@ -1005,8 +1038,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 		goto fail;
 	}
 	if (c->listen.is_name) {
-		snprintf(why, whylen, "server: listen on an address, not a name ('%s')",
-		         c->listen.host);
+		snprintf(why, whylen, "listen on an address, not a name ('%s')", c->listen.host);
 		err = -EINVAL;
 		goto fail;
 	}
@@ -1020,8 +1052,9 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 		fd = ph_tcp_listen(&a, false, false);
 	}
 	if (fd < 0) {
-		snprintf(why, whylen, "server: cannot listen on %s:%u: %s",
-		         c->listen.wildcard ? "" : c->listen.host, c->listen.port,
+		snprintf(why, whylen, "cannot listen on %s: %s",
+		         ph_hostport_fmt(c->listen.wildcard ? "" : c->listen.host, c->listen.port,
+		                         hp, sizeof(hp)),
 		         ph_bind_strerror(fd));
 		err = fd;
 		goto fail;
@@ -1029,15 +1062,16 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	r->lis.io.fd = fd;
 	err = ph_acceptor_start(l, &r->lis);
 	if (err < 0) {
-		snprintf(why, whylen, "server: %s", strerror(-err));
+		snprintf(why, whylen, "%s", strerror(-err));
 		goto fail;
 	}
 	ph_timer_arm(l, &r->sweep, 10000);
 	ph_key_public(r->key, pub);
 	ph_key_fingerprint(pub, fp);
-	ph_info("relay on %s:%u, key %s, %u authorized key%s (%s)",
-	        c->listen.wildcard ? "" : c->listen.host, c->listen.port, fp, r->nkeys,
-	        r->nkeys == 1 ? "" : "s", r->auth_file);
+	ph_info("relay on %s, key %s, %u authorized key%s (%s)",
+	        ph_hostport_fmt(c->listen.wildcard ? "" : c->listen.host, c->listen.port, hp,
+	                        sizeof(hp)),
+	        fp, r->nkeys, r->nkeys == 1 ? "" : "s", r->auth_file);
 	*out = r;
 	return 0;
 fail:

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/logagg.h"
 #include "core/net.h"
 #include "tunnel/frame.h"
 #include "tunnel/tls.h"
@@ -272,9 +273,15 @@ static void sess_over_cap(struct ph_sess *s)
 					big = st;
 		if (big == NULL || big->blen == 0)
 			return;
-		ph_info("stream %u reset: its reader does not read and the session holds %llu "
-		        "bytes (cap %llu)",
-		        big->id, (unsigned long long)s->buffered, (unsigned long long)s->cap);
+		char label[PH_ADDR_STRLEN + 16], a[PH_ADDR_STRLEN];
+
+		snprintf(label, sizeof(label), "session with %s",
+		         ph_addr_fmt(&s->peer_addr, a, sizeof(a)));
+		ph_logagg_note(label, "streams", "reset: the reader does not read",
+		               "stream %u reset: its reader does not read and the session holds "
+		               "%llu bytes (cap %llu)",
+		               big->id, (unsigned long long)s->buffered,
+		               (unsigned long long)s->cap);
 		stream_close(big, true, PH_RST_OVERLOAD);
 	}
 }
@@ -539,6 +546,14 @@ static BIO_METHOD *wire_method(void)
 	return m;
 }
 
+/* True for the errors of a peer that closed the connection under us (err < 0). */
+static bool peer_went(int err)
+{
+	return err == -EPIPE || err == -ECONNRESET;
+}
+
+#define HANDSHAKE_CLOSED "the peer closed the connection during the TLS handshake"
+
 /* After an SSL call: what it wrote goes to the socket. Returns 0, or -1 (session closed). */
 static int sess_flush(struct ph_sess *s)
 {
@@ -546,8 +561,32 @@ static int sess_flush(struct ph_sess *s)
 
 	if (err == 0 || err == -EAGAIN)
 		return 0;
-	ph_sess_close(s, PH_GOAWAY_NORMAL, "session: %s", strerror(-err));
+	if (s->state == PH_SESS_HANDSHAKE && peer_went(err))
+		ph_sess_close(s, PH_GOAWAY_NORMAL, HANDSHAKE_CLOSED);
+	else
+		ph_sess_close(s, PH_GOAWAY_NORMAL, "session: %s", strerror(-err));
 	return -1;
+}
+
+/*
+ * An error event before the handshake is done: the socket's own error names it (a connect
+ * that failed, a reset), before an SSL call meets it as a "Broken pipe". Returns true when
+ * it closed s.
+ */
+static bool sess_handshake_error(struct ph_sess *s)
+{
+	int soerr = 0;
+	socklen_t len = sizeof(soerr);
+
+	if (getsockopt(s->io.fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == -1 || soerr == 0)
+		return false;
+	if (peer_went(-soerr))
+		ph_sess_close(s, PH_GOAWAY_NORMAL, HANDSHAKE_CLOSED);
+	else if (s->server)
+		ph_sess_close(s, PH_GOAWAY_NORMAL, "session: %s", strerror(soerr));
+	else /* the connect failed: refused, unreachable, timed out */
+		ph_sess_close(s, PH_GOAWAY_NORMAL, "cannot connect: %s", strerror(soerr));
+	return true;
 }
 
 static void sess_hb(struct ph_timer *t)
@@ -605,6 +644,8 @@ static void sess_handshake(struct ph_sess *s)
 		if (SSL_get_verify_result(s->ssl) != X509_V_OK) /* our verify callback said no */
 			ph_sess_close(s, PH_GOAWAY_PROTOCOL,
 			              "TLS handshake: the peer's key is not accepted");
+		else if (e == SSL_ERROR_SYSCALL && (errno == 0 || peer_went(-errno)))
+			ph_sess_close(s, PH_GOAWAY_NORMAL, HANDSHAKE_CLOSED); /* EOF or reset */
 		else
 			ph_sess_close(s, PH_GOAWAY_PROTOCOL, "TLS handshake: %s",
 			              e == SSL_ERROR_SYSCALL && errno != 0 ? strerror(errno)
@@ -889,6 +930,8 @@ static void sess_io(struct ph_io *io, uint32_t events)
 
 	ph_trace("session fd %d: events %x state %d", io->fd, events, s->state);
 	if (s->state == PH_SESS_HANDSHAKE) {
+		if ((events & (EPOLLERR | EPOLLHUP)) && sess_handshake_error(s))
+			return;
 		sess_handshake(s);
 		if (s->state != PH_SESS_UP)
 			return;

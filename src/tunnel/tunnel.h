@@ -62,6 +62,15 @@ int ph_key_open(const char *path, bool create, struct ph_key **out, char *why, s
 struct ph_relay;
 struct ph_exposer;
 
+/* What a relay or an exposer carried since it started (the stopped: and stats: lines). */
+struct ph_tunnel_stats {
+	uint64_t sessions;   /* client sessions that were up (the relay: with a known key) */
+	uint64_t visitors;   /* visitors: streams opened for them (expose: to the service) */
+	uint64_t dgrams;     /* datagrams both ways */
+	uint64_t bytes_up;   /* stream bytes from the visitors to the services */
+	uint64_t bytes_down; /* stream bytes from the services to the visitors */
+};
+
 /* Starts the relay on l. Returns 0, or -errno with a reason. */
 int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_relay **out,
                    char *why, size_t whylen);
@@ -76,6 +85,8 @@ void ph_relay_free(struct ph_relay *r);
 int ph_relay_reload(struct ph_relay *r, char *msg, size_t len);
 /* Appends the relay's status (text or a JSON object) to buf. Returns bytes written. */
 size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len);
+/* Fills *out with what r carried so far, its ended sessions and freed services included. */
+void ph_relay_stats(struct ph_relay *r, struct ph_tunnel_stats *out);
 
 /*
  * Starts the exposer for rules c[0..n) on l: one session per relay (rules naming the same
@@ -87,5 +98,7 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *c, unsigned
                     size_t whylen);
 void ph_expose_free(struct ph_exposer *x);
 size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len);
+/* Fills *out with what x carried so far, its ended sessions included. */
+void ph_expose_stats(struct ph_exposer *x, struct ph_tunnel_stats *out);
 
 #endif /* PH_TUNNEL_TUNNEL_H */

@@ -970,7 +970,7 @@ def test_plain_http_request_is_alone_on_its_connection(pinhole):
 def test_a_user_name_cannot_forge_log_lines(pinhole):
     """The user name a client sends is its own bytes: written to the log, a newline in it
     would make a line of the client's choosing."""
-    ph, port = start_socks(pinhole, "--user", "alice:s3cret")
+    ph, port = start_socks(pinhole, "--user", "alice:s3cret", "-v")
     c = connect("127.0.0.1", port)
     c.sendall(b"\x05\x01\x02")
     assert recv_exact(c, 2) == b"\x05\x02"

@@ -11,6 +11,7 @@ answered from /etc/hosts).
 
 import os
 import re
+import shutil
 import socket
 import time
 
@@ -27,10 +28,14 @@ def test_backend_down(pinhole, free_port):
         end, took = connect_outcome(port)
         assert end == "reset", f"attempt {i}: {end}"
         assert took < 2, f"attempt {i}: closed after {took:.2f} s"
-    ph.wait_log(r"no target reachable: Connection refused")
     ph.wait_log(rf"^target 127\.0\.0\.1:{down} \(127\.0\.0\.1:{down}\) failed: "
                 r"Connection refused; skipped for \d+ ms$")
     ph.stop()
+    # the connections' failures: counted in one line, said at the latest when pinhole stops
+    assert any(re.fullmatch(rf"forward 127\.0\.0\.1:{port}: 3 connections in the last \d+ s: "
+                            r"no target reachable \(the first: c\d+ .*: no target reachable: "
+                            r"Connection refused, 0 bytes up, 0 down, \d+ ms\)", m)
+               for m in ph.messages()), ph.log
     st = ph.final_stats()
     assert st["accepted"] == 3 and st["target_failures"] == 3 and st["active"] == 0, st
 
@@ -107,7 +112,8 @@ def test_connect_timeout(pinhole, free_port):
     l, filler, silent = silent_target()
     try:
         port = free_port()
-        ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{silent}", "--connect-timeout", "500ms")
+        ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{silent}", "--connect-timeout", "500ms",
+                     "-v")
         end, took = connect_outcome(port, timeout=5)
         assert end == "reset"
         assert 0.4 <= took < 2, f"gave up after {took:.2f} s, --connect-timeout is 500ms"
@@ -160,7 +166,7 @@ def test_hostname_target(pinhole, echo_server, free_port):
 
 def test_hostname_target_down(pinhole, free_port):
     port, down = free_port(), free_port()
-    ph = pinhole(f"127.0.0.1:{port}", f"localhost:{down}")
+    ph = pinhole(f"127.0.0.1:{port}", f"localhost:{down}", "-v")
     end, took = connect_outcome(port)
     assert end == "reset" and took < 2, (end, took)
     ph.wait_log(rf"target localhost:{down} \(.*:{down}\) failed: Connection refused")
@@ -170,7 +176,7 @@ def test_hostname_target_down(pinhole, free_port):
 def test_target_recovers(pinhole, echo_server, free_port):
     """A target that was down and comes up is used again once its back-off ends."""
     port, later = free_port(), free_port()
-    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{later}", "--workers", "1")
+    ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{later}", "--workers", "1", "-v")
     assert connect_outcome(port)[0] == "reset"
     srv = echo_server(port=later)
 
@@ -191,6 +197,8 @@ def test_target_recovers(pinhole, echo_server, free_port):
     assert served()
     assert srv.accepted == 1
     wait_until(lambda: "no target reachable" in ph.log, 5, "the first failure in the log")
+    # down and up again are state changes, said at the default level too
+    ph.wait_log(rf"^target 127\.0\.0\.1:{later} is up again$")
 
 
 def test_early_data_and_fin_wait_out_a_failover(pinhole, echo_server, free_port):
@@ -284,3 +292,49 @@ def test_source_of_another_family_fails_over(pinhole, echo_server, free_port):
     for _ in range(2):
         assert connect_outcome(port)[0] == "reset"
     ph.wait_log(r"Address family not supported")
+
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+
+
+@pytest.fixture
+def local_dns(tmp_path, spawn):
+    """dnsmasq on 127.0.X.Y:53, the only server of a resolv.conf that pinhole sees in a
+    mount namespace of its own (unshare -m, a bind mount): names under .test it has none
+    of are NXDOMAIN, noaddr.test has a TXT record and no address, others are REFUSED.
+    Returns the prefix to run pinhole with."""
+    if not os.access(DNSMASQ, os.X_OK) or shutil.which("unshare") is None:
+        pytest.skip("dnsmasq or unshare is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("a mount namespace and port 53 need root")
+    ip = f"127.0.{os.getpid() % 200 + 20}.{os.getpid() // 200 % 200 + 20}"
+    spawn([DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
+           f"--listen-address={ip}", "--bind-interfaces", "--pid-file=", "--log-facility=-",
+           "--local=/test/", "--txt-record=noaddr.test,x"])
+
+    def up():
+        try:
+            socket.create_connection((ip, 53), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(up, 5, f"dnsmasq on {ip}:53")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {ip}\n")
+    return ("unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+            str(resolv))
+
+
+@pytest.mark.parametrize("name,words", [("nx.test", "no such name"),
+                                        ("noaddr.test", "no address for the name"),
+                                        ("nx.example", "DNS server failure")])
+def test_a_name_that_fails_says_why(pinhole, free_port, local_dns, name, words):
+    """NXDOMAIN, an answer without an address and a refusing server each in their own
+    words, not "No such file or directory" or "Input/output error"."""
+    port = free_port()
+    ph = pinhole(f"127.0.0.1:{port}", f"{name}:80", "-v", "--workers", "1", prefix=local_dns)
+    assert connect_outcome(port)[0] == "reset"
+    ph.wait_log(rf"^cannot resolve {re.escape(name)}: {words}$")
+    ph.wait_log(rf"^c1 127\.0\.0\.1:\d+ -> \S+: no target reachable: {words}, 0 bytes up, ")
+

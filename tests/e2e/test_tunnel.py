@@ -42,7 +42,8 @@ import pytest
 from conftest import (BIN, READY_TIMEOUT_S, SANITIZER_MARKS, SOCK_TIMEOUT_S, Pinhole, alloc_port,
                       connect, echo_handler, echo_once, free_udp_port, listeners, many_echo,
                       outcome, recv_exact, recv_until_eof, run_peer, run_pinhole, send_in_thread,
-                      sha256, tagged_echo_handler, wait_listening, wait_not_listening, wait_until)
+                      set_rst, sha256, tagged_echo_handler, wait_listening, wait_not_listening,
+                      wait_until)
 
 MiB = 1 << 20
 HB = "1s"  # --heartbeat on both sides where liveness matters: a silent peer goes after 3 s
@@ -149,10 +150,11 @@ _relays = iter(range(1, 1 << 30))
 
 
 def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, ports=None,
-                key=None):
+                key=None, verbose=False):
     """`pinhole server 127.0.0.1:R --bind 127.0.0.1 --ports LO-HI` with its own key (or key)
     and an authorized_keys of the lines given (default: alice's), ready: logged and
-    listening."""
+    listening. verbose: -v, a line per failed connection (the default level only counts
+    them)."""
     key = key or keys.relay
     n = next(_relays)
     port = port or alloc_port()
@@ -166,6 +168,8 @@ def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, 
             "--drain-timeout", "2s"]
     if hb:
         args += ["--heartbeat", hb]
+    if verbose:
+        args.append("-v")
     p = procs(*args)
     p.wait_log(rf"^relay on 127\.0\.0\.1:{port}, key {re.escape(key.fp)}, ",
                timeout=READY_TIMEOUT_S)
@@ -803,7 +807,7 @@ def test_frozen_client_is_dropped_then_comes_back_slow(procs, tmp_path, keys, ec
 
 def test_unauthorized_key_is_refused(procs, tmp_path, keys, echo_server):
     srv = echo_server(handler=echo)
-    relay = start_relay(procs, tmp_path, keys)
+    relay = start_relay(procs, tmp_path, keys, verbose=True)
     want = relay.lo
     x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "--port", want,
                      key=keys.mallory)
@@ -825,7 +829,7 @@ def test_refused_key_backs_off_slow(procs, tmp_path, keys, echo_server):
     """A key the relay does not know: the client retries with growing back-off (0.5 s
     doubling), not several times a second."""
     srv = echo_server(handler=echo)
-    relay = start_relay(procs, tmp_path, keys)
+    relay = start_relay(procs, tmp_path, keys, verbose=True)
     x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}",
                      key=keys.mallory)
     relay.proc.wait_log(r"TLS handshake", timeout=10)
@@ -1149,6 +1153,141 @@ def test_relay_refuses_to_start_without_keys(tmp_path, keys, content):
     assert not listeners(port)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_relay_on_a_busy_port(tmp_path, keys, host, ipv6):
+    """The reason in words (not "Unknown error -98"), said once, and an IPv6 address in
+    brackets as it is written on the command line."""
+    auth = tmp_path / "authorized_keys"
+    auth.write_text(keys.alice.line + "\n")
+    port = alloc_port()
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    busy = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        busy.bind((host, port))
+        busy.listen(1)
+        r = run_pinhole("server", shown, "--key", keys.relay.path, "--authorized-keys", auth,
+                        "--control", "none", timeout=15)
+    finally:
+        busy.close()
+    assert r.returncode == 1, r
+    assert r.stderr.splitlines()[-1] == (f"pinhole: server: cannot listen on {shown}: address "
+                                         "already in use (another program listens there)"), \
+        r.stderr
+
+
+def test_relay_on_ipv6_says_its_address_in_brackets(procs, tmp_path, keys, ipv6):
+    auth = tmp_path / "authorized_keys"
+    auth.write_text(keys.alice.line + "\n")
+    port = alloc_port()
+    p = procs("server", f"[::1]:{port}", "--key", keys.relay.path, "--authorized-keys", auth,
+              "--control", "none")
+    p.wait_log(rf"^relay on \[::1\]:{port}, key ", timeout=READY_TIMEOUT_S)
+
+
+def test_expose_over_ipv6_says_addresses_in_brackets(procs, tmp_path, keys, echo_server, ipv6):
+    srv = echo_server(host="::1", handler=echo)
+    auth = tmp_path / "authorized_keys"
+    auth.write_text(keys.alice.line + "\n")
+    port = alloc_port()
+    lo, hi = port_range(4)
+    relay = procs("server", f"[::1]:{port}", "--key", keys.relay.path, "--authorized-keys", auth,
+                  "--bind", "::1", "--ports", f"{lo}-{hi}", "--control", "none")
+    relay.wait_log(r"^relay on ", timeout=READY_TIMEOUT_S)
+    x = procs("expose", f"[::1]:{srv.port}", "--via", f"[::1]:{port}", "--key", keys.alice.path,
+              "--known-relays", tmp_path / "known_relays", "--control", "none")
+    m = x.wait_log(rf"^expose \[::1\]:{srv.port}: public at \[::1\]:(\d+)$",
+                   timeout=READY_TIMEOUT_S)
+    pub = int(re.search(r"\]:(\d+)$", m[0]).group(1))
+    c = connect("::1", pub)
+    try:
+        echo_once(c, b"over v6")
+    finally:
+        c.close()
+
+
+def test_expose_names_why_the_relay_said_no(procs, tmp_path, keys, echo_server):
+    """A relay that refuses the key, one that closes after the TLS handshake without a word,
+    and no relay at all: each in its own words, never "Broken pipe"."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}",
+                     key=keys.mallory)
+    x.wait_log(rf"^relay 127\.0\.0\.1:{relay.port}: the relay refused this client's key "
+               r"\(.*alert.*\); trying again in ", timeout=10)
+    nobody = alloc_port()
+    y = start_expose(procs, tmp_path, keys, nobody, f"127.0.0.1:{srv.port}")
+    y.wait_log(rf"^relay 127\.0\.0\.1:{nobody}: cannot connect: Connection refused; trying "
+               r"again in ", timeout=10)
+    for p in (x, y):
+        assert not any("Broken pipe" in m for m in p.messages()), p.log
+
+
+def test_expose_names_a_relay_that_closes_after_the_handshake(procs, tmp_path, keys,
+                                                              echo_server, bob_cert):
+    """A TLS 1.3 peer (bob's key) that takes the handshake, then resets the connection
+    before a word: to the client, the relay did not accept its key."""
+    srv = echo_server(handler=echo)
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", alloc_port()))
+    ls.listen(8)
+    ls.settimeout(0.2)
+    port = ls.getsockname()[1]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(bob_cert, keys.bob.path)
+    stop = threading.Event()
+    served = []
+
+    def fake_relay():
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                continue
+            c.settimeout(5)
+            try:
+                t = ctx.wrap_socket(c, server_side=True)
+                served.append(True)
+                time.sleep(0.2)  # the client's first frames arrive, unread
+                set_rst(t)
+                t.close()
+            except OSError:
+                c.close()
+
+    th = threading.Thread(target=fake_relay, daemon=True)
+    th.start()
+    try:
+        x = start_expose(procs, tmp_path, keys, port, f"127.0.0.1:{srv.port}")
+        x.wait_log(rf"^relay 127\.0\.0\.1:{port}: the relay closed the connection before "
+                   r"accepting this client's key \(.*\); trying again in ", timeout=10)
+        assert served
+        assert not any("Broken pipe" in m for m in x.messages()), x.log
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        ls.close()
+
+
+def test_stopped_lines_count_the_visitors(procs, tmp_path, keys, echo_server):
+    """The relay's and the client's stopped: lines count what went through them, not the
+    forward counters ("0 connections") of a process that runs no forward rule."""
+    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server)  # 1 visitor, 21 bytes
+    n = 60
+    for i in range(n):
+        echo_check(pub, f"v{i:08d}\n".encode())  # 10 bytes each
+    total = 21 + 10 * n
+    x.stop()
+    relay.proc.wait_log(r"session ended: ", timeout=10)
+    relay.proc.stop()
+    for p, kind in ((x, "expose"), (relay.proc, "relay")):
+        msgs = p.messages()
+        assert msgs[-1] == (f"stopped: {kind}: 1 sessions, {n + 1} visitors, {total} B up, "
+                            f"{total} B down, 0 datagrams"), p.log
+        assert not any(m.startswith("stopped: 0 connections") for m in msgs), p.log
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. hostile peers
 
@@ -1383,7 +1522,7 @@ def test_hostile_tls_peer(procs, tmp_path, keys, echo_server, bob_cert, case):
 
 
 def test_garbage_to_the_relay_port(procs, tmp_path, keys, echo_server):
-    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server)
+    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server, verbose=True)
     payloads = [os.urandom(4096), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
                 b"\x16\x03\x01\x00\x05hello", b"\x16\x03\x03\xff\xff" + b"\x00" * 70000,
                 b"SSH-2.0-OpenSSH_9.2\r\n", b"\x00" * 20]
@@ -1419,7 +1558,7 @@ def test_handshake_flood_does_not_lock_out_clients_slow(procs, tmp_path, keys, e
     """200 connections that never start TLS: the relay keeps serving alice's visitors, and a
     client that comes during the flood gets in once the stalled handshakes time out (10 s)."""
     srv = echo_server(handler=echo)
-    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server)
+    relay, x, pub = echo_expose(procs, tmp_path, keys, echo_server, verbose=True)
     flood = []
     try:
         for _ in range(200):

@@ -476,6 +476,30 @@ static void test_parse_uint(void **state)
 	assert_int_equal(v, 77); /* untouched on failure */
 }
 
+static void test_hostport_fmt(void **state)
+{
+	char buf[PH_HOST_MAX + 8];
+
+	(void)state;
+	assert_string_equal(ph_hostport_fmt("::1", 8080, buf, sizeof(buf)), "[::1]:8080");
+	assert_string_equal(ph_hostport_fmt("fe80::1%eth0", 1, buf, sizeof(buf)),
+	                    "[fe80::1%eth0]:1");
+	assert_string_equal(ph_hostport_fmt("10.0.0.5", 80, buf, sizeof(buf)), "10.0.0.5:80");
+	assert_string_equal(ph_hostport_fmt("example.org", 443, buf, sizeof(buf)),
+	                    "example.org:443");
+	assert_string_equal(ph_hostport_fmt("", 7835, buf, sizeof(buf)), ":7835");
+}
+
+static void test_strerror_of_ours(void **state)
+{
+	(void)state;
+	assert_string_equal(ph_strerror(-PH_ENONAME), "no such name");
+	assert_string_equal(ph_strerror(-PH_ENOADDR), "no address for the name");
+	assert_string_equal(ph_strerror(-PH_EDNSFAIL), "DNS server failure");
+	assert_string_equal(ph_strerror(-PH_EDNSTIMEOUT), "DNS timeout");
+	assert_string_equal(ph_strerror(-ECONNREFUSED), strerror(ECONNREFUSED));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -496,6 +520,8 @@ int main(void)
 		cmocka_unit_test(test_from_literal_and_sa),
 		cmocka_unit_test(test_parse_duration),
 		cmocka_unit_test(test_parse_uint),
+		cmocka_unit_test(test_hostport_fmt),
+		cmocka_unit_test(test_strerror_of_ours),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
