@@ -57,6 +57,8 @@ static const char help_overview[] =
 	"  --pipe-size BYTES      splice pipe size (default 1 MiB as root, else 256 KiB)\n"
 	"  --user USER            bind the ports as root, then become USER (its groups,\n"
 	"                         gid and uid) before serving\n"
+	"  --no-sandbox           no seccomp filter once set up (for debugging, or a\n"
+	"                         platform where it breaks; see docs/SECURITY.md)\n"
 	"  --pidfile PATH         write the process id to PATH\n"
 	"  --metrics ADDR         serve Prometheus metrics at http://ADDR/metrics\n"
 	"  --log-file PATH        a line per connection opened, denied, ended, as\n"
@@ -395,8 +397,8 @@ static int opt_duration(const struct cli_opt *o, int argi, uint64_t *out, struct
 static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
                           struct ph_config *cfg, struct ph_cli_error *e)
 {
-	static const char *const flags[] = {"-h",        "--help",    "-V",
-	                                    "--version", "--verbose", "--quiet"};
+	static const char *const flags[] = {"-h",        "--help",  "-V",          "--version",
+	                                    "--verbose", "--quiet", "--no-sandbox"};
 	unsigned long long v;
 	int err;
 
@@ -414,6 +416,10 @@ static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 	}
 	if (strcmp(o->name, "--verbose") == 0) {
 		cfg->verbosity++;
+		return 1;
+	}
+	if (strcmp(o->name, "--no-sandbox") == 0) {
+		cfg->no_sandbox = true;
 		return 1;
 	}
 	if (strcmp(o->name, "--quiet") == 0) {
