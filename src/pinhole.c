@@ -923,7 +923,9 @@ static int run(struct ph_config *cfg)
 		err = ph_connlog_open(cfg->logfile, (enum ph_connlog_format)cfg->logformat);
 		if (err < 0) {
 			fprintf(stderr, "pinhole: --log-file '%s': %s\n", cfg->logfile,
-			        err == -EINVAL ? "not a regular file" : strerror(-err));
+			        err == -EINVAL  ? "not a regular file"
+			        : err == -ELOOP ? "a symbolic link: refused (name the file itself)"
+			                        : strerror(-err));
 			goto out_workers;
 		}
 	}
