@@ -69,8 +69,9 @@ static const char *const allowed[] = {
 	 * and hosts; the known relays file is written on first use; the pid file and the
 	 * control socket are removed at exit */
 	"open", "openat", "stat", "fstat", "lstat", "newfstatat", "statx", "access", "faccessat",
-	"faccessat2", "readlink", "readlinkat", "getdents64", "fsync", "fdatasync", "rename",
-	"renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat", "fchmod", "ftruncate"};
+	"faccessat2", "readlink", "readlinkat", "getdents", "getdents64", "fsync", "fdatasync",
+	"rename", "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat", "fchmod",
+	"ftruncate"};
 
 /* ioctl requests: FIONREAD (c-ares, UDP), FIONBIO (miniupnpc), the terminal query of
  * stdio, and the interface queries of miniupnpc and if_nametoindex */
