@@ -149,6 +149,13 @@ int ph_sandbox_enter(char *why, size_t whylen)
 		snprintf(why, whylen, "seccomp: thread sync: %s", strerror(-err));
 		goto out;
 	}
+	/*
+	 * With -v, the kernel logs each refused call too (dmesg, audit type=1326 syscall=N), so
+	 * a call missing from the list can be found; clone3 (435) then shows once per thread
+	 * made. Best effort: older kernels lack it.
+	 */
+	if (ph_log_level >= PH_LOG_DEBUG)
+		(void)seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1);
 	err = sandbox_rules(ctx, why, whylen);
 	if (err < 0)
 		goto out;

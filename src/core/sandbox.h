@@ -16,7 +16,7 @@ bool ph_sandbox_available(void);
 
 /*
  * Sets PR_SET_NO_NEW_PRIVS and loads the filter on every thread of the process (threads
- * made later inherit it). Call it after the listeners are bound, files opened, keys read
+ * made later inherit it); at log level debug (-v) the kernel also logs refused calls. Call it after the listeners are bound, files opened, keys read
  * and root dropped. Returns 0; -ENOSYS when built without libseccomp (no new privileges
  * is still set); or -errno with a reason in why.
  */
