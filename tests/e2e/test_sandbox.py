@@ -18,10 +18,20 @@ import re
 import signal
 import socket
 
-from conftest import connect, echo_once, run_pinhole, wait_listening
+from conftest import connect, echo_once, recv_until_eof, run_pinhole, wait_listening
 
 REFUSED = r"^debug: {who}: execve /bin/true refused: Operation not permitted$"
 DEBUG_ENV = {**os.environ, "PINHOLE_DEBUG_EXEC": "1"}
+
+
+def echo_and_end(c, msg):
+    """msg comes back through c, then a FIN each way: the echo server sees a clean end."""
+    try:
+        assert echo_once(c, msg) == msg
+        c.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(c) == b""
+    finally:
+        c.close()
 
 
 def proc_status(pid):
@@ -55,11 +65,7 @@ def test_execve_refused_on_every_thread(pinhole, echo_server, free_port):
     p.wait_log(REFUSED.format(who="worker"), count=2)
     assert_sandboxed(p, threads=3)
     # still serving, by splice, under the filter
-    c = connect("127.0.0.1", port)
-    try:
-        assert echo_once(c, b"x" * 100000) == b"x" * 100000
-    finally:
-        c.close()
+    echo_and_end(connect("127.0.0.1", port), b"x" * 100000)
     assert p.stop() == 0
 
 
@@ -95,9 +101,10 @@ def test_socks_sandboxed(pinhole, echo_server, free_port):
             assert d, rep
             rep += d
         assert rep[1] == 0, rep
-        assert echo_once(c, b"through socks") == b"through socks"
-    finally:
+    except BaseException:
         c.close()
+        raise
+    echo_and_end(c, b"through socks")
     assert p.stop() == 0
 
 
@@ -125,11 +132,7 @@ def test_relay_and_client_sandboxed(pinhole, echo_server, free_port, tmp_path):
     client.wait_log(r": public at ", timeout=10)
     assert_sandboxed(relay, threads=1)
     assert_sandboxed(client, threads=1)
-    c = connect("127.0.0.1", pub)
-    try:
-        assert echo_once(c, b"visitor" * 1000) == b"visitor" * 1000
-    finally:
-        c.close()
+    echo_and_end(connect("127.0.0.1", pub), b"visitor" * 1000)
     # the pin was stored under the filter (open, write, rename of known_relays)
     assert (tmp_path / "known_relays").exists()
     assert client.stop() == 0
@@ -157,11 +160,7 @@ def test_reload_under_the_filter(pinhole, echo_server, free_port, tmp_path):
     p.wait_log(r"^reloaded ")
     wait_listening(b, proc=p.proc)
     for port in (a, b):  # b's target is a name: c-ares reads hosts under the filter
-        c = connect("127.0.0.1", port)
-        try:
-            assert echo_once(c, b"hello") == b"hello"
-        finally:
-            c.close()
+        echo_and_end(connect("127.0.0.1", port), b"hello")
 
     conf.write_text(f"forward 127.0.0.1:{b} localhost:{srv.port}\n"
                     f"socks 127.0.0.1:{s} --users {users}\n")
