@@ -6,7 +6,7 @@
 set -euo pipefail
 
 want=${1:-build}
-pkgs="gcc clang meson ninja-build pkg-config libc-ares-dev libminiupnpc-dev libssl-dev"
+pkgs="gcc clang meson ninja-build pkg-config libc-ares-dev libminiupnpc-dev libssl-dev libseccomp-dev"
 case $want in
 build) ;;
 test) pkgs="$pkgs libcmocka-dev python3 python3-pytest curl socat iproute2 libclang-rt-14-dev dnsmasq-base bind9-dnsutils rinetd

@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/resolve.h"
+#include "core/sandbox.h"
 #include "core/service.h"
 #include "core/util.h"
 #include "core/worker.h"
@@ -872,6 +873,34 @@ static void log_rule(const struct ph_forward_rule *r, unsigned nw)
 }
 
 /*
+ * Least privilege once everything is set up (DESIGN: after the listeners are bound, the
+ * files opened and root dropped): the seccomp filter, unless --no-sandbox. Returns 0, or
+ * -errno when the filter was asked for and cannot be had (said on stderr).
+ */
+static int enter_sandbox(const struct ph_config *cfg)
+{
+	char why[256];
+	int err;
+
+	if (cfg->no_sandbox) {
+		ph_debug("sandbox: off (--no-sandbox)");
+		return 0;
+	}
+	err = ph_sandbox_enter(why, sizeof(why));
+	if (err == -ENOSYS) { /* a build for a platform without libseccomp: said, not fatal */
+		ph_warn("sandbox: %s; no system call filter", why);
+		return 0;
+	}
+	if (err < 0) {
+		fprintf(stderr, "pinhole: sandbox: %s (--no-sandbox runs without it)\n", why);
+		return err;
+	}
+	ph_debug("sandbox: on (no new privileges, system calls filtered)");
+	ph_sandbox_debug_exec("main");
+	return 0;
+}
+
+/*
  * Runs the configured rules until a signal stops them, then frees cfg (after the workers,
  * which hold per-worker parts of the rules). Returns the exit status.
  */
@@ -999,7 +1028,9 @@ static int run(struct ph_config *cfg)
 		err = ph_connlog_open(cfg->logfile, (enum ph_connlog_format)cfg->logformat);
 		if (err < 0) {
 			fprintf(stderr, "pinhole: --log-file '%s': %s\n", cfg->logfile,
-			        err == -EINVAL ? "not a regular file" : strerror(-err));
+			        err == -EINVAL  ? "not a regular file"
+			        : err == -ELOOP ? "a symbolic link: refused (name the file itself)"
+			                        : strerror(-err));
 			goto out_workers;
 		}
 	}
@@ -1035,6 +1066,9 @@ static int run(struct ph_config *cfg)
 		ph_info("running as %s (uid %u, gid %u)", cfg->user, (unsigned)getuid(),
 		        (unsigned)getgid());
 	}
+	/* before the workers and the UPnP helpers start: threads inherit the filter */
+	if (enter_sandbox(cfg) < 0)
+		goto out_workers;
 	for (unsigned i = 0; i < m.nw; i++) {
 		err = ph_worker_start(m.w[i]);
 		if (err < 0) {
@@ -1189,6 +1223,30 @@ static int ask(const struct ph_config *cfg)
 	return err;
 }
 
+/*
+ * `map`: needs no root at all (UDP to the gateway, HTTP to its UPnP server), so --user is
+ * taken before it starts; a map that stays to renew its lease is sandboxed like the other
+ * long-running verbs. Returns 0, or the exit status.
+ */
+static int map_prepare(const struct ph_config *cfg)
+{
+	char why[256];
+	int err;
+
+	if (cfg->user[0] != '\0') {
+		err = ph_drop_privileges(cfg->user, why, sizeof(why));
+		if (err < 0) {
+			fprintf(stderr, "pinhole: %s\n", why);
+			return 1;
+		}
+		ph_info("running as %s (uid %u, gid %u)", cfg->user, (unsigned)getuid(),
+		        (unsigned)getgid());
+	}
+	if (cfg->map.verb == PH_MAP_ADD && !cfg->map.once && enter_sandbox(cfg) < 0)
+		return 1;
+	return 0;
+}
+
 /* `pinhole keygen`: makes a key pair (or shows one's public key). Returns the exit status. */
 static int keygen(const struct ph_config *cfg)
 {
@@ -1303,7 +1361,9 @@ int main(int argc, char **argv)
 	case PH_CMD_MAP:
 		err = cfg.verbosity < 0 ? (int)PH_LOG_ERR : (int)PH_LOG_INFO + cfg.verbosity;
 		ph_log_level = err > PH_LOG_TRACE ? PH_LOG_TRACE : (enum ph_log_level)err;
-		err = ph_map_run(&cfg.map);
+		err = map_prepare(&cfg);
+		if (err == 0)
+			err = ph_map_run(&cfg.map);
 		ph_config_free(&cfg);
 		return err;
 	case PH_CMD_FORWARD:

@@ -57,13 +57,16 @@ static const char help_overview[] =
 	"  --pipe-size BYTES      splice pipe size (default 1 MiB as root, else 256 KiB)\n"
 	"  --user USER            bind the ports as root, then become USER (its groups,\n"
 	"                         gid and uid) before serving\n"
+	"  --no-sandbox           no seccomp filter once set up (for debugging, or a\n"
+	"                         platform where it breaks; see docs/SECURITY.md)\n"
 	"  --pidfile PATH         write the process id to PATH\n"
 	"  --metrics ADDR         serve Prometheus metrics at http://ADDR/metrics\n"
 	"  --log-file PATH        a line per connection opened, denied, ended, as\n"
 	"                         rinetd's logfile (--log-format common: logcommon)\n"
 	"  --control PATH|none    the control socket that status and reload use\n"
 	"                         (default /run/pinhole.sock as root, else\n"
-	"                         $XDG_RUNTIME_DIR/pinhole.sock)\n"
+	"                         $XDG_RUNTIME_DIR/pinhole.sock or\n"
+	"                         /tmp/pinhole-UID/pinhole.sock)\n"
 	"  -h, --help             this text; `pinhole forward --help` for a command\n"
 	"  -V, --version          the version\n"
 	"\n"
@@ -405,8 +408,8 @@ static int opt_duration(const struct cli_opt *o, int argi, uint64_t *out, struct
 static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
                           struct ph_config *cfg, struct ph_cli_error *e)
 {
-	static const char *const flags[] = {"-h",        "--help",    "-V",
-	                                    "--version", "--verbose", "--quiet"};
+	static const char *const flags[] = {"-h",        "--help",  "-V",          "--version",
+	                                    "--verbose", "--quiet", "--no-sandbox"};
 	unsigned long long v;
 	int err;
 
@@ -424,6 +427,10 @@ static int cli_global_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 	}
 	if (strcmp(o->name, "--verbose") == 0) {
 		cfg->verbosity++;
+		return 1;
+	}
+	if (strcmp(o->name, "--no-sandbox") == 0) {
+		cfg->no_sandbox = true;
 		return 1;
 	}
 	if (strcmp(o->name, "--quiet") == 0) {

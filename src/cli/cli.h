@@ -41,6 +41,7 @@ struct ph_config {
 	bool rinetd;             /* run --rinetd: FILE is a rinetd.conf */
 	unsigned udp_sessions;   /* --max-sessions of a UDP rule that sets none (from fds) */
 	char user[64];           /* --user: who to become once the ports are bound; "" */
+	bool no_sandbox;         /* --no-sandbox: no seccomp filter once set up */
 	char pidfile[512];       /* --pidfile; "" for none */
 	char control[108];       /* --control: the control socket; "" default, "none" off */
 	char logfile[512];       /* --log-file: a line per connection event; "" none */

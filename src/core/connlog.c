@@ -14,8 +14,14 @@ static enum ph_connlog_format log_format;
 
 int ph_connlog_open(const char *path, enum ph_connlog_format format)
 {
+	/*
+	 * Opened as root: a symbolic link at path, planted by whoever can write its directory,
+	 * would make root append to the file it names (O_NOFOLLOW: ELOOP instead).
+	 */
 	int fd =
-		open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0640);
+		open(path,
+	             O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW,
+	             0640);
 	struct stat st;
 
 	if (fd == -1)

@@ -17,8 +17,8 @@ enum ph_connlog_format {
 	PH_CONNLOG_COMMON = 1, /* a web server's common log format, as rinetd's logcommon */
 };
 
-/* Opens path for appending (mode 0640). Main thread, before the workers. Returns 0 or
- * -errno. */
+/* Opens path for appending (mode 0640). Main thread, before the workers. Returns 0,
+ * -ELOOP when path is a symbolic link, -EINVAL when it is not a regular file, or -errno. */
 int ph_connlog_open(const char *path, enum ph_connlog_format format);
 
 /* True when a log file is open. */

@@ -10,6 +10,7 @@
 #include "core/dgram.h"
 #include "core/log.h"
 #include "core/resolve.h"
+#include "core/sandbox.h"
 
 static _Thread_local struct ph_worker *worker_self;
 
@@ -124,6 +125,7 @@ static void *worker_main(void *arg)
 	worker_self = w;
 	ph_log_set_worker(w->id);
 	ph_logagg_bind(&w->agg);
+	ph_sandbox_debug_exec("worker"); /* a test's proof that the filter covers the threads */
 	err = ph_loop_run(&w->loop);
 	if (err < 0)
 		ph_err("event loop failed: %s", strerror(-err));

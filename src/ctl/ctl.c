@@ -55,9 +55,84 @@ const char *ph_ctl_default_path(char *buf, size_t len)
 		snprintf(buf, len, "/run/pinhole.sock");
 	else if (xdg != NULL && xdg[0] == '/')
 		snprintf(buf, len, "%s/pinhole.sock", xdg);
-	else
-		snprintf(buf, len, "/tmp/pinhole-%u.sock", (unsigned)geteuid());
+	else /* not /tmp itself, where anyone may take the name first: a directory of ours */
+		snprintf(buf, len, "/tmp/pinhole-%u/pinhole.sock", (unsigned)geteuid());
 	return buf;
+}
+
+/* The directory part of path into buf: "." when it has none, "/" for the root. */
+static void dir_of(const char *path, char *buf, size_t len)
+{
+	const char *slash = strrchr(path, '/');
+
+	if (slash == NULL)
+		snprintf(buf, len, ".");
+	else if (slash == path)
+		snprintf(buf, len, "/");
+	else
+		snprintf(buf, len, "%.*s", (int)(slash - path), path);
+}
+
+/*
+ * May we serve at path? Its directory must be ours or root's and, unless sticky like /tmp,
+ * writable by nobody else: otherwise another user could swap the socket under us. A file
+ * already at path must be a socket of ours (a stale one is replaced later); one another
+ * user made first is refused, not reused or removed. Makes the default's own directory
+ * (/tmp/pinhole-UID, mode 0700) when missing. Returns 0, or -errno with a reason in why.
+ */
+static int ctl_path_check(const char *path, char *why, size_t whylen)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)], def[sizeof(dir)];
+	uid_t me = geteuid();
+	struct stat st;
+	int err;
+
+	dir_of(path, dir, sizeof(dir));
+	if (strcmp(path, ph_ctl_default_path(def, sizeof(def))) == 0 &&
+	    strncmp(dir, "/tmp/pinhole-", 13) == 0 && mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		err = -errno;
+		snprintf(why, whylen, "control socket '%s': cannot make %s: %s", path, dir,
+		         strerror(-err));
+		return err;
+	}
+	if (stat(dir, &st) == -1) {
+		err = -errno;
+		snprintf(why, whylen, "control socket '%s': %s: %s", path, dir, strerror(-err));
+		return err;
+	}
+	if (st.st_uid != me && st.st_uid != 0) {
+		snprintf(why, whylen,
+		         "control socket '%s': its directory %s belongs to uid %u, not to us: "
+		         "refused (give --control PATH in a directory of ours)",
+		         path, dir, (unsigned)st.st_uid);
+		return -EPERM;
+	}
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0) {
+		snprintf(why, whylen,
+		         "control socket '%s': its directory %s is writable by others: refused",
+		         path, dir);
+		return -EPERM;
+	}
+	if (lstat(path, &st) == -1) {
+		if (errno == ENOENT)
+			return 0;
+		err = -errno;
+		snprintf(why, whylen, "control socket '%s': %s", path, strerror(-err));
+		return err;
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(why, whylen, "control socket '%s': something else is there: refused",
+		         path);
+		return -EEXIST;
+	}
+	if (st.st_uid != me) {
+		snprintf(why, whylen,
+		         "control socket '%s': belongs to uid %u, not to us: refused (remove it, "
+		         "or give --control PATH)",
+		         path, (unsigned)st.st_uid);
+		return -EPERM;
+	}
+	return 0;
 }
 
 static void client_reap(struct ph_task *t)
@@ -267,6 +342,9 @@ int ph_ctl_open(struct ph_loop *l, const char *path, ph_ctl_fn fn, void *arg, st
 		return -ENAMETOOLONG;
 	}
 	memcpy(sa.sun_path, path, strlen(path) + 1);
+	err = ctl_path_check(path, why, whylen);
+	if (err < 0)
+		return err;
 	ctl = calloc(1, sizeof(*ctl));
 	if (ctl == NULL) {
 		snprintf(why, whylen, "out of memory");
@@ -376,6 +454,7 @@ int ph_ctl_request(const char *path, const char *cmd, FILE *out, char *why, size
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	struct timeval tv = {.tv_sec = 10};
+	struct stat st;
 	char buf[4096];
 	size_t len = strlen(cmd);
 	int fd, err = 0;
@@ -386,6 +465,13 @@ int ph_ctl_request(const char *path, const char *cmd, FILE *out, char *why, size
 		return -ENAMETOOLONG;
 	}
 	memcpy(sa.sun_path, path, strlen(path) + 1);
+	/* a socket another user made first would answer in pinhole's name */
+	if (geteuid() != 0 && lstat(path, &st) == 0 && st.st_uid != geteuid() && st.st_uid != 0) {
+		snprintf(why, whylen,
+		         "control socket '%s': belongs to uid %u, not to you or root: refused",
+		         path, (unsigned)st.st_uid);
+		return -EPERM;
+	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		return -errno;

@@ -23,12 +23,14 @@ struct ph_stats;
 typedef char *(*ph_ctl_fn)(void *arg, const char *cmd, size_t *len);
 
 /* The default path: /run/pinhole.sock as root, else $XDG_RUNTIME_DIR/pinhole.sock or
- * /tmp/pinhole-UID.sock. */
+ * /tmp/pinhole-UID/pinhole.sock (a directory of mode 0700 that ph_ctl_open makes). */
 const char *ph_ctl_default_path(char *buf, size_t len);
 
 /*
- * Serves path on l. A stale socket file is replaced; a path where another pinhole answers
- * is left alone. Returns 0 and the server in *out, or -errno with a reason in why.
+ * Serves path on l. A stale socket file of ours is replaced; a path where another pinhole
+ * answers is left alone; a socket another user made, anything but a socket, or a directory
+ * another user owns or may write (unless sticky) is refused (-EPERM, -EEXIST). Returns 0
+ * and the server in *out, or -errno with a reason in why.
  */
 int ph_ctl_open(struct ph_loop *l, const char *path, ph_ctl_fn fn, void *arg, struct ph_ctl **out,
                 char *why, size_t whylen);
@@ -46,8 +48,9 @@ char *ph_metrics_render(const struct ph_status_src *src, size_t *len);
 /* Closes the server and its clients and removes the socket file. NULL is fine. */
 void ph_ctl_close(struct ph_ctl *c);
 
-/* Client side: sends cmd to the pinhole at path and copies the reply to out. Returns 0,
- * or -errno with a reason in why. */
+/* Client side: sends cmd to the pinhole at path and copies the reply to out; a socket
+ * of another user (not root) is refused unless we are root. Returns 0, or -errno with a
+ * reason in why. */
 int ph_ctl_request(const char *path, const char *cmd, FILE *out, char *why, size_t whylen);
 
 /* What a status report is made of. */

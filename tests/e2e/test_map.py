@@ -24,6 +24,7 @@ nothing): see "UPnP trust" below. `upnpc` is the other party of the interoperabi
 """
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -890,6 +891,32 @@ def test_map_upnp_reached_listed_then_deleted(mapper, lan_server, router):
     assert f"deleted tcp port {port}" in m.stdout.splitlines(), m.show()
     assert not router.mappings_of(port), router.ruleset()
     router.assert_unreachable("tcp", ext)
+
+
+@pytest.mark.parametrize("method", ["natpmp", "upnp"])
+def test_map_drops_root_and_is_sandboxed(mapper, lan_server, router, method, monkeypatch):
+    """`pinhole --user nobody map PORT` serves its lease as nobody, with no new privileges
+    and the seccomp filter on every thread (UPnP's helper thread too): the debug hook's
+    execve is refused, and mapping, renewing and deleting still work."""
+    port, ext = ports()
+    lan_server("tcp", port)
+    monkeypatch.setenv("PINHOLE_DEBUG_EXEC", "1")
+    m = mapper("--user", "nobody", port, "--external", ext, "--method", method)
+    m.wait_out(r"mapped tcp .*")
+    m.wait_log(r"^debug: main: execve /bin/true refused: Operation not permitted$",
+               level="warn")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for tid in os.listdir(f"/proc/{m.proc.pid}/task"):
+        with open(f"/proc/{m.proc.pid}/task/{tid}/status") as f:
+            st = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+        assert st["Uid"].split() == [str(nobody)] * 4, f"{tid}: Uid {st['Uid']}\n{m.show()}"
+        assert st["NoNewPrivs"].strip() == "1", m.show()
+        assert st["Seccomp"].strip() == "2", m.show()
+    assert router.has_mapping("tcp", ext, port), router.ruleset()
+    router.assert_reaches("tcp", ext, port)
+    assert m.stop() == 0, m.show()
+    assert f"deleted tcp port {port}" in m.stdout.splitlines(), m.show()
+    assert not router.mappings_of(port), router.ruleset()
 
 
 def test_probe_shows_upnp(router):

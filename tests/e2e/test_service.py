@@ -155,6 +155,21 @@ def test_unit_file_verifies(tmp_path):
     assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
 
 
+def test_log_file_symlink_refused(free_port, tmp_path):
+    """--log-file is opened as root: a symbolic link planted at the path (by whoever can
+    write its directory) is refused by name, and the file it points to is not touched."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "conn.log"
+    link.symlink_to(victim)
+    r = run_pinhole("forward", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                    "--log-file", link, "--control", "none", timeout=5)
+    assert r.returncode == 1, r.stderr
+    assert f"--log-file '{link}': a symbolic link: refused" in r.stderr, r.stderr
+    assert victim.read_text() == "precious\n"
+    assert link.is_symlink()
+
+
 @pytest.mark.parametrize("fmt", ["rinetd", "common"])
 def test_log_file(pinhole, echo_server, free_port, tmp_path, fmt):
     """--log-file: a line per connection opened and ended, as rinetd writes them."""

@@ -5,8 +5,13 @@ pinhole, through --control PATH (a unix socket of mode 0600 the test names).
 
 import json
 import os
+import pwd
+import shutil
 import socket
 import stat
+import tempfile
+
+import pytest
 
 from conftest import connect, echo_once, run_pinhole, wait_until
 
@@ -160,3 +165,115 @@ def test_cli_errors():
     assert r.returncode == 2 and "takes no arguments" in r.stderr
     r = run_pinhole("reload", "--json")
     assert r.returncode == 2 and "unknown option '--json'" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# whose socket: another user must not be able to take the control socket's name first
+
+
+NOBODY = pwd.getpwnam("nobody")
+AS_NOBODY = ("setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}",
+             "--clear-groups")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown and setpriv need root")
+
+
+def squat(path, uid):
+    """A socket file at path that uid made (and left: nobody answers there)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()
+    os.chown(path, uid, -1)
+
+
+@needs_root
+def test_socket_of_another_user_refused(pinhole, free_port, tmp_path):
+    path = tmp_path / "ctl.sock"
+    squat(path, NOBODY.pw_uid)
+    r = run_pinhole("forward", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                    "--control", path, timeout=5)
+    assert r.returncode == 1, r.stderr
+    assert f"control socket '{path}': belongs to uid {NOBODY.pw_uid}, not to us: refused" \
+        in r.stderr, r.stderr
+    assert os.stat(path).st_uid == NOBODY.pw_uid  # left alone
+
+
+@needs_root
+def test_directory_of_another_user_refused(pinhole, free_port, tmp_path):
+    d = tmp_path / "theirs"
+    d.mkdir(mode=0o755)
+    os.chown(d, NOBODY.pw_uid, NOBODY.pw_gid)
+    r = run_pinhole("forward", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
+                    "--control", d / "ctl.sock", timeout=5)
+    assert r.returncode == 1, r.stderr
+    assert f"its directory {d} belongs to uid {NOBODY.pw_uid}, not to us: refused" \
+        in r.stderr, r.stderr
+    assert not (d / "ctl.sock").exists()
+
+
+@pytest.fixture
+def nobody_dir():
+    """A directory of nobody's (mode 0700), outside root's private pytest tree."""
+    d = tempfile.mkdtemp(prefix=f"ph-ctl-{os.getpid()}-")
+    os.chown(d, NOBODY.pw_uid, NOBODY.pw_gid)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def as_nobody(*args, env):
+    return run_pinhole(*args, prefix=AS_NOBODY, env=env)
+
+
+@needs_root
+def test_default_socket_in_xdg_runtime_dir(pinhole, echo_server, free_port, nobody_dir):
+    """Not root, XDG_RUNTIME_DIR set: the socket is $XDG_RUNTIME_DIR/pinhole.sock, and
+    status and reload (same user, same environment) find it there."""
+    srv = echo_server()
+    env = {**os.environ, "XDG_RUNTIME_DIR": nobody_dir}
+    conf = os.path.join(nobody_dir, "p.conf")
+    port = free_port()
+    with open(conf, "w") as f:
+        f.write(f"forward 127.0.0.1:{port} 127.0.0.1:{srv.port}\n")
+    ph = pinhole("run", conf, prefix=AS_NOBODY, env=env, ready=False)
+    ph.wait_log(r"forwarding ")
+    sock = os.path.join(nobody_dir, "pinhole.sock")
+    wait_until(lambda: os.path.exists(sock), 5, "the control socket")
+    assert os.stat(sock).st_uid == NOBODY.pw_uid
+    r = as_nobody("status", env=env)
+    assert r.returncode == 0 and f"tcp 127.0.0.1:{port} -> " in r.stdout, r.stdout + r.stderr
+    r = as_nobody("reload", env=env)
+    assert r.returncode == 0 and "reloaded " in r.stdout, r.stdout + r.stderr
+    ph.stop()
+    assert not os.path.exists(sock)
+
+
+@needs_root
+def test_default_socket_without_xdg(pinhole, echo_server, free_port, nobody_dir):
+    """Not root, no XDG_RUNTIME_DIR: /tmp/pinhole-UID/pinhole.sock, in a directory of mode
+    0700 pinhole makes; one another user made first is refused, naming it."""
+    d = f"/tmp/pinhole-{NOBODY.pw_uid}"
+    if os.path.lexists(d):
+        pytest.skip(f"{d} exists already (another run?)")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    srv = echo_server()
+    try:
+        port = free_port()
+        ph = pinhole(f"127.0.0.1:{port}", f"127.0.0.1:{srv.port}", prefix=AS_NOBODY, env=env)
+        sock = os.path.join(d, "pinhole.sock")
+        wait_until(lambda: os.path.exists(sock), 5, "the control socket")
+        st = os.stat(d)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY.pw_uid, 0o700)
+        r = as_nobody("status", env=env)
+        assert r.returncode == 0 and f"tcp 127.0.0.1:{port} -> " in r.stdout, \
+            r.stdout + r.stderr
+        ph.stop()
+        # taken first by another user (uid 4242 here): refused, and said where
+        shutil.rmtree(d)
+        os.mkdir(d, 0o700)
+        os.chown(d, 4242, 4242)
+        ph = pinhole(f"127.0.0.1:{free_port()}", f"127.0.0.1:{srv.port}", prefix=AS_NOBODY,
+                     env=env)
+        ph.wait_log(rf"control socket '{d}/pinhole\.sock': its directory {d} belongs to uid "
+                    r"4242, not to us: refused")
+        ph.stop()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
