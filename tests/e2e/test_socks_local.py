@@ -68,7 +68,7 @@ def test_public_rule_refuses_local_by_default(pinhole, everywhere, listen):
     and this host's own addresses, with reply 2 and a log line naming why; the echo
     service, which is there on every one of them, sees nobody."""
     eport, servers = everywhere
-    ph, port = start_socks(pinhole, "--open", host=listen)
+    ph, port = start_socks(pinhole, "--open", "-v", host=listen)  # -v: a line per refusal
     proxy = "::1" if listen.startswith("[") else "127.0.0.1"
     for dest in LOCAL_DESTS + own_addresses():
         assert reply_to(port, dest, eport, proxy_host=proxy) == REFUSED, \
@@ -167,7 +167,7 @@ def test_deny_dest_local_on_a_loopback_rule(pinhole, everywhere):
     """--deny-dest local: ::1 is refused with 127.0.0.1 (what 127.0.0.0/8 alone left
     open), and the log line names the rule."""
     eport, servers = everywhere
-    ph, port = start_socks(pinhole, "--deny-dest", "local")
+    ph, port = start_socks(pinhole, "--deny-dest", "local", "-v")
     for dest in LOCAL_DESTS + own_addresses():
         assert reply_to(port, dest, eport) == REFUSED, dest
     assert accepted(servers) == 0
@@ -177,7 +177,7 @@ def test_deny_dest_local_on_a_loopback_rule(pinhole, everywhere):
 def test_deny_dest_cidr_matches_the_mapped_form(pinhole, everywhere):
     """An IPv4 CIDR matches an IPv4-mapped IPv6 destination (ATYP 4, ::ffff:127.0.0.1)."""
     eport, servers = everywhere
-    ph, port = start_socks(pinhole, "--deny-dest", "127.0.0.0/8")
+    ph, port = start_socks(pinhole, "--deny-dest", "127.0.0.0/8", "-v")
     assert reply_to(port, "::ffff:127.0.0.1", eport) == REFUSED
     assert accepted(servers) == 0
     ph.wait_log(r"refused by --deny-dest 127\.0\.0\.0/8")
@@ -301,7 +301,7 @@ def test_own_addresses_are_read_again_on_reload(netns, pinhole, tmp_path):
     port = alloc_port()
     conf = tmp_path / "socks.conf"
     conf.write_text(f"socks 0.0.0.0:{port} --open --name pub\n")
-    ph = pinhole("run", conf, ready=False, prefix=("ip", "netns", "exec", ns))
+    ph = pinhole("run", conf, "-v", ready=False, prefix=("ip", "netns", "exec", ns))
     ph.wait_log(r"^pub: socks proxy on ", timeout=10)
 
     def up():
