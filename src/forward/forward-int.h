@@ -9,7 +9,7 @@
 #include "core/loop.h"
 #include "core/worker.h"
 #include "forward/forward.h"
-#include "relay/pump.h"
+#include "conn/pump.h"
 
 struct ph_worker;
 struct ph_socks_conn;

@@ -14,8 +14,8 @@
 #include "core/sys.h"
 #include "core/worker.h"
 #include "forward/target.h"
-#include "relay/proxyproto.h"
-#include "relay/pump.h"
+#include "conn/proxyproto.h"
+#include "conn/pump.h"
 #include "socks/socks-int.h"
 
 #define FWD_LOG_PER_SEC     10  /* lines per second per kind of refusal */

@@ -27,7 +27,7 @@
 #include "core/portseq.h"
 #include "core/worker.h"
 #include "forward/target.h"
-#include "relay/udptab.h"
+#include "conn/udptab.h"
 
 #define UDP_ROUNDS     4         /* batches per wake-up before other work gets a turn */
 #define UDP_PEND_MAX   8         /* datagrams held while the target's name resolves */

@@ -19,7 +19,7 @@
 #include "core/logagg.h"
 #include "core/net.h"
 #include "core/util.h"
-#include "relay/proxyproto.h"
+#include "conn/proxyproto.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
 #include "tunnel/session.h"

@@ -21,7 +21,7 @@
 #include "core/logagg.h"
 #include "core/net.h"
 #include "core/util.h"
-#include "relay/udptab.h"
+#include "conn/udptab.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
 #include "tunnel/session.h"

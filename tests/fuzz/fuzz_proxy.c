@@ -1,10 +1,10 @@
 /*
- * Fuzzes the PROXY protocol parser (relay/proxyproto.h), which reads what trusted
+ * Fuzzes the PROXY protocol parser (conn/proxyproto.h), which reads what trusted
  * proxies send: the result is a length within the input, -EAGAIN or -EPROTO with a
  * reason; a length parses the same from a buffer cut right after it; and a header built
  * from the addresses it gave parses back to them.
  */
-#include "relay/proxyproto.h"
+#include "conn/proxyproto.h"
 
 #include <errno.h>
 #include <stdint.h>

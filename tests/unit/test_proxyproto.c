@@ -1,5 +1,5 @@
 /*
- * Unit tests for the PROXY protocol (relay/proxyproto.h): what pinhole writes it reads
+ * Unit tests for the PROXY protocol (conn/proxyproto.h): what pinhole writes it reads
  * back, every prefix of a header asks for more, and malformed headers are refused.
  */
 #include <errno.h>
@@ -15,7 +15,7 @@
 #include <arpa/inet.h>
 
 #include "core/addr.h"
-#include "relay/proxyproto.h"
+#include "conn/proxyproto.h"
 
 static struct ph_addr addr(const char *ip, uint16_t port)
 {

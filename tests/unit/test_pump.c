@@ -1,5 +1,5 @@
 /*
- * Unit tests for the TCP pump (relay/pump.h), run for real: a worker's loop (no thread),
+ * Unit tests for the TCP pump (conn/pump.h), run for real: a worker's loop (no thread),
  * two TCP connections over 127.0.0.1 and a pump between them.
  *
  *    peer a  ----TCP----  io[0] [ pump ] io[1]  ----TCP----  peer b
@@ -33,7 +33,7 @@
 #include "core/sys.h"
 #include "core/util.h"
 #include "core/worker.h"
-#include "relay/pump.h"
+#include "conn/pump.h"
 
 #define MiB      (1024u * 1024u)
 #define RUN_MS   5000 /* safety limit for one run of the loop */

@@ -1,5 +1,5 @@
 /*
- * Unit tests for the UDP session table (relay/udptab.h): lookups by exact key, removal
+ * Unit tests for the UDP session table (conn/udptab.h): lookups by exact key, removal
  * from a chain's middle, growth with every node still found, least-recently-used order.
  */
 #include <setjmp.h>
@@ -13,7 +13,7 @@
 #include <cmocka.h>
 
 #include "core/addr.h"
-#include "relay/udptab.h"
+#include "conn/udptab.h"
 
 #define NN 5000
 

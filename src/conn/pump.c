@@ -1,4 +1,4 @@
-#include "relay/pump.h"
+#include "conn/pump.h"
 
 #include <errno.h>
 #include <sys/socket.h>

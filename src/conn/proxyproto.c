@@ -1,4 +1,4 @@
-#include "relay/proxyproto.h"
+#include "conn/proxyproto.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

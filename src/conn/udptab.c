@@ -1,4 +1,4 @@
-#include "relay/udptab.h"
+#include "conn/udptab.h"
 
 #include <errno.h>
 #include <stdlib.h>

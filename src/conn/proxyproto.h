@@ -4,8 +4,8 @@
  * (--proxy-protocol v1|v2) and reads one from trusted proxies in front of it
  * (--accept-proxy CIDR).
  */
-#ifndef PH_RELAY_PROXYPROTO_H
-#define PH_RELAY_PROXYPROTO_H
+#ifndef PH_CONN_PROXYPROTO_H
+#define PH_CONN_PROXYPROTO_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -41,4 +41,4 @@ int ph_proxy_parse(const uint8_t *buf, size_t len, struct ph_proxy_info *out, co
 size_t ph_proxy_build(int version, const struct ph_addr *src, const struct ph_addr *dst,
                       uint8_t *buf);
 
-#endif /* PH_RELAY_PROXYPROTO_H */
+#endif /* PH_CONN_PROXYPROTO_H */

@@ -7,8 +7,8 @@
  * no buffer. A FIN is passed on as a FIN (shutdown of the write side) while the other
  * direction keeps flowing; a reset is passed on as a reset.
  */
-#ifndef PH_RELAY_PUMP_H
-#define PH_RELAY_PUMP_H
+#ifndef PH_CONN_PUMP_H
+#define PH_CONN_PUMP_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -83,4 +83,4 @@ int ph_pump_start_registered(struct ph_pump *p, uint32_t events);
  */
 void ph_pump_close(struct ph_pump *p, bool rst);
 
-#endif /* PH_RELAY_PUMP_H */
+#endif /* PH_CONN_PUMP_H */

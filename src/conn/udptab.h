@@ -4,8 +4,8 @@
  * front and the oldest can be evicted when the table is full. Nodes are embedded in their
  * owner's session. One table per worker and rule; not thread safe.
  */
-#ifndef PH_RELAY_UDPTAB_H
-#define PH_RELAY_UDPTAB_H
+#ifndef PH_CONN_UDPTAB_H
+#define PH_CONN_UDPTAB_H
 
 #include <stdint.h>
 
@@ -63,4 +63,4 @@ static inline struct ph_udp_node *ph_udptab_oldest(const struct ph_udptab *t)
 	return ph_list_empty(&t->lru) ? NULL : container_of(t->lru.next, struct ph_udp_node, lru);
 }
 
-#endif /* PH_RELAY_UDPTAB_H */
+#endif /* PH_CONN_UDPTAB_H */
