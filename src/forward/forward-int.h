@@ -6,10 +6,10 @@
 #include <stdint.h>
 
 #include "conn/accept.h"
+#include "conn/pump.h"
 #include "core/loop.h"
 #include "core/worker.h"
 #include "forward/forward.h"
-#include "conn/pump.h"
 
 struct ph_worker;
 struct ph_socks_conn;

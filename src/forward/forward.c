@@ -6,6 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conn/proxyproto.h"
+#include "conn/pump.h"
 #include "core/connlog.h"
 #include "core/log.h"
 #include "core/logagg.h"
@@ -14,8 +16,6 @@
 #include "core/sys.h"
 #include "core/worker.h"
 #include "forward/target.h"
-#include "conn/proxyproto.h"
-#include "conn/pump.h"
 #include "socks/socks-int.h"
 
 #define FWD_LOG_PER_SEC     10  /* lines per second per kind of refusal */

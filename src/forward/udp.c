@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conn/udptab.h"
 #include "core/dgram.h"
 #include "core/log.h"
 #include "core/logagg.h"
@@ -27,7 +28,6 @@
 #include "core/portseq.h"
 #include "core/worker.h"
 #include "forward/target.h"
-#include "conn/udptab.h"
 
 #define UDP_ROUNDS     4         /* batches per wake-up before other work gets a turn */
 #define UDP_PEND_MAX   8         /* datagrams held while the target's name resolves */

@@ -15,11 +15,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "conn/proxyproto.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
 #include "core/util.h"
-#include "conn/proxyproto.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
 #include "tunnel/session.h"

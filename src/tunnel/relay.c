@@ -17,11 +17,11 @@
 #include <unistd.h>
 
 #include "conn/accept.h"
+#include "conn/udptab.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
 #include "core/util.h"
-#include "conn/udptab.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
 #include "tunnel/session.h"

@@ -14,8 +14,8 @@
 
 #include <arpa/inet.h>
 
-#include "core/addr.h"
 #include "conn/proxyproto.h"
+#include "core/addr.h"
 
 static struct ph_addr addr(const char *ip, uint16_t port)
 {

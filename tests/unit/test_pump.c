@@ -28,12 +28,12 @@
 
 #include <cmocka.h>
 
+#include "conn/pump.h"
 #include "core/loop.h"
 #include "core/pipepool.h"
 #include "core/sys.h"
 #include "core/util.h"
 #include "core/worker.h"
-#include "conn/pump.h"
 
 #define MiB      (1024u * 1024u)
 #define RUN_MS   5000 /* safety limit for one run of the loop */

@@ -12,8 +12,8 @@
 
 #include <cmocka.h>
 
-#include "core/addr.h"
 #include "conn/udptab.h"
+#include "core/addr.h"
 
 #define NN 5000
 
