@@ -630,7 +630,15 @@ static void sock_opts(int fd, uint64_t hb_ms)
 
 static void sess_handshake(struct ph_sess *s)
 {
-	int r = SSL_do_handshake(s->ssl);
+	int r;
+
+	/*
+	 * The thread's error queue is shared by every session on it: what another session's
+	 * failure left there would make SSL_get_error() call this one's WANT_READ fatal (a
+	 * refused key's handshake ended the next working session). Empty before each call.
+	 */
+	ERR_clear_error();
+	r = SSL_do_handshake(s->ssl);
 
 	if (sess_flush(s) < 0)
 		return;
@@ -641,10 +649,11 @@ static void sess_handshake(struct ph_sess *s)
 			ERR_clear_error();
 			return;
 		}
-		if (SSL_get_verify_result(s->ssl) != X509_V_OK) /* our verify callback said no */
+		if (SSL_get_verify_result(s->ssl) != X509_V_OK) { /* our verify callback said no */
+			ERR_clear_error();
 			ph_sess_close(s, PH_GOAWAY_PROTOCOL,
 			              "TLS handshake: the peer's key is not accepted");
-		else if (e == SSL_ERROR_SYSCALL && (errno == 0 || peer_went(-errno)))
+		} else if (e == SSL_ERROR_SYSCALL && (errno == 0 || peer_went(-errno)))
 			ph_sess_close(s, PH_GOAWAY_NORMAL, HANDSHAKE_CLOSED); /* EOF or reset */
 		else
 			ph_sess_close(s, PH_GOAWAY_PROTOCOL, "TLS handshake: %s",
@@ -833,6 +842,7 @@ static void sess_read(struct ph_sess *s)
 			kick(s);
 			return;
 		}
+		ERR_clear_error(); /* see sess_handshake */
 		r = SSL_read(s->ssl, s->in + s->in_len, (int)in_room(s));
 		ph_trace("session fd %d: SSL_read %d", s->io.fd, r);
 		if (r <= 0) {
@@ -890,8 +900,10 @@ static void sess_send(struct ph_sess *s)
 			s->out_off = s->out_len = 0;
 			continue;
 		}
-		int r = SSL_write(s->ssl, s->out + s->out_off, (int)pending(s));
+		int r;
 
+		ERR_clear_error(); /* see sess_handshake */
+		r = SSL_write(s->ssl, s->out + s->out_off, (int)pending(s));
 		ph_trace("session fd %d: SSL_write %u: %d", s->io.fd, pending(s), r);
 		if (r <= 0) {
 			int e = SSL_get_error(s->ssl, r);

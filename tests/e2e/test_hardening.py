@@ -450,3 +450,43 @@ def fwd_serves(port):
         return True
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# found by the soak: a refused key's handshake must not end another client's session
+
+
+def test_unknown_key_does_not_end_other_sessions(procs, tmp_path, keys, echo_server):
+    """Each refused TLS handshake left OpenSSL's (per-thread) error queue full, and the
+    next SSL call of a working session on the same loop read it as its own fatal error."""
+    if subprocess.run(["which", "openssl"], capture_output=True).returncode != 0:
+        pytest.skip("openssl is not installed")
+    cert = tmp_path / "mallory.crt"
+    r = subprocess.run(["openssl", "req", "-new", "-x509", "-key", keys.mallory.path, "-subj",
+                        "/CN=x", "-days", "1", "-out", str(cert)], capture_output=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}")
+    pub = wait_public(x)
+    live = connect("127.0.0.1", pub)
+    echo_once(live, b"before\n")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(str(cert), keys.mallory.path)
+    for i in range(5):
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as raw:
+            try:
+                with ctx.wrap_socket(raw) as t:
+                    t.sendall(b"x")
+                    t.recv(1)  # the relay's alert or close
+            except (ssl.SSLError, OSError):
+                pass
+        echo_once(live, f"during {i}\n".encode())  # the working stream goes on
+    live.close()
+    echo_check(pub)
+    assert not any("session ended" in m or "verify failed" in m for m in x.messages()), x.log
+    assert len(status_json(relay.ctl)["relay"]["sessions"]) == 1
