@@ -551,8 +551,6 @@ class Load:
         finally:
             w.transport.abort()
 
-    HOSTILE = None
-
     def hostile_frames(self):
         def frame(ftype, sid=0, payload=b"", flags=0, length=None):
             return struct.pack("!BBIH", ftype, flags, sid,
@@ -736,7 +734,7 @@ class Load:
         self.end_kinds = {p["name"]: fd_kinds(p["pid"]) for p in self.procs}
         await asyncio.sleep(1.0)
         final = self.sample("closed")
-        return self.verdict(last, final, alive, time.monotonic() - t + 1.0, closed_at)
+        return self.verdict(last, final, alive, closed_at)
 
     def fds_back(self, name, k, tol=None):
         """Sockets and other fds back to the baseline (within tol, default fd_tol), pipes
@@ -746,7 +744,7 @@ class Load:
         return k["sock"] + k["other"] <= b["sock"] + b["other"] + tol and \
             k["pipe"] <= b["pipe"] + self.pipe_spare
 
-    def verdict(self, last, final, alive, settle, closed_at):
+    def verdict(self, last, final, alive, closed_at):
         ok = True
         ref = self.ref
         lines = []
