@@ -3,7 +3,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 PYTHON     ?= /usr/bin/python3
 
-.PHONY: all build demo test test-unit test-e2e test-asan bench fuzz format format-check clean deps
+.PHONY: all build demo test test-unit test-e2e test-asan bench soak fuzz format format-check clean deps
 
 all: build
 
@@ -27,6 +27,10 @@ bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory build
 	@bench/run.sh
+
+soak:
+	@$(MAKE) --no-print-directory build
+	@bench/soak.sh
 
 fuzz:
 	@scripts/deps.sh test
