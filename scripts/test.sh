@@ -80,6 +80,7 @@ headers_alone() { # each header compiles on its own (STYLE.md)
 	return $ok
 }
 step "headers compile alone" headers_alone
+step "layers (no include upward, no verb includes another)" scripts/layers.sh
 if command -v clang-format >/dev/null; then
 	step "clang-format" make --no-print-directory format-check
 fi

@@ -55,9 +55,9 @@ struct ph_main {
 	unsigned nw, started, ended;
 	uint64_t drain_timeout;
 	bool draining, aborting;
-	bool udp;                          /* some rule forwards UDP: its counters get a line */
-	struct ph_config *cfg;             /* the rules running now */
-	struct ph_forward_rule **retiring; /* owned: removed by a reload, finishing */
+	bool udp;                  /* some rule forwards UDP: its counters get a line */
+	struct ph_config *cfg;     /* the rules running now */
+	struct ph_rule **retiring; /* owned: removed by a reload, finishing */
 	unsigned nretiring;
 	struct ph_list plans;       /* struct reload_plan not run by every worker yet */
 	struct ph_hostaddrs *self;  /* owned: this host's addresses, the workers' self_addrs */
@@ -88,7 +88,7 @@ struct unmapping {
 /* What one reload asks of every worker, in order: attach the new rules, detach the old. */
 struct reload_plan {
 	struct ph_list node; /* in ph_main.plans */
-	struct ph_forward_rule **add, **del;
+	struct ph_rule **add, **del;
 	unsigned nadd, ndel;
 	struct ph_worker_call *calls;    /* owned: one per worker */
 	unsigned pending;                /* atomic: workers that have not run it yet */
@@ -96,7 +96,7 @@ struct reload_plan {
 	struct ph_hostaddrs *old_self;   /* owned: the table it replaces, freed with the plan */
 };
 
-static void log_rule(const struct ph_forward_rule *r, unsigned nw);
+static void log_rule(const struct ph_rule *r, unsigned nw);
 
 /* Logs a line of a reload and keeps it for the `pinhole reload` that asked, if any. */
 static void reload_say(struct ph_main *m, bool error, const char *fmt, ...)
@@ -124,13 +124,13 @@ static void log_problem(void *arg, const char *msg)
 }
 
 /* How logs name a rule of a config file: its --name, or where it is written. */
-static const char *rule_origin(const struct ph_forward_rule *r)
+static const char *rule_origin(const struct ph_rule *r)
 {
 	return r->name[0] != '\0' ? r->name : r->origin;
 }
 
 /* --map: a keeper of a router mapping for r's listen port, for as long as r runs. */
-static void map_start(struct ph_main *m, struct ph_forward_rule *r)
+static void map_start(struct ph_main *m, struct ph_rule *r)
 {
 	struct ph_map_conf mc;
 	char label[96];
@@ -178,7 +178,7 @@ static void main_on_unmapped(void *arg)
 }
 
 /* r's keeper deletes its mapping and goes (the rule is removed, or pinhole stops). */
-static void map_stop(struct ph_main *m, struct ph_forward_rule *r)
+static void map_stop(struct ph_main *m, struct ph_rule *r)
 {
 	struct unmapping *u;
 
@@ -345,7 +345,7 @@ static void main_on_retire(struct ph_timer *t)
 		plan_free(p);
 	}
 	for (unsigned i = 0; i < m->nretiring; i++) {
-		struct ph_forward_rule *r = m->retiring[i];
+		struct ph_rule *r = m->retiring[i];
 		bool in_plan = false;
 
 		ph_list_for_each_safe(it, tmp, &m->plans) {
@@ -375,12 +375,12 @@ static bool same_listen(const struct ph_hostport *a, const struct ph_hostport *b
 }
 
 /* The removed rule whose proto listener r takes over, each taken once; or NULL. */
-static struct ph_forward_rule *takeover(const struct ph_config *cfg, const bool *kept,
-                                        const struct reload_plan *p,
-                                        const struct ph_forward_rule *r, unsigned proto)
+static struct ph_rule *takeover(const struct ph_config *cfg, const bool *kept,
+                                const struct reload_plan *p, const struct ph_rule *r,
+                                unsigned proto)
 {
 	for (unsigned i = 0; i < cfg->nrules; i++) {
-		struct ph_forward_rule *o = cfg->rules[i];
+		struct ph_rule *o = cfg->rules[i];
 		bool taken = false;
 
 		if (kept[i] || !same_listen(&o->listen, &r->listen, proto))
@@ -394,7 +394,7 @@ static struct ph_forward_rule *takeover(const struct ph_config *cfg, const bool 
 	return NULL;
 }
 
-static bool same_spec(const struct ph_forward_rule *a, const struct ph_forward_rule *b)
+static bool same_spec(const struct ph_rule *a, const struct ph_rule *b)
 {
 	if (a->spec == NULL || b->spec == NULL || a->spec_len != b->spec_len ||
 	    memcmp(a->spec, b->spec, a->spec_len) != 0)
@@ -412,7 +412,7 @@ static bool same_spec(const struct ph_forward_rule *a, const struct ph_forward_r
 static void main_reload(struct ph_main *m)
 {
 	struct ph_config *cfg = m->cfg, nc;
-	struct ph_forward_rule **final = NULL;
+	struct ph_rule **final = NULL;
 	struct reload_plan *p = NULL;
 	struct ph_hostaddrs *self;
 	bool *kept = NULL;
@@ -478,7 +478,7 @@ static void main_reload(struct ph_main *m)
 	}
 	/* the others start, on a removed rule's listeners when they listen just the same */
 	for (unsigned j = 0; j < nc.nrules; j++) {
-		struct ph_forward_rule *r = nc.rules[j];
+		struct ph_rule *r = nc.rules[j];
 		int err;
 
 		if (final[j] != NULL)
@@ -501,8 +501,7 @@ static void main_reload(struct ph_main *m)
 			p->del[p->ndel++] = cfg->rules[i];
 	/* from here nothing fails: the workers switch over */
 	if (m->nretiring + p->ndel > 0) {
-		struct ph_forward_rule **rt =
-			realloc(m->retiring, (m->nretiring + p->ndel) * sizeof(*rt));
+		struct ph_rule **rt = realloc(m->retiring, (m->nretiring + p->ndel) * sizeof(*rt));
 
 		if (rt == NULL) {
 			reload_say(m, true,
@@ -541,7 +540,7 @@ static void main_reload(struct ph_main *m)
 		log_rule(p->add[k], m->nw);
 	/* --map: a rule that took a removed rule's listener over takes its mapping too */
 	for (unsigned k = 0; k < p->nadd; k++) {
-		struct ph_forward_rule *r = p->add[k], *o = r->from_tcp ? r->from_tcp : r->from_udp;
+		struct ph_rule *r = p->add[k], *o = r->from_tcp ? r->from_tcp : r->from_udp;
 
 		if (r->map && o != NULL && o->keeper != NULL &&
 		    o->listen.proto == r->listen.proto &&
@@ -766,7 +765,7 @@ static int check_fd_limit(struct ph_config *cfg, unsigned nw)
 		getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	for (unsigned i = 0; i < cfg->nrules; i++) {
-		struct ph_forward_rule *r = cfg->rules[i];
+		struct ph_rule *r = cfg->rules[i];
 
 		need += nw * FDS_PER_WORKER;
 		conns += r->max_conns;
@@ -813,7 +812,7 @@ static int check_fd_limit(struct ph_config *cfg, unsigned nw)
 	                    : left < 16                ? 16
 	                                               : (unsigned)left;
 	for (unsigned i = 0; i < cfg->nrules; i++) {
-		struct ph_forward_rule *r = cfg->rules[i];
+		struct ph_rule *r = cfg->rules[i];
 
 		if ((r->listen.proto & PH_PROTO_UDP) && r->max_sessions == 0)
 			r->max_sessions = cfg->udp_sessions;
@@ -836,7 +835,7 @@ static unsigned online_cpus(void)
 	return n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;
 }
 
-static void log_rule(const struct ph_forward_rule *r, unsigned nw)
+static void log_rule(const struct ph_rule *r, unsigned nw)
 {
 	char l[PH_ADDR_STRLEN], t[3072], sess[48] = "";
 	size_t off = 0;

@@ -539,7 +539,7 @@ static int cli_common_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 	return 0;
 }
 
-static int cli_acl(struct ph_forward_rule *r, bool allow, const struct cli_opt *o, int argi,
+static int cli_acl(struct ph_rule *r, bool allow, const struct cli_opt *o, int argi,
                    struct ph_cli_error *e)
 {
 	struct ph_cidr c;
@@ -558,7 +558,7 @@ static int cli_acl(struct ph_forward_rule *r, bool allow, const struct cli_opt *
 }
 
 static int cli_forward_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
-                           struct ph_forward_rule *r, struct ph_cli_error *e)
+                           struct ph_rule *r, struct ph_cli_error *e)
 {
 	unsigned long long v;
 	int err;
@@ -682,8 +682,8 @@ static const char *proto_name(unsigned proto)
 }
 
 /* The rule as a whole: targets speak the listener's protocol, options fit it. */
-static int cli_forward_check(const struct ph_forward_rule *r, char *const *argv,
-                             const int *targ_argi, const int *opt_argi, struct ph_cli_error *e)
+static int cli_forward_check(const struct ph_rule *r, char *const *argv, const int *targ_argi,
+                             const int *opt_argi, struct ph_cli_error *e)
 {
 	unsigned p = r->listen.proto;
 
@@ -715,8 +715,8 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 	static const char *const tcp_only[] = {"--max-conns", "--connect-timeout", "--idle-timeout",
 	                                       "--proxy-protocol", "--accept-proxy"};
 	static const char *const udp_only[] = {"--udp-timeout", "--max-sessions"};
-	int targ_argi[PH_FORWARD_MAX_TARGETS], opt_argi[2] = {-1, -1};
-	struct ph_forward_rule *r;
+	int targ_argi[PH_RULE_MAX_TARGETS], opt_argi[2] = {-1, -1};
+	struct ph_rule *r;
 	int npos = 0, err = 0;
 
 	if (cfg->nrules >= PH_CONFIG_MAX_RULES)
@@ -747,9 +747,9 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 		}
 		if (npos == 0) {
 			err = cli_forward_addr(word, i, true, &r->listen, e);
-		} else if (r->ntargets >= PH_FORWARD_MAX_TARGETS) {
+		} else if (r->ntargets >= PH_RULE_MAX_TARGETS) {
 			err = cli_fail(e, i, "target '%s': too many targets (at most %d)", word,
-			               PH_FORWARD_MAX_TARGETS);
+			               PH_RULE_MAX_TARGETS);
 		} else {
 			err = cli_forward_addr(word, i, false, &r->targets[r->ntargets].hp, e);
 			if (err == 0)
@@ -783,8 +783,8 @@ static int cli_forward(int argc, char *const *argv, int first, struct ph_config 
 }
 
 /* Options only a socks rule has. Returns 1 when o was one, 0 when not, or -errno. */
-static int cli_socks_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
-                         struct ph_forward_rule *r, struct ph_cli_error *e)
+static int cli_socks_opt(int argc, char *const *argv, int *i, struct cli_opt *o, struct ph_rule *r,
+                         struct ph_cli_error *e)
 {
 	struct ph_socks_conf *sc = r->socks;
 	char why[400];
@@ -862,7 +862,7 @@ static int cli_socks(int argc, char *const *argv, int first, struct ph_config *c
 {
 	static const char *const not_socks[] = {"--proxy-protocol", "--accept-proxy",
 	                                        "--max-sessions"};
-	struct ph_forward_rule *r;
+	struct ph_rule *r;
 	const char *why;
 	int listen_argi = first, npos = 0, err = 0;
 
@@ -872,6 +872,7 @@ static int cli_socks(int argc, char *const *argv, int first, struct ph_config *c
 	if (r == NULL)
 		return -ENOMEM;
 	r->kind = PH_RULE_SOCKS;
+	r->ops = &ph_socks_ops;
 	r->socks = ph_socks_conf_new();
 	if (r->socks == NULL || ph_hostport_parse("127.0.0.1:1080", &r->listen, &why) < 0) {
 		ph_forward_rule_free(r);

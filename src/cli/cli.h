@@ -12,7 +12,7 @@
 #include "portmap/portmap.h"
 #include "tunnel/tunnel.h"
 
-struct ph_forward_rule;
+struct ph_rule;
 
 enum ph_cmd {
 	PH_CMD_NONE = 0, /* nothing given: print usage, exit 2 */
@@ -53,7 +53,7 @@ struct ph_config {
 	const char *key_file;    /* keygen -f FILE (borrowed from argv); NULL: the default */
 	const char *key_comment; /* keygen -C COMMENT */
 	bool key_show;           /* keygen --show: print the public key of FILE */
-	struct ph_forward_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
+	struct ph_rule *rules[PH_CONFIG_MAX_RULES]; /* owned */
 	unsigned nrules;
 	struct ph_server_conf *server;                /* owned: `server`, NULL none */
 	struct ph_expose_conf *expose[PH_EXPOSE_MAX]; /* owned: `expose` rules */

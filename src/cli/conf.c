@@ -149,32 +149,6 @@ static void conf_problem(struct conf_ctx *x, const char *file, unsigned line, co
 
 static int conf_file(struct conf_ctx *x, const char *path, const char *from, unsigned from_line);
 
-FILE *ph_conf_open(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), flags, e;
-	struct stat st;
-	FILE *f;
-
-	if (fd == -1)
-		return NULL;
-	/* a directory or a device: no lines to read, or lines without end */
-	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
-		e = fstat(fd, &st) == -1 ? errno : EINVAL;
-		close(fd);
-		errno = e;
-		return NULL;
-	}
-	flags = fcntl(fd, F_GETFL);
-	if (flags == -1 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1 ||
-	    (f = fdopen(fd, "r")) == NULL) {
-		e = errno;
-		close(fd);
-		errno = e;
-		return NULL;
-	}
-	return f;
-}
-
 void ph_conf_vreport(ph_conf_report_fn report, void *arg, const char *file, unsigned line,
                      const char *fmt, va_list ap)
 {
@@ -274,8 +248,8 @@ static int conf_line(struct conf_ctx *x, const char *file, unsigned line, char *
 	return 0;
 }
 
-int ph_conf_rule_origin(struct ph_forward_rule *r, const char *file, unsigned line,
-                        char *const *words, int n)
+int ph_conf_rule_origin(struct ph_rule *r, const char *file, unsigned line, char *const *words,
+                        int n)
 {
 	size_t len = 0;
 
@@ -320,7 +294,7 @@ static int conf_file(struct conf_ctx *x, const char *path, const char *from, uns
 		free(real);
 		return 0;
 	}
-	f = ph_conf_open(path);
+	f = ph_file_open(path);
 	if (f == NULL) {
 		err = errno == ENOMEM ? -ENOMEM : 0;
 		if (errno == EINVAL)
@@ -434,11 +408,11 @@ static void conf_check(struct conf_ctx *x)
 	char msg[1024], l[PH_HOST_MAX + 32];
 
 	for (unsigned j = 1; j < cfg->nrules; j++) {
-		struct ph_forward_rule *b = cfg->rules[j];
+		struct ph_rule *b = cfg->rules[j];
 		bool addr_told = false, name_told = false;
 
 		for (unsigned i = 0; i < j; i++) {
-			struct ph_forward_rule *a = cfg->rules[i];
+			struct ph_rule *a = cfg->rules[i];
 
 			if (!addr_told && listen_overlap(&a->listen, &b->listen)) {
 				snprintf(msg, sizeof(msg),
@@ -467,7 +441,7 @@ static bool looks_like_rinetd(const char *path)
 	char *line = NULL, *words[PH_CONF_MAX_WORDS];
 	size_t cap = 0;
 	bool yes = false;
-	FILE *f = ph_conf_open(path);
+	FILE *f = ph_file_open(path);
 
 	if (f == NULL)
 		return false;

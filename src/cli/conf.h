@@ -24,17 +24,12 @@ struct ph_config;
  */
 int ph_conf_split(char *line, char **words, int max, const char **why, int *col);
 
-struct ph_forward_rule;
+struct ph_rule;
 
 /* Records where rule r was written (FILE:LINE) and its words, which tell a reload whether
  * the rule changed. Returns 0 or -ENOMEM. */
-int ph_conf_rule_origin(struct ph_forward_rule *r, const char *file, unsigned line,
-                        char *const *words, int n);
-
-/* Opens the regular file path for reading, without blocking on a FIFO that has no writer
- * (O_NONBLOCK, then cleared). Returns the stream, or NULL with errno set (EINVAL: not a
- * regular file). */
-FILE *ph_conf_open(const char *path);
+int ph_conf_rule_origin(struct ph_rule *r, const char *file, unsigned line, char *const *words,
+                        int n);
 
 /* Called once per problem: "FILE:LINE: what" in msg. */
 typedef void (*ph_conf_report_fn)(void *arg, const char *msg);

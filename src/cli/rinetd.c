@@ -356,7 +356,7 @@ int ph_rinetd_load(const char *path, struct ph_config *cfg, ph_conf_report_fn re
 	x->cfg = cfg;
 	x->report = report;
 	x->arg = arg;
-	f = ph_conf_open(path);
+	f = ph_file_open(path);
 	if (f == NULL) {
 		char msg[1024];
 

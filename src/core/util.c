@@ -1,12 +1,15 @@
 #include "core/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t ph_now_ms(void)
 {
@@ -239,4 +242,30 @@ const char *ph_strerror(int err)
 	default:
 		return strerror(-err);
 	}
+}
+
+FILE *ph_file_open(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK), flags, e;
+	struct stat st;
+	FILE *f;
+
+	if (fd == -1)
+		return NULL;
+	/* a directory or a device: no lines to read, or lines without end */
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+		e = fstat(fd, &st) == -1 ? errno : EINVAL;
+		close(fd);
+		errno = e;
+		return NULL;
+	}
+	flags = fcntl(fd, F_GETFL);
+	if (flags == -1 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == -1 ||
+	    (f = fdopen(fd, "r")) == NULL) {
+		e = errno;
+		close(fd);
+		errno = e;
+		return NULL;
+	}
+	return f;
 }

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define PH_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -92,5 +93,11 @@ size_t ph_str_sanitize(char *s);
 
 /* The words for err, a negative errno or one of ours above (strerror() of -err else). */
 const char *ph_strerror(int err);
+
+/*
+ * Opens path, a regular file of lines, for reading (a directory or a device is refused with
+ * EINVAL: it has no lines, or no end). Returns the stream, or NULL with errno set.
+ */
+FILE *ph_file_open(const char *path);
 
 #endif /* PH_CORE_UTIL_H */

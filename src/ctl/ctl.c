@@ -10,13 +10,13 @@
 #include <unistd.h>
 
 #include "conn/accept.h"
+#include "conn/http.h"
 #include "core/addr.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/net.h"
 #include "core/util.h"
 #include "core/worker.h"
-#include "ctl/http.h"
 #include "forward/forward.h"
 
 #define CTL_MAX_CLIENTS 64
@@ -564,7 +564,7 @@ static const char *proto_name(unsigned proto)
 	return proto == PH_PROTO_UDP ? "udp" : proto == PH_PROTO_TCP ? "tcp" : "tcp+udp";
 }
 
-static void target_fmt(const struct ph_forward_rule *r, unsigned t, char *buf, size_t len)
+static void target_fmt(const struct ph_rule *r, unsigned t, char *buf, size_t len)
 {
 	const struct ph_hostport *hp = &r->targets[t].hp;
 	char a[PH_ADDR_STRLEN];
@@ -575,7 +575,7 @@ static void target_fmt(const struct ph_forward_rule *r, unsigned t, char *buf, s
 		snprintf(buf, len, "%s", ph_addr_fmt(&hp->addr, a, sizeof(a)));
 }
 
-static void rule_text(struct sb *b, const struct ph_forward_rule *r, const char *state)
+static void rule_text(struct sb *b, const struct ph_rule *r, const char *state)
 {
 	struct ph_stats s;
 	char a[PH_ADDR_STRLEN], t[PH_HOST_MAX + 16], up[32], down[32];
@@ -610,7 +610,7 @@ static void rule_text(struct sb *b, const struct ph_forward_rule *r, const char 
 		       (unsigned long long)s.dgrams_dropped, (unsigned long long)s.udp_evicted);
 }
 
-static void rule_json(struct sb *b, const struct ph_forward_rule *r, bool removed)
+static void rule_json(struct sb *b, const struct ph_rule *r, bool removed)
 {
 	struct ph_stats s;
 	char a[PH_ADDR_STRLEN], t[PH_HOST_MAX + 16];
@@ -731,7 +731,7 @@ static void sb_label(struct sb *b, const char *s)
 
 /* The labels that name a rule: rule (its name, or where it is written, or its listen
  * address), proto and listen. */
-static void sb_rule_labels(struct sb *b, const struct ph_forward_rule *r)
+static void sb_rule_labels(struct sb *b, const struct ph_rule *r)
 {
 	char a[PH_ADDR_STRLEN];
 

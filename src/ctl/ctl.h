@@ -15,7 +15,7 @@
 struct ph_addr;
 struct ph_loop;
 struct ph_ctl;
-struct ph_forward_rule;
+struct ph_rule;
 struct ph_status_src;
 struct ph_stats;
 
@@ -60,7 +60,7 @@ struct ph_status_src {
 	unsigned workers;
 	long pid;
 	const char *file; /* `run FILE`, or NULL */
-	struct ph_forward_rule *const *rules, *const *retiring;
+	struct ph_rule *const *rules, *const *retiring;
 	unsigned nrules, nretiring;
 	const struct ph_stats *totals; /* all workers since the start */
 };

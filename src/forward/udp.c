@@ -20,6 +20,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conn/conn.h"
+#include "conn/target.h"
 #include "conn/udptab.h"
 #include "core/dgram.h"
 #include "core/log.h"
@@ -27,7 +29,6 @@
 #include "core/net.h"
 #include "core/portseq.h"
 #include "core/worker.h"
-#include "forward/target.h"
 
 #define UDP_ROUNDS     4         /* batches per wake-up before other work gets a turn */
 #define UDP_PEND_MAX   8         /* datagrams held while the target's name resolves */
@@ -73,9 +74,9 @@ struct udp_sess {
 
 /* One rule's UDP side on one worker. */
 struct udp_wrule {
-	struct ph_forward_rule *rule; /* borrowed */
-	struct ph_worker *w;          /* borrowed */
-	struct ph_io lio;             /* the listener; closed when draining */
+	struct ph_rule *rule; /* borrowed */
+	struct ph_worker *w;  /* borrowed */
+	struct ph_io lio;     /* the listener; closed when draining */
 	struct ph_worker_hook hook;
 	struct ph_timer expire; /* when the least recently used session goes idle */
 	struct ph_udptab tab;
@@ -182,7 +183,7 @@ static void udp_close(struct udp_sess *s, const char *reason, int err)
 		ph_debug("%s", line);
 	} else if (err != 0 && PH_LOG_INFO <= ph_log_level) {
 		udp_close_line(s, reason, err, line, sizeof(line));
-		ph_logagg_note(ph_forward__label(uw->rule, label, sizeof(label)), "udp sessions",
+		ph_logagg_note(ph_rule_label(uw->rule, label, sizeof(label)), "udp sessions",
 		               reason, "%s", line);
 	}
 	s->state = UDP_CLOSED;
@@ -356,7 +357,7 @@ static void udp_on_target(struct ph_io *io, uint32_t events)
 static int udp_connect(struct udp_sess *s)
 {
 	struct ph_worker *w = s->uw->w;
-	struct ph_forward_rule *r = s->uw->rule;
+	struct ph_rule *r = s->uw->rule;
 	const struct ph_addr *src = r->has_source ? &r->source : NULL;
 	int fd, err;
 
@@ -451,7 +452,7 @@ static void udp_on_expire(struct ph_timer *t)
  */
 static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *k)
 {
-	struct ph_forward_rule *r = uw->rule;
+	struct ph_rule *r = uw->rule;
 	struct ph_worker *w = uw->w;
 	char a[PH_ADDR_STRLEN], b[PH_ADDR_STRLEN], label[96];
 	struct ph_udp_node *old;
@@ -463,7 +464,7 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 		UDP_STAT(uw, dgrams_dropped, 1);
 		if (ph_ratelimit_ok(&uw->rl_denied, w->loop.now, UDP_LOG_PER_SEC))
 			ph_info("%s: denied %s by --allow/--deny",
-			        ph_forward__label(r, label, sizeof(label)),
+			        ph_rule_label(r, label, sizeof(label)),
 			        client_fmt(&k->peer, a, sizeof(a)));
 		return NULL;
 	}
@@ -476,7 +477,7 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 			UDP_STAT(uw, dgrams_dropped, 1);
 			if (ph_ratelimit_ok(&uw->rl_full, w->loop.now, UDP_LOG_PER_SEC))
 				ph_warn("%s: dropped a datagram of %s: --max-sessions %u reached",
-				        ph_forward__label(r, label, sizeof(label)),
+				        ph_rule_label(r, label, sizeof(label)),
 				        client_fmt(&k->peer, a, sizeof(a)), r->max_sessions);
 			return NULL;
 		}
@@ -484,7 +485,7 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 		if (ph_ratelimit_ok(&uw->rl_full, w->loop.now, UDP_LOG_PER_SEC))
 			ph_warn("%s: --max-sessions %u reached: session u%llu of %s (idle %llu ms) "
 			        "makes room for %s",
-			        ph_forward__label(r, label, sizeof(label)), r->max_sessions,
+			        ph_rule_label(r, label, sizeof(label)), r->max_sessions,
 			        (unsigned long long)container_of(old, struct udp_sess, node)->id,
 			        client_fmt(&old->key.peer, a, sizeof(a)),
 			        (unsigned long long)(w->loop.now - old->last),
@@ -498,7 +499,7 @@ static struct udp_sess *udp_open(struct udp_wrule *uw, const struct ph_udp_key *
 		UDP_STAT(uw, dgrams_dropped, 1);
 		if (ph_ratelimit_ok(&uw->rl_err, w->loop.now, UDP_LOG_PER_SEC))
 			ph_err("%s: out of memory: dropped a datagram of %s",
-			       ph_forward__label(r, label, sizeof(label)),
+			       ph_rule_label(r, label, sizeof(label)),
 			       client_fmt(&k->peer, a, sizeof(a)));
 		return NULL;
 	}
@@ -603,8 +604,7 @@ static void udp_on_listen(struct ph_io *io, uint32_t events)
 			UDP_STAT(uw, errors, 1);
 			if (ph_ratelimit_ok(&uw->rl_err, w->loop.now, UDP_LOG_PER_SEC))
 				ph_err("%s: udp receive: %s",
-				       ph_forward__label(uw->rule, label, sizeof(label)),
-				       strerror(-n));
+				       ph_rule_label(uw->rule, label, sizeof(label)), strerror(-n));
 			return;
 		}
 		udp_count_drops(uw, &uw->sk_drops, ph_dgram_batch_items(w->dgram)[n - 1].sk_drops);
@@ -684,13 +684,13 @@ static void uwrule_free(struct udp_wrule *uw)
 	free(uw);
 }
 
-void ph_forward__udp_stats(const struct ph_forward_rule *r, struct ph_stats *out)
+void ph_forward__udp_stats(const struct ph_rule *r, struct ph_stats *out)
 {
 	for (unsigned i = 0; i < r->nuwr; i++)
 		ph_stats_add(out, &r->uwr[i]->stats);
 }
 
-void ph_forward__udp_free(struct ph_forward_rule *r)
+void ph_forward__udp_free(struct ph_rule *r)
 {
 	for (unsigned i = 0; i < r->nuwr; i++)
 		uwrule_free(r->uwr[i]);
@@ -708,7 +708,7 @@ static bool addr_is_any(const struct ph_addr *a)
 	return memcmp(&a->u.in6.sin6_addr, &any6, sizeof(any6)) == 0;
 }
 
-static int udp_bind_one(struct ph_forward_rule *r, bool reuseport, struct ph_addr *bound)
+static int udp_bind_one(struct ph_rule *r, bool reuseport, struct ph_addr *bound)
 {
 	struct ph_addr a = r->listen.addr;
 	int fd;
@@ -727,8 +727,8 @@ static int udp_bind_one(struct ph_forward_rule *r, bool reuseport, struct ph_add
 	return fd;
 }
 
-int ph_forward__udp_bind(struct ph_forward_rule *r, struct ph_worker **w, unsigned n,
-                         struct ph_forward_rule *from, char *why, size_t whylen)
+int ph_forward__udp_bind(struct ph_rule *r, struct ph_worker **w, unsigned n, struct ph_rule *from,
+                         char *why, size_t whylen)
 {
 	struct ph_addr bound = r->listen.addr;
 	char a[PH_ADDR_STRLEN];
@@ -797,10 +797,10 @@ err_free:
 	return err;
 }
 
-void ph_forward__udp_attach(struct ph_forward_rule *r, unsigned i)
+void ph_forward__udp_attach(struct ph_rule *r, unsigned i)
 {
 	struct udp_wrule *uw = r->uwr[i];
-	struct ph_forward_rule *from = r->from_udp;
+	struct ph_rule *from = r->from_udp;
 	struct ph_loop *l = &uw->w->loop;
 	char label[96];
 	int err;
@@ -821,12 +821,12 @@ void ph_forward__udp_attach(struct ph_forward_rule *r, unsigned i)
 	err = ph_io_add(l, &uw->lio, EPOLLIN);
 	if (err < 0) {
 		ph_err("%s: cannot watch the udp listener: %s",
-		       ph_forward__label(r, label, sizeof(label)), strerror(-err));
+		       ph_rule_label(r, label, sizeof(label)), strerror(-err));
 		ph_io_close(l, &uw->lio);
 	}
 }
 
-void ph_forward__udp_detach(struct ph_forward_rule *r, unsigned i)
+void ph_forward__udp_detach(struct ph_rule *r, unsigned i)
 {
 	struct udp_wrule *uw = r->uwr[i];
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/conf.h"
+#include "core/util.h"
 
 struct ph_socks_conf *ph_socks_conf_new(void)
 {
@@ -85,7 +85,7 @@ int ph_socks_users_load(struct ph_socks_conf *sc, const char *path, char *why, s
 	int err = 0;
 	FILE *f;
 
-	f = ph_conf_open(path);
+	f = ph_file_open(path);
 	if (f == NULL) {
 		err = -errno;
 		snprintf(why, whylen, "%s: %s", path,

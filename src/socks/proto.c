@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "ctl/http.h"
+#include "conn/http.h"
 
 #define fail(msg) (*why = (msg), -EPROTO)
 

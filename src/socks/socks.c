@@ -7,7 +7,7 @@
  * The client's bytes are peeked (MSG_PEEK) and only each complete message is read, so
  * whatever a client sends after its request stays in the socket for splice: no copy path.
  */
-#include "socks/socks-int.h"
+#include "socks/socks.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,13 +18,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "conn/conn.h"
+#include "conn/http.h"
 #include "core/connlog.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
 #include "core/resolve.h"
 #include "core/util.h"
-#include "ctl/http.h"
 
 #define SOCKS_PEEK       PH_HTTP_HEAD_MAX /* the largest message: an HTTP request head */
 #define SOCKS_CACHE      64               /* names cached per rule and worker */
@@ -52,8 +53,8 @@ enum sx_phase {
 
 struct socks_lookup {
 	struct ph_list node; /* in sw->lookups */
-	struct fwd_conn *c;  /* the connection waiting; NULL once it went away */
-	struct fwd_wrule *wr;
+	struct ph_conn *c;   /* the connection waiting; NULL once it went away */
+	struct ph_wrule *wr;
 	uint16_t port;
 	char name[PH_SOCKS_NAME_MAX + 1];
 };
@@ -73,13 +74,13 @@ struct ph_socks_wrule {
 };
 
 struct ph_socks_conn {
-	struct fwd_conn *c; /* borrowed: whose state this is */
-	uint8_t proto;      /* 5, 4, or 'H' (HTTP); 0 before the first byte */
-	uint8_t phase;      /* enum sx_phase */
-	uint8_t cmd;        /* enum ph_socks_cmd */
-	uint8_t naddr, ai;  /* the destination's addresses, and the next to try */
-	bool any_allowed;   /* some address passed the destination rules */
-	bool any_refused;   /* some address was refused by them: the first is addrs[refused_ai] */
+	struct ph_conn *c; /* borrowed: whose state this is */
+	uint8_t proto;     /* 5, 4, or 'H' (HTTP); 0 before the first byte */
+	uint8_t phase;     /* enum sx_phase */
+	uint8_t cmd;       /* enum ph_socks_cmd */
+	uint8_t naddr, ai; /* the destination's addresses, and the next to try */
+	bool any_allowed;  /* some address passed the destination rules */
+	bool any_refused;  /* some address was refused by them: the first is addrs[refused_ai] */
 	uint8_t refused_ai;
 	int refused; /* what refused it (ph_socks_dest_allows's why) */
 	int lasterr;
@@ -103,7 +104,8 @@ struct ph_socks_conn {
 	size_t pend_len;
 };
 
-static void socks_connect_next(struct fwd_conn *c);
+static void socks_connect_next(struct ph_conn *c);
+static void socks_conn_free(struct ph_conn *c);
 static void socks_on_client(struct ph_io *io, uint32_t events);
 
 static const char *proto_name(const struct ph_socks_conn *sx)
@@ -227,9 +229,9 @@ static void http_reply(int fd, int status, const char *why)
  * The request failed with err: the protocol's reply (SOCKS5 code, SOCKS4 91, HTTP status;
  * status overrides for HTTP when not 0), one log line, the close. Nothing after this.
  */
-static void socks_fail(struct fwd_conn *c, int err, int status, const char *why)
+static void socks_fail(struct ph_conn *c, int err, int status, const char *why)
 {
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_conn *sx = c->vstate;
 	int fd = c->pump.io[0].fd;
 	char reason[384];
 
@@ -261,24 +263,24 @@ static void socks_fail(struct fwd_conn *c, int err, int status, const char *why)
 	}
 	drain(fd);
 	snprintf(reason, sizeof(reason), "%s: %s", sx->proto != 0 ? proto_name(sx) : "socks", why);
-	ph_forward__close(c, false, reason, err);
+	ph_conn_close(c, false, reason, err);
 }
 
 /* ---- the destination: cache, lookup, rules, connect ---- */
 
 /* ph_socks_dest_allows for c's rule, with its worker's table of this host's addresses. */
-static bool dest_ok(const struct fwd_conn *c, const char *name, const struct ph_addr *a, int *why)
+static bool dest_ok(const struct ph_conn *c, const char *name, const struct ph_addr *a, int *why)
 {
 	return ph_socks_dest_allows(c->wr->rule->socks, c->wr->w->self_addrs, name, a, why);
 }
 
 /* Refuses c's request with "what: refused by RULE", counted as denied. */
-static void socks_refuse(struct fwd_conn *c, const char *what, int why)
+static void socks_refuse(struct ph_conn *c, const char *what, int why)
 {
 	/* cut to what an HTTP reply's 512 bytes can carry after its head */
 	char rule[PH_SOCKS_NAME_MAX + 96], reason[384];
 
-	FWD_STAT(c->wr, denied, 1);
+	PH_CONN_STAT(c->wr, denied, 1);
 	snprintf(reason, sizeof(reason), "%s: refused by %s", what,
 	         ph_socks_dest_why(c->wr->rule->socks, why, rule, sizeof(rule)));
 	socks_fail(c, -EACCES, 0, reason);
@@ -289,9 +291,9 @@ static struct socks_cached *cache_slot(struct ph_socks_wrule *sw, const char *na
 	return &sw->cache[ph_siphash13(sw->key, name, strlen(name)) % SOCKS_CACHE];
 }
 
-static struct ph_socks_wrule *wrule_sw(struct fwd_wrule *wr)
+static struct ph_socks_wrule *wrule_sw(struct ph_wrule *wr)
 {
-	struct ph_socks_wrule *sw = wr->sw;
+	struct ph_socks_wrule *sw = wr->vstate;
 
 	if (sw != NULL)
 		return sw;
@@ -305,19 +307,18 @@ static struct ph_socks_wrule *wrule_sw(struct fwd_wrule *wr)
 	}
 	ph_list_init(&sw->lookups);
 	ph_random(sw->key, sizeof(sw->key));
-	wr->sw = sw;
+	wr->vstate = sw;
 	return sw;
 }
 
 /* The cached addresses of name (with port set); 0 when none are fresh. */
-static unsigned cache_get(struct fwd_wrule *wr, const char *name, uint16_t port,
-                          struct ph_addr *out)
+static unsigned cache_get(struct ph_wrule *wr, const char *name, uint16_t port, struct ph_addr *out)
 {
 	struct socks_cached *e;
 
-	if (wr->sw == NULL)
+	if (wr->vstate == NULL)
 		return 0;
-	e = cache_slot(wr->sw, name);
+	e = cache_slot(wr->vstate, name);
 	if (e->n == 0 || e->expires <= wr->w->loop.now || strcmp(e->name, name) != 0)
 		return 0;
 	for (unsigned i = 0; i < e->n; i++) {
@@ -327,15 +328,15 @@ static unsigned cache_get(struct fwd_wrule *wr, const char *name, uint16_t port,
 	return e->n;
 }
 
-static void socks_udp_flush_pending(struct fwd_conn *c);
+static void socks_udp_flush_pending(struct ph_conn *c);
 
 static void socks_on_dns(void *arg, int err, const char *why, const struct ph_addr *addrs,
                          unsigned n, uint32_t ttl)
 {
 	struct socks_lookup *q = arg;
-	struct fwd_wrule *wr = q->wr;
-	struct ph_socks_wrule *sw = wr->sw;
-	struct fwd_conn *c = q->c;
+	struct ph_wrule *wr = q->wr;
+	struct ph_socks_wrule *sw = wr->vstate;
+	struct ph_conn *c = q->c;
 	char reason[320];
 
 	(void)why; /* err says it: ph_strerror() */
@@ -354,7 +355,7 @@ static void socks_on_dns(void *arg, int err, const char *why, const struct ph_ad
 		e->expires = wr->w->loop.now + ms;
 	}
 	if (c != NULL) {
-		struct ph_socks_conn *sx = c->sx;
+		struct ph_socks_conn *sx = c->vstate;
 
 		sx->q = NULL;
 		if (sx->phase == SX_RESOLVING) {
@@ -362,7 +363,7 @@ static void socks_on_dns(void *arg, int err, const char *why, const struct ph_ad
 			if (err != 0 || n == 0) {
 				/* err's words (ph_strerror) name the cause: "no such name" */
 				snprintf(reason, sizeof(reason), "cannot resolve %s", q->name);
-				FWD_STAT(wr, connect_failed, 1);
+				PH_CONN_STAT(wr, connect_failed, 1);
 				socks_fail(c, err != 0 ? err : -PH_ENOADDR, 502, reason);
 			} else {
 				sx->naddr = (uint8_t)(n < PH_RESOLVE_MAX ? n : PH_RESOLVE_MAX);
@@ -375,13 +376,13 @@ static void socks_on_dns(void *arg, int err, const char *why, const struct ph_ad
 		}
 	}
 	free(q);
-	ph_forward__retire(wr);
+	ph_wrule_retire(wr);
 }
 
 /* Starts looking name up for c. Returns 0, or -errno (nothing started). */
-static int socks_lookup(struct fwd_conn *c, const char *name, uint16_t port)
+static int socks_lookup(struct ph_conn *c, const char *name, uint16_t port)
 {
-	struct fwd_wrule *wr = c->wr;
+	struct ph_wrule *wr = c->wr;
 	struct ph_socks_wrule *sw = wrule_sw(wr);
 	struct socks_lookup *q;
 	int err;
@@ -402,7 +403,7 @@ static int socks_lookup(struct fwd_conn *c, const char *name, uint16_t port)
 	}
 	ph_list_add_tail(&sw->lookups, &q->node);
 	sw->busy++;
-	c->sx->q = q;
+	((struct ph_socks_conn *)c->vstate)->q = q;
 	return 0;
 }
 
@@ -410,11 +411,11 @@ static void socks_on_connect(struct ph_io *io, uint32_t events);
 
 /* Tries the destination's next address the rules allow; replies with the failure when
  * none is left. */
-static void socks_connect_next(struct fwd_conn *c)
+static void socks_connect_next(struct ph_conn *c)
 {
-	struct ph_socks_conn *sx = c->sx;
-	struct fwd_wrule *wr = c->wr;
-	const struct ph_forward_rule *r = wr->rule;
+	struct ph_socks_conn *sx = c->vstate;
+	struct ph_wrule *wr = c->wr;
+	const struct ph_rule *r = wr->rule;
 	struct ph_loop *l = &wr->w->loop;
 	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96], ip[PH_ADDR_STRLEN];
 	int fd, err, why;
@@ -434,8 +435,7 @@ static void socks_connect_next(struct fwd_conn *c)
 			continue;
 		}
 		sx->any_allowed = true;
-		c->try.tgt = 0;
-		c->try.dst = *a;
+		ph_conn_set_dst(c, a);
 		fd = ph_tcp_connect(a, r->has_source ? &r->source : NULL);
 		if (fd < 0) {
 			sx->lasterr = fd;
@@ -460,21 +460,21 @@ static void socks_connect_next(struct fwd_conn *c)
 			         ph_addr_fmt(&sx->addrs[sx->refused_ai], ip, sizeof(ip)));
 			socks_refuse(c, sx->dst.name[0] != '\0' ? reason : d, sx->refused);
 		} else {
-			FWD_STAT(wr, denied, 1);
+			PH_CONN_STAT(wr, denied, 1);
 			socks_fail(c, -EACCES, 0,
 			           "the unspecified address (this host) is no destination");
 		}
 		return;
 	}
-	FWD_STAT(wr, connect_failed, 1);
+	PH_CONN_STAT(wr, connect_failed, 1);
 	snprintf(reason, sizeof(reason), "cannot connect to %s", d);
 	socks_fail(c, sx->lasterr != 0 ? sx->lasterr : -EHOSTUNREACH, 0, reason);
 }
 
 /* The request succeeded: the protocol's success reply naming bound. Returns 0 or -errno. */
-static int socks_reply_ok(struct fwd_conn *c, const struct ph_addr *bound)
+static int socks_reply_ok(struct ph_conn *c, const struct ph_addr *bound)
 {
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_conn *sx = c->vstate;
 	int fd = c->pump.io[0].fd;
 
 	if (sx->proto == 5) {
@@ -502,8 +502,8 @@ static int socks_reply_ok(struct fwd_conn *c, const struct ph_addr *bound)
 
 static void socks_on_connect(struct ph_io *io, uint32_t events)
 {
-	struct fwd_conn *c = container_of(io, struct fwd_conn, pump.io[1]);
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_conn *c = container_of(io, struct ph_conn, pump.io[1]);
+	struct ph_socks_conn *sx = c->vstate;
 	struct ph_loop *l = &c->wr->w->loop;
 	struct ph_addr bound;
 	socklen_t len = sizeof(bound.u);
@@ -527,24 +527,24 @@ static void socks_on_connect(struct ph_io *io, uint32_t events)
 	if (err == 0 && sx->fwd != NULL) {
 		err = send_all(io->fd, sx->fwd, sx->fwd_len);
 		if (err == 0) {
-			c->pump.dir[0].bytes += sx->fwd_len;
-			FWD_STAT(c->wr, bytes_up, sx->fwd_len);
-			FWD_STAT(c->wr, copied, sx->fwd_len);
+			ph_conn_count(c, sx->fwd_len, 0);
+			PH_CONN_STAT(c->wr, bytes_up, sx->fwd_len);
+			PH_CONN_STAT(c->wr, copied, sx->fwd_len);
 		}
 	}
 	if (err < 0) {
-		FWD_STAT(c->wr, errors, 1);
-		ph_forward__close(c, true, "cannot send the reply", err);
+		PH_CONN_STAT(c->wr, errors, 1);
+		ph_conn_close(c, true, "cannot send the reply", err);
 		return;
 	}
 	if (sx->one_request)
 		ph_pump_down_only(&c->pump);
-	ph_socks__conn_free(c); /* the handshake is over: only the pump's state is left */
-	ph_forward__relay(c, events, true);
+	socks_conn_free(c); /* the handshake is over: only the pump's state is left */
+	ph_conn_relay(c, events, true);
 }
 
 /* The local address the client reached us at, port 0: where BIND and UDP listen. */
-static int local_of(struct fwd_conn *c, struct ph_addr *a)
+static int local_of(struct ph_conn *c, struct ph_addr *a)
 {
 	socklen_t len = sizeof(a->u);
 
@@ -566,7 +566,7 @@ static void any_of(const struct ph_addr *a, struct ph_addr *any)
 static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
 {
 	struct ph_socks_conn *sx = container_of(io, struct ph_socks_conn, aux);
-	struct fwd_conn *c = sx->c;
+	struct ph_conn *c = sx->c;
 	struct ph_loop *l = &c->wr->w->loop;
 	struct ph_addr peer, want = sx->dst.addr;
 	socklen_t len = sizeof(peer.u);
@@ -594,7 +594,7 @@ static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
 		    !dest_ok(c, NULL, &peer, NULL)) {
 			char label[96];
 
-			ph_logagg_note(ph_forward__label(c->wr->rule, label, sizeof(label)),
+			ph_logagg_note(ph_rule_label(c->wr->rule, label, sizeof(label)),
 			               "BIND peers", "refused: not the host the client named",
 			               "c%llu: BIND: refused a connection from %s",
 			               (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
@@ -607,20 +607,19 @@ static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
 	ph_io_close(l, &sx->aux);
 	ph_timer_stop(l, &c->timer);
 	ph_io_init(&c->pump.io[1], fd, NULL);
-	c->try.tgt = 0;
-	c->try.dst = peer;
+	ph_conn_set_dst(c, &peer);
 	err = socks_reply_ok(c, &peer);
 	if (err < 0) {
-		ph_forward__close(c, true, "BIND: cannot send the second reply", err);
+		ph_conn_close(c, true, "BIND: cannot send the second reply", err);
 		return;
 	}
-	ph_socks__conn_free(c);
-	ph_forward__relay(c, 0, false);
+	socks_conn_free(c);
+	ph_conn_relay(c, 0, false);
 }
 
-static void socks_bind(struct fwd_conn *c)
+static void socks_bind(struct ph_conn *c)
 {
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_conn *sx = c->vstate;
 	struct ph_loop *l = &c->wr->w->loop;
 	struct ph_addr local, bound;
 	socklen_t len = sizeof(bound.u);
@@ -647,7 +646,7 @@ static void socks_bind(struct fwd_conn *c)
 		err = socks_reply_ok(c, &local);
 	}
 	if (err < 0) {
-		FWD_STAT(c->wr, errors, 1);
+		PH_CONN_STAT(c->wr, errors, 1);
 		socks_fail(c, err, 0, "BIND: cannot listen for the incoming connection");
 		return;
 	}
@@ -696,10 +695,10 @@ static bool is_multicast(const struct ph_addr *a)
  * may be 127.0.0.1, and could not send beyond this host. Bound to --source when it is of
  * a's family; else the kernel picks the address per destination.
  */
-static int udp_out(struct fwd_conn *c, const struct ph_addr *a)
+static int udp_out(struct ph_conn *c, const struct ph_addr *a)
 {
-	struct ph_socks_conn *sx = c->sx;
-	const struct ph_forward_rule *r = c->wr->rule;
+	struct ph_socks_conn *sx = c->vstate;
+	const struct ph_rule *r = c->wr->rule;
 	bool v6 = a->u.sa.sa_family == AF_INET6;
 	struct ph_io *io = &sx->out[v6];
 	struct ph_addr from;
@@ -726,11 +725,11 @@ static int udp_out(struct fwd_conn *c, const struct ph_addr *a)
 }
 
 /* Sends a client's datagram on to dst (resolved). Returns true when it went. */
-static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const struct ph_addr *dst,
+static bool udp_send(struct ph_conn *c, const struct ph_socks_dest *d, const struct ph_addr *dst,
                      const uint8_t *data, size_t n)
 {
-	struct ph_socks_conn *sx = c->sx;
-	struct fwd_wrule *wr = c->wr;
+	struct ph_socks_conn *sx = c->vstate;
+	struct ph_wrule *wr = c->wr;
 	struct ph_addr a = *dst;
 	int fd;
 
@@ -741,15 +740,15 @@ static bool udp_send(struct fwd_conn *c, const struct ph_socks_dest *d, const st
 	if (fd < 0 || sendto(fd, data, n, MSG_DONTWAIT, &a.u.sa, a.len) == -1)
 		return false;
 	udp_peer_add(sx, &a);
-	c->pump.dir[0].bytes += n;
-	FWD_STAT(wr, bytes_up, n);
-	FWD_STAT(wr, dgrams_up, 1);
+	ph_conn_count(c, n, 0);
+	PH_CONN_STAT(wr, bytes_up, n);
+	PH_CONN_STAT(wr, dgrams_up, 1);
 	return true;
 }
 
-static void socks_udp_flush_pending(struct fwd_conn *c)
+static void socks_udp_flush_pending(struct ph_conn *c)
 {
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_conn *sx = c->vstate;
 	struct ph_socks_dest d;
 	struct ph_addr addrs[PH_RESOLVE_MAX];
 	const char *why;
@@ -761,23 +760,23 @@ static void socks_udp_flush_pending(struct fwd_conn *c)
 	hl = ph_socks5_udp_parse(sx->pend, sx->pend_len, &d, &why);
 	n = hl > 0 ? cache_get(c->wr, d.name, d.port, addrs) : 0;
 	if (n == 0 || !udp_send(c, &d, &addrs[0], sx->pend + hl, sx->pend_len - (size_t)hl))
-		FWD_STAT(c->wr, dgrams_dropped, 1);
+		PH_CONN_STAT(c->wr, dgrams_dropped, 1);
 	free(sx->pend);
 	sx->pend = NULL;
 }
 
 /* A datagram from the client: header off, on to its destination. */
-static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
+static void udp_from_client(struct ph_conn *c, uint8_t *b, size_t n)
 {
-	struct ph_socks_conn *sx = c->sx;
-	struct fwd_wrule *wr = c->wr;
+	struct ph_socks_conn *sx = c->vstate;
+	struct ph_wrule *wr = c->wr;
 	struct ph_addr addrs[PH_RESOLVE_MAX];
 	struct ph_socks_dest d;
 	const char *why;
 	int hl = ph_socks5_udp_parse(b, n, &d, &why);
 
 	if (hl < 0) {
-		FWD_STAT(wr, dgrams_dropped, 1);
+		PH_CONN_STAT(wr, dgrams_dropped, 1);
 		ph_debug("c%llu: udp: dropped a datagram: %s", (unsigned long long)c->id, why);
 		return;
 	}
@@ -786,17 +785,17 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 
 		ph_addr_set_port(&a, d.port);
 		if (!udp_send(c, &d, &a, b + hl, n - (size_t)hl))
-			FWD_STAT(wr, dgrams_dropped, 1);
+			PH_CONN_STAT(wr, dgrams_dropped, 1);
 		return;
 	}
 	if (cache_get(wr, d.name, d.port, addrs) > 0) {
 		if (!udp_send(c, &d, &addrs[0], b + hl, n - (size_t)hl))
-			FWD_STAT(wr, dgrams_dropped, 1);
+			PH_CONN_STAT(wr, dgrams_dropped, 1);
 		return;
 	}
 	/* the name is looked up; this datagram waits for it (the one before is dropped) */
 	if (sx->pend != NULL || sx->q != NULL || !dest_ok(c, d.name, NULL, NULL)) {
-		FWD_STAT(wr, dgrams_dropped, 1);
+		PH_CONN_STAT(wr, dgrams_dropped, 1);
 		if (sx->q != NULL)
 			return;
 		free(sx->pend);
@@ -806,7 +805,7 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 	}
 	sx->pend = n <= SOCKS_UDP_HOLD ? malloc(n) : NULL; /* a name's first datagram: small */
 	if (sx->pend == NULL) {
-		FWD_STAT(wr, dgrams_dropped, 1);
+		PH_CONN_STAT(wr, dgrams_dropped, 1);
 		return;
 	}
 	memcpy(sx->pend, b, n);
@@ -814,7 +813,7 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 	if (socks_lookup(c, d.name, d.port) < 0) {
 		free(sx->pend);
 		sx->pend = NULL;
-		FWD_STAT(wr, dgrams_dropped, 1);
+		PH_CONN_STAT(wr, dgrams_dropped, 1);
 	}
 }
 
@@ -823,11 +822,11 @@ static void udp_from_client(struct fwd_conn *c, uint8_t *b, size_t n)
 static void udp_read(struct ph_socks_conn *sx, struct ph_io *io)
 {
 	static __thread uint8_t buf[PH_SOCKS_UDP_HDR_MAX + SOCKS_UDP_MAX];
-	struct fwd_conn *c = sx->c;
-	struct fwd_wrule *wr = c->wr;
+	struct ph_conn *c = sx->c;
+	struct ph_wrule *wr = c->wr;
 	uint8_t *data = buf + PH_SOCKS_UDP_HDR_MAX; /* room to put a header in front */
 
-	for (unsigned i = 0; i < SOCKS_UDP_BUDGET && c->sx == sx && io->fd != -1; i++) {
+	for (unsigned i = 0; i < SOCKS_UDP_BUDGET && c->vstate == sx && io->fd != -1; i++) {
 		struct ph_addr from;
 		socklen_t len = sizeof(from.u);
 		ssize_t n = recvfrom(io->fd, data, SOCKS_UDP_MAX, 0, &from.u.sa, &len);
@@ -853,19 +852,20 @@ static void udp_read(struct ph_socks_conn *sx, struct ph_io *io)
 			if (ph_addr_port(&sx->client) == 0 ||
 			    sendto(sx->aux.fd, data - hl, (size_t)n + hl, MSG_DONTWAIT,
 			           &sx->client.u.sa, sx->client.len) == -1) {
-				FWD_STAT(wr, dgrams_dropped, 1);
+				PH_CONN_STAT(wr, dgrams_dropped, 1);
 				continue;
 			}
 			sx->udp_last =
 				wr->w->loop.now; /* a stranger's datagram keeps nothing alive */
-			c->pump.dir[1].bytes += (uint64_t)n;
-			FWD_STAT(wr, bytes_down, (uint64_t)n);
-			FWD_STAT(wr, dgrams_down, 1);
+			ph_conn_count(c, 0, (uint64_t)n);
+			PH_CONN_STAT(wr, bytes_down, (uint64_t)n);
+			PH_CONN_STAT(wr, dgrams_down, 1);
 		} else {
-			FWD_STAT(wr, dgrams_dropped, 1); /* not the client, nor whom it wrote to */
+			PH_CONN_STAT(wr, dgrams_dropped,
+			             1); /* not the client, nor whom it wrote to */
 		}
 	}
-	if (c->sx == sx && io->fd != -1)
+	if (c->vstate == sx && io->fd != -1)
 		ph_io_mod(&wr->w->loop, io, EPOLLIN | EPOLLET); /* budget used: report again */
 }
 
@@ -887,10 +887,10 @@ static void socks_on_udp_out6(struct ph_io *io, uint32_t events)
 	udp_read(container_of(io, struct ph_socks_conn, out[1]), io);
 }
 
-static void socks_udp(struct fwd_conn *c)
+static void socks_udp(struct ph_conn *c)
 {
-	struct ph_socks_conn *sx = c->sx;
-	struct fwd_wrule *wr = c->wr;
+	struct ph_socks_conn *sx = c->vstate;
+	struct ph_wrule *wr = c->wr;
 	struct ph_loop *l = &wr->w->loop;
 	struct ph_addr local, bound;
 	socklen_t len = sizeof(bound.u);
@@ -915,7 +915,7 @@ static void socks_udp(struct fwd_conn *c)
 		err = socks_reply_ok(c, &local);
 	}
 	if (err < 0) {
-		FWD_STAT(wr, errors, 1);
+		PH_CONN_STAT(wr, errors, 1);
 		socks_fail(c, err, 0, "UDP ASSOCIATE: cannot open the relay socket");
 		return;
 	}
@@ -926,16 +926,15 @@ static void socks_udp(struct fwd_conn *c)
 	ph_addr_set_port(&sx->client, sx->dst.port);
 	sx->phase = SX_UDP;
 	sx->udp_last = l->now;
-	c->try.tgt = 0;
-	c->try.dst = local;
+	ph_conn_set_dst(c, &local);
 	ph_timer_arm(l, &c->timer, wr->rule->udp_timeout);
 }
 
 /* The request is read: its destination is checked, looked up, connected to. */
-static void socks_begin(struct fwd_conn *c)
+static void socks_begin(struct ph_conn *c)
 {
-	struct ph_socks_conn *sx = c->sx;
-	struct fwd_wrule *wr = c->wr;
+	struct ph_socks_conn *sx = c->vstate;
+	struct ph_wrule *wr = c->wr;
 	struct ph_loop *l = &wr->w->loop;
 	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96];
 	int err, why;
@@ -973,7 +972,7 @@ static void socks_begin(struct fwd_conn *c)
 	}
 	sx->ai = 0;
 	if (sx->dst.name[0] == '\0' && ph_addr_is_any(&sx->dst.addr)) {
-		FWD_STAT(wr, denied, 1);
+		PH_CONN_STAT(wr, denied, 1);
 		socks_fail(c, -EACCES, 0, "the unspecified address (this host) is no destination");
 		return;
 	}
@@ -991,7 +990,7 @@ static void socks_begin(struct fwd_conn *c)
 	}
 	err = socks_lookup(c, sx->dst.name, sx->dst.port);
 	if (err < 0) {
-		FWD_STAT(wr, errors, 1);
+		PH_CONN_STAT(wr, errors, 1);
 		snprintf(reason, sizeof(reason), "cannot look %s up", sx->dst.name);
 		socks_fail(c, err, 502, reason);
 		return;
@@ -1021,9 +1020,9 @@ static const char *printable(const char *s, size_t n, char *out, size_t cap)
  * One message of the handshake from the n bytes peeked at b. Returns the bytes it used
  * (to be read from the socket), 0 when more must come first, or -1 when c was closed.
  */
-static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
+static int socks_step(struct ph_conn *c, const uint8_t *b, size_t n)
 {
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_conn *sx = c->vstate;
 	const struct ph_socks_conf *sc = c->wr->rule->socks;
 	char user[PH_SOCKS_NAME_MAX + 1], pass[PH_SOCKS_NAME_MAX + 1],
 		reason[PH_SOCKS_NAME_MAX + 96], shown[40];
@@ -1047,7 +1046,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 			sx->proto = 'H';
 			sx->phase = SX_HTTP;
 		} else {
-			FWD_STAT(c->wr, errors, 1);
+			PH_CONN_STAT(c->wr, errors, 1);
 			socks_fail(c, -EPROTO, 0, "neither SOCKS nor HTTP");
 			return -1;
 		}
@@ -1061,14 +1060,13 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 		                       : (methods & PH_SOCKS5_M_NONE ? 0x00 : 0xff);
 		if (send_all(c->pump.io[0].fd, r, 2) < 0 || r[1] == 0xff) {
 			drain(c->pump.io[0].fd);
-			ph_forward__close(c, false,
-			                  sc->nusers != 0
-			                          ? "socks5: the client offers no "
-			                            "username/password, which is required"
-			                          : "socks5: the client offers no method "
-			                            "but username/password, and no users are "
-			                            "set",
-			                  -EACCES);
+			ph_conn_close(c, false,
+			              sc->nusers != 0 ? "socks5: the client offers no "
+			                                "username/password, which is required"
+			                              : "socks5: the client offers no method "
+			                                "but username/password, and no users are "
+			                                "set",
+			              -EACCES);
 			return -1;
 		}
 		sx->phase = r[1] == 0x02 ? SX_AUTH : SX_REQUEST;
@@ -1083,12 +1081,12 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 		r[1] = ph_socks_user_ok(sc, user, ulen, pass, plen) ? 0 : 1;
 		explicit_bzero(pass, sizeof(pass));
 		if (send_all(c->pump.io[0].fd, r, 2) < 0 || r[1] != 0) {
-			FWD_STAT(c->wr, denied, 1);
+			PH_CONN_STAT(c->wr, denied, 1);
 			drain(c->pump.io[0].fd);
 			snprintf(reason, sizeof(reason),
 			         "socks5: wrong user name or password (user '%s')",
 			         printable(user, ulen, shown, sizeof(shown)));
-			ph_forward__close(c, false, reason, -EACCES);
+			ph_conn_close(c, false, reason, -EACCES);
 			return -1;
 		}
 		sx->phase = SX_REQUEST;
@@ -1096,7 +1094,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 	case SX_REQUEST:
 		len = ph_socks5_request(b, n, &req, &rep, &why);
 		if (len == -EPROTO) {
-			FWD_STAT(c->wr, errors, 1);
+			PH_CONN_STAT(c->wr, errors, 1);
 			socks_fail(c,
 			           rep == PH_SOCKS5_CMD_UNSUPPORTED    ? -EOPNOTSUPP
 			           : rep == PH_SOCKS5_ATYP_UNSUPPORTED ? -EAFNOSUPPORT
@@ -1116,7 +1114,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 		if (len <= 0)
 			break;
 		if (sc->nusers != 0) {
-			FWD_STAT(c->wr, denied, 1);
+			PH_CONN_STAT(c->wr, denied, 1);
 			socks_fail(c, -EACCES, 0, "SOCKS4 has no passwords, and users are set");
 			return -1;
 		}
@@ -1127,7 +1125,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 	case SX_HTTP:
 		len = ph_http_proxy_parse((const char *)b, n, &hr, &status, &why);
 		if (len == -EPROTO) {
-			FWD_STAT(c->wr, errors, 1);
+			PH_CONN_STAT(c->wr, errors, 1);
 			socks_fail(c, -EPROTO, status, why);
 			return -1;
 		}
@@ -1143,7 +1141,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 				ok = ph_socks_user_ok(sc, user, ulen, pass, plen);
 			explicit_bzero(pass, sizeof(pass));
 			if (!ok) {
-				FWD_STAT(c->wr, denied, 1);
+				PH_CONN_STAT(c->wr, denied, 1);
 				snprintf(reason, sizeof(reason), "%s (user '%s')",
 				         hr.auth == NULL ? "no proxy credentials"
 				                         : "wrong user name or password",
@@ -1162,7 +1160,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 			                    : ph_http_proxy_rewrite((const char *)b, &hr, sx->fwd,
 			                                            hr.head_len + 320);
 			if (m < 0) {
-				FWD_STAT(c->wr, errors, 1);
+				PH_CONN_STAT(c->wr, errors, 1);
 				socks_fail(c, m, 502, "cannot rewrite the request");
 				return -1;
 			}
@@ -1179,7 +1177,7 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
 	}
 	if (len == -EAGAIN)
 		return 0;
-	FWD_STAT(c->wr, errors, 1);
+	PH_CONN_STAT(c->wr, errors, 1);
 	socks_fail(c, -EPROTO, 0, why != NULL ? why : "a bad handshake");
 	return -1;
 }
@@ -1190,9 +1188,9 @@ static int socks_step(struct fwd_conn *c, const uint8_t *b, size_t n)
  * wake-up. Otherwise its bytes wait for the pump (which re-reads readiness when it takes
  * the socket over); a client that went away (reset, or gone altogether) ends it now.
  */
-static void socks_on_client_later(struct fwd_conn *c, uint32_t events)
+static void socks_on_client_later(struct ph_conn *c, uint32_t events)
 {
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_conn *sx = c->vstate;
 	struct ph_io *io = &c->pump.io[0];
 	char buf[4096];
 
@@ -1203,8 +1201,7 @@ static void socks_on_client_later(struct fwd_conn *c, uint32_t events)
 			if (n > 0)
 				continue;
 			if (n == 0 || (errno != EAGAIN && errno != EINTR))
-				ph_forward__close(c, false, "udp: the client ended the association",
-				                  0);
+				ph_conn_close(c, false, "udp: the client ended the association", 0);
 			return;
 		}
 		ph_io_mod(&c->wr->w->loop, io, PH_PUMP_EVENTS); /* more: report it again */
@@ -1213,18 +1210,18 @@ static void socks_on_client_later(struct fwd_conn *c, uint32_t events)
 	if (events & (EPOLLHUP | EPOLLERR)) {
 		int err = ph_sock_error(io->fd);
 
-		ph_forward__close(c, true, "socks: the client went away before its reply",
-		                  err < 0 ? err : -ECONNRESET);
+		ph_conn_close(c, true, "socks: the client went away before its reply",
+		              err < 0 ? err : -ECONNRESET);
 		return;
 	}
 	if (sx->phase == SX_BIND_WAIT && (events & EPOLLRDHUP))
-		ph_forward__close(c, false, "BIND: the client ended it before a peer came", 0);
+		ph_conn_close(c, false, "BIND: the client ended it before a peer came", 0);
 }
 
 /* The client's socket during the handshake and until the pump takes it over. */
 static void socks_on_client(struct ph_io *io, uint32_t events)
 {
-	struct fwd_conn *c = container_of(io, struct fwd_conn, pump.io[0]);
+	struct ph_conn *c = container_of(io, struct ph_conn, pump.io[0]);
 	uint8_t buf[SOCKS_PEEK];
 	struct ph_socks_conn *sx;
 
@@ -1233,8 +1230,8 @@ static void socks_on_client(struct ph_io *io, uint32_t events)
 		size_t off;
 		int used = 0;
 
-		sx = c->sx;
-		if (c->state != FWD_SOCKS || sx == NULL)
+		sx = c->vstate;
+		if (c->state != PH_CONN_VERB || sx == NULL)
 			return;
 		if (sx->phase >= SX_READY) {
 			socks_on_client_later(c, events);
@@ -1245,12 +1242,12 @@ static void socks_on_client(struct ph_io *io, uint32_t events)
 			if (errno == EINTR)
 				continue;
 			if (errno != EAGAIN)
-				ph_forward__close(c, true, "socks: the client failed mid-handshake",
-				                  -errno);
+				ph_conn_close(c, true, "socks: the client failed mid-handshake",
+				              -errno);
 			return;
 		}
 		if (n == 0) {
-			ph_forward__close(c, false, "socks: the client closed mid-handshake", 0);
+			ph_conn_close(c, false, "socks: the client closed mid-handshake", 0);
 			return;
 		}
 		/* every whole message peeked at, then one read of them all; anything that comes
@@ -1263,20 +1260,19 @@ static void socks_on_client(struct ph_io *io, uint32_t events)
 				break;
 		}
 		if (off == 0 && (size_t)n == sizeof(buf)) {
-			FWD_STAT(c->wr, errors, 1);
+			PH_CONN_STAT(c->wr, errors, 1);
 			socks_fail(c, -EPROTO, 431, "a handshake too long");
 			return;
 		}
 		if (sx->phase < SX_READY && (size_t)n > off && (events & EPOLLRDHUP)) {
 			/* a message cut short, and the client will send nothing more */
-			FWD_STAT(c->wr, errors, 1);
-			ph_forward__close(c, false, "socks: the client closed mid-message",
-			                  -EPROTO);
+			PH_CONN_STAT(c->wr, errors, 1);
+			ph_conn_close(c, false, "socks: the client closed mid-message", -EPROTO);
 			return;
 		}
 		/* exactly what was used: what comes after the request stays for splice */
 		if (off > 0 && recv(io->fd, buf, off, 0) != (ssize_t)off) {
-			ph_forward__close(c, true, "socks: cannot read the handshake", -EIO);
+			ph_conn_close(c, true, "socks: cannot read the handshake", -EIO);
 			return;
 		}
 		if (sx->phase == SX_READY)
@@ -1285,43 +1281,43 @@ static void socks_on_client(struct ph_io *io, uint32_t events)
 	}
 }
 
-void ph_socks__start(struct fwd_conn *c)
+static void socks_start(struct ph_conn *c)
 {
 	struct ph_loop *l = &c->wr->w->loop;
 	struct ph_socks_conn *sx = calloc(1, sizeof(*sx));
 	int err;
 
 	if (sx == NULL) {
-		FWD_STAT(c->wr, errors, 1);
-		ph_forward__close(c, true, "socks: out of memory", -ENOMEM);
+		PH_CONN_STAT(c->wr, errors, 1);
+		ph_conn_close(c, true, "socks: out of memory", -ENOMEM);
 		return;
 	}
 	sx->c = c;
 	ph_io_init(&sx->aux, -1, NULL);
 	ph_io_init(&sx->out[0], -1, NULL);
 	ph_io_init(&sx->out[1], -1, NULL);
-	c->sx = sx;
-	ph_forward__set_state(c, FWD_SOCKS);
+	c->vstate = sx;
+	ph_conn_set_state(c, PH_CONN_VERB);
 	/* the pump takes this registration over (EPOLL_CTL_MOD) when it starts */
 	c->pump.io[0].cb = socks_on_client;
 	err = ph_io_add(l, &c->pump.io[0], PH_PUMP_EVENTS);
 	if (err < 0) {
-		FWD_STAT(c->wr, errors, 1);
-		ph_forward__close(c, true, "socks: cannot watch the client", err);
+		PH_CONN_STAT(c->wr, errors, 1);
+		ph_conn_close(c, true, "socks: cannot watch the client", err);
 		return;
 	}
 	ph_timer_arm(l, &c->timer, c->wr->rule->socks->handshake_timeout);
 }
 
-void ph_socks__on_timer(struct fwd_conn *c)
+static void socks_on_timer(struct ph_conn *c)
 {
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_conn *sx = c->vstate;
 	struct ph_loop *l = &c->wr->w->loop;
 	uint64_t idle;
 
 	switch (sx->phase) {
 	case SX_RESOLVING:
-		FWD_STAT(c->wr, connect_failed, 1);
+		PH_CONN_STAT(c->wr, connect_failed, 1);
 		socks_fail(c, -EHOSTUNREACH, 504, "the name lookup timed out");
 		break;
 	case SX_CONNECTING:
@@ -1335,25 +1331,25 @@ void ph_socks__on_timer(struct fwd_conn *c)
 	case SX_UDP:
 		idle = c->wr->rule->udp_timeout;
 		if (l->now - sx->udp_last >= idle)
-			ph_forward__close(c, false, "udp: idle timeout", 0);
+			ph_conn_close(c, false, "udp: idle timeout", 0);
 		else
 			ph_timer_arm(l, &c->timer, idle - (l->now - sx->udp_last));
 		break;
 	default:
-		FWD_STAT(c->wr, errors, 1);
+		PH_CONN_STAT(c->wr, errors, 1);
 		if (sx->phase == SX_HTTP)
 			socks_fail(c, -ETIMEDOUT, 408, "no complete request in time");
 		else if (sx->phase == SX_REQUEST || sx->phase == SX_REQUEST4)
 			socks_fail(c, -ETIMEDOUT, 0, "no complete request in time");
 		else /* mid-greeting or authentication: SOCKS has no answer for that */
-			ph_forward__close(c, false, "socks: handshake timed out", -ETIMEDOUT);
+			ph_conn_close(c, false, "socks: handshake timed out", -ETIMEDOUT);
 		break;
 	}
 }
 
-void ph_socks__conn_free(struct fwd_conn *c)
+static void socks_conn_free(struct ph_conn *c)
 {
-	struct ph_socks_conn *sx = c->sx;
+	struct ph_socks_conn *sx = c->vstate;
 
 	if (sx == NULL)
 		return;
@@ -1373,18 +1369,18 @@ void ph_socks__conn_free(struct fwd_conn *c)
 	 * goes with the connection's (forward.c's reap), after the batch */
 	if (!sx->watched) {
 		free(sx);
-		c->sx = NULL;
+		c->vstate = NULL;
 	}
 }
 
-bool ph_socks__wrule_idle(const struct fwd_wrule *wr)
+static bool socks_wrule_idle(const struct ph_wrule *wr)
 {
-	return wr->sw == NULL || wr->sw->busy == 0;
+	return wr->vstate == NULL || ((const struct ph_socks_wrule *)wr->vstate)->busy == 0;
 }
 
-void ph_socks__wrule_free(struct fwd_wrule *wr)
+static void socks_wrule_free(struct ph_wrule *wr)
 {
-	struct ph_socks_wrule *sw = wr->sw;
+	struct ph_socks_wrule *sw = wr->vstate;
 	struct ph_list *it, *tmp;
 
 	if (sw == NULL)
@@ -1398,5 +1394,22 @@ void ph_socks__wrule_free(struct fwd_wrule *wr)
 	}
 	free(sw->cache);
 	free(sw);
-	wr->sw = NULL;
+	wr->vstate = NULL;
 }
+
+static void socks_rule_free(struct ph_rule *r)
+{
+	ph_socks_conf_free(r->socks);
+	r->socks = NULL;
+}
+
+const struct ph_conn_ops ph_socks_ops = {
+	.name = "socks",
+	.fds = PH_FDS_SOCKS,
+	.start = socks_start,
+	.on_timer = socks_on_timer,
+	.conn_free = socks_conn_free,
+	.wrule_idle = socks_wrule_idle,
+	.wrule_free = socks_wrule_free,
+	.rule_free = socks_rule_free,
+};

@@ -14,6 +14,11 @@
 #include "core/addr.h"
 #include "socks/proto.h"
 
+struct ph_conn_ops;
+
+/* A socks rule's connections: the handshake, then the connection layer's pump (conn/conn.h). */
+extern const struct ph_conn_ops ph_socks_ops;
+
 #define PH_SOCKS_PORT              1080
 #define PH_SOCKS_HANDSHAKE_TIMEOUT 10000 /* ms: default --handshake-timeout */
 

@@ -68,13 +68,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				      cfg.expose[i]->local.port != 0 &&
 				      !cfg.expose[i]->local.wildcard);
 		} else if (cfg.cmd == PH_CMD_FORWARD) {
-			const struct ph_forward_rule *r = cfg.rules[0];
+			const struct ph_rule *r = cfg.rules[0];
 
 			CHECK(cfg.nrules == 1);
 			/* a socks rule's clients name their targets */
 			CHECK(r->kind == PH_RULE_SOCKS
 			              ? r->ntargets == 0 && r->socks != NULL
-			              : r->ntargets >= 1 && r->ntargets <= PH_FORWARD_MAX_TARGETS);
+			              : r->ntargets >= 1 && r->ntargets <= PH_RULE_MAX_TARGETS);
 			CHECK(!r->listen.is_name && r->listen.proto != 0 &&
 			      (r->listen.proto & ~(unsigned)(PH_PROTO_TCP | PH_PROTO_UDP)) == 0);
 			CHECK(r->connect_timeout > 0);

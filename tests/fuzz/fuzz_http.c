@@ -1,10 +1,10 @@
 /*
- * Fuzzes the HTTP request-head parser of the metrics endpoint (ctl/http.h), which anyone
+ * Fuzzes the HTTP request-head parser of the metrics endpoint (conn/http.h), which anyone
  * who can reach --metrics may feed: the result is a length within the input, -EAGAIN or
  * -EPROTO with a reason; a length covers a head ending in a blank line, and the method and
  * path it points at lie inside it.
  */
-#include "ctl/http.h"
+#include "conn/http.h"
 
 #include <errno.h>
 #include <stdint.h>

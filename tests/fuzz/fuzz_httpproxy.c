@@ -20,7 +20,7 @@
 #include <strings.h>
 
 #include "core/addr.h"
-#include "ctl/http.h"
+#include "conn/http.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

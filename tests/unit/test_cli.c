@@ -107,7 +107,7 @@ static void parse_bad(struct fixture *f, int argi, const char *const *want, char
 	assert_true(f->cfg.cmd != PH_CMD_FORWARD);
 }
 
-static const struct ph_forward_rule *rule(const struct fixture *f)
+static const struct ph_rule *rule(const struct fixture *f)
 {
 	assert_int_equal(f->cfg.cmd, PH_CMD_FORWARD);
 	assert_int_equal(f->cfg.nrules, 1);
@@ -144,7 +144,7 @@ static void test_defaults(void **state)
 static void test_forward_minimal(void **state)
 {
 	struct fixture *f = *state;
-	const struct ph_forward_rule *r;
+	const struct ph_rule *r;
 
 	PARSE_OK(f, "forward", ":8080", "10.0.0.5:80");
 	r = rule(f);
@@ -165,7 +165,7 @@ static void test_forward_minimal(void **state)
 static void test_forward_full(void **state)
 {
 	struct fixture *f = *state;
-	const struct ph_forward_rule *r;
+	const struct ph_rule *r;
 
 	PARSE_OK(f, "forward", "127.0.0.1:5433", "db1.lan:5432", "[2001:db8::7]:5432",
 	         "10.0.0.9:6543", "--max-conns", "100", "--connect-timeout", "500ms",
@@ -198,7 +198,7 @@ static void test_forward_full(void **state)
 static void test_forward_options_anywhere(void **state)
 {
 	struct fixture *f = *state;
-	const struct ph_forward_rule *r;
+	const struct ph_rule *r;
 
 	/* options before, between and after the addresses, --opt=value and --opt value */
 	PARSE_OK(f, "forward", "--max-conns=7", "[::1]:80", "--deny=::1", "1.2.3.4:80",
@@ -219,27 +219,27 @@ static void test_forward_options_anywhere(void **state)
 static void test_forward_32_targets(void **state)
 {
 	struct fixture *f = *state;
-	char *argv[2 + PH_FORWARD_MAX_TARGETS + 1];
-	char words[PH_FORWARD_MAX_TARGETS][32];
-	const struct ph_forward_rule *r;
+	char *argv[2 + PH_RULE_MAX_TARGETS + 1];
+	char words[PH_RULE_MAX_TARGETS][32];
+	const struct ph_rule *r;
 
 	argv[0] = "forward";
 	argv[1] = ":1";
-	for (int i = 0; i < PH_FORWARD_MAX_TARGETS; i++) {
+	for (int i = 0; i < PH_RULE_MAX_TARGETS; i++) {
 		snprintf(words[i], sizeof(words[i]), "10.0.0.%d:%d", i + 1, 1000 + i);
 		argv[2 + i] = words[i];
 	}
-	argv[2 + PH_FORWARD_MAX_TARGETS] = NULL;
+	argv[2 + PH_RULE_MAX_TARGETS] = NULL;
 	parse_ok(f, argv);
 	r = rule(f);
-	assert_int_equal(r->ntargets, PH_FORWARD_MAX_TARGETS);
+	assert_int_equal(r->ntargets, PH_RULE_MAX_TARGETS);
 	assert_int_equal(r->targets[31].hp.port, 1031);
 }
 
 static void test_global_options(void **state)
 {
 	struct fixture *f = *state;
-	const struct ph_forward_rule *r;
+	const struct ph_rule *r;
 
 	PARSE_OK(f, "-v", "--workers", "4", "--drain-timeout=30s", "forward", ":80", "h:80", "-vv",
 	         "--pipe-size", "1048576", "-q");
@@ -376,7 +376,7 @@ static void test_err_addresses(void **state)
 static void test_forward_udp(void **state)
 {
 	struct fixture *f = *state;
-	const struct ph_forward_rule *r;
+	const struct ph_rule *r;
 
 	PARSE_OK(f, "forward", "udp://:5353", "10.0.0.2:53", "udp://dns.lan:53", "--udp-timeout",
 	         "30s", "--max-sessions", "100", "--allow", "10.0.0.0/8");
@@ -443,18 +443,18 @@ static void test_err_values(void **state)
 static void test_err_too_many_targets(void **state)
 {
 	struct fixture *f = *state;
-	char *argv[2 + PH_FORWARD_MAX_TARGETS + 2];
-	char words[PH_FORWARD_MAX_TARGETS + 1][32];
+	char *argv[2 + PH_RULE_MAX_TARGETS + 2];
+	char words[PH_RULE_MAX_TARGETS + 1][32];
 
 	argv[0] = "forward";
 	argv[1] = ":1";
-	for (int i = 0; i < PH_FORWARD_MAX_TARGETS + 1; i++) {
+	for (int i = 0; i < PH_RULE_MAX_TARGETS + 1; i++) {
 		snprintf(words[i], sizeof(words[i]), "10.0.0.%d:%d", i + 1, 1000 + i);
 		argv[2 + i] = words[i];
 	}
-	argv[2 + PH_FORWARD_MAX_TARGETS + 1] = NULL;
+	argv[2 + PH_RULE_MAX_TARGETS + 1] = NULL;
 	/* the 33rd target is word 34 */
-	parse_bad(f, 2 + PH_FORWARD_MAX_TARGETS, (const char *[]){"too many targets", "32", NULL},
+	parse_bad(f, 2 + PH_RULE_MAX_TARGETS, (const char *[]){"too many targets", "32", NULL},
 	          argv);
 }
 

@@ -121,7 +121,7 @@ static void rinetd_load(const char *text, struct ph_config *cfg)
 	unlink(path);
 }
 
-static bool lets_in(const struct ph_forward_rule *r, const char *ip)
+static bool lets_in(const struct ph_rule *r, const char *ip)
 {
 	struct ph_addr a;
 

@@ -20,7 +20,7 @@
 
 #include "core/addr.h"
 #include "core/util.h"
-#include "ctl/http.h"
+#include "conn/http.h"
 #include "socks/proto.h"
 #include "socks/socks.h"
 

@@ -1,8 +1,8 @@
 /*
  * Just enough HTTP/1.x for GET /metrics: the request head, parsed the picohttpparser way.
  */
-#ifndef PH_CTL_HTTP_H
-#define PH_CTL_HTTP_H
+#ifndef PH_CONN_HTTP_H
+#define PH_CONN_HTTP_H
 
 #include <stddef.h>
 
@@ -24,4 +24,4 @@ struct ph_http_req {
  */
 int ph_http_parse(const char *buf, size_t len, struct ph_http_req *req, const char **why);
 
-#endif /* PH_CTL_HTTP_H */
+#endif /* PH_CONN_HTTP_H */

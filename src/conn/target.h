@@ -4,8 +4,8 @@
  * (shared by all workers), and target names resolved without blocking and cached for
  * their time to live (per worker: nothing hot is shared).
  */
-#ifndef PH_FORWARD_TARGET_H
-#define PH_FORWARD_TARGET_H
+#ifndef PH_CONN_TARGET_H
+#define PH_CONN_TARGET_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -15,11 +15,11 @@
 #include "core/resolve.h"
 #include "core/util.h"
 
-struct ph_forward_rule;
-struct ph_forward_target;
+struct ph_rule;
+struct ph_target;
 struct ph_tsel;
 
-#define PH_FORWARD_MAX_TARGETS 32
+#define PH_RULE_MAX_TARGETS 32
 
 /* Someone waiting for a target's name, embedded in a connection or a session. */
 struct ph_tsel_wait;
@@ -52,17 +52,16 @@ struct ph_tsel_dns {
 
 /* One rule's targets on one worker. */
 struct ph_tsel {
-	struct ph_forward_rule *rule;    /* borrowed */
+	struct ph_rule *rule;            /* borrowed */
 	struct ph_worker *w;             /* borrowed */
 	unsigned rr;                     /* round-robin position */
 	unsigned busy;                   /* lookups in flight (their callbacks point in here) */
 	void (*idle)(struct ph_tsel *s); /* called when busy drops to 0; may be NULL */
 	struct ph_ratelimit rl_failed;
-	struct ph_tsel_dns dns[PH_FORWARD_MAX_TARGETS];
+	struct ph_tsel_dns dns[PH_RULE_MAX_TARGETS];
 };
 
-void ph_tsel_init(struct ph_tsel *s, struct ph_forward_rule *r, struct ph_worker *w,
-                  unsigned start);
+void ph_tsel_init(struct ph_tsel *s, struct ph_rule *r, struct ph_worker *w, unsigned start);
 
 /*
  * Picks the next target to try: round robin over those not in tried (a bit per target),
@@ -124,4 +123,4 @@ void ph_tsel_ok(struct ph_tsel *s, unsigned t);
 /* Target t failed at address dst (NULL: none) with err: it is skipped for a while. */
 void ph_tsel_failed(struct ph_tsel *s, unsigned t, const struct ph_addr *dst, int err);
 
-#endif /* PH_FORWARD_TARGET_H */
+#endif /* PH_CONN_TARGET_H */

@@ -1,11 +1,11 @@
-#include "forward/target.h"
+#include "conn/target.h"
 
 #include <errno.h>
 #include <string.h>
 
+#include "conn/rule.h"
 #include "core/net.h"
 #include "core/worker.h"
-#include "forward/forward.h"
 
 #define TSEL_BACKOFF_MIN_MS 1000 /* first back-off of a failed target, doubled per failure */
 #define TSEL_BACKOFF_MAX_MS 10000
@@ -14,13 +14,13 @@
 #define TSEL_DNS_NEG_MS     1000 /* how long a failed lookup is remembered */
 #define TSEL_LOG_PER_SEC    10
 
-void ph_tsel_init(struct ph_tsel *s, struct ph_forward_rule *r, struct ph_worker *w, unsigned start)
+void ph_tsel_init(struct ph_tsel *s, struct ph_rule *r, struct ph_worker *w, unsigned start)
 {
 	memset(s, 0, sizeof(*s));
 	s->rule = r;
 	s->w = w;
 	s->rr = r->ntargets != 0 ? start % r->ntargets : 0;
-	for (unsigned t = 0; t < PH_FORWARD_MAX_TARGETS; t++) {
+	for (unsigned t = 0; t < PH_RULE_MAX_TARGETS; t++) {
 		s->dns[t].sel = s;
 		s->dns[t].t = t;
 		ph_list_init(&s->dns[t].waiters);
@@ -29,7 +29,7 @@ void ph_tsel_init(struct ph_tsel *s, struct ph_forward_rule *r, struct ph_worker
 
 int ph_tsel_pick(struct ph_tsel *s, uint32_t tried)
 {
-	struct ph_forward_rule *r = s->rule;
+	struct ph_rule *r = s->rule;
 	unsigned start = s->rr, best = 0;
 	uint64_t best_until = UINT64_MAX;
 	bool found = false;
@@ -92,7 +92,7 @@ static void tsel_on_resolved(void *arg, int err, const char *why, const struct p
 int ph_tsel_addrs(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs,
                   struct ph_tsel_wait *wt)
 {
-	struct ph_forward_target *tg = &s->rule->targets[t];
+	struct ph_target *tg = &s->rule->targets[t];
 	struct ph_tsel_dns *d = &s->dns[t];
 	int err;
 
@@ -184,7 +184,7 @@ int ph_tsel_dns_done(struct ph_tsel *s, struct ph_tsel_try *t, int err, struct p
 
 void ph_tsel_ok(struct ph_tsel *s, unsigned t)
 {
-	struct ph_forward_target *tg = &s->rule->targets[t];
+	struct ph_target *tg = &s->rule->targets[t];
 	char hp[PH_HOST_MAX + 8];
 
 	/* the exchange lets one worker only see the state change, and log it */
@@ -198,7 +198,7 @@ void ph_tsel_ok(struct ph_tsel *s, unsigned t)
 
 void ph_tsel_failed(struct ph_tsel *s, unsigned t, const struct ph_addr *dst, int err)
 {
-	struct ph_forward_target *tg = &s->rule->targets[t];
+	struct ph_target *tg = &s->rule->targets[t];
 	uint32_t fails = __atomic_add_fetch(&tg->fails, 1, __ATOMIC_RELAXED);
 	uint64_t backoff = TSEL_BACKOFF_MIN_MS, now = s->w->loop.now;
 	char a[PH_ADDR_STRLEN], hp[PH_HOST_MAX + 8];

@@ -1,4 +1,4 @@
-#include "ctl/http.h"
+#include "conn/http.h"
 
 #include <errno.h>
 #include <stdbool.h>
