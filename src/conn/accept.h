@@ -28,8 +28,8 @@
 #define PH_ACCEPT_LOG_MS   10000 /* at most one shortage line per listener this often */
 
 /* The fds a connection of each kind may hold at once (reserved at accept). */
-#define PH_FDS_FORWARD 6 /* client, target, a pipe (2 fds) each way */
-#define PH_FDS_SOCKS   7 /* and a BIND listener or UDP ASSOCIATE socket */
+#define PH_FDS_FORWARD 2 /* client, target (a pipe takes its own 2 when bytes flow) */
+#define PH_FDS_SOCKS   4 /* client, target or BIND listener and its peer, or UDP sockets */
 #define PH_FDS_STREAM  1 /* a relay visitor or session: its socket alone */
 
 struct ph_acceptor;

@@ -30,7 +30,9 @@ typedef void (*ph_pump_done_fn)(struct ph_pump *p, int err, int side);
 
 struct ph_pump_dir {
 	struct ph_pipe *pipe; /* owned while bytes are in flight, else NULL */
-	uint32_t inflight;    /* bytes in the pipe */
+	uint8_t *buf;         /* owned: instead of a pipe when the fd budget has none */
+	uint32_t boff;        /* where the bytes in flight start in buf */
+	uint32_t inflight;    /* bytes in the pipe (or buf) */
 	uint8_t flags;        /* PUMP_EOF, PUMP_SHUT */
 	uint64_t bytes;       /* bytes delivered to the destination */
 };

@@ -28,6 +28,7 @@
 
 #include <cmocka.h>
 
+#include "conn/accept.h"
 #include "conn/pump.h"
 #include "core/loop.h"
 #include "core/pipepool.h"
@@ -779,29 +780,64 @@ static void test_all_faults_random(void **state)
 	assert_true(inj.shortened > 10);
 }
 
-/* No pipe to be had: the pump ends with that error, from neither side. */
-static void test_no_pipe(void **state)
+/*
+ * No pipe to be had (pipe2 says EMFILE): the bytes are copied through a small buffer
+ * instead, both ways, intact, and the connection is not ended for our shortage.
+ */
+static void test_no_pipe_copies(void **state)
 {
 	struct ptest *t = *state = ptest_new(0);
 
 	ph_pipepool_free(&t->w.pipes); /* no spare pipe either */
-	peer_plan(&t->a, 1000, 22, 0);
-	peer_plan(&t->b, 0, 0, 1000);
+	peer_plan(&t->a, 1 * MiB + 22, 22, 300000);
+	peer_plan(&t->b, 300000, 21, 1 * MiB + 22);
 	inject(0, 0);
 	inj.pipe2_err = EMFILE;
-	run(t, done_called);
+	run(t, all_received);
 	ph_sys_reset();
+	check_intact(t);
 	assert_true(inj.pipe2_calls >= 1);
-	assert_int_equal(t->done_err, -EMFILE);
-	assert_int_equal(t->done_side, -1);
-	assert_true(t->w.pipes.failed >= 1);
-	assert_null(t->p.dir[0].pipe);
-	ph_pump_close(&t->p, true);
-	run(t, a_ended);
-	run(t, b_ended);
-	assert_int_equal(t->a.err, -ECONNRESET);
-	assert_int_equal(t->b.err, -ECONNRESET);
-	assert_int_equal(t->b.rxlen, 0);
+	assert_int_equal(t->done_calls, 0);
+	assert_int_equal(t->w.stats.copied, 1 * MiB + 22 + 300000);
+	assert_int_equal(t->w.stats.spliced, 0);
+	for (int i = 0; i < 2; i++)
+		assert_null(t->p.dir[i].buf); /* an idle pump holds no buffer either */
+	assert_int_equal(ph_fds_used(), 0);
+}
+
+/* The fd budget has no two fds for a pipe: copied without even asking for one. */
+static void test_spent_budget_copies(void **state)
+{
+	struct ptest *t = *state = ptest_new(0);
+
+	ph_fds_set_limit(1);
+	peer_plan(&t->a, 200000, 31, 100000);
+	peer_plan(&t->b, 100000, 32, 200000);
+	inject(0, 0);
+	run(t, all_received);
+	ph_sys_reset();
+	ph_fds_set_limit(0);
+	check_intact(t);
+	assert_int_equal(inj.pipe2_calls, 0);
+	assert_int_equal(t->w.stats.copied, 300000);
+	check_idle(t);
+}
+
+/* With room in the budget, a pipe's two fds are taken while it carries bytes, then given back. */
+static void test_pipe_takes_from_the_budget(void **state)
+{
+	struct ptest *t = *state = ptest_new(0);
+
+	ph_fds_set_limit(1000);
+	peer_plan(&t->a, 2 * MiB, 33, 0);
+	peer_plan(&t->b, 0, 0, 2 * MiB);
+	inject(0, 0);
+	run(t, all_received);
+	ph_sys_reset();
+	assert_int_equal(t->w.stats.spliced, 2 * MiB);
+	assert_int_equal(ph_fds_used(), 0); /* idle: every pipe's fds given back */
+	ph_fds_set_limit(0);
+	check_idle(t);
 }
 
 static void b_connected(struct ph_io *io, uint32_t events)
@@ -883,7 +919,9 @@ int main(void)
 		cmocka_unit_test_teardown(test_short_transfers, teardown),
 		cmocka_unit_test_teardown(test_pipe_full, teardown),
 		cmocka_unit_test_teardown(test_all_faults_random, teardown),
-		cmocka_unit_test_teardown(test_no_pipe, teardown),
+		cmocka_unit_test_teardown(test_no_pipe_copies, teardown),
+		cmocka_unit_test_teardown(test_spent_budget_copies, teardown),
+		cmocka_unit_test_teardown(test_pipe_takes_from_the_budget, teardown),
 		cmocka_unit_test_teardown(test_start_registered, teardown),
 		cmocka_unit_test_teardown(test_start_fails, teardown),
 	};
