@@ -49,7 +49,12 @@ enum sx_phase {
 	SX_CONNECTING, /* connect() in flight */
 	SX_BIND_WAIT,  /* BIND: waiting for the incoming connection */
 	SX_UDP,        /* UDP ASSOCIATE: relaying datagrams while the TCP connection lives */
+	SX__NPHASES    /* must stay last */
 };
+
+static const char *const sx_phase_name[SX__NPHASES] = {
+	"first byte", "greeting",  "auth",       "request",   "request4", "http",
+	"ready",      "resolving", "connecting", "bind wait", "udp"};
 
 struct socks_lookup {
 	struct ph_list node; /* in sw->lookups */
@@ -103,6 +108,21 @@ struct ph_socks_conn {
 	uint8_t *pend;     /* owned: one datagram waiting for its name's lookup */
 	size_t pend_len;
 };
+
+/* The only place that assigns sx->phase, so a trace (-vv) shows every path taken. */
+#define sx_set_phase(c, sx, p) sx_set_phase_((c), (sx), (p), __LINE__)
+static void sx_set_phase_(const struct ph_conn *c, struct ph_socks_conn *sx, enum sx_phase p,
+                          int line)
+{
+	ph_trace("c%llu: socks %s -> %s (line %d)", (unsigned long long)c->id,
+	         sx_phase_name[sx->phase], sx_phase_name[p], line);
+	sx->phase = (uint8_t)p;
+}
+
+const char *ph_socks_phase_name(unsigned p)
+{
+	return p < SX__NPHASES ? sx_phase_name[p] : NULL;
+}
 
 static void socks_connect_next(struct ph_conn *c);
 static void socks_conn_free(struct ph_conn *c);
@@ -448,7 +468,7 @@ static void socks_connect_next(struct ph_conn *c)
 			sx->lasterr = err;
 			continue;
 		}
-		sx->phase = SX_CONNECTING;
+		sx_set_phase(c, sx, SX_CONNECTING);
 		ph_timer_arm(l, &c->timer, r->connect_timeout);
 		return;
 	}
@@ -650,7 +670,7 @@ static void socks_bind(struct ph_conn *c)
 		socks_fail(c, err, 0, "BIND: cannot listen for the incoming connection");
 		return;
 	}
-	sx->phase = SX_BIND_WAIT;
+	sx_set_phase(c, sx, SX_BIND_WAIT);
 	ph_timer_arm(l, &c->timer, SOCKS_BIND_MS);
 }
 
@@ -924,7 +944,7 @@ static void socks_udp(struct ph_conn *c)
 	sx->client = c->peer;
 	ph_addr_unmap(&sx->client);
 	ph_addr_set_port(&sx->client, sx->dst.port);
-	sx->phase = SX_UDP;
+	sx_set_phase(c, sx, SX_UDP);
 	sx->udp_last = l->now;
 	ph_conn_set_dst(c, &local);
 	ph_timer_arm(l, &c->timer, wr->rule->udp_timeout);
@@ -995,7 +1015,7 @@ static void socks_begin(struct ph_conn *c)
 		socks_fail(c, err, 502, reason);
 		return;
 	}
-	sx->phase = SX_RESOLVING;
+	sx_set_phase(c, sx, SX_RESOLVING);
 	ph_timer_arm(l, &c->timer, wr->rule->connect_timeout);
 }
 
@@ -1017,164 +1037,226 @@ static const char *printable(const char *s, size_t n, char *out, size_t cap)
 }
 
 /*
+ * Each step reads one message of the handshake from the n bytes peeked at b. Returns the
+ * bytes it used (to be read from the socket), 0 when more must come first, -EAGAIN or
+ * -EPROTO (why set) from its parser for socks_step to judge, or -1 when c was closed.
+ */
+static int step_first(struct ph_conn *c, struct ph_socks_conn *sx, const uint8_t *b)
+{
+	if (b[0] == 5) {
+		sx->proto = 5;
+		sx_set_phase(c, sx, SX_GREETING);
+	} else if (b[0] == 4) {
+		sx->proto = 4;
+		sx_set_phase(c, sx, SX_REQUEST4);
+	} else if (b[0] >= 'A' && b[0] <= 'Z') {
+		sx->proto = 'H';
+		sx_set_phase(c, sx, SX_HTTP);
+	} else {
+		PH_CONN_STAT(c->wr, errors, 1);
+		socks_fail(c, -EPROTO, 0, "neither SOCKS nor HTTP");
+		return -1;
+	}
+	return 0;
+}
+
+static int step_greeting(struct ph_conn *c, struct ph_socks_conn *sx, const uint8_t *b, size_t n,
+                         const char **why)
+{
+	const struct ph_socks_conf *sc = c->wr->rule->socks;
+	unsigned methods;
+	uint8_t r[2];
+	int len = ph_socks5_greeting(b, n, &methods, why);
+
+	if (len <= 0)
+		return len;
+	r[0] = 5;
+	r[1] = sc->nusers != 0 ? (methods & PH_SOCKS5_M_USERPASS ? 0x02 : 0xff)
+	                       : (methods & PH_SOCKS5_M_NONE ? 0x00 : 0xff);
+	if (send_all(c->pump.io[0].fd, r, 2) < 0 || r[1] == 0xff) {
+		drain(c->pump.io[0].fd);
+		ph_conn_close(c, false,
+		              sc->nusers != 0 ? "socks5: the client offers no "
+		                                "username/password, which is required"
+		                              : "socks5: the client offers no method "
+		                                "but username/password, and no users are "
+		                                "set",
+		              -EACCES);
+		return -1;
+	}
+	sx_set_phase(c, sx, r[1] == 0x02 ? SX_AUTH : SX_REQUEST);
+	return len;
+}
+
+static int step_auth(struct ph_conn *c, struct ph_socks_conn *sx, const uint8_t *b, size_t n,
+                     const char **why)
+{
+	char user[PH_SOCKS_NAME_MAX + 1], pass[PH_SOCKS_NAME_MAX + 1],
+		reason[PH_SOCKS_NAME_MAX + 96], shown[40];
+	size_t ulen = 0, plen = 0;
+	uint8_t r[2];
+	int len;
+
+	memset(user, 0, sizeof(user));
+	memset(pass, 0, sizeof(pass));
+	len = ph_socks5_userpass(b, n, user, &ulen, pass, &plen, why);
+	if (len <= 0)
+		return len;
+	r[0] = 1;
+	r[1] = ph_socks_user_ok(c->wr->rule->socks, user, ulen, pass, plen) ? 0 : 1;
+	explicit_bzero(pass, sizeof(pass));
+	if (send_all(c->pump.io[0].fd, r, 2) < 0 || r[1] != 0) {
+		PH_CONN_STAT(c->wr, denied, 1);
+		drain(c->pump.io[0].fd);
+		snprintf(reason, sizeof(reason), "socks5: wrong user name or password (user '%s')",
+		         printable(user, ulen, shown, sizeof(shown)));
+		ph_conn_close(c, false, reason, -EACCES);
+		return -1;
+	}
+	sx_set_phase(c, sx, SX_REQUEST);
+	return len;
+}
+
+static int step_request5(struct ph_conn *c, struct ph_socks_conn *sx, const uint8_t *b, size_t n,
+                         const char **why)
+{
+	struct ph_socks_req req;
+	uint8_t rep;
+	int len = ph_socks5_request(b, n, &req, &rep, why);
+
+	if (len == -EPROTO) {
+		PH_CONN_STAT(c->wr, errors, 1);
+		socks_fail(c,
+		           rep == PH_SOCKS5_CMD_UNSUPPORTED    ? -EOPNOTSUPP
+		           : rep == PH_SOCKS5_ATYP_UNSUPPORTED ? -EAFNOSUPPORT
+		           : rep == PH_SOCKS5_HOST_UNREACH     ? -PH_ENONAME
+		                                               : -EPROTO,
+		           0, *why);
+		return -1;
+	}
+	if (len <= 0)
+		return len;
+	sx->cmd = req.cmd;
+	sx->dst = req.dst;
+	sx_set_phase(c, sx, SX_READY);
+	return len;
+}
+
+static int step_request4(struct ph_conn *c, struct ph_socks_conn *sx, const uint8_t *b, size_t n,
+                         const char **why)
+{
+	struct ph_socks_req req;
+	int len = ph_socks4_request(b, n, &req, why);
+
+	if (len <= 0)
+		return len;
+	if (c->wr->rule->socks->nusers != 0) {
+		PH_CONN_STAT(c->wr, denied, 1);
+		socks_fail(c, -EACCES, 0, "SOCKS4 has no passwords, and users are set");
+		return -1;
+	}
+	sx->cmd = req.cmd;
+	sx->dst = req.dst;
+	sx_set_phase(c, sx, SX_READY);
+	return len;
+}
+
+/* HTTP Basic credentials of hr against the rule's users. Returns true, or false with c closed. */
+static bool http_user_ok(struct ph_conn *c, const struct ph_http_proxy_req *hr)
+{
+	char user[PH_SOCKS_NAME_MAX + 1], pass[PH_SOCKS_NAME_MAX + 1],
+		reason[PH_SOCKS_NAME_MAX + 96], shown[40];
+	size_t ulen = 0, plen = 0;
+	bool ok = false;
+
+	memset(user, 0, sizeof(user));
+	memset(pass, 0, sizeof(pass));
+	if (hr->auth != NULL &&
+	    ph_http_basic_decode(hr->auth, hr->auth_len, user, &ulen, pass, &plen) == 0)
+		ok = ph_socks_user_ok(c->wr->rule->socks, user, ulen, pass, plen);
+	explicit_bzero(pass, sizeof(pass));
+	if (ok)
+		return true;
+	PH_CONN_STAT(c->wr, denied, 1);
+	snprintf(reason, sizeof(reason), "%s (user '%s')",
+	         hr->auth == NULL ? "no proxy credentials" : "wrong user name or password",
+	         printable(user, ulen, shown, sizeof(shown)));
+	socks_fail(c, -EACCES, 407, reason);
+	return false;
+}
+
+static int step_http(struct ph_conn *c, struct ph_socks_conn *sx, const uint8_t *b, size_t n,
+                     const char **why)
+{
+	struct ph_http_proxy_req hr;
+	int len, status, m;
+
+	len = ph_http_proxy_parse((const char *)b, n, &hr, &status, why);
+	if (len == -EPROTO) {
+		PH_CONN_STAT(c->wr, errors, 1);
+		socks_fail(c, -EPROTO, status, *why);
+		return -1;
+	}
+	if (len <= 0)
+		return len;
+	if (c->wr->rule->socks->nusers != 0 && !http_user_ok(c, &hr))
+		return -1;
+	sx->cmd = PH_SOCKS_CONNECT;
+	sx->dst = hr.dst;
+	if (!hr.connect) {
+		sx->fwd = malloc(hr.head_len + 320);
+		m = sx->fwd == NULL ? -ENOMEM
+		                    : ph_http_proxy_rewrite((const char *)b, &hr, sx->fwd,
+		                                            hr.head_len + 320);
+		if (m < 0) {
+			PH_CONN_STAT(c->wr, errors, 1);
+			socks_fail(c, m, 502, "cannot rewrite the request");
+			return -1;
+		}
+		sx->fwd_len = (size_t)m;
+		/* a request without a body is all there is: the server answers it and closes
+		 * (Connection: close); a next request, which may be for another host, must not
+		 * reach this one */
+		sx->one_request = !hr.has_body;
+	}
+	sx_set_phase(c, sx, SX_READY);
+	return len;
+}
+
+/*
  * One message of the handshake from the n bytes peeked at b. Returns the bytes it used
  * (to be read from the socket), 0 when more must come first, or -1 when c was closed.
  */
 static int socks_step(struct ph_conn *c, const uint8_t *b, size_t n)
 {
 	struct ph_socks_conn *sx = c->vstate;
-	const struct ph_socks_conf *sc = c->wr->rule->socks;
-	char user[PH_SOCKS_NAME_MAX + 1], pass[PH_SOCKS_NAME_MAX + 1],
-		reason[PH_SOCKS_NAME_MAX + 96], shown[40];
-	struct ph_socks_req req;
-	struct ph_http_proxy_req hr;
 	const char *why = NULL;
-	size_t ulen = 0, plen = 0;
-	unsigned methods;
-	uint8_t rep, r[2];
-	int len, status;
+	int len;
 
 	switch (sx->phase) {
 	case SX_FIRST:
-		if (b[0] == 5) {
-			sx->proto = 5;
-			sx->phase = SX_GREETING;
-		} else if (b[0] == 4) {
-			sx->proto = 4;
-			sx->phase = SX_REQUEST4;
-		} else if (b[0] >= 'A' && b[0] <= 'Z') {
-			sx->proto = 'H';
-			sx->phase = SX_HTTP;
-		} else {
-			PH_CONN_STAT(c->wr, errors, 1);
-			socks_fail(c, -EPROTO, 0, "neither SOCKS nor HTTP");
-			return -1;
-		}
-		return socks_step(c, b, n);
+		len = step_first(c, sx, b);
+		return len < 0 ? len : socks_step(c, b, n);
 	case SX_GREETING:
-		len = ph_socks5_greeting(b, n, &methods, &why);
-		if (len <= 0)
-			break;
-		r[0] = 5;
-		r[1] = sc->nusers != 0 ? (methods & PH_SOCKS5_M_USERPASS ? 0x02 : 0xff)
-		                       : (methods & PH_SOCKS5_M_NONE ? 0x00 : 0xff);
-		if (send_all(c->pump.io[0].fd, r, 2) < 0 || r[1] == 0xff) {
-			drain(c->pump.io[0].fd);
-			ph_conn_close(c, false,
-			              sc->nusers != 0 ? "socks5: the client offers no "
-			                                "username/password, which is required"
-			                              : "socks5: the client offers no method "
-			                                "but username/password, and no users are "
-			                                "set",
-			              -EACCES);
-			return -1;
-		}
-		sx->phase = r[1] == 0x02 ? SX_AUTH : SX_REQUEST;
-		return len;
+		len = step_greeting(c, sx, b, n, &why);
+		break;
 	case SX_AUTH:
-		memset(user, 0, sizeof(user));
-		memset(pass, 0, sizeof(pass));
-		len = ph_socks5_userpass(b, n, user, &ulen, pass, &plen, &why);
-		if (len <= 0)
-			break;
-		r[0] = 1;
-		r[1] = ph_socks_user_ok(sc, user, ulen, pass, plen) ? 0 : 1;
-		explicit_bzero(pass, sizeof(pass));
-		if (send_all(c->pump.io[0].fd, r, 2) < 0 || r[1] != 0) {
-			PH_CONN_STAT(c->wr, denied, 1);
-			drain(c->pump.io[0].fd);
-			snprintf(reason, sizeof(reason),
-			         "socks5: wrong user name or password (user '%s')",
-			         printable(user, ulen, shown, sizeof(shown)));
-			ph_conn_close(c, false, reason, -EACCES);
-			return -1;
-		}
-		sx->phase = SX_REQUEST;
-		return len;
+		len = step_auth(c, sx, b, n, &why);
+		break;
 	case SX_REQUEST:
-		len = ph_socks5_request(b, n, &req, &rep, &why);
-		if (len == -EPROTO) {
-			PH_CONN_STAT(c->wr, errors, 1);
-			socks_fail(c,
-			           rep == PH_SOCKS5_CMD_UNSUPPORTED    ? -EOPNOTSUPP
-			           : rep == PH_SOCKS5_ATYP_UNSUPPORTED ? -EAFNOSUPPORT
-			           : rep == PH_SOCKS5_HOST_UNREACH     ? -PH_ENONAME
-			                                               : -EPROTO,
-			           0, why);
-			return -1;
-		}
-		if (len <= 0)
-			break;
-		sx->cmd = req.cmd;
-		sx->dst = req.dst;
-		sx->phase = SX_READY;
-		return len;
+		len = step_request5(c, sx, b, n, &why);
+		break;
 	case SX_REQUEST4:
-		len = ph_socks4_request(b, n, &req, &why);
-		if (len <= 0)
-			break;
-		if (sc->nusers != 0) {
-			PH_CONN_STAT(c->wr, denied, 1);
-			socks_fail(c, -EACCES, 0, "SOCKS4 has no passwords, and users are set");
-			return -1;
-		}
-		sx->cmd = req.cmd;
-		sx->dst = req.dst;
-		sx->phase = SX_READY;
-		return len;
+		len = step_request4(c, sx, b, n, &why);
+		break;
 	case SX_HTTP:
-		len = ph_http_proxy_parse((const char *)b, n, &hr, &status, &why);
-		if (len == -EPROTO) {
-			PH_CONN_STAT(c->wr, errors, 1);
-			socks_fail(c, -EPROTO, status, why);
-			return -1;
-		}
-		if (len <= 0)
-			break;
-		if (sc->nusers != 0) {
-			bool ok = false;
-
-			memset(user, 0, sizeof(user));
-			memset(pass, 0, sizeof(pass));
-			if (hr.auth != NULL && ph_http_basic_decode(hr.auth, hr.auth_len, user,
-			                                            &ulen, pass, &plen) == 0)
-				ok = ph_socks_user_ok(sc, user, ulen, pass, plen);
-			explicit_bzero(pass, sizeof(pass));
-			if (!ok) {
-				PH_CONN_STAT(c->wr, denied, 1);
-				snprintf(reason, sizeof(reason), "%s (user '%s')",
-				         hr.auth == NULL ? "no proxy credentials"
-				                         : "wrong user name or password",
-				         printable(user, ulen, shown, sizeof(shown)));
-				socks_fail(c, -EACCES, 407, reason);
-				return -1;
-			}
-		}
-		sx->cmd = PH_SOCKS_CONNECT;
-		sx->dst = hr.dst;
-		if (!hr.connect) {
-			int m;
-
-			sx->fwd = malloc(hr.head_len + 320);
-			m = sx->fwd == NULL ? -ENOMEM
-			                    : ph_http_proxy_rewrite((const char *)b, &hr, sx->fwd,
-			                                            hr.head_len + 320);
-			if (m < 0) {
-				PH_CONN_STAT(c->wr, errors, 1);
-				socks_fail(c, m, 502, "cannot rewrite the request");
-				return -1;
-			}
-			sx->fwd_len = (size_t)m;
-			/* a request without a body is all there is: the server answers it and
-			 * closes (Connection: close); a next request, which may be for another
-			 * host, must not reach this one */
-			sx->one_request = !hr.has_body;
-		}
-		sx->phase = SX_READY;
-		return len;
+		len = step_http(c, sx, b, n, &why);
+		break;
 	default:
 		return 0;
 	}
+	if (len > 0 || len == -1)
+		return len;
 	if (len == -EAGAIN)
 		return 0;
 	PH_CONN_STAT(c->wr, errors, 1);

@@ -19,6 +19,9 @@ struct ph_conn_ops;
 /* A socks rule's connections: the handshake, then the connection layer's pump (conn/conn.h). */
 extern const struct ph_conn_ops ph_socks_ops;
 
+/* The name of a socks connection's handshake phase p (traces), or NULL past the last. */
+const char *ph_socks_phase_name(unsigned p);
+
 #define PH_SOCKS_PORT              1080
 #define PH_SOCKS_HANDSHAKE_TIMEOUT 10000 /* ms: default --handshake-timeout */
 

@@ -18,9 +18,9 @@
 
 #include <arpa/inet.h>
 
+#include "conn/http.h"
 #include "core/addr.h"
 #include "core/util.h"
-#include "conn/http.h"
 #include "socks/proto.h"
 #include "socks/socks.h"
 
@@ -1270,6 +1270,23 @@ static void test_dest_allows(void **state)
 	}
 }
 
+/* The phase name table has a name for every phase, each once, and ends where the enum does. */
+static void test_phase_names(void **state)
+{
+	unsigned n = 0;
+
+	(void)state;
+	while (ph_socks_phase_name(n) != NULL) {
+		assert_true(strlen(ph_socks_phase_name(n)) > 0);
+		for (unsigned j = 0; j < n; j++)
+			assert_string_not_equal(ph_socks_phase_name(j), ph_socks_phase_name(n));
+		n++;
+	}
+	assert_int_equal(n, 11);
+	assert_string_equal(ph_socks_phase_name(0), "first byte");
+	assert_string_equal(ph_socks_phase_name(10), "udp");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1282,6 +1299,7 @@ int main(void)
 		cmocka_unit_test(test_user_add),     cmocka_unit_test(test_users_load),
 		cmocka_unit_test(test_user_ok),      cmocka_unit_test(test_dest_add),
 		cmocka_unit_test(test_dest_allows),  cmocka_unit_test(test_dest_local),
+		cmocka_unit_test(test_phase_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
