@@ -19,8 +19,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "core/addr.h"
 #include "conn/http.h"
+#include "core/addr.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
