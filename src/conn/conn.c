@@ -251,25 +251,34 @@ void ph_conn_relay(struct ph_conn *c, uint32_t events, bool registered)
 	}
 }
 
-/* Starts connecting to c->try.dst. Returns 0, or -errno when the attempt failed at once. */
-static int conn_connect(struct ph_conn *c)
+int ph_conn_dial(struct ph_conn *c, const struct ph_addr *a, ph_io_fn on_connect)
 {
+	const struct ph_rule *r = c->wr->rule;
 	struct ph_loop *l = &c->wr->w->loop;
 	int fd, err;
 
-	fd = ph_tcp_connect(&c->try.dst, c->wr->rule->has_source ? &c->wr->rule->source : NULL);
+	fd = ph_tcp_connect(a, r->has_source ? &r->source : NULL);
 	if (fd < 0)
 		return fd;
 	/* registered for the pump's events at once: no epoll_ctl when the connect completes */
-	ph_io_init(&c->pump.io[1], fd, conn_on_connect);
+	ph_io_init(&c->pump.io[1], fd, on_connect);
 	err = ph_io_add(l, &c->pump.io[1], PH_PUMP_EVENTS);
 	if (err < 0) {
 		ph_io_close(l, &c->pump.io[1]);
 		return err;
 	}
-	ph_conn_set_state(c, PH_CONN_CONNECTING);
-	ph_timer_arm(l, &c->timer, c->wr->rule->connect_timeout);
+	ph_timer_arm(l, &c->timer, r->connect_timeout);
 	return 0;
+}
+
+/* Starts connecting to c->try.dst. Returns 0, or -errno when the attempt failed at once. */
+static int conn_connect(struct ph_conn *c)
+{
+	int err = ph_conn_dial(c, &c->try.dst, conn_on_connect);
+
+	if (err == 0)
+		ph_conn_set_state(c, PH_CONN_CONNECTING);
+	return err;
 }
 
 /* Tries c's target addresses from the next one on (n: as ph_tsel_next returned). */

@@ -116,6 +116,14 @@ const char *ph_conn_state_name(enum ph_conn_state s);
 void ph_conn_connect(struct ph_conn *c);
 
 /*
+ * Starts one connect of c to a (from the rule's --source): io[1] is registered with
+ * PH_PUMP_EVENTS and on_connect, and c's timer armed with the connect timeout; the caller
+ * sets its state. Returns 0, or -errno when the attempt failed at once (a local shortage:
+ * ph_err_is_local()).
+ */
+int ph_conn_dial(struct ph_conn *c, const struct ph_addr *a, ph_io_fn on_connect);
+
+/*
  * c's io[1] is connected (registered with PH_PUMP_EVENTS, events what just came for it,
  * when registered; else not watched yet): the pump starts and the idle deadline is armed.
  * May close c (a failure, or a reset already queued): nothing may touch c after it.

@@ -435,10 +435,8 @@ static void socks_connect_next(struct ph_conn *c)
 {
 	struct ph_socks_conn *sx = c->vstate;
 	struct ph_wrule *wr = c->wr;
-	const struct ph_rule *r = wr->rule;
-	struct ph_loop *l = &wr->w->loop;
 	char d[PH_SOCKS_NAME_MAX + 16], reason[PH_SOCKS_NAME_MAX + 96], ip[PH_ADDR_STRLEN];
-	int fd, err, why;
+	int err, why;
 
 	while (sx->ai < sx->naddr) {
 		const struct ph_addr *a = &sx->addrs[sx->ai++];
@@ -456,20 +454,12 @@ static void socks_connect_next(struct ph_conn *c)
 		}
 		sx->any_allowed = true;
 		ph_conn_set_dst(c, a);
-		fd = ph_tcp_connect(a, r->has_source ? &r->source : NULL);
-		if (fd < 0) {
-			sx->lasterr = fd;
-			continue;
-		}
-		ph_io_init(&c->pump.io[1], fd, socks_on_connect);
-		err = ph_io_add(l, &c->pump.io[1], PH_PUMP_EVENTS);
+		err = ph_conn_dial(c, a, socks_on_connect);
 		if (err < 0) {
-			ph_io_close(l, &c->pump.io[1]);
 			sx->lasterr = err;
 			continue;
 		}
 		sx_set_phase(c, sx, SX_CONNECTING);
-		ph_timer_arm(l, &c->timer, r->connect_timeout);
 		return;
 	}
 	dest_fmt(&sx->dst, d, sizeof(d));
