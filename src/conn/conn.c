@@ -636,11 +636,12 @@ void ph_conn_tcp_attach(struct ph_wrule *wr, struct ph_wrule *from)
 	}
 }
 
-/* Once wr is detached, its last connection ended and no lookup of its points in it: the
- * worker is done with it. Harmless before, and after. */
+/* Once wr is detached, its last connection ended and nothing of the verb's points in it:
+ * the worker is done with it. (Name lookups point into the worker's cache, not into wr.)
+ * Harmless before, and after. */
 void ph_wrule_retire(struct ph_wrule *wr)
 {
-	if (!wr->detached || wr->retired || !ph_list_empty(&wr->conns) || !ph_tsel_idle(&wr->sel) ||
+	if (!wr->detached || wr->retired || !ph_list_empty(&wr->conns) ||
 	    (verb_ops(wr) != NULL && verb_ops(wr)->wrule_idle != NULL &&
 	     !verb_ops(wr)->wrule_idle(wr)))
 		return;
@@ -658,11 +659,6 @@ static void wrule_on_retired(struct ph_task *t)
 	__atomic_fetch_sub(&wr->rule->refs, 1, __ATOMIC_ACQ_REL);
 }
 
-static void wrule_on_sel_idle(struct ph_tsel *s)
-{
-	ph_wrule_retire(container_of(s, struct ph_wrule, sel));
-}
-
 /* On wr's worker: wr stops accepting; its connections finish, then it retires. */
 void ph_conn_tcp_detach(struct ph_wrule *wr)
 {
@@ -671,6 +667,5 @@ void ph_conn_tcp_detach(struct ph_wrule *wr)
 	(void)l;
 	ph_acceptor_close(&wr->acc); /* harmless when a new rule took the listener over */
 	wr->detached = true;
-	wr->sel.idle = wrule_on_sel_idle;
 	ph_wrule_retire(wr);
 }

@@ -9,9 +9,6 @@
 
 #define TSEL_BACKOFF_MIN_MS 1000 /* first back-off of a failed target, doubled per failure */
 #define TSEL_BACKOFF_MAX_MS 10000
-#define TSEL_DNS_TTL_MIN_S  1
-#define TSEL_DNS_TTL_MAX_S  300
-#define TSEL_DNS_NEG_MS     1000 /* how long a failed lookup is remembered */
 #define TSEL_LOG_PER_SEC    10
 
 void ph_tsel_init(struct ph_tsel *s, struct ph_rule *r, struct ph_worker *w, unsigned start)
@@ -20,11 +17,19 @@ void ph_tsel_init(struct ph_tsel *s, struct ph_rule *r, struct ph_worker *w, uns
 	s->rule = r;
 	s->w = w;
 	s->rr = r->ntargets != 0 ? start % r->ntargets : 0;
-	for (unsigned t = 0; t < PH_RULE_MAX_TARGETS; t++) {
-		s->dns[t].sel = s;
-		s->dns[t].t = t;
-		ph_list_init(&s->dns[t].waiters);
-	}
+}
+
+static void tsel_wait_fired(struct ph_name_wait *nw, int err)
+{
+	struct ph_tsel_wait *wt = container_of(nw, struct ph_tsel_wait, nw);
+
+	wt->fn(wt, err);
+}
+
+void ph_tsel_wait_init(struct ph_tsel_wait *wt, ph_tsel_wait_fn fn)
+{
+	ph_name_wait_init(&wt->nw, tsel_wait_fired);
+	wt->fn = fn;
 }
 
 int ph_tsel_pick(struct ph_tsel *s, uint32_t tried)
@@ -59,64 +64,17 @@ int ph_tsel_pick(struct ph_tsel *s, uint32_t tried)
 	return pick;
 }
 
-static void tsel_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
-                             unsigned n, uint32_t ttl)
-{
-	struct ph_tsel_dns *d = arg;
-	struct ph_loop *l = &d->sel->w->loop;
-	d->busy = false;
-	d->sel->busy--;
-	d->err = err;
-	d->n = err == 0 ? n : 0;
-	if (err == 0) {
-		memcpy(d->addrs, addrs, n * sizeof(*addrs));
-		ttl = ttl < TSEL_DNS_TTL_MIN_S   ? TSEL_DNS_TTL_MIN_S
-		      : ttl > TSEL_DNS_TTL_MAX_S ? TSEL_DNS_TTL_MAX_S
-		                                 : ttl;
-		d->expires = l->now + (uint64_t)ttl * 1000;
-	} else {
-		ph_warn("cannot resolve %s: %s", d->sel->rule->targets[d->t].hp.host, why);
-		d->expires = l->now + TSEL_DNS_NEG_MS;
-	}
-	/* a waiter's callback may close others, which leave the list: always take the head */
-	while (!ph_list_empty(&d->waiters)) {
-		struct ph_tsel_wait *wt = container_of(d->waiters.next, struct ph_tsel_wait, node);
-
-		ph_list_del(&wt->node);
-		wt->fn(wt, d->err);
-	}
-	if (d->sel->busy == 0 && d->sel->idle != NULL)
-		d->sel->idle(d->sel); /* may free the owner of d: nothing after this */
-}
-
 int ph_tsel_addrs(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs,
                   struct ph_tsel_wait *wt)
 {
 	struct ph_target *tg = &s->rule->targets[t];
-	struct ph_tsel_dns *d = &s->dns[t];
-	int err;
 
 	*addrs = NULL;
 	if (!tg->hp.is_name) {
 		*addrs = &tg->hp.addr;
 		return 1;
 	}
-	if (d->expires != 0 && d->expires > s->w->loop.now) {
-		if (d->err != 0)
-			return d->err;
-		*addrs = d->addrs;
-		return (int)d->n;
-	}
-	/* stale or never looked up: wait for a fresh answer */
-	if (!d->busy) {
-		err = ph_resolve(s->w, tg->hp.host, tg->hp.port, tsel_on_resolved, d);
-		if (err < 0)
-			return err;
-		d->busy = true;
-		s->busy++;
-	}
-	ph_list_add_tail(&d->waiters, &wt->node);
-	return 0;
+	return ph_names_get(s->w, tg->hp.host, true, addrs, &wt->nw);
 }
 
 int ph_tsel_cached(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs)
@@ -126,10 +84,14 @@ int ph_tsel_cached(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs)
 		*addrs = &s->rule->targets[t].hp.addr;
 		return 1;
 	}
-	if (s->dns[t].err != 0 || s->dns[t].expires == 0)
-		return 0;
-	*addrs = s->dns[t].addrs;
-	return (int)s->dns[t].n;
+	return ph_names_peek(s->w, s->rule->targets[t].hp.host, addrs);
+}
+
+/* t->dst becomes a, with the target's port (a name's addresses are cached without one). */
+static void tsel_set_dst(const struct ph_tsel *s, struct ph_tsel_try *t, const struct ph_addr *a)
+{
+	t->dst = *a;
+	ph_addr_set_port(&t->dst, s->rule->targets[t->tgt].hp.port);
 }
 
 int ph_tsel_next(struct ph_tsel *s, struct ph_tsel_try *t, struct ph_tsel_wait *wt)
@@ -142,7 +104,7 @@ int ph_tsel_next(struct ph_tsel *s, struct ph_tsel_try *t, struct ph_tsel_wait *
 			n = ph_tsel_cached(s, (unsigned)t->tgt, &addrs);
 			if ((int)t->ai + 1 < n) {
 				t->ai++;
-				t->dst = addrs[t->ai];
+				tsel_set_dst(s, t, &addrs[t->ai]);
 				return 1;
 			}
 			if (t->lasterr != 0)
@@ -163,7 +125,7 @@ int ph_tsel_next(struct ph_tsel *s, struct ph_tsel_try *t, struct ph_tsel_wait *
 			t->ai = PH_RESOLVE_MAX; /* no address of this target to go on with */
 			continue;
 		}
-		t->dst = addrs[0];
+		tsel_set_dst(s, t, &addrs[0]);
 		return 1;
 	}
 }
@@ -174,7 +136,7 @@ int ph_tsel_dns_done(struct ph_tsel *s, struct ph_tsel_try *t, int err, struct p
 
 	if (err == 0 && ph_tsel_cached(s, (unsigned)t->tgt, &addrs) > 0) {
 		t->ai = 0;
-		t->dst = addrs[0];
+		tsel_set_dst(s, t, &addrs[0]);
 		return 1;
 	}
 	t->ai = PH_RESOLVE_MAX;

@@ -25,7 +25,7 @@ struct ph_tsel;
 struct ph_tsel_wait;
 typedef void (*ph_tsel_wait_fn)(struct ph_tsel_wait *wt, int err);
 struct ph_tsel_wait {
-	struct ph_list node; /* self-linked when not waiting */
+	struct ph_name_wait nw; /* in the worker's name cache while waiting (core/resolve.h) */
 	ph_tsel_wait_fn fn;
 };
 
@@ -38,27 +38,12 @@ struct ph_tsel_try {
 	uint8_t ai;         /* address index in it; PH_RESOLVE_MAX: none to go on with */
 };
 
-/* A target name's addresses as this worker last resolved them. */
-struct ph_tsel_dns {
-	struct ph_tsel *sel;
-	unsigned t; /* index of the target */
-	struct ph_addr addrs[PH_RESOLVE_MAX];
-	unsigned n;
-	uint64_t expires;       /* loop ms; 0: never resolved */
-	int err;                /* of the last lookup, 0 when addrs are good */
-	bool busy;              /* a lookup is in flight */
-	struct ph_list waiters; /* ph_tsel_wait.node */
-};
-
-/* One rule's targets on one worker. */
+/* One rule's targets on one worker. Their names are in the worker's cache (resolve.h). */
 struct ph_tsel {
-	struct ph_rule *rule;            /* borrowed */
-	struct ph_worker *w;             /* borrowed */
-	unsigned rr;                     /* round-robin position */
-	unsigned busy;                   /* lookups in flight (their callbacks point in here) */
-	void (*idle)(struct ph_tsel *s); /* called when busy drops to 0; may be NULL */
+	struct ph_rule *rule; /* borrowed */
+	struct ph_worker *w;  /* borrowed */
+	unsigned rr;          /* round-robin position */
 	struct ph_ratelimit rl_failed;
-	struct ph_tsel_dns dns[PH_RULE_MAX_TARGETS];
 };
 
 void ph_tsel_init(struct ph_tsel *s, struct ph_rule *r, struct ph_worker *w, unsigned start);
@@ -77,15 +62,11 @@ int ph_tsel_pick(struct ph_tsel *s, uint32_t tried);
 int ph_tsel_addrs(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs,
                   struct ph_tsel_wait *wt);
 
-static inline void ph_tsel_wait_init(struct ph_tsel_wait *wt, ph_tsel_wait_fn fn)
-{
-	ph_list_init(&wt->node);
-	wt->fn = fn;
-}
+void ph_tsel_wait_init(struct ph_tsel_wait *wt, ph_tsel_wait_fn fn);
 
 static inline void ph_tsel_wait_cancel(struct ph_tsel_wait *wt)
 {
-	ph_list_del(&wt->node);
+	ph_name_wait_cancel(&wt->nw);
 }
 
 static inline void ph_tsel_try_init(struct ph_tsel_try *t)
@@ -110,12 +91,6 @@ int ph_tsel_dns_done(struct ph_tsel *s, struct ph_tsel_try *t, int err, struct p
 
 /* What is known of target t's addresses now, without a lookup: their count, 0 for none. */
 int ph_tsel_cached(struct ph_tsel *s, unsigned t, const struct ph_addr **addrs);
-
-/* True when no lookup of s is in flight: s may be freed. */
-static inline bool ph_tsel_idle(const struct ph_tsel *s)
-{
-	return s->busy == 0;
-}
 
 /* Target t answered: its back-off ends. */
 void ph_tsel_ok(struct ph_tsel *s, unsigned t);

@@ -3,6 +3,7 @@
 #include <ares.h>
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -270,4 +271,163 @@ void ph_resolver_free(struct ph_resolver *r)
 		free(s);
 	}
 	free(r);
+}
+
+/* --- the cache of names ------------------------------------------------------------------ */
+
+#define NAMES_SLOTS     64 /* names kept per worker */
+#define NAMES_PROBE     4  /* slots a name may sit in */
+#define NAMES_TTL_MIN_S 1
+#define NAMES_TTL_MAX_S 300
+#define NAMES_NEG_MS    1000 /* how long a failed lookup is remembered */
+
+struct names_ent {
+	struct ph_names *nc;
+	char name[PH_HOST_MAX];
+	struct ph_addr addrs[PH_RESOLVE_MAX];
+	unsigned n;
+	uint64_t expires; /* loop ms; 0: never resolved */
+	int err;          /* of the last lookup, 0 when addrs are good */
+	bool busy;        /* a lookup is in flight: the entry stays */
+	bool loud;        /* a failure is logged */
+	struct ph_list waiters;
+};
+
+struct ph_names {
+	struct ph_worker *w;
+	uint64_t key[2]; /* SipHash key: a client choosing names cannot aim at one slot */
+	struct names_ent ent[NAMES_SLOTS];
+};
+
+static struct ph_names *names_of(struct ph_worker *w)
+{
+	struct ph_names *nc = w->names;
+
+	if (nc != NULL)
+		return nc;
+	nc = calloc(1, sizeof(*nc));
+	if (nc == NULL)
+		return NULL;
+	nc->w = w;
+	ph_random(nc->key, sizeof(nc->key));
+	for (unsigned i = 0; i < NAMES_SLOTS; i++) {
+		nc->ent[i].nc = nc;
+		ph_list_init(&nc->ent[i].waiters);
+	}
+	w->names = nc;
+	return nc;
+}
+
+/* name's entry: the one holding it, or one free for it (NULL: every candidate is busy). */
+static struct names_ent *names_slot(struct ph_names *nc, const char *name, bool *found)
+{
+	uint64_t h = ph_siphash13(nc->key, name, strlen(name));
+	struct names_ent *free_e = NULL, *oldest = NULL;
+
+	*found = false;
+	for (unsigned i = 0; i < NAMES_PROBE; i++) {
+		struct names_ent *e = &nc->ent[(h + i) % NAMES_SLOTS];
+
+		if (e->name[0] != '\0' && strcmp(e->name, name) == 0) {
+			*found = true;
+			return e;
+		}
+		if (e->busy)
+			continue;
+		if (e->name[0] == '\0' && free_e == NULL)
+			free_e = e;
+		if (oldest == NULL || e->expires < oldest->expires)
+			oldest = e;
+	}
+	return free_e != NULL ? free_e : oldest;
+}
+
+static void names_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                              unsigned n, uint32_t ttl)
+{
+	struct names_ent *e = arg;
+	uint64_t now = e->nc->w->loop.now;
+
+	e->busy = false;
+	e->err = err;
+	e->n = err == 0 ? (n < PH_RESOLVE_MAX ? n : PH_RESOLVE_MAX) : 0;
+	if (err == 0) {
+		memcpy(e->addrs, addrs, e->n * sizeof(*addrs));
+		ttl = ttl < NAMES_TTL_MIN_S   ? NAMES_TTL_MIN_S
+		      : ttl > NAMES_TTL_MAX_S ? NAMES_TTL_MAX_S
+		                              : ttl;
+		e->expires = now + (uint64_t)ttl * 1000;
+	} else {
+		if (e->loud)
+			ph_warn("cannot resolve %s: %s", e->name, why);
+		e->expires = now + NAMES_NEG_MS;
+	}
+	/* a waiter's callback may end others, which leave the list: always take the head */
+	while (!ph_list_empty(&e->waiters)) {
+		struct ph_name_wait *nw = container_of(e->waiters.next, struct ph_name_wait, node);
+
+		ph_list_del(&nw->node);
+		nw->fn(nw, e->err);
+	}
+}
+
+int ph_names_get(struct ph_worker *w, const char *name, bool loud, const struct ph_addr **addrs,
+                 struct ph_name_wait *nw)
+{
+	struct ph_names *nc = names_of(w);
+	struct names_ent *e;
+	bool found;
+	int err;
+
+	*addrs = NULL;
+	if (nc == NULL)
+		return -ENOMEM;
+	if (strlen(name) >= sizeof(e->name))
+		return -PH_ENONAME;
+	e = names_slot(nc, name, &found);
+	if (e == NULL)
+		return -EBUSY; /* every slot it may take waits for a lookup: rare, and brief */
+	if (found && e->expires > w->loop.now && !e->busy) {
+		if (e->err != 0)
+			return e->err;
+		*addrs = e->addrs;
+		return (int)e->n;
+	}
+	if (!found) { /* the slot changes hands (it was free, or the oldest answer) */
+		snprintf(e->name, sizeof(e->name), "%s", name);
+		e->n = 0;
+		e->err = 0;
+		e->expires = 0;
+		e->loud = false;
+	}
+	e->loud |= loud;
+	/* stale or never looked up: wait for a fresh answer */
+	if (!e->busy) {
+		err = ph_resolve(w, e->name, 0, names_on_resolved, e);
+		if (err < 0)
+			return err;
+		e->busy = true;
+	}
+	ph_list_add_tail(&e->waiters, &nw->node);
+	return 0;
+}
+
+int ph_names_peek(struct ph_worker *w, const char *name, const struct ph_addr **addrs)
+{
+	struct names_ent *e;
+	bool found;
+
+	*addrs = NULL;
+	if (w->names == NULL)
+		return 0;
+	e = names_slot(w->names, name, &found);
+	if (!found || e->err != 0 || e->expires == 0) /* stale is still what is known */
+		return 0;
+	*addrs = e->addrs;
+	return (int)e->n;
+}
+
+void ph_names_free(struct ph_names *nc)
+{
+	free(nc);
 }

@@ -160,6 +160,8 @@ void ph_worker_destroy(struct ph_worker *w)
 	w->started = false;
 	ph_resolver_free(w->resolver);
 	w->resolver = NULL;
+	ph_names_free(w->names); /* after the resolver: no lookup points in any more */
+	w->names = NULL;
 	ph_dgram_batch_free(w->dgram);
 	w->dgram = NULL;
 	ph_dgram_batch_free(w->dgram_out);

@@ -81,6 +81,7 @@ struct ph_worker {
 	struct ph_loop loop;
 	struct ph_pipepool pipes;
 	struct ph_resolver *resolver; /* owned; made on first use */
+	struct ph_names *names;       /* owned: the names resolved here (resolve.h); on first use */
 	struct ph_dgram_batch *dgram; /* owned: UDP datagram slots; made by the first UDP rule */
 	struct ph_dgram_batch *dgram_out; /* owned: replies gathered for one sendmmsg */
 	struct ph_stats stats;

@@ -636,10 +636,10 @@ static void udp_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
 	udp_close_all(uw, "shutdown");
 }
 
-/* Once uw is detached and no lookup of its points in it: the worker is done with it. */
+/* Once uw is detached (its sessions end with it): the worker is done with it. */
 static void uwrule_retire(struct udp_wrule *uw)
 {
-	if (!uw->detached || uw->retired || !ph_tsel_idle(&uw->sel))
+	if (!uw->detached || uw->retired)
 		return;
 	uw->retired = true;
 	ph_list_del(&uw->hook.node);
@@ -652,11 +652,6 @@ static void uwrule_on_retired(struct ph_task *t)
 	struct udp_wrule *uw = container_of(t, struct udp_wrule, retire_task);
 
 	__atomic_fetch_sub(&uw->rule->refs, 1, __ATOMIC_ACQ_REL);
-}
-
-static void uwrule_on_sel_idle(struct ph_tsel *s)
-{
-	uwrule_retire(container_of(s, struct udp_wrule, sel));
 }
 
 static void uwrule_free(struct udp_wrule *uw)
@@ -833,6 +828,5 @@ void ph_forward__udp_detach(struct ph_rule *r, unsigned i)
 	/* a datagram has nothing to drain: the sessions end now, and this part retires */
 	udp_on_cmd(&uw->hook, PH_WORKER_ABORT);
 	uw->detached = true;
-	uw->sel.idle = uwrule_on_sel_idle;
 	uwrule_retire(uw);
 }

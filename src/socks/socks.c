@@ -28,12 +28,9 @@
 #include "core/util.h"
 
 #define SOCKS_PEEK       PH_HTTP_HEAD_MAX /* the largest message: an HTTP request head */
-#define SOCKS_CACHE      64               /* names cached per rule and worker */
-#define SOCKS_TTL_MIN_MS 1000
-#define SOCKS_TTL_MAX_MS 300000
-#define SOCKS_BIND_MS    60000 /* BIND waits this long for its incoming connection */
-#define SOCKS_UDP_PEERS  16    /* destinations whose replies a UDP relay lets back */
-#define SOCKS_UDP_BUDGET 64    /* datagrams per wake-up */
+#define SOCKS_BIND_MS    60000            /* BIND waits this long for its incoming connection */
+#define SOCKS_UDP_PEERS  16               /* destinations whose replies a UDP relay lets back */
+#define SOCKS_UDP_BUDGET 64               /* datagrams per wake-up */
 #define SOCKS_UDP_MAX    65535
 #define SOCKS_UDP_HOLD   2048 /* a datagram waiting for its name's lookup: at most this */
 
@@ -56,28 +53,6 @@ static const char *const sx_phase_name[SX__NPHASES] = {
 	"first byte", "greeting",  "auth",       "request",   "request4", "http",
 	"ready",      "resolving", "connecting", "bind wait", "udp"};
 
-struct socks_lookup {
-	struct ph_list node; /* in sw->lookups */
-	struct ph_conn *c;   /* the connection waiting; NULL once it went away */
-	struct ph_wrule *wr;
-	uint16_t port;
-	char name[PH_SOCKS_NAME_MAX + 1];
-};
-
-struct socks_cached {
-	char name[PH_SOCKS_NAME_MAX + 1];
-	struct ph_addr addrs[PH_RESOLVE_MAX];
-	uint8_t n;
-	uint64_t expires; /* loop ms */
-};
-
-struct ph_socks_wrule {
-	struct ph_list lookups;     /* socks_lookup.node: in flight */
-	unsigned busy;              /* lookups in flight */
-	uint64_t key[2];            /* the cache's hash key */
-	struct socks_cached *cache; /* owned: SOCKS_CACHE slots, made at the first lookup */
-};
-
 struct ph_socks_conn {
 	struct ph_conn *c; /* borrowed: whose state this is */
 	uint8_t proto;     /* 5, 4, or 'H' (HTTP); 0 before the first byte */
@@ -91,7 +66,7 @@ struct ph_socks_conn {
 	int lasterr;
 	struct ph_socks_dest dst;
 	struct ph_addr addrs[PH_RESOLVE_MAX];
-	struct socks_lookup *q; /* the lookup in flight, or NULL */
+	struct ph_name_wait nw; /* in the worker's name cache while a lookup is awaited */
 	char *fwd;              /* owned: HTTP, the rewritten head for the origin server */
 	size_t fwd_len;
 	bool one_request; /* HTTP without a body: the client's later bytes stay unread */
@@ -306,125 +281,57 @@ static void socks_refuse(struct ph_conn *c, const char *what, int why)
 	socks_fail(c, -EACCES, 0, reason);
 }
 
-static struct socks_cached *cache_slot(struct ph_socks_wrule *sw, const char *name)
+/*
+ * name's addresses (port set) from the worker's name cache into out: their count at once;
+ * 0 when c now waits for the lookup (sx->nw; socks_on_names runs with its end); -errno when
+ * the name failed (remembered for a moment) or no lookup could start. A lookup already
+ * awaited is not asked again: 0.
+ */
+static int names_get(struct ph_conn *c, const char *name, uint16_t port, struct ph_addr *out)
 {
-	return &sw->cache[ph_siphash13(sw->key, name, strlen(name)) % SOCKS_CACHE];
-}
+	struct ph_socks_conn *sx = c->vstate;
+	const struct ph_addr *a;
+	int n;
 
-static struct ph_socks_wrule *wrule_sw(struct ph_wrule *wr)
-{
-	struct ph_socks_wrule *sw = wr->vstate;
-
-	if (sw != NULL)
-		return sw;
-	sw = calloc(1, sizeof(*sw));
-	if (sw == NULL)
-		return NULL;
-	sw->cache = calloc(SOCKS_CACHE, sizeof(*sw->cache));
-	if (sw->cache == NULL) {
-		free(sw);
-		return NULL;
-	}
-	ph_list_init(&sw->lookups);
-	ph_random(sw->key, sizeof(sw->key));
-	wr->vstate = sw;
-	return sw;
-}
-
-/* The cached addresses of name (with port set); 0 when none are fresh. */
-static unsigned cache_get(struct ph_wrule *wr, const char *name, uint16_t port, struct ph_addr *out)
-{
-	struct socks_cached *e;
-
-	if (wr->vstate == NULL)
-		return 0;
-	e = cache_slot(wr->vstate, name);
-	if (e->n == 0 || e->expires <= wr->w->loop.now || strcmp(e->name, name) != 0)
-		return 0;
-	for (unsigned i = 0; i < e->n; i++) {
-		out[i] = e->addrs[i];
+	if (!ph_list_empty(&sx->nw.node))
+		n = ph_names_peek(c->wr->w, name, &a); /* waiting for another: what is known */
+	else
+		n = ph_names_get(c->wr->w, name, false, &a, &sx->nw);
+	for (int i = 0; i < n; i++) {
+		out[i] = a[i];
 		ph_addr_set_port(&out[i], port);
 	}
-	return e->n;
+	return n;
 }
 
 static void socks_udp_flush_pending(struct ph_conn *c);
 
-static void socks_on_dns(void *arg, int err, const char *why, const struct ph_addr *addrs,
-                         unsigned n, uint32_t ttl)
+/* The lookup c waited for ended (err 0: the name has addresses now). */
+static void socks_on_names(struct ph_name_wait *nw, int err)
 {
-	struct socks_lookup *q = arg;
-	struct ph_wrule *wr = q->wr;
-	struct ph_socks_wrule *sw = wr->vstate;
-	struct ph_conn *c = q->c;
+	struct ph_socks_conn *sx = container_of(nw, struct ph_socks_conn, nw);
+	struct ph_conn *c = sx->c;
 	char reason[320];
+	int n;
 
-	(void)why; /* err says it: ph_strerror() */
-	ph_list_del(&q->node);
-	sw->busy--;
-	if (err == 0 && n > 0) {
-		struct socks_cached *e = cache_slot(sw, q->name);
-		uint64_t ms = (uint64_t)ttl * 1000;
-
-		ms = ms < SOCKS_TTL_MIN_MS   ? SOCKS_TTL_MIN_MS
-		     : ms > SOCKS_TTL_MAX_MS ? SOCKS_TTL_MAX_MS
-		                             : ms;
-		snprintf(e->name, sizeof(e->name), "%s", q->name);
-		e->n = (uint8_t)(n < PH_RESOLVE_MAX ? n : PH_RESOLVE_MAX);
-		memcpy(e->addrs, addrs, e->n * sizeof(*addrs));
-		e->expires = wr->w->loop.now + ms;
+	if (sx->phase == SX_UDP) {
+		socks_udp_flush_pending(c);
+		return;
 	}
-	if (c != NULL) {
-		struct ph_socks_conn *sx = c->vstate;
-
-		sx->q = NULL;
-		if (sx->phase == SX_RESOLVING) {
-			ph_timer_stop(&wr->w->loop, &c->timer);
-			if (err != 0 || n == 0) {
-				/* err's words (ph_strerror) name the cause: "no such name" */
-				snprintf(reason, sizeof(reason), "cannot resolve %s", q->name);
-				PH_CONN_STAT(wr, connect_failed, 1);
-				socks_fail(c, err != 0 ? err : -PH_ENOADDR, 502, reason);
-			} else {
-				sx->naddr = (uint8_t)(n < PH_RESOLVE_MAX ? n : PH_RESOLVE_MAX);
-				memcpy(sx->addrs, addrs, sx->naddr * sizeof(*addrs));
-				sx->ai = 0;
-				socks_connect_next(c);
-			}
-		} else if (sx->phase == SX_UDP) {
-			socks_udp_flush_pending(c);
-		}
+	if (sx->phase != SX_RESOLVING)
+		return;
+	ph_timer_stop(&c->wr->w->loop, &c->timer);
+	n = err == 0 ? names_get(c, sx->dst.name, sx->dst.port, sx->addrs) : err;
+	if (n <= 0) {
+		/* err's words (ph_strerror) name the cause: "no such name" */
+		snprintf(reason, sizeof(reason), "cannot resolve %s", sx->dst.name);
+		PH_CONN_STAT(c->wr, connect_failed, 1);
+		socks_fail(c, n < 0 ? n : -PH_ENOADDR, 502, reason);
+		return;
 	}
-	free(q);
-	ph_wrule_retire(wr);
-}
-
-/* Starts looking name up for c. Returns 0, or -errno (nothing started). */
-static int socks_lookup(struct ph_conn *c, const char *name, uint16_t port)
-{
-	struct ph_wrule *wr = c->wr;
-	struct ph_socks_wrule *sw = wrule_sw(wr);
-	struct socks_lookup *q;
-	int err;
-
-	if (sw == NULL)
-		return -ENOMEM;
-	q = calloc(1, sizeof(*q));
-	if (q == NULL)
-		return -ENOMEM;
-	q->c = c;
-	q->wr = wr;
-	q->port = port;
-	snprintf(q->name, sizeof(q->name), "%s", name);
-	err = ph_resolve(wr->w, q->name, port, socks_on_dns, q);
-	if (err < 0) {
-		free(q);
-		return err;
-	}
-	ph_list_add_tail(&sw->lookups, &q->node);
-	sw->busy++;
-	((struct ph_socks_conn *)c->vstate)->q = q;
-	return 0;
+	sx->naddr = (uint8_t)n;
+	sx->ai = 0;
+	socks_connect_next(c);
 }
 
 static void socks_on_connect(struct ph_io *io, uint32_t events);
@@ -762,14 +669,13 @@ static void socks_udp_flush_pending(struct ph_conn *c)
 	struct ph_socks_dest d;
 	struct ph_addr addrs[PH_RESOLVE_MAX];
 	const char *why;
-	unsigned n;
-	int hl;
+	int n, hl;
 
 	if (sx->pend == NULL)
 		return;
 	hl = ph_socks5_udp_parse(sx->pend, sx->pend_len, &d, &why);
-	n = hl > 0 ? cache_get(c->wr, d.name, d.port, addrs) : 0;
-	if (n == 0 || !udp_send(c, &d, &addrs[0], sx->pend + hl, sx->pend_len - (size_t)hl))
+	n = hl > 0 ? names_get(c, d.name, d.port, addrs) : 0;
+	if (n <= 0 || !udp_send(c, &d, &addrs[0], sx->pend + hl, sx->pend_len - (size_t)hl))
 		PH_CONN_STAT(c->wr, dgrams_dropped, 1);
 	free(sx->pend);
 	sx->pend = NULL;
@@ -783,7 +689,8 @@ static void udp_from_client(struct ph_conn *c, uint8_t *b, size_t n)
 	struct ph_addr addrs[PH_RESOLVE_MAX];
 	struct ph_socks_dest d;
 	const char *why;
-	int hl = ph_socks5_udp_parse(b, n, &d, &why);
+	int hl = ph_socks5_udp_parse(b, n, &d, &why), na;
+	bool waiting;
 
 	if (hl < 0) {
 		PH_CONN_STAT(wr, dgrams_dropped, 1);
@@ -798,33 +705,29 @@ static void udp_from_client(struct ph_conn *c, uint8_t *b, size_t n)
 			PH_CONN_STAT(wr, dgrams_dropped, 1);
 		return;
 	}
-	if (cache_get(wr, d.name, d.port, addrs) > 0) {
+	waiting = !ph_list_empty(&sx->nw.node);
+	na = names_get(c, d.name, d.port, addrs); /* may start a lookup, and wait for it */
+	if (na > 0) {
 		if (!udp_send(c, &d, &addrs[0], b + hl, n - (size_t)hl))
 			PH_CONN_STAT(wr, dgrams_dropped, 1);
 		return;
 	}
-	/* the name is looked up; this datagram waits for it (the one before is dropped) */
-	if (sx->pend != NULL || sx->q != NULL || !dest_ok(c, d.name, NULL, NULL)) {
+	/* the name is looked up; its first datagram waits for it, the others are dropped */
+	if (na < 0 || waiting || !dest_ok(c, d.name, NULL, NULL)) {
 		PH_CONN_STAT(wr, dgrams_dropped, 1);
-		if (sx->q != NULL)
-			return;
-		free(sx->pend);
-		sx->pend = NULL;
-		if (!dest_ok(c, d.name, NULL, NULL))
-			return;
+		if (na == 0 && !waiting) /* the lookup this started serves nothing */
+			ph_name_wait_cancel(&sx->nw);
+		return;
 	}
+	free(sx->pend);
 	sx->pend = n <= SOCKS_UDP_HOLD ? malloc(n) : NULL; /* a name's first datagram: small */
 	if (sx->pend == NULL) {
+		ph_name_wait_cancel(&sx->nw);
 		PH_CONN_STAT(wr, dgrams_dropped, 1);
 		return;
 	}
 	memcpy(sx->pend, b, n);
 	sx->pend_len = n;
-	if (socks_lookup(c, d.name, d.port) < 0) {
-		free(sx->pend);
-		sx->pend = NULL;
-		PH_CONN_STAT(wr, dgrams_dropped, 1);
-	}
 }
 
 /* Datagrams on io: the client's socket (from the client only), or one to destinations
@@ -993,15 +896,15 @@ static void socks_begin(struct ph_conn *c)
 		socks_connect_next(c);
 		return;
 	}
-	sx->naddr = (uint8_t)cache_get(wr, sx->dst.name, sx->dst.port, sx->addrs);
-	if (sx->naddr > 0) {
+	err = names_get(c, sx->dst.name, sx->dst.port, sx->addrs);
+	if (err > 0) {
+		sx->naddr = (uint8_t)err;
 		socks_connect_next(c);
 		return;
 	}
-	err = socks_lookup(c, sx->dst.name, sx->dst.port);
-	if (err < 0) {
-		PH_CONN_STAT(wr, errors, 1);
-		snprintf(reason, sizeof(reason), "cannot look %s up", sx->dst.name);
+	if (err < 0) { /* the name failed a moment ago, or no lookup could start */
+		PH_CONN_STAT(wr, connect_failed, 1);
+		snprintf(reason, sizeof(reason), "cannot resolve %s", sx->dst.name);
 		socks_fail(c, err, 502, reason);
 		return;
 	}
@@ -1365,6 +1268,7 @@ static void socks_start(struct ph_conn *c)
 		return;
 	}
 	sx->c = c;
+	ph_name_wait_init(&sx->nw, socks_on_names);
 	ph_io_init(&sx->aux, -1, NULL);
 	ph_io_init(&sx->out[0], -1, NULL);
 	ph_io_init(&sx->out[1], -1, NULL);
@@ -1425,9 +1329,7 @@ static void socks_conn_free(struct ph_conn *c)
 
 	if (sx == NULL)
 		return;
-	if (sx->q != NULL)
-		sx->q->c = NULL; /* its answer still fills the cache */
-	sx->q = NULL;
+	ph_name_wait_cancel(&sx->nw); /* its answer still fills the cache */
 	if (sx->aux.fd != -1)
 		ph_io_close(&c->wr->w->loop, &sx->aux);
 	for (unsigned i = 0; i < PH_ARRAY_SIZE(sx->out); i++)
@@ -1445,30 +1347,6 @@ static void socks_conn_free(struct ph_conn *c)
 	}
 }
 
-static bool socks_wrule_idle(const struct ph_wrule *wr)
-{
-	return wr->vstate == NULL || ((const struct ph_socks_wrule *)wr->vstate)->busy == 0;
-}
-
-static void socks_wrule_free(struct ph_wrule *wr)
-{
-	struct ph_socks_wrule *sw = wr->vstate;
-	struct ph_list *it, *tmp;
-
-	if (sw == NULL)
-		return;
-	/* lookups the resolver dropped when the worker ended */
-	ph_list_for_each_safe(it, tmp, &sw->lookups) {
-		struct socks_lookup *q = container_of(it, struct socks_lookup, node);
-
-		ph_list_del(&q->node);
-		free(q);
-	}
-	free(sw->cache);
-	free(sw);
-	wr->vstate = NULL;
-}
-
 static void socks_rule_free(struct ph_rule *r)
 {
 	ph_socks_conf_free(r->socks);
@@ -1481,7 +1359,5 @@ const struct ph_conn_ops ph_socks_ops = {
 	.start = socks_start,
 	.on_timer = socks_on_timer,
 	.conn_free = socks_conn_free,
-	.wrule_idle = socks_wrule_idle,
-	.wrule_free = socks_wrule_free,
 	.rule_free = socks_rule_free,
 };
