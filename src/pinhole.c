@@ -753,6 +753,6 @@ int main(int argc, char **argv)
 	}
 	set_log_level(&cfg);
 	err = run_rules(&cfg);
-	ph_config_free(&cfg); /* after the workers, which held parts of the rules */
+	ph_config_free(&cfg); /* the rules went with their service */
 	return err;
 }

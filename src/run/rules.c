@@ -763,6 +763,10 @@ static void rules_free(struct ph_svc *s)
 	}
 	for (unsigned i = 0; i < rs->nw; i++)
 		ph_worker_destroy(rs->w[i]);
+	/* the rules hold parts on the workers: they go before the workers' memory does */
+	for (unsigned i = 0; i < rs->cfg->nrules; i++)
+		ph_forward_rule_free(rs->cfg->rules[i]);
+	rs->cfg->nrules = 0;
 	ph_timer_stop(s->loop, &rs->retire);
 	for (unsigned i = 0; i < rs->nretiring; i++) /* removed by a reload, still finishing */
 		ph_forward_rule_free(rs->retiring[i]);

@@ -15,9 +15,10 @@ struct ph_svc;
 #define PH_RUN_SPARE_PIPES 32 /* idle pipes a worker's pool keeps (and the fd budget counts) */
 
 /*
- * The forward and socks rules of cfg (borrowed; its rules change on reload) on nw worker
- * threads, with their --map keepers; reloads cfg->run_file. nw may be 0 (no rules, no
- * FILE). Returns 0 and the service in *out, or -ENOMEM.
+ * The forward and socks rules of cfg (borrowed, but its rules are the service's: a reload
+ * changes them, and they are freed with the service, before the workers they have parts
+ * on) on nw worker threads, with their --map keepers; reloads cfg->run_file. nw may be 0
+ * (no rules, no FILE). Returns 0 and the service in *out, or -ENOMEM.
  */
 int ph_run_rules_new(struct ph_config *cfg, unsigned nw, struct ph_svc **out);
 
