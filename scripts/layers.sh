@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The layers of src/ (docs/ARCHITECTURE.md): a file includes only headers of its own layer
 # and the layers below, and a verb never includes another verb's headers.
-#   0 core/   1 conn/   2 forward/ socks/ tunnel/ portmap/ (verbs)   3 ctl/ cli/   4 pinhole.c
+#   0 core/   1 conn/   2 forward/ socks/ tunnel/ portmap/ (verbs)   3 ctl/ cli/
+#   4 pinhole.c and run/ (the supervisor and the services it starts)
 set -u
 cd "$(dirname "$0")/.."
 layer() { # layer DIR -> its number
 	case $1 in
 	core) echo 0 ;; conn) echo 1 ;; forward | socks | tunnel | portmap) echo 2 ;;
-	ctl | cli) echo 3 ;; *) echo 4 ;;
+	ctl | cli) echo 3 ;; run) echo 4 ;; *) echo 4 ;;
 	esac
 }
 bad=0

@@ -1,7 +1,7 @@
 /*
- * `pinhole map`: one UDP socket connected to the gateway's port 5351, a loop of its own on
- * the main thread, a timer per mapping (retransmission, then renewal) and one for the
- * gateway's epoch. Auto mode asks in PCP and NAT-PMP at once (ANNOUNCE, address request)
+ * `pinhole map`: one UDP socket connected to the gateway's port 5351 on the supervisor's
+ * loop (a service, core/svc.h), a timer per mapping (retransmission, then renewal) and one
+ * for the gateway's epoch. Auto mode asks in PCP and NAT-PMP at once (ANNOUNCE, address request)
  * and maps with the best that answered.
  */
 #include "portmap/portmap.h"
@@ -9,19 +9,18 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/net.h"
+#include "core/svc.h"
 #include "core/util.h"
 #include "portmap/pmp.h"
 #include "portmap/upnp.h"
@@ -66,6 +65,7 @@ struct pm_map {
 };
 
 struct pm {
+	struct ph_svc svc; /* the map command: the supervisor's service */
 	const struct ph_map_conf *mc;
 	struct ph_loop *loop; /* borrowed */
 	/* a keeper (a rule's --map in a daemon): logs instead of stdout, never gives up */
@@ -76,9 +76,9 @@ struct pm {
 	void *done_arg;
 	struct ph_timer restart; /* a keeper that failed tries again */
 	struct ph_task free_task;
-	bool finished;
-	bool warned; /* about a private external address, once */
-	struct ph_io sock, sig;
+	bool finished; /* a keeper: freed next; the command: done */
+	bool warned;   /* about a private external address, once */
+	struct ph_io sock;
 	struct ph_io announce; /* 224.0.0.1:5350: the gateway says it restarted */
 	struct ph_addr gw, client;
 	uint8_t method; /* PH_MAP_PCP or PH_MAP_NATPMP once known; PH_MAP_AUTO before */
@@ -246,7 +246,6 @@ static void pm_on_restart(struct ph_timer *t);
 static bool pm_busy(const struct pm *pm);
 static void pm_finish(struct pm *pm);
 static void pm_close(struct pm *pm);
-static void pm_on_signal(struct ph_io *io, uint32_t events);
 
 /* ---- requests ---- */
 
@@ -1080,8 +1079,9 @@ static void pm_finish(struct pm *pm)
 {
 	void (*done)(void *arg) = pm->done;
 
-	if (pm->free_task.fn == NULL) { /* the map command */
-		ph_loop_stop(pm->loop);
+	if (pm->free_task.fn == NULL) { /* the map command: the supervisor ends the loop */
+		pm->finished = true;
+		ph_svc_changed(&pm->svc, pm->rc);
 		return;
 	}
 	if (pm->finished)
@@ -1127,21 +1127,6 @@ static void pm_stop(struct pm *pm, int rc)
 		pm_finish(pm);
 }
 
-static void pm_on_signal(struct ph_io *io, uint32_t events)
-{
-	struct pm *pm = container_of(io, struct pm, sig);
-	struct signalfd_siginfo si;
-
-	(void)events;
-	while (read(io->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-		if (pm->stopping) {
-			ph_loop_stop(pm->loop); /* a second signal: at once */
-			return;
-		}
-		pm_stop(pm, 0);
-	}
-}
-
 /* Sockets, timers and the UPnP thread for pm (pm->mc, pm->loop set). Returns 0 or 1. */
 static int pm_open(struct pm *pm)
 {
@@ -1153,7 +1138,6 @@ static int pm_open(struct pm *pm)
 	pm->method = mc->method;
 	ph_io_init(&pm->sock, -1, pm_on_sock);
 	ph_io_init(&pm->upnp_io, -1, upnp_on_io);
-	ph_io_init(&pm->sig, -1, pm_on_signal);
 	ph_io_init(&pm->announce, -1, pm_on_announce);
 	ph_timer_init(&pm->upnp_deadline, upnp_on_deadline);
 	ph_timer_init(&pm->probe, pm_on_probe);
@@ -1266,46 +1250,87 @@ static void pm_close(struct pm *pm)
 		ph_io_close(pm->loop, &pm->upnp_io);
 	if (pm->sock.fd != -1)
 		ph_io_close(pm->loop, &pm->sock);
-	if (pm->sig.fd != -1)
-		ph_io_close(pm->loop, &pm->sig);
 	if (pm->announce.fd != -1)
 		ph_io_close(pm->loop, &pm->announce);
 }
 
-int ph_map_run(const struct ph_map_conf *mc)
-{
-	struct ph_loop loop;
-	struct pm pm;
-	sigset_t sigs;
+/* ---- the map command: a service of the supervisor ---- */
 
-	memset(&pm, 0, sizeof(pm));
-	pm.mc = mc;
-	pm.loop = &loop;
-	if (ph_loop_init(&loop) < 0) {
-		ph_err("map: cannot make an event loop");
-		return 1;
+static struct pm *pm_of(struct ph_svc *s)
+{
+	return container_of(s, struct pm, svc);
+}
+
+/* After --user and the sandbox (the UPnP thread inherits it): sockets, then the asking. */
+static int map_svc_start(struct ph_svc *s)
+{
+	struct pm *pm = pm_of(s);
+
+	pm->loop = s->loop;
+	pm->rc = pm_open(pm);
+	if (pm->rc != 0)
+		return -EIO;
+	pm_begin(pm);
+	return 0;
+}
+
+/* SIGTERM, SIGINT, SIGHUP: delete the mappings, then end; already stopping: end now. */
+static void map_svc_drain(struct ph_svc *s)
+{
+	struct pm *pm = pm_of(s);
+
+	if (!pm->stopping) {
+		pm_stop(pm, 0);
+		return;
 	}
-	pm.rc = pm_open(&pm);
-	if (pm.rc != 0)
-		goto out;
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGHUP);
-	sigprocmask(SIG_BLOCK, &sigs, NULL);
-	pm.sig.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (pm.sig.fd == -1 || ph_io_add(&loop, &pm.sig, EPOLLIN | EPOLLET) < 0) {
-		ph_err("map: cannot watch signals: %s", strerror(errno));
-		pm.rc = 1;
-		goto out;
-	}
-	pm_begin(&pm);
-	if (ph_loop_run(&loop) < 0)
-		pm.rc = 1;
-out:
-	pm_close(&pm);
-	ph_loop_free(&loop);
-	return pm.rc;
+	pm->finished = true; /* what is not deleted yet is left to its lease */
+	ph_svc_changed(s, pm->rc);
+}
+
+/* A second signal: the loop ends at once, deletions in flight or not. */
+static void map_svc_stop(struct ph_svc *s, enum ph_svc_stop why)
+{
+	struct pm *pm = pm_of(s);
+
+	(void)why;
+	pm->finished = true;
+	ph_svc_changed(s, pm->rc);
+}
+
+static bool map_svc_done(struct ph_svc *s)
+{
+	return pm_of(s)->finished;
+}
+
+static void map_svc_free(struct ph_svc *s)
+{
+	struct pm *pm = pm_of(s);
+
+	if (pm->loop != NULL)
+		pm_close(pm);
+	free(pm);
+}
+
+static const struct ph_svc_ops map_svc_ops = {
+	.name = "map",
+	.start = map_svc_start,
+	.drain = map_svc_drain,
+	.stop = map_svc_stop,
+	.done = map_svc_done,
+	.free = map_svc_free,
+};
+
+int ph_map_svc_new(const struct ph_map_conf *mc, struct ph_svc **out)
+{
+	struct pm *pm = calloc(1, sizeof(*pm));
+
+	*out = NULL;
+	if (pm == NULL)
+		return -ENOMEM;
+	pm->svc.ops = &map_svc_ops;
+	pm->mc = mc;
+	*out = &pm->svc;
+	return 0;
 }
 
 /* ---- keepers: a rule's mapping in a daemon ---- */

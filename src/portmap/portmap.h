@@ -35,10 +35,18 @@ struct ph_map_conf {
 
 void ph_map_conf_init(struct ph_map_conf *mc);
 
-/* Runs `pinhole map ...` in the foreground. Returns the exit status (0, 1). */
-int ph_map_run(const struct ph_map_conf *mc);
-
 struct ph_loop;
+struct ph_svc;
+
+/*
+ * `pinhole map ...` in the foreground, as a service for the supervisor (core/svc.h): it
+ * starts asking once started, ends on its own (--once, del, ip, probe, list, a refusal)
+ * with the exit status (0, 1) through ph_svc_changed, and on the first signal deletes its
+ * mappings before it ends (a second ends it at once). mc is borrowed. Returns 0 and the
+ * service in *out, or -ENOMEM.
+ */
+int ph_map_svc_new(const struct ph_map_conf *mc, struct ph_svc **out);
+
 struct ph_map_keeper;
 
 /*

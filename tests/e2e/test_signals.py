@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import (SOCK_TIMEOUT_S, connect, echo_once, outcome, recv_exact,
+from conftest import (SOCK_TIMEOUT_S, Pinhole, connect, echo_once, outcome, recv_exact,
                       send_in_thread, sha256, wait_not_listening)
 
 MiB = 1 << 20
@@ -125,3 +125,26 @@ def test_sigusr1_logs_stats_and_keeps_running(pinhole, echo_server, free_port):
     c.close()
     ph.stop()
     assert ph.final_stats()["spliced"] == 2 * (5 + 15)
+
+
+# `pinhole map` runs on the same supervisor loop as the other verbs: a signal (SIGHUP too, a
+# hangup of its terminal) deletes what it mapped and ends it with 0, a second ends it at
+# once, and it has no stopped: line. Nothing answers on loopback's port 5351: the map goes
+# on asking until the signal (tests/e2e/test_map.py covers a real router in a lab).
+@pytest.mark.parametrize("sigs", [[signal.SIGTERM], [signal.SIGINT], [signal.SIGHUP],
+                                  [signal.SIGTERM, signal.SIGTERM]],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP", "twice"])
+def test_map_ends_on_a_signal(tmp_path, free_port, sigs):
+    p = Pinhole(["map", free_port(), "--gateway", "127.0.0.1", "--method", "natpmp"],
+                str(tmp_path))
+    try:
+        p.wait_log(r"^map: the gateway 127\.0\.0\.1 refused port 5351")
+        for sig in sigs:
+            p.send_signal(sig)
+        assert p.wait_exit(STOP_BOUND) == 0, p.log
+        p.check()
+        assert not any(m.startswith("stopped:") for m in p.messages()), p.log
+    finally:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(timeout=5)
