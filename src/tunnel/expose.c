@@ -58,7 +58,9 @@ struct xrule {
 	struct ph_addr local;
 	uint16_t service, port, want;
 	struct ph_timer again;
-	uint64_t visitors, refused;
+	uint32_t live;                      /* streams now */
+	uint64_t visitors, refused, failed; /* failed: streams that ended with a reset */
+	uint64_t bytes_up, bytes_down;      /* of ended streams: visitors -> LOCAL, back */
 	struct ph_list flows;
 	struct xflow *byid[64];
 	unsigned nflows;
@@ -306,6 +308,16 @@ static const char *local_str(const struct xrule *r, char *buf, size_t len)
 	return buf;
 }
 
+/* How logs name rule r: "expose LOCAL[ NAME]". Returns buf. */
+static const char *rule_label(const struct xrule *r, char *buf, size_t len)
+{
+	char l[PH_HOST_MAX + 16];
+
+	snprintf(buf, len, "expose %s%s%.32s", local_str(r, l, sizeof(l)),
+	         r->conf->name[0] ? " " : "", r->conf->name);
+	return buf;
+}
+
 /* Resolves LOCAL (a name is looked up at each session start). Returns 0 or -errno. */
 static int rule_resolve(struct xrule *r)
 {
@@ -342,6 +354,11 @@ static void rule_register(struct xrule *r)
 	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP || r->state == XR_REFUSED)
 		return;
 	snprintf(m.name, sizeof(m.name), "%s", r->conf->name);
+	/* the relay judges the visitors: the rules go with the request (CIDRs, at most 32) */
+	for (unsigned i = 0; i < r->conf->acl.n && m.nacl < PH_CTRL_ACL_MAX; i++) {
+		m.acl[m.nacl].allow = r->conf->acl.rules[i].allow;
+		m.acl[m.nacl++].cidr = r->conf->acl.rules[i].cidr;
+	}
 	r->state = XR_ASKED;
 	(void)ph_sess_ctrl(r->c->s, out, ph_ctrl_build(&m, out));
 }
@@ -600,6 +617,7 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	struct ph_addr visitor, pub;
 	uint8_t pre[PH_PROXY_MAX];
 	size_t pn = 0, off = 2;
+	struct ph_stream *st;
 	struct xrule *r;
 	int an, fd;
 
@@ -621,10 +639,10 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	r->visitors++;
 	fd = ph_tcp_connect(&r->local, NULL);
 	if (fd < 0) {
-		char l[PH_HOST_MAX + 16], label[PH_HOST_MAX + 24];
+		char label[PH_HOST_MAX + 64];
 
 		r->refused++;
-		snprintf(label, sizeof(label), "expose %s", local_str(r, l, sizeof(l)));
+		rule_label(r, label, sizeof(label));
 		ph_logagg_note(label, "visitors", "the local service cannot be reached", "%s: %s",
 		               label, strerror(-fd));
 		ph_sess_rst(s, id, PH_RST_REFUSED);
@@ -632,8 +650,28 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	}
 	if (r->conf->proxy != 0 && visitor.u.sa.sa_family != AF_UNSPEC)
 		pn = ph_proxy_build(r->conf->proxy, &visitor, &pub, pre);
-	(void)ph_stream_attach(s, id, fd, true, pre, pn, p + off, n - off, fin, r);
+	st = ph_stream_attach(s, id, fd, true, pre, pn, p + off, n - off, fin, r);
+	if (st != NULL) {
+		st->peer = visitor; /* for its close line */
+		r->live++;
+	}
 	return 0;
+}
+
+/* A stream to LOCAL ended: its line, and its counts into its rule's. */
+static void client_stream_end(struct ph_sess *s, struct ph_stream *st)
+{
+	struct xrule *r = st->owner;
+	char label[PH_HOST_MAX + 64];
+
+	(void)s;
+	if (r == NULL)
+		return;
+	ph_stream_log_end(st, rule_label(r, label, sizeof(label)), "visitors", &r->local, false);
+	r->live--;
+	r->failed += st->failed;
+	r->bytes_up += st->bytes_out;
+	r->bytes_down += st->bytes_in;
 }
 
 static void client_retry(struct ph_timer *t)
@@ -669,8 +707,10 @@ void ph_expose_stats(struct ph_exposer *x, struct ph_tunnel_stats *out)
 	for (struct ph_list *l = x->clients.next; l != &x->clients; l = l->next) {
 		const struct xclient *c = container_of(l, struct xclient, node);
 
-		if (c->s != NULL && c->confirmed)
+		if (c->s != NULL && c->confirmed) {
 			sess_stats_add(out, &c->s->st);
+			out->sessions_live++;
+		}
 		for (unsigned i = 0; i < c->nrules; i++)
 			out->visitors += c->rules[i]->visitors;
 	}
@@ -733,6 +773,7 @@ static const struct ph_sess_ops client_ops = {
 	.ctrl = client_ctrl,
 	.open = client_open,
 	.dgram = client_dgram,
+	.stream_end = client_stream_end,
 	.closed = client_closed,
 };
 
@@ -898,6 +939,33 @@ void ph_expose_free(struct ph_exposer *x)
 	free(x);
 }
 
+void ph_expose_each(struct ph_exposer *x, void (*fn)(void *arg, const struct ph_tunnel_svc *v),
+                    void *arg)
+{
+	for (struct ph_list *p = x->clients.next; p != &x->clients; p = p->next) {
+		const struct xclient *c = container_of(p, struct xclient, node);
+
+		for (unsigned i = 0; i < c->nrules; i++) {
+			const struct xrule *r = c->rules[i];
+			struct ph_tunnel_svc t = {
+				.port = r->port,
+				.up = r->state == XR_UP,
+				.live = r->live,
+				.visitors = r->visitors,
+				.refused = r->refused,
+				.failed = r->failed,
+				.bytes_up = r->bytes_up,
+				.bytes_down = r->bytes_down,
+			};
+
+			snprintf(t.proto, sizeof(t.proto), "%s", r->conf->udp ? "udp" : "tcp");
+			snprintf(t.name, sizeof(t.name), "%s", r->conf->name);
+			local_str(r, t.local, sizeof(t.local));
+			fn(arg, &t);
+		}
+	}
+}
+
 size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len)
 {
 	size_t n = 0;
@@ -936,10 +1004,14 @@ size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len)
 			local_str(r, l, sizeof(l));
 			if (json)
 				OUT("%s{\"local\":\"%s\",\"name\":\"%s\",\"state\":\"%s\",\"port\":"
-				    "%u,"
-				    "\"visitors\":%llu}",
+				    "%u,\"visitors\":%llu,\"live\":%u,\"refused\":%llu,"
+				    "\"failed\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu,"
+				    "\"acl\":%u}",
 				    i ? "," : "", l, r->conf->name, states[r->state], r->port,
-				    (unsigned long long)r->visitors);
+				    (unsigned long long)r->visitors, r->live,
+				    (unsigned long long)r->refused, (unsigned long long)r->failed,
+				    (unsigned long long)r->bytes_up,
+				    (unsigned long long)r->bytes_down, r->conf->acl.n);
 			else
 				OUT("    %s%s%s: %s, public port %u, %llu visitors\n", l,
 				    r->conf->name[0] ? " " : "", r->conf->name, states[r->state],
