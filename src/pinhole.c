@@ -626,6 +626,8 @@ static char *main_ctl(void *arg, const char *cmd, size_t *len)
 		.nrules = m->cfg->nrules,
 		.retiring = m->retiring,
 		.nretiring = m->nretiring,
+		.relay = m->relay,     /* the tunnel's metrics families */
+		.exposer = m->exposer, /* (ctl renders them through tunnel.h) */
 	};
 	char *r;
 

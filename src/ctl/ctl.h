@@ -13,7 +13,9 @@
 #include <stdio.h>
 
 struct ph_addr;
+struct ph_exposer;
 struct ph_loop;
+struct ph_relay;
 struct ph_ctl;
 struct ph_rule;
 struct ph_status_src;
@@ -63,6 +65,8 @@ struct ph_status_src {
 	struct ph_rule *const *rules, *const *retiring;
 	unsigned nrules, nretiring;
 	const struct ph_stats *totals; /* all workers since the start */
+	struct ph_relay *relay;        /* `pinhole server` running here, or NULL (metrics) */
+	struct ph_exposer *exposer;    /* `pinhole expose` rules running here, or NULL */
 };
 
 /* The status report as text or JSON (malloc'd, *len set), or NULL when out of memory. */

@@ -1,0 +1,202 @@
+"""
+The relay's visitors and the client's streams get what every other listener has: an ACL
+(`server --allow/--deny` for every public port, `expose --allow/--deny` carried in REGISTER
+and enforced by the relay at accept), a close line per visitor at -v, and counters in
+`status --json` and in the Prometheus metrics.
+
+    visitors from 127.0.0.1     pinhole server 127.0.0.1:R          pinhole expose LOCAL
+    and from 127.0.0.9    --->  public ports 127.0.0.1:PUB  <====   --via 127.0.0.1:R --> echo
+    (bound source addresses)    [--allow/--deny] [--metrics]  TLS   [--allow/--deny] [-v]
+
+The relay fixtures (keys, start_relay, start_expose...) are test_tunnel.py's. Readiness is
+polled (log lines, `ss`), never slept for; every wait is bounded.
+"""
+
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from conftest import (READY_TIMEOUT_S, alloc_port, connect, echo_once, listeners, outcome,
+                      run_pinhole, set_rst, wait_until)
+from test_metrics import fetch
+from test_tunnel import (echo, keys, procs, start_expose, start_relay,  # noqa: F401
+                         status_json, wait_public)
+
+OTHER = "127.0.0.9"  # a second loopback address: the visitor an ACL tells apart
+
+
+def visit(port, source, msg=b"hello\n"):
+    """A visitor from source through port: 'ok' when its bytes come back, else how it
+    ended ('reset', 'eof', 'timeout')."""
+    try:
+        c = connect("127.0.0.1", port, source=source)
+    except ConnectionResetError:
+        return "reset"
+    try:
+        try:
+            c.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                d = c.recv(len(msg) - len(got))
+                if not d:
+                    return "eof"
+                got += d
+            return "ok" if got == msg else "garbled"
+        except ConnectionResetError:
+            return "reset"
+        except socket.timeout:
+            return "timeout"
+    finally:
+        c.close()
+
+
+def sample(text, metric, **labels):
+    """The value of metric's sample with labels (name_ for the label "name")."""
+    want = [f'{k.rstrip("_")}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if line.startswith(metric + "{") and all(w in line for w in want):
+            return int(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {metric} {labels} in:\n{text}")
+
+
+def service(relay, pub):
+    return next(s for s in status_json(relay.ctl)["relay"]["services"] if s["port"] == pub)
+
+
+def test_server_deny_resets_visitors_of_every_port(procs, tmp_path, keys, echo_server):
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys, verbose=True, extra=("--deny", OTHER))
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "--name", "a")
+    y = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "--name", "b",
+                     known=tmp_path / "known2")
+    for pub in (wait_public(x), wait_public(y)):
+        assert visit(pub, OTHER) in ("reset", "eof"), f"{OTHER} got through --deny on {pub}"
+        assert visit(pub, "127.0.0.1") == "ok"
+        svc = service(relay, pub)
+        assert svc["denied"] == 1 and svc["refused"] == 0 and svc["visitors"] == 1, svc
+        relay.proc.wait_log(rf"^relay tcp port {pub} [ab]: denied {re.escape(OTHER)}:\d+ by the "
+                            r"relay's --allow/--deny$")
+
+
+def test_expose_acl_is_enforced_by_the_relay(procs, tmp_path, keys, echo_server):
+    """expose's rules travel in REGISTER, in order (first match wins), and the relay
+    resets the visitors they refuse before the client hears of them."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    only = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}",
+                        "--allow", "127.0.0.1/32", "--name", "only",
+                        control=tmp_path / "x.sock")
+    first = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}",
+                         "--deny", "127.0.0.1", "--allow", "127.0.0.0/8", "--deny", "0.0.0.0/0",
+                         "--name", "first", known=tmp_path / "known2")
+    p_only, p_first = wait_public(only), wait_public(first)
+    assert visit(p_only, OTHER) in ("reset", "eof")
+    assert visit(p_only, "127.0.0.1") == "ok"
+    assert visit(p_first, "127.0.0.1") in ("reset", "eof")
+    assert visit(p_first, OTHER) == "ok"
+    a, b = service(relay, p_only), service(relay, p_first)
+    assert (a["denied"], a["visitors"], a["acl"]) == (1, 1, 1), a
+    assert (b["denied"], b["visitors"], b["acl"]) == (1, 1, 3), b
+    rules = status_json(tmp_path / "x.sock")["expose"][0]["rules"]
+    assert rules[0]["acl"] == 1 and rules[0]["visitors"] == 1, rules
+
+
+@pytest.mark.parametrize("args,word,why", [
+    (["--allow", "127.0.0.*"], "--allow '127.0.0.*'", "a CIDR"),
+    (["--deny", "10.0.0.0/33"], "--deny '10.0.0.0/33'", "prefix length"),
+    (["--allow", "10.0.0.1"] * 33, "--allow", "at most 32"),
+])
+def test_expose_acl_words(args, word, why):
+    r = run_pinhole("expose", "127.0.0.1:1", "--via", "127.0.0.1:1", *args)
+    assert r.returncode == 2 and word in r.stderr and why in r.stderr, r.stderr
+
+
+def test_server_acl_words():
+    r = run_pinhole("server", "--deny", "10.0.0.0/8x")
+    assert r.returncode == 2 and "--deny '10.0.0.0/8x'" in r.stderr, r.stderr
+    r = run_pinhole("server", "--help")
+    assert "--allow CIDR" in r.stdout and "--deny CIDR" in r.stdout, r.stdout
+    r = run_pinhole("expose", "--help")
+    assert "--allow CIDR" in r.stdout and "--deny CIDR" in r.stdout, r.stdout
+
+
+def test_close_line_per_visitor_at_v(procs, tmp_path, keys, echo_server):
+    """-v: one line per visitor on the relay and per stream on the client, in forward's
+    shape (who, where, why, bytes each way, time); a reset says so."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys, verbose=True)
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "-v",
+                     "--name", "echo")
+    pub = wait_public(x)
+    c = connect("127.0.0.1", pub)
+    echo_once(c, b"12345")
+    cport = c.getsockname()[1]
+    c.close()
+    relay.proc.wait_log(rf"^s\d+ 127\.0\.0\.1:{cport} -> 127\.0\.0\.1:{pub}: closed, 5 bytes "
+                        rf"up, 5 down, \d+ ms \(relay tcp port {pub} echo\)$", timeout=10)
+    x.wait_log(rf"^s\d+ 127\.0\.0\.1:{cport} -> 127\.0\.0\.1:{srv.port}: closed, 5 bytes up, "
+               rf"5 down, \d+ ms \(expose 127\.0\.0\.1:{srv.port} echo\)$", timeout=10)
+    # a visitor that resets: the relay's line says why, and the client's too
+    c = connect("127.0.0.1", pub)
+    echo_once(c, b"abc")
+    cport = c.getsockname()[1]
+    set_rst(c)
+    c.close()
+    relay.proc.wait_log(rf"^s\d+ 127\.0\.0\.1:{cport} -> 127\.0\.0\.1:{pub}: socket error: "
+                        r"Connection reset by peer, 3 bytes up, 3 down", timeout=10)
+    x.wait_log(rf"^s\d+ 127\.0\.0\.1:{cport} -> 127\.0\.0\.1:{srv.port}: reset by the peer, "
+               r"3 bytes up, 3 down", timeout=10)
+
+
+def test_metrics_of_the_relay_and_the_client(procs, tmp_path, keys, echo_server):
+    srv = echo_server(handler=echo)
+    rm, xm = alloc_port(), alloc_port()
+    relay = start_relay(procs, tmp_path, keys,
+                        extra=("--deny", OTHER, "--metrics", f"127.0.0.1:{rm}"))
+    x = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "--name",
+                     "web", "--max-conns", "1", "--metrics", f"127.0.0.1:{xm}")
+    pub = wait_public(x)
+    wait_until(lambda: listeners(rm) and listeners(xm), READY_TIMEOUT_S, "the metrics listeners")
+    for _ in range(2):
+        assert visit(pub, "127.0.0.1", b"abcd") == "ok"
+        wait_until(lambda: service(relay, pub)["live"] == 0, 10, "the visitor's slot")
+    assert visit(pub, OTHER) in ("reset", "eof")
+    held = connect("127.0.0.1", pub)  # holds the one slot: the next visitor is over the limit
+    try:
+        echo_once(held, b"x")
+        assert visit(pub, "127.0.0.1") in ("reset", "eof")
+    finally:
+        held.close()
+    wait_until(lambda: service(relay, pub)["live"] == 0, 10, "the visitors to end")
+    status, _, text = fetch(rm)
+    assert status == 200
+    lab = {"proto": "tcp", "port": pub, "name_": "web"}
+    assert sample(text, "pinhole_relay_visitors_total", **lab) == 3
+    assert sample(text, "pinhole_relay_visitors_active", **lab) == 0
+    assert sample(text, "pinhole_relay_service_up", **lab) == 1
+    assert sample(text, "pinhole_relay_refused_total", reason="denied", **lab) == 1
+    assert sample(text, "pinhole_relay_refused_total", reason="over_limit", **lab) == 1
+    assert sample(text, "pinhole_relay_bytes_total", direction="up", **lab) == 9
+    assert sample(text, "pinhole_relay_bytes_total", direction="down", **lab) == 9
+    assert re.search(r"^pinhole_relay_sessions 1$", text, re.M), text
+    assert re.search(r"^pinhole_relay_sessions_total 1$", text, re.M), text
+    wait_until(lambda: sample(fetch(xm)[2], "pinhole_expose_visitors_active", name_="web") == 0,
+               10, "the client's streams to end")
+    xt = fetch(xm)[2]
+    xl = {"proto": "tcp", "local": f"127.0.0.1:{srv.port}", "name_": "web"}
+    assert sample(xt, "pinhole_expose_up", **xl) == 1
+    assert sample(xt, "pinhole_expose_visitors_total", **xl) == 3
+    assert sample(xt, "pinhole_expose_bytes_total", direction="up", **xl) == 9
+    assert sample(xt, "pinhole_expose_bytes_total", direction="down", **xl) == 9
+    assert sample(xt, "pinhole_expose_failures_total", reason="refused", **xl) == 0
+    assert re.search(r"^pinhole_expose_sessions 1$", xt, re.M), xt
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.skip("promtool is not installed (scripts/deps.sh test installs prometheus)")
+    for t in (text, xt):
+        r = subprocess.run([tool, "check", "metrics"], input=t, capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
