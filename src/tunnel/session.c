@@ -555,11 +555,36 @@ static int wire_write(BIO *b, const char *p, int n)
 	return n;
 }
 
+/*
+ * The session socket's read side, for SSL: through ph_sys like every data-path call (tests
+ * inject faults), EINTR retried, EAGAIN a retry; errno is left as read(2) set it, for
+ * SSL_ERROR_SYSCALL.
+ */
+static int wire_read(BIO *b, char *p, int n)
+{
+	struct ph_sess *s = BIO_get_data(b);
+	ssize_t r;
+
+	BIO_clear_retry_flags(b);
+	if (n <= 0)
+		return 0;
+	do
+		r = ph_sys.read(s->io.fd, p, (size_t)n);
+	while (r == -1 && errno == EINTR);
+	if (r == -1 && errno == EAGAIN)
+		BIO_set_retry_read(b);
+	else if (r == 0)
+		BIO_set_flags(b,
+		              BIO_FLAGS_IN_EOF); /* as OpenSSL's socket BIO: SSL tells EOF apart */
+	return (int)r;
+}
+
 static long wire_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
-	(void)b;
 	(void)num;
 	(void)ptr;
+	if (cmd == BIO_CTRL_EOF)
+		return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
 	return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
@@ -570,6 +595,7 @@ static BIO_METHOD *wire_method(void)
 	if (m == NULL) {
 		m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pinhole wire");
 		if (m != NULL && (BIO_meth_set_write(m, wire_write) != 1 ||
+		                  BIO_meth_set_read(m, wire_read) != 1 ||
 		                  BIO_meth_set_ctrl(m, wire_ctrl) != 1)) {
 			BIO_meth_free(m);
 			m = NULL;
@@ -1052,7 +1078,8 @@ struct ph_sess *ph_sess_new(struct ph_loop *l, int fd, struct ssl_ctx_st *ctx, b
 	sock_opts(fd, s->hb_ms);
 	s->ssl = SSL_new(ctx);
 	s->wire = malloc(WIRE_CAP);
-	rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+	/* both ways through our BIO: reads and writes go through ph_sys */
+	rbio = wire_method() != NULL ? BIO_new(wire_method()) : NULL;
 	wbio = wire_method() != NULL ? BIO_new(wire_method()) : NULL;
 	if (s->ssl == NULL || s->wire == NULL || rbio == NULL || wbio == NULL) {
 		ERR_clear_error();
@@ -1066,6 +1093,8 @@ struct ph_sess *ph_sess_new(struct ph_loop *l, int fd, struct ssl_ctx_st *ctx, b
 	}
 	BIO_set_data(wbio, s);
 	BIO_set_init(wbio, 1);
+	BIO_set_data(rbio, s);
+	BIO_set_init(rbio, 1);
 	SSL_set_bio(s->ssl, rbio, wbio); /* the SSL owns both */
 	SSL_set_mode(s->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 	                             SSL_MODE_RELEASE_BUFFERS);
