@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +18,7 @@
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
+#include "core/resolve.h"
 #include "core/util.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
@@ -58,6 +58,7 @@ struct xrule {
 	struct ph_addr local;
 	uint16_t service, port, want;
 	struct ph_timer again;
+	bool resolving;                     /* LOCAL's name is being looked up */
 	uint32_t live;                      /* streams now */
 	uint64_t visitors, refused, failed; /* failed: streams that ended with a reset */
 	uint64_t bytes_up, bytes_down;      /* of ended streams: visitors -> LOCAL, back */
@@ -85,6 +86,7 @@ struct xclient {
 	char refusal[1400];   /* why this client refused the relay, for the retry's log line */
 	bool fatal;
 	bool confirmed; /* the relay answered: it took this client's key */
+	bool resolving; /* the relay's name is being looked up */
 	unsigned attempts;
 };
 
@@ -96,6 +98,7 @@ struct ph_exposer {
 	struct ph_timer sweep;
 	struct ph_list dead; /* closed flows, freed by reap after this round's events */
 	struct ph_task reap;
+	struct ph_resolver *res; /* owned: names looked up on the loop, never blocking it */
 	bool stopping;
 	struct ph_tunnel_stats gone; /* of ended sessions */
 };
@@ -318,27 +321,54 @@ static const char *rule_label(const struct xrule *r, char *buf, size_t len)
 	return buf;
 }
 
-/* Resolves LOCAL (a name is looked up at each session start). Returns 0 or -errno. */
-static int rule_resolve(struct xrule *r)
+static void rule_register(struct xrule *r);
+
+/* LOCAL's addresses came (or not): the first is used, and the rule registers if it may. */
+static void rule_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                             unsigned n, uint32_t ttl)
+{
+	struct xrule *r = arg;
+	char label[PH_HOST_MAX + 64];
+
+	(void)ttl;
+	r->resolving = false;
+	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP || r->state != XR_IDLE)
+		return; /* the next session starts it again */
+	if (err < 0 || n == 0) {
+		ph_warn("%s: %s; asking again in 5 s", rule_label(r, label, sizeof(label)),
+		        why != NULL ? why : ph_strerror(err));
+		ph_timer_arm(r->c->x->loop, &r->again, 5000);
+		return;
+	}
+	r->local = addrs[0];
+	rule_register(r);
+}
+
+/*
+ * Registers r, LOCAL's name looked up first (each time: at each session start and each
+ * retry) without blocking the loop: the answer registers it.
+ */
+static void rule_start(struct xrule *r)
 {
 	const struct ph_hostport *hp = &r->conf->local;
-	struct addrinfo hints = {.ai_socktype = r->conf->udp ? SOCK_DGRAM : SOCK_STREAM}, *ai;
-	char port[8];
+	char label[PH_HOST_MAX + 64];
 	int err;
 
 	if (!hp->is_name) {
 		r->local = hp->addr;
-		return 0;
+		rule_register(r);
+		return;
 	}
-	snprintf(port, sizeof(port), "%u", hp->port);
-	err = getaddrinfo(hp->host, port, &hints, &ai);
-	if (err != 0) {
-		ph_warn("expose %s: %s", hp->host, gai_strerror(err));
-		return -ENOENT;
+	if (r->resolving)
+		return; /* its answer registers it */
+	err = ph_resolver_query(r->c->x->res, hp->host, hp->port, rule_on_resolved, r);
+	if (err < 0) {
+		ph_warn("%s: %s; asking again in 5 s", rule_label(r, label, sizeof(label)),
+		        strerror(-err));
+		ph_timer_arm(r->c->x->loop, &r->again, 5000);
+		return;
 	}
-	(void)ph_addr_from_sa(ai->ai_addr, ai->ai_addrlen, &r->local);
-	freeaddrinfo(ai);
-	return 0;
+	r->resolving = true;
 }
 
 static void rule_register(struct xrule *r)
@@ -365,7 +395,7 @@ static void rule_register(struct xrule *r)
 
 static void rule_again(struct ph_timer *t)
 {
-	rule_register(container_of(t, struct xrule, again));
+	rule_start(container_of(t, struct xrule, again));
 }
 
 static void exposer_check(struct ph_exposer *x)
@@ -560,11 +590,7 @@ static int client_up(struct ph_sess *s)
 		if (r->state == XR_REFUSED)
 			continue;
 		r->state = XR_IDLE;
-		if (rule_resolve(r) < 0) {
-			ph_timer_arm(s->loop, &r->again, 5000);
-			continue;
-		}
-		rule_register(r);
+		rule_start(r);
 	}
 	return 0;
 }
@@ -777,27 +803,11 @@ static const struct ph_sess_ops client_ops = {
 	.closed = client_closed,
 };
 
-static void client_connect(struct xclient *c)
+/* Connects to the relay at a and starts the session. */
+static void client_connect_to(struct xclient *c, const struct ph_addr *a)
 {
-	const struct ph_hostport *via = &c->conf->via;
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai;
-	struct ph_addr a;
-	char port[8];
-	int fd, err;
+	int fd = ph_tcp_connect(a, NULL);
 
-	if (via->is_name) {
-		snprintf(port, sizeof(port), "%u", via->port);
-		err = getaddrinfo(via->host, port, &hints, &ai);
-		if (err != 0) {
-			client_later(c, gai_strerror(err));
-			return;
-		}
-		(void)ph_addr_from_sa(ai->ai_addr, ai->ai_addrlen, &a);
-		freeaddrinfo(ai);
-	} else {
-		a = via->addr;
-	}
-	fd = ph_tcp_connect(&a, NULL);
 	if (fd < 0) {
 		client_later(c, strerror(-fd));
 		return;
@@ -807,7 +817,42 @@ static void client_connect(struct xclient *c)
 		client_later(c, "out of memory");
 		return;
 	}
-	c->s->peer_addr = a;
+	c->s->peer_addr = *a;
+}
+
+/* The relay's addresses came (or not): the first is connected to. */
+static void client_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                               unsigned n, uint32_t ttl)
+{
+	struct xclient *c = arg;
+
+	(void)ttl;
+	c->resolving = false;
+	if (err < 0 || n == 0) {
+		client_later(c, why != NULL ? why : ph_strerror(err));
+		return;
+	}
+	client_connect_to(c, &addrs[0]);
+}
+
+/* Makes the session: the relay's name looked up first, on the loop, never blocking it. */
+static void client_connect(struct xclient *c)
+{
+	const struct ph_hostport *via = &c->conf->via;
+	int err;
+
+	if (!via->is_name) {
+		client_connect_to(c, &via->addr);
+		return;
+	}
+	if (c->resolving)
+		return;
+	err = ph_resolver_query(c->x->res, via->host, via->port, client_on_resolved, c);
+	if (err < 0) {
+		client_later(c, strerror(-err));
+		return;
+	}
+	c->resolving = true;
 }
 
 /* --- the exposer ------------------------------------------------------------------------ */
@@ -864,6 +909,11 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 	ph_list_init(&x->dead);
 	ph_task_init(&x->reap, exposer_reap);
 	ph_timer_init(&x->sweep, exposer_sweep);
+	err = ph_resolver_new(l, &x->res);
+	if (err < 0) {
+		snprintf(why, whylen, "cannot make a resolver: %s", strerror(-err));
+		goto fail;
+	}
 	for (unsigned i = 0; i < n; i++) {
 		struct xclient *c = NULL;
 		struct xrule *r;
@@ -911,6 +961,8 @@ void ph_expose_free(struct ph_exposer *x)
 	if (x == NULL)
 		return;
 	x->stopping = true;
+	ph_resolver_free(x->res); /* lookups in flight end without their callbacks */
+	x->res = NULL;
 	while (!ph_list_empty(&x->clients)) {
 		struct xclient *c = container_of(x->clients.next, struct xclient, node);
 

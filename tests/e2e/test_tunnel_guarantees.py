@@ -12,16 +12,20 @@ The relay fixtures (keys, start_relay, start_expose...) are test_tunnel.py's. Re
 polled (log lines, `ss`), never slept for; every wait is bounded.
 """
 
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
-from conftest import (READY_TIMEOUT_S, alloc_port, connect, echo_once, listeners, outcome,
+from conftest import (READY_TIMEOUT_S, alloc_port, connect, echo_once, listeners,
                       run_pinhole, set_rst, wait_until)
 from test_metrics import fetch
+from test_targets import start_dnsmasq
 from test_tunnel import (echo, keys, procs, start_expose, start_relay,  # noqa: F401
                          status_json, wait_public)
 
@@ -200,3 +204,40 @@ def test_metrics_of_the_relay_and_the_client(procs, tmp_path, keys, echo_server)
         r = subprocess.run([tool, "check", "metrics"], input=t, capture_output=True, text=True,
                            timeout=30)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_silent_dns_server_stalls_no_other_session(procs, tmp_path, keys, echo_server, spawn):
+    """expose looks names up on its loop without blocking it (c-ares): while the DNS server
+    of one rule's --via says nothing, the other rule's session comes up and carries its
+    visitors at once; when the server answers again, the first comes up too."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys)
+    dns, prefix = start_dnsmasq(tmp_path, spawn, "--local=/test/",
+                                "--address=/relay.test/127.0.0.1", options="timeout:5 attempts:2")
+    common = (f"--key {keys.alice.path} --known-relays {tmp_path / 'known_relays'} "
+              "--heartbeat 1s")
+    conf = tmp_path / "x.conf"
+    # the rule whose relay is a name comes first: a blocking lookup would hold up the other
+    conf.write_text(f"expose 127.0.0.1:{srv.port} --via relay.test:{relay.port} --name slow "
+                    f"{common}\n"
+                    f"expose 127.0.0.1:{srv.port} --via 127.0.0.1:{relay.port} --name fast "
+                    f"{common}\n")
+    os.kill(dns.pid, signal.SIGSTOP)  # the server hears the questions and says nothing
+    try:
+        t0 = time.monotonic()
+        x = procs("run", conf, "--control", "none", "--drain-timeout", "2s", prefix=prefix)
+        x.wait_log(r"^expose 127\.0\.0\.1:\d+ fast: public at 127\.0\.0\.1:\d+",
+                   timeout=READY_TIMEOUT_S)
+        assert time.monotonic() - t0 < 3, "the session waited for another rule's DNS"
+        pub = int(re.search(r"fast: public at 127\.0\.0\.1:(\d+)", x.log).group(1))
+        # for 4 s, while the lookup waits for the silent server: each visitor at once
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            t1 = time.monotonic()
+            assert visit(pub, "127.0.0.1") == "ok"
+            assert time.monotonic() - t1 < 1, "a visitor waited for the DNS server"
+            time.sleep(0.1)
+        assert "slow: public" not in x.log
+    finally:
+        os.kill(dns.pid, signal.SIGCONT)
+    x.wait_log(r"^expose 127\.0\.0\.1:\d+ slow: public at relay\.test:\d+", timeout=40)
