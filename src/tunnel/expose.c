@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "conn/proxyproto.h"
+#include "conn/udptab.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
@@ -41,13 +42,12 @@ enum xrule_state {
 
 struct xclient;
 
+/* A UDP visitor of a rule: found by the relay's flow id, in its rule's table (conn/udptab). */
 struct xflow {
-	struct ph_io io; /* connected to the local service */
+	struct ph_udp_node node; /* least recently used first; node.lru: in x->dead once closed */
+	struct ph_io io;         /* connected to the local service */
 	struct xrule *r;
 	uint32_t id;
-	uint64_t last;
-	struct ph_list lru;
-	struct xflow *hnext;
 };
 
 struct xrule {
@@ -62,9 +62,7 @@ struct xrule {
 	uint32_t live;                      /* streams now */
 	uint64_t visitors, refused, failed; /* failed: streams that ended with a reset */
 	uint64_t bytes_up, bytes_down;      /* of ended streams: visitors -> LOCAL, back */
-	struct ph_list flows;
-	struct xflow *byid[64];
-	unsigned nflows;
+	struct ph_udptab flows;             /* UDP: by flow id, least recently used first */
 };
 
 struct xclient {
@@ -271,16 +269,11 @@ static int known_store(struct xclient *c)
 static void flow_free(struct xflow *f)
 {
 	struct xrule *r = f->r;
-	struct xflow **pp = &r->byid[f->id & 63];
 
-	while (*pp != f)
-		pp = &(*pp)->hnext;
-	*pp = f->hnext;
-	ph_list_del(&f->lru);
+	ph_udptab_del(&r->flows, &f->node);
 	ph_io_close(r->c->x->loop, &f->io);
-	r->nflows--;
 	/* an event of this round may still name it: freed after them */
-	ph_list_add_tail(&r->c->x->dead, &f->lru);
+	ph_list_add_tail(&r->c->x->dead, &f->node.lru);
 	ph_task_queue(r->c->x->loop, &r->c->x->reap);
 }
 
@@ -292,14 +285,16 @@ static void exposer_reap(struct ph_task *t)
 		struct ph_list *n = x->dead.next;
 
 		ph_list_del(n);
-		free(container_of(n, struct xflow, lru));
+		free(container_of(n, struct xflow, node.lru));
 	}
 }
 
 static void rule_flows_drop(struct xrule *r)
 {
-	while (!ph_list_empty(&r->flows))
-		flow_free(container_of(r->flows.next, struct xflow, lru));
+	struct ph_udp_node *n;
+
+	while ((n = ph_udptab_oldest(&r->flows)) != NULL)
+		flow_free(container_of(n, struct xflow, node));
 }
 
 static const char *local_str(const struct xrule *r, char *buf, size_t len)
@@ -485,9 +480,54 @@ static void flow_io(struct ph_io *io, uint32_t events)
 		ph_put16(p, r->service);
 		ph_put32(p + 2, f->id);
 		p[6] = 0; /* no address: the relay knows its peer by the flow */
-		f->last = r->c->x->loop->now;
+		ph_udptab_touch(&r->flows, &f->node, r->c->x->loop->now);
 		(void)ph_sess_dgram(r->c->s, p, 7 + (size_t)n);
 	}
+}
+
+/*
+ * A flow's key in its rule's table: the relay's flow id (one public peer of the service),
+ * where the table keeps an address; not an address of any family.
+ */
+static void flow_key(struct ph_udp_key *k, uint32_t id)
+{
+	memset(k, 0, sizeof(*k)); /* compared as bytes */
+	k->peer.len = sizeof(id);
+	memcpy(&k->peer.u, &id, sizeof(id));
+}
+
+/*
+ * A new flow of r (key k): a socket connected to LOCAL, in the table - the least recently
+ * used flow makes room when the rule holds FLOW_MAX. Returns it, or NULL.
+ */
+static struct xflow *flow_new(struct xrule *r, const struct ph_udp_key *k)
+{
+	struct ph_loop *l = r->c->x->loop;
+	struct ph_udp_node *old;
+	struct xflow *f;
+	int fd;
+
+	if (r->flows.n >= FLOW_MAX && (old = ph_udptab_oldest(&r->flows)) != NULL)
+		flow_free(container_of(old, struct xflow, node));
+	fd = ph_udp_connect(&r->local, NULL, 0);
+	if (fd < 0)
+		return NULL;
+	f = calloc(1, sizeof(*f));
+	if (f == NULL) {
+		close(fd);
+		return NULL;
+	}
+	f->r = r;
+	memcpy(&f->id, &k->peer.u, sizeof(f->id));
+	ph_io_init(&f->io, fd, flow_io);
+	if (ph_io_add(l, &f->io, EPOLLIN) < 0) {
+		close(fd);
+		free(f);
+		return NULL;
+	}
+	ph_udptab_add(&r->flows, &f->node, k, l->now);
+	r->visitors++;
+	return f;
 }
 
 static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
@@ -495,6 +535,8 @@ static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	struct xclient *c = s->owner;
 	struct xrule *r = rule_by_service(c, ph_get16(p));
 	uint32_t id = ph_get32(p + 2);
+	struct ph_udp_node *node;
+	struct ph_udp_key k;
 	struct ph_addr peer;
 	struct xflow *f;
 	int an;
@@ -504,38 +546,16 @@ static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	an = ph_msg_addr_get(p + 6, n - 6, &peer);
 	if (an < 0)
 		return;
-	for (f = r->byid[id & 63]; f != NULL && f->id != id; f = f->hnext)
-		;
-	if (f == NULL) {
-		int fd;
-
-		if (r->nflows >= FLOW_MAX)
-			flow_free(container_of(r->flows.next, struct xflow, lru));
-		fd = ph_udp_connect(&r->local, NULL, 0);
-		if (fd < 0)
+	flow_key(&k, id);
+	node = ph_udptab_find(&r->flows, &k);
+	if (node == NULL) {
+		f = flow_new(r, &k);
+		if (f == NULL)
 			return;
-		f = calloc(1, sizeof(*f));
-		if (f == NULL) {
-			close(fd);
-			return;
-		}
-		f->r = r;
-		f->id = id;
-		ph_io_init(&f->io, fd, flow_io);
-		if (ph_io_add(c->x->loop, &f->io, EPOLLIN) < 0) {
-			close(fd);
-			free(f);
-			return;
-		}
-		f->hnext = r->byid[id & 63];
-		r->byid[id & 63] = f;
-		ph_list_init(&f->lru);
-		r->nflows++;
-		r->visitors++;
+	} else {
+		f = container_of(node, struct xflow, node);
+		ph_udptab_touch(&r->flows, &f->node, c->x->loop->now);
 	}
-	ph_list_del(&f->lru);
-	ph_list_add_tail(&r->flows, &f->lru);
-	f->last = c->x->loop->now;
 	(void)send(f->io.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT);
 }
 
@@ -549,13 +569,11 @@ static void exposer_sweep(struct ph_timer *t)
 		for (unsigned i = 0; i < c->nrules; i++) {
 			struct xrule *r = c->rules[i];
 
-			while (!ph_list_empty(&r->flows)) {
-				struct xflow *f = container_of(r->flows.next, struct xflow, lru);
+			struct ph_udp_node *f;
 
-				if (x->loop->now - f->last < FLOW_IDLE_MS)
-					break;
-				flow_free(f);
-			}
+			while ((f = ph_udptab_oldest(&r->flows)) != NULL &&
+			       x->loop->now - f->last >= FLOW_IDLE_MS)
+				flow_free(container_of(f, struct xflow, node));
 		}
 	}
 	ph_timer_arm(x->loop, &x->sweep, 10000);
@@ -937,9 +955,14 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 		r->conf = conf[i];
 		r->idx = c->nrules;
 		r->want = conf[i]->port;
-		ph_list_init(&r->flows);
+		ph_list_init(&r->flows.lru); /* empty until a UDP rule makes its table */
 		ph_timer_init(&r->again, rule_again);
 		c->rules[c->nrules++] = r;
+		if (conf[i]->udp && ph_udptab_init(&r->flows) < 0) {
+			err = -ENOMEM;
+			snprintf(why, whylen, "out of memory");
+			goto fail;
+		}
 	}
 	for (struct ph_list *p = x->clients.next; p != &x->clients; p = p->next) {
 		struct xclient *c = container_of(p, struct xclient, node);
@@ -975,6 +998,7 @@ void ph_expose_free(struct ph_exposer *x)
 		ph_timer_stop(x->loop, &c->retry);
 		for (unsigned i = 0; i < c->nrules; i++) {
 			rule_flows_drop(c->rules[i]);
+			ph_udptab_free(&c->rules[i]->flows);
 			ph_timer_stop(x->loop, &c->rules[i]->again);
 			free(c->rules[i]);
 		}
