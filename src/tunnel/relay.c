@@ -329,7 +329,8 @@ static const char *svc_label(struct ph_acceptor *a, char *buf, size_t len)
 {
 	struct rsvc *v = container_of(a, struct rsvc, acc);
 
-	snprintf(buf, len, "relay tcp port %u%s%s", v->port, v->name[0] ? " " : "", v->name);
+	snprintf(buf, len, "relay %s port %u%s%s", proto_str(v->proto), v->port,
+	         v->name[0] ? " " : "", v->name);
 	return buf;
 }
 

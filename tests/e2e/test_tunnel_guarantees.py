@@ -108,6 +108,40 @@ def test_expose_acl_is_enforced_by_the_relay(procs, tmp_path, keys, echo_server)
     assert rules[0]["acl"] == 1 and rules[0]["visitors"] == 1, rules
 
 
+def udp_visit(port, source, msg):
+    """A datagram from source to port: the answer, or None when none came (a few tries)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.3)
+    try:
+        s.bind((source, 0))
+        for _ in range(5):  # UDP: a lost datagram is sent again, boundedly
+            s.sendto(msg, ("127.0.0.1", port))
+            try:
+                return s.recvfrom(65536)[0]
+            except socket.timeout:
+                continue
+        return None
+    finally:
+        s.close()
+
+
+def test_udp_peers_are_judged_too(procs, tmp_path, keys, udp_echo):
+    """A UDP service's peers meet the same rules: a denied peer's datagrams are dropped
+    (and counted) before a flow is made for it."""
+    srv = udp_echo(tag=b"echo:")
+    relay = start_relay(procs, tmp_path, keys, verbose=True)
+    x = start_expose(procs, tmp_path, keys, relay.port, f"udp://127.0.0.1:{srv.port}",
+                     "--deny", OTHER, "--name", "dns")
+    pub = wait_public(x)
+    assert udp_visit(pub, "127.0.0.1", b"hi") == b"echo:hi"
+    assert udp_visit(pub, OTHER, b"hi") is None
+    svc = service(relay, pub)
+    assert svc["denied"] >= 1 and svc["datagrams"] >= 1, svc
+    relay.proc.wait_log(rf"^relay udp port {pub} dns: denied {re.escape(OTHER)}:\d+ by the "
+                        r"service's --allow/--deny$")
+    assert len(srv.ports()) == 1, srv.ports()  # no flow for the denied peer
+
+
 @pytest.mark.parametrize("args,word,why", [
     (["--allow", "127.0.0.*"], "--allow '127.0.0.*'", "a CIDR"),
     (["--deny", "10.0.0.0/33"], "--deny '10.0.0.0/33'", "prefix length"),
