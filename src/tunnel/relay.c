@@ -1333,10 +1333,13 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 			    (unsigned long long)v->visitors, (unsigned long long)v->dgrams,
 			    (unsigned long long)v->bytes_in, (unsigned long long)v->bytes_out);
 		else
-			OUT("  %s port %u%s%s: %s, %llu visitors, %llu datagrams\n",
+			OUT("  %s port %u%s%s: %s, %llu visitors (%u now), %llu refused, %llu "
+			    "denied, %llu datagrams\n",
 			    proto_str(v->proto), v->port, v->name[0] ? " " : "", v->name,
 			    v->owner != NULL ? v->owner->peer : "held for its client",
-			    (unsigned long long)v->visitors, (unsigned long long)v->dgrams);
+			    (unsigned long long)v->visitors, v->live,
+			    (unsigned long long)v->refused, (unsigned long long)v->denied,
+			    (unsigned long long)v->dgrams);
 	}
 	OUT(json ? "]}" : "");
 #undef OUT

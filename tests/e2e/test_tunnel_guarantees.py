@@ -83,6 +83,8 @@ def test_server_deny_resets_visitors_of_every_port(procs, tmp_path, keys, echo_s
         assert svc["denied"] == 1 and svc["refused"] == 0 and svc["visitors"] == 1, svc
         relay.proc.wait_log(rf"^relay tcp port {pub} [ab]: denied {re.escape(OTHER)}:\d+ by the "
                             r"relay's --allow/--deny$")
+    text = run_pinhole("status", "--control", relay.ctl).stdout
+    assert re.search(r"1 visitors \([01] now\), 0 refused, 1 denied", text), text
 
 
 def test_expose_acl_is_enforced_by_the_relay(procs, tmp_path, keys, echo_server):
