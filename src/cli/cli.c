@@ -227,7 +227,7 @@ static const char help_keygen[] =
 
 static const char help_server[] =
 	"Usage: pinhole server [LISTEN] [--authorized-keys FILE] [--key FILE] [--ports RANGE]\n"
-	"                      [--bind ADDR] [--heartbeat DUR]\n"
+	"                      [--bind ADDR] [--heartbeat DUR] [--allow CIDR] [--deny CIDR]\n"
 	"\n"
 	"The relay. Clients (`pinhole expose`) connect to LISTEN (default :7835) over TLS 1.3,\n"
 	"prove their key, and each service they register gets a public port here whose\n"
@@ -246,12 +246,15 @@ static const char help_server[] =
 	"                          0); explicit ports must be inside too (default: any)\n"
 	"  --bind ADDR             the address public ports listen on (default all)\n"
 	"  --heartbeat DUR         PING interval (default 10s); a client silent for three\n"
-	"                          is dropped, and its ports freed three later\n";
+	"                          is dropped, and its ports freed three later\n"
+	"  --allow CIDR            visitors of every public port this relay hands out that\n"
+	"  --deny CIDR             may come in (repeatable, first match wins; with any\n"
+	"                          --allow, others are refused); refused ones are reset\n";
 
 static const char help_expose[] =
 	"Usage: pinhole expose LOCAL --via RELAY[:PORT] [--port N] [--udp] [--name NAME]\n"
 	"                      [--max-conns N] [--proxy-protocol v1|v2] [--relay-key SHA256:...]\n"
-	"                      [--key FILE]\n"
+	"                      [--key FILE] [--allow CIDR] [--deny CIDR]\n"
 	"\n"
 	"Publishes the service at LOCAL (HOST:PORT here or on this network) on a relay's\n"
 	"public port: what ssh -R, frp and rathole do. The session is made from here, so\n"
@@ -264,6 +267,10 @@ static const char help_expose[] =
 	"  --udp                   LOCAL is a UDP service: datagrams are carried as such\n"
 	"  --name NAME             the service's name (a relay may limit a key to names)\n"
 	"  --max-conns N           visitors at once; the relay resets those past it\n"
+	"  --allow CIDR            visitors that may come in; --deny CIDR those that may\n"
+	"  --deny CIDR             not (repeatable, at most 32, first match wins; with any\n"
+	"                          --allow, others are refused): the relay resets the\n"
+	"                          others as it accepts them\n"
 	"  --proxy-protocol v1|v2  tell LOCAL each visitor's address (PROXY protocol)\n"
 	"  --relay-key SHA256:...  the relay's fingerprint; without it the first one seen is\n"
 	"                          kept in known_relays and a change is refused, as ssh does\n"
@@ -333,10 +340,14 @@ void ph_config_init(struct ph_config *cfg)
 
 void ph_config_free(struct ph_config *cfg)
 {
+	if (cfg->server != NULL)
+		ph_acl_free(&cfg->server->acl);
 	free(cfg->server);
 	cfg->server = NULL;
-	for (unsigned i = 0; i < cfg->nexpose; i++)
+	for (unsigned i = 0; i < cfg->nexpose; i++) {
+		ph_acl_free(&cfg->expose[i]->acl);
 		free(cfg->expose[i]);
+	}
 	cfg->nexpose = 0;
 	for (unsigned i = 0; i < cfg->nrules; i++)
 		ph_forward_rule_free(cfg->rules[i]);
@@ -539,7 +550,7 @@ static int cli_common_opt(int argc, char *const *argv, int *i, struct cli_opt *o
 	return 0;
 }
 
-static int cli_acl(struct ph_rule *r, bool allow, const struct cli_opt *o, int argi,
+static int cli_acl(struct ph_acl *acl, bool allow, const struct cli_opt *o, int argi,
                    struct ph_cli_error *e)
 {
 	struct ph_cidr c;
@@ -548,13 +559,32 @@ static int cli_acl(struct ph_rule *r, bool allow, const struct cli_opt *o, int a
 	if (ph_acl_is_pattern(o->value)) {
 		if (ph_acl_pattern_check(o->value, &why) < 0)
 			return cli_fail(e, argi, "%s '%s': %s", o->name, o->value, why);
-		return ph_acl_add_pattern(&r->acl, allow, o->value) < 0 ? -ENOMEM : 0;
+		return ph_acl_add_pattern(acl, allow, o->value) < 0 ? -ENOMEM : 0;
 	}
 	if (ph_cidr_parse(o->value, &c, &why) < 0)
 		return cli_fail(e, argi, "%s '%s': %s", o->name, o->value, why);
-	if (ph_acl_add(&r->acl, allow, &c) < 0)
+	if (ph_acl_add(acl, allow, &c) < 0)
 		return -ENOMEM;
 	return 0;
+}
+
+/*
+ * server's and expose's --allow/--deny (o): the value into acl. With max (expose: the
+ * rules travel in REGISTER) at most max rules and CIDRs only. Returns 0 or -errno.
+ */
+static int cli_visitor_acl(int argc, char *const *argv, int *i, struct cli_opt *o,
+                           struct ph_acl *acl, unsigned max, struct ph_cli_error *e)
+{
+	int err = opt_value(argc, argv, i, o, e);
+
+	if (err < 0)
+		return err;
+	if (max != 0 && ph_acl_is_pattern(o->value))
+		return cli_fail(e, *i, "%s '%s': a CIDR (patterns are for forward and server)",
+		                o->name, o->value);
+	if (max != 0 && acl->n == max)
+		return cli_fail(e, *i, "%s: at most %u --allow/--deny rules", o->name, max);
+	return cli_acl(acl, o->name[2] == 'a', o, *i, e);
 }
 
 static int cli_forward_opt(int argc, char *const *argv, int *i, struct cli_opt *o,
@@ -565,7 +595,7 @@ static int cli_forward_opt(int argc, char *const *argv, int *i, struct cli_opt *
 
 	if (strcmp(o->name, "--allow") == 0 || strcmp(o->name, "--deny") == 0) {
 		err = opt_value(argc, argv, i, o, e);
-		return err < 0 ? err : cli_acl(r, o->name[2] == 'a', o, *i, e);
+		return err < 0 ? err : cli_acl(&r->acl, o->name[2] == 'a', o, *i, e);
 	}
 	if (strcmp(o->name, "--max-conns") == 0) {
 		err = opt_value(argc, argv, i, o, e);
@@ -1169,6 +1199,12 @@ static int cli_server(int argc, char *const *argv, int first, struct ph_config *
 				c->has_bind = true;
 				continue;
 			}
+			if (strcmp(o.name, "--allow") == 0 || strcmp(o.name, "--deny") == 0) {
+				err = cli_visitor_acl(argc, argv, &i, &o, &c->acl, 0, e);
+				if (err < 0)
+					return err;
+				continue;
+			}
 			err = cli_tunnel_opt(argc, argv, &i, &o, c->key_file, "--authorized-keys",
 			                     c->auth_file, &c->hb_ms, cfg, "server", e);
 			if (err < 0)
@@ -1258,6 +1294,14 @@ static int cli_expose(int argc, char *const *argv, int first, struct ph_config *
 				if (err < 0)
 					return err;
 				c->max_conns = (uint32_t)v;
+				continue;
+			}
+			if (strcmp(o.name, "--allow") == 0 || strcmp(o.name, "--deny") == 0) {
+				/* the relay judges them: CIDRs only, as many as REGISTER carries */
+				err = cli_visitor_acl(argc, argv, &i, &o, &c->acl,
+				                      PH_EXPOSE_ACL_MAX, e);
+				if (err < 0)
+					return err;
 				continue;
 			}
 			if (strcmp(o.name, "--name") == 0) {

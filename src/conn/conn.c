@@ -68,20 +68,30 @@ static void conn_reap(struct ph_task *t)
 	free(c);
 }
 
+void ph_conn_line(char *buf, size_t len, const char *id, const struct ph_addr *peer,
+                  const struct ph_addr *dst, const char *reason, int err, uint64_t up,
+                  uint64_t down, uint64_t ms, const char *name)
+{
+	char pa[PH_ADDR_STRLEN], da[PH_ADDR_STRLEN];
+
+	snprintf(buf, len, "%s %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms%s%s%s", id,
+	         ph_addr_fmt(peer, pa, sizeof(pa)),
+	         dst != NULL ? ph_addr_fmt(dst, da, sizeof(da)) : "-", reason, err != 0 ? ": " : "",
+	         err != 0 ? ph_strerror(err) : "", (unsigned long long)up, (unsigned long long)down,
+	         (unsigned long long)ms, name[0] ? " (" : "", name, name[0] ? ")" : "");
+}
+
 /* c's one line at its close: client, target, why, bytes each way, time, rule. */
 static void conn_close_line(const struct ph_conn *c, const char *reason, int err, char *buf,
                             size_t len)
 {
 	const struct ph_wrule *wr = c->wr;
-	char peer[PH_ADDR_STRLEN], dst[PH_ADDR_STRLEN];
+	char id[24];
 
-	snprintf(buf, len, "c%llu %s -> %s: %s%s%s, %llu bytes up, %llu down, %llu ms%s%s%s",
-	         (unsigned long long)c->id, ph_addr_fmt(&c->peer, peer, sizeof(peer)),
-	         c->try.tgt >= 0 ? ph_addr_fmt(&c->try.dst, dst, sizeof(dst)) : "-", reason,
-	         err != 0 ? ": " : "", err != 0 ? ph_strerror(err) : "",
-	         (unsigned long long)c->pump.dir[0].bytes, (unsigned long long)c->pump.dir[1].bytes,
-	         (unsigned long long)(wr->w->loop.now - c->start), wr->rule->name[0] ? " (" : "",
-	         wr->rule->name, wr->rule->name[0] ? ")" : "");
+	snprintf(id, sizeof(id), "c%llu", (unsigned long long)c->id);
+	ph_conn_line(buf, len, id, &c->peer, c->try.tgt >= 0 ? &c->try.dst : NULL, reason, err,
+	             c->pump.dir[0].bytes, c->pump.dir[1].bytes, wr->w->loop.now - c->start,
+	             wr->rule->name);
 }
 
 /*

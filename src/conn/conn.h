@@ -144,6 +144,15 @@ static inline void ph_conn_count(struct ph_conn *c, uint64_t up, uint64_t down)
 	c->pump.dir[1].bytes += down;
 }
 
+/*
+ * The one shape of a connection's close line, for every verb (forward's connections, the
+ * relay's visitors, expose's streams): "ID PEER -> DST: REASON[: ERROR], N bytes up, M
+ * down, T ms[ (NAME)]" into buf. dst may be NULL ("-"), err 0 (none), name "" (none).
+ */
+void ph_conn_line(char *buf, size_t len, const char *id, const struct ph_addr *peer,
+                  const struct ph_addr *dst, const char *reason, int err, uint64_t up,
+                  uint64_t down, uint64_t ms, const char *name);
+
 /* Retires wr when it is detached and holds nothing any more (the verb's lookups included). */
 void ph_wrule_retire(struct ph_wrule *wr);
 

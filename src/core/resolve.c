@@ -118,7 +118,7 @@ static void resolver_sock_state(void *data, ares_socket_t fd, int readable, int 
 	}
 }
 
-static int resolver_new(struct ph_worker *w, struct ph_resolver **out)
+int ph_resolver_new(struct ph_loop *l, struct ph_resolver **out)
 {
 	struct ares_options o;
 	struct ph_resolver *r;
@@ -137,7 +137,7 @@ static int resolver_new(struct ph_worker *w, struct ph_resolver **out)
 		free(r);
 		return -EIO;
 	}
-	r->loop = &w->loop;
+	r->loop = l;
 	ph_list_init(&r->deferred);
 	ph_timer_init(&r->timer, resolver_on_timer);
 	*out = r;
@@ -212,21 +212,16 @@ static void resolve_done(void *arg, int status, int timeouts, struct ares_addrin
 	resolve_deliver(&q->task);
 }
 
-int ph_resolve(struct ph_worker *w, const char *name, uint16_t port, ph_resolve_fn cb, void *arg)
+int ph_resolver_query(struct ph_resolver *r, const char *name, uint16_t port, ph_resolve_fn cb,
+                      void *arg)
 {
 	struct ares_addrinfo_hints hints;
 	struct resolve_query *q;
-	int err;
 
-	if (w->resolver == NULL) {
-		err = resolver_new(w, &w->resolver);
-		if (err < 0)
-			return err;
-	}
 	q = malloc(sizeof(*q));
 	if (q == NULL)
 		return -ENOMEM;
-	q->r = w->resolver;
+	q->r = r;
 	q->cb = cb;
 	q->arg = arg;
 	q->port = port;
@@ -238,17 +233,29 @@ int ph_resolve(struct ph_worker *w, const char *name, uint16_t port, ph_resolve_
 	 * c-ares may answer from /etc/hosts inside this call; the answer is still delivered
 	 * through the callback, which the callers are written for.
 	 */
-	w->resolver->in_call = true;
-	ares_getaddrinfo(w->resolver->ch, name, NULL, &hints, resolve_done, q);
-	w->resolver->in_call = false;
-	if (!ph_list_empty(&w->resolver->deferred)) {
-		struct ph_list *n = w->resolver->deferred.next;
+	r->in_call = true;
+	ares_getaddrinfo(r->ch, name, NULL, &hints, resolve_done, q);
+	r->in_call = false;
+	if (!ph_list_empty(&r->deferred)) {
+		struct ph_list *n = r->deferred.next;
 
 		ph_list_del(n);
-		ph_task_queue(&w->loop, container_of(n, struct ph_task, node));
+		ph_task_queue(r->loop, container_of(n, struct ph_task, node));
 	}
-	resolver_rearm(w->resolver);
+	resolver_rearm(r);
 	return 0;
+}
+
+int ph_resolve(struct ph_worker *w, const char *name, uint16_t port, ph_resolve_fn cb, void *arg)
+{
+	int err;
+
+	if (w->resolver == NULL) {
+		err = ph_resolver_new(&w->loop, &w->resolver);
+		if (err < 0)
+			return err;
+	}
+	return ph_resolver_query(w->resolver, name, port, cb, arg);
 }
 
 void ph_resolver_free(struct ph_resolver *r)

@@ -1,6 +1,7 @@
 /*
- * Name resolution that never blocks the loop: c-ares, one channel per worker, its sockets
- * watched by the worker's epoll and its timeouts by the timer heap. Settings come from
+ * Name resolution that never blocks the loop: c-ares, one channel per worker (and one for the
+ * main thread's loop where the relay and expose run), its sockets watched by that loop's
+ * epoll and its timeouts by its timer heap. Settings come from
  * /etc/resolv.conf and /etc/hosts.
  */
 #ifndef PH_CORE_RESOLVE_H
@@ -12,8 +13,9 @@
 #include "core/addr.h"
 #include "core/util.h"
 
-struct ph_worker;
+struct ph_loop;
 struct ph_resolver;
+struct ph_worker;
 
 #define PH_RESOLVE_MAX 8 /* addresses kept per answer */
 
@@ -30,10 +32,22 @@ typedef void (*ph_resolve_fn)(void *arg, int err, const char *why, const struct 
 int ph_resolve_global_init(void);
 
 /*
- * Starts resolving name on worker w's loop (w's thread only). arg must live until cb runs;
- * cb never runs from inside this call. Returns 0, or -errno and cb is never called.
+ * Starts resolving name on worker w's loop (w's thread only), with the worker's resolver
+ * (made on first use). arg must live until cb runs; cb never runs from inside this call.
+ * Returns 0, or -errno and cb is never called.
  */
 int ph_resolve(struct ph_worker *w, const char *name, uint16_t port, ph_resolve_fn cb, void *arg);
+
+/*
+ * A resolver of its own on loop l, for a loop that is no worker's (the main thread's, which
+ * runs the relay and expose). Used from l's thread only; ph_resolve_global_init() ran.
+ * Returns 0 and the resolver the caller owns in *out, or -errno (*out NULL).
+ */
+int ph_resolver_new(struct ph_loop *l, struct ph_resolver **out);
+
+/* As ph_resolve(), on resolver r. Returns 0, or -errno and cb is never called. */
+int ph_resolver_query(struct ph_resolver *r, const char *name, uint16_t port, ph_resolve_fn cb,
+                      void *arg);
 
 /* Frees a resolver (NULL is fine). Pending queries are dropped without their callbacks. */
 void ph_resolver_free(struct ph_resolver *r);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -18,6 +19,7 @@
 #include "core/util.h"
 #include "core/worker.h"
 #include "forward/forward.h"
+#include "tunnel/tunnel.h"
 
 #define CTL_MAX_CLIENTS 64
 #define CTL_LINE_MAX    PH_HTTP_HEAD_MAX /* a command line, or a request head */
@@ -906,6 +908,182 @@ static const struct metric metrics[] = {
          PH_PROTO_UDP},
 };
 
+/* A family of the relay's services or the exposer's rules, read from struct ph_tunnel_svc. */
+struct tmetric {
+	const char *name, *type, *help;
+	const char *extra;     /* an extra label's name, or NULL */
+	const char *values[2]; /* its values */
+	size_t fields[2];      /* offsetof the uint64_t in ph_tunnel_svc for each value */
+};
+
+#define TF(f) offsetof(struct ph_tunnel_svc, f)
+
+static const struct tmetric relay_metrics[] = {
+	{"pinhole_relay_service_up",
+         "gauge",
+         "A public port of the relay: 1 while its client's session holds it, 0 while held for "
+         "its key.",
+         NULL,
+         {0},
+         {TF(up)}},
+	{"pinhole_relay_visitors_total",
+         "counter",
+         "Visitors carried (UDP: peers).",
+         NULL,
+         {0},
+         {TF(visitors)}},
+	{"pinhole_relay_visitors_active",
+         "gauge",
+         "Visitors connected now.",
+         NULL,
+         {0},
+         {TF(live)}},
+	{"pinhole_relay_refused_total",
+         "counter",
+         "Visitors turned away: by --allow/--deny of the relay or the service (denied; UDP: "
+         "datagrams), by the client's --max-conns (over_limit).",
+         "reason",
+         {"denied", "over_limit"},
+         {TF(denied), TF(refused)}},
+	{"pinhole_relay_bytes_total",
+         "counter",
+         "Bytes of ended streams and of datagrams: up is from the visitors.",
+         "direction",
+         {"up", "down"},
+         {TF(bytes_up), TF(bytes_down)}},
+	{"pinhole_relay_datagrams_total",
+         "counter",
+         "UDP datagrams from visitors.",
+         NULL,
+         {0},
+         {TF(dgrams)}},
+};
+
+static const struct tmetric expose_metrics[] = {
+	{"pinhole_expose_up",
+         "gauge",
+         "An expose rule: 1 while its port on the relay is public.",
+         NULL,
+         {0},
+         {TF(up)}},
+	{"pinhole_expose_visitors_total",
+         "counter",
+         "Visitors the relay sent (UDP: flows).",
+         NULL,
+         {0},
+         {TF(visitors)}},
+	{"pinhole_expose_visitors_active",
+         "gauge",
+         "Visitors connected now.",
+         NULL,
+         {0},
+         {TF(live)}},
+	{"pinhole_expose_failures_total",
+         "counter",
+         "Visitors that failed: LOCAL could not be reached (refused), a stream ended with a "
+         "reset (reset).",
+         "reason",
+         {"refused", "reset"},
+         {TF(refused), TF(failed)}},
+	{"pinhole_expose_bytes_total",
+         "counter",
+         "Bytes of ended streams: up is from the visitors to LOCAL.",
+         "direction",
+         {"up", "down"},
+         {TF(bytes_up), TF(bytes_down)}},
+};
+
+/* The services or rules gathered for one render. */
+struct tsvcs {
+	struct ph_tunnel_svc *v; /* owned */
+	size_t n, cap;
+	bool oom;
+};
+
+static void tsvcs_add(void *arg, const struct ph_tunnel_svc *v)
+{
+	struct tsvcs *t = arg;
+
+	if (t->n == t->cap) {
+		size_t cap = t->cap != 0 ? t->cap * 2 : 16;
+		struct ph_tunnel_svc *nv = realloc(t->v, cap * sizeof(*nv));
+
+		if (nv == NULL) {
+			t->oom = true;
+			return;
+		}
+		t->v = nv;
+		t->cap = cap;
+	}
+	t->v[t->n++] = *v;
+}
+
+/* The families of tab (n of them) with a sample per service in t; relay: its labels. */
+static void sb_tunnel_metrics(struct sb *b, const struct tmetric *tab, size_t n,
+                              const struct tsvcs *t, bool relay)
+{
+	for (size_t m = 0; m < n; m++) {
+		const struct tmetric *mt = &tab[m];
+
+		sb_add(b, "# HELP %s %s\n# TYPE %s %s\n", mt->name, mt->help, mt->name, mt->type);
+		for (size_t i = 0; i < t->n; i++) {
+			const struct ph_tunnel_svc *v = &t->v[i];
+
+			for (int k = 0; k < (mt->extra != NULL ? 2 : 1); k++) {
+				uint64_t val;
+
+				memcpy(&val, (const char *)v + mt->fields[k], sizeof(val));
+				sb_add(b, "%s{proto=\"%s\",", mt->name, v->proto);
+				if (relay) {
+					sb_add(b, "port=\"%llu\"", (unsigned long long)v->port);
+				} else {
+					sb_add(b, "local=\"");
+					sb_label(b, v->local);
+					sb_add(b, "\"");
+				}
+				sb_add(b, ",name=\"");
+				sb_label(b, v->name);
+				sb_add(b, "\"");
+				if (mt->extra != NULL)
+					sb_add(b, ",%s=\"%s\"", mt->extra, mt->values[k]);
+				sb_add(b, "} %llu\n", (unsigned long long)val);
+			}
+		}
+	}
+}
+
+/* The relay's and the exposer's families, when they run here. */
+static void sb_tunnels(struct sb *b, const struct ph_status_src *src)
+{
+	struct ph_tunnel_stats st;
+	struct tsvcs t = {0};
+
+	if (src->relay != NULL) {
+		ph_relay_stats(src->relay, &st);
+		sb_add(b,
+		       "# HELP pinhole_relay_sessions Client sessions up now.\n"
+		       "# TYPE pinhole_relay_sessions gauge\npinhole_relay_sessions %llu\n"
+		       "# HELP pinhole_relay_sessions_total Client sessions that were up.\n"
+		       "# TYPE pinhole_relay_sessions_total counter\n"
+		       "pinhole_relay_sessions_total %llu\n",
+		       (unsigned long long)st.sessions_live, (unsigned long long)st.sessions);
+		ph_relay_each(src->relay, tsvcs_add, &t);
+		sb_tunnel_metrics(b, relay_metrics, PH_ARRAY_SIZE(relay_metrics), &t, true);
+		t.n = 0;
+	}
+	if (src->exposer != NULL) {
+		ph_expose_stats(src->exposer, &st);
+		sb_add(b,
+		       "# HELP pinhole_expose_sessions Sessions with relays up now.\n"
+		       "# TYPE pinhole_expose_sessions gauge\npinhole_expose_sessions %llu\n",
+		       (unsigned long long)st.sessions_live);
+		ph_expose_each(src->exposer, tsvcs_add, &t);
+		sb_tunnel_metrics(b, expose_metrics, PH_ARRAY_SIZE(expose_metrics), &t, false);
+	}
+	b->oom |= t.oom;
+	free(t.v);
+}
+
 char *ph_metrics_render(const struct ph_status_src *src, size_t *len)
 {
 	struct ph_stats *st;
@@ -950,6 +1128,21 @@ char *ph_metrics_render(const struct ph_status_src *src, size_t *len)
 		}
 	}
 	free(st);
+	sb_tunnels(&b, src);
+	if (b.oom) {
+		free(b.p);
+		return NULL;
+	}
+	*len = b.len;
+	return b.p;
+}
+
+char *ph_metrics_tunnels(char *reply, size_t *len, struct ph_relay *r, struct ph_exposer *x)
+{
+	struct ph_status_src src = {.relay = r, .exposer = x};
+	struct sb b = {.p = reply, .len = *len, .cap = *len};
+
+	sb_tunnels(&b, &src);
 	if (b.oom) {
 		free(b.p);
 		return NULL;

@@ -13,7 +13,9 @@
 #include <stdio.h>
 
 struct ph_addr;
+struct ph_exposer;
 struct ph_loop;
+struct ph_relay;
 struct ph_ctl;
 struct ph_rule;
 struct ph_status_src;
@@ -63,7 +65,16 @@ struct ph_status_src {
 	struct ph_rule *const *rules, *const *retiring;
 	unsigned nrules, nretiring;
 	const struct ph_stats *totals; /* all workers since the start */
+	struct ph_relay *relay;        /* `pinhole server` running here, or NULL (metrics) */
+	struct ph_exposer *exposer;    /* `pinhole expose` rules running here, or NULL */
 };
+
+/*
+ * Appends the relay's and the exposer's metric families (either may be NULL) to reply
+ * (malloc'd, *len bytes, taken). Returns the longer reply (*len set), or NULL when out of
+ * memory (reply freed).
+ */
+char *ph_metrics_tunnels(char *reply, size_t *len, struct ph_relay *r, struct ph_exposer *x);
 
 /* The status report as text or JSON (malloc'd, *len set), or NULL when out of memory. */
 char *ph_status_render(const struct ph_status_src *src, bool json, size_t *len);

@@ -148,8 +148,10 @@ static char *tunnel_status(struct ph_svc *s, enum ph_svc_fmt f, char *reply, siz
 {
 	struct tunnel *tn = tunnel_of(s);
 
-	if (reply == NULL || f == PH_SVC_METRICS)
+	if (reply == NULL)
 		return reply;
+	if (f == PH_SVC_METRICS) /* the relay's and the client's families after the rules' */
+		return ph_metrics_tunnels(reply, len, tn->relay, tn->exposer);
 	if (tn->relay != NULL)
 		reply = add_status(reply, len, f == PH_SVC_JSON, "relay", tn->relay, relay_status);
 	if (tn->exposer != NULL)

@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,9 +15,11 @@
 #include <unistd.h>
 
 #include "conn/proxyproto.h"
+#include "conn/udptab.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
+#include "core/resolve.h"
 #include "core/util.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
@@ -41,13 +42,12 @@ enum xrule_state {
 
 struct xclient;
 
+/* A UDP visitor of a rule: found by the relay's flow id, in its rule's table (conn/udptab). */
 struct xflow {
-	struct ph_io io; /* connected to the local service */
+	struct ph_udp_node node; /* least recently used first; node.lru: in x->dead once closed */
+	struct ph_io io;         /* connected to the local service */
 	struct xrule *r;
 	uint32_t id;
-	uint64_t last;
-	struct ph_list lru;
-	struct xflow *hnext;
 };
 
 struct xrule {
@@ -58,10 +58,11 @@ struct xrule {
 	struct ph_addr local;
 	uint16_t service, port, want;
 	struct ph_timer again;
-	uint64_t visitors, refused;
-	struct ph_list flows;
-	struct xflow *byid[64];
-	unsigned nflows;
+	bool resolving;                     /* LOCAL's name is being looked up */
+	uint32_t live;                      /* streams now */
+	uint64_t visitors, refused, failed; /* failed: streams that ended with a reset */
+	uint64_t bytes_up, bytes_down;      /* of ended streams: visitors -> LOCAL, back */
+	struct ph_udptab flows;             /* UDP: by flow id, least recently used first */
 };
 
 struct xclient {
@@ -83,6 +84,7 @@ struct xclient {
 	char refusal[1400];   /* why this client refused the relay, for the retry's log line */
 	bool fatal;
 	bool confirmed; /* the relay answered: it took this client's key */
+	bool resolving; /* the relay's name is being looked up */
 	unsigned attempts;
 };
 
@@ -94,6 +96,7 @@ struct ph_exposer {
 	struct ph_timer sweep;
 	struct ph_list dead; /* closed flows, freed by reap after this round's events */
 	struct ph_task reap;
+	struct ph_resolver *res; /* owned: names looked up on the loop, never blocking it */
 	bool stopping;
 	struct ph_tunnel_stats gone; /* of ended sessions */
 };
@@ -266,16 +269,11 @@ static int known_store(struct xclient *c)
 static void flow_free(struct xflow *f)
 {
 	struct xrule *r = f->r;
-	struct xflow **pp = &r->byid[f->id & 63];
 
-	while (*pp != f)
-		pp = &(*pp)->hnext;
-	*pp = f->hnext;
-	ph_list_del(&f->lru);
+	ph_udptab_del(&r->flows, &f->node);
 	ph_io_close(r->c->x->loop, &f->io);
-	r->nflows--;
 	/* an event of this round may still name it: freed after them */
-	ph_list_add_tail(&r->c->x->dead, &f->lru);
+	ph_list_add_tail(&r->c->x->dead, &f->node.lru);
 	ph_task_queue(r->c->x->loop, &r->c->x->reap);
 }
 
@@ -287,14 +285,16 @@ static void exposer_reap(struct ph_task *t)
 		struct ph_list *n = x->dead.next;
 
 		ph_list_del(n);
-		free(container_of(n, struct xflow, lru));
+		free(container_of(n, struct xflow, node.lru));
 	}
 }
 
 static void rule_flows_drop(struct xrule *r)
 {
-	while (!ph_list_empty(&r->flows))
-		flow_free(container_of(r->flows.next, struct xflow, lru));
+	struct ph_udp_node *n;
+
+	while ((n = ph_udptab_oldest(&r->flows)) != NULL)
+		flow_free(container_of(n, struct xflow, node));
 }
 
 static const char *local_str(const struct xrule *r, char *buf, size_t len)
@@ -306,27 +306,64 @@ static const char *local_str(const struct xrule *r, char *buf, size_t len)
 	return buf;
 }
 
-/* Resolves LOCAL (a name is looked up at each session start). Returns 0 or -errno. */
-static int rule_resolve(struct xrule *r)
+/* How logs name rule r: "expose LOCAL[ NAME]". Returns buf. */
+static const char *rule_label(const struct xrule *r, char *buf, size_t len)
+{
+	char l[PH_HOST_MAX + 16];
+
+	snprintf(buf, len, "expose %s%s%.32s", local_str(r, l, sizeof(l)),
+	         r->conf->name[0] ? " " : "", r->conf->name);
+	return buf;
+}
+
+static void rule_register(struct xrule *r);
+
+/* LOCAL's addresses came (or not): the first is used, and the rule registers if it may. */
+static void rule_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                             unsigned n, uint32_t ttl)
+{
+	struct xrule *r = arg;
+	char label[PH_HOST_MAX + 64];
+
+	(void)ttl;
+	r->resolving = false;
+	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP || r->state != XR_IDLE)
+		return; /* the next session starts it again */
+	if (err < 0 || n == 0) {
+		ph_warn("%s: %s; asking again in 5 s", rule_label(r, label, sizeof(label)),
+		        why != NULL ? why : ph_strerror(err));
+		ph_timer_arm(r->c->x->loop, &r->again, 5000);
+		return;
+	}
+	r->local = addrs[0];
+	rule_register(r);
+}
+
+/*
+ * Registers r, LOCAL's name looked up first (each time: at each session start and each
+ * retry) without blocking the loop: the answer registers it.
+ */
+static void rule_start(struct xrule *r)
 {
 	const struct ph_hostport *hp = &r->conf->local;
-	struct addrinfo hints = {.ai_socktype = r->conf->udp ? SOCK_DGRAM : SOCK_STREAM}, *ai;
-	char port[8];
+	char label[PH_HOST_MAX + 64];
 	int err;
 
 	if (!hp->is_name) {
 		r->local = hp->addr;
-		return 0;
+		rule_register(r);
+		return;
 	}
-	snprintf(port, sizeof(port), "%u", hp->port);
-	err = getaddrinfo(hp->host, port, &hints, &ai);
-	if (err != 0) {
-		ph_warn("expose %s: %s", hp->host, gai_strerror(err));
-		return -ENOENT;
+	if (r->resolving)
+		return; /* its answer registers it */
+	err = ph_resolver_query(r->c->x->res, hp->host, hp->port, rule_on_resolved, r);
+	if (err < 0) {
+		ph_warn("%s: %s; asking again in 5 s", rule_label(r, label, sizeof(label)),
+		        strerror(-err));
+		ph_timer_arm(r->c->x->loop, &r->again, 5000);
+		return;
 	}
-	(void)ph_addr_from_sa(ai->ai_addr, ai->ai_addrlen, &r->local);
-	freeaddrinfo(ai);
-	return 0;
+	r->resolving = true;
 }
 
 static void rule_register(struct xrule *r)
@@ -342,13 +379,18 @@ static void rule_register(struct xrule *r)
 	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP || r->state == XR_REFUSED)
 		return;
 	snprintf(m.name, sizeof(m.name), "%s", r->conf->name);
+	/* the relay judges the visitors: the rules go with the request (CIDRs, at most 32) */
+	for (unsigned i = 0; i < r->conf->acl.n && m.nacl < PH_CTRL_ACL_MAX; i++) {
+		m.acl[m.nacl].allow = r->conf->acl.rules[i].allow;
+		m.acl[m.nacl++].cidr = r->conf->acl.rules[i].cidr;
+	}
 	r->state = XR_ASKED;
 	(void)ph_sess_ctrl(r->c->s, out, ph_ctrl_build(&m, out));
 }
 
 static void rule_again(struct ph_timer *t)
 {
-	rule_register(container_of(t, struct xrule, again));
+	rule_start(container_of(t, struct xrule, again));
 }
 
 static void exposer_check(struct ph_exposer *x)
@@ -438,9 +480,54 @@ static void flow_io(struct ph_io *io, uint32_t events)
 		ph_put16(p, r->service);
 		ph_put32(p + 2, f->id);
 		p[6] = 0; /* no address: the relay knows its peer by the flow */
-		f->last = r->c->x->loop->now;
+		ph_udptab_touch(&r->flows, &f->node, r->c->x->loop->now);
 		(void)ph_sess_dgram(r->c->s, p, 7 + (size_t)n);
 	}
+}
+
+/*
+ * A flow's key in its rule's table: the relay's flow id (one public peer of the service),
+ * where the table keeps an address; not an address of any family.
+ */
+static void flow_key(struct ph_udp_key *k, uint32_t id)
+{
+	memset(k, 0, sizeof(*k)); /* compared as bytes */
+	k->peer.len = sizeof(id);
+	memcpy(&k->peer.u, &id, sizeof(id));
+}
+
+/*
+ * A new flow of r (key k): a socket connected to LOCAL, in the table - the least recently
+ * used flow makes room when the rule holds FLOW_MAX. Returns it, or NULL.
+ */
+static struct xflow *flow_new(struct xrule *r, const struct ph_udp_key *k)
+{
+	struct ph_loop *l = r->c->x->loop;
+	struct ph_udp_node *old;
+	struct xflow *f;
+	int fd;
+
+	if (r->flows.n >= FLOW_MAX && (old = ph_udptab_oldest(&r->flows)) != NULL)
+		flow_free(container_of(old, struct xflow, node));
+	fd = ph_udp_connect(&r->local, NULL, 0);
+	if (fd < 0)
+		return NULL;
+	f = calloc(1, sizeof(*f));
+	if (f == NULL) {
+		close(fd);
+		return NULL;
+	}
+	f->r = r;
+	memcpy(&f->id, &k->peer.u, sizeof(f->id));
+	ph_io_init(&f->io, fd, flow_io);
+	if (ph_io_add(l, &f->io, EPOLLIN) < 0) {
+		close(fd);
+		free(f);
+		return NULL;
+	}
+	ph_udptab_add(&r->flows, &f->node, k, l->now);
+	r->visitors++;
+	return f;
 }
 
 static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
@@ -448,6 +535,8 @@ static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	struct xclient *c = s->owner;
 	struct xrule *r = rule_by_service(c, ph_get16(p));
 	uint32_t id = ph_get32(p + 2);
+	struct ph_udp_node *node;
+	struct ph_udp_key k;
 	struct ph_addr peer;
 	struct xflow *f;
 	int an;
@@ -457,38 +546,16 @@ static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	an = ph_msg_addr_get(p + 6, n - 6, &peer);
 	if (an < 0)
 		return;
-	for (f = r->byid[id & 63]; f != NULL && f->id != id; f = f->hnext)
-		;
-	if (f == NULL) {
-		int fd;
-
-		if (r->nflows >= FLOW_MAX)
-			flow_free(container_of(r->flows.next, struct xflow, lru));
-		fd = ph_udp_connect(&r->local, NULL, 0);
-		if (fd < 0)
+	flow_key(&k, id);
+	node = ph_udptab_find(&r->flows, &k);
+	if (node == NULL) {
+		f = flow_new(r, &k);
+		if (f == NULL)
 			return;
-		f = calloc(1, sizeof(*f));
-		if (f == NULL) {
-			close(fd);
-			return;
-		}
-		f->r = r;
-		f->id = id;
-		ph_io_init(&f->io, fd, flow_io);
-		if (ph_io_add(c->x->loop, &f->io, EPOLLIN) < 0) {
-			close(fd);
-			free(f);
-			return;
-		}
-		f->hnext = r->byid[id & 63];
-		r->byid[id & 63] = f;
-		ph_list_init(&f->lru);
-		r->nflows++;
-		r->visitors++;
+	} else {
+		f = container_of(node, struct xflow, node);
+		ph_udptab_touch(&r->flows, &f->node, c->x->loop->now);
 	}
-	ph_list_del(&f->lru);
-	ph_list_add_tail(&r->flows, &f->lru);
-	f->last = c->x->loop->now;
 	(void)send(f->io.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT);
 }
 
@@ -502,13 +569,11 @@ static void exposer_sweep(struct ph_timer *t)
 		for (unsigned i = 0; i < c->nrules; i++) {
 			struct xrule *r = c->rules[i];
 
-			while (!ph_list_empty(&r->flows)) {
-				struct xflow *f = container_of(r->flows.next, struct xflow, lru);
+			struct ph_udp_node *f;
 
-				if (x->loop->now - f->last < FLOW_IDLE_MS)
-					break;
-				flow_free(f);
-			}
+			while ((f = ph_udptab_oldest(&r->flows)) != NULL &&
+			       x->loop->now - f->last >= FLOW_IDLE_MS)
+				flow_free(container_of(f, struct xflow, node));
 		}
 	}
 	ph_timer_arm(x->loop, &x->sweep, 10000);
@@ -543,11 +608,7 @@ static int client_up(struct ph_sess *s)
 		if (r->state == XR_REFUSED)
 			continue;
 		r->state = XR_IDLE;
-		if (rule_resolve(r) < 0) {
-			ph_timer_arm(s->loop, &r->again, 5000);
-			continue;
-		}
-		rule_register(r);
+		rule_start(r);
 	}
 	return 0;
 }
@@ -600,6 +661,7 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	struct ph_addr visitor, pub;
 	uint8_t pre[PH_PROXY_MAX];
 	size_t pn = 0, off = 2;
+	struct ph_stream *st;
 	struct xrule *r;
 	int an, fd;
 
@@ -621,10 +683,10 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	r->visitors++;
 	fd = ph_tcp_connect(&r->local, NULL);
 	if (fd < 0) {
-		char l[PH_HOST_MAX + 16], label[PH_HOST_MAX + 24];
+		char label[PH_HOST_MAX + 64];
 
 		r->refused++;
-		snprintf(label, sizeof(label), "expose %s", local_str(r, l, sizeof(l)));
+		rule_label(r, label, sizeof(label));
 		ph_logagg_note(label, "visitors", "the local service cannot be reached", "%s: %s",
 		               label, strerror(-fd));
 		ph_sess_rst(s, id, PH_RST_REFUSED);
@@ -632,8 +694,28 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 	}
 	if (r->conf->proxy != 0 && visitor.u.sa.sa_family != AF_UNSPEC)
 		pn = ph_proxy_build(r->conf->proxy, &visitor, &pub, pre);
-	(void)ph_stream_attach(s, id, fd, true, pre, pn, p + off, n - off, fin, r);
+	st = ph_stream_attach(s, id, fd, true, pre, pn, p + off, n - off, fin, r);
+	if (st != NULL) {
+		st->peer = visitor; /* for its close line */
+		r->live++;
+	}
 	return 0;
+}
+
+/* A stream to LOCAL ended: its line, and its counts into its rule's. */
+static void client_stream_end(struct ph_sess *s, struct ph_stream *st)
+{
+	struct xrule *r = st->owner;
+	char label[PH_HOST_MAX + 64];
+
+	(void)s;
+	if (r == NULL)
+		return;
+	ph_stream_log_end(st, rule_label(r, label, sizeof(label)), "visitors", &r->local, false);
+	r->live--;
+	r->failed += st->failed;
+	r->bytes_up += st->bytes_out;
+	r->bytes_down += st->bytes_in;
 }
 
 static void client_retry(struct ph_timer *t)
@@ -669,8 +751,10 @@ void ph_expose_stats(struct ph_exposer *x, struct ph_tunnel_stats *out)
 	for (struct ph_list *l = x->clients.next; l != &x->clients; l = l->next) {
 		const struct xclient *c = container_of(l, struct xclient, node);
 
-		if (c->s != NULL && c->confirmed)
+		if (c->s != NULL && c->confirmed) {
 			sess_stats_add(out, &c->s->st);
+			out->sessions_live++;
+		}
 		for (unsigned i = 0; i < c->nrules; i++)
 			out->visitors += c->rules[i]->visitors;
 	}
@@ -733,30 +817,15 @@ static const struct ph_sess_ops client_ops = {
 	.ctrl = client_ctrl,
 	.open = client_open,
 	.dgram = client_dgram,
+	.stream_end = client_stream_end,
 	.closed = client_closed,
 };
 
-static void client_connect(struct xclient *c)
+/* Connects to the relay at a and starts the session. */
+static void client_connect_to(struct xclient *c, const struct ph_addr *a)
 {
-	const struct ph_hostport *via = &c->conf->via;
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai;
-	struct ph_addr a;
-	char port[8];
-	int fd, err;
+	int fd = ph_tcp_connect(a, NULL);
 
-	if (via->is_name) {
-		snprintf(port, sizeof(port), "%u", via->port);
-		err = getaddrinfo(via->host, port, &hints, &ai);
-		if (err != 0) {
-			client_later(c, gai_strerror(err));
-			return;
-		}
-		(void)ph_addr_from_sa(ai->ai_addr, ai->ai_addrlen, &a);
-		freeaddrinfo(ai);
-	} else {
-		a = via->addr;
-	}
-	fd = ph_tcp_connect(&a, NULL);
 	if (fd < 0) {
 		client_later(c, strerror(-fd));
 		return;
@@ -766,7 +835,42 @@ static void client_connect(struct xclient *c)
 		client_later(c, "out of memory");
 		return;
 	}
-	c->s->peer_addr = a;
+	c->s->peer_addr = *a;
+}
+
+/* The relay's addresses came (or not): the first is connected to. */
+static void client_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                               unsigned n, uint32_t ttl)
+{
+	struct xclient *c = arg;
+
+	(void)ttl;
+	c->resolving = false;
+	if (err < 0 || n == 0) {
+		client_later(c, why != NULL ? why : ph_strerror(err));
+		return;
+	}
+	client_connect_to(c, &addrs[0]);
+}
+
+/* Makes the session: the relay's name looked up first, on the loop, never blocking it. */
+static void client_connect(struct xclient *c)
+{
+	const struct ph_hostport *via = &c->conf->via;
+	int err;
+
+	if (!via->is_name) {
+		client_connect_to(c, &via->addr);
+		return;
+	}
+	if (c->resolving)
+		return;
+	err = ph_resolver_query(c->x->res, via->host, via->port, client_on_resolved, c);
+	if (err < 0) {
+		client_later(c, strerror(-err));
+		return;
+	}
+	c->resolving = true;
 }
 
 /* --- the exposer ------------------------------------------------------------------------ */
@@ -823,6 +927,11 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 	ph_list_init(&x->dead);
 	ph_task_init(&x->reap, exposer_reap);
 	ph_timer_init(&x->sweep, exposer_sweep);
+	err = ph_resolver_new(l, &x->res);
+	if (err < 0) {
+		snprintf(why, whylen, "cannot make a resolver: %s", strerror(-err));
+		goto fail;
+	}
 	for (unsigned i = 0; i < n; i++) {
 		struct xclient *c = NULL;
 		struct xrule *r;
@@ -846,9 +955,14 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 		r->conf = conf[i];
 		r->idx = c->nrules;
 		r->want = conf[i]->port;
-		ph_list_init(&r->flows);
+		ph_list_init(&r->flows.lru); /* empty until a UDP rule makes its table */
 		ph_timer_init(&r->again, rule_again);
 		c->rules[c->nrules++] = r;
+		if (conf[i]->udp && ph_udptab_init(&r->flows) < 0) {
+			err = -ENOMEM;
+			snprintf(why, whylen, "out of memory");
+			goto fail;
+		}
 	}
 	for (struct ph_list *p = x->clients.next; p != &x->clients; p = p->next) {
 		struct xclient *c = container_of(p, struct xclient, node);
@@ -870,6 +984,8 @@ void ph_expose_free(struct ph_exposer *x)
 	if (x == NULL)
 		return;
 	x->stopping = true;
+	ph_resolver_free(x->res); /* lookups in flight end without their callbacks */
+	x->res = NULL;
 	while (!ph_list_empty(&x->clients)) {
 		struct xclient *c = container_of(x->clients.next, struct xclient, node);
 
@@ -882,6 +998,7 @@ void ph_expose_free(struct ph_exposer *x)
 		ph_timer_stop(x->loop, &c->retry);
 		for (unsigned i = 0; i < c->nrules; i++) {
 			rule_flows_drop(c->rules[i]);
+			ph_udptab_free(&c->rules[i]->flows);
 			ph_timer_stop(x->loop, &c->rules[i]->again);
 			free(c->rules[i]);
 		}
@@ -896,6 +1013,33 @@ void ph_expose_free(struct ph_exposer *x)
 	ph_task_cancel(&x->reap);
 	exposer_reap(&x->reap);
 	free(x);
+}
+
+void ph_expose_each(struct ph_exposer *x, void (*fn)(void *arg, const struct ph_tunnel_svc *v),
+                    void *arg)
+{
+	for (struct ph_list *p = x->clients.next; p != &x->clients; p = p->next) {
+		const struct xclient *c = container_of(p, struct xclient, node);
+
+		for (unsigned i = 0; i < c->nrules; i++) {
+			const struct xrule *r = c->rules[i];
+			struct ph_tunnel_svc t = {
+				.port = r->port,
+				.up = r->state == XR_UP,
+				.live = r->live,
+				.visitors = r->visitors,
+				.refused = r->refused,
+				.failed = r->failed,
+				.bytes_up = r->bytes_up,
+				.bytes_down = r->bytes_down,
+			};
+
+			snprintf(t.proto, sizeof(t.proto), "%s", r->conf->udp ? "udp" : "tcp");
+			snprintf(t.name, sizeof(t.name), "%s", r->conf->name);
+			local_str(r, t.local, sizeof(t.local));
+			fn(arg, &t);
+		}
+	}
 }
 
 size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len)
@@ -936,10 +1080,14 @@ size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len)
 			local_str(r, l, sizeof(l));
 			if (json)
 				OUT("%s{\"local\":\"%s\",\"name\":\"%s\",\"state\":\"%s\",\"port\":"
-				    "%u,"
-				    "\"visitors\":%llu}",
+				    "%u,\"visitors\":%llu,\"live\":%u,\"refused\":%llu,"
+				    "\"failed\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu,"
+				    "\"acl\":%u}",
 				    i ? "," : "", l, r->conf->name, states[r->state], r->port,
-				    (unsigned long long)r->visitors);
+				    (unsigned long long)r->visitors, r->live,
+				    (unsigned long long)r->refused, (unsigned long long)r->failed,
+				    (unsigned long long)r->bytes_up,
+				    (unsigned long long)r->bytes_down, r->conf->acl.n);
 			else
 				OUT("    %s%s%s: %s, public port %u, %llu visitors\n", l,
 				    r->conf->name[0] ? " " : "", r->conf->name, states[r->state],

@@ -21,6 +21,87 @@ bool ph_svc_name_ok(const char *name)
 	return true;
 }
 
+/* Reads a CIDR option's value (family, prefix, address) into a. Returns 0 or -EPROTO. */
+static int tlv_cidr(const uint8_t *v, size_t n, struct ph_ctrl_acl *a, const char **why)
+{
+	size_t bytes = n >= 1 && v[0] == 4 ? 4 : n >= 1 && v[0] == 6 ? 16 : 0;
+	unsigned max = (unsigned)bytes * 8;
+
+	if (bytes == 0 || n != 2 + bytes || v[1] > max) {
+		*why = "a REGISTER with a malformed address rule";
+		return -EPROTO;
+	}
+	a->cidr.family = v[0] == 4 ? AF_INET : AF_INET6;
+	a->cidr.prefix = v[1];
+	memcpy(a->cidr.net, v + 2, bytes);
+	/* host bits must be clear: one rule has one spelling, and the builder gives it back */
+	for (unsigned i = 0; i < bytes; i++) {
+		unsigned keep = v[1] >= (i + 1) * 8 ? 8 : v[1] > i * 8 ? v[1] - i * 8 : 0;
+
+		if (a->cidr.net[i] & (uint8_t) ~(0xff00u >> keep)) {
+			*why = "a REGISTER with an address rule whose host bits are set";
+			return -EPROTO;
+		}
+	}
+	return 0;
+}
+
+/*
+ * REGISTER's options after the name (p[0..n)): each header and value is checked against
+ * what is left before it is read. Returns 0, or -EPROTO with a static reason.
+ */
+static int register_tail(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why)
+{
+	bool have_max = false;
+
+	while (n > 0) {
+		uint8_t type, len;
+
+		if (n < 2 || (size_t)p[1] > n - 2) {
+			*why = "a REGISTER with a truncated option";
+			return -EPROTO;
+		}
+		type = p[0];
+		len = p[1];
+		switch (type) {
+		case PH_TLV_MAX_CONNS:
+			if (len != 4 || have_max) {
+				*why = "a REGISTER with a malformed or second visitor limit";
+				return -EPROTO;
+			}
+			c->max_conns = ph_get32(p + 2);
+			if (c->max_conns == 0) {
+				*why = "a REGISTER with a visitor limit of 0 (no limit is sent as "
+				       "none)";
+				return -EPROTO;
+			}
+			have_max = true;
+			break;
+		case PH_TLV_ALLOW:
+		case PH_TLV_DENY:
+			if (c->nacl == PH_CTRL_ACL_MAX) {
+				*why = "a REGISTER with more than 32 address rules";
+				return -EPROTO;
+			}
+			if (tlv_cidr(p + 2, len, &c->acl[c->nacl], why) < 0)
+				return -EPROTO;
+			c->acl[c->nacl++].allow = type == PH_TLV_ALLOW;
+			break;
+		default:
+			if (!(type & PH_TLV_OPTIONAL)) {
+				*why = "a REGISTER with an option this relay does not know";
+				return -EPROTO;
+			}
+			if (c->skipped < 255)
+				c->skipped++;
+			break;
+		}
+		p += 2 + (size_t)len;
+		n -= 2 + (size_t)len;
+	}
+	return 0;
+}
+
 int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why)
 {
 	size_t len;
@@ -39,17 +120,7 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 		c->port = ph_get16(p + 6);
 		c->proxy = p[8];
 		len = p[9];
-		if (n == 10 + len + 4 &&
-		    len <= PH_NAME_MAX) { /* the visitor limit, when one is set */
-			c->max_conns = ph_get32(p + 10 + len);
-			if (c->max_conns == 0) {
-				*why = "a REGISTER with a visitor limit of 0 (no limit is sent as "
-				       "none)";
-				return -EPROTO;
-			}
-			n -= 4;
-		}
-		if (n != 10 + len) {
+		if (n < 10 + len) {
 			*why = "a REGISTER of the wrong length";
 			return -EPROTO;
 		}
@@ -57,6 +128,8 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 			*why = "a service name longer than 32 bytes";
 			return -EPROTO;
 		}
+		if (register_tail(p + 10 + len, n - 10 - len, c, why) < 0)
+			return -EPROTO;
 		memcpy(c->name, p + 10, len);
 		c->name[len] = '\0';
 		if ((len != 0 && (strlen(c->name) != len || !ph_svc_name_ok(c->name)))) {
@@ -108,6 +181,31 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 	}
 }
 
+/* Writes REGISTER's options (PH_CTRL_TAIL_MAX bytes at most). Returns their length. */
+static size_t register_tail_put(const struct ph_ctrl *c, uint8_t *out)
+{
+	size_t n = 0;
+
+	if (c->max_conns != 0) {
+		out[0] = PH_TLV_MAX_CONNS;
+		out[1] = 4;
+		ph_put32(out + 2, c->max_conns);
+		n = 6;
+	}
+	for (unsigned i = 0; i < c->nacl && i < PH_CTRL_ACL_MAX; i++) {
+		const struct ph_cidr *a = &c->acl[i].cidr;
+		uint8_t bytes = a->family == AF_INET ? 4 : 16;
+
+		out[n] = c->acl[i].allow ? PH_TLV_ALLOW : PH_TLV_DENY;
+		out[n + 1] = (uint8_t)(2 + bytes);
+		out[n + 2] = a->family == AF_INET ? 4 : 6;
+		out[n + 3] = a->prefix;
+		memcpy(out + n + 4, a->net, bytes);
+		n += 4 + bytes;
+	}
+	return n;
+}
+
 size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out)
 {
 	size_t len;
@@ -122,10 +220,7 @@ size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out)
 		len = strnlen(c->name, PH_NAME_MAX);
 		out[9] = (uint8_t)len;
 		memcpy(out + 10, c->name, len);
-		if (c->max_conns == 0)
-			return 10 + len; /* as before the limit existed */
-		ph_put32(out + 10 + len, c->max_conns);
-		return 10 + len + 4;
+		return 10 + len + register_tail_put(c, out + 10 + len);
 	case PH_CTRL_REGISTERED:
 		ph_put32(out + 1, c->req);
 		ph_put16(out + 5, c->service);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/acl.h"
 #include "core/addr.h"
 #include "tunnel/keys.h"
 
@@ -29,19 +30,39 @@ enum ph_ctrl_type {
 #define PH_REFUSE_FULL   4 /* no free port in the range */
 #define PH_REFUSE_BADREQ 5 /* a request the relay does not understand */
 
+/*
+ * REGISTER's tail: options after the name, each a type u8, a length u8 and that many bytes.
+ * A type below 0x80 must be understood (an unknown one refuses the message); from 0x80 on
+ * an unknown one is skipped, so a later client can add hints an older relay may ignore.
+ */
+#define PH_TLV_MAX_CONNS 1 /* u32, not 0: visitors at once (`expose --max-conns`) */
+#define PH_TLV_ALLOW     2 /* a CIDR: family u8 (4, 6), prefix u8, 4 or 16 address bytes */
+#define PH_TLV_DENY      3 /* the same; allow and deny rules count in their order */
+#define PH_TLV_OPTIONAL  0x80
+
+#define PH_CTRL_ACL_MAX  32 /* allow/deny rules a REGISTER may carry */
 #define PH_CTRL_TEXT_MAX 200
-#define PH_CTRL_MAX      (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + 8 + 4)
+#define PH_CTRL_TAIL_MAX (2 + 4 + PH_CTRL_ACL_MAX * (2 + 2 + 16))
+#define PH_CTRL_MAX      (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + PH_CTRL_TAIL_MAX)
+
+/* A client address rule of a REGISTER (`expose --allow/--deny`). */
+struct ph_ctrl_acl {
+	bool allow;
+	struct ph_cidr cidr;
+};
 
 struct ph_ctrl {
 	uint8_t type;
-	uint32_t req;     /* REGISTER, REGISTERED, REFUSED: the request it answers */
-	uint8_t proto;    /* REGISTER: PH_SVC_* */
-	uint16_t port;    /* REGISTER: wanted (0: any); REGISTERED: given */
-	uint8_t proxy;    /* REGISTER: PROXY protocol version for the local service, 0 none */
-	uint16_t service; /* REGISTERED, UNREGISTER */
-	uint8_t code;     /* REFUSED */
-	uint32_t
-		max_conns; /* REGISTER: visitors at once, 0 no limit (optional u32 after the name) */
+	uint32_t req;       /* REGISTER, REGISTERED, REFUSED: the request it answers */
+	uint8_t proto;      /* REGISTER: PH_SVC_* */
+	uint16_t port;      /* REGISTER: wanted (0: any); REGISTERED: given */
+	uint8_t proxy;      /* REGISTER: PROXY protocol version for the local service, 0 none */
+	uint16_t service;   /* REGISTERED, UNREGISTER */
+	uint8_t code;       /* REFUSED */
+	uint32_t max_conns; /* REGISTER: visitors at once (--max-conns); 0 no limit */
+	uint8_t nacl;       /* REGISTER: rules in acl, in order (first match wins) */
+	uint8_t skipped;    /* REGISTER: optional options this version does not know */
+	struct ph_ctrl_acl acl[PH_CTRL_ACL_MAX];
 	char name[PH_NAME_MAX + 1];      /* REGISTER: "" when unnamed */
 	char text[PH_CTRL_TEXT_MAX + 1]; /* REFUSED */
 };
@@ -49,7 +70,10 @@ struct ph_ctrl {
 /* Parses a CTRL payload. Returns 0, or -EPROTO with a static reason. */
 int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why);
 
-/* Writes c into out (PH_CTRL_MAX bytes). Returns the length. */
+/*
+ * Writes c into out (PH_CTRL_MAX bytes): a REGISTER's tail holds max_conns when not 0 and
+ * acl[0..nacl) (at most PH_CTRL_ACL_MAX). Returns the length.
+ */
 size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out);
 
 /* True when name is a valid service name: 1-32 of [A-Za-z0-9._-]. */

@@ -60,7 +60,8 @@ struct rsvc {
 	struct ph_addr pub;
 	uint32_t max_conns; /* visitors at once (the client's --max-conns); 0 no limit */
 	uint32_t live;      /* visitors now */
-	uint64_t visitors, bytes_in, bytes_out, dgrams, refused;
+	struct ph_acl acl;  /* the client's --allow/--deny for its visitors (owned) */
+	uint64_t visitors, bytes_in, bytes_out, dgrams, refused, denied;
 	/* UDP */
 	struct ph_udptab flows;  /* by peer address: SipHash with a random key */
 	struct uflow *byid[256]; /* ids are ours and sequential: evenly spread */
@@ -99,6 +100,8 @@ struct ph_relay {
 };
 
 static const struct ph_sess_ops relay_ops;
+static const char *svc_denied_by(const struct rsvc *v, const struct ph_addr *peer);
+static void svc_turn_away(struct rsvc *v, const struct ph_addr *peer, bool denied, const char *by);
 
 static const struct ph_auth_key *auth_find(const struct ph_relay *r, const uint8_t pub[PH_KEY_LEN])
 {
@@ -220,6 +223,7 @@ static void flow_free(struct rsvc *v, struct uflow *f)
 
 static struct uflow *flow_get(struct rsvc *v, const struct ph_addr *peer, uint64_t now)
 {
+	const char *by;
 	struct ph_udp_key k;
 	struct ph_udp_node *n;
 	struct uflow *f;
@@ -231,6 +235,11 @@ static struct uflow *flow_get(struct rsvc *v, const struct ph_addr *peer, uint64
 	if (n != NULL) {
 		ph_udptab_touch(&v->flows, n, now);
 		return container_of(n, struct uflow, node);
+	}
+	by = svc_denied_by(v, peer); /* judged at a peer's first datagram, and while it has none */
+	if (by != NULL) {
+		svc_turn_away(v, peer, true, by);
+		return NULL;
 	}
 	if (v->flows.n >= FLOW_MAX) /* the least recent peer makes room */
 		flow_free(v, container_of(ph_udptab_oldest(&v->flows), struct uflow, node));
@@ -257,9 +266,10 @@ static struct uflow *flow_by_id(struct rsvc *v, uint32_t id)
 /* Closes v; it is freed after this round's events, which may still name its socket. */
 static void svc_free(struct rsvc *v)
 {
-	v->r->gone.visitors += v->visitors; /* its counts outlive it in the totals */
 	struct ph_udp_node *n;
 
+	v->r->gone.visitors += v->visitors; /* its counts outlive it in the totals */
+	ph_acl_free(&v->acl);
 	while ((n = ph_udptab_oldest(&v->flows)) != NULL)
 		flow_free(v, container_of(n, struct uflow, node));
 	ph_udptab_free(&v->flows);
@@ -319,8 +329,43 @@ static const char *svc_label(struct ph_acceptor *a, char *buf, size_t len)
 {
 	struct rsvc *v = container_of(a, struct rsvc, acc);
 
-	snprintf(buf, len, "relay tcp port %u%s%s", v->port, v->name[0] ? " " : "", v->name);
+	snprintf(buf, len, "relay %s port %u%s%s", proto_str(v->proto), v->port,
+	         v->name[0] ? " " : "", v->name);
 	return buf;
+}
+
+/*
+ * Whether a visitor (a TCP client, or a UDP peer's first datagram) from peer may reach v:
+ * the relay's --allow/--deny first, then the client's. Returns NULL, or what denied it.
+ */
+static const char *svc_denied_by(const struct rsvc *v, const struct ph_addr *peer)
+{
+	if (!ph_acl_allows(&v->r->c->acl, peer))
+		return "the relay's --allow/--deny";
+	if (!ph_acl_allows(&v->acl, peer))
+		return "the service's --allow/--deny";
+	return NULL;
+}
+
+/* Counts and notes a visitor that v turns away (the caller resets or drops it). */
+static void svc_turn_away(struct rsvc *v, const struct ph_addr *peer, bool denied, const char *by)
+{
+	char label[64], pa[PH_ADDR_STRLEN];
+
+	if (denied)
+		v->denied++;
+	else
+		v->refused++;
+	if (v->owner == NULL)
+		return; /* held: it was not polled, the acceptor only drains its queue */
+	svc_label(&v->acc, label, sizeof(label));
+	if (denied)
+		ph_logagg_note(label, "visitors", "denied", "%s: denied %s by %s", label,
+		               ph_addr_fmt(peer, pa, sizeof(pa)), by);
+	else
+		ph_logagg_note(label, "visitors", "refused: --max-conns reached",
+		               "%s: refused visitor %s: --max-conns %u reached", label,
+		               ph_addr_fmt(peer, pa, sizeof(pa)), v->max_conns);
 }
 
 /* A visitor: a stream on the owner's session, its first bytes riding with the OPEN. */
@@ -328,20 +373,13 @@ static void svc_visitor(struct ph_acceptor *a, int fd, const struct ph_addr *pee
 {
 	struct rsvc *v = container_of(a, struct rsvc, acc);
 	uint8_t head[2 + 2 * PH_MSG_ADDR_MAX];
-	char pa[PH_ADDR_STRLEN];
+	const char *by = svc_denied_by(v, peer);
 	struct ph_addr local;
+	struct ph_stream *st;
 	size_t hn;
 
-	if (v->owner == NULL || (v->max_conns != 0 && v->live >= v->max_conns)) {
-		v->refused++;
-		if (v->owner != NULL) {
-			char label[64];
-
-			svc_label(a, label, sizeof(label));
-			ph_logagg_note(label, "visitors", "refused: --max-conns reached",
-			               "%s: refused visitor %s: --max-conns %u reached", label,
-			               ph_addr_fmt(peer, pa, sizeof(pa)), v->max_conns);
-		}
+	if (by != NULL || v->owner == NULL || (v->max_conns != 0 && v->live >= v->max_conns)) {
+		svc_turn_away(v, peer, by != NULL, by);
 		ph_fds_give(a->cost);
 		ph_sock_set_rst(fd);
 		close(fd);
@@ -356,10 +394,13 @@ static void svc_visitor(struct ph_acceptor *a, int fd, const struct ph_addr *pee
 	v->visitors++;
 	v->live++;
 	/* the stream's end (rs_stream_end) gives the fd and the slot back */
-	if (ph_sess_open(v->owner->s, fd, head, hn, v) == NULL) {
+	st = ph_sess_open(v->owner->s, fd, head, hn, v);
+	if (st == NULL) {
 		v->live--;
 		ph_fds_give(a->cost);
+		return;
 	}
+	st->peer = *peer; /* for its close line */
 }
 
 static void svc_datagrams(struct ph_io *io, uint32_t events)
@@ -562,11 +603,31 @@ static int svc_bind_any(struct ph_relay *r, const struct ph_auth_key *k, struct 
 	return fd >= 0 ? fd : -ENOSPC;
 }
 
+/* v's visitor rules become the REGISTER's (c). Returns 0, or -ENOMEM with v's unchanged. */
+static int svc_set_acl(struct rsvc *v, const struct ph_ctrl *c)
+{
+	struct ph_acl acl = {0};
+
+	for (unsigned i = 0; i < c->nacl; i++) {
+		if (ph_acl_add(&acl, c->acl[i].allow, &c->acl[i].cidr) < 0) {
+			ph_acl_free(&acl);
+			return -ENOMEM;
+		}
+	}
+	ph_acl_free(&v->acl);
+	v->acl = acl;
+	return 0;
+}
+
 /* Takes service v back for session rs: a restarted or reconnected client of the same key. */
 static void svc_take_back(struct rsess *rs, const struct ph_ctrl *c, struct rsvc *v)
 {
 	struct ph_relay *r = rs->r;
 
+	if (svc_set_acl(v, c) < 0) {
+		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay is out of memory");
+		return;
+	}
 	if (v->owner != NULL) {
 		struct ph_ctrl u = {.type = PH_CTRL_UNREGISTER, .service = v->id};
 		uint8_t out[PH_CTRL_MAX];
@@ -668,6 +729,11 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	v->proto = c->proto;
 	v->proxy = c->proxy;
 	v->max_conns = c->max_conns;
+	if (svc_set_acl(v, c) < 0) {
+		free(v);
+		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay is out of memory");
+		return;
+	}
 	memcpy(v->key, k->pub, PH_KEY_LEN);
 	snprintf(v->name, sizeof(v->name), "%s", c->name);
 	ph_list_init(&v->flows.lru); /* empty until a UDP service makes its table */
@@ -677,6 +743,7 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	ph_acceptor_init(&v->acc, -1, PH_FDS_STREAM, svc_visitor, svc_label);
 	fd = c->port != 0 ? svc_bind(r, v, c->port) : svc_bind_any(r, k, v);
 	if (fd < 0) {
+		ph_acl_free(&v->acl);
 		free(v);
 		if (fd == -ENOSPC)
 			sess_refuse(rs, c->req, PH_REFUSE_FULL, "no free port left in %s",
@@ -694,6 +761,7 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	err = svc_open(r, v, fd);
 	if (err < 0) {
 		close(fd);
+		ph_acl_free(&v->acl);
 		free(v);
 		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay cannot poll a new port");
 		return;
@@ -819,6 +887,10 @@ static void rs_stream_end(struct ph_sess *s, struct ph_stream *st)
 
 	(void)s;
 	if (v != NULL) {
+		char label[64];
+
+		ph_stream_log_end(st, svc_label(&v->acc, label, sizeof(label)), "visitors", &v->pub,
+		                  true);
 		v->bytes_in += st->bytes_in;
 		v->bytes_out += st->bytes_out;
 		v->live--;
@@ -843,6 +915,7 @@ void ph_relay_stats(struct ph_relay *r, struct ph_tunnel_stats *out)
 		if (rs->key == NULL)
 			continue;
 		out->sessions++;
+		out->sessions_live++;
 		sess_stats_add(out, &rs->s->st);
 	}
 	for (struct ph_list *l = r->services.next; l != &r->services; l = l->next)
@@ -1171,6 +1244,29 @@ void ph_relay_free(struct ph_relay *r)
 	free(r);
 }
 
+void ph_relay_each(struct ph_relay *r, void (*fn)(void *arg, const struct ph_tunnel_svc *v),
+                   void *arg)
+{
+	for (struct ph_list *l = r->services.next; l != &r->services; l = l->next) {
+		const struct rsvc *v = container_of(l, struct rsvc, node);
+		struct ph_tunnel_svc t = {
+			.port = v->port,
+			.up = v->owner != NULL,
+			.live = v->live,
+			.visitors = v->visitors,
+			.refused = v->refused,
+			.denied = v->denied,
+			.bytes_up = v->bytes_in,
+			.bytes_down = v->bytes_out,
+			.dgrams = v->dgrams,
+		};
+
+		snprintf(t.proto, sizeof(t.proto), "%s", proto_str(v->proto));
+		snprintf(t.name, sizeof(t.name), "%s", v->name);
+		fn(arg, &t);
+	}
+}
+
 /* A key's comment as it may stand in JSON and on one line: quotes, backslashes, controls as ?. */
 static const char *safe(const char *in, char *out, size_t len)
 {
@@ -1227,19 +1323,23 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 		if (json)
 			OUT("%s{\"proto\":\"%s\",\"port\":%u,\"name\":\"%s\",\"client\":\"%s\","
 			    "\"held\":%s,\"live\":%u,\"max_conns\":%u,\"refused\":%llu,"
+			    "\"denied\":%llu,\"acl\":%u,"
 			    "\"visitors\":%llu,\"datagrams\":%llu,\"bytes_in\":%llu,"
 			    "\"bytes_out\":%llu}",
 			    l == r->services.next ? "" : ",", proto_str(v->proto), v->port, v->name,
 			    v->owner != NULL ? v->owner->peer : "",
 			    v->owner == NULL ? "true" : "false", v->live, v->max_conns,
-			    (unsigned long long)v->refused, (unsigned long long)v->visitors,
-			    (unsigned long long)v->dgrams, (unsigned long long)v->bytes_in,
-			    (unsigned long long)v->bytes_out);
+			    (unsigned long long)v->refused, (unsigned long long)v->denied, v->acl.n,
+			    (unsigned long long)v->visitors, (unsigned long long)v->dgrams,
+			    (unsigned long long)v->bytes_in, (unsigned long long)v->bytes_out);
 		else
-			OUT("  %s port %u%s%s: %s, %llu visitors, %llu datagrams\n",
+			OUT("  %s port %u%s%s: %s, %llu visitors (%u now), %llu refused, %llu "
+			    "denied, %llu datagrams\n",
 			    proto_str(v->proto), v->port, v->name[0] ? " " : "", v->name,
 			    v->owner != NULL ? v->owner->peer : "held for its client",
-			    (unsigned long long)v->visitors, (unsigned long long)v->dgrams);
+			    (unsigned long long)v->visitors, v->live,
+			    (unsigned long long)v->refused, (unsigned long long)v->denied,
+			    (unsigned long long)v->dgrams);
 	}
 	OUT(json ? "]}" : "");
 #undef OUT

@@ -12,9 +12,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "conn/conn.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
+#include "core/sys.h"
 #include "tunnel/frame.h"
 #include "tunnel/tls.h"
 
@@ -38,7 +40,8 @@
 
 static void sess_task(struct ph_task *t);
 static void sess_send(struct ph_sess *s);
-static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason);
+static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason, const char *why,
+                         int err);
 
 static uint32_t pending(const struct ph_sess *s)
 {
@@ -139,6 +142,23 @@ static void tab_del(struct ph_sess *s, struct ph_stream *st)
 
 static void stream_io(struct ph_io *io, uint32_t events);
 
+/* What the peer's RST of reason means, for the stream's close line. */
+static const char *rst_name(uint8_t reason)
+{
+	switch (reason) {
+	case PH_RST_REFUSED:
+		return "reset by the peer: refused";
+	case PH_RST_RESET:
+		return "reset by the peer";
+	case PH_RST_NOSERVICE:
+		return "reset by the peer: no such service";
+	case PH_RST_OVERLOAD:
+		return "reset by the peer: overloaded";
+	default:
+		return "reset by the peer: an unknown reason";
+	}
+}
+
 static struct ph_stream *stream_new(struct ph_sess *s, uint32_t id, int fd, void *owner)
 {
 	struct ph_stream *st;
@@ -155,6 +175,7 @@ static struct ph_stream *stream_new(struct ph_sess *s, uint32_t id, int fd, void
 	st->rwin = PH_WIN_INIT;
 	st->rallow = PH_WIN_INIT;
 	st->epoch_t = s->loop->now;
+	st->opened_at = s->loop->now;
 	st->owner = owner;
 	ph_list_init(&st->rnode);
 	ph_list_init(&st->fnode);
@@ -179,7 +200,7 @@ static void stream_want_send(struct ph_stream *st)
 static void stream_maybe_done(struct ph_stream *st)
 {
 	if ((st->flags & (ST_EOF | ST_SHUT)) == (ST_EOF | ST_SHUT))
-		stream_close(st, false, 0);
+		stream_close(st, false, 0, "closed", 0);
 }
 
 /* Gives credit back for what left for the socket, growing the window when it drained fast. */
@@ -233,15 +254,17 @@ static void stream_buf_drop(struct ph_stream *st)
 static int stream_flush(struct ph_stream *st)
 {
 	while (st->blen > 0) {
-		ssize_t w = write(st->io.fd, st->buf + st->boff, st->blen);
+		ssize_t w = ph_sys.write(st->io.fd, st->buf + st->boff, st->blen);
 
 		if (w < 0) {
-			if (errno == EINTR)
+			int err = -errno; /* before the close, which may clobber errno */
+
+			if (err == -EINTR)
 				continue;
-			if (errno == EAGAIN)
+			if (err == -EAGAIN)
 				return 0;
-			stream_close(st, true, PH_RST_RESET);
-			return -errno;
+			stream_close(st, true, PH_RST_RESET, "socket error", err);
+			return err;
 		}
 		st->boff += (uint32_t)w;
 		st->blen -= (uint32_t)w;
@@ -282,7 +305,7 @@ static void sess_over_cap(struct ph_sess *s)
 		               "%llu bytes (cap %llu)",
 		               big->id, (unsigned long long)s->buffered,
 		               (unsigned long long)s->cap);
-		stream_close(big, true, PH_RST_OVERLOAD);
+		stream_close(big, true, PH_RST_OVERLOAD, "reset: the reader does not read", 0);
 	}
 }
 
@@ -318,14 +341,16 @@ static void stream_deliver(struct ph_stream *st, const uint8_t *p, size_t n)
 
 	if (st->blen == 0 && !(st->flags & ST_CONNECTING)) {
 		while (done < n) {
-			ssize_t w = write(st->io.fd, p + done, n - done);
+			ssize_t w = ph_sys.write(st->io.fd, p + done, n - done);
 
 			if (w < 0) {
-				if (errno == EINTR)
+				int err = -errno;
+
+				if (err == -EINTR)
 					continue;
-				if (errno == EAGAIN)
+				if (err == -EAGAIN)
 					break;
-				stream_close(st, true, PH_RST_RESET);
+				stream_close(st, true, PH_RST_RESET, "socket error", err);
 				return;
 			}
 			done += (size_t)w;
@@ -335,7 +360,7 @@ static void stream_deliver(struct ph_stream *st, const uint8_t *p, size_t n)
 	}
 	if (done < n) {
 		if (stream_buf_add(st, p + done, n - done) < 0) {
-			stream_close(st, true, PH_RST_OVERLOAD);
+			stream_close(st, true, PH_RST_OVERLOAD, "out of memory", -ENOMEM);
 			return;
 		}
 		if (st->s->buffered > st->s->cap) {
@@ -357,16 +382,22 @@ static void stream_fin(struct ph_stream *st)
 }
 
 /*
- * Closes a stream: its socket (reset when rst_sock), its buffers, its place in the table;
- * with rst_reason the peer is told (RST). It is freed by the session's task.
+ * The one close path of a stream: its socket (reset when rst_sock), its buffers, its place
+ * in the table; with rst_reason the peer is told (RST). why (static) and err (-errno or 0)
+ * say why, for the owner's close line (a reset is a failure). It is freed by the session's
+ * task. Idempotent.
  */
-static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason)
+static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason, const char *why,
+                         int err)
 {
 	struct ph_sess *s = st->s;
 
 	if (st->flags & ST_DEAD)
 		return;
 	st->flags |= ST_DEAD;
+	st->why = why;
+	st->err = err;
+	st->failed = rst_sock || rst_reason != 0;
 	if (rst_reason != 0 && s->state == PH_SESS_UP)
 		(void)out_frame(s, PH_FRAME_RST, 0, st->id, &rst_reason, 1);
 	if (rst_sock || rst_reason != 0) {
@@ -393,7 +424,7 @@ static void stream_connected(struct ph_stream *st)
 	int err = ph_sock_error(st->io.fd);
 
 	if (err < 0) {
-		stream_close(st, true, PH_RST_REFUSED);
+		stream_close(st, true, PH_RST_REFUSED, "cannot connect", err);
 		return;
 	}
 	st->flags &= (uint16_t)~ST_CONNECTING;
@@ -440,7 +471,7 @@ static void stream_serve(struct ph_stream *st)
 	if (out_room(s, PH_FRAME_HDR + want) < 0)
 		return;
 	do
-		n = read(st->io.fd, s->out + s->out_len + PH_FRAME_HDR, want);
+		n = ph_sys.read(st->io.fd, s->out + s->out_len + PH_FRAME_HDR, want);
 	while (n < 0 && errno == EINTR);
 	if (n > 0) {
 		ph_frame_header(PH_FRAME_DATA, 0, st->id, (uint16_t)n, s->out + s->out_len);
@@ -462,7 +493,7 @@ static void stream_serve(struct ph_stream *st)
 		st->flags |= ST_EOF;
 		stream_maybe_done(st);
 	} else if (errno != EAGAIN) {
-		stream_close(st, true, PH_RST_RESET);
+		stream_close(st, true, PH_RST_RESET, "socket error", -errno);
 	}
 }
 
@@ -485,7 +516,8 @@ static const char *ssl_reason(void)
 static int wire_flush(struct ph_sess *s)
 {
 	while (s->wire_off < s->wire_len) {
-		ssize_t w = write(s->io.fd, s->wire + s->wire_off, s->wire_len - s->wire_off);
+		ssize_t w =
+			ph_sys.write(s->io.fd, s->wire + s->wire_off, s->wire_len - s->wire_off);
 
 		if (w < 0) {
 			if (errno == EINTR)
@@ -523,11 +555,36 @@ static int wire_write(BIO *b, const char *p, int n)
 	return n;
 }
 
+/*
+ * The session socket's read side, for SSL: through ph_sys like every data-path call (tests
+ * inject faults), EINTR retried, EAGAIN a retry; errno is left as read(2) set it, for
+ * SSL_ERROR_SYSCALL.
+ */
+static int wire_read(BIO *b, char *p, int n)
+{
+	struct ph_sess *s = BIO_get_data(b);
+	ssize_t r;
+
+	BIO_clear_retry_flags(b);
+	if (n <= 0)
+		return 0;
+	do
+		r = ph_sys.read(s->io.fd, p, (size_t)n);
+	while (r == -1 && errno == EINTR);
+	if (r == -1 && errno == EAGAIN)
+		BIO_set_retry_read(b);
+	else if (r == 0)
+		BIO_set_flags(b,
+		              BIO_FLAGS_IN_EOF); /* as OpenSSL's socket BIO: SSL tells EOF apart */
+	return (int)r;
+}
+
 static long wire_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
-	(void)b;
 	(void)num;
 	(void)ptr;
+	if (cmd == BIO_CTRL_EOF)
+		return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
 	return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
@@ -538,6 +595,7 @@ static BIO_METHOD *wire_method(void)
 	if (m == NULL) {
 		m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pinhole wire");
 		if (m != NULL && (BIO_meth_set_write(m, wire_write) != 1 ||
+		                  BIO_meth_set_read(m, wire_read) != 1 ||
 		                  BIO_meth_set_ctrl(m, wire_ctrl) != 1)) {
 			BIO_meth_free(m);
 			m = NULL;
@@ -751,7 +809,7 @@ static int sess_frame(struct ph_sess *s, const struct ph_frame *f, const char **
 		stream_fin(st);
 		return 0;
 	case PH_FRAME_RST:
-		stream_close(st, true, 0);
+		stream_close(st, true, 0, rst_name(f->payload[0]), 0);
 		return 0;
 	case PH_FRAME_DGRAM:
 		s->st.dgrams_in++;
@@ -1020,7 +1078,8 @@ struct ph_sess *ph_sess_new(struct ph_loop *l, int fd, struct ssl_ctx_st *ctx, b
 	sock_opts(fd, s->hb_ms);
 	s->ssl = SSL_new(ctx);
 	s->wire = malloc(WIRE_CAP);
-	rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+	/* both ways through our BIO: reads and writes go through ph_sys */
+	rbio = wire_method() != NULL ? BIO_new(wire_method()) : NULL;
 	wbio = wire_method() != NULL ? BIO_new(wire_method()) : NULL;
 	if (s->ssl == NULL || s->wire == NULL || rbio == NULL || wbio == NULL) {
 		ERR_clear_error();
@@ -1034,6 +1093,8 @@ struct ph_sess *ph_sess_new(struct ph_loop *l, int fd, struct ssl_ctx_st *ctx, b
 	}
 	BIO_set_data(wbio, s);
 	BIO_set_init(wbio, 1);
+	BIO_set_data(rbio, s);
+	BIO_set_init(rbio, 1);
 	SSL_set_bio(s->ssl, rbio, wbio); /* the SSL owns both */
 	SSL_set_mode(s->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 	                             SSL_MODE_RELEASE_BUFFERS);
@@ -1086,7 +1147,7 @@ void ph_sess_close(struct ph_sess *s, uint8_t reason, const char *fmt, ...)
 	s->state = PH_SESS_CLOSED;
 	for (uint32_t i = 0; s->tab != NULL && i <= s->tab_mask; i++)
 		while (s->tab[i] != NULL)
-			stream_close(s->tab[i], true, 0);
+			stream_close(s->tab[i], true, 0, "the session ended", 0);
 	ph_timer_stop(s->loop, &s->hb);
 	ph_io_close(s->loop, &s->io);
 	kick(s);
@@ -1204,11 +1265,12 @@ struct ph_stream *ph_sess_open(struct ph_sess *s, int fd, const uint8_t *head, s
 	p = s->out + s->out_len;
 	memcpy(p + PH_FRAME_HDR, head, hn);
 	do /* the visitor's first bytes ride with the OPEN */
-		n = read(fd, p + PH_FRAME_HDR + hn, room);
+		n = ph_sys.read(fd, p + PH_FRAME_HDR + hn, room);
 	while (n < 0 && errno == EINTR);
 	if (n < 0 && errno != EAGAIN) {
 		st->owner = NULL; /* NULL means the owner hears nothing of it: no stream_end */
-		stream_close(st, true, 0); /* reset before a word: the peer never hears of it */
+		/* reset before a word: the peer never hears of it */
+		stream_close(st, true, 0, "socket error", -errno);
 		return NULL;
 	}
 	if (n > 0) {
@@ -1224,7 +1286,8 @@ struct ph_stream *ph_sess_open(struct ph_sess *s, int fd, const uint8_t *head, s
 	                (uint16_t)(hn + (n > 0 ? (size_t)n : 0)), p);
 	s->out_len += PH_FRAME_HDR + (uint32_t)hn + (uint32_t)(n > 0 ? n : 0);
 	if (ph_io_add(s->loop, &st->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
-		stream_close(st, true, PH_RST_RESET);
+		st->owner = NULL; /* as promised: NULL, and no stream_end for it */
+		stream_close(st, true, PH_RST_RESET, "cannot poll", -ENOMEM);
 		return NULL;
 	}
 	stream_want_send(st);
@@ -1244,7 +1307,7 @@ struct ph_stream *ph_stream_attach(struct ph_sess *s, uint32_t id, int fd, bool 
 		return NULL;
 	}
 	if (fn > st->rallow) { /* cannot be: an OPEN holds less than a window */
-		stream_close(st, true, PH_RST_RESET);
+		stream_close(st, true, PH_RST_RESET, "an OPEN past its window", 0);
 		return NULL;
 	}
 	st->rallow -= (uint32_t)fn;
@@ -1253,12 +1316,12 @@ struct ph_stream *ph_stream_attach(struct ph_sess *s, uint32_t id, int fd, bool 
 		st->flags |= ST_CONNECTING;
 	if ((pn != 0 && stream_buf_add(st, pre, pn) < 0) ||
 	    ph_io_add(s->loop, &st->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
-		stream_close(st, true, PH_RST_OVERLOAD);
+		stream_close(st, true, PH_RST_OVERLOAD, "out of memory", -ENOMEM);
 		return NULL;
 	}
 	if (fn != 0 && st->blen != 0) {
 		if (stream_buf_add(st, first, fn) < 0) {
-			stream_close(st, true, PH_RST_OVERLOAD);
+			stream_close(st, true, PH_RST_OVERLOAD, "out of memory", -ENOMEM);
 			return NULL;
 		}
 	} else if (fn != 0) {
@@ -1281,6 +1344,25 @@ struct ph_stream *ph_stream_attach(struct ph_sess *s, uint32_t id, int fd, bool 
 	return st;
 }
 
+void ph_stream_log_end(const struct ph_stream *st, const char *label, const char *what,
+                       const struct ph_addr *dst, bool visitor_here)
+{
+	/* up: from the visitor, which is this end's socket on the relay, the peer's on a client */
+	uint64_t up = visitor_here ? st->bytes_in : st->bytes_out;
+	uint64_t down = visitor_here ? st->bytes_out : st->bytes_in;
+	char line[512], id[16];
+
+	if (st->failed ? PH_LOG_INFO > ph_log_level : PH_LOG_DEBUG > ph_log_level)
+		return; /* nothing would be said: nothing formatted */
+	snprintf(id, sizeof(id), "s%u", st->id);
+	ph_conn_line(line, sizeof(line), id, &st->peer, dst, st->why != NULL ? st->why : "closed",
+	             st->err, up, down, st->s->loop->now - st->opened_at, label);
+	if (st->failed)
+		ph_logagg_note(label, what, st->why != NULL ? st->why : "reset", "%s", line);
+	else
+		ph_debug("%s", line);
+}
+
 void ph_sess_rst(struct ph_sess *s, uint32_t id, uint8_t reason)
 {
 	(void)out_frame(s, PH_FRAME_RST, 0, id, &reason, 1);
@@ -1297,7 +1379,7 @@ void ph_sess_drop_owner(struct ph_sess *s, void *owner)
 			struct ph_stream *next = st->hnext;
 
 			if (st->owner == owner)
-				stream_close(st, true, PH_RST_NOSERVICE);
+				stream_close(st, true, PH_RST_NOSERVICE, "the service closed", 0);
 			st = next;
 		}
 	}

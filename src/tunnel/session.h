@@ -145,6 +145,12 @@ struct ph_stream {
 	struct ph_list fnode; /* in s->flushq */
 	void *owner;          /* the service, for the owner's counters */
 	uint64_t bytes_in, bytes_out;
+	/* for the close line (ph_stream_log_end) */
+	struct ph_addr peer; /* the visitor, when the owner set it; AF_UNSPEC none */
+	uint64_t opened_at;  /* loop time */
+	const char *why;     /* static: why it ended, set at close */
+	int err;             /* -errno behind why, or 0 */
+	bool failed;         /* it ended with a reset (either way) */
 };
 
 /*
@@ -193,6 +199,15 @@ struct ph_stream *ph_stream_attach(struct ph_sess *s, uint32_t id, int fd, bool 
 struct ph_sess *ph_sess_new_plain(struct ph_loop *l, bool server, const struct ph_sess_ops *ops,
                                   void *owner);
 int ph_sess_feed(struct ph_sess *s, const uint8_t *p, size_t n);
+
+/*
+ * A stream's one close line, from the owner's stream_end: at -v (debug) for each stream;
+ * a failed one below -v is counted under label (core/logagg.h) as one of what ("visitors").
+ * dst is the other end (NULL: none); visitor_here: the stream's socket is the visitor (the
+ * relay), so its bytes read are "up". Borrows everything.
+ */
+void ph_stream_log_end(const struct ph_stream *st, const char *label, const char *what,
+                       const struct ph_addr *dst, bool visitor_here);
 
 /* Answers a stream the owner will not take with a RST of reason. */
 void ph_sess_rst(struct ph_sess *s, uint32_t id, uint8_t reason);

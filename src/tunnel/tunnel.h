@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/acl.h"
 #include "core/addr.h"
 #include "tunnel/keys.h"
 
@@ -26,6 +27,7 @@ struct ph_server_conf {
 	bool has_bind;
 	struct ph_addr bind; /* --bind: the public listeners' address (port unused) */
 	uint64_t hb_ms;      /* --heartbeat; 0 the default */
+	struct ph_acl acl;   /* --allow/--deny: every visitor of every public port (owned) */
 };
 
 /* `pinhole expose LOCAL --via RELAY ...` */
@@ -41,7 +43,10 @@ struct ph_expose_conf {
 	char key_file[512];         /* --key, "" the default */
 	char known_file[512];       /* --known-relays, "" the default */
 	uint64_t hb_ms;             /* --heartbeat; 0 the default */
+	struct ph_acl acl; /* --allow/--deny CIDRs (owned): the relay judges the visitors */
 };
+
+#define PH_EXPOSE_ACL_MAX 32 /* --allow/--deny rules of one expose line (REGISTER's bound) */
 
 void ph_server_conf_init(struct ph_server_conf *c);
 void ph_expose_conf_init(struct ph_expose_conf *c);
@@ -64,12 +69,40 @@ struct ph_exposer;
 
 /* What a relay or an exposer carried since it started (the stopped: and stats: lines). */
 struct ph_tunnel_stats {
-	uint64_t sessions;   /* client sessions that were up (the relay: with a known key) */
-	uint64_t visitors;   /* visitors: streams opened for them (expose: to the service) */
-	uint64_t dgrams;     /* datagrams both ways */
-	uint64_t bytes_up;   /* stream bytes from the visitors to the services */
-	uint64_t bytes_down; /* stream bytes from the services to the visitors */
+	uint64_t sessions;      /* client sessions that were up (the relay: with a known key) */
+	uint64_t sessions_live; /* of them, those up now */
+	uint64_t visitors;      /* visitors: streams opened for them (expose: to the service) */
+	uint64_t dgrams;        /* datagrams both ways */
+	uint64_t bytes_up;      /* stream bytes from the visitors to the services */
+	uint64_t bytes_down;    /* stream bytes from the services to the visitors */
 };
+
+/*
+ * One public service of a relay, or one rule of an exposer, as metrics show it. The
+ * counts of streams still open are in live, their bytes only once they ended.
+ */
+struct ph_tunnel_svc {
+	char proto[4];                /* "tcp", "udp" */
+	char name[PH_NAME_MAX + 1];   /* "" none */
+	char local[PH_HOST_MAX + 16]; /* expose: LOCAL as written; the relay: "" */
+	uint64_t port;                /* the public port; 0 not (yet) public */
+	uint64_t up;                  /* the relay: 1 owned, 0 held for its key; expose: 1 public */
+	uint64_t live;                /* visitors now */
+	uint64_t visitors;            /* visitors since it started (UDP: peers, flows) */
+	uint64_t refused;             /* the relay: past --max-conns; expose: LOCAL unreachable */
+	uint64_t denied;              /* the relay: by --allow/--deny (UDP: datagrams) */
+	uint64_t failed;              /* expose: streams that ended with a reset */
+	uint64_t bytes_up;            /* from the visitors */
+	uint64_t bytes_down;          /* to the visitors */
+	uint64_t dgrams;              /* the relay: UDP datagrams from the visitors */
+};
+
+/* Calls fn(arg, v) for each service of the relay r (borrowed for the call). */
+void ph_relay_each(struct ph_relay *r, void (*fn)(void *arg, const struct ph_tunnel_svc *v),
+                   void *arg);
+/* Calls fn(arg, v) for each rule of the exposer x (borrowed for the call). */
+void ph_expose_each(struct ph_exposer *x, void (*fn)(void *arg, const struct ph_tunnel_svc *v),
+                    void *arg);
 
 /* Starts the relay on l. Returns 0, or -errno with a reason. */
 int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_relay **out,

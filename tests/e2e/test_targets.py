@@ -297,20 +297,19 @@ def test_source_of_another_family_fails_over(pinhole, echo_server, free_port):
 DNSMASQ = "/usr/sbin/dnsmasq"
 
 
-@pytest.fixture
-def local_dns(tmp_path, spawn):
-    """dnsmasq on 127.0.X.Y:53, the only server of a resolv.conf that pinhole sees in a
-    mount namespace of its own (unshare -m, a bind mount): names under .test it has none
-    of are NXDOMAIN, noaddr.test has a TXT record and no address, others are REFUSED.
-    Returns the prefix to run pinhole with."""
+def start_dnsmasq(tmp_path, spawn, *extra, options=""):
+    """dnsmasq on 127.0.X.Y:53 (extra: more of its options), the only server of a
+    resolv.conf (with options, its "options" line) that pinhole sees in a mount namespace of
+    its own (unshare -m, a bind mount). Returns dnsmasq's Popen and the prefix to run
+    pinhole with."""
     if not os.access(DNSMASQ, os.X_OK) or shutil.which("unshare") is None:
         pytest.skip("dnsmasq or unshare is not installed")
     if os.geteuid() != 0:
         pytest.skip("a mount namespace and port 53 need root")
     ip = f"127.0.{os.getpid() % 200 + 20}.{os.getpid() // 200 % 200 + 20}"
-    spawn([DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
-           f"--listen-address={ip}", "--bind-interfaces", "--pid-file=", "--log-facility=-",
-           "--local=/test/", "--txt-record=noaddr.test,x"])
+    p = spawn([DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--port=53",
+               f"--listen-address={ip}", "--bind-interfaces", "--pid-file=", "--log-facility=-",
+               *extra])
 
     def up():
         try:
@@ -321,9 +320,16 @@ def local_dns(tmp_path, spawn):
 
     wait_until(up, 5, f"dnsmasq on {ip}:53")
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text(f"nameserver {ip}\n")
-    return ("unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
-            str(resolv))
+    resolv.write_text(f"nameserver {ip}\n" + (f"options {options}\n" if options else ""))
+    return p, ("unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+               str(resolv))
+
+
+@pytest.fixture
+def local_dns(tmp_path, spawn):
+    """start_dnsmasq's: names under .test it has none of are NXDOMAIN, noaddr.test has a TXT
+    record and no address, others are REFUSED. Returns the prefix to run pinhole with."""
+    return start_dnsmasq(tmp_path, spawn, "--local=/test/", "--txt-record=noaddr.test,x")[1]
 
 
 @pytest.mark.parametrize("name,words", [("nx.test", "no such name"),

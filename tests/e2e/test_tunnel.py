@@ -150,11 +150,11 @@ _relays = iter(range(1, 1 << 30))
 
 
 def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, ports=None,
-                key=None, verbose=False):
+                key=None, verbose=False, extra=()):
     """`pinhole server 127.0.0.1:R --bind 127.0.0.1 --ports LO-HI` with its own key (or key)
     and an authorized_keys of the lines given (default: alice's), ready: logged and
     listening. verbose: -v, a line per failed connection (the default level only counts
-    them)."""
+    them); extra: more words for the command line."""
     key = key or keys.relay
     n = next(_relays)
     port = port or alloc_port()
@@ -170,7 +170,7 @@ def start_relay(procs, tmp_path, keys, auth=None, port=None, nports=8, hb=None, 
         args += ["--heartbeat", hb]
     if verbose:
         args.append("-v")
-    p = procs(*args)
+    p = procs(*args, *extra)
     p.wait_log(rf"^relay on 127\.0\.0\.1:{port}, key {re.escape(key.fp)}, ",
                timeout=READY_TIMEOUT_S)
     wait_listening(port, proc=p.proc)
