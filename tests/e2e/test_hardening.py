@@ -167,19 +167,32 @@ def listening_on(port):
     return any(re.search(rf":{port}\s", ln) for ln in out.splitlines())
 
 
+def take_range(n):
+    """n consecutive ports, each held by a listener of ours: (lo, hi, sockets). Another
+    program may take one between the check and the bind: then another range."""
+    for _ in range(10):
+        lo, hi = port_range(n)
+        taken = []
+        try:
+            for p in range(lo, hi + 1):
+                s = socket.socket()
+                taken.append(s)
+                s.bind(("127.0.0.1", p))
+                s.listen(1)
+            return lo, hi, taken
+        except OSError:
+            for s in taken:
+                s.close()
+    pytest.fail(f"no {n} consecutive ports could be held")
+
+
 def test_port_zero_in_a_full_range_tries_few_binds(procs, tmp_path, keys, echo_server):
     """A REGISTER for any port of a range that is all taken: a bounded number of binds, not
     one per port of the range each time."""
     if subprocess.run(["which", "strace"], capture_output=True).returncode != 0:
         pytest.skip("strace is not installed (scripts/deps.sh test installs it)")
     srv = echo_server(handler=echo)
-    lo, hi = port_range(200)
-    taken = []
-    for p in range(lo, hi + 1):
-        s = socket.socket()
-        s.bind(("127.0.0.1", p))
-        s.listen(1)
-        taken.append(s)
+    lo, hi, taken = take_range(200)
     try:
         port = alloc_port()
         authf = tmp_path / "ak-full"
