@@ -40,6 +40,22 @@
 
 static void sess_task(struct ph_task *t);
 static void sess_send(struct ph_sess *s);
+static const char *const sess_state_name[PH_SESS__NSTATES] = {"handshake", "up", "closed"};
+
+const char *ph_sess_state_name(enum ph_sess_state st)
+{
+	return (unsigned)st < PH_SESS__NSTATES ? sess_state_name[st] : "?";
+}
+
+/* The only place that assigns s->state, so a trace (-vv) shows every path taken. */
+#define sess_set_state(s, st) sess_set_state_((s), (st), __LINE__)
+static void sess_set_state_(struct ph_sess *s, enum ph_sess_state st, int line)
+{
+	ph_trace("session fd %d: %s -> %s (line %d)", s->io.fd, sess_state_name[s->state],
+	         sess_state_name[st], line);
+	s->state = st;
+}
+
 static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason, const char *why,
                          int err);
 
@@ -731,7 +747,7 @@ static void sess_handshake(struct ph_sess *s)
 	}
 	s->in_cap = IN_CAP;
 	s->out_cap = OUT_HIGH + PH_FRAME_HDR + PH_FRAME_MAX;
-	s->state = PH_SESS_UP;
+	sess_set_state(s, PH_SESS_UP);
 	s->up_at = s->last_rx = s->loop->now;
 	ph_timer_arm(s->loop, &s->hb, 1); /* the first PING at once: the RTT is wanted early */
 	if (s->ops->up(s) < 0 && s->state != PH_SESS_CLOSED)
@@ -1144,7 +1160,7 @@ void ph_sess_close(struct ph_sess *s, uint8_t reason, const char *fmt, ...)
 			(void)wire_flush(s);
 		}
 	}
-	s->state = PH_SESS_CLOSED;
+	sess_set_state(s, PH_SESS_CLOSED);
 	for (uint32_t i = 0; s->tab != NULL && i <= s->tab_mask; i++)
 		while (s->tab[i] != NULL)
 			stream_close(s->tab[i], true, 0, "the session ended", 0);
@@ -1201,7 +1217,7 @@ struct ph_sess *ph_sess_new_plain(struct ph_loop *l, bool server, const struct p
 	}
 	s->in_cap = IN_CAP;
 	s->out_cap = OUT_HIGH + PH_FRAME_HDR + PH_FRAME_MAX;
-	s->state = PH_SESS_UP;
+	sess_set_state(s, PH_SESS_UP);
 	return s;
 }
 

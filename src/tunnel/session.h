@@ -77,10 +77,14 @@ struct ph_sess_ops {
 };
 
 enum ph_sess_state {
-	PH_SESS_HANDSHAKE,
-	PH_SESS_UP,
-	PH_SESS_CLOSED,
+	PH_SESS_HANDSHAKE = 0, /* TLS 1.3 handshake in flight; its deadline armed */
+	PH_SESS_UP,            /* frames both ways; heartbeats armed */
+	PH_SESS_CLOSED,        /* ended (GOAWAY sent if it could be); freed by its owner */
+	PH_SESS__NSTATES       /* must stay last */
 };
+
+/* The name of state st, for traces and tests ("?" past the last). */
+const char *ph_sess_state_name(enum ph_sess_state st);
 
 struct ph_sess {
 	struct ph_io io;

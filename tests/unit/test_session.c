@@ -424,9 +424,24 @@ static void test_read_error_closes_that_stream_alone(void **state)
 	assert_int_equal(t->s->state, PH_SESS_UP);
 }
 
+/* Every session state has a name, each its own, and the table ends where the enum does. */
+static void test_state_names(void **state)
+{
+	(void)state;
+	for (int a = 0; a < PH_SESS__NSTATES; a++) {
+		assert_true(strlen(ph_sess_state_name((enum ph_sess_state)a)) > 1);
+		for (int b = 0; b < a; b++)
+			assert_string_not_equal(ph_sess_state_name((enum ph_sess_state)a),
+			                        ph_sess_state_name((enum ph_sess_state)b));
+	}
+	assert_string_equal(ph_sess_state_name(PH_SESS_UP), "up");
+	assert_string_equal(ph_sess_state_name(PH_SESS__NSTATES), "?");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_state_names),
 		cmocka_unit_test_setup_teardown(test_write_eintr_is_retried, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_short_write_keeps_the_rest_and_eagain_waits,
 	                                        setup, teardown),
