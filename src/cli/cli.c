@@ -666,20 +666,17 @@ int ph_cli__uint(struct ph_cli_ctx *x, const char *v, unsigned long long min,
 	return 0;
 }
 
-/* The option named name (or aliased) that verb v takes; NULL with *other set to one that
- * another verb takes, or NULL, when there is none. */
-static const struct ph_cli_opt *opt_find(const char *name, enum ph_cli_verb v,
-                                         const struct ph_cli_opt **other)
+static bool opt_named(const struct ph_cli_opt *d, const char *name)
 {
-	*other = NULL;
-	for (size_t k = 0; k < ph_cli__nopts; k++) {
-		const struct ph_cli_opt *d = &ph_cli__opts[k];
+	return strcmp(name, d->name) == 0 || (d->alias != NULL && strcmp(name, d->alias) == 0);
+}
 
-		if (strcmp(name, d->name) != 0 && (d->alias == NULL || strcmp(name, d->alias) != 0))
-			continue;
-		if (d->verbs & (1u << v))
-			return d;
-		*other = d;
+/* The option named (or aliased) name that verb v takes, or NULL. */
+static const struct ph_cli_opt *opt_find(const char *name, enum ph_cli_verb v)
+{
+	for (size_t k = 0; k < ph_cli__nopts; k++) {
+		if ((ph_cli__opts[k].verbs & (1u << v)) && opt_named(&ph_cli__opts[k], name))
+			return &ph_cli__opts[k];
 	}
 	return NULL;
 }
@@ -796,12 +793,15 @@ static int opt_set(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char 
 	}
 }
 
-/* An option the verb has no entry for: one of another verb's, or none at all. */
-static int opt_unknown(const struct cli_verb *vb, const char *name, const struct ph_cli_opt *other,
-                       int argi, struct ph_cli_error *e)
+/* An option the verb has no entry for: one of a verb it is "not for", or unknown. */
+static int opt_unknown(const struct cli_verb *vb, const char *name, int argi,
+                       struct ph_cli_error *e)
 {
-	if (other != NULL && (other->verbs & vb->not_for) != 0)
-		return ph_cli__fail(e, argi, "option '%s' is not for %s rules", name, vb->name);
+	for (size_t k = 0; k < ph_cli__nopts; k++) {
+		if ((ph_cli__opts[k].verbs & vb->not_for) && opt_named(&ph_cli__opts[k], name))
+			return ph_cli__fail(e, argi, "option '%s' is not for %s rules", name,
+			                    vb->name);
+	}
 	return ph_cli__fail(e, argi, "unknown option '%s' (see pinhole %s%s--help)", name,
 	                    vb->topic, vb->topic[0] ? " " : "");
 }
@@ -813,7 +813,7 @@ static int opt_unknown(const struct cli_verb *vb, const char *name, const struct
 static int opt_take(struct ph_cli_ctx *x, const struct cli_verb *vb, int argc, char *const *argv,
                     int *i, struct ph_cli_error *e)
 {
-	const struct ph_cli_opt *d, *other;
+	const struct ph_cli_opt *d;
 	const char *word = argv[*i], *eq = strchr(word, '=');
 	size_t len = eq != NULL ? (size_t)(eq - word) : strlen(word);
 	const char *v = eq != NULL ? eq + 1 : NULL;
@@ -829,9 +829,9 @@ static int opt_take(struct ph_cli_ctx *x, const struct cli_verb *vb, int argc, c
 			x->cfg->verbosity += *c == 'v' ? 1 : -1;
 		return 0;
 	}
-	d = opt_find(name, x->verb, &other);
+	d = opt_find(name, x->verb);
 	if (d == NULL || (d->arg == PH_CLI_FLAG && v != NULL && (d->flags & PH_CLI_O_NOEQ)))
-		return opt_unknown(vb, name, other, *i, e);
+		return opt_unknown(vb, name, *i, e);
 	for (int k = 0; k < 2; k++) {
 		if ((d->flags & (k == 0 ? PH_CLI_O_TCP : PH_CLI_O_UDP)) && x->opt_argi[k] < 0)
 			x->opt_argi[k] = *i;
