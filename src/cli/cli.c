@@ -793,25 +793,36 @@ static int opt_set(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char 
 	}
 }
 
-/* An option the verb has no entry for: one of a verb it is "not for", or unknown. */
-static int opt_unknown(const struct cli_verb *vb, const char *name, int argi,
-                       struct ph_cli_error *e)
+/* An option verb v does not take (or not so written): one of a verb it is "not for", or
+ * unknown. Returns -EINVAL. */
+static int opt_unknown(enum ph_cli_verb v, const char *name, int argi, struct ph_cli_error *e)
 {
+	const struct cli_verb *vb = &verbs[v];
+	bool not_for = false;
+
 	for (size_t k = 0; k < ph_cli__nopts; k++) {
-		if ((ph_cli__opts[k].verbs & vb->not_for) && opt_named(&ph_cli__opts[k], name))
-			return ph_cli__fail(e, argi, "option '%s' is not for %s rules", name,
-			                    vb->name);
+		const struct ph_cli_opt *d = &ph_cli__opts[k];
+
+		if (!opt_named(d, name))
+			continue;
+		if (d->verbs & (1u << v)) { /* this verb's, written wrong (--flag=value) */
+			not_for = false;
+			break;
+		}
+		not_for |= (d->verbs & vb->not_for) != 0;
 	}
+	if (not_for)
+		return ph_cli__fail(e, argi, "option '%s' is not for %s rules", name, vb->name);
 	return ph_cli__fail(e, argi, "unknown option '%s' (see pinhole %s%s--help)", name,
 	                    vb->topic, vb->topic[0] ? " " : "");
 }
 
 /*
- * The option at argv[*i] ("--x", "--x=v" or "--x v", "-vvq"), for verb vb: found in the
+ * The option at argv[*i] ("--x", "--x=v" or "--x v", "-vvq"), for verb x->verb: found in the
  * table, its value taken (*i moves past a value of its own) and set. Returns 0 or -EINVAL.
  */
-static int opt_take(struct ph_cli_ctx *x, const struct cli_verb *vb, int argc, char *const *argv,
-                    int *i, struct ph_cli_error *e)
+static int opt_take(struct ph_cli_ctx *x, int argc, char *const *argv, int *i,
+                    struct ph_cli_error *e)
 {
 	const struct ph_cli_opt *d;
 	const char *word = argv[*i], *eq = strchr(word, '=');
@@ -824,14 +835,16 @@ static int opt_take(struct ph_cli_ctx *x, const struct cli_verb *vb, int argc, c
 	memcpy(name, word, len);
 	name[len] = '\0';
 	/* -v, -q, and any cluster of them: -vv, -vvq */
-	if (name[1] != '-' && v == NULL && strspn(name + 1, "vq") == len - 1) {
+	if (name[1] != '-' && strspn(name + 1, "vq") == len - 1) {
+		if (v != NULL) /* -v=1 is no flag written with a value: it was never one */
+			return opt_unknown(x->verb, name, *i, e);
 		for (const char *c = name + 1; *c != '\0'; c++)
 			x->cfg->verbosity += *c == 'v' ? 1 : -1;
 		return 0;
 	}
 	d = opt_find(name, x->verb);
 	if (d == NULL || (d->arg == PH_CLI_FLAG && v != NULL && (d->flags & PH_CLI_O_NOEQ)))
-		return opt_unknown(vb, name, *i, e);
+		return opt_unknown(x->verb, name, *i, e);
 	for (int k = 0; k < 2; k++) {
 		if ((d->flags & (k == 0 ? PH_CLI_O_TCP : PH_CLI_O_UDP)) && x->opt_argi[k] < 0)
 			x->opt_argi[k] = *i;
@@ -864,7 +877,7 @@ static int cli_verb(const struct cli_verb *vb, int argc, char *const *argv, int 
 		err = vb->begin(&x, first, e);
 	for (int i = first + 1; i < argc && err == 0; i++) {
 		if (argv[i][0] == '-' && argv[i][1] != '\0') {
-			err = opt_take(&x, vb, argc, argv, &i, e);
+			err = opt_take(&x, argc, argv, &i, e);
 			if (cfg->cmd == PH_CMD_HELP && cfg->help_topic == NULL && vb->topic[0])
 				cfg->help_topic = vb->topic;
 			continue;
@@ -890,7 +903,7 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 		const char *word = argv[i];
 
 		if (word[0] == '-' && word[1] != '\0') {
-			err = opt_take(&x, &verbs[PH_CLI_TOP], argc, argv, &i, e);
+			err = opt_take(&x, argc, argv, &i, e);
 			if (err < 0)
 				return err;
 			continue;
