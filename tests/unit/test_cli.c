@@ -653,6 +653,11 @@ static void test_table_bounds(void **state)
 	PARSE_BAD(f, 3, "option --map takes no value", "forward", ":1", "h:1", "--map=yes");
 	PARSE_BAD(f, 1, "unknown option '--once' (see pinhole map --help)", "map", "--once=1");
 	PARSE_BAD(f, 0, "option --no-sandbox takes no value", "--no-sandbox=1");
+	/* -v, -q and their clusters were never flags with a value */
+	PARSE_BAD(f, 1, "unknown option '-v' (see pinhole socks --help)", "socks", "-v=1");
+	PARSE_BAD(f, 0, "unknown option '-vq' (see pinhole --help)", "-vq=");
+	/* a flag of this verb written with a value is unknown, not another verb's */
+	PARSE_BAD(f, 1, "unknown option '--udp' (see pinhole expose --help)", "expose", "--udp=1");
 	PARSE_BAD(f, 2, "--method 'pmp': auto, pcp, natpmp or upnp", "map", "--method", "pmp");
 }
 
