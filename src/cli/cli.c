@@ -125,7 +125,7 @@ static const char after_socks[] =
 	"  pinhole socks 0.0.0.0:3128 --open --allow 192.168.1.0/24\n";
 
 static const char usage_server[] =
-	"Usage: pinhole server [LISTEN] [--authorized-keys FILE] [--key FILE] [--ports RANGE]\n"
+	"Usage: pinhole server [LISTEN] [--authorized-keys FILE] [--key FILE] [--ports LO-HI]\n"
 	"                      [--bind ADDR] [--heartbeat DUR]\n"
 	"\n"
 	"The relay. Clients (`pinhole expose`) connect to LISTEN (default :7835) over TLS 1.3,\n"
