@@ -123,8 +123,8 @@ struct ph_cli_opt {
 	unsigned char obj;           /* enum ph_cli_obj: which struct off is in */
 	unsigned char flags;         /* PH_CLI_O_... */
 	unsigned short off, size;    /* the field it sets, when set is NULL */
-	unsigned long long min, max; /* bounds: UINT, DURATION (0: none), STRING length */
-	int val;                     /* what a flag stores */
+	unsigned long long min, max; /* UINT bounds; DURATION's in ms (max 0: min only) */
+	int val;                     /* what a flag stores; a setter's (--allow 1) */
 	const char *what;            /* PH_CLI_WORD: the words, in an error message */
 	int (*set)(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char *v,
 	           struct ph_cli_error *e); /* or NULL: the kind's own parse and store */
@@ -152,7 +152,11 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 /* Frees the rules. */
 void ph_config_free(struct ph_config *cfg);
 
-/* The help text for topic ("" for the overview, "forward", "run"). NULL when unknown. */
+/*
+ * The help text for topic ("" for the overview, "forward", "run"): the verb's prose and
+ * its options from the table, made on the first call (main thread), the same pointer
+ * after. NULL when unknown.
+ */
 const char *ph_cli_help(const char *topic);
 
 #endif /* PH_CLI_CLI_H */
