@@ -6,6 +6,7 @@
 #define PH_CLI_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/addr.h"
@@ -66,6 +67,78 @@ struct ph_cli_error {
 	char msg[320];
 };
 
+/*
+ * The options, declared once (src/cli/opts.c): the parser, `pinhole VERB --help`, the
+ * config grammar and the test that holds docs/pinhole.1 to them all read this table.
+ */
+
+/* Where an option may be written: before a command (PH_CLI_TOP) or after one. */
+enum ph_cli_verb {
+	PH_CLI_TOP = 0, /* the words before the command: only options every command takes */
+	PH_CLI_FORWARD, /* forward LISTEN TARGET... */
+	PH_CLI_SOCKS,   /* socks [LISTEN] */
+	PH_CLI_SERVER,  /* server [LISTEN] */
+	PH_CLI_EXPOSE,  /* expose LOCAL --via RELAY */
+	PH_CLI_KEYGEN,  /* keygen [-f FILE] */
+	PH_CLI_MAP,     /* map [add|del] PORT, map ip|probe|list */
+	PH_CLI_RUN,     /* run FILE */
+	PH_CLI_STATUS,  /* status [--json] */
+	PH_CLI_RELOAD,  /* reload */
+	PH_CLI__NVERBS  /* must stay last */
+};
+
+#define PH_CLI_V(v)    (1u << PH_CLI_##v)           /* a verb's bit in ph_cli_opt.verbs */
+#define PH_CLI_V_EVERY ((1u << PH_CLI__NVERBS) - 1) /* every command's, and before one */
+
+/* What an option's value is (for help, and for completions). */
+enum ph_cli_arg {
+	PH_CLI_FLAG = 0, /* no value */
+	PH_CLI_UINT,     /* a whole number from min to max */
+	PH_CLI_DURATION, /* 500ms, 5s, 2m, 1h (bare: seconds); min and max in ms when set */
+	PH_CLI_WORD,     /* one of words[] */
+	PH_CLI_STRING,   /* text: a name, a user */
+	PH_CLI_FILE,     /* a path */
+	PH_CLI_CIDR,     /* an address or a CIDR (client rules) */
+	PH_CLI_ADDR,     /* an IP address, or HOST:PORT */
+};
+
+/* A word PH_CLI_WORD accepts, and the value it sets. */
+struct ph_cli_word {
+	const char *word;
+	int value;
+};
+
+struct ph_cli_ctx;
+
+/* One option; the table in opts.c holds them all, in the order help shows them. */
+struct ph_cli_opt {
+	const char *name;                /* "--max-conns" */
+	const char *alias;               /* "-v", or NULL */
+	enum ph_cli_arg arg;             /* what the value is */
+	const char *argname;             /* "N", "DUR", "v1|v2" in help; NULL for a flag */
+	const struct ph_cli_word *words; /* PH_CLI_WORD: the words, ended by a NULL word */
+	unsigned verbs;                  /* PH_CLI_V() of each verb that takes it */
+	const char *help;                /* lines of at most 55 characters, '\n' between */
+	/* how it is parsed (src/cli/ only) */
+	unsigned char obj;           /* enum ph_cli_obj: which struct off is in */
+	unsigned char flags;         /* PH_CLI_O_... */
+	unsigned short off, size;    /* the field it sets, when set is NULL */
+	unsigned long long min, max; /* UINT bounds; DURATION's in ms (max 0: min only) */
+	int val;                     /* what a flag stores; a setter's (--allow 1) */
+	const char *what;            /* PH_CLI_WORD: the words, in an error message */
+	int (*set)(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char *v,
+	           struct ph_cli_error *e); /* or NULL: the kind's own parse and store */
+};
+
+/* A verb's name ("" for PH_CLI_TOP), or NULL past the last verb. */
+const char *ph_cli_verb_name(enum ph_cli_verb v);
+
+/*
+ * The i-th option verb v takes, in the table's order (so help's), the ones every command
+ * takes included; NULL past the last. For completions and for the man page's test.
+ */
+const struct ph_cli_opt *ph_cli_opt(enum ph_cli_verb v, size_t i);
+
 /* Sets the defaults. */
 void ph_config_init(struct ph_config *cfg);
 
@@ -79,7 +152,11 @@ int ph_cli_parse(int argc, char *const *argv, struct ph_config *cfg, struct ph_c
 /* Frees the rules. */
 void ph_config_free(struct ph_config *cfg);
 
-/* The help text for topic ("" for the overview, "forward", "run"). NULL when unknown. */
+/*
+ * The help text for topic ("" for the overview, "forward", "run"): the verb's prose and
+ * its options from the table, made on the first call (main thread), the same pointer
+ * after. NULL when unknown.
+ */
 const char *ph_cli_help(const char *topic);
 
 #endif /* PH_CLI_CLI_H */

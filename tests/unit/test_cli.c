@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,6 +19,8 @@
 #include "core/addr.h"
 #include "core/util.h"
 #include "forward/forward.h"
+#include "socks/socks.h"
+#include "tunnel/tunnel.h"
 
 struct fixture {
 	struct ph_config cfg;
@@ -473,7 +476,375 @@ static void test_err_keeps_config(void **state)
 	assert_int_equal(f->cfg.rules[1]->listen.port, 82);
 }
 
-int main(void)
+/* --- the option table (src/cli/opts.c) ----------------------------------------------------- */
+
+static const char *man_path; /* docs/pinhole.1, from meson */
+
+static bool opt_named(const struct ph_cli_opt *d, const char *name)
+{
+	return strcmp(d->name, name) == 0 || (d->alias != NULL && strcmp(d->alias, name) == 0);
+}
+
+/* Every option: known verbs, a help, a value shown when it takes one; a name no verb has
+ * twice. */
+static void test_table_sane(void **state)
+{
+	(void)state;
+	for (int v = 0; v < PH_CLI__NVERBS; v++) {
+		const struct ph_cli_opt *d;
+
+		assert_non_null(ph_cli_verb_name((enum ph_cli_verb)v));
+		for (size_t i = 0; (d = ph_cli_opt((enum ph_cli_verb)v, i)) != NULL; i++) {
+			const char *h = d->help;
+
+			assert_true(d->verbs & (1u << v));
+			assert_int_equal(d->verbs & ~(unsigned)PH_CLI_V_EVERY, 0);
+			assert_true(strncmp(d->name, "--", 2) == 0 && strlen(d->name) > 3);
+			assert_true(d->alias == NULL ||
+			            (d->alias[0] == '-' && strlen(d->alias) == 2));
+			assert_true((d->arg == PH_CLI_FLAG) == (d->argname == NULL));
+			assert_true((d->arg == PH_CLI_WORD) == (d->words != NULL));
+			assert_non_null(h);
+			assert_true(h[0] != '\0');
+			/* help's second column is 55 characters wide */
+			for (size_t n; *h != '\0'; h += n + (h[n] == '\n')) {
+				n = strcspn(h, "\n");
+				if (n > 55)
+					print_error("%s: a help line of %zu characters\n", d->name,
+					            n);
+				assert_true(n <= 55);
+			}
+			/* no other option of this verb has its name or alias */
+			for (size_t k = i + 1; ph_cli_opt((enum ph_cli_verb)v, k) != NULL; k++) {
+				const struct ph_cli_opt *o = ph_cli_opt((enum ph_cli_verb)v, k);
+
+				if (opt_named(o, d->name) || (d->alias && opt_named(o, d->alias)))
+					print_error("%s: twice for %s\n", d->name,
+					            ph_cli_verb_name((enum ph_cli_verb)v));
+				assert_false(opt_named(o, d->name));
+				assert_false(d->alias != NULL && opt_named(o, d->alias));
+			}
+		}
+	}
+	assert_null(ph_cli_verb_name(PH_CLI__NVERBS));
+	assert_null(ph_cli_opt(PH_CLI__NVERBS, 0));
+	/* the words before a command take every command's options, and only those */
+	assert_non_null(ph_cli_opt(PH_CLI_TOP, 0));
+	assert_string_equal(ph_cli_opt(PH_CLI_FORWARD, 0)->name, "--allow");
+}
+
+/* A verb's help shows each of its options, with its value; the overview every command's. */
+static void test_table_help(void **state)
+{
+	(void)state;
+	for (int v = 0; v < PH_CLI__NVERBS; v++) {
+		const char *name = ph_cli_verb_name((enum ph_cli_verb)v);
+		const char *help = ph_cli_help(name);
+		const struct ph_cli_opt *d;
+		char want[80];
+
+		if (help == NULL) /* status, reload: the overview */
+			help = ph_cli_help("");
+		for (size_t i = 0; (d = ph_cli_opt((enum ph_cli_verb)v, i)) != NULL; i++) {
+			/* a verb's help points to the overview for every command's */
+			if (v != PH_CLI_TOP && ph_cli_help(name) != NULL &&
+			    (d->verbs & PH_CLI_V(TOP)))
+				continue;
+			snprintf(want, sizeof(want), "%s%s%s%s%s", d->alias ? d->alias : "",
+			         d->alias ? ", " : "", d->name, d->argname ? " " : "",
+			         d->argname ? d->argname : "");
+			if (strstr(help, want) == NULL)
+				print_error("'%s' is not in the help of '%s'\n", want, name);
+			assert_non_null(strstr(help, want));
+		}
+		/* help is made once: the same text each time */
+		assert_ptr_equal(help,
+		                 ph_cli_help(name) != NULL ? ph_cli_help(name) : ph_cli_help(""));
+	}
+}
+
+/* An option of another verb, or none, is refused by name at the word it is. */
+static void test_table_wrong_verb(void **state)
+{
+	struct fixture *f = *state;
+
+	for (int v = 0; v < PH_CLI__NVERBS; v++) {
+		const char *verb = ph_cli_verb_name((enum ph_cli_verb)v);
+
+		for (size_t k = 0; k < 1000; k++) {
+			const struct ph_cli_opt *d = NULL;
+			bool taken = false, fwd = false;
+			char word[80], vb[16];
+
+			/* each option of each verb, tried on every verb */
+			for (int w = 0, n = 0; w < PH_CLI__NVERBS && d == NULL; w++) {
+				const struct ph_cli_opt *o;
+
+				for (size_t i = 0; (o = ph_cli_opt((enum ph_cli_verb)w, i)) != NULL;
+				     i++) {
+					if (n++ == (int)k) {
+						d = o;
+						break;
+					}
+				}
+			}
+			if (d == NULL)
+				break;
+			for (size_t i = 0; ph_cli_opt((enum ph_cli_verb)v, i) != NULL; i++)
+				taken |= opt_named(ph_cli_opt((enum ph_cli_verb)v, i), d->name);
+			if (taken)
+				continue;
+			for (size_t i = 0; ph_cli_opt(PH_CLI_FORWARD, i) != NULL; i++)
+				fwd |= opt_named(ph_cli_opt(PH_CLI_FORWARD, i), d->name);
+			snprintf(word, sizeof(word), "%s=1", d->name);
+			snprintf(vb, sizeof(vb), "%s", verb);
+			ph_config_free(&f->cfg);
+			ph_config_init(&f->cfg);
+			if (v == PH_CLI_TOP) {
+				PARSE_BAD2(f, 0, d->name, "unknown option", word);
+			} else if (v == PH_CLI_SOCKS && fwd) {
+				PARSE_BAD2(f, 1, d->name, "is not for socks rules", vb, word);
+			} else {
+				char see[40];
+
+				snprintf(see, sizeof(see), "(see pinhole %s --help)", verb);
+				if (v == PH_CLI_STATUS || v == PH_CLI_RELOAD)
+					snprintf(see, sizeof(see), "(see pinhole --help)");
+				PARSE_BAD2(f, 1, d->name, see, vb, word);
+				assert_non_null(strstr(f->e.msg, "unknown option"));
+			}
+		}
+	}
+}
+
+/* A number out of its bounds is refused naming them; so is a duration. */
+static void test_table_bounds(void **state)
+{
+	struct fixture *f = *state;
+
+	for (int v = 1; v < PH_CLI__NVERBS; v++) {
+		const struct ph_cli_opt *d;
+
+		for (size_t i = 0; (d = ph_cli_opt((enum ph_cli_verb)v, i)) != NULL; i++) {
+			char val[32], want[64], vb[16], nm[40];
+
+			if (d->arg != PH_CLI_UINT || d->max == 0)
+				continue;
+			snprintf(vb, sizeof(vb), "%s", ph_cli_verb_name((enum ph_cli_verb)v));
+			snprintf(nm, sizeof(nm), "%s", d->name);
+			snprintf(want, sizeof(want), "from %llu to %llu", d->min, d->max);
+			snprintf(val, sizeof(val), "%llu", d->max + 1);
+			ph_config_free(&f->cfg);
+			ph_config_init(&f->cfg);
+			PARSE_BAD2(f, 2, d->name, want, vb, nm, val);
+			if (d->min == 0)
+				continue;
+			snprintf(val, sizeof(val), "%llu", d->min - 1);
+			ph_config_free(&f->cfg);
+			ph_config_init(&f->cfg);
+			PARSE_BAD2(f, 2, d->name, want, vb, nm, val);
+		}
+	}
+	PARSE_BAD2(f, 2, "--heartbeat '100ms'", "from 200ms to 10m", "server", "--heartbeat",
+	           "100ms");
+	PARSE_BAD2(f, 1, "--heartbeat '11m'", "from 200ms to 10m", "expose", "--heartbeat=11m");
+	PARSE_BAD2(f, 2, "--handshake-timeout", "more than 0", "socks", "--handshake-timeout", "0");
+	/* a flag takes no value: an error, or an unknown option where a value was never read */
+	PARSE_BAD(f, 3, "option --map takes no value", "forward", ":1", "h:1", "--map=yes");
+	PARSE_BAD(f, 1, "unknown option '--once' (see pinhole map --help)", "map", "--once=1");
+	PARSE_BAD(f, 0, "option --no-sandbox takes no value", "--no-sandbox=1");
+	/* -v, -q and their clusters were never flags with a value */
+	PARSE_BAD(f, 1, "unknown option '-v' (see pinhole socks --help)", "socks", "-v=1");
+	PARSE_BAD(f, 0, "unknown option '-vq' (see pinhole --help)", "-vq=");
+	/* a flag of this verb written with a value is unknown, not another verb's */
+	PARSE_BAD(f, 1, "unknown option '--udp' (see pinhole expose --help)", "expose", "--udp=1");
+	PARSE_BAD(f, 2, "--method 'pmp': auto, pcp, natpmp or upnp", "map", "--method", "pmp");
+}
+
+/* Options set what the table says, in every verb that takes them. */
+static void test_table_sets(void **state)
+{
+	struct fixture *f = *state;
+
+	PARSE_OK(f, "map", "--both", "--method=nat-pmp", "--lifetime", "60", "--once", "--keep",
+	         "8080");
+	assert_int_equal(f->cfg.map.protos, PH_MAP_TCP | PH_MAP_UDP);
+	assert_int_equal(f->cfg.map.method, PH_MAP_NATPMP);
+	assert_int_equal(f->cfg.map.lifetime, 60);
+	assert_true(f->cfg.map.once && f->cfg.map.keep);
+	assert_int_equal(f->cfg.map.internal, 8080);
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "--log-format", "common", "status", "--json", "-vv", "--control=/x/y");
+	assert_int_equal(f->cfg.cmd, PH_CMD_STATUS);
+	assert_int_equal(f->cfg.logformat, 1);
+	assert_true(f->cfg.json);
+	assert_int_equal(f->cfg.verbosity, 2);
+	assert_string_equal(f->cfg.control, "/x/y");
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "expose", "127.0.0.1:22", "--via", "relay.lan", "--port", "2222", "--max-conns",
+	         "9", "--proxy-protocol", "v2", "--heartbeat", "1m", "--name", "ssh");
+	assert_int_equal(f->cfg.nexpose, 1);
+	assert_int_equal(f->cfg.expose[0]->port, 2222);
+	assert_int_equal(f->cfg.expose[0]->max_conns, 9);
+	assert_int_equal(f->cfg.expose[0]->proxy, 2);
+	assert_int_equal(f->cfg.expose[0]->hb_ms, 60000);
+	assert_int_equal(f->cfg.expose[0]->via.port, 7835);
+	assert_string_equal(f->cfg.expose[0]->name, "ssh");
+	ph_config_free(&f->cfg);
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "socks", "--user", "a:b", "--handshake-timeout", "3s", "--max-conns", "4",
+	         "--user=c:d");
+	assert_int_equal(rule(f)->socks->nusers, 2);
+	assert_int_equal(rule(f)->socks->handshake_timeout, 3000);
+	assert_int_equal(rule(f)->max_conns, 4);
+}
+
+/*
+ * Each verb's OPTIONS section of docs/pinhole.1 names every option of the verb (the ones
+ * every command takes: GLOBAL OPTIONS), and every option a section's tags (the line after
+ * .TP) name is one of the verb's.
+ */
+static const char *const man_sections[PH_CLI__NVERBS] = {
+	[PH_CLI_TOP] = "GLOBAL OPTIONS",    [PH_CLI_FORWARD] = "FORWARD OPTIONS",
+	[PH_CLI_SOCKS] = "SOCKS OPTIONS",   [PH_CLI_SERVER] = "SERVER OPTIONS",
+	[PH_CLI_EXPOSE] = "EXPOSE OPTIONS", [PH_CLI_KEYGEN] = "KEYGEN OPTIONS",
+	[PH_CLI_MAP] = "MAP OPTIONS",       [PH_CLI_RUN] = "RUN OPTIONS",
+	[PH_CLI_STATUS] = "STATUS OPTIONS",
+};
+
+/* The text of a section (from ".SH NAME" or ".SS NAME" to the next one), "\-" as "-". */
+static char *man_section(const char *man, const char *name)
+{
+	const char *p = man, *end;
+	char *out;
+	size_t n = 0;
+
+	for (; (p = strstr(p, name)) != NULL; p++) {
+		if (p - man >= 4 && p[-1] == ' ' && p[-4] == '.' && p[strlen(name)] == '\n' &&
+		    (p - man == 4 || p[-5] == '\n'))
+			break;
+	}
+	if (p == NULL)
+		return NULL;
+	p += strlen(name);
+	for (end = p; *end != '\0'; end++) {
+		if (end[0] == '\n' && end[1] == '.' && end[2] == 'S' &&
+		    (end[3] == 'H' || end[3] == 'S'))
+			break;
+	}
+	out = malloc((size_t)(end - p) + 1);
+	assert_non_null(out);
+	for (; p < end; p++) {
+		if (p[0] == '\\' && p[1] == '-')
+			p++;
+		out[n++] = *p;
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/* Whether word (an option) stands in text as a word of its own. */
+static bool man_names(const char *text, const char *word)
+{
+	size_t n = strlen(word);
+
+	for (const char *p = text; (p = strstr(p, word)) != NULL; p++) {
+		char after = p[n];
+
+		if ((p == text || strchr(" \t\n(\",", p[-1]) != NULL) &&
+		    !(after == '-' || (after >= 'a' && after <= 'z') ||
+		      (after >= 'A' && after <= 'Z') || (after >= '0' && after <= '9')))
+			return true;
+	}
+	return false;
+}
+
+static void test_table_man(void **state)
+{
+	char *man;
+	FILE *fp;
+	long len;
+
+	(void)state;
+	if (man_path == NULL)
+		skip();
+	fp = fopen(man_path, "r");
+	assert_non_null(fp);
+	assert_int_equal(fseek(fp, 0, SEEK_END), 0);
+	len = ftell(fp);
+	assert_true(len > 0);
+	rewind(fp);
+	man = malloc((size_t)len + 1);
+	assert_non_null(man);
+	assert_int_equal(fread(man, 1, (size_t)len, fp), (size_t)len);
+	man[len] = '\0';
+	fclose(fp);
+	for (int v = 0; v < PH_CLI__NVERBS; v++) {
+		const struct ph_cli_opt *d;
+		char *sec;
+
+		if (man_sections[v] == NULL) {
+			/* reload: only every command's options */
+			for (size_t i = 0; (d = ph_cli_opt((enum ph_cli_verb)v, i)) != NULL; i++)
+				assert_true(d->verbs & PH_CLI_V(TOP));
+			continue;
+		}
+		sec = man_section(man, man_sections[v]);
+		if (sec == NULL)
+			print_error("docs/pinhole.1 has no section %s\n", man_sections[v]);
+		assert_non_null(sec);
+		/* the table's options are in the man page */
+		for (size_t i = 0; (d = ph_cli_opt((enum ph_cli_verb)v, i)) != NULL; i++) {
+			bool found;
+
+			if (v != PH_CLI_TOP && (d->verbs & PH_CLI_V(TOP)))
+				continue; /* in GLOBAL OPTIONS */
+			found = man_names(sec, d->name) || (d->alias && man_names(sec, d->alias));
+			if (!found)
+				print_error("docs/pinhole.1, %s: %s is missing\n", man_sections[v],
+				            d->name);
+			assert_true(found);
+		}
+		/* and the man page's are the table's */
+		for (char *tp = sec; (tp = strstr(tp, ".TP\n")) != NULL;) {
+			char *line = tp + 4, *eol = strchr(line, '\n');
+
+			tp = line;
+			if (eol != NULL)
+				*eol = '\0';
+			for (char *p = line; (p = strchr(p, '-')) != NULL;) {
+				char word[64];
+				size_t n = strspn(
+					p, "-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ");
+				bool known = false;
+
+				if (p != line && strchr(" \t\"", p[-1]) == NULL) {
+					p += n;
+					continue;
+				}
+				snprintf(word, sizeof(word), "%.*s", (int)n, p);
+				p += n;
+				if (v == PH_CLI_TOP && word[1] != '-' &&
+				    strspn(word + 1, "vq") == strlen(word + 1))
+					continue; /* -vv */
+				for (size_t i = 0; (d = ph_cli_opt((enum ph_cli_verb)v, i)) != NULL;
+				     i++)
+					known |= opt_named(d, word);
+				if (!known)
+					print_error(
+						"docs/pinhole.1, %s: %s is not an option of it\n",
+						man_sections[v], word);
+				assert_true(known);
+			}
+			if (eol != NULL)
+				*eol = '\n';
+		}
+		free(sec);
+	}
+	free(man);
+}
+
+int main(int argc, char **argv)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 	const struct CMUnitTest tests[] = {
@@ -493,8 +864,15 @@ int main(void)
 		T(test_err_values),
 		T(test_err_too_many_targets),
 		T(test_err_keeps_config),
+		T(test_table_sane),
+		T(test_table_help),
+		T(test_table_wrong_verb),
+		T(test_table_bounds),
+		T(test_table_sets),
+		T(test_table_man),
 	};
 #undef T
 
+	man_path = argc > 1 ? argv[1] : NULL;
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
