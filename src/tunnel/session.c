@@ -778,6 +778,8 @@ static int sess_stray(struct ph_sess *s, uint32_t id, const char **why)
 	return 0;
 }
 
+/* One frame, by its type: the dispatch in one switch, each case short (over 80 lines for
+ * the ten types together; fuzz_session feeds it). */
 static int sess_frame(struct ph_sess *s, const struct ph_frame *f, const char **why)
 {
 	struct ph_stream *st = NULL;
