@@ -1,11 +1,14 @@
 /*
- * The TCP data path: moves bytes both ways between two connected sockets until both
- * directions have ended. Used unchanged by forward, socks and the relay.
+ * The TCP data path between two sockets of this host: moves bytes both ways until both
+ * directions have ended. Every socket-to-socket connection uses it (forward, socks);
+ * the relay's streams are socket-to-session and move through tunnel/session.c instead.
  *
  * Each direction splices socket -> pipe -> socket; the pipe comes from the worker's pool
- * when bytes arrive and goes back as soon as it is empty, so an idle pump holds no pipe and
- * no buffer. A FIN is passed on as a FIN (shutdown of the write side) while the other
- * direction keeps flowing; a reset is passed on as a reset.
+ * when bytes arrive (its two fds from the fd budget) and goes back as soon as it is empty,
+ * so an idle pump holds no pipe and no buffer; when the budget has no fds for a pipe, the
+ * direction copies through a 16 KiB buffer instead. A FIN is passed on as a FIN (shutdown
+ * of the write side) while the other direction keeps flowing; a reset is passed on as a
+ * reset.
  */
 #ifndef PH_CONN_PUMP_H
 #define PH_CONN_PUMP_H
