@@ -20,6 +20,7 @@
 
 #include "conn/conn.h"
 #include "conn/http.h"
+#include "conn/udptab.h"
 #include "core/connlog.h"
 #include "core/log.h"
 #include "core/logagg.h"
@@ -77,8 +78,10 @@ struct ph_socks_conn {
 	bool watched;        /* aux or out was in epoll: freed with the connection */
 	/* UDP ASSOCIATE */
 	struct ph_addr client; /* where datagrams must come from (port 0: the first tells) */
-	struct ph_addr peers[SOCKS_UDP_PEERS]; /* destinations written to: replies let back */
-	unsigned npeers, peer_next;
+	/* destinations written to, whose replies are let back: the keyed UDP table (as forward's
+	 * sessions and the relay's flows), least recently used first, SOCKS_UDP_PEERS at most;
+	 * its buckets made when the association starts */
+	struct ph_udptab peers;
 	uint64_t udp_last; /* loop ms of the last datagram */
 	uint8_t *pend;     /* owned: one datagram waiting for its name's lookup */
 	size_t pend_len;
@@ -573,22 +576,76 @@ static void socks_bind(struct ph_conn *c)
 
 /* ---- UDP ASSOCIATE ---- */
 
-static bool udp_peer_known(const struct ph_socks_conn *sx, const struct ph_addr *a)
+/* One destination a UDP association wrote to. */
+struct udp_peer {
+	struct ph_udp_node node;
+};
+
+/* a as a UDP table's key: family, address, port and scope only, the rest zero. */
+static void peer_key(const struct ph_addr *a, struct ph_udp_key *k)
 {
-	for (unsigned i = 0; i < sx->npeers; i++)
-		if (ph_addr_equal(&sx->peers[i], a))
-			return true;
-	return false;
+	memset(k, 0, sizeof(*k));
+	k->peer.u.sa.sa_family = a->u.sa.sa_family;
+	if (a->u.sa.sa_family == AF_INET) {
+		k->peer.u.in.sin_port = a->u.in.sin_port;
+		k->peer.u.in.sin_addr = a->u.in.sin_addr;
+		k->peer.len = sizeof(k->peer.u.in);
+	} else {
+		k->peer.u.in6.sin6_port = a->u.in6.sin6_port;
+		k->peer.u.in6.sin6_addr = a->u.in6.sin6_addr;
+		k->peer.u.in6.sin6_scope_id = a->u.in6.sin6_scope_id;
+		k->peer.len = sizeof(k->peer.u.in6);
+	}
 }
 
-static void udp_peer_add(struct ph_socks_conn *sx, const struct ph_addr *a)
+static bool udp_peer_known(struct ph_socks_conn *sx, const struct ph_addr *a)
 {
-	if (udp_peer_known(sx, a))
+	struct ph_udp_key k;
+
+	if (sx->peers.b == NULL)
+		return false;
+	peer_key(a, &k);
+	return ph_udptab_find(&sx->peers, &k) != NULL;
+}
+
+/* a was written to: its replies are let back (the least recent of 16 makes room). */
+static void udp_peer_add(struct ph_socks_conn *sx, const struct ph_addr *a, uint64_t now)
+{
+	struct ph_udp_node *n;
+	struct udp_peer *p;
+	struct ph_udp_key k;
+
+	if (sx->peers.b == NULL)
 		return;
-	sx->peers[sx->peer_next] = *a;
-	sx->peer_next = (sx->peer_next + 1) % SOCKS_UDP_PEERS;
-	if (sx->npeers < SOCKS_UDP_PEERS)
-		sx->npeers++;
+	peer_key(a, &k);
+	n = ph_udptab_find(&sx->peers, &k);
+	if (n != NULL) {
+		ph_udptab_touch(&sx->peers, n, now);
+		return;
+	}
+	if (sx->peers.n >= SOCKS_UDP_PEERS) {
+		n = ph_udptab_oldest(&sx->peers);
+		ph_udptab_del(&sx->peers, n);
+		free(container_of(n, struct udp_peer, node));
+	}
+	p = calloc(1, sizeof(*p));
+	if (p == NULL)
+		return; /* its replies are dropped: the datagram itself went out */
+	ph_udptab_add(&sx->peers, &p->node, &k, now);
+}
+
+/* Ends the association's table of destinations. */
+static void udp_peers_free(struct ph_socks_conn *sx)
+{
+	struct ph_udp_node *n;
+
+	if (sx->peers.b == NULL)
+		return;
+	while ((n = ph_udptab_oldest(&sx->peers)) != NULL) {
+		ph_udptab_del(&sx->peers, n);
+		free(container_of(n, struct udp_peer, node));
+	}
+	ph_udptab_free(&sx->peers);
 }
 
 static void socks_on_udp(struct ph_io *io, uint32_t events);
@@ -656,7 +713,7 @@ static bool udp_send(struct ph_conn *c, const struct ph_socks_dest *d, const str
 	fd = udp_out(c, &a);
 	if (fd < 0 || sendto(fd, data, n, MSG_DONTWAIT, &a.u.sa, a.len) == -1)
 		return false;
-	udp_peer_add(sx, &a);
+	udp_peer_add(sx, &a, c->wr->w->loop.now);
 	ph_conn_count(c, n, 0);
 	PH_CONN_STAT(wr, bytes_up, n);
 	PH_CONN_STAT(wr, dgrams_up, 1);
@@ -812,6 +869,8 @@ static void socks_udp(struct ph_conn *c)
 	/* the client's socket is on the address it reached us at, which the reply names (not
 	 * every interface); destinations get sockets of their own (udp_out) */
 	err = local_of(c, &local);
+	if (err == 0)
+		err = ph_udptab_init(&sx->peers); /* freed with sx, whatever happens next */
 	if (err == 0) {
 		fd = ph_udp_bind(&local, true, false, false, 0);
 		err = fd < 0 ? fd : 0;
@@ -1337,6 +1396,7 @@ static void socks_conn_free(struct ph_conn *c)
 			ph_io_close(&c->wr->w->loop, &sx->out[i]);
 	free(sx->pend);
 	sx->pend = NULL;
+	udp_peers_free(sx);
 	free(sx->fwd);
 	sx->fwd = NULL;
 	/* an event of this batch may still point into a socket it watched: then the memory

@@ -537,6 +537,34 @@ def test_udp_associate_echo(pinhole, udp_echo, udp_sock):
     assert nothing_comes(u)
 
 
+def test_udp_associate_lets_back_only_the_last_16_destinations(pinhole, udp_echo, udp_sock):
+    """Replies are let back from the destinations the client wrote to, the 16 most recent:
+    the 17th new one pushes the least recent out, and its late answer is dropped until the
+    client writes to it again."""
+    _, port = start_socks(pinhole)
+    u = udp_sock()
+    first = udp_sock()  # a destination that answers when the test says so
+    others = [udp_echo() for _ in range(16)]
+    s, relay = udp_associate(port, u.getsockname())
+    try:
+        u.sendto(udp_header("127.0.0.1", first.getsockname()[1]) + b"hello", relay)
+        first.settimeout(5)
+        d, out = first.recvfrom(65536)  # out: the relay's socket towards destinations
+        assert d == b"hello"
+        first.sendto(b"answer 1", out)
+        assert udp_parse(u.recvfrom(65536)[0])[2] == b"answer 1"
+        for e in others:  # 16 more destinations: the first is now the least recent of 17
+            assert relay_roundtrip(u, relay, "127.0.0.1", e.port, b"x")[2] == b"x"
+        first.sendto(b"late", out)
+        assert nothing_comes(u), "an answer from a destination pushed out of the 16"
+        u.sendto(udp_header("127.0.0.1", first.getsockname()[1]) + b"again", relay)
+        assert first.recvfrom(65536)[0] == b"again"
+        first.sendto(b"answer 2", out)
+        assert udp_parse(u.recvfrom(65536)[0])[2] == b"answer 2"
+    finally:
+        s.close()
+
+
 def test_udp_associate_ipv6_destination(pinhole, udp_echo, udp_sock, ipv6):
     """An IPv4 client's relay sends to an IPv6 destination (ATYP 4) and back."""
     a = udp_echo(host="::1")
