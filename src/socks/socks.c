@@ -74,6 +74,7 @@ struct ph_socks_conn {
 	/* BIND's listener, or UDP ASSOCIATE's socket for the client: both on the address the
 	 * client reached (what the reply names) */
 	struct ph_io aux;
+	struct ph_acceptor bindacc; /* BIND: the listener, through the one accept loop */
 	struct ph_io out[2]; /* UDP ASSOCIATE: to destinations, IPv4 and IPv6; made on need */
 	bool watched;        /* aux or out was in epoll: freed with the connection */
 	/* UDP ASSOCIATE */
@@ -483,48 +484,41 @@ static void any_of(const struct ph_addr *a, struct ph_addr *any)
 	ph_addr_from_literal(a->u.sa.sa_family == AF_INET6 ? "::" : "0.0.0.0", 0, any);
 }
 
-static void socks_on_bind_accept(struct ph_io *io, uint32_t events)
+static const char *socks_bind_label(struct ph_acceptor *a, char *buf, size_t len)
 {
-	struct ph_socks_conn *sx = container_of(io, struct ph_socks_conn, aux);
+	struct ph_socks_conn *sx = container_of(a, struct ph_socks_conn, bindacc);
+
+	snprintf(buf, len, "c%llu: BIND", (unsigned long long)sx->c->id);
+	return buf;
+}
+
+/* BIND's incoming connection (the shared accept loop retries after an fd shortage). */
+static void socks_on_bind_accept(struct ph_acceptor *acc, int fd, const struct ph_addr *from)
+{
+	struct ph_socks_conn *sx = container_of(acc, struct ph_socks_conn, bindacc);
 	struct ph_conn *c = sx->c;
 	struct ph_loop *l = &c->wr->w->loop;
-	struct ph_addr peer, want = sx->dst.addr;
-	socklen_t len = sizeof(peer.u);
+	struct ph_addr peer = *from, want = sx->dst.addr;
 	char a[PH_ADDR_STRLEN];
-	int fd, err;
+	int err;
 
-	(void)events;
-	for (;;) {
-		fd = accept4(io->fd, &peer.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd == -1) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			if (errno != EAGAIN) {
-				socks_fail(c, -errno, 0, "BIND: accept failed");
-			}
-			return;
-		}
-		peer.len = len;
-		ph_addr_unmap(&peer);
-		ph_addr_unmap(&want);
-		ph_addr_set_port(&want, ph_addr_port(&peer));
-		/* the connection must come from the host the client named (unless 0.0.0.0) */
-		if ((sx->dst.name[0] == '\0' && !ph_addr_is_any(&sx->dst.addr) &&
-		     !ph_addr_equal(&want, &peer)) ||
-		    !dest_ok(c, NULL, &peer, NULL)) {
-			char label[96];
+	ph_addr_unmap(&want);
+	ph_addr_set_port(&want, ph_addr_port(&peer));
+	/* the connection must come from the host the client named (unless 0.0.0.0) */
+	if ((sx->dst.name[0] == '\0' && !ph_addr_is_any(&sx->dst.addr) &&
+	     !ph_addr_equal(&want, &peer)) ||
+	    !dest_ok(c, NULL, &peer, NULL)) {
+		char label[96];
 
-			ph_logagg_note(ph_rule_label(c->wr->rule, label, sizeof(label)),
-			               "BIND peers", "refused: not the host the client named",
-			               "c%llu: BIND: refused a connection from %s",
-			               (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
-			ph_sock_set_rst(fd);
-			close(fd);
-			continue;
-		}
-		break;
+		ph_logagg_note(ph_rule_label(c->wr->rule, label, sizeof(label)), "BIND peers",
+		               "refused: not the host the client named",
+		               "c%llu: BIND: refused a connection from %s",
+		               (unsigned long long)c->id, ph_addr_fmt(&peer, a, sizeof(a)));
+		ph_sock_set_rst(fd);
+		close(fd);
+		return; /* the listener waits for the next */
 	}
-	ph_io_close(l, &sx->aux);
+	ph_acceptor_close(&sx->bindacc); /* one connection only: the accept loop stops here */
 	ph_timer_stop(l, &c->timer);
 	ph_io_init(&c->pump.io[1], fd, NULL);
 	ph_conn_set_dst(c, &peer);
@@ -553,11 +547,12 @@ static void socks_bind(struct ph_conn *c)
 		err = fd < 0 ? fd : 0;
 	}
 	if (err == 0) {
-		ph_io_init(&sx->aux, fd, socks_on_bind_accept);
+		/* its peer's fds are within the connection's own reservation: cost 0 */
+		ph_acceptor_init(&sx->bindacc, fd, 0, socks_on_bind_accept, socks_bind_label);
 		sx->watched = true;
-		err = ph_io_add(l, &sx->aux, EPOLLIN | EPOLLET);
+		err = ph_acceptor_start(l, &sx->bindacc);
 	}
-	if (err == 0 && getsockname(sx->aux.fd, &bound.u.sa, &len) == -1)
+	if (err == 0 && getsockname(sx->bindacc.io.fd, &bound.u.sa, &len) == -1)
 		err = -errno;
 	if (err == 0 && sx->proto == 4 && local.u.sa.sa_family != AF_INET)
 		err = -EAFNOSUPPORT;
@@ -1329,6 +1324,7 @@ static void socks_start(struct ph_conn *c)
 	sx->c = c;
 	ph_name_wait_init(&sx->nw, socks_on_names);
 	ph_io_init(&sx->aux, -1, NULL);
+	ph_acceptor_init(&sx->bindacc, -1, 0, socks_on_bind_accept, socks_bind_label);
 	ph_io_init(&sx->out[0], -1, NULL);
 	ph_io_init(&sx->out[1], -1, NULL);
 	c->vstate = sx;
@@ -1391,6 +1387,7 @@ static void socks_conn_free(struct ph_conn *c)
 	ph_name_wait_cancel(&sx->nw); /* its answer still fills the cache */
 	if (sx->aux.fd != -1)
 		ph_io_close(&c->wr->w->loop, &sx->aux);
+	ph_acceptor_close(&sx->bindacc);
 	for (unsigned i = 0; i < PH_ARRAY_SIZE(sx->out); i++)
 		if (sx->out[i].fd != -1)
 			ph_io_close(&c->wr->w->loop, &sx->out[i]);
