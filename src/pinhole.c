@@ -32,9 +32,9 @@
 #include "run/run.h"
 #include "tunnel/keys.h"
 
-#define FDS_BASE       32 /* stdio, epoll, eventfds, resolver sockets, a spare */
-#define FDS_PER_WORKER 8  /* epoll, eventfd, listener, spare pipes */
-#define FDS_PER_CONN   4  /* client, target, and a pipe while bytes are in flight */
+#define FDS_BASE       32                   /* stdio, epoll, eventfds, resolver sockets, a spare */
+#define FDS_PER_WORKER 8                    /* epoll, eventfd, listener, spare pipes */
+#define FDS_PER_CONN   (PH_FDS_FORWARD + 2) /* its sockets, and a pipe while bytes flow */
 
 #define SUP_MAX_SVC 4
 

@@ -496,11 +496,9 @@ static const char *conn_acc_label(struct ph_acceptor *a, char *buf, size_t len)
 static void conn_on_cmd(struct ph_worker_hook *h, enum ph_worker_cmd cmd)
 {
 	struct ph_wrule *wr = container_of(h, struct ph_wrule, hook);
-	struct ph_loop *l = &wr->w->loop;
 	struct ph_list *it, *tmp;
 
 	/* both stop accepting; abort also ends what is live */
-	(void)l;
 	ph_acceptor_close(&wr->acc);
 	if (cmd != PH_WORKER_ABORT)
 		return;
@@ -672,9 +670,6 @@ static void wrule_on_retired(struct ph_task *t)
 /* On wr's worker: wr stops accepting; its connections finish, then it retires. */
 void ph_conn_tcp_detach(struct ph_wrule *wr)
 {
-	struct ph_loop *l = &wr->w->loop;
-
-	(void)l;
 	ph_acceptor_close(&wr->acc); /* harmless when a new rule took the listener over */
 	wr->detached = true;
 	ph_wrule_retire(wr);
