@@ -14,8 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "conn/accept.h"
 #include "conn/proxyproto.h"
 #include "conn/udptab.h"
+#include "conn/via.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
@@ -63,6 +65,8 @@ struct xrule {
 	uint64_t visitors, refused, failed; /* failed: streams that ended with a reset */
 	uint64_t bytes_up, bytes_down;      /* of ended streams: visitors -> LOCAL, back */
 	struct ph_udptab flows;             /* UDP: by flow id, least recently used first */
+	struct ph_acceptor acc;             /* local: the listener (held while no session) */
+	struct ph_ratelimit rl;             /* local: the relay's refusals, a line a second */
 };
 
 struct xclient {
@@ -86,6 +90,9 @@ struct xclient {
 	bool confirmed; /* the relay answered: it took this client's key */
 	bool resolving; /* the relay's name is being looked up */
 	unsigned attempts;
+	struct ph_via *via;       /* socks --via: the channel its workers' requests come on */
+	struct ph_io via_io;      /* reading it (the fd is the channel table's) */
+	struct xrule *socks_rule; /* the first socks --via rule: its counts */
 };
 
 struct ph_exposer {
@@ -306,11 +313,34 @@ static const char *local_str(const struct xrule *r, char *buf, size_t len)
 	return buf;
 }
 
-/* How logs name rule r: "expose LOCAL[ NAME]". Returns buf. */
+/* local: "LISTEN TARGET"; socks --via: "socks --via RELAY". */
+static const char *local_rule_str(const struct xrule *r, char *buf, size_t len)
+{
+	char l[PH_HOST_MAX + 8], t[PH_HOST_MAX + 8];
+	const struct ph_expose_conf *c = r->conf;
+
+	if (c->kind == PH_EXPOSE_SOCKS) {
+		snprintf(buf, len, "via %s", r->c->relay);
+		return buf;
+	}
+	snprintf(buf, len, "%s %s",
+	         ph_hostport_fmt(c->listen.wildcard ? "" : c->listen.host, c->listen.port, l,
+	                         sizeof(l)),
+	         c->target_port != 0 ? ph_hostport_fmt(c->target, c->target_port, t, sizeof(t))
+	                             : c->target);
+	return buf;
+}
+
+/* How logs name rule r: "expose LOCAL[ NAME]", "local LISTEN TARGET", "socks via R". */
 static const char *rule_label(const struct xrule *r, char *buf, size_t len)
 {
-	char l[PH_HOST_MAX + 16];
+	char l[2 * PH_HOST_MAX + 32];
 
+	if (r->conf->kind != PH_EXPOSE_SERVICE) {
+		snprintf(buf, len, "%s %s", r->conf->kind == PH_EXPOSE_LOCAL ? "local" : "socks",
+		         local_rule_str(r, l, sizeof(l)));
+		return buf;
+	}
 	snprintf(buf, len, "expose %s%s%.32s", local_str(r, l, sizeof(l)),
 	         r->conf->name[0] ? " " : "", r->conf->name);
 	return buf;
@@ -373,7 +403,8 @@ static void rule_register(struct xrule *r)
 	                    .proto = r->conf->udp ? PH_SVC_UDP : PH_SVC_TCP,
 	                    .port = r->want,
 	                    .proxy = (uint8_t)r->conf->proxy,
-	                    .max_conns = r->conf->max_conns};
+	                    .max_conns = r->conf->max_conns,
+	                    .priv = r->conf->priv};
 	uint8_t out[PH_CTRL_MAX];
 
 	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP || r->state == XR_REFUSED)
@@ -399,7 +430,8 @@ static void exposer_check(struct ph_exposer *x)
 		struct xclient *c = container_of(n, struct xclient, node);
 
 		for (unsigned i = 0; i < c->nrules; i++)
-			if (c->rules[i]->state != XR_REFUSED)
+			if (c->rules[i]->state != XR_REFUSED ||
+			    c->rules[i]->conf->kind != PH_EXPOSE_SERVICE)
 				return;
 	}
 	ph_err("every expose rule was refused: nothing left to do");
@@ -416,8 +448,20 @@ static void on_registered(struct xclient *c, const struct ph_ctrl *m)
 	r = c->rules[m->req - 1];
 	if (r->state == XR_UP && r->service != m->service)
 		return;
+	if (m->port == 0 && !r->conf->priv) {
+		ph_warn("expose %s: the relay gave no public port; asking again in 5 s",
+		        local_str(r, l, sizeof(l)));
+		r->state = XR_IDLE;
+		ph_timer_arm(c->x->loop, &r->again, 5000);
+		return;
+	}
 	r->service = m->service;
 	r->state = XR_UP;
+	if (r->conf->priv) {
+		ph_info("expose %s %s: private on relay %s", local_str(r, l, sizeof(l)),
+		        r->conf->name, c->relay);
+		return;
+	}
 	ph_info("expose %s%s%s: public at %s%s%s%s", local_str(r, l, sizeof(l)),
 	        r->conf->name[0] ? " " : "", r->conf->name,
 	        ph_hostport_fmt(c->conf->via.host, m->port, hp, sizeof(hp)),
@@ -605,12 +649,38 @@ static int client_up(struct ph_sess *s)
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];
 
+		if (r->conf->kind == PH_EXPOSE_LOCAL) {
+			/* streams may go at once: a refused key resets them, as it ends all */
+			r->state = XR_UP;
+			ph_acceptor_hold(&r->acc, false);
+			continue;
+		}
+		if (r->conf->kind == PH_EXPOSE_SOCKS) {
+			r->state = XR_UP;
+			continue;
+		}
 		if (r->state == XR_REFUSED)
 			continue;
 		r->state = XR_IDLE;
 		rule_start(r);
 	}
 	return 0;
+}
+
+/* The relay took this client's key: its first word (a CTRL, or a PONG) says so. */
+static void client_confirm(struct xclient *c)
+{
+	if (c->confirmed)
+		return;
+	c->confirmed = true;
+	ph_info("relay %s: session up", c->relay);
+	c->backoff = 0;
+	c->attempts = 0;
+}
+
+static void client_pong(struct ph_sess *s)
+{
+	client_confirm(s->owner);
 }
 
 static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **why)
@@ -620,12 +690,7 @@ static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char
 
 	if (ph_ctrl_parse(p, n, &m, why) < 0)
 		return -EPROTO;
-	if (!c->confirmed) { /* the relay's first answer: it took this client's key */
-		c->confirmed = true;
-		ph_info("relay %s: session up", c->relay);
-		c->backoff = 0;
-		c->attempts = 0;
-	}
+	client_confirm(c); /* the relay's first answer: it took this client's key */
 	switch (m.type) {
 	case PH_CTRL_REGISTERED:
 		on_registered(c, &m);
@@ -706,16 +771,192 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 static void client_stream_end(struct ph_sess *s, struct ph_stream *st)
 {
 	struct xrule *r = st->owner;
-	char label[PH_HOST_MAX + 64];
+	char label[2 * PH_HOST_MAX + 64];
 
 	(void)s;
 	if (r == NULL)
 		return;
+	if (r->conf->kind !=
+	    PH_EXPOSE_SERVICE) { /* a stream from here: its socket is the visitor */
+		ph_stream_log_end(st, rule_label(r, label, sizeof(label)), "streams", NULL, true);
+		if (r->conf->kind == PH_EXPOSE_LOCAL)
+			ph_fds_give(PH_FDS_STREAM);
+		r->live--;
+		r->failed += st->failed;
+		r->bytes_up += st->bytes_in;
+		r->bytes_down += st->bytes_out;
+		return;
+	}
 	ph_stream_log_end(st, rule_label(r, label, sizeof(label)), "visitors", &r->local, false);
 	r->live--;
 	r->failed += st->failed;
 	r->bytes_up += st->bytes_out;
 	r->bytes_down += st->bytes_in;
+}
+
+/* What a socks --via worker is told when its stream failed: the status a RST reason means. */
+static uint8_t via_status_of(uint8_t reason)
+{
+	switch (reason) {
+	case PH_RST_REFUSED:
+		return PH_VIA_REFUSED;
+	case PH_RST_FORBIDDEN:
+		return PH_VIA_FORBIDDEN;
+	case PH_RST_UNREACHABLE:
+		return PH_VIA_UNREACHABLE;
+	case PH_RST_NONAME:
+		return PH_VIA_NONAME;
+	case PH_RST_TIMEOUT:
+		return PH_VIA_TIMEOUT;
+	default:
+		return PH_VIA_FAILED;
+	}
+}
+
+/* The relay connected a stream from here: a socks --via worker hears it first. */
+static void client_opened(struct ph_sess *s, struct ph_stream *st, const struct ph_addr *bound)
+{
+	struct xrule *r = st->owner;
+	uint8_t rec[PH_VIA_REPLY_HDR + PH_VIA_TEXT_MAX];
+
+	(void)s;
+	if (r != NULL && r->conf->kind == PH_EXPOSE_SOCKS)
+		(void)ph_stream_inject(st, rec, ph_via_reply_put(PH_VIA_OK, bound, NULL, rec));
+}
+
+/* The relay reset a stream from here: why, in the log, or to the socks --via worker. */
+static void client_reset(struct ph_sess *s, struct ph_stream *st, uint8_t reason, const char *text)
+{
+	struct xrule *r = st->owner;
+	char label[2 * PH_HOST_MAX + 64];
+	uint8_t rec[PH_VIA_REPLY_HDR + PH_VIA_TEXT_MAX];
+
+	(void)s;
+	if (r == NULL || r->conf->kind == PH_EXPOSE_SERVICE)
+		return;
+	if (r->conf->kind == PH_EXPOSE_SOCKS) {
+		if (!st->opened)
+			(void)ph_stream_inject(
+				st, rec, ph_via_reply_put(via_status_of(reason), NULL, text, rec));
+		return;
+	}
+	/* a refusal is the relay's operator's word: said as it is, a line a second */
+	if (text[0] != '\0' && !st->opened && ph_ratelimit_ok(&r->rl, ph_now_ms(), 1))
+		ph_warn("%s: the relay refused: %s", rule_label(r, label, sizeof(label)), text);
+}
+
+/* --- local: streams from here ------------------------------------------------------------ */
+
+static const char *local_acc_label(struct ph_acceptor *a, char *buf, size_t len)
+{
+	return rule_label(container_of(a, struct xrule, acc), buf, len);
+}
+
+/* The head of the OPEN that asks the relay for r's target. */
+static size_t local_head(const struct xrule *r, uint8_t *out)
+{
+	struct ph_open_req o = {.kind = r->conf->target_port != 0 ? PH_OPEN_HOST : PH_OPEN_SERVICE,
+	                        .port = r->conf->target_port};
+
+	snprintf(o.target, sizeof(o.target), "%s", r->conf->target);
+	return ph_open_req_put(&o, out);
+}
+
+/* A client of a local rule: a stream to the target, its first bytes along (no round trip). */
+static void local_accept(struct ph_acceptor *a, int fd, const struct ph_addr *peer)
+{
+	struct xrule *r = container_of(a, struct xrule, acc);
+	uint8_t head[PH_OPEN_HEAD_MAX];
+	struct ph_stream *st;
+
+	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP) { /* held then: cannot be */
+		ph_sock_set_rst(fd);
+		close(fd);
+		ph_fds_give(PH_FDS_STREAM);
+		return;
+	}
+	r->visitors++;
+	st = ph_sess_open(r->c->s, fd, head, local_head(r, head), r);
+	if (st == NULL) {
+		r->failed++;
+		ph_fds_give(PH_FDS_STREAM);
+		return;
+	}
+	st->peer = *peer;
+	r->live++;
+}
+
+/* Opens r's listener, held until a session is up. Returns 0, or -errno with a reason. */
+static int local_listen(struct xrule *r, char *why, size_t whylen)
+{
+	const struct ph_hostport *hp = &r->conf->listen;
+	char l[PH_HOST_MAX + 8];
+	struct ph_addr a;
+	int fd, err;
+
+	if (hp->wildcard)
+		(void)ph_addr_from_literal("::", hp->port, &a);
+	else
+		a = hp->addr;
+	fd = ph_tcp_listen(&a, false, false);
+	if (fd == -EAFNOSUPPORT && hp->wildcard) {
+		(void)ph_addr_from_literal("0.0.0.0", hp->port, &a);
+		fd = ph_tcp_listen(&a, false, false);
+	}
+	if (fd < 0) {
+		snprintf(why, whylen, "local: cannot listen on %s: %s",
+		         ph_hostport_fmt(hp->wildcard ? "" : hp->host, hp->port, l, sizeof(l)),
+		         ph_bind_strerror(fd));
+		return fd;
+	}
+	ph_acceptor_init(&r->acc, fd, PH_FDS_STREAM, local_accept, local_acc_label);
+	err = ph_acceptor_start(r->c->x->loop, &r->acc);
+	if (err < 0) {
+		snprintf(why, whylen, "local: cannot poll a listener: %s", strerror(-err));
+		return err;
+	}
+	ph_acceptor_hold(&r->acc, true);
+	return 0;
+}
+
+/* --- socks --via: requests from the workers ------------------------------------------- */
+
+static void via_readable(struct ph_io *io, uint32_t events)
+{
+	struct xclient *c = container_of(io, struct xclient, via_io);
+	struct xrule *r = c->socks_rule;
+	uint8_t rec[PH_VIA_REPLY_HDR + PH_VIA_TEXT_MAX];
+	char text[PH_HOST_MAX + 64];
+
+	(void)events;
+	for (unsigned i = 0; i < 64; i++) { /* a bound: the loop's other work goes on */
+		struct ph_via_req q;
+		struct ph_open_req o = {.kind = PH_OPEN_HOST};
+		uint8_t head[PH_OPEN_HEAD_MAX];
+		struct ph_stream *st;
+		int fd = ph_via_recv(io->fd, &q);
+
+		if (fd == -EAGAIN)
+			return;
+		if (fd < 0)
+			continue; /* malformed: cannot come from our own workers */
+		r->visitors++;
+		if (c->s == NULL || c->s->state != PH_SESS_UP) {
+			snprintf(text, sizeof(text), "the relay %s is not connected now", c->relay);
+			(void)!write(fd, rec, ph_via_reply_put(PH_VIA_DOWN, NULL, text, rec));
+			close(fd);
+			r->failed++;
+			continue;
+		}
+		o.port = q.port;
+		snprintf(o.target, sizeof(o.target), "%s", q.host);
+		st = ph_sess_open(c->s, fd, head, ph_open_req_put(&o, head), r);
+		if (st == NULL) {
+			r->failed++;
+			continue;
+		}
+		r->live++;
+	}
 }
 
 static void client_retry(struct ph_timer *t)
@@ -771,6 +1012,12 @@ static void client_closed(struct ph_sess *s, const char *why)
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];
 
+		if (r->conf->kind != PH_EXPOSE_SERVICE) {
+			r->state = XR_IDLE;
+			if (r->conf->kind == PH_EXPOSE_LOCAL) /* clients wait in the listen queue */
+				ph_acceptor_hold(&r->acc, true);
+			continue;
+		}
 		ph_timer_stop(c->x->loop, &r->again);
 		rule_flows_drop(r);
 		if (r->state != XR_REFUSED)
@@ -817,6 +1064,9 @@ static const struct ph_sess_ops client_ops = {
 	.ctrl = client_ctrl,
 	.open = client_open,
 	.dgram = client_dgram,
+	.opened = client_opened,
+	.reset = client_reset,
+	.pong = client_pong,
 	.stream_end = client_stream_end,
 	.closed = client_closed,
 };
@@ -875,6 +1125,12 @@ static void client_connect(struct xclient *c)
 
 /* --- the exposer ------------------------------------------------------------------------ */
 
+void ph_expose_client_key(const struct ph_expose_conf *c, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s|%u|%s|%s|%s|%llu", c->via.host, c->via.port, c->key_file,
+	         c->relay_fp, c->known_file, (unsigned long long)c->hb_ms);
+}
+
 static bool same_client(const struct ph_expose_conf *a, const struct ph_expose_conf *b)
 {
 	return strcmp(a->via.host, b->via.host) == 0 && a->via.port == b->via.port &&
@@ -893,6 +1149,7 @@ static int client_new(struct ph_exposer *x, const struct ph_expose_conf *conf, c
 	c->x = x;
 	c->conf = conf;
 	c->known_fd = -1;
+	ph_io_init(&c->via_io, -1, via_readable);
 	ph_timer_init(&c->retry, client_retry);
 	ph_list_add_tail(&x->clients, &c->node);
 	snprintf(c->relay, sizeof(c->relay), strchr(conf->via.host, ':') ? "[%s]:%u" : "%s:%u",
@@ -957,7 +1214,33 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 		r->want = conf[i]->port;
 		ph_list_init(&r->flows.lru); /* empty until a UDP rule makes its table */
 		ph_timer_init(&r->again, rule_again);
+		ph_acceptor_init(&r->acc, -1, PH_FDS_STREAM, local_accept, local_acc_label);
 		c->rules[c->nrules++] = r;
+		if (conf[i]->kind == PH_EXPOSE_LOCAL) {
+			err = local_listen(r, why, whylen);
+			if (err < 0)
+				goto fail;
+		}
+		if (conf[i]->kind == PH_EXPOSE_SOCKS && c->socks_rule == NULL) {
+			char key[PH_VIA_KEY_MAX];
+
+			c->socks_rule = r;
+			ph_expose_client_key(conf[i], key, sizeof(key));
+			c->via = ph_via_get(key);
+			if (c->via == NULL) {
+				err = -ENOMEM;
+				snprintf(why, whylen, "socks --via: cannot make a channel");
+				goto fail;
+			}
+			c->via_io.fd = ph_via_rx(c->via);
+			err = ph_io_add(l, &c->via_io, EPOLLIN);
+			if (err < 0) {
+				c->via_io.fd = -1;
+				snprintf(why, whylen, "socks --via: cannot poll: %s",
+				         strerror(-err));
+				goto fail;
+			}
+		}
 		if (conf[i]->udp && ph_udptab_init(&r->flows) < 0) {
 			err = -ENOMEM;
 			snprintf(why, whylen, "out of memory");
@@ -996,7 +1279,13 @@ void ph_expose_free(struct ph_exposer *x)
 			ph_sess_free(s);
 		}
 		ph_timer_stop(x->loop, &c->retry);
+		if (c->via_io.fd != -1) { /* the channel stays the table's, for a restart */
+			int fd;
+
+			ph_io_forget(x->loop, &c->via_io, &fd);
+		}
 		for (unsigned i = 0; i < c->nrules; i++) {
+			ph_acceptor_close(&c->rules[i]->acc);
 			rule_flows_drop(c->rules[i]);
 			ph_udptab_free(&c->rules[i]->flows);
 			ph_timer_stop(x->loop, &c->rules[i]->again);

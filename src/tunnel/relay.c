@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
+#include "core/resolve.h"
 #include "core/util.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
@@ -32,10 +33,11 @@
 #define MAX_HANDSHAKES_PER_IP 8  /* of them from one IPv4 address or IPv6 /64 */
 #define UDP_BATCH             64 /* datagrams read per event */
 #define FLOW_IDLE_MS          60000
-#define FLOW_MAX              4096 /* UDP peers per service */
-#define AUTH_MAX              4096 /* authorized keys */
-#define PORT_TRIES            64   /* binds one port-0 REGISTER may try in a range */
-#define PORT_PRIVILEGED       1024 /* below: only for a key whose ports= names it */
+#define FLOW_MAX              4096  /* UDP peers per service */
+#define AUTH_MAX              4096  /* authorized keys */
+#define PORT_TRIES            64    /* binds one port-0 REGISTER may try in a range */
+#define PORT_PRIVILEGED       1024  /* below: only for a key whose ports= names it */
+#define DIAL_TIMEOUT_MS       10000 /* a client-opened stream's connect, name lookup included */
 
 struct rsess;
 
@@ -53,6 +55,7 @@ struct rsvc {
 	uint8_t key[PH_KEY_LEN];
 	uint16_t id, port;
 	uint8_t proto, proxy;
+	bool priv; /* private: no public port; reached by name from `pinhole local` */
 	char name[PH_NAME_MAX + 1];
 	struct ph_acceptor acc; /* TCP: the listener */
 	struct ph_io io;        /* UDP: the socket */
@@ -77,6 +80,25 @@ struct rsess {
 	bool up; /* the handshake is done */
 	char peer[PH_ADDR_STRLEN];
 	char fp[PH_FP_LEN];
+	/* streams this client opened (`local`, `socks --via`): now, in all, refused, bytes */
+	uint64_t out_live, out_total, out_refused, out_up, out_down;
+};
+
+/*
+ * A stream a client opened (odd id): to a private service (a socket pair between its
+ * stream and one on the service's session) or to HOST:PORT (the relay connects). It lives
+ * until its stream ended and no name lookup waits for it.
+ */
+struct rdial {
+	struct ph_list node; /* in relay.dials */
+	struct ph_relay *r;
+	struct ph_stream *st; /* NULL once it ended */
+	struct rsess *rs;     /* valid while st is */
+	struct ph_timer timer;
+	bool resolving;
+	uint16_t port;
+	char target[PH_OPEN_HOST_MAX + 1];
+	struct ph_addr dst;
 };
 
 struct ph_relay {
@@ -97,6 +119,9 @@ struct ph_relay {
 	struct ph_ratelimit rl; /* for the refused-key lines */
 	char auth_file[600];
 	struct ph_tunnel_stats gone; /* of ended sessions and freed services */
+	struct ph_list dials;        /* struct rdial */
+	struct ph_resolver *res;     /* owned: HOST:PORT targets of client-opened streams */
+	struct ph_hostaddrs *self;   /* this host's addresses (connect= judges them apart) */
 };
 
 static const struct ph_sess_ops relay_ops;
@@ -318,7 +343,9 @@ static void svc_orphan(struct rsvc *v, bool timed_out)
 	uint64_t hb = r->c->hb_ms != 0 ? r->c->hb_ms : PH_HEARTBEAT_MS;
 
 	v->owner = NULL;
-	if (v->proto == PH_SVC_UDP)
+	if (v->priv)
+		; /* no socket: visitors find it gone until it is taken back */
+	else if (v->proto == PH_SVC_UDP)
 		(void)ph_io_mod(r->loop, &v->io, 0);
 	else
 		ph_acceptor_hold(&v->acc, true);
@@ -538,10 +565,29 @@ static void sess_registered(struct rsess *rs, uint32_t req, struct rsvc *v, bool
 		.type = PH_CTRL_REGISTERED, .req = req, .service = v->id, .port = v->port};
 	uint8_t out[PH_CTRL_MAX];
 
-	ph_info("client %s (%s): %s %s port %u%s%s", rs->peer,
-	        rs->key->comment[0] ? rs->key->comment : rs->fp, again ? "took back" : "exposes",
-	        proto_str(v->proto), v->port, v->name[0] ? " as " : "", v->name);
+	if (v->priv)
+		ph_info("client %s (%s): %s private service '%s'", rs->peer,
+		        rs->key->comment[0] ? rs->key->comment : rs->fp,
+		        again ? "took back" : "offers", v->name);
+	else
+		ph_info("client %s (%s): %s %s port %u%s%s", rs->peer,
+		        rs->key->comment[0] ? rs->key->comment : rs->fp,
+		        again ? "took back" : "exposes", proto_str(v->proto), v->port,
+		        v->name[0] ? " as " : "", v->name);
 	(void)ph_sess_ctrl(rs->s, out, ph_ctrl_build(&c, out));
+}
+
+/* True when another key holds the private service name (owned or held for it). */
+static bool private_taken(struct ph_relay *r, struct rsess *rs, const char *name)
+{
+	for (struct ph_list *n = r->services.next; n != &r->services; n = n->next) {
+		struct rsvc *v = container_of(n, struct rsvc, node);
+
+		if (v->priv && strcmp(v->name, name) == 0 &&
+		    memcmp(v->key, rs->key->pub, PH_KEY_LEN) != 0)
+			return true;
+	}
+	return false;
 }
 
 /* The service of the same key this REGISTER takes back, if any. */
@@ -552,7 +598,8 @@ static struct rsvc *svc_match(struct ph_relay *r, struct rsess *rs, const struct
 	for (n = r->services.next; n != &r->services; n = n->next) {
 		struct rsvc *v = container_of(n, struct rsvc, node);
 
-		if (v->proto != c->proto || memcmp(v->key, rs->key->pub, PH_KEY_LEN) != 0)
+		if (v->proto != c->proto || v->priv != c->priv ||
+		    memcmp(v->key, rs->key->pub, PH_KEY_LEN) != 0)
 			continue;
 		if (c->port != 0 ? v->port == c->port
 		                 : strcmp(v->name, c->name) == 0 && v->owner != rs)
@@ -643,7 +690,9 @@ static void svc_take_back(struct rsess *rs, const struct ph_ctrl *c, struct rsvc
 	v->proxy = c->proxy;
 	v->max_conns = c->max_conns;
 	snprintf(v->name, sizeof(v->name), "%s", c->name);
-	if (v->proto == PH_SVC_TCP) {
+	if (v->priv) {
+		; /* nothing to poll */
+	} else if (v->proto == PH_SVC_TCP) {
 		ph_acceptor_hold(&v->acc, false);
 	} else if (ph_io_mod(r->loop, &v->io, EPOLLIN) < 0) {
 		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay cannot poll port %u", v->port);
@@ -716,6 +765,16 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	}
 	if (!register_allowed(rs, c))
 		return;
+	if (c->priv && (c->name[0] == '\0' || c->port != 0 || c->proto != PH_SVC_TCP)) {
+		sess_refuse(rs, c->req, PH_REFUSE_BADREQ,
+		            "a private service is TCP, has a --name and no --port");
+		return;
+	}
+	if (c->priv && private_taken(r, rs, c->name)) {
+		sess_refuse(rs, c->req, PH_REFUSE_INUSE,
+		            "the private name '%s' is another key's on this relay", c->name);
+		return;
+	}
 	if (v != NULL) {
 		svc_take_back(rs, c, v);
 		return;
@@ -741,6 +800,16 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	ph_timer_init(&v->hold, svc_hold_end);
 	ph_io_init(&v->io, -1, svc_datagrams);
 	ph_acceptor_init(&v->acc, -1, PH_FDS_STREAM, svc_visitor, svc_label);
+	v->priv = c->priv;
+	if (v->priv) { /* no socket: `local` reaches it by name */
+		do
+			v->id = ++r->next_sid;
+		while (v->id == 0);
+		v->owner = rs;
+		ph_list_add_tail(&r->services, &v->node);
+		sess_registered(rs, c->req, v, false);
+		return;
+	}
 	fd = c->port != 0 ? svc_bind(r, v, c->port) : svc_bind_any(r, k, v);
 	if (fd < 0) {
 		ph_acl_free(&v->acl);
@@ -846,15 +915,266 @@ static int rs_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **w
 	}
 }
 
+/* --- streams a client opens: `pinhole local`, `socks --via` ------------------------------ */
+
+/* How logs and refusals name the key of rs: its comment, or its fingerprint. */
+static const char *key_name(const struct rsess *rs)
+{
+	return rs->key->comment[0] ? rs->key->comment : rs->fp;
+}
+
+static void dial_free(struct rdial *d)
+{
+	ph_timer_stop(d->r->loop, &d->timer);
+	ph_list_del(&d->node);
+	free(d);
+}
+
+/* A refusal both ends hear of: the client's RST text, one counted line here. */
+static void dial_refuse(struct rsess *rs, uint32_t id, uint8_t reason, const char *text)
+{
+	char label[PH_ADDR_STRLEN + 80];
+
+	rs->out_refused++;
+	snprintf(label, sizeof(label), "client %s (%s)", rs->peer, key_name(rs));
+	ph_logagg_note(label, "streams", "refused", "%s: a stream refused: %s", label, text);
+	ph_sess_rst_text(rs->s, id, reason, "%s", text);
+}
+
+static void dial_timeout(struct ph_timer *t)
+{
+	struct rdial *d = container_of(t, struct rdial, timer);
+	char hp[PH_OPEN_HOST_MAX + 8];
+
+	if (d->st != NULL && ph_stream_connecting(d->st))
+		ph_stream_fail(d->st, PH_RST_TIMEOUT, "connect timed out", -ETIMEDOUT,
+		               "%s did not answer within %u s",
+		               ph_hostport_fmt(d->target, d->port, hp, sizeof(hp)),
+		               DIAL_TIMEOUT_MS / 1000);
+}
+
+/* The first of addrs[0..n) the key may reach: connected, and the client told once it is. */
+static void dial_connect(struct rdial *d, const char *name, const struct ph_addr *addrs, unsigned n)
+{
+	const struct ph_auth_key *k = d->rs->key;
+	char hp[PH_OPEN_HOST_MAX + 8], ip[PH_ADDR_STRLEN];
+	const struct ph_addr *a = NULL;
+	bool local = false;
+	int fd;
+
+	for (unsigned i = 0; i < n && a == NULL; i++) {
+		bool l = ph_addr_is_local(&addrs[i], d->r->self);
+
+		if (ph_auth_connect_addr(k, name, &addrs[i], l))
+			a = &addrs[i];
+		local |= l;
+	}
+	ph_hostport_fmt(d->target, d->port, hp, sizeof(hp));
+	if (a == NULL) {
+		d->rs->out_refused++;
+		ph_stream_fail(d->st, PH_RST_FORBIDDEN, "not allowed", -EACCES,
+		               "key %s may not connect to %s (%s)%s", key_name(d->rs), hp,
+		               ph_addr_fmt(&addrs[0], ip, sizeof(ip)),
+		               local ? ": the relay's own address, only when connect= names it"
+		                     : "");
+		return;
+	}
+	d->dst = *a;
+	fd = ph_tcp_connect(a, NULL);
+	if (fd < 0) {
+		ph_stream_fail(d->st,
+		               fd == -ENETUNREACH || fd == -EHOSTUNREACH ? PH_RST_UNREACHABLE
+		                                                         : PH_RST_REFUSED,
+		               "cannot connect", fd, "cannot connect to %s: %s", hp, strerror(-fd));
+		return;
+	}
+	if (ph_stream_set_fd(d->st, fd) < 0)
+		return;
+	ph_stream_confirm(d->st);
+}
+
+static void dial_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                             unsigned n, uint32_t ttl)
+{
+	struct rdial *d = arg;
+
+	(void)ttl;
+	d->resolving = false;
+	if (d->st == NULL) { /* it ended meanwhile */
+		dial_free(d);
+		return;
+	}
+	if (err < 0 || n == 0) {
+		ph_stream_fail(d->st, PH_RST_NONAME, "cannot resolve", err, "cannot resolve %s: %s",
+		               d->target, why != NULL ? why : ph_strerror(err));
+		return;
+	}
+	dial_connect(d, d->target, addrs, n);
+}
+
+/* A client-opened stream to HOST:PORT: judged by connect=, looked up, connected. */
+static int dial_host(struct rsess *rs, uint32_t id, const struct ph_open_req *o,
+                     const uint8_t *first, size_t fn, bool fin)
+{
+	struct ph_relay *r = rs->r;
+	char hp[PH_OPEN_HOST_MAX + 8], text[3 * PH_OPEN_HOST_MAX];
+	struct ph_addr a;
+	struct rdial *d;
+	bool literal = ph_addr_from_literal(o->target, o->port, &a) == 0;
+
+	ph_hostport_fmt(o->target, o->port, hp, sizeof(hp));
+	if (!ph_auth_connect_host(rs->key, o->target, o->port)) {
+		snprintf(text, sizeof(text),
+		         "key %s may not connect to %s; add connect=%s to its line on the relay",
+		         key_name(rs), hp, hp);
+		dial_refuse(rs, id, PH_RST_FORBIDDEN, text);
+		return 0;
+	}
+	if (!ph_fds_take(PH_FDS_STREAM)) {
+		dial_refuse(rs, id, PH_RST_OVERLOAD, "the relay is out of file descriptors");
+		return 0;
+	}
+	d = calloc(1, sizeof(*d));
+	if (d == NULL) {
+		ph_fds_give(PH_FDS_STREAM);
+		dial_refuse(rs, id, PH_RST_OVERLOAD, "the relay is out of memory");
+		return 0;
+	}
+	d->r = r;
+	d->rs = rs;
+	d->port = o->port;
+	snprintf(d->target, sizeof(d->target), "%s", o->target);
+	ph_timer_init(&d->timer, dial_timeout);
+	ph_list_add_tail(&r->dials, &d->node);
+	/* the stream exists from now: the client's bytes wait in it for the connect */
+	d->st = ph_stream_attach(rs->s, id, -1, true, NULL, 0, first, fn, fin, d);
+	if (d->st == NULL) { /* closed and told; stream_end said nothing of it */
+		ph_fds_give(PH_FDS_STREAM);
+		dial_free(d);
+		return 0;
+	}
+	rs->out_live++;
+	rs->out_total++;
+	ph_timer_arm(r->loop, &d->timer, DIAL_TIMEOUT_MS);
+	if (literal) {
+		dial_connect(d, NULL, &a, 1);
+		return 0;
+	}
+	if (ph_resolver_query(r->res, o->target, o->port, dial_on_resolved, d) < 0) {
+		ph_stream_fail(d->st, PH_RST_NONAME, "cannot resolve", -ENOMEM,
+		               "the relay cannot look %s up now", o->target);
+		return 0;
+	}
+	d->resolving = true;
+	return 0;
+}
+
+/* The private service of that name (TCP), owned or held; NULL when none. */
+static struct rsvc *private_find(struct ph_relay *r, const char *name)
+{
+	for (struct ph_list *n = r->services.next; n != &r->services; n = n->next) {
+		struct rsvc *v = container_of(n, struct rsvc, node);
+
+		if (v->priv && strcmp(v->name, name) == 0)
+			return v;
+	}
+	return NULL;
+}
+
+/*
+ * A client-opened stream to a private service: a socket pair joins it to a stream the relay
+ * opens on the service's session, as a visitor's would be (its first bytes ride along).
+ */
+static int dial_service(struct rsess *rs, uint32_t id, const struct ph_open_req *o,
+                        const uint8_t *first, size_t fn, bool fin)
+{
+	struct ph_relay *r = rs->r;
+	char text[3 * PH_OPEN_HOST_MAX];
+	uint8_t head[2 + 2 * PH_MSG_ADDR_MAX];
+	struct ph_stream *sv;
+	const char *by;
+	struct rsvc *v;
+	struct rdial *d;
+	size_t hn;
+	int sp[2];
+
+	if (!ph_auth_reach_ok(rs->key, o->target)) {
+		snprintf(text, sizeof(text),
+		         "key %s may not reach '%s'; add reach=%s to its line on the relay",
+		         key_name(rs), o->target, o->target);
+		dial_refuse(rs, id, PH_RST_FORBIDDEN, text);
+		return 0;
+	}
+	v = private_find(r, o->target);
+	if (v == NULL || v->owner == NULL) {
+		snprintf(text, sizeof(text), "no private service '%s' is %s on the relay",
+		         o->target, v == NULL ? "offered" : "connected now");
+		dial_refuse(rs, id, PH_RST_NOSERVICE, text);
+		return 0;
+	}
+	by = svc_denied_by(v, &rs->s->peer_addr);
+	if (by != NULL || (v->max_conns != 0 && v->live >= v->max_conns)) {
+		svc_turn_away(v, &rs->s->peer_addr, by != NULL, by);
+		snprintf(text, sizeof(text), "'%s' %s", o->target,
+		         by != NULL ? "does not take visitors from this address"
+		                    : "has as many visitors as its --max-conns");
+		dial_refuse(rs, id, PH_RST_FORBIDDEN, text);
+		return 0;
+	}
+	if (!ph_fds_take(2 * PH_FDS_STREAM)) {
+		dial_refuse(rs, id, PH_RST_OVERLOAD, "the relay is out of file descriptors");
+		return 0;
+	}
+	d = calloc(1, sizeof(*d));
+	if (d == NULL ||
+	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0) {
+		free(d);
+		ph_fds_give(2 * PH_FDS_STREAM);
+		dial_refuse(rs, id, PH_RST_OVERLOAD, "the relay is out of memory or descriptors");
+		return 0;
+	}
+	d->r = r;
+	d->rs = rs;
+	snprintf(d->target, sizeof(d->target), "%s", o->target);
+	ph_timer_init(&d->timer, dial_timeout);
+	ph_list_add_tail(&r->dials, &d->node);
+	/* the client's first bytes go into the pair, and out of it with the service's OPEN */
+	d->st = ph_stream_attach(rs->s, id, sp[0], false, NULL, 0, first, fn, fin, d);
+	if (d->st == NULL) {
+		close(sp[1]);
+		ph_fds_give(2 * PH_FDS_STREAM);
+		dial_free(d);
+		return 0;
+	}
+	rs->out_live++;
+	rs->out_total++;
+	ph_put16(head, v->id);
+	hn = 2 + ph_msg_addr_put(head + 2, &rs->s->peer_addr);
+	hn += ph_msg_addr_put(head + hn, NULL);
+	v->visitors++;
+	sv = ph_sess_open(v->owner->s, sp[1], head, hn, v);
+	if (sv == NULL) { /* sp[1] closed: the client's stream sees it end */
+		ph_fds_give(PH_FDS_STREAM);
+		return 0;
+	}
+	sv->peer = rs->s->peer_addr;
+	v->live++;
+	ph_stream_confirm(d->st);
+	return 0;
+}
+
 static int rs_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t n, bool fin,
                    const char **why)
 {
-	(void)p;
-	(void)n;
-	(void)fin;
-	(void)why;
-	ph_sess_rst(s, id, PH_RST_NOSERVICE); /* `pinhole local` is not served by this relay yet */
-	return 0;
+	struct rsess *rs = s->owner;
+	struct ph_open_req o;
+	int used = ph_open_req_parse(p, n, &o, why);
+
+	if (used < 0)
+		return -EPROTO;
+	if (o.kind == PH_OPEN_SERVICE)
+		return dial_service(rs, id, &o, p + used, n - (size_t)used, fin);
+	return dial_host(rs, id, &o, p + used, n - (size_t)used, fin);
 }
 
 static void rs_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
@@ -885,7 +1205,25 @@ static void rs_stream_end(struct ph_sess *s, struct ph_stream *st)
 {
 	struct rsvc *v = st->owner;
 
-	(void)s;
+	if (st->id % 2 == 1 && st->owner != NULL) { /* a stream the client opened */
+		struct rdial *d = st->owner;
+		struct rsess *rs = s->owner;
+		char label[PH_ADDR_STRLEN + 2 * PH_OPEN_HOST_MAX + 96], hp[PH_OPEN_HOST_MAX + 8];
+
+		snprintf(label, sizeof(label), "client %s (%s) to %s", rs->peer, key_name(rs),
+		         d->port != 0 ? ph_hostport_fmt(d->target, d->port, hp, sizeof(hp))
+		                      : d->target);
+		ph_stream_log_end(st, label, "streams", d->dst.len != 0 ? &d->dst : NULL, false);
+		rs->out_live--;
+		rs->out_up += st->bytes_out;
+		rs->out_down += st->bytes_in;
+		ph_fds_give(PH_FDS_STREAM);
+		ph_timer_stop(d->r->loop, &d->timer);
+		d->st = NULL;
+		if (!d->resolving)
+			dial_free(d);
+		return;
+	}
 	if (v != NULL) {
 		char label[64];
 
@@ -1088,6 +1426,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	ph_list_init(&r->sessions);
 	ph_list_init(&r->services);
 	ph_list_init(&r->dead);
+	ph_list_init(&r->dials);
 	ph_task_init(&r->reap, relay_reap);
 	ph_timer_init(&r->sweep, relay_sweep);
 	ph_acceptor_init(&r->lis, -1, PH_FDS_STREAM, relay_accept, relay_label);
@@ -1102,6 +1441,13 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	err = auth_read(r, &r->keys, &r->nkeys, why, whylen);
 	if (err < 0)
 		goto fail;
+	err = ph_resolver_new(l, &r->res);
+	if (err < 0) {
+		snprintf(why, whylen, "cannot make a resolver: %s", strerror(-err));
+		goto fail;
+	}
+	if (ph_hostaddrs_read(&r->self) < 0)
+		r->self = NULL; /* loopback and link-local are still judged as the relay's own */
 	err = ph_key_open(c->key_file, true, &r->key, why, whylen);
 	if (err < 0)
 		goto fail;
@@ -1157,7 +1503,8 @@ static bool svc_fits(const struct ph_relay *r, const struct ph_auth_key *k, cons
 {
 	char why[PH_CTRL_TEXT_MAX];
 
-	return ph_auth_name_ok(k, v->name) && port_allowed(r, k, v->port, why, sizeof(why));
+	return ph_auth_name_ok(k, v->name) &&
+	       (v->priv || port_allowed(r, k, v->port, why, sizeof(why)));
 }
 
 int ph_relay_reload(struct ph_relay *r, char *msg, size_t len)
@@ -1234,6 +1581,10 @@ void ph_relay_free(struct ph_relay *r)
 	}
 	while (!ph_list_empty(&r->services))
 		svc_free(container_of(r->services.next, struct rsvc, node));
+	ph_resolver_free(r->res);         /* lookups in flight end without their callbacks */
+	while (!ph_list_empty(&r->dials)) /* those that waited for one */
+		dial_free(container_of(r->dials.next, struct rdial, node));
+	ph_hostaddrs_free(r->self);
 	ph_task_cancel(&r->reap);
 	relay_reap(&r->reap);
 	ph_timer_stop(r->loop, &r->sweep);
