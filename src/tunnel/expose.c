@@ -1323,9 +1323,24 @@ void ph_expose_each(struct ph_exposer *x, void (*fn)(void *arg, const struct ph_
 				.bytes_down = r->bytes_down,
 			};
 
+			static const char *const kinds[] = {"expose", "local", "socks"};
+
 			snprintf(t.proto, sizeof(t.proto), "%s", r->conf->udp ? "udp" : "tcp");
-			snprintf(t.name, sizeof(t.name), "%s", r->conf->name);
-			local_str(r, t.local, sizeof(t.local));
+			snprintf(t.kind, sizeof(t.kind), "%s", kinds[r->conf->kind]);
+			if (r->conf->kind == PH_EXPOSE_SERVICE) {
+				snprintf(t.name, sizeof(t.name), "%s", r->conf->name);
+				local_str(r, t.local, sizeof(t.local));
+			} else { /* local: LISTEN, and the target as the name; socks: the relay */
+				char l[2 * PH_HOST_MAX + 32], *sp;
+
+				local_rule_str(r, l, sizeof(l));
+				sp = strchr(l, ' ');
+				if (sp != NULL && r->conf->kind == PH_EXPOSE_LOCAL)
+					*sp++ = '\0';
+				snprintf(t.local, sizeof(t.local), "%.260s", l);
+				snprintf(t.name, sizeof(t.name), "%.32s",
+				         sp != NULL && r->conf->kind == PH_EXPOSE_LOCAL ? sp : "");
+			}
 			fn(arg, &t);
 		}
 	}
@@ -1366,13 +1381,39 @@ size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len)
 			                                     "refused"};
 			char l[PH_HOST_MAX + 16];
 
+			if (r->conf->kind != PH_EXPOSE_SERVICE) {
+				static const char *const kinds[] = {"expose", "local", "socks"};
+				char ls[2 * PH_HOST_MAX + 32];
+
+				local_rule_str(r, ls, sizeof(ls));
+				if (json)
+					OUT("%s{\"kind\":\"%s\",\"rule\":\"%s\",\"state\":\"%s\","
+					    "\"streams\":%llu,\"live\":%u,\"failed\":%llu,"
+					    "\"bytes_up\":%llu,\"bytes_down\":%llu}",
+					    i ? "," : "", kinds[r->conf->kind], ls,
+					    r->state == XR_UP ? "up" : "waiting",
+					    (unsigned long long)r->visitors, r->live,
+					    (unsigned long long)r->failed,
+					    (unsigned long long)r->bytes_up,
+					    (unsigned long long)r->bytes_down);
+				else
+					OUT("    %s %s: %s, %llu streams (%u now), %llu failed\n",
+					    kinds[r->conf->kind], ls,
+					    r->state == XR_UP ? "up" : "waiting",
+					    (unsigned long long)r->visitors, r->live,
+					    (unsigned long long)r->failed);
+				continue;
+			}
 			local_str(r, l, sizeof(l));
 			if (json)
-				OUT("%s{\"local\":\"%s\",\"name\":\"%s\",\"state\":\"%s\",\"port\":"
+				OUT("%s{\"kind\":\"expose\",\"private\":%s,\"local\":\"%s\","
+				    "\"name\":"
+				    "\"%s\",\"state\":\"%s\",\"port\":"
 				    "%u,\"visitors\":%llu,\"live\":%u,\"refused\":%llu,"
 				    "\"failed\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu,"
 				    "\"acl\":%u}",
-				    i ? "," : "", l, r->conf->name, states[r->state], r->port,
+				    i ? "," : "", r->conf->priv ? "true" : "false", l,
+				    r->conf->name, states[r->state], r->port,
 				    (unsigned long long)r->visitors, r->live,
 				    (unsigned long long)r->refused, (unsigned long long)r->failed,
 				    (unsigned long long)r->bytes_up,

@@ -1255,6 +1255,10 @@ void ph_relay_stats(struct ph_relay *r, struct ph_tunnel_stats *out)
 		out->sessions++;
 		out->sessions_live++;
 		sess_stats_add(out, &rs->s->st);
+		out->opened += rs->out_total;
+		out->opened_refused += rs->out_refused;
+		out->opened_up += rs->out_up;
+		out->opened_down += rs->out_down;
 	}
 	for (struct ph_list *l = r->services.next; l != &r->services; l = l->next)
 		out->visitors += container_of(l, struct rsvc, node)->visitors;
@@ -1285,6 +1289,10 @@ static void rs_closed(struct ph_sess *s, const char *why)
 	if (rs->key != NULL) { /* what it carried stays in the totals */
 		r->gone.sessions++;
 		sess_stats_add(&r->gone, &s->st);
+		r->gone.opened += rs->out_total;
+		r->gone.opened_refused += rs->out_refused;
+		r->gone.opened_up += rs->out_up;
+		r->gone.opened_down += rs->out_down;
 	}
 	ph_list_del(&rs->node);
 	free(rs); /* the session frees itself */
@@ -1613,6 +1621,7 @@ void ph_relay_each(struct ph_relay *r, void (*fn)(void *arg, const struct ph_tun
 		};
 
 		snprintf(t.proto, sizeof(t.proto), "%s", proto_str(v->proto));
+		snprintf(t.kind, sizeof(t.kind), "%s", v->priv ? "private" : "public");
 		snprintf(t.name, sizeof(t.name), "%s", v->name);
 		fn(arg, &t);
 	}
@@ -1652,41 +1661,50 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 			OUT("%s{\"peer\":\"%s\",\"key\":\"%s\",\"comment\":\"%s\",\"rtt_ms\":%llu,"
 			    "\"streams\":%llu,\"streams_total\":%llu,\"bytes_in\":%llu,"
 			    "\"bytes_out\":%llu,\"dgrams_in\":%llu,\"dgrams_out\":%llu,"
-			    "\"dgrams_dropped\":%llu}",
+			    "\"dgrams_dropped\":%llu,\"opened\":{\"live\":%llu,\"total\":%llu,"
+			    "\"refused\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu}}",
 			    l == r->sessions.next ? "" : ",", rs->peer, rs->fp, comment,
 			    (unsigned long long)rs->s->rtt_ms, (unsigned long long)st->active,
 			    (unsigned long long)st->streams, (unsigned long long)st->bytes_in,
 			    (unsigned long long)st->bytes_out, (unsigned long long)st->dgrams_in,
-			    (unsigned long long)st->dgrams_out,
-			    (unsigned long long)st->dgrams_drop);
+			    (unsigned long long)st->dgrams_out, (unsigned long long)st->dgrams_drop,
+			    (unsigned long long)rs->out_live, (unsigned long long)rs->out_total,
+			    (unsigned long long)rs->out_refused, (unsigned long long)rs->out_up,
+			    (unsigned long long)rs->out_down);
 		else
-			OUT("  %s %s%s%s rtt %llu ms, %llu streams (%llu in all), in %s, out %s\n",
+			OUT("  %s %s%s%s rtt %llu ms, %llu streams (%llu in all), in %s, out %s; "
+			    "opened by it: %llu now, %llu in all, %llu refused\n",
 			    rs->peer, rs->fp, comment[0] ? " " : "", comment,
 			    (unsigned long long)rs->s->rtt_ms, (unsigned long long)st->active,
 			    (unsigned long long)st->streams,
 			    ph_fmt_bytes(st->bytes_in, up, sizeof(up)),
-			    ph_fmt_bytes(st->bytes_out, down, sizeof(down)));
+			    ph_fmt_bytes(st->bytes_out, down, sizeof(down)),
+			    (unsigned long long)rs->out_live, (unsigned long long)rs->out_total,
+			    (unsigned long long)rs->out_refused);
 	}
 	OUT(json ? "],\"services\":[" : "relay services:\n");
 	for (struct ph_list *l = r->services.next; l != &r->services; l = l->next) {
 		struct rsvc *v = container_of(l, struct rsvc, node);
 
 		if (json)
-			OUT("%s{\"proto\":\"%s\",\"port\":%u,\"name\":\"%s\",\"client\":\"%s\","
+			OUT("%s{\"proto\":\"%s\",\"private\":%s,\"port\":%u,\"name\":\"%s\","
+			    "\"client\":\"%s\","
 			    "\"held\":%s,\"live\":%u,\"max_conns\":%u,\"refused\":%llu,"
 			    "\"denied\":%llu,\"acl\":%u,"
 			    "\"visitors\":%llu,\"datagrams\":%llu,\"bytes_in\":%llu,"
 			    "\"bytes_out\":%llu}",
-			    l == r->services.next ? "" : ",", proto_str(v->proto), v->port, v->name,
+			    l == r->services.next ? "" : ",", proto_str(v->proto),
+			    v->priv ? "true" : "false", v->port, v->name,
 			    v->owner != NULL ? v->owner->peer : "",
 			    v->owner == NULL ? "true" : "false", v->live, v->max_conns,
 			    (unsigned long long)v->refused, (unsigned long long)v->denied, v->acl.n,
 			    (unsigned long long)v->visitors, (unsigned long long)v->dgrams,
 			    (unsigned long long)v->bytes_in, (unsigned long long)v->bytes_out);
 		else
-			OUT("  %s port %u%s%s: %s, %llu visitors (%u now), %llu refused, %llu "
+			OUT("  %s %s %u%s%s: %s, %llu visitors (%u now), %llu refused, %llu "
 			    "denied, %llu datagrams\n",
-			    proto_str(v->proto), v->port, v->name[0] ? " " : "", v->name,
+			    proto_str(v->proto), v->priv ? "private" : "port", v->port,
+			    v->name[0] ? " " : "", v->name,
 			    v->owner != NULL ? v->owner->peer : "held for its client",
 			    (unsigned long long)v->visitors, v->live,
 			    (unsigned long long)v->refused, (unsigned long long)v->denied,

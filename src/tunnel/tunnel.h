@@ -93,6 +93,11 @@ struct ph_tunnel_stats {
 	uint64_t dgrams;        /* datagrams both ways */
 	uint64_t bytes_up;      /* stream bytes from the visitors to the services */
 	uint64_t bytes_down;    /* stream bytes from the services to the visitors */
+	/* the relay: streams its clients opened (`local`, `socks --via`) */
+	uint64_t opened;         /* carried (private services and HOST:PORT) */
+	uint64_t opened_refused; /* refused: no grant, no such service, no fds */
+	uint64_t opened_up;      /* bytes of ended ones from the clients */
+	uint64_t opened_down;    /* bytes to the clients */
 };
 
 /*
@@ -100,7 +105,8 @@ struct ph_tunnel_stats {
  * counts of streams still open are in live, their bytes only once they ended.
  */
 struct ph_tunnel_svc {
-	char proto[4];                /* "tcp", "udp" */
+	char proto[4]; /* "tcp", "udp" */
+	char kind[8];  /* expose: "expose", "local", "socks"; the relay: "public", "private" */
 	char name[PH_NAME_MAX + 1];   /* "" none */
 	char local[PH_HOST_MAX + 16]; /* expose: LOCAL as written; the relay: "" */
 	uint64_t port;                /* the public port; 0 not (yet) public */
