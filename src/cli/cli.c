@@ -555,12 +555,38 @@ static int local_target(struct ph_cli_ctx *x, const char *word, int argi, struct
 	}
 	if (ph_hostport_parse(word, &hp, &why) < 0)
 		return ph_cli__fail(e, argi, "local: '%s': %s", word, why);
-	if (hp.wildcard || hp.has_scheme)
+	if (hp.wildcard)
 		return ph_cli__fail(
 			e, argi, "local: '%s': TARGET is HOST:PORT as the relay reaches it", word);
 	snprintf(c->target, sizeof(c->target), "%s", hp.host);
 	c->target_port = hp.port;
+	if (hp.has_scheme) /* udp://HOST:PORT with no LISTEN: the protocol is the target's */
+		c->listen.proto = hp.proto;
 	return 0;
+}
+
+/* udp:// makes a UDP line, tcp+udp:// two lines (the second a copy, for UDP). */
+static int local_protos(struct ph_cli_ctx *x, int first, char *const *argv, struct ph_cli_error *e)
+{
+	struct ph_expose_conf *c = x->expose, *u;
+
+	if (c->listen.proto == PH_PROTO_UDP)
+		c->udp = true;
+	if (c->listen.proto == (PH_PROTO_TCP | PH_PROTO_UDP)) {
+		if (x->cfg->nexpose == PH_EXPOSE_MAX)
+			return ph_cli__fail(e, first, "local: at most %u relay client lines",
+			                    PH_EXPOSE_MAX);
+		u = malloc(sizeof(*u));
+		if (u == NULL)
+			return -ENOMEM;
+		*u = *c;
+		u->acl = (struct ph_acl){0}; /* local takes no --allow: nothing to share */
+		u->udp = true;
+		u->listen.proto = PH_PROTO_UDP;
+		c->listen.proto = PH_PROTO_TCP;
+		x->cfg->expose[x->cfg->nexpose++] = u;
+	}
+	return tunnel_end(x, first, argv, e);
 }
 
 static int local_end(struct ph_cli_ctx *x, int first, char *const *argv, struct ph_cli_error *e)
@@ -569,6 +595,7 @@ static int local_end(struct ph_cli_ctx *x, int first, char *const *argv, struct 
 	int targ = x->npos == 2 ? x->targ_argi[0] : x->pos_argi, err;
 	const char *why;
 
+	c->listen.proto = 0;
 	if (x->npos == 0)
 		return ph_cli__fail(e, first, "local: missing TARGET (see pinhole local --help)");
 	if (!x->have_pos2)
@@ -578,6 +605,7 @@ static int local_end(struct ph_cli_ctx *x, int first, char *const *argv, struct 
 	if (err < 0)
 		return err;
 	if (x->npos == 1) {
+		unsigned proto = c->listen.proto != 0 ? c->listen.proto : PH_PROTO_TCP;
 		char l[32];
 
 		if (c->target_port == 0)
@@ -589,19 +617,15 @@ static int local_end(struct ph_cli_ctx *x, int first, char *const *argv, struct 
 		snprintf(l, sizeof(l), "127.0.0.1:%u", c->target_port);
 		if (ph_hostport_parse(l, &c->listen, &why) < 0)
 			return -EINVAL;
-		return tunnel_end(x, first, argv, e);
+		c->listen.proto = proto;
+		return local_protos(x, first, argv, e);
 	}
 	if (ph_hostport_parse(argv[x->pos_argi], &c->listen, &why) < 0)
 		return ph_cli__fail(e, x->pos_argi, "local: '%s': %s", argv[x->pos_argi], why);
 	if (c->listen.is_name)
 		return ph_cli__fail(e, x->pos_argi, "local: '%s': listen on an address, not a name",
 		                    argv[x->pos_argi]);
-	if (c->listen.proto != PH_PROTO_TCP)
-		return ph_cli__fail(
-			e, x->pos_argi,
-			"local: '%s': UDP through the relay is not built yet (TCP only)",
-			argv[x->pos_argi]);
-	return tunnel_end(x, first, argv, e);
+	return local_protos(x, first, argv, e);
 }
 
 /* keygen, status, reload: no words but options */

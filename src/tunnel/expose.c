@@ -47,9 +47,10 @@ struct xclient;
 /* A UDP visitor of a rule: found by the relay's flow id, in its rule's table (conn/udptab). */
 struct xflow {
 	struct ph_udp_node node; /* least recently used first; node.lru: in x->dead once closed */
-	struct ph_io io;         /* connected to the local service */
+	struct ph_io io;         /* connected to the local service (local udp: none, -1) */
 	struct xrule *r;
 	uint32_t id;
+	struct xflow *inext; /* local udp: in r->byid (the table keys its clients' addresses) */
 };
 
 struct xrule {
@@ -67,6 +68,9 @@ struct xrule {
 	struct ph_udptab flows;             /* UDP: by flow id, least recently used first */
 	struct ph_acceptor acc;             /* local: the listener (held while no session) */
 	struct ph_ratelimit rl;             /* local: the relay's refusals, a line a second */
+	struct ph_io uio;                   /* local udp: the listening socket */
+	struct xflow **byid;                /* local udp: flows by id (256 chains), owned */
+	uint32_t next_flow;
 };
 
 struct xclient {
@@ -110,6 +114,7 @@ struct ph_exposer {
 
 static const struct ph_sess_ops client_ops;
 static void client_connect(struct xclient *c);
+static void local_udp_open(struct xrule *r);
 
 /* --- the relay's key: pinned, or trusted on first use and remembered ----------------- */
 
@@ -277,6 +282,14 @@ static void flow_free(struct xflow *f)
 {
 	struct xrule *r = f->r;
 
+	if (r->byid != NULL) {
+		struct xflow **pp = &r->byid[f->id & 255];
+
+		while (*pp != NULL && *pp != f)
+			pp = &(*pp)->inext;
+		if (*pp != NULL)
+			*pp = f->inext;
+	}
 	ph_udptab_del(&r->flows, &f->node);
 	ph_io_close(r->c->x->loop, &f->io);
 	/* an event of this round may still name it: freed after them */
@@ -323,7 +336,7 @@ static const char *local_rule_str(const struct xrule *r, char *buf, size_t len)
 		snprintf(buf, len, "via %s", r->c->relay);
 		return buf;
 	}
-	snprintf(buf, len, "%s %s",
+	snprintf(buf, len, "%s%s %s", c->udp ? "udp://" : "",
 	         ph_hostport_fmt(c->listen.wildcard ? "" : c->listen.host, c->listen.port, l,
 	                         sizeof(l)),
 	         c->target_port != 0 ? ph_hostport_fmt(c->target, c->target_port, t, sizeof(t))
@@ -421,7 +434,14 @@ static void rule_register(struct xrule *r)
 
 static void rule_again(struct ph_timer *t)
 {
-	rule_start(container_of(t, struct xrule, again));
+	struct xrule *r = container_of(t, struct xrule, again);
+
+	if (r->conf->kind == PH_EXPOSE_LOCAL) {
+		if (r->c->s != NULL && r->c->s->state == PH_SESS_UP && r->state == XR_IDLE)
+			local_udp_open(r);
+		return;
+	}
+	rule_start(r);
 }
 
 static void exposer_check(struct ph_exposer *x)
@@ -478,6 +498,20 @@ static void on_refused(struct xclient *c, const struct ph_ctrl *m)
 	if (m->req == 0 || m->req > c->nrules)
 		return;
 	r = c->rules[m->req - 1];
+	if (r->conf->kind == PH_EXPOSE_LOCAL) { /* a UDP channel the relay would not open */
+		char label[2 * PH_HOST_MAX + 64];
+
+		rule_label(r, label, sizeof(label));
+		if (m->code == PH_REFUSE_LIMIT || m->code == PH_REFUSE_BADREQ) {
+			ph_err("%s: the relay refused it: %s", label, m->text);
+			r->state = XR_REFUSED;
+			return;
+		}
+		ph_warn("%s: the relay refused it: %s; asking again in 5 s", label, m->text);
+		r->state = XR_IDLE;
+		ph_timer_arm(c->x->loop, &r->again, 5000);
+		return;
+	}
 	if (r->want != r->conf->port) { /* the port it had: any will do */
 		ph_info("expose %s: port %u is not to be had again (%s); asking for another",
 		        local_str(r, l, sizeof(l)), r->want, m->text);
@@ -590,6 +624,17 @@ static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	an = ph_msg_addr_get(p + 6, n - 6, &peer);
 	if (an < 0)
 		return;
+	if (r->conf->kind == PH_EXPOSE_LOCAL) { /* an answer for one of our clients */
+		for (f = r->byid[id & 255]; f != NULL && f->id != id; f = f->inext)
+			;
+		if (f == NULL)
+			return;
+		ph_udptab_touch(&r->flows, &f->node, c->x->loop->now);
+		(void)sendto(r->uio.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT,
+		             &f->node.key.peer.u.sa, f->node.key.peer.len);
+		r->bytes_down += n - 6 - (size_t)an;
+		return;
+	}
 	flow_key(&k, id);
 	node = ph_udptab_find(&r->flows, &k);
 	if (node == NULL) {
@@ -649,6 +694,11 @@ static int client_up(struct ph_sess *s)
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];
 
+		if (r->conf->kind == PH_EXPOSE_LOCAL && r->conf->udp) {
+			if (r->state != XR_REFUSED)
+				local_udp_open(r);
+			continue;
+		}
 		if (r->conf->kind == PH_EXPOSE_LOCAL) {
 			/* streams may go at once: a refused key resets them, as it ends all */
 			r->state = XR_UP;
@@ -694,6 +744,17 @@ static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char
 	switch (m.type) {
 	case PH_CTRL_REGISTERED:
 		on_registered(c, &m);
+		return 0;
+	case PH_CTRL_UDP_OPENED:
+		if (m.req != 0 && m.req <= c->nrules && c->rules[m.req - 1]->conf->udp &&
+		    c->rules[m.req - 1]->conf->kind == PH_EXPOSE_LOCAL) {
+			struct xrule *r = c->rules[m.req - 1];
+			char label[2 * PH_HOST_MAX + 64];
+
+			r->service = m.service;
+			r->state = XR_UP;
+			ph_info("%s: up", rule_label(r, label, sizeof(label)));
+		}
 		return 0;
 	case PH_CTRL_REFUSED:
 		on_refused(c, &m);
@@ -886,6 +947,72 @@ static void local_accept(struct ph_acceptor *a, int fd, const struct ph_addr *pe
 	r->live++;
 }
 
+/* local udp: datagrams of our clients, each client a flow of the channel. */
+static void local_udp_read(struct ph_io *io, uint32_t events)
+{
+	struct xrule *r = container_of(io, struct xrule, uio);
+	struct ph_loop *l = r->c->x->loop;
+	uint8_t p[PH_FRAME_MAX];
+
+	(void)events;
+	for (int i = 0; i < UDP_BATCH; i++) {
+		struct ph_udp_key k;
+		struct ph_udp_node *node;
+		struct xflow *f;
+		socklen_t alen = sizeof(k.peer.u);
+		ssize_t n;
+
+		memset(&k, 0, sizeof(k)); /* compared as bytes */
+		n = recvfrom(io->fd, p + 7, sizeof(p) - 7, MSG_TRUNC, &k.peer.u.sa, &alen);
+		if (n < 0)
+			return;
+		k.peer.len = alen;
+		if ((size_t)n > sizeof(p) - 7 || r->c->s == NULL || r->state != XR_UP) {
+			r->failed++; /* too big for a frame, or no channel now: dropped */
+			continue;
+		}
+		node = ph_udptab_find(&r->flows, &k);
+		if (node == NULL) {
+			struct ph_udp_node *old;
+
+			if (r->flows.n >= FLOW_MAX && (old = ph_udptab_oldest(&r->flows)) != NULL)
+				flow_free(container_of(old, struct xflow, node));
+			f = calloc(1, sizeof(*f));
+			if (f == NULL)
+				continue;
+			f->r = r;
+			f->id = ++r->next_flow;
+			ph_io_init(&f->io, -1, flow_io);
+			f->inext = r->byid[f->id & 255];
+			r->byid[f->id & 255] = f;
+			ph_udptab_add(&r->flows, &f->node, &k, l->now);
+			r->visitors++;
+			node = &f->node;
+		}
+		f = container_of(node, struct xflow, node);
+		ph_udptab_touch(&r->flows, node, l->now);
+		ph_put16(p, r->service);
+		ph_put32(p + 2, f->id);
+		p[6] = 0;
+		if (ph_sess_dgram(r->c->s, p, 7 + (size_t)n) == 0)
+			r->bytes_up += (uint64_t)n;
+	}
+}
+
+/* local udp: asks the relay for a channel to the target (UDP_OPEN). */
+static void local_udp_open(struct xrule *r)
+{
+	struct ph_ctrl m = {.type = PH_CTRL_UDP_OPEN,
+	                    .req = r->idx + 1,
+	                    .okind = r->conf->target_port != 0 ? PH_OPEN_HOST : PH_OPEN_SERVICE,
+	                    .port = r->conf->target_port};
+	uint8_t out[PH_CTRL_MAX];
+
+	snprintf(m.target, sizeof(m.target), "%s", r->conf->target);
+	r->state = XR_ASKED;
+	(void)ph_sess_ctrl(r->c->s, out, ph_ctrl_build(&m, out));
+}
+
 /* Opens r's listener, held until a session is up. Returns 0, or -errno with a reason. */
 static int local_listen(struct xrule *r, char *why, size_t whylen)
 {
@@ -898,16 +1025,31 @@ static int local_listen(struct xrule *r, char *why, size_t whylen)
 		(void)ph_addr_from_literal("::", hp->port, &a);
 	else
 		a = hp->addr;
-	fd = ph_tcp_listen(&a, false, false);
+	fd = r->conf->udp ? ph_udp_bind(&a, false, false, false, 0)
+	                  : ph_tcp_listen(&a, false, false);
 	if (fd == -EAFNOSUPPORT && hp->wildcard) {
 		(void)ph_addr_from_literal("0.0.0.0", hp->port, &a);
-		fd = ph_tcp_listen(&a, false, false);
+		fd = r->conf->udp ? ph_udp_bind(&a, false, false, false, 0)
+		                  : ph_tcp_listen(&a, false, false);
 	}
 	if (fd < 0) {
-		snprintf(why, whylen, "local: cannot listen on %s: %s",
+		snprintf(why, whylen, "local: cannot listen on %s%s: %s",
+		         r->conf->udp ? "udp://" : "",
 		         ph_hostport_fmt(hp->wildcard ? "" : hp->host, hp->port, l, sizeof(l)),
 		         ph_bind_strerror(fd));
 		return fd;
+	}
+	if (r->conf->udp) {
+		r->byid = calloc(256, sizeof(*r->byid));
+		ph_io_init(&r->uio, fd, local_udp_read);
+		err = r->byid == NULL ? -ENOMEM : ph_udptab_init(&r->flows);
+		if (err == 0)
+			err = ph_io_add(r->c->x->loop, &r->uio, EPOLLIN);
+		if (err < 0) {
+			snprintf(why, whylen, "local: cannot poll a socket: %s", strerror(-err));
+			return err;
+		}
+		return 0;
 	}
 	ph_acceptor_init(&r->acc, fd, PH_FDS_STREAM, local_accept, local_acc_label);
 	err = ph_acceptor_start(r->c->x->loop, &r->acc);
@@ -1013,8 +1155,11 @@ static void client_closed(struct ph_sess *s, const char *why)
 		struct xrule *r = c->rules[i];
 
 		if (r->conf->kind != PH_EXPOSE_SERVICE) {
-			r->state = XR_IDLE;
-			if (r->conf->kind == PH_EXPOSE_LOCAL) /* clients wait in the listen queue */
+			if (r->state != XR_REFUSED)
+				r->state = XR_IDLE;
+			rule_flows_drop(r);
+			if (r->conf->kind == PH_EXPOSE_LOCAL &&
+			    !r->conf->udp) /* wait in the queue */
 				ph_acceptor_hold(&r->acc, true);
 			continue;
 		}
@@ -1215,6 +1360,7 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 		ph_list_init(&r->flows.lru); /* empty until a UDP rule makes its table */
 		ph_timer_init(&r->again, rule_again);
 		ph_acceptor_init(&r->acc, -1, PH_FDS_STREAM, local_accept, local_acc_label);
+		ph_io_init(&r->uio, -1, local_udp_read);
 		c->rules[c->nrules++] = r;
 		if (conf[i]->kind == PH_EXPOSE_LOCAL) {
 			err = local_listen(r, why, whylen);
@@ -1286,9 +1432,11 @@ void ph_expose_free(struct ph_exposer *x)
 		}
 		for (unsigned i = 0; i < c->nrules; i++) {
 			ph_acceptor_close(&c->rules[i]->acc);
+			ph_io_close(x->loop, &c->rules[i]->uio);
 			rule_flows_drop(c->rules[i]);
 			ph_udptab_free(&c->rules[i]->flows);
 			ph_timer_stop(x->loop, &c->rules[i]->again);
+			free(c->rules[i]->byid);
 			free(c->rules[i]);
 		}
 		ph_list_del(&c->node);

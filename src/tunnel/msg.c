@@ -178,6 +178,26 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 			return -EPROTO;
 		c->service = ph_get16(p + 1);
 		return 0;
+	case PH_CTRL_UDP_OPEN: {
+		struct ph_open_req o;
+
+		/* kind, port, length and target as an OPEN's head, after the request id */
+		if (n < 1 + 4 + 4 + 1 || ph_open_req_parse(p + 5, n - 5, &o, why) != (int)(n - 5)) {
+			*why = "a UDP_OPEN of the wrong length or target";
+			return -EPROTO;
+		}
+		c->req = ph_get32(p + 1);
+		c->okind = o.kind;
+		c->port = o.port;
+		memcpy(c->target, o.target, sizeof(c->target));
+		return 0;
+	}
+	case PH_CTRL_UDP_OPENED:
+		if (n != 1 + 4 + 2)
+			return -EPROTO;
+		c->req = ph_get32(p + 1);
+		c->service = ph_get16(p + 5);
+		return 0;
 	default:
 		*why = "an unknown control message";
 		return -EPROTO;
@@ -244,6 +264,17 @@ size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out)
 	case PH_CTRL_UNREGISTER:
 		ph_put16(out + 1, c->service);
 		return 3;
+	case PH_CTRL_UDP_OPEN: {
+		struct ph_open_req o = {.kind = c->okind, .port = c->port};
+
+		ph_put32(out + 1, c->req);
+		memcpy(o.target, c->target, sizeof(o.target));
+		return 5 + ph_open_req_put(&o, out + 5);
+	}
+	case PH_CTRL_UDP_OPENED:
+		ph_put32(out + 1, c->req);
+		ph_put16(out + 5, c->service);
+		return 7;
 	default:
 		return 1;
 	}

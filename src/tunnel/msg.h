@@ -18,6 +18,9 @@ enum ph_ctrl_type {
 	PH_CTRL_REGISTERED = 2, /* relay: it is public */
 	PH_CTRL_REFUSED = 3,    /* relay: it is not, and why */
 	PH_CTRL_UNREGISTER = 4, /* either: the service is gone */
+	/* 5, 6: CHECK, CHECKED (`pinhole check`) */
+	PH_CTRL_UDP_OPEN = 7,   /* client: a UDP channel to a target (`local udp://`) */
+	PH_CTRL_UDP_OPENED = 8, /* relay: the channel's id (its DGRAMs' service id) */
 };
 
 #define PH_SVC_TCP 1
@@ -41,10 +44,11 @@ enum ph_ctrl_type {
 #define PH_TLV_PRIVATE   4 /* empty: a private service (no public port; `local` reaches it) */
 #define PH_TLV_OPTIONAL  0x80
 
-#define PH_CTRL_ACL_MAX  32 /* allow/deny rules a REGISTER may carry */
-#define PH_CTRL_TEXT_MAX 200
-#define PH_CTRL_TAIL_MAX (2 + 4 + 2 + PH_CTRL_ACL_MAX * (2 + 2 + 16))
-#define PH_CTRL_MAX      (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + PH_CTRL_TAIL_MAX)
+#define PH_CTRL_ACL_MAX    32 /* allow/deny rules a REGISTER may carry */
+#define PH_CTRL_TEXT_MAX   200
+#define PH_CTRL_TAIL_MAX   (2 + 4 + 2 + PH_CTRL_ACL_MAX * (2 + 2 + 16))
+#define PH_CTRL_MAX        (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + PH_CTRL_TAIL_MAX)
+#define PH_CTRL_TARGET_MAX 253 /* UDP_OPEN's target: a service name or a host */
 
 /* A client address rule of a REGISTER (`expose --allow/--deny`). */
 struct ph_ctrl_acl {
@@ -65,8 +69,10 @@ struct ph_ctrl {
 	uint8_t skipped;    /* REGISTER: optional options this version does not know */
 	bool priv;          /* REGISTER: a private service (PH_TLV_PRIVATE) */
 	struct ph_ctrl_acl acl[PH_CTRL_ACL_MAX];
-	char name[PH_NAME_MAX + 1];      /* REGISTER: "" when unnamed */
-	char text[PH_CTRL_TEXT_MAX + 1]; /* REFUSED */
+	char name[PH_NAME_MAX + 1];          /* REGISTER: "" when unnamed */
+	char text[PH_CTRL_TEXT_MAX + 1];     /* REFUSED */
+	uint8_t okind;                       /* UDP_OPEN: PH_OPEN_SERVICE or PH_OPEN_HOST (below) */
+	char target[PH_CTRL_TARGET_MAX + 1]; /* UDP_OPEN: a private service's name, or a host */
 };
 
 /* Parses a CTRL payload. Returns 0, or -EPROTO with a static reason. */

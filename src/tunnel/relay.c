@@ -85,6 +85,31 @@ struct rsess {
 };
 
 /*
+ * A UDP channel a client opened (`local udp://LISTEN HOST:PORT`): its DGRAMs carry the
+ * channel's id as their service id, and each of the client's flows gets a socket here
+ * connected to the target (a NAT mapping of the relay's), found by the client's flow id.
+ */
+struct rchan {
+	struct ph_list node; /* in relay.chans */
+	struct ph_relay *r;
+	struct rsess *rs; /* NULL once its session ended (freed when no lookup waits) */
+	uint32_t req;
+	uint16_t id, port;
+	bool resolving, ready;
+	char target[PH_CTRL_TARGET_MAX + 1];
+	struct ph_addr dst;
+	struct ph_udptab flows; /* struct cflow, by the client's flow id */
+	uint64_t flows_total, dgrams_up, dgrams_down;
+};
+
+struct cflow {
+	struct ph_udp_node node;
+	struct ph_io io; /* connected to the channel's target */
+	struct rchan *ch;
+	uint32_t id; /* the client's */
+};
+
+/*
  * A stream a client opened (odd id): to a private service (a socket pair between its
  * stream and one on the service's session) or to HOST:PORT (the relay connects). It lives
  * until its stream ended and no name lookup waits for it.
@@ -120,11 +145,13 @@ struct ph_relay {
 	char auth_file[600];
 	struct ph_tunnel_stats gone; /* of ended sessions and freed services */
 	struct ph_list dials;        /* struct rdial */
+	struct ph_list chans;        /* struct rchan */
 	struct ph_resolver *res;     /* owned: HOST:PORT targets of client-opened streams */
 	struct ph_hostaddrs *self;   /* this host's addresses (connect= judges them apart) */
 };
 
 static const struct ph_sess_ops relay_ops;
+static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c);
 static const char *svc_denied_by(const struct rsvc *v, const struct ph_addr *peer);
 static void svc_turn_away(struct rsvc *v, const struct ph_addr *peer, bool denied, const char *by);
 
@@ -900,6 +927,9 @@ static int rs_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **w
 	case PH_CTRL_REGISTER:
 		relay_register(rs, &c);
 		return 0;
+	case PH_CTRL_UDP_OPEN:
+		relay_udp_open(rs, &c);
+		return 0;
 	case PH_CTRL_UNREGISTER:
 		v = svc_by_id(rs->r, rs, c.service);
 		if (v != NULL) {
@@ -1163,6 +1193,212 @@ static int dial_service(struct rsess *rs, uint32_t id, const struct ph_open_req 
 	return 0;
 }
 
+/* --- UDP channels a client opens: `local udp://` --------------------------------------- */
+
+static void cflow_free(struct cflow *f)
+{
+	ph_udptab_del(&f->ch->flows, &f->node);
+	ph_io_close(f->ch->r->loop, &f->io);
+	ph_fds_give(PH_FDS_STREAM);
+	free(f);
+}
+
+static void chan_free(struct rchan *ch)
+{
+	struct ph_udp_node *n;
+
+	while ((n = ph_udptab_oldest(&ch->flows)) != NULL)
+		cflow_free(container_of(n, struct cflow, node));
+	ph_udptab_free(&ch->flows);
+	ph_list_del(&ch->node);
+	free(ch);
+}
+
+/* The target's answers: back to the client, on the flow they belong to. */
+static void cflow_io(struct ph_io *io, uint32_t events)
+{
+	struct cflow *f = container_of(io, struct cflow, io);
+	struct rchan *ch = f->ch;
+	uint8_t p[PH_FRAME_MAX];
+
+	(void)events;
+	for (int i = 0; i < UDP_BATCH; i++) {
+		ssize_t n = recv(io->fd, p + 7, sizeof(p) - 7, MSG_TRUNC);
+
+		if (n < 0)
+			return;
+		if ((size_t)n > sizeof(p) - 7 || ch->rs == NULL)
+			continue; /* too big for a frame, or nobody to take it */
+		ph_put16(p, ch->id);
+		ph_put32(p + 2, f->id);
+		p[6] = 0;
+		ph_udptab_touch(&ch->flows, &f->node, ch->r->loop->now);
+		if (ph_sess_dgram(ch->rs->s, p, 7 + (size_t)n) == 0)
+			ch->dgrams_down++;
+	}
+}
+
+/* Refuses ch's UDP_OPEN and frees it. */
+static void chan_refuse(struct rchan *ch, uint8_t code, const char *text)
+{
+	ch->rs->out_refused++;
+	sess_refuse(ch->rs, ch->req, code, "%s", text);
+	chan_free(ch);
+}
+
+/* The target's addresses: the first the key may reach is the channel's. */
+static void chan_ready(struct rchan *ch, const char *name, const struct ph_addr *addrs, unsigned n)
+{
+	struct ph_ctrl m = {.type = PH_CTRL_UDP_OPENED, .req = ch->req, .service = ch->id};
+	char text[3 * PH_OPEN_HOST_MAX], hp[PH_OPEN_HOST_MAX + 8], ip[PH_ADDR_STRLEN];
+	uint8_t out[PH_CTRL_MAX];
+	bool local = false;
+
+	for (unsigned i = 0; i < n; i++) {
+		bool l = ph_addr_is_local(&addrs[i], ch->r->self);
+
+		if (ph_auth_connect_addr(ch->rs->key, name, &addrs[i], l)) {
+			ch->dst = addrs[i];
+			ch->ready = true;
+			ch->rs->out_total++;
+			(void)ph_sess_ctrl(ch->rs->s, out, ph_ctrl_build(&m, out));
+			return;
+		}
+		local |= l;
+	}
+	snprintf(text, sizeof(text), "key %s may not send to udp %s (%s)%s", key_name(ch->rs),
+	         ph_hostport_fmt(ch->target, ch->port, hp, sizeof(hp)),
+	         ph_addr_fmt(&addrs[0], ip, sizeof(ip)),
+	         local ? ": the relay's own address, only when connect= names it" : "");
+	chan_refuse(ch, PH_REFUSE_LIMIT, text);
+}
+
+static void chan_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                             unsigned n, uint32_t ttl)
+{
+	struct rchan *ch = arg;
+	char text[3 * PH_OPEN_HOST_MAX];
+
+	(void)ttl;
+	ch->resolving = false;
+	if (ch->rs == NULL) {
+		chan_free(ch);
+		return;
+	}
+	if (err < 0 || n == 0) {
+		snprintf(text, sizeof(text), "cannot resolve %s: %s", ch->target,
+		         why != NULL ? why : ph_strerror(err));
+		chan_refuse(ch, PH_REFUSE_BIND, text);
+		return;
+	}
+	chan_ready(ch, ch->target, addrs, n);
+}
+
+/* UDP_OPEN: a channel to HOST:PORT, judged by connect= as a stream would be. */
+static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c)
+{
+	struct ph_relay *r = rs->r;
+	char text[3 * PH_OPEN_HOST_MAX], hp[PH_OPEN_HOST_MAX + 8];
+	struct ph_addr a;
+	struct rchan *ch;
+
+	if (c->okind != PH_OPEN_HOST) {
+		rs->out_refused++;
+		sess_refuse(rs, c->req, PH_REFUSE_BADREQ,
+		            "UDP to a private service is not carried by this relay (HOST:PORT is)");
+		return;
+	}
+	ph_hostport_fmt(c->target, c->port, hp, sizeof(hp));
+	if (!ph_auth_connect_host(rs->key, c->target, c->port)) {
+		snprintf(text, sizeof(text),
+		         "key %s may not send to udp %s; add connect=%s to its line on the relay",
+		         key_name(rs), hp, hp);
+		rs->out_refused++;
+		sess_refuse(rs, c->req, PH_REFUSE_LIMIT, "%s", text);
+		return;
+	}
+	ch = calloc(1, sizeof(*ch));
+	if (ch == NULL || ph_udptab_init(&ch->flows) < 0) {
+		free(ch);
+		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay is out of memory");
+		return;
+	}
+	ch->r = r;
+	ch->rs = rs;
+	ch->req = c->req;
+	ch->port = c->port;
+	snprintf(ch->target, sizeof(ch->target), "%s", c->target);
+	do /* an id no service has: both share the DGRAM's service id */
+		ch->id = ++r->next_sid;
+	while (ch->id == 0);
+	ph_list_add_tail(&r->chans, &ch->node);
+	if (ph_addr_from_literal(c->target, c->port, &a) == 0) {
+		chan_ready(ch, NULL, &a, 1);
+		return;
+	}
+	if (ph_resolver_query(r->res, c->target, c->port, chan_on_resolved, ch) < 0) {
+		chan_refuse(ch, PH_REFUSE_BIND, "the relay cannot look the name up now");
+		return;
+	}
+	ch->resolving = true;
+}
+
+static struct rchan *chan_by_id(struct rsess *rs, uint16_t id)
+{
+	for (struct ph_list *n = rs->r->chans.next; n != &rs->r->chans; n = n->next) {
+		struct rchan *ch = container_of(n, struct rchan, node);
+
+		if (ch->id == id && ch->rs == rs && ch->ready)
+			return ch;
+	}
+	return NULL;
+}
+
+/* A client's datagram on a channel: out of the flow's socket (made at its first). */
+static void chan_dgram(struct rchan *ch, uint32_t flow, const uint8_t *p, size_t n)
+{
+	struct ph_loop *l = ch->r->loop;
+	struct ph_udp_key k;
+	struct ph_udp_node *node;
+	struct cflow *f;
+	int fd;
+
+	memset(&k, 0, sizeof(k)); /* the client's flow id where the table keeps an address */
+	k.peer.len = sizeof(flow);
+	memcpy(&k.peer.u, &flow, sizeof(flow));
+	node = ph_udptab_find(&ch->flows, &k);
+	if (node == NULL) {
+		if (ch->flows.n >= FLOW_MAX)
+			cflow_free(container_of(ph_udptab_oldest(&ch->flows), struct cflow, node));
+		if (!ph_fds_take(PH_FDS_STREAM))
+			return;
+		fd = ph_udp_connect(&ch->dst, NULL, 0);
+		f = fd >= 0 ? calloc(1, sizeof(*f)) : NULL;
+		if (f == NULL) {
+			if (fd >= 0)
+				close(fd);
+			ph_fds_give(PH_FDS_STREAM);
+			return;
+		}
+		f->ch = ch;
+		f->id = flow;
+		ph_io_init(&f->io, fd, cflow_io);
+		if (ph_io_add(l, &f->io, EPOLLIN) < 0) {
+			close(fd);
+			ph_fds_give(PH_FDS_STREAM);
+			free(f);
+			return;
+		}
+		ph_udptab_add(&ch->flows, &f->node, &k, l->now);
+		ch->flows_total++;
+		node = &f->node;
+	}
+	f = container_of(node, struct cflow, node);
+	ph_udptab_touch(&ch->flows, node, l->now);
+	if (send(f->io.fd, p, n, MSG_DONTWAIT) >= 0)
+		ch->dgrams_up++;
+}
+
 static int rs_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t n, bool fin,
                    const char **why)
 {
@@ -1185,11 +1421,18 @@ static void rs_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	struct uflow *f;
 	int an;
 
-	v = svc_by_id(rs->r, rs, ph_get16(p));
-	if (v == NULL || v->proto != PH_SVC_UDP)
-		return;
 	an = ph_msg_addr_get(p + 6, n - 6, &ignored);
 	if (an < 0)
+		return;
+	v = svc_by_id(rs->r, rs, ph_get16(p));
+	if (v == NULL) {
+		struct rchan *ch = chan_by_id(rs, ph_get16(p));
+
+		if (ch != NULL)
+			chan_dgram(ch, ph_get32(p + 2), p + 6 + an, n - 6 - (size_t)an);
+		return;
+	}
+	if (v->proto != PH_SVC_UDP)
 		return;
 	f = flow_by_id(v, ph_get32(p + 2));
 	if (f ==
@@ -1285,6 +1528,15 @@ static void rs_closed(struct ph_sess *s, const char *why)
 
 		if (v->owner == rs)
 			svc_orphan(v, s->timed_out);
+	}
+	ph_list_for_each_safe(n, tmp, &r->chans) {
+		struct rchan *ch = container_of(n, struct rchan, node);
+
+		if (ch->rs != rs)
+			continue;
+		ch->rs = NULL;
+		if (!ch->resolving) /* else the lookup's answer frees it */
+			chan_free(ch);
 	}
 	if (rs->key != NULL) { /* what it carried stays in the totals */
 		r->gone.sessions++;
@@ -1413,6 +1665,14 @@ static void relay_sweep(struct ph_timer *t)
 		       r->loop->now - f->last >= FLOW_IDLE_MS)
 			flow_free(v, container_of(f, struct uflow, node));
 	}
+	for (struct ph_list *n = r->chans.next; n != &r->chans; n = n->next) {
+		struct rchan *ch = container_of(n, struct rchan, node);
+		struct ph_udp_node *f;
+
+		while ((f = ph_udptab_oldest(&ch->flows)) != NULL &&
+		       r->loop->now - f->last >= FLOW_IDLE_MS)
+			cflow_free(container_of(f, struct cflow, node));
+	}
 	ph_timer_arm(r->loop, &r->sweep, 10000);
 }
 
@@ -1435,6 +1695,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	ph_list_init(&r->services);
 	ph_list_init(&r->dead);
 	ph_list_init(&r->dials);
+	ph_list_init(&r->chans);
 	ph_task_init(&r->reap, relay_reap);
 	ph_timer_init(&r->sweep, relay_sweep);
 	ph_acceptor_init(&r->lis, -1, PH_FDS_STREAM, relay_accept, relay_label);
@@ -1592,6 +1853,8 @@ void ph_relay_free(struct ph_relay *r)
 	ph_resolver_free(r->res);         /* lookups in flight end without their callbacks */
 	while (!ph_list_empty(&r->dials)) /* those that waited for one */
 		dial_free(container_of(r->dials.next, struct rdial, node));
+	while (!ph_list_empty(&r->chans))
+		chan_free(container_of(r->chans.next, struct rchan, node));
 	ph_hostaddrs_free(r->self);
 	ph_task_cancel(&r->reap);
 	relay_reap(&r->reap);

@@ -64,6 +64,7 @@ static bool same(const struct ph_ctrl *a, const struct ph_ctrl *b)
 	return a->type == b->type && a->req == b->req && a->proto == b->proto &&
 	       a->port == b->port && a->proxy == b->proxy && a->service == b->service &&
 	       a->code == b->code && a->max_conns == b->max_conns && a->priv == b->priv &&
+	       a->okind == b->okind && strcmp(a->target, b->target) == 0 &&
 	       strcmp(a->name, b->name) == 0 && strcmp(a->text, b->text) == 0;
 }
 
@@ -86,7 +87,9 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	}
 	CHECK(same(&c, &again));
 
-	CHECK(c.type >= PH_CTRL_REGISTER && c.type <= PH_CTRL_UNREGISTER && c.type == data[0]);
+	CHECK(((c.type >= PH_CTRL_REGISTER && c.type <= PH_CTRL_UNREGISTER) ||
+	       c.type == PH_CTRL_UDP_OPEN || c.type == PH_CTRL_UDP_OPENED) &&
+	      c.type == data[0]);
 	CHECK(memchr(c.name, '\0', sizeof(c.name)) != NULL);
 	CHECK(c.name[0] == '\0' || ph_svc_name_ok(c.name));
 	CHECK(memchr(c.text, '\0', sizeof(c.text)) != NULL);
