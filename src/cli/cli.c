@@ -507,10 +507,9 @@ static int expose_end(struct ph_cli_ctx *x, int first, char *const *argv, struct
 		                    "expose: missing --via RELAY (see pinhole expose --help)");
 	if (x->expose->udp && x->expose->proxy != 0)
 		return ph_cli__fail(e, first, "expose: --proxy-protocol is for TCP services");
-	if (x->expose->priv &&
-	    (x->expose->name[0] == '\0' || x->expose->port != 0 || x->expose->udp))
+	if (x->expose->priv && (x->expose->name[0] == '\0' || x->expose->port != 0))
 		return ph_cli__fail(e, first,
-		                    "expose: --private is for a TCP service with a --name and no "
+		                    "expose: --private is for a service with a --name and no "
 		                    "--port (`pinhole local` reaches it by name)");
 	return tunnel_end(x, first, argv, e);
 }

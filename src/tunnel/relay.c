@@ -46,6 +46,9 @@ struct uflow {
 	struct ph_udp_node node; /* in the service's table, least recent first */
 	struct uflow *inext;     /* in byid */
 	uint32_t id;
+	/* a private service's: the channel and flow of the client it answers */
+	uint16_t chan;
+	uint32_t cflow;
 };
 
 struct rsvc {
@@ -94,7 +97,7 @@ struct rchan {
 	struct ph_relay *r;
 	struct rsess *rs; /* NULL once its session ended (freed when no lookup waits) */
 	uint32_t req;
-	uint16_t id, port;
+	uint16_t id, port; /* port 0: to the private service named target */
 	bool resolving, ready;
 	char target[PH_CTRL_TARGET_MAX + 1];
 	struct ph_addr dst;
@@ -792,9 +795,9 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	}
 	if (!register_allowed(rs, c))
 		return;
-	if (c->priv && (c->name[0] == '\0' || c->port != 0 || c->proto != PH_SVC_TCP)) {
+	if (c->priv && (c->name[0] == '\0' || c->port != 0)) {
 		sess_refuse(rs, c->req, PH_REFUSE_BADREQ,
-		            "a private service is TCP, has a --name and no --port");
+		            "a private service has a --name and no --port");
 		return;
 	}
 	if (c->priv && private_taken(r, rs, c->name)) {
@@ -829,6 +832,12 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	ph_acceptor_init(&v->acc, -1, PH_FDS_STREAM, svc_visitor, svc_label);
 	v->priv = c->priv;
 	if (v->priv) { /* no socket: `local` reaches it by name */
+		if (v->proto == PH_SVC_UDP && ph_udptab_init(&v->flows) < 0) {
+			ph_acl_free(&v->acl);
+			free(v);
+			sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay is out of memory");
+			return;
+		}
 		do
 			v->id = ++r->next_sid;
 		while (v->id == 0);
@@ -1099,13 +1108,13 @@ static int dial_host(struct rsess *rs, uint32_t id, const struct ph_open_req *o,
 	return 0;
 }
 
-/* The private service of that name (TCP), owned or held; NULL when none. */
-static struct rsvc *private_find(struct ph_relay *r, const char *name)
+/* The private service of that name and protocol, owned or held; NULL when none. */
+static struct rsvc *private_find(struct ph_relay *r, const char *name, uint8_t proto)
 {
 	for (struct ph_list *n = r->services.next; n != &r->services; n = n->next) {
 		struct rsvc *v = container_of(n, struct rsvc, node);
 
-		if (v->priv && strcmp(v->name, name) == 0)
+		if (v->priv && v->proto == proto && strcmp(v->name, name) == 0)
 			return v;
 	}
 	return NULL;
@@ -1135,7 +1144,7 @@ static int dial_service(struct rsess *rs, uint32_t id, const struct ph_open_req 
 		dial_refuse(rs, id, PH_RST_FORBIDDEN, text);
 		return 0;
 	}
-	v = private_find(r, o->target);
+	v = private_find(r, o->target, PH_SVC_TCP);
 	if (v == NULL || v->owner == NULL) {
 		snprintf(text, sizeof(text), "no private service '%s' is %s on the relay",
 		         o->target, v == NULL ? "offered" : "connected now");
@@ -1299,23 +1308,35 @@ static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c)
 {
 	struct ph_relay *r = rs->r;
 	char text[3 * PH_OPEN_HOST_MAX], hp[PH_OPEN_HOST_MAX + 8];
+	bool svc = c->okind == PH_OPEN_SERVICE;
 	struct ph_addr a;
 	struct rchan *ch;
 
-	if (c->okind != PH_OPEN_HOST) {
-		rs->out_refused++;
-		sess_refuse(rs, c->req, PH_REFUSE_BADREQ,
-		            "UDP to a private service is not carried by this relay (HOST:PORT is)");
-		return;
-	}
 	ph_hostport_fmt(c->target, c->port, hp, sizeof(hp));
-	if (!ph_auth_connect_host(rs->key, c->target, c->port)) {
-		snprintf(text, sizeof(text),
-		         "key %s may not send to udp %s; add connect=%s to its line on the relay",
-		         key_name(rs), hp, hp);
+	if (svc ? !ph_auth_reach_ok(rs->key, c->target)
+	        : !ph_auth_connect_host(rs->key, c->target, c->port)) {
+		if (svc)
+			snprintf(text, sizeof(text),
+			         "key %s may not reach '%s'; add reach=%s to its line on the relay",
+			         key_name(rs), c->target, c->target);
+		else
+			snprintf(text, sizeof(text),
+			         "key %s may not send to udp %s; add connect=%s to its line on the "
+			         "relay",
+			         key_name(rs), hp, hp);
 		rs->out_refused++;
 		sess_refuse(rs, c->req, PH_REFUSE_LIMIT, "%s", text);
 		return;
+	}
+	if (svc) {
+		struct rsvc *v = private_find(r, c->target, PH_SVC_UDP);
+
+		if (v == NULL || v->owner == NULL) { /* it may come: the client asks again */
+			rs->out_refused++;
+			sess_refuse(rs, c->req, PH_REFUSE_BIND,
+			            "no private UDP service '%s' is connected now", c->target);
+			return;
+		}
 	}
 	ch = calloc(1, sizeof(*ch));
 	if (ch == NULL || ph_udptab_init(&ch->flows) < 0) {
@@ -1326,12 +1347,21 @@ static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c)
 	ch->r = r;
 	ch->rs = rs;
 	ch->req = c->req;
-	ch->port = c->port;
+	ch->port = svc ? 0 : c->port;
 	snprintf(ch->target, sizeof(ch->target), "%s", c->target);
 	do /* an id no service has: both share the DGRAM's service id */
 		ch->id = ++r->next_sid;
 	while (ch->id == 0);
 	ph_list_add_tail(&r->chans, &ch->node);
+	if (svc) { /* the service is found by name at each datagram: it may be taken back */
+		struct ph_ctrl m = {.type = PH_CTRL_UDP_OPENED, .req = ch->req, .service = ch->id};
+		uint8_t out[PH_CTRL_MAX];
+
+		ch->ready = true;
+		rs->out_total++;
+		(void)ph_sess_ctrl(rs->s, out, ph_ctrl_build(&m, out));
+		return;
+	}
 	if (ph_addr_from_literal(c->target, c->port, &a) == 0) {
 		chan_ready(ch, NULL, &a, 1);
 		return;
@@ -1354,6 +1384,87 @@ static struct rchan *chan_by_id(struct rsess *rs, uint16_t id)
 	return NULL;
 }
 
+/*
+ * A client's datagram for a private UDP service: a flow of the service (keyed by channel
+ * and flow, where the table keeps an address) whose answers go back on the channel.
+ */
+static void chan_private_dgram(struct rchan *ch, uint32_t flow, const uint8_t *p, size_t n)
+{
+	struct rsvc *v = private_find(ch->r, ch->target, PH_SVC_UDP);
+	uint8_t out[PH_FRAME_MAX];
+	struct ph_udp_node *node;
+	struct ph_udp_key k;
+	struct uflow *f;
+	size_t an;
+
+	if (v == NULL || v->owner == NULL)
+		return; /* gone, or held for its key: dropped, as a public one's would be */
+	memset(&k, 0, sizeof(k));
+	k.peer.len = sizeof(ch->id) + sizeof(flow);
+	memcpy(&k.peer.u, &ch->id, sizeof(ch->id));
+	memcpy((char *)&k.peer.u + sizeof(ch->id), &flow, sizeof(flow));
+	node = ph_udptab_find(&v->flows, &k);
+	if (node == NULL) {
+		const char *by = svc_denied_by(v, &ch->rs->s->peer_addr);
+
+		if (by != NULL) { /* the service's --allow/--deny judge the client's address */
+			svc_turn_away(v, &ch->rs->s->peer_addr, true, by);
+			return;
+		}
+		if (v->flows.n >= FLOW_MAX)
+			flow_free(v, container_of(ph_udptab_oldest(&v->flows), struct uflow, node));
+		f = calloc(1, sizeof(*f));
+		if (f == NULL)
+			return;
+		f->id = ++v->next_flow;
+		f->chan = ch->id;
+		f->cflow = flow;
+		f->inext = v->byid[f->id & 255];
+		v->byid[f->id & 255] = f;
+		ph_udptab_add(&v->flows, &f->node, &k, ch->r->loop->now);
+		v->visitors++;
+		node = &f->node;
+	}
+	f = container_of(node, struct uflow, node);
+	ph_udptab_touch(&v->flows, node, ch->r->loop->now);
+	ph_put16(out, v->id);
+	ph_put32(out + 2, f->id);
+	an = ph_msg_addr_put(out + 6, &ch->rs->s->peer_addr);
+	if (6 + an + n > sizeof(out))
+		return;
+	memcpy(out + 6 + an, p, n);
+	if (ph_sess_dgram(v->owner->s, out, 6 + an + n) == 0) {
+		v->dgrams++;
+		v->bytes_in += n;
+		ch->dgrams_up++;
+	}
+}
+
+/* A private service's answer: back on the channel of the client it answers. */
+static void private_answer(struct rsvc *v, struct uflow *f, const uint8_t *p, size_t n)
+{
+	uint8_t out[PH_FRAME_MAX];
+
+	for (struct ph_list *l = v->r->chans.next; l != &v->r->chans; l = l->next) {
+		struct rchan *ch = container_of(l, struct rchan, node);
+
+		if (ch->id != f->chan || ch->rs == NULL || !ch->ready)
+			continue;
+		if (7 + n > sizeof(out))
+			return;
+		ph_put16(out, ch->id);
+		ph_put32(out + 2, f->cflow);
+		out[6] = 0;
+		memcpy(out + 7, p, n);
+		if (ph_sess_dgram(ch->rs->s, out, 7 + n) == 0) {
+			v->bytes_out += n;
+			ch->dgrams_down++;
+		}
+		ph_udptab_touch(&v->flows, &f->node, v->r->loop->now);
+		return;
+	}
+}
+
 /* A client's datagram on a channel: out of the flow's socket (made at its first). */
 static void chan_dgram(struct rchan *ch, uint32_t flow, const uint8_t *p, size_t n)
 {
@@ -1363,6 +1474,10 @@ static void chan_dgram(struct rchan *ch, uint32_t flow, const uint8_t *p, size_t
 	struct cflow *f;
 	int fd;
 
+	if (ch->port == 0) {
+		chan_private_dgram(ch, flow, p, n);
+		return;
+	}
 	memset(&k, 0, sizeof(k)); /* the client's flow id where the table keeps an address */
 	k.peer.len = sizeof(flow);
 	memcpy(&k.peer.u, &flow, sizeof(flow));
@@ -1438,6 +1553,10 @@ static void rs_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	if (f ==
 	    NULL) /* the relay sends only to peers that wrote to it: never where a client says */
 		return;
+	if (v->priv) {
+		private_answer(v, f, p + 6 + an, n - 6 - (size_t)an);
+		return;
+	}
 	if (sendto(v->io.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT, &f->node.key.peer.u.sa,
 	           f->node.key.peer.len) >= 0)
 		v->bytes_out += n - 6 - (size_t)an;
