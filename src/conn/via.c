@@ -10,6 +10,7 @@
 #include "core/util.h"
 
 #define VIA_KIND_TCP 1 /* a request's kind: a TCP connection */
+#define VIA_KIND_UDP 2 /* datagrams */
 
 struct ph_via {
 	struct ph_via *next;
@@ -69,7 +70,93 @@ void ph_via_free_all(void)
 	pthread_mutex_unlock(&via_lock);
 }
 
+static int via_dial(struct ph_via *v, const char *host, uint16_t port, bool udp);
+
 int ph_via_dial(struct ph_via *v, const char *host, uint16_t port)
+{
+	if (host[0] == '\0' || port == 0)
+		return -EINVAL;
+	return via_dial(v, host, port, false);
+}
+
+int ph_via_assoc(struct ph_via *v)
+{
+	return via_dial(v, "", 0, true);
+}
+
+size_t ph_via_dgram_put(const char *host, uint16_t port, uint8_t *out)
+{
+	size_t hl = strlen(host);
+
+	if (hl > PH_VIA_HOST_MAX)
+		hl = PH_VIA_HOST_MAX;
+	out[0] = (uint8_t)(port >> 8);
+	out[1] = (uint8_t)port;
+	out[2] = (uint8_t)hl;
+	memcpy(out + 3, host, hl);
+	return 3 + hl;
+}
+
+int ph_via_dgram_get(const uint8_t *p, size_t n, char host[PH_VIA_HOST_MAX + 1], uint16_t *port)
+{
+	size_t hl;
+
+	if (n < 3)
+		return -EPROTO;
+	hl = p[2];
+	if (hl == 0 || hl > PH_VIA_HOST_MAX || n < 3 + hl)
+		return -EPROTO;
+	*port = (uint16_t)(p[0] << 8 | p[1]);
+	for (size_t i = 0; i < hl; i++) {
+		if (p[3 + i] == 0)
+			return -EPROTO;
+		host[i] = (char)p[3 + i];
+	}
+	host[hl] = '\0';
+	return *port != 0 ? (int)(3 + hl) : -EPROTO;
+}
+
+size_t ph_via_from_put(const struct ph_addr *a, uint8_t *out)
+{
+	if (a != NULL && a->u.sa.sa_family == AF_INET) {
+		out[0] = 4;
+		memcpy(out + 1, &a->u.in.sin_port, 2);
+		memcpy(out + 3, &a->u.in.sin_addr, 4);
+		return 7;
+	}
+	if (a != NULL && a->u.sa.sa_family == AF_INET6) {
+		out[0] = 6;
+		memcpy(out + 1, &a->u.in6.sin6_port, 2);
+		memcpy(out + 3, &a->u.in6.sin6_addr, 16);
+		return 19;
+	}
+	out[0] = 0;
+	return 1;
+}
+
+int ph_via_from_get(const uint8_t *p, size_t n, struct ph_addr *a)
+{
+	memset(a, 0, sizeof(*a));
+	if (n >= 1 && p[0] == 0)
+		return 1;
+	if (n >= 7 && p[0] == 4) {
+		a->u.in.sin_family = AF_INET;
+		memcpy(&a->u.in.sin_port, p + 1, 2);
+		memcpy(&a->u.in.sin_addr, p + 3, 4);
+		a->len = sizeof(a->u.in);
+		return 7;
+	}
+	if (n >= 19 && p[0] == 6) {
+		a->u.in6.sin6_family = AF_INET6;
+		memcpy(&a->u.in6.sin6_port, p + 1, 2);
+		memcpy(&a->u.in6.sin6_addr, p + 3, 16);
+		a->len = sizeof(a->u.in6);
+		return 19;
+	}
+	return -EPROTO;
+}
+
+static int via_dial(struct ph_via *v, const char *host, uint16_t port, bool udp)
 {
 	uint8_t req[PH_VIA_REQ_MAX];
 	size_t hl = strlen(host);
@@ -82,11 +169,12 @@ int ph_via_dial(struct ph_via *v, const char *host, uint16_t port)
 	struct cmsghdr *c;
 	int sp[2], err;
 
-	if (hl == 0 || hl > PH_VIA_HOST_MAX || port == 0)
+	if (hl > PH_VIA_HOST_MAX)
 		return -EINVAL;
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0)
+	if (socketpair(AF_UNIX, (udp ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	               0, sp) < 0)
 		return -errno;
-	req[0] = VIA_KIND_TCP;
+	req[0] = udp ? VIA_KIND_UDP : VIA_KIND_TCP;
 	req[1] = (uint8_t)(port >> 8);
 	req[2] = (uint8_t)port;
 	req[3] = (uint8_t)hl;
@@ -155,15 +243,18 @@ int ph_via_recv(int rx, struct ph_via_req *req)
 	}
 	if (fd == -1)
 		return -EPROTO;
-	if (n < 5 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || b[0] != VIA_KIND_TCP ||
-	    b[3] == 0 || (size_t)n != 4u + b[3]) {
+	if (n < 4 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+	    (b[0] != VIA_KIND_TCP && b[0] != VIA_KIND_UDP) || (size_t)n != 4u + b[3]) {
 		close(fd);
 		return -EPROTO;
 	}
+	req->udp = b[0] == VIA_KIND_UDP;
 	req->port = (uint16_t)(b[1] << 8 | b[2]);
 	memcpy(req->host, b + 4, b[3]);
 	req->host[b[3]] = '\0';
-	if (req->port == 0 || strlen(req->host) != b[3]) {
+	/* a connection names its target; an association nothing (its datagrams do) */
+	if (strlen(req->host) != b[3] ||
+	    (req->udp ? req->port != 0 || b[3] != 0 : req->port == 0 || b[3] == 0)) {
 		close(fd);
 		return -EPROTO;
 	}

@@ -41,6 +41,7 @@ struct ph_via;
 
 /* A request as the client reads it. */
 struct ph_via_req {
+	bool udp; /* a UDP association: SOCK_SEQPACKET, no host, port 0 (ph_via_assoc) */
 	uint16_t port;
 	char host[PH_VIA_HOST_MAX + 1];
 };
@@ -70,6 +71,32 @@ void ph_via_free_all(void);
  * target's bytes), or -errno (-EAGAIN: the channel is full).
  */
 int ph_via_dial(struct ph_via *v, const char *host, uint16_t port);
+
+/*
+ * A UDP association (socks UDP ASSOCIATE) through the relay: the worker's end of a
+ * SOCK_SEQPACKET pair, a message a datagram. The worker sends each datagram behind a
+ * destination header (ph_via_dgram_put: port, host - a name or an address literal - as
+ * the SOCKS client wrote it); the client opens a channel per destination (16 at most, the
+ * least recently used first) and sends each answer back behind the address it came from
+ * (ph_via_from_get). The end of either end's socket ends the association. Returns the fd
+ * or -errno.
+ */
+int ph_via_assoc(struct ph_via *v);
+
+#define PH_VIA_DGRAM_HDR_MAX (3 + PH_VIA_HOST_MAX) /* port, host length, host */
+#define PH_VIA_FROM_MAX      (1 + 2 + 16)          /* family (0, 4, 6), port, address */
+
+/* Writes a datagram's destination header into out. Returns its length. */
+size_t ph_via_dgram_put(const char *host, uint16_t port, uint8_t *out);
+
+/* Reads one: the host (terminated) and port. Returns the header's length or -EPROTO. */
+int ph_via_dgram_get(const uint8_t *p, size_t n, char host[PH_VIA_HOST_MAX + 1], uint16_t *port);
+
+/* Writes an answer's source address (NULL or none: family 0). Returns its length. */
+size_t ph_via_from_put(const struct ph_addr *a, uint8_t *out);
+
+/* Reads one into a (AF_UNSPEC for none). Returns its length or -EPROTO. */
+int ph_via_from_get(const uint8_t *p, size_t n, struct ph_addr *a);
 
 /*
  * The client's side: reads one request from the channel rx. Returns the stream fd (the

@@ -843,6 +843,92 @@ static void socks_udp_flush_pending(struct ph_conn *c)
 	sx->pend = NULL;
 }
 
+/*
+ * --via: a client's datagram to the relay client, behind its destination as the client
+ * wrote it (a name is looked up on the relay). Returns true when it went.
+ */
+static bool udp_via_send(struct ph_conn *c, const struct ph_socks_dest *d, const uint8_t *data,
+                         size_t n)
+{
+	struct ph_socks_conn *sx = c->vstate;
+	static __thread uint8_t m[PH_VIA_DGRAM_HDR_MAX + SOCKS_UDP_MAX];
+	char host[PH_SOCKS_NAME_MAX + 1];
+	size_t hl;
+
+	if (d->name[0] != '\0') {
+		if (!dest_ok(c, d->name, NULL, NULL))
+			return false;
+		snprintf(host, sizeof(host), "%s", d->name);
+	} else {
+		struct ph_addr a = d->addr;
+
+		ph_addr_set_port(&a, d->port);
+		ph_addr_unmap(&a);
+		if (ph_addr_is_any(&a) || is_multicast(&a) || !dest_ok(c, NULL, &a, NULL))
+			return false;
+		if (a.u.sa.sa_family == AF_INET)
+			inet_ntop(AF_INET, &a.u.in.sin_addr, host, sizeof(host));
+		else
+			inet_ntop(AF_INET6, &a.u.in6.sin6_addr, host, sizeof(host));
+	}
+	hl = ph_via_dgram_put(host, d->port, m);
+	if (n > SOCKS_UDP_MAX)
+		return false;
+	memcpy(m + hl, data, n);
+	if (send(sx->out[0].fd, m, hl + n, MSG_DONTWAIT | MSG_NOSIGNAL) == -1)
+		return false;
+	ph_conn_count(c, n, 0);
+	PH_CONN_STAT(c->wr, bytes_up, n);
+	PH_CONN_STAT(c->wr, dgrams_up, 1);
+	return true;
+}
+
+/* --via: the relay client's datagrams (behind their source), back to the client. */
+static void socks_on_via_udp(struct ph_io *io, uint32_t events)
+{
+	static __thread uint8_t buf[PH_SOCKS_UDP_HDR_MAX + PH_VIA_FROM_MAX + SOCKS_UDP_MAX];
+	struct ph_socks_conn *sx = container_of(io, struct ph_socks_conn, out[0]);
+	struct ph_conn *c = sx->c;
+	struct ph_wrule *wr = c->wr;
+	uint8_t *m = buf + PH_SOCKS_UDP_HDR_MAX; /* room to put a SOCKS header in front */
+
+	(void)events;
+	for (unsigned i = 0; i < SOCKS_UDP_BUDGET && c->vstate == sx && io->fd != -1; i++) {
+		ssize_t n = recv(io->fd, m, PH_VIA_FROM_MAX + SOCKS_UDP_MAX, MSG_DONTWAIT);
+		uint8_t h[PH_SOCKS_UDP_HDR_MAX];
+		struct ph_addr from;
+		size_t hl;
+		int fl;
+
+		if (n == -1 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			ph_conn_close(c, false, "udp: the relay client ended the association", 0);
+			return;
+		}
+		fl = ph_via_from_get(m, (size_t)n, &from);
+		if (fl < 0 || ph_addr_port(&sx->client) == 0) {
+			PH_CONN_STAT(wr, dgrams_dropped, 1);
+			continue;
+		}
+		if (from.u.sa.sa_family == AF_UNSPEC) /* no source known: 0.0.0.0:0 */
+			(void)ph_addr_from_literal("0.0.0.0", 0, &from);
+		hl = ph_socks5_udp_header(&from, h);
+		memcpy(m + fl - hl, h, hl);
+		if (sendto(sx->aux.fd, m + fl - hl, (size_t)n - (size_t)fl + hl, MSG_DONTWAIT,
+		           &sx->client.u.sa, sx->client.len) == -1) {
+			PH_CONN_STAT(wr, dgrams_dropped, 1);
+			continue;
+		}
+		sx->udp_last = wr->w->loop.now;
+		ph_conn_count(c, 0, (uint64_t)n - (uint64_t)fl);
+		PH_CONN_STAT(wr, bytes_down, (uint64_t)n - (uint64_t)fl);
+		PH_CONN_STAT(wr, dgrams_down, 1);
+	}
+	if (c->vstate == sx && io->fd != -1)
+		ph_io_mod(&wr->w->loop, io, EPOLLIN | EPOLLET); /* budget used: report again */
+}
+
 /* A datagram from the client: header off, on to its destination. */
 static void udp_from_client(struct ph_conn *c, uint8_t *b, size_t n)
 {
@@ -857,6 +943,11 @@ static void udp_from_client(struct ph_conn *c, uint8_t *b, size_t n)
 	if (hl < 0) {
 		PH_CONN_STAT(wr, dgrams_dropped, 1);
 		ph_debug("c%llu: udp: dropped a datagram: %s", (unsigned long long)c->id, why);
+		return;
+	}
+	if (wr->rule->via != NULL) {
+		if (!udp_via_send(c, &d, b + hl, n - (size_t)hl))
+			PH_CONN_STAT(wr, dgrams_dropped, 1);
 		return;
 	}
 	if (d.name[0] == '\0') {
@@ -987,6 +1078,14 @@ static void socks_udp(struct ph_conn *c)
 	}
 	if (err == 0 && getsockname(sx->aux.fd, &bound.u.sa, &len) == -1)
 		err = -errno;
+	if (err == 0 && wr->rule->via != NULL) { /* datagrams go to the relay client */
+		fd = ph_via_assoc(wr->rule->via);
+		err = fd < 0 ? fd : 0;
+		if (err == 0) {
+			ph_io_init(&sx->out[0], fd, socks_on_via_udp);
+			err = ph_io_add(l, &sx->out[0], EPOLLIN | EPOLLET);
+		}
+	}
 	if (err == 0) {
 		ph_addr_set_port(&local, ph_addr_port(&bound));
 		err = socks_reply_ok(c, &local);
@@ -1022,9 +1121,9 @@ static void socks_begin(struct ph_conn *c)
 	         : sx->cmd == PH_SOCKS_BIND  ? "BIND"
 	                                     : "UDP ASSOCIATE",
 	         dest_fmt(&sx->dst, d, sizeof(d)));
-	if (wr->rule->via != NULL && sx->cmd != PH_SOCKS_CONNECT) {
+	if (wr->rule->via != NULL && sx->cmd == PH_SOCKS_BIND) {
 		socks_fail(c, -EOPNOTSUPP, 501,
-		           "BIND and UDP ASSOCIATE are not carried through --via (CONNECT is)");
+		           "BIND is not carried through --via (CONNECT and UDP ASSOCIATE are)");
 		return;
 	}
 	if (sx->cmd == PH_SOCKS_BIND) {

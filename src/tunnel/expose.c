@@ -73,6 +73,35 @@ struct xrule {
 	uint32_t next_flow;
 };
 
+/*
+ * A socks --via worker's UDP association: its end of a SOCK_SEQPACKET pair (a message a
+ * datagram behind its destination's header), and a relay channel per destination.
+ */
+#define VASSOC_DSTS 16 /* destinations of one association (the least recent goes first) */
+#define VASSOC_HOLD 2048
+
+struct vdst {
+	char host[PH_VIA_HOST_MAX + 1];
+	uint16_t port;
+	uint16_t chan;       /* once open; 0 while asked for */
+	bool refused;        /* the relay said no: its datagrams are dropped */
+	uint32_t req;        /* the UDP_OPEN's */
+	struct ph_addr addr; /* where the relay sends (UDP_OPENED): the answers' source */
+	uint64_t last;
+	uint8_t *pend; /* owned: the first datagram, while the channel is asked for */
+	size_t pend_len;
+};
+
+struct vudp {
+	struct ph_list node; /* in c->vudps */
+	struct xclient *c;
+	struct ph_io io;
+	struct vdst d[VASSOC_DSTS];
+	unsigned n;
+};
+
+#define VUDP_REQ 0x80000000u /* a UDP_OPEN's request id for an association (rules: 1-64) */
+
 struct xclient {
 	struct ph_list node;
 	struct ph_exposer *x;
@@ -97,6 +126,8 @@ struct xclient {
 	struct ph_via *via;       /* socks --via: the channel its workers' requests come on */
 	struct ph_io via_io;      /* reading it (the fd is the channel table's) */
 	struct xrule *socks_rule; /* the first socks --via rule: its counts */
+	struct ph_list vudps;     /* struct vudp */
+	uint32_t vudp_seq;
 };
 
 struct ph_exposer {
@@ -105,7 +136,8 @@ struct ph_exposer {
 	void (*fatal)(void *arg);
 	void *arg;
 	struct ph_timer sweep;
-	struct ph_list dead; /* closed flows, freed by reap after this round's events */
+	struct ph_list dead;       /* closed flows, freed by reap after this round's events */
+	struct ph_list dead_vudps; /* likewise for socks --via datagram destinations */
 	struct ph_task reap;
 	struct ph_resolver *res; /* owned: names looked up on the loop, never blocking it */
 	bool stopping;
@@ -115,6 +147,8 @@ struct ph_exposer {
 static const struct ph_sess_ops client_ops;
 static void client_connect(struct xclient *c);
 static void local_udp_open(struct xrule *r);
+static void vudp_answer(struct xclient *c, const struct ph_ctrl *m);
+static bool vudp_dgram(struct xclient *c, uint16_t chan, const uint8_t *p, size_t n);
 
 /* --- the relay's key: pinned, or trusted on first use and remembered ----------------- */
 
@@ -306,6 +340,12 @@ static void exposer_reap(struct ph_task *t)
 
 		ph_list_del(n);
 		free(container_of(n, struct xflow, node.lru));
+	}
+	while (!ph_list_empty(&x->dead_vudps)) {
+		struct ph_list *n = x->dead_vudps.next;
+
+		ph_list_del(n);
+		free(container_of(n, struct vudp, node));
 	}
 }
 
@@ -613,6 +653,14 @@ static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	struct xclient *c = s->owner;
 	struct xrule *r = rule_by_service(c, ph_get16(p));
 	uint32_t id = ph_get32(p + 2);
+
+	if (r == NULL && !ph_list_empty(&c->vudps)) {
+		int vn = ph_msg_addr_get(p + 6, n - 6, &(struct ph_addr){0});
+
+		if (vn > 0)
+			(void)vudp_dgram(c, ph_get16(p), p + 6 + vn, n - 6 - (size_t)vn);
+		return;
+	}
 	struct ph_udp_node *node;
 	struct ph_udp_key k;
 	struct ph_addr peer;
@@ -741,6 +789,11 @@ static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char
 	if (ph_ctrl_parse(p, n, &m, why) < 0)
 		return -EPROTO;
 	client_confirm(c); /* the relay's first answer: it took this client's key */
+	if ((m.type == PH_CTRL_UDP_OPENED || m.type == PH_CTRL_REFUSED) && (m.req & VUDP_REQ)) {
+		if (c->socks_rule != NULL)
+			vudp_answer(c, &m);
+		return 0;
+	}
 	switch (m.type) {
 	case PH_CTRL_REGISTERED:
 		on_registered(c, &m);
@@ -1063,6 +1116,205 @@ static int local_listen(struct xrule *r, char *why, size_t whylen)
 
 /* --- socks --via: requests from the workers ------------------------------------------- */
 
+/* Closes d's channel on the relay (when open) and forgets it. */
+static void vdst_end(struct vudp *u, struct vdst *d, bool tell)
+{
+	struct xclient *c = u->c;
+
+	if (tell && d->chan != 0 && c->s != NULL && c->s->state == PH_SESS_UP) {
+		struct ph_ctrl m = {.type = PH_CTRL_UNREGISTER, .service = d->chan};
+		uint8_t out[PH_CTRL_MAX];
+
+		(void)ph_sess_ctrl(c->s, out, ph_ctrl_build(&m, out));
+	}
+	free(d->pend);
+	memset(d, 0, sizeof(*d));
+}
+
+static void vudp_free(struct vudp *u, bool tell)
+{
+	struct xclient *c = u->c;
+
+	for (unsigned i = 0; i < u->n; i++)
+		vdst_end(u, &u->d[i], tell);
+	ph_io_close(c->x->loop, &u->io); /* the worker reads the end */
+	ph_list_del(&u->node);
+	/* an event of this round may still name it: freed after them, with the flows */
+	ph_list_add_tail(&c->x->dead_vudps, &u->node);
+	ph_task_queue(c->x->loop, &c->x->reap);
+}
+
+/* d's datagram p[0..n) on its channel (its one flow). */
+static void vdst_send(struct vudp *u, struct vdst *d, const uint8_t *p, size_t n)
+{
+	uint8_t f[PH_FRAME_MAX];
+
+	if (7 + n > sizeof(f) || u->c->s == NULL)
+		return;
+	ph_put16(f, d->chan);
+	ph_put32(f + 2, 1);
+	f[6] = 0;
+	memcpy(f + 7, p, n);
+	if (ph_sess_dgram(u->c->s, f, 7 + n) == 0)
+		u->c->socks_rule->bytes_up += n;
+}
+
+/* The destination host:port of u: found, or made (a channel asked for). NULL: dropped. */
+static struct vdst *vdst_get(struct vudp *u, const char *host, uint16_t port)
+{
+	struct xclient *c = u->c;
+	struct ph_ctrl m = {.type = PH_CTRL_UDP_OPEN, .okind = PH_OPEN_HOST, .port = port};
+	uint8_t out[PH_CTRL_MAX];
+	struct vdst *d = NULL;
+
+	for (unsigned i = 0; i < u->n; i++)
+		if (u->d[i].port == port && strcmp(u->d[i].host, host) == 0)
+			d = &u->d[i];
+	if (d != NULL) {
+		d->last = c->x->loop->now;
+		return d;
+	}
+	if (c->s == NULL || c->s->state != PH_SESS_UP)
+		return NULL;
+	if (u->n == VASSOC_DSTS) { /* the least recently used destination makes room */
+		unsigned old = 0;
+
+		for (unsigned i = 1; i < u->n; i++)
+			if (u->d[i].last < u->d[old].last)
+				old = i;
+		vdst_end(u, &u->d[old], true);
+		d = &u->d[old];
+	} else {
+		d = &u->d[u->n++];
+	}
+	snprintf(d->host, sizeof(d->host), "%s", host);
+	d->port = port;
+	d->last = c->x->loop->now;
+	d->req = VUDP_REQ | (++c->vudp_seq & 0x7fffffffu);
+	m.req = d->req;
+	snprintf(m.target, sizeof(m.target), "%s", host);
+	c->socks_rule->visitors++;
+	(void)ph_sess_ctrl(c->s, out, ph_ctrl_build(&m, out));
+	return d;
+}
+
+/* The worker's datagrams: each to its destination's channel (asked for at the first). */
+static void vudp_io(struct ph_io *io, uint32_t events)
+{
+	struct vudp *u = container_of(io, struct vudp, io);
+	uint8_t p[PH_VIA_DGRAM_HDR_MAX + PH_FRAME_MAX];
+
+	(void)events;
+	for (int i = 0; i < UDP_BATCH && u->io.fd != -1; i++) {
+		ssize_t n = recv(io->fd, p, sizeof(p), MSG_DONTWAIT | MSG_TRUNC);
+		char host[PH_VIA_HOST_MAX + 1];
+		struct vdst *d;
+		uint16_t port;
+		int hl;
+
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) { /* the association ended (0: the worker closed its end) */
+			vudp_free(u, true);
+			return;
+		}
+		if ((size_t)n > sizeof(p))
+			continue;
+		hl = ph_via_dgram_get(p, (size_t)n, host, &port);
+		if (hl < 0)
+			continue;
+		d = vdst_get(u, host, port);
+		if (d == NULL || d->refused)
+			continue;
+		if (d->chan != 0) {
+			vdst_send(u, d, p + hl, (size_t)n - (size_t)hl);
+		} else if (d->pend == NULL && (size_t)n - (size_t)hl <= VASSOC_HOLD) {
+			/* the first datagram waits for its channel; later ones are dropped */
+			d->pend = malloc((size_t)n - (size_t)hl);
+			if (d->pend != NULL) {
+				memcpy(d->pend, p + hl, (size_t)n - (size_t)hl);
+				d->pend_len = (size_t)n - (size_t)hl;
+			}
+		}
+	}
+}
+
+/* A UDP_OPENED or REFUSED for one of an association's destinations. */
+static void vudp_answer(struct xclient *c, const struct ph_ctrl *m)
+{
+	for (struct ph_list *n = c->vudps.next; n != &c->vudps; n = n->next) {
+		struct vudp *u = container_of(n, struct vudp, node);
+
+		for (unsigned i = 0; i < u->n; i++) {
+			struct vdst *d = &u->d[i];
+
+			if (d->req != m->req || d->chan != 0 || d->refused)
+				continue;
+			if (m->type == PH_CTRL_REFUSED) {
+				char label[PH_HOST_MAX + 64];
+
+				d->refused = true;
+				c->socks_rule->failed++;
+				snprintf(label, sizeof(label), "socks via %s", c->relay);
+				ph_logagg_note(label, "datagrams", "refused by the relay",
+				               "%s: udp to %s: the relay refused: %s", label,
+				               d->host, m->text);
+			} else {
+				d->chan = m->service;
+				d->addr = m->addr;
+				if (d->pend != NULL)
+					vdst_send(u, d, d->pend, d->pend_len);
+			}
+			free(d->pend);
+			d->pend = NULL;
+			return;
+		}
+	}
+}
+
+/* The relay's datagram on a channel of an association: to the worker, behind its source. */
+static bool vudp_dgram(struct xclient *c, uint16_t chan, const uint8_t *p, size_t n)
+{
+	uint8_t out[PH_VIA_FROM_MAX + PH_FRAME_MAX];
+
+	if (chan == 0)
+		return false;
+	for (struct ph_list *l = c->vudps.next; l != &c->vudps; l = l->next) {
+		struct vudp *u = container_of(l, struct vudp, node);
+
+		for (unsigned i = 0; i < u->n; i++) {
+			size_t h;
+
+			if (u->d[i].chan != chan)
+				continue;
+			h = ph_via_from_put(&u->d[i].addr, out);
+			if (h + n > sizeof(out))
+				return true;
+			memcpy(out + h, p, n);
+			if (send(u->io.fd, out, h + n, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+				c->socks_rule->bytes_down += n;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* A worker's UDP association: polled at once; channels come with its destinations. */
+static void vudp_new(struct xclient *c, int fd)
+{
+	struct vudp *u = calloc(1, sizeof(*u));
+
+	if (u == NULL) {
+		close(fd);
+		return;
+	}
+	u->c = c;
+	ph_io_init(&u->io, fd, vudp_io);
+	ph_list_add_tail(&c->vudps, &u->node);
+	if (ph_io_add(c->x->loop, &u->io, EPOLLIN) < 0)
+		vudp_free(u, false);
+}
+
 static void via_readable(struct ph_io *io, uint32_t events)
 {
 	struct xclient *c = container_of(io, struct xclient, via_io);
@@ -1082,12 +1334,21 @@ static void via_readable(struct ph_io *io, uint32_t events)
 			return;
 		if (fd < 0)
 			continue; /* malformed: cannot come from our own workers */
+		if (q.udp && (c->s == NULL || c->s->state != PH_SESS_UP)) {
+			close(fd); /* the association ends at once: the worker says why */
+			r->failed++;
+			continue;
+		}
 		r->visitors++;
 		if (c->s == NULL || c->s->state != PH_SESS_UP) {
 			snprintf(text, sizeof(text), "the relay %s is not connected now", c->relay);
 			(void)!write(fd, rec, ph_via_reply_put(PH_VIA_DOWN, NULL, text, rec));
 			close(fd);
 			r->failed++;
+			continue;
+		}
+		if (q.udp) {
+			vudp_new(c, fd);
 			continue;
 		}
 		o.port = q.port;
@@ -1151,6 +1412,8 @@ static void client_closed(struct ph_sess *s, const char *why)
 	if (c->confirmed) /* what it carried stays in the totals */
 		sess_stats_add(&c->x->gone, &s->st);
 	c->s = NULL;
+	while (!ph_list_empty(&c->vudps)) /* their workers see the end, and dial again */
+		vudp_free(container_of(c->vudps.next, struct vudp, node), false);
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];
 
@@ -1295,6 +1558,7 @@ static int client_new(struct ph_exposer *x, const struct ph_expose_conf *conf, c
 	c->conf = conf;
 	c->known_fd = -1;
 	ph_io_init(&c->via_io, -1, via_readable);
+	ph_list_init(&c->vudps);
 	ph_timer_init(&c->retry, client_retry);
 	ph_list_add_tail(&x->clients, &c->node);
 	snprintf(c->relay, sizeof(c->relay), strchr(conf->via.host, ':') ? "[%s]:%u" : "%s:%u",
@@ -1327,6 +1591,7 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 	x->arg = arg;
 	ph_list_init(&x->clients);
 	ph_list_init(&x->dead);
+	ph_list_init(&x->dead_vudps);
 	ph_task_init(&x->reap, exposer_reap);
 	ph_timer_init(&x->sweep, exposer_sweep);
 	err = ph_resolver_new(l, &x->res);
@@ -1425,6 +1690,8 @@ void ph_expose_free(struct ph_exposer *x)
 			ph_sess_free(s);
 		}
 		ph_timer_stop(x->loop, &c->retry);
+		while (!ph_list_empty(&c->vudps))
+			vudp_free(container_of(c->vudps.next, struct vudp, node), false);
 		if (c->via_io.fd != -1) { /* the channel stays the table's, for a restart */
 			int fd;
 

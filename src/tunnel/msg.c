@@ -193,8 +193,10 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 		return 0;
 	}
 	case PH_CTRL_UDP_OPENED:
-		if (n != 1 + 4 + 2)
+		if (n < 1 + 4 + 2 + 1 || ph_msg_addr_get(p + 7, n - 7, &c->addr) != (int)(n - 7)) {
+			*why = "a UDP_OPENED of the wrong length";
 			return -EPROTO;
+		}
 		c->req = ph_get32(p + 1);
 		c->service = ph_get16(p + 5);
 		return 0;
@@ -274,7 +276,7 @@ size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out)
 	case PH_CTRL_UDP_OPENED:
 		ph_put32(out + 1, c->req);
 		ph_put16(out + 5, c->service);
-		return 7;
+		return 7 + ph_msg_addr_put(out + 7, &c->addr);
 	default:
 		return 1;
 	}

@@ -20,7 +20,7 @@ enum ph_ctrl_type {
 	PH_CTRL_UNREGISTER = 4, /* either: the service is gone */
 	/* 5, 6: CHECK, CHECKED (`pinhole check`) */
 	PH_CTRL_UDP_OPEN = 7,   /* client: a UDP channel to a target (`local udp://`) */
-	PH_CTRL_UDP_OPENED = 8, /* relay: the channel's id (its DGRAMs' service id) */
+	PH_CTRL_UDP_OPENED = 8, /* relay: the channel's id (its DGRAMs' service id), its target */
 };
 
 #define PH_SVC_TCP 1
@@ -73,6 +73,7 @@ struct ph_ctrl {
 	char text[PH_CTRL_TEXT_MAX + 1];     /* REFUSED */
 	uint8_t okind;                       /* UDP_OPEN: PH_OPEN_SERVICE or PH_OPEN_HOST (below) */
 	char target[PH_CTRL_TARGET_MAX + 1]; /* UDP_OPEN: a private service's name, or a host */
+	struct ph_addr addr; /* UDP_OPENED: the address the relay sends to (AF_UNSPEC: none) */
 };
 
 /* Parses a CTRL payload. Returns 0, or -EPROTO with a static reason. */

@@ -155,6 +155,8 @@ struct ph_relay {
 
 static const struct ph_sess_ops relay_ops;
 static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c);
+static struct rchan *chan_by_id(struct rsess *rs, uint16_t id);
+static void chan_free(struct rchan *ch);
 static const char *svc_denied_by(const struct rsvc *v, const struct ph_addr *peer);
 static void svc_turn_away(struct rsvc *v, const struct ph_addr *peer, bool denied, const char *by);
 
@@ -941,6 +943,12 @@ static int rs_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **w
 		return 0;
 	case PH_CTRL_UNREGISTER:
 		v = svc_by_id(rs->r, rs, c.service);
+		if (v == NULL) { /* or a UDP channel the client is done with */
+			struct rchan *ch = chan_by_id(rs, c.service);
+
+			if (ch != NULL)
+				chan_free(ch);
+		}
 		if (v != NULL) {
 			ph_info("client %s: %s port %u closed at its request", rs->peer,
 			        proto_str(v->proto), v->port);
@@ -1269,6 +1277,7 @@ static void chan_ready(struct rchan *ch, const char *name, const struct ph_addr 
 		if (ph_auth_connect_addr(ch->rs->key, name, &addrs[i], l)) {
 			ch->dst = addrs[i];
 			ch->ready = true;
+			m.addr = addrs[i];
 			ch->rs->out_total++;
 			(void)ph_sess_ctrl(ch->rs->s, out, ph_ctrl_build(&m, out));
 			return;
@@ -2009,6 +2018,16 @@ void ph_relay_each(struct ph_relay *r, void (*fn)(void *arg, const struct ph_tun
 	}
 }
 
+/* The UDP channels session rs holds open. */
+static unsigned sess_channels(const struct rsess *rs)
+{
+	unsigned n = 0;
+
+	for (struct ph_list *l = rs->r->chans.next; l != &rs->r->chans; l = l->next)
+		n += container_of(l, struct rchan, node)->rs == rs;
+	return n;
+}
+
 /* A key's comment as it may stand in JSON and on one line: quotes, backslashes, controls as ?. */
 static const char *safe(const char *in, char *out, size_t len)
 {
@@ -2044,7 +2063,8 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 			    "\"streams\":%llu,\"streams_total\":%llu,\"bytes_in\":%llu,"
 			    "\"bytes_out\":%llu,\"dgrams_in\":%llu,\"dgrams_out\":%llu,"
 			    "\"dgrams_dropped\":%llu,\"opened\":{\"live\":%llu,\"total\":%llu,"
-			    "\"refused\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu}}",
+			    "\"refused\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu,"
+			    "\"channels\":%u}}",
 			    l == r->sessions.next ? "" : ",", rs->peer, rs->fp, comment,
 			    (unsigned long long)rs->s->rtt_ms, (unsigned long long)st->active,
 			    (unsigned long long)st->streams, (unsigned long long)st->bytes_in,
@@ -2052,7 +2072,7 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 			    (unsigned long long)st->dgrams_out, (unsigned long long)st->dgrams_drop,
 			    (unsigned long long)rs->out_live, (unsigned long long)rs->out_total,
 			    (unsigned long long)rs->out_refused, (unsigned long long)rs->out_up,
-			    (unsigned long long)rs->out_down);
+			    (unsigned long long)rs->out_down, sess_channels(rs));
 		else
 			OUT("  %s %s%s%s rtt %llu ms, %llu streams (%llu in all), in %s, out %s; "
 			    "opened by it: %llu now, %llu in all, %llu refused\n",

@@ -5,10 +5,11 @@ refusals with the relay's words. Loopback only; dnsmasq and dig are the real pee
 
 import shutil
 import socket
+import struct
 
 import pytest
 
-from conftest import free_udp_port, run_peer
+from conftest import free_udp_port, run_peer, wait_until
 from test_tunnel import keys, procs, start_relay, status_json  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None or shutil.which("dig") is None,
@@ -115,3 +116,59 @@ def test_udp_refusals_name_the_grant(procs, tmp_path, keys, spawn):
     s.close()
     assert relay.alive() and c.proc.poll() is None
     assert len(relay.status()["relay"]["sessions"]) == 1
+
+
+def dns_query(name, qid=0x1234):
+    """A DNS query for name's A record (RFC 1035), as dig would send it."""
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", 1, 1)
+
+
+def dns_a(answer):
+    """The last A record's address in a DNS answer."""
+    assert len(answer) >= 16 and answer[3] & 0x0f == 0, answer  # RCODE 0
+    return socket.inet_ntoa(answer[-4:])
+
+
+def test_socks_via_udp_associate(procs, tmp_path, keys, spawn, udp_echo):
+    """UDP ASSOCIATE through `socks --via`: datagrams to dnsmasq (an address, and a name the
+    relay resolves) go from the relay and the answers come back behind the SOCKS header; a
+    destination without a connect= grant gets nothing, the others go on."""
+    from test_socks_rfc import udp_associate, udp_header, udp_parse
+
+    dns = free_udp_port()
+    dnsmasq(spawn, dns)
+    echo = udp_echo()
+    relay = start_relay(procs, tmp_path, keys,
+                        auth=[f"connect=127.0.0.1:{dns}|localhost:{dns} {keys.alice.line}"])
+    sport = free_udp_port()
+    s = procs("socks", f"127.0.0.1:{sport}", *via(relay, tmp_path, keys.alice))
+    s.wait_log(r"session up")
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    u.settimeout(5)
+    tcp, r = udp_associate(sport, u.getsockname())
+    try:
+        u.sendto(udp_header("127.0.0.1", dns) + dns_query("x.test"), r)
+        host, port, payload = udp_parse(u.recvfrom(65536)[0])
+        assert (host, port) == ("127.0.0.1", dns) and dns_a(payload) == "10.1.2.3"
+        u.sendto(udp_header("localhost", dns) + dns_query("y.test", 7), r)
+        host, port, payload = udp_parse(u.recvfrom(65536)[0])
+        assert port == dns and dns_a(payload) == "10.4.5.6", (host, port)
+        # the echo server's port is not granted: the relay refuses, nothing comes back
+        u.sendto(udp_header("127.0.0.1", echo.port) + b"ping", r)
+        u.settimeout(1)
+        with pytest.raises(socket.timeout):
+            u.recvfrom(65536)
+        u.settimeout(5)
+        u.sendto(udp_header("127.0.0.1", dns) + dns_query("x.test", 9), r)
+        assert dns_a(udp_parse(u.recvfrom(65536)[0])[2]) == "10.1.2.3"
+        opened = relay.status()["relay"]["sessions"][0]["opened"]
+        assert opened["total"] == 2 and opened["refused"] >= 1, opened
+        assert opened["channels"] == 2, opened
+    finally:
+        tcp.close()
+        u.close()
+    # the association's end closes its channels on the relay
+    wait_until(lambda: relay.status()["relay"]["sessions"][0]["opened"]["channels"] == 0, 5,
+               "the relay's channels to close")

@@ -2,14 +2,16 @@
  * Fuzzes the socks --via channel's parsers (conn/via.h): ph_via_reply_parse, which reads the
  * reply record a worker finds first on its stream, on exactly the input; and ph_via_recv,
  * which reads one request from the channel, on the input sent as one datagram of a
- * SOCK_SEQPACKET pair (with a stream socket attached as the fd when byte 0 is odd).
+ * SOCK_SEQPACKET pair (with a stream socket attached as the fd unless byte 0 has its top bit).
  *
  * A reply: its length within the input, -EAGAIN (and then every longer prefix of the
  * record also asks for more or parses), or -EPROTO; a parsed one has a known status, an
  * address of the family written (or none), a terminated printable text of the length
  * written, and ph_via_reply_put of it gives back the input's bytes (unprintable text as '?').
  * A request: an fd only for a well-formed request that carried one (any other fd closed:
- * none leaks), a port not 0 and a host of the length written.
+ * none leaks), a host of the length written; a connection's names a host and a port, an
+ * association's neither. An association's datagram headers (ph_via_dgram_get,
+ * ph_via_from_get) parse within the input and are written back as the same bytes.
  */
 #include "conn/via.h"
 
@@ -87,7 +89,7 @@ static void check_request(const uint8_t *data, size_t size)
 	memset(&cm, 0, sizeof(cm));
 	mh.msg_iov = &iov;
 	mh.msg_iovlen = 1;
-	if (data[0] & 1) {
+	if (!(data[0] & 0x80)) {
 		struct cmsghdr *c;
 
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
@@ -108,8 +110,9 @@ static void check_request(const uint8_t *data, size_t size)
 	fd = ph_via_recv(ch[1], &q);
 	CHECK(fd != -EAGAIN);
 	if (fd >= 0) {
-		CHECK(data[0] & 1); /* an fd only when one was sent */
-		CHECK(q.port != 0 && strlen(q.host) == data[3] && (size_t)data[3] + 4 == size);
+		CHECK(!(data[0] & 0x80)); /* an fd only when one was sent */
+		CHECK(strlen(q.host) == data[3] && (size_t)data[3] + 4 == size);
+		CHECK(q.udp ? q.port == 0 && data[3] == 0 : q.port != 0 && data[3] != 0);
 		close(fd);
 	}
 	CHECK(ph_via_recv(ch[1], &q) == -EAGAIN); /* one datagram, one request */
@@ -122,8 +125,37 @@ out:
 	close(ch[1]);
 }
 
+/* An association's datagram headers: the destination's, the answer's source. */
+static void check_dgram(const uint8_t *data, size_t size)
+{
+	uint8_t *in = malloc(size ? size : 1), out[PH_VIA_DGRAM_HDR_MAX];
+	char host[PH_VIA_HOST_MAX + 1];
+	struct ph_addr a;
+	uint16_t port;
+	int n, m;
+
+	if (in == NULL)
+		abort();
+	if (size > 0)
+		memcpy(in, data, size);
+	n = ph_via_dgram_get(in, size, host, &port);
+	m = ph_via_from_get(in, size, &a);
+	free(in);
+	CHECK(n == -EPROTO || (n > 3 && (size_t)n <= size));
+	if (n > 0) {
+		CHECK(port != 0 && strlen(host) == (size_t)n - 3);
+		CHECK(ph_via_dgram_put(host, port, out) == (size_t)n && memcmp(out, data, n) == 0);
+	}
+	CHECK(m == -EPROTO || m == 1 || m == 7 || m == 19);
+	if (m > 0) {
+		CHECK((size_t)m <= size);
+		CHECK(ph_via_from_put(&a, out) == (size_t)m && memcmp(out, data, m) == 0);
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	check_dgram(data, size);
 	check_reply(data, size);
 	check_request(data, size);
 	return 0;
