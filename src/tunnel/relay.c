@@ -1138,6 +1138,8 @@ static int dial_service(struct rsess *rs, uint32_t id, const struct ph_open_req 
 	struct ph_relay *r = rs->r;
 	char text[3 * PH_OPEN_HOST_MAX];
 	uint8_t head[2 + 2 * PH_MSG_ADDR_MAX];
+	struct ph_addr reached;
+	socklen_t rlen = sizeof(reached.u);
 	struct ph_stream *sv;
 	const char *by;
 	struct rsvc *v;
@@ -1195,9 +1197,14 @@ static int dial_service(struct rsess *rs, uint32_t id, const struct ph_open_req 
 	}
 	rs->out_live++;
 	rs->out_total++;
+	/* the visitor: the opener's public address; reached at: the relay's session address
+	 * it connected to (so a PROXY header to the service has both) */
+	memset(&reached, 0, sizeof(reached));
+	if (getsockname(rs->s->io.fd, &reached.u.sa, &rlen) == 0)
+		reached.len = rlen;
 	ph_put16(head, v->id);
 	hn = 2 + ph_msg_addr_put(head + 2, &rs->s->peer_addr);
-	hn += ph_msg_addr_put(head + hn, NULL);
+	hn += ph_msg_addr_put(head + hn, &reached);
 	v->visitors++;
 	sv = ph_sess_open(v->owner->s, sp[1], head, hn, v);
 	if (sv == NULL) { /* sp[1] closed: the client's stream sees it end */
