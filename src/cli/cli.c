@@ -555,6 +555,10 @@ static int local_target(struct ph_cli_ctx *x, const char *word, int argi, struct
 	}
 	if (ph_hostport_parse(word, &hp, &why) < 0)
 		return ph_cli__fail(e, argi, "local: '%s': %s", word, why);
+	if (hp.proto != PH_PROTO_TCP) /* as LISTEN's: udp:// is not carried yet */
+		return ph_cli__fail(
+			e, argi, "local: '%s': UDP through the relay is not built yet (TCP only)",
+			word);
 	if (hp.wildcard || hp.has_scheme)
 		return ph_cli__fail(
 			e, argi, "local: '%s': TARGET is HOST:PORT as the relay reaches it", word);
