@@ -23,8 +23,9 @@ relay reaches the web server:
     pinhole local                 r1 10.232.0.1/24 ------------------- w0
     c0 10.231.0.1/24 ------------ r0   (no forwarding: phlc has no way to 10.232.0.0/24)
                                   lo: http.server 127.0.0.1:8081
-                                  /etc/hosts (ip netns exec's /etc/netns/phlr-PID/hosts):
-                                    web.relay.test -> 10.232.0.2, a name only the relay knows
+                                  /etc/hosts, /etc/resolv.conf (ip netns exec's, from
+                                  /etc/netns/phlr-PID/): web.relay.test -> 10.232.0.2, a
+                                  name only the relay knows; DNS: its own 127.0.0.1
 
 Keys are test_tunnel.py's (relay, alice, bob); each process has its --key, --known-relays and
 --control under tmp_path. Readiness is a log line ("session up", "private on relay") and
@@ -37,6 +38,7 @@ import os
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -46,8 +48,9 @@ import pytest
 
 from conftest import (CMD_BIND, CMD_CONNECT, CMD_UDP, READY_TIMEOUT_S, SOCK_TIMEOUT_S, alloc_port,
                       connect, connect_outcome, echo_once, listeners, many_echo, read_http_head,
-                      recv_exact, run_peer, run_pinhole, send_in_thread, sha256, socks4_request,
-                      socks5_connect, socks5_open, tagged_echo_handler, wait_listening, wait_until)
+                      recv_exact, recv_until_eof, run_peer, run_pinhole, send_in_thread, sha256,
+                      socks4_request, socks5_connect, socks5_open, tagged_echo_handler,
+                      wait_listening, wait_until)
 from test_metrics import fetch
 from test_tunnel import (MiB, SSHD_CONFIG, echo, keys, lenient, procs,  # noqa: F401
                          start_expose, start_relay, status_json)
@@ -103,6 +106,21 @@ def start_local(procs, tmp_path, relay, *words, key, control="none"):
 def refused_line(rule, text):
     """The client's warning when the relay refused a stream of rule ("local LISTEN TARGET")."""
     return rf"^{re.escape(rule)}: the relay refused: {re.escape(text)}$"
+
+
+def refused_with(client, port, rule_target, words, timeout=5):
+    """Connects to client's `local 127.0.0.1:PORT TARGET` until the relay's refusal (a reset)
+    is logged with words: its warnings are a line a second per rule, so a second refusal of
+    a rule within the same second is counted, not said. Each attempt must end in a reset."""
+    rx = re.compile(refused_line(f"local 127.0.0.1:{port} {rule_target}", words))
+    before = sum(1 for m in client.messages() if rx.search(m))
+
+    def said():
+        end, took = connect_outcome(port)
+        assert end == "reset" and took < 3, f"local {port}: {end} after {took:.1f} s"
+        return sum(1 for m in client.messages() if rx.search(m)) > before
+
+    wait_until(said, timeout, f"'{words}' in the log:\n{client.log}", interval=0.2)
 
 
 def session_peers(relay):
@@ -490,9 +508,7 @@ def test_private_service_away_and_back(procs, tmp_path, keys, echo_server):
                        "echo", "--private", key=keys.mallory)
     mal.wait_log(r"^expose 127\.0\.0\.1:\d+: the relay refused it: the private name 'echo' is "
                  r"another key's on this relay; asking again in 5 s$", timeout=READY_TIMEOUT_S)
-    assert connect_outcome(lp)[0] == "reset"
-    loc.wait_log(refused_line(f"local 127.0.0.1:{lp} echo",
-                              "no private service 'echo' is connected now on the relay"))
+    refused_with(loc, lp, "echo", "no private service 'echo' is connected now on the relay")
     mal.stop()
 
     bob = start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "--name",
@@ -503,6 +519,152 @@ def test_private_service_away_and_back(procs, tmp_path, keys, echo_server):
     (again,) = sessions_of(relay, keys.alice)
     assert again["peer"] == alice["peer"], "the local client's session was replaced"
     assert srv.accepted == 2
+
+
+def test_grants_follow_a_reload(procs, tmp_path, keys, tcp_server):
+    """`pinhole reload` of the relay gives a live session its key's new grants at once (no
+    new session): what was refused goes through and what was granted is refused; a key
+    removed takes its private service with it."""
+    echo_srv = tcp_server(lenient(tagged_echo_handler(b"E:")))
+    h_srv = tcp_server(lenient(tagged_echo_handler(b"H:")))
+    x_srv = tcp_server(lenient(tagged_echo_handler(b"X:")))
+    h, x = h_srv.port, x_srv.port
+    relay = start_relay(procs, tmp_path, keys,
+                        auth=[keys.bob.line, grant(keys.alice, f"connect=127.0.0.1:{h}")])
+    bob = start_private(procs, tmp_path, keys, relay, f"127.0.0.1:{echo_srv.port}", "echo",
+                        keys.bob)
+    via = " ".join(map(str, client_args("127.0.0.1", relay.port, keys.alice,
+                                        tmp_path / "known_relays")))
+    lh, lx, le = alloc_port(), alloc_port(), alloc_port()
+    conf = tmp_path / "alice.conf"
+    conf.write_text(f"local 127.0.0.1:{lh} 127.0.0.1:{h} {via}\n"
+                    f"local 127.0.0.1:{lx} 127.0.0.1:{x} {via}\n"
+                    f"local 127.0.0.1:{le} echo {via}\n")
+    alice = procs("run", conf, "--control", "none", "--drain-timeout", "2s")
+    wait_session(alice, f"127.0.0.1:{relay.port}")
+    for port in (lh, lx, le):
+        wait_listening(port, proc=alice.proc)
+    (before,) = sessions_of(relay, keys.alice)
+    echo_through(lh, b"H:")
+    refused_with(alice, lx, f"127.0.0.1:{x}", f"key alice may not connect to 127.0.0.1:{x}; "
+                 f"add connect=127.0.0.1:{x} to its line on the relay")
+    refused_with(alice, le, "echo",
+                 "key alice may not reach 'echo'; add reach=echo to its line on the relay")
+
+    granted = grant(keys.alice, "reach=echo", f"connect=127.0.0.1:{x}")
+    relay.auth.write_text(f"{keys.bob.line}\n{granted}\n")
+    r = run_pinhole("reload", "--control", relay.ctl)
+    assert r.returncode == 0, r.stderr
+    assert "0 sessions ended, 0 ports closed" in r.stdout + r.stderr, r.stdout + r.stderr
+    echo_through(lx, b"X:")
+    echo_through(le, b"E:")
+    refused_with(alice, lh, f"127.0.0.1:{h}", f"key alice may not connect to 127.0.0.1:{h}; "
+                 f"add connect=127.0.0.1:{h} to its line on the relay")
+    (after,) = sessions_of(relay, keys.alice)
+    assert after["peer"] == before["peer"], "the reload replaced alice's session"
+
+    relay.auth.write_text(f"{granted}\n")
+    r = run_pinhole("reload", "--control", relay.ctl)
+    assert r.returncode == 0, r.stderr
+    assert "1 session ended, 1 port closed" in r.stdout + r.stderr, r.stdout + r.stderr
+    bob.wait_log(r"removed from the relay's authorized keys", timeout=10)
+    assert relay.status()["relay"]["services"] == []
+    refused_with(alice, le, "echo", "no private service 'echo' is offered on the relay")
+    echo_through(lx, b"X:")
+    assert h_srv.accepted == 1 and x_srv.accepted == 2 and echo_srv.accepted == 1
+
+
+def test_clients_wait_for_the_relay(procs, tmp_path, keys, echo_server):
+    """`local` started while its relay is down listens at once; a client that connects and
+    writes then waits in the listen queue, and is carried once the session is up."""
+    srv = echo_server(handler=lenient(tagged_echo_handler(b"late:")))
+    rport, lp = alloc_port(), alloc_port()
+    loc = procs("local", f"127.0.0.1:{lp}", f"127.0.0.1:{srv.port}",
+                *client_args("127.0.0.1", rport, keys.alice, tmp_path / "known_relays"),
+                "--control", "none", "--drain-timeout", "2s")
+    wait_listening(lp, proc=loc.proc)
+    loc.wait_log(rf"^relay 127\.0\.0\.1:{rport}: ", timeout=READY_TIMEOUT_S)
+    c = connect("127.0.0.1", lp)
+    try:
+        c.sendall(b"sent before the relay was up\n")
+        start_relay(procs, tmp_path, keys, port=rport,
+                    auth=[grant(keys.alice, f"connect=127.0.0.1:{srv.port}")])
+        wait_session(loc, f"127.0.0.1:{rport}", timeout=20)
+        c.settimeout(20)
+        assert recv_exact(c, 34) == b"late:sent before the relay was up\n"
+    finally:
+        c.close()
+    echo_through(lp, b"late:")
+
+
+@pytest.mark.parametrize("way", ["up", "down"])
+@pytest.mark.parametrize("target", ["private", "hostport"])
+def test_half_close_is_carried(procs, tmp_path, keys, tcp_server, target, way):
+    """A FIN crosses `local` each way right behind the last byte: up, the client sends and
+    half-closes, the service answers what it got once it sees the FIN; down, the client
+    half-closes first, and the service's bytes and its FIN come back. 5 s for each FIN."""
+    payloads = queue.Queue()
+
+    def service(conn, peer):
+        conn.settimeout(5)
+        try:
+            if way == "up":
+                got = recv_until_eof(conn)
+                conn.sendall(f"{len(got)} {sha256(got)}".encode())
+            else:
+                data = payloads.get(timeout=5)
+                recv_until_eof(conn)  # the client's early FIN
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except (socket.timeout, queue.Empty):
+            pass  # a FIN that never came: the client's side fails the test, saying which
+
+    srv = tcp_server(lenient(service))
+    lp = alloc_port()
+    if target == "private":
+        relay = start_relay(procs, tmp_path, keys,
+                            auth=[keys.bob.line, grant(keys.alice, "reach=half")])
+        start_private(procs, tmp_path, keys, relay, f"127.0.0.1:{srv.port}", "half", keys.bob)
+        start_local(procs, tmp_path, relay, f"127.0.0.1:{lp}", "half", key=keys.alice)
+    else:
+        relay = start_relay(procs, tmp_path, keys,
+                            auth=[grant(keys.alice, f"connect=127.0.0.1:{srv.port}")])
+        start_local(procs, tmp_path, relay, f"127.0.0.1:{lp}", f"127.0.0.1:{srv.port}",
+                    key=keys.alice)
+    for size in (0, 1, 16384, 100000, 3 * MiB):
+        data = os.urandom(size)
+        c = connect("127.0.0.1", lp, timeout=5)
+        try:
+            if way == "up":
+                c.sendall(data)
+                c.shutdown(socket.SHUT_WR)
+                want = f"{size} {sha256(data)}".encode()
+            else:
+                payloads.put(data)
+                c.shutdown(socket.SHUT_WR)
+                want = data
+            try:
+                got = recv_until_eof(c, limit=len(want))
+            except socket.timeout:
+                pytest.fail(f"{way}, {size} bytes: no FIN within 5 s")
+            assert got == want, f"{way}, {size} bytes: other bytes back"
+        finally:
+            c.close()
+    assert srv.accepted == 5
+
+
+def test_a_target_that_does_not_answer(procs, tmp_path, keys, blackhole):
+    """A granted HOST:PORT whose SYNs vanish: the relay gives up after its 10 s and the
+    client's connection is reset, the client saying why."""
+    relay = start_relay(procs, tmp_path, keys,
+                        auth=[grant(keys.alice, f"connect=127.0.0.1:{blackhole}")])
+    lp = alloc_port()
+    loc = start_local(procs, tmp_path, relay, f"127.0.0.1:{lp}", f"127.0.0.1:{blackhole}",
+                      key=keys.alice)
+    end, took = connect_outcome(lp, timeout=20)
+    assert end == "reset" and 9 <= took <= 15, (end, took)
+    loc.wait_log(refused_line(f"local 127.0.0.1:{lp} 127.0.0.1:{blackhole}",
+                              f"127.0.0.1:{blackhole} did not answer within 10 s"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -817,6 +979,8 @@ def nets(tmp_path):
         os.mkdir(etc, 0o755)
         with open(f"{etc}/hosts", "w") as f:
             f.write(f"127.0.0.1 localhost\n{NS_WEB_IP} {NS_NAME}\n")
+        with open(f"{etc}/resolv.conf", "w") as f:  # a name not in hosts asks no one outside
+            f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         yield Nets(tmp_path, names)
     finally:
         for ns in made:
@@ -896,6 +1060,33 @@ def test_local_via_reaches_what_only_the_relay_reaches(nets, procs, spawn, keys)
         assert sha256(r.stdout) == sha256(nets.blob), f"local {port}: other bytes"
         r = pcurl("--fail", f"http://127.0.0.1:{port}/peer", prefix=ns)
         assert r.stdout.decode() == NS_RELAY_WEB_SIDE, r.stdout
+
+
+def test_target_failures_reach_the_client(nets, procs, spawn, keys):
+    """Granted targets that fail on the relay's side: a closed port (the web host resets) and
+    a name the relay cannot resolve. `local` resets its client and logs the relay's words;
+    `socks --via` answers SOCKS5 5 and 4, and HTTP 502 with the words."""
+    nets.start_web(spawn, nets.wns, f"{NS_WEB_IP}:{NS_WEB_PORT}")
+    nets.start_relay(procs, keys, grant(keys.alice, f"connect={NS_WEB_IP}:9|nosuch.test:80"))
+    closed = nets.client(procs, "local", "127.0.0.1:9009", f"{NS_WEB_IP}:9", key=keys.alice)
+    noname = nets.client(procs, "local", "127.0.0.1:9080", "nosuch.test:80", key=keys.alice)
+    nets.client(procs, "socks", f"127.0.0.1:{NS_SOCKS_PORT}", key=keys.alice)
+    ns = nets.run(nets.cns)
+    proxy = f"127.0.0.1:{NS_SOCKS_PORT}"
+    for port in (9009, 9080):  # curl in the namespace: reset before any byte came back
+        r = pcurl(f"http://127.0.0.1:{port}/", check=False, prefix=ns)
+        assert r.returncode in (52, 56) and r.stdout == b"", (port, r.returncode, r.stderr)
+    closed.wait_log(r"^local 127\.0\.0\.1:9009 10\.232\.0\.2:9: the relay refused: .*"
+                    r"Connection refused$")
+    noname.wait_log(r"^local 127\.0\.0\.1:9080 nosuch\.test:80: the relay refused: "
+                    r"cannot resolve nosuch\.test: ")
+    r = pcurl("--socks5", proxy, f"http://{NS_WEB_IP}:9/", check=False, prefix=ns)
+    assert r.returncode == 97 and b"(5)" in r.stderr, (r.returncode, r.stderr)
+    r = pcurl("--socks5-hostname", proxy, "http://nosuch.test:80/", check=False, prefix=ns)
+    assert r.returncode == 97 and b"(4)" in r.stderr, (r.returncode, r.stderr)
+    r = pcurl("-x", f"http://{proxy}", "--write-out", "%{http_code}", "http://nosuch.test/",
+              check=False, prefix=ns)
+    assert r.stdout.endswith(b"502") and b"cannot resolve nosuch.test" in r.stdout, r.stdout
 
 
 PROXYCHAINS_CONF = """\
