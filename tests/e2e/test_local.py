@@ -729,6 +729,34 @@ def test_one_session_carries_expose_local_and_socks_lines(procs, tmp_path, keys,
     relay.proc.wait_log(r"\(alice\): offers private service 'echo'$", timeout=1)
 
 
+@pytest.mark.xfail(strict=True, reason="a --heartbeat on the expose and local lines splits "
+                   "the socks --via line (which takes no --heartbeat) into a session of its "
+                   "own: same_client() and ph_expose_client_key() in src/tunnel/expose.c "
+                   "compare hb_ms")
+def test_one_session_also_with_a_heartbeat(procs, tmp_path, keys, echo_server):
+    """The same relay and key, the expose and local lines with --heartbeat 2s (socks takes
+    no --heartbeat): still one session."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys, auth=[
+        grant(keys.alice, "reach=echo", f"connect=127.0.0.1:{srv.port}")])
+    via = " ".join(map(str, client_args("127.0.0.1", relay.port, keys.alice,
+                                        tmp_path / "known_relays")))
+    lp, sp = alloc_port(), alloc_port()
+    conf = tmp_path / "alice.conf"
+    conf.write_text(f"expose 127.0.0.1:{srv.port} {via} --name echo --private --heartbeat 2s\n"
+                    f"local 127.0.0.1:{lp} echo {via} --heartbeat 2s\n"
+                    f"socks 127.0.0.1:{sp} {via}\n")
+    x = procs("run", conf, "--control", "none", "--drain-timeout", "2s")
+    x.wait_log(PRIVATE_RE, timeout=READY_TIMEOUT_S)
+    for port in (lp, sp):
+        wait_listening(port, proc=x.proc)
+    wait_session(x, f"127.0.0.1:{relay.port}")
+    s, _ = socks5_connect(sp, "127.0.0.1", srv.port)
+    s.close()
+    echo_through(lp)
+    assert len(relay.status()["relay"]["sessions"]) == 1, relay.status()["relay"]["sessions"]
+
+
 def test_listen_left_out_is_loopback_and_the_targets_port(procs, tmp_path, keys, echo_server,
                                                           ipv6):
     """`local [::1]:P --via R`: LISTEN left out, the client listens on 127.0.0.1:P (not on
