@@ -489,6 +489,64 @@ def test_refusals_name_their_reason_and_harm_nothing_else(procs, tmp_path, keys,
     assert [(v["name"], v["held"]) for v in st["services"]] == [("echo", False)], st
 
 
+@pytest.mark.parametrize("host,shown", [
+    ("0.0.0.0", "0.0.0.0"), ("127.1.2.3", "127.1.2.3"), ("[::1]", "[::1]"), ("[::]", "[::]"),
+    ("[::ffff:127.0.0.1]", "[::ffff:127.0.0.1]"), ("[::ffff:7f00:1]", "[::ffff:127.0.0.1]")])
+def test_a_star_never_reaches_the_relay_itself(procs, tmp_path, keys, echo_server, host, shown,
+                                               ipv6):
+    """connect=*:P is any host but the relay: its loopback, its unspecified address (which
+    Linux connects to itself) and IPv4-mapped spellings of them are refused, with the words,
+    and nothing listening on the relay's loopback sees a connection - through `local` and
+    through `socks --via` alike."""
+    v4 = echo_server(handler=echo)
+    v6 = echo_server(host="::1", port=v4.port, handler=echo)
+    relay = start_relay(procs, tmp_path, keys, auth=[grant(keys.alice, f"connect=*:{v4.port}")])
+    lp = alloc_port()
+    loc = start_local(procs, tmp_path, relay, f"127.0.0.1:{lp}", f"{host}:{v4.port}",
+                      key=keys.alice)
+    refused_with(loc, lp, f"{host}:{v4.port}",
+                 f"key alice may not connect to {host}:{v4.port} ({shown}:{v4.port}): the "
+                 "relay's own address, only when connect= names it")
+    sp = alloc_port()
+    sx = procs("socks", f"127.0.0.1:{sp}", *client_args("127.0.0.1", relay.port, keys.alice,
+                                                        tmp_path / "known_relays"),
+               "--control", "none")
+    sx.wait_ready()
+    wait_session(sx, f"127.0.0.1:{relay.port}")
+    s, rep, _ = socks5_open(sp, CMD_CONNECT, host.strip("[]"), v4.port)
+    s.close()
+    assert rep == 2, f"SOCKS5 CONNECT {host}: reply {rep}, expected 2"
+    assert v4.accepted == 0 and v6.accepted == 0, "the relay connected to itself"
+
+
+def test_a_private_services_own_rules_hold(procs, tmp_path, keys, echo_server):
+    """`expose --private` with --deny (the local client's address as the relay sees it) and
+    with --max-conns: the relay refuses the streams past them, saying which."""
+    srv = echo_server(handler=echo)
+    relay = start_relay(procs, tmp_path, keys,
+                        auth=[keys.bob.line, grant(keys.alice, "reach=one|closed")])
+    start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "--name", "one",
+                 "--private", "--max-conns", "1", key=keys.bob, known=tmp_path / "kb1")
+    start_expose(procs, tmp_path, keys, relay.port, f"127.0.0.1:{srv.port}", "--name", "closed",
+                 "--private", "--deny", "127.0.0.0/8", key=keys.bob, known=tmp_path / "kb2")
+    relay.proc.wait_log(r"\(bob\): offers private service '(one|closed)'$", count=2,
+                        timeout=READY_TIMEOUT_S)
+    l1, l2 = alloc_port(), alloc_port()
+    one = start_local(procs, tmp_path, relay, f"127.0.0.1:{l1}", "one", key=keys.alice)
+    closed = start_local(procs, tmp_path, relay, f"127.0.0.1:{l2}", "closed", key=keys.alice)
+    refused_with(closed, l2, "closed", "'closed' does not take visitors from this address")
+    first = connect("127.0.0.1", l1)
+    try:
+        echo_once(first, b"the one visitor\n")
+        refused_with(one, l1, "one", "'one' has as many visitors as its --max-conns")
+        echo_once(first, b"still the one\n")
+    finally:
+        first.close()
+    wait_until(lambda: srv.live == 0, 5, "the first visitor to go")
+    echo_through(l1)
+    assert srv.accepted == 2, srv.peers
+
+
 def test_private_service_away_and_back(procs, tmp_path, keys, echo_server):
     """A private service whose client is gone is refused with that reason (the relay holds
     the name for it), comes back when its client does, and the `local` client's session
@@ -595,6 +653,36 @@ def test_clients_wait_for_the_relay(procs, tmp_path, keys, echo_server):
     finally:
         c.close()
     echo_through(lp, b"late:")
+
+
+def test_socks_via_while_the_relay_is_down(procs, tmp_path, keys, echo_server):
+    """socks --via answers at once while its session is down - SOCKS5 3 (network
+    unreachable), HTTP 502 saying the relay is not connected - and carries once it is up."""
+    srv = echo_server(handler=lenient(tagged_echo_handler(b"up:")))
+    rport, sp = alloc_port(), alloc_port()
+    sx = procs("socks", f"127.0.0.1:{sp}", *client_args("127.0.0.1", rport, keys.alice,
+                                                        tmp_path / "known_relays"),
+               "--control", "none")
+    sx.wait_ready()
+    sx.wait_log(rf"^relay 127\.0\.0\.1:{rport}: cannot connect: ", timeout=READY_TIMEOUT_S)
+    t0 = time.monotonic()
+    s, rep, _ = socks5_open(sp, CMD_CONNECT, "127.0.0.1", srv.port)
+    s.close()
+    assert rep == 3, f"SOCKS5 CONNECT with the relay down: reply {rep}, expected 3"
+    status, body = http_connect(sp, f"127.0.0.1:{srv.port}")
+    assert status == 502 and f"the relay 127.0.0.1:{rport} is not connected now" in body, \
+        (status, body)
+    assert time.monotonic() - t0 < 2, "the answers waited"
+    start_relay(procs, tmp_path, keys, port=rport,
+                auth=[grant(keys.alice, f"connect=127.0.0.1:{srv.port}")])
+    wait_session(sx, f"127.0.0.1:{rport}", timeout=40)
+    s, _ = socks5_connect(sp, "127.0.0.1", srv.port)
+    try:
+        s.sendall(b"now\n")
+        assert recv_exact(s, 7) == b"up:now\n"
+    finally:
+        s.close()
+    assert srv.accepted == 1
 
 
 @pytest.mark.parametrize("way", ["up", "down"])
