@@ -1190,8 +1190,10 @@ def test_target_failures_reach_the_client(nets, procs, spawn, keys):
     ns = nets.run(nets.cns)
     proxy = f"127.0.0.1:{NS_SOCKS_PORT}"
     for port in (9009, 9080):  # curl in the namespace: reset before any byte came back
+        nets.wait_listening(nets.cns, port, closed.proc)
         r = pcurl(f"http://127.0.0.1:{port}/", check=False, prefix=ns)
-        assert r.returncode in (52, 56) and r.stdout == b"", (port, r.returncode, r.stderr)
+        # 7: the reset came before curl looked at its connect (a loaded machine)
+        assert r.returncode in (7, 52, 56) and r.stdout == b"", (port, r.returncode, r.stderr)
     closed.wait_log(r"^local 127\.0\.0\.1:9009 10\.232\.0\.2:9: the relay refused: .*"
                     r"Connection refused$")
     noname.wait_log(r"^local 127\.0\.0\.1:9080 nosuch\.test:80: the relay refused: "
