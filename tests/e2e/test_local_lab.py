@@ -17,8 +17,10 @@ with SIGTERM (exit 0, no sanitizer report), the other peers by process group.
 
 Needs root, iproute2 and the lab's tools (scripts/deps.sh test); skipped otherwise. The lab
 is brought up for this module (`lab.sh up --no-daemons`) and down at its end - but only when
-none of the lab's namespaces exists: another run may be using the lab, so this module waits
-for it (PINHOLE_LAB_WAIT_S, default 120 s) and then skips rather than tear it down.
+none of the lab's namespaces has existed for 10 s: another run may be using the lab, so this
+module waits for it (PINHOLE_LAB_WAIT_S, default 120 s) and then skips rather than tear it
+down; and it takes down only the lab it made (its mark in lab.sh's state directory is still
+there), never one that another run's `lab.sh up` put in its place.
 """
 
 import hashlib
@@ -35,12 +37,23 @@ LAB_WAIT_S = float(os.environ.get("PINHOLE_LAB_WAIT_S", "120"))
 LAN2_IP = "10.77.2.10"
 WAN2_IP = "198.18.0.12"  # router2's external address: lan2's, as the relay sees it
 RELAY = f"{tl.RELAY_IP}:{tl.RELAY_PORT}"
+LAB_QUIET_S = 10  # no lab namespace for this long: no other run is between two lab modules
+LAB_STATE = os.environ.get("LAB_STATE", "/run/pinhole-lab")  # lab.sh's; its down removes it
 
 
 def lab_namespaces():
     r = tl._run(["ip", "netns", "list"], 10)
     return sorted({ln.split()[0] for ln in r.stdout.splitlines() if ln.strip()}
                   & set(LAB_NAMESPACES))
+
+
+def mark_lab():
+    """Leaves a mark in the lab's state directory, which any `lab.sh down` (and so any other
+    run's `lab.sh up`) removes: while it is there, the lab up is the one this module made."""
+    mark = os.path.join(LAB_STATE, f"test_local_lab.{os.getpid()}.{time.monotonic_ns()}")
+    with open(mark, "w") as f:
+        f.write("made by tests/e2e/test_local_lab.py\n")
+    return mark
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +63,31 @@ def lab():
     if tl._which("ip") is None or tl._run(["ip", "netns", "list"], 10).returncode != 0:
         pytest.skip("`ip netns` is not available (iproute2)")
     tl.need(*tl.LAB_TOOLS)
+    # someone else's lab is never torn down from here: wait until there has been none for
+    # LAB_QUIET_S (a run of several lab modules leaves short gaps between them)
     deadline = time.monotonic() + LAB_WAIT_S
-    while lab_namespaces():  # someone else's lab: never torn down from here
-        if time.monotonic() >= deadline:
-            pytest.skip(f"the lab is in use (namespaces {' '.join(lab_namespaces())} exist) "
-                        f"after {LAB_WAIT_S:.0f} s of waiting")
-        time.sleep(2)
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < LAB_QUIET_S:
+        if lab_namespaces():
+            quiet_since = time.monotonic()
+            if quiet_since >= deadline:
+                pytest.skip(f"the lab is in use (namespaces {' '.join(lab_namespaces())} "
+                            f"exist) after {LAB_WAIT_S:.0f} s of waiting")
+        time.sleep(1)
+    ours = None
     try:
         r = tl._run(["bash", tl.LAB_SH, "up", "--no-daemons"], tl.LAB_UP_TIMEOUT_S, "lab.sh up")
         if r.returncode != 0:
+            tl._run(["bash", tl.LAB_SH, "down"], tl.LAB_UP_TIMEOUT_S, "lab.sh down")  # ours
             if "cannot create netns" in r.stderr:
                 pytest.skip(f"cannot create network namespaces here: {r.stderr.strip()}")
             pytest.fail(f"lab.sh up exited with {r.returncode}: {r.stdout}{r.stderr}")
+        ours = mark_lab()
         yield
     finally:
-        tl._run(["bash", tl.LAB_SH, "down"], tl.LAB_UP_TIMEOUT_S, "lab.sh down")
+        # only the lab this module made: if another run replaced it meanwhile, it is theirs
+        if ours is not None and os.path.exists(ours):
+            tl._run(["bash", tl.LAB_SH, "down"], tl.LAB_UP_TIMEOUT_S, "lab.sh down")
 
 
 class Lab(tl.Tunnel):
