@@ -547,6 +547,10 @@ def test_a_private_services_own_rules_hold(procs, tmp_path, keys, echo_server):
     assert srv.accepted == 2, srv.peers
 
 
+# ---------------------------------------------------------------------------------------------
+# 5. changes: a private service away and back, grants reloaded, the relay down
+
+
 def test_private_service_away_and_back(procs, tmp_path, keys, echo_server):
     """A private service whose client is gone is refused with that reason (the relay holds
     the name for it), comes back when its client does, and the `local` client's session
@@ -685,6 +689,10 @@ def test_socks_via_while_the_relay_is_down(procs, tmp_path, keys, echo_server):
     assert srv.accepted == 1
 
 
+# ---------------------------------------------------------------------------------------------
+# 6. the ends of a stream: half-close each way, a target that never answers
+
+
 @pytest.mark.parametrize("way", ["up", "down"])
 @pytest.mark.parametrize("target", ["private", "hostport"])
 def test_half_close_is_carried(procs, tmp_path, keys, tcp_server, target, way):
@@ -756,7 +764,7 @@ def test_a_target_that_does_not_answer(procs, tmp_path, keys, blackhole):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. one session for every line of a config file, and the listen address left out
+# 7. one session for every line of a config file, and the listen address left out
 
 
 def pcurl(*args, timeout=25, check=True, prefix=()):
@@ -891,7 +899,7 @@ def test_status_and_metrics_tell_local_rules_apart(procs, tmp_path, keys, echo_s
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. the command line
+# 8. the command line
 
 
 def test_local_help_and_man_page():
@@ -948,7 +956,7 @@ def test_usage_errors(tmp_path, args, msg):
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. in network namespaces: what only the relay reaches
+# 9. in network namespaces: what only the relay reaches
 
 NS_RELAY_IP, NS_WEB_IP, NS_RELAY_WEB_SIDE = "10.231.0.2", "10.232.0.2", "10.232.0.1"
 NS_RELAY_PORT, NS_WEB_PORT, NS_LOOP_WEB_PORT, NS_SOCKS_PORT = 7835, 8080, 8081, 1080
