@@ -279,7 +279,8 @@ size_t ph_via_reply_put(uint8_t status, const struct ph_addr *bound, const char 
 	if (tl > PH_VIA_TEXT_MAX)
 		tl = PH_VIA_TEXT_MAX;
 	out[20] = (uint8_t)tl;
-	memcpy(out + PH_VIA_REPLY_HDR, text, tl);
+	if (tl != 0) /* text may be NULL, and memcpy from NULL is undefined even for 0 bytes */
+		memcpy(out + PH_VIA_REPLY_HDR, text, tl);
 	return PH_VIA_REPLY_HDR + tl;
 }
 
