@@ -957,7 +957,10 @@ static void client_reset(struct ph_sess *s, struct ph_stream *st, uint8_t reason
 	}
 	/* a refusal is the relay's operator's word: said as it is, a line a second */
 	if (text[0] != '\0' && !st->opened && ph_ratelimit_ok(&r->rl, ph_now_ms(), 1))
-		ph_warn("%s: the relay refused: %s", rule_label(r, label, sizeof(label)), text);
+		ph_warn("%s: the relay %s: %s", rule_label(r, label, sizeof(label)),
+		        reason == PH_RST_FORBIDDEN || reason == PH_RST_NOSERVICE ? "refused"
+		                                                                 : "could not connect",
+		        text);
 }
 
 /* --- local: streams from here ------------------------------------------------------------ */
@@ -1096,7 +1099,7 @@ static int local_listen(struct xrule *r, char *why, size_t whylen)
 	if (r->conf->udp) {
 		r->byid = calloc(256, sizeof(*r->byid));
 		ph_io_init(&r->uio, fd, local_udp_read);
-		err = r->byid == NULL ? -ENOMEM : ph_udptab_init(&r->flows);
+		err = r->byid == NULL ? -ENOMEM : 0; /* the flows' table: ph_expose_start makes it */
 		if (err == 0)
 			err = ph_io_add(r->c->x->loop, &r->uio, EPOLLIN);
 		if (err < 0) {

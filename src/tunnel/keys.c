@@ -640,7 +640,9 @@ bool ph_auth_connect_host(const struct ph_auth_key *k, const char *host, uint16_
 
 		if (port < d->lo || port > d->hi)
 			continue;
+		/* a name may lead into a granted network: the lookup's addresses decide */
 		if (d->any || (literal && d->is_cidr && ph_cidr_contains(&d->cidr, &a)) ||
+		    (!literal && d->is_cidr) ||
 		    (!literal && !d->is_cidr && strcasecmp(d->host, host) == 0))
 			return true;
 	}

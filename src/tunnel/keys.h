@@ -104,7 +104,8 @@ bool ph_auth_reach_ok(const struct ph_auth_key *k, const char *name);
 /*
  * True when one of k's connect= entries may let the relay connect to host (a name, or an
  * address written as one) on port, judged before the name is looked up: a name entry equal
- * to host, a * entry, or (host an address) an entry whose network holds it.
+ * to host, a * entry, a network entry holding host (an address), or any network entry
+ * (host a name: its addresses are judged once known, ph_auth_connect_addr).
  */
 bool ph_auth_connect_host(const struct ph_auth_key *k, const char *host, uint16_t port);
 

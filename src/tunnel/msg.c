@@ -1,6 +1,7 @@
 #include "tunnel/msg.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <string.h>
 
 #include "tunnel/session.h"
@@ -193,8 +194,10 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 		return 0;
 	}
 	case PH_CTRL_UDP_OPENED:
-		if (n < 1 + 4 + 2 + 1 || ph_msg_addr_get(p + 7, n - 7, &c->addr) != (int)(n - 7)) {
-			*why = "a UDP_OPENED of the wrong length";
+		if (n < 1 + 4 + 2 + 1 || ph_msg_addr_get(p + 7, n - 7, &c->addr) != (int)(n - 7) ||
+		    (c->addr.u.sa.sa_family == AF_INET6 &&
+		     IN6_IS_ADDR_V4MAPPED(&c->addr.u.in6.sin6_addr))) {
+			*why = "a UDP_OPENED of the wrong length, or an IPv4-mapped address";
 			return -EPROTO;
 		}
 		c->req = ph_get32(p + 1);

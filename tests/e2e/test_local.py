@@ -1190,10 +1190,10 @@ def test_target_failures_reach_the_client(nets, procs, spawn, keys):
         r = pcurl(f"http://127.0.0.1:{port}/", check=False, prefix=ns)
         # 7: the reset came before curl looked at its connect (a loaded machine)
         assert r.returncode in (7, 52, 56) and r.stdout == b"", (port, r.returncode, r.stderr)
-    closed.wait_log(r"^local 127\.0\.0\.1:9009 10\.232\.0\.2:9: the relay refused: .*"
-                    r"Connection refused$")
-    noname.wait_log(r"^local 127\.0\.0\.1:9080 nosuch\.test:80: the relay refused: "
-                    r"cannot resolve nosuch\.test: ")
+    closed.wait_log(r"^local 127\.0\.0\.1:9009 10\.232\.0\.2:9: the relay could not "
+                    r"connect: .*Connection refused$")
+    noname.wait_log(r"^local 127\.0\.0\.1:9080 nosuch\.test:80: the relay could not "
+                    r"connect: cannot resolve nosuch\.test: ")
     r = pcurl("--socks5", proxy, f"http://{NS_WEB_IP}:9/", check=False, prefix=ns)
     assert r.returncode == 97 and b"(5)" in r.stderr, (r.returncode, r.stderr)
     r = pcurl("--socks5-hostname", proxy, "http://nosuch.test:80/", check=False, prefix=ns)
