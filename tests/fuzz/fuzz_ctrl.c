@@ -8,7 +8,9 @@
  * REGISTERED with a port; ph_ctrl_build of it gives back the input (a REFUSED's text with
  * each unprintable byte as '?'; a REGISTER without the optional options it skipped), fits
  * PH_CTRL_MAX, and parses back to the same fields; a REGISTER's address rules are at most
- * PH_CTRL_ACL_MAX, each an IPv4 or IPv6 network with a prefix that fits.
+ * PH_CTRL_ACL_MAX, each an IPv4 or IPv6 network with a prefix that fits; a CHECK is of tcp
+ * or udp, a port not 0, and an address none, IPv4 or IPv6 (never IPv4-mapped); a CHECKED
+ * has a known result, such an address, and its text printable as REFUSED's.
  *
  * ph_msg_addr_get reads addresses one after another from the input, as OPEN carries two:
  * each result is 1, 7 or 19 bytes within the input (by the family byte 0, 4, 6) or
@@ -49,7 +51,9 @@ static uint8_t *dup_exact(const uint8_t *b, size_t n)
 /* True when a and b carry the same fields (padding aside). */
 static bool same(const struct ph_ctrl *a, const struct ph_ctrl *b)
 {
-	if (a->nacl != b->nacl)
+	if (a->nacl != b->nacl || a->result != b->result ||
+	    a->addr.u.sa.sa_family != b->addr.u.sa.sa_family || a->addr.len != b->addr.len ||
+	    memcmp(&a->addr.u, &b->addr.u, a->addr.len) != 0)
 		return false;
 	for (unsigned i = 0; i < a->nacl; i++)
 		if (a->acl[i].allow != b->acl[i].allow ||
@@ -82,7 +86,7 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	}
 	CHECK(same(&c, &again));
 
-	CHECK(c.type >= PH_CTRL_REGISTER && c.type <= PH_CTRL_UNREGISTER && c.type == data[0]);
+	CHECK(c.type >= PH_CTRL_REGISTER && c.type <= PH_CTRL_CHECKED && c.type == data[0]);
 	CHECK(memchr(c.name, '\0', sizeof(c.name)) != NULL);
 	CHECK(c.name[0] == '\0' || ph_svc_name_ok(c.name));
 	CHECK(memchr(c.text, '\0', sizeof(c.text)) != NULL);
@@ -100,6 +104,16 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	}
 	if (c.type == PH_CTRL_REGISTERED)
 		CHECK(c.port != 0);
+	if (c.type == PH_CTRL_CHECK)
+		CHECK((c.proto == PH_SVC_TCP || c.proto == PH_SVC_UDP) && c.port != 0);
+	if (c.type == PH_CTRL_CHECKED)
+		CHECK(c.result >= PH_CHECK_OPEN && c.result <= PH_CHECK_OPEN_FILTERED);
+	if (c.type == PH_CTRL_CHECK || c.type == PH_CTRL_CHECKED) {
+		int fam = c.addr.u.sa.sa_family;
+
+		CHECK(fam == AF_UNSPEC || fam == AF_INET || fam == AF_INET6);
+		CHECK(fam != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&c.addr.u.in6.sin6_addr));
+	}
 
 	/*
 	 * Built again, it is the input (REFUSED's text made printable) - less the optional
@@ -109,7 +123,13 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	n = ph_ctrl_build(&c, out);
 	CHECK(n <= PH_CTRL_MAX && (c.skipped != 0 ? n < size : n == size));
 	for (size_t i = 0; i < n && c.skipped == 0; i++) {
-		bool text = c.type == PH_CTRL_REFUSED && i >= 7;
+		/* CHECKED: its text after the address (1, 7 or 19 bytes) and the length byte */
+		size_t at = c.type == PH_CTRL_REFUSED   ? 7
+		            : c.type == PH_CTRL_CHECKED ? 7 + (size_t)(data[6] == 4   ? 7
+		                                                       : data[6] == 6 ? 19
+		                                                                      : 1)
+		                                        : n;
+		bool text = i >= at;
 
 		CHECK(out[i] == data[i] ||
 		      (text && out[i] == '?' && (data[i] < 0x20 || data[i] >= 0x7f)));
