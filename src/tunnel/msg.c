@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "tunnel/session.h"
 
 bool ph_svc_name_ok(const char *name)
@@ -100,6 +101,14 @@ static int register_tail(const uint8_t *p, size_t n, struct ph_ctrl *c, const ch
 		n -= 2 + (size_t)len;
 	}
 	return 0;
+}
+
+const char *ph_check_result_name(uint8_t result)
+{
+	static const char *const names[] = {"?",        "open",    "closed",
+	                                    "filtered", "refused", "open|filtered"};
+
+	return result < PH_ARRAY_SIZE(names) ? names[result] : "?";
 }
 
 /* Reads text (a u8 length and that many bytes, the last of p[0..n)), printable only. */

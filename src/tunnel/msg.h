@@ -93,6 +93,9 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
  */
 size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out);
 
+/* "open", "closed", "filtered", "refused", "open|filtered" for a PH_CHECK_*; "?" else. */
+const char *ph_check_result_name(uint8_t result);
+
 /* True when name is a valid service name: 1-32 of [A-Za-z0-9._-]. */
 bool ph_svc_name_ok(const char *name);
 

@@ -75,6 +75,7 @@ struct ph_tunnel_stats {
 	uint64_t dgrams;        /* datagrams both ways */
 	uint64_t bytes_up;      /* stream bytes from the visitors to the services */
 	uint64_t bytes_down;    /* stream bytes from the services to the visitors */
+	uint64_t checks[6];     /* the relay: CHECKs answered, by result (PH_CHECK_*; [0] unused) */
 };
 
 /*
