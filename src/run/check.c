@@ -2,7 +2,8 @@
  * The check service: `pinhole check PORT --via RELAY` asks the relay once and ends with
  * the answer's exit status; with `pinhole map PORT --check --via RELAY` it waits for the
  * map service to make each mapping and asks the relay about its external port (TCP, then
- * UDP with --both), once per protocol. Answers are printed on stdout, one line each (or a
+ * UDP with --both), once per protocol, on one session kept until every protocol mapped was
+ * checked (a mapping made after the other's check still finds it). Answers are printed on stdout, one line each (or a
  * JSON object with --json); no answer (the relay unreachable, its key refused) is said on
  * stderr. The relay's session is the exposer's (tunnel/tunnel.h: ph_check_open).
  */
@@ -135,6 +136,8 @@ static void check_done(void *arg, const struct ph_check_result *r)
 		        ip_str(&r->addr, a, sizeof(a)), ip_str(extip, b, sizeof(b)));
 	if (ck->map && check_next(ck))
 		return;
+	if (ck->map && (ck->asked & ck->cfg->map.protos) != ck->cfg->map.protos)
+		return; /* --both: the other mapping is not made yet; the session waits for it */
 	ph_task_queue(ck->svc.loop, &ck->end); /* not from inside the exposer's callback */
 }
 
