@@ -16,11 +16,13 @@
 #include <string.h>
 
 #include "cli/cli-int.h"
+#include "conn/via.h"
 #include "core/acl.h"
 #include "core/addr.h"
 #include "core/util.h"
 #include "forward/forward.h"
 #include "socks/socks.h"
+#include "tunnel/msg.h"
 #include "tunnel/tunnel.h"
 
 /* A command: its word, its help's prose, and what it does with the words that are not
@@ -146,6 +148,25 @@ static const char usage_expose[] =
 static const char after_expose[] =
 	"\n"
 	"Several expose lines of one `pinhole run FILE` share one session per relay.\n";
+
+static const char usage_local[] =
+	"Usage: pinhole local [LISTEN] TARGET --via RELAY[:PORT] [--key FILE]\n"
+	"                     [--relay-key SHA256:...]\n"
+	"\n"
+	"Local forwarding through a relay, the job of ssh -L and frp's stcp visitors: each\n"
+	"connection to LISTEN here becomes an encrypted stream to the relay, where TARGET is\n"
+	"either NAME, a private service another client offers there (`pinhole expose LOCAL\n"
+	"--via RELAY --name NAME --private`: both ends may be behind NATs), or HOST:PORT,\n"
+	"which the relay connects to (the name looked up on its side). LISTEN may be left out\n"
+	"when TARGET has a port: 127.0.0.1 and that port. The relay's authorized_keys grants\n"
+	"it per key: reach=NAME for private services, connect=HOST:PORT for the rest.\n";
+
+static const char after_local[] =
+	"\n"
+	"Examples:\n"
+	"  pinhole local 127.0.0.1:2222 homeserver-ssh --via relay.example.com\n"
+	"  pinhole local db.internal:5432 --via relay.example.com   # 127.0.0.1:5432\n"
+	"  pinhole local :1100 mail.example.com:110 --via relay.example.com\n";
 
 static const char usage_keygen[] =
 	"Usage: pinhole keygen [-f FILE] [-C COMMENT]\n"
@@ -357,6 +378,15 @@ static int socks_begin(struct ph_cli_ctx *x, int first, struct ph_cli_error *e)
 	if (err < 0)
 		return err;
 	x->pos_argi = first;
+	/* a client for --via, kept only when --via comes (socks_end) */
+	if (x->cfg->nexpose < PH_EXPOSE_MAX) {
+		x->expose = malloc(sizeof(*x->expose));
+		if (x->expose == NULL)
+			return -ENOMEM;
+		ph_expose_conf_init(x->expose);
+		x->expose->kind = PH_EXPOSE_SOCKS;
+		x->cfg->expose[x->cfg->nexpose++] = x->expose;
+	}
 	x->rule->kind = PH_RULE_SOCKS;
 	x->rule->ops = &ph_socks_ops;
 	x->rule->socks = ph_socks_conf_new();
@@ -401,6 +431,28 @@ static int socks_end(struct ph_cli_ctx *x, int first, char *const *argv, struct 
 	 * its addresses) nor its link's (169.254.169.254) through the proxy; ssh -D style
 	 * users on loopback reach their own services as before */
 	r->socks->deny_local = !is_loopback(&r->listen);
+	if (x->have_pos2) { /* --via: connections leave from the relay */
+		char key[PH_VIA_KEY_MAX];
+
+		if (x->expose == NULL)
+			return ph_cli__fail(e, first, "socks: at most %u relay client lines",
+			                    PH_EXPOSE_MAX);
+		ph_expose_client_key(x->expose, key, sizeof(key));
+		r->via = ph_via_get(key);
+		if (r->via == NULL)
+			return -ENOMEM;
+		/* the relay's own loopback is the relay's to judge (connect=) */
+		r->socks->deny_local = false;
+	} else if (x->expose != NULL) {
+		if (x->expose->key_file[0] || x->expose->relay_fp[0] || x->expose->known_file[0])
+			return ph_cli__fail(
+				e, first,
+				"socks: --key, --relay-key and --known-relays are for --via");
+		x->cfg->expose[--x->cfg->nexpose] = NULL; /* it was the last one added */
+		ph_acl_free(&x->expose->acl);
+		free(x->expose);
+		x->expose = NULL;
+	}
 	return rule_add(x);
 }
 
@@ -481,7 +533,124 @@ static int expose_end(struct ph_cli_ctx *x, int first, char *const *argv, struct
 		                    "expose: missing --via RELAY (see pinhole expose --help)");
 	if (x->expose->udp && x->expose->proxy != 0)
 		return ph_cli__fail(e, first, "expose: --proxy-protocol is for TCP services");
+	if (x->expose->priv && (x->expose->name[0] == '\0' || x->expose->port != 0))
+		return ph_cli__fail(e, first,
+		                    "expose: --private is for a service with a --name and no "
+		                    "--port (`pinhole local` reaches it by name)");
 	return tunnel_end(x, first, argv, e);
+}
+
+static int local_begin(struct ph_cli_ctx *x, int first, struct ph_cli_error *e)
+{
+	int err = expose_begin(x, first, e);
+
+	if (err == 0)
+		x->expose->kind = PH_EXPOSE_LOCAL;
+	return err;
+}
+
+/* local: [LISTEN] TARGET, read at the end (the count says which is which) */
+static int local_word(struct ph_cli_ctx *x, const char *word, struct ph_cli_error *e)
+{
+	if (x->npos == 2)
+		return ph_cli__fail(e, x->argi, "local: '%s': LISTEN and TARGET only", word);
+	if (x->npos++ == 0)
+		x->pos_argi = x->argi;
+	else
+		x->targ_argi[0] = x->argi;
+	return 0;
+}
+
+/* local's TARGET: NAME (a private service) or HOST:PORT. */
+static int local_target(struct ph_cli_ctx *x, const char *word, int argi, struct ph_cli_error *e)
+{
+	struct ph_expose_conf *c = x->expose;
+	struct ph_hostport hp;
+	const char *why;
+
+	if (strchr(word, ':') == NULL && word[0] != '[') {
+		if (!ph_svc_name_ok(word))
+			return ph_cli__fail(
+				e, argi,
+				"local: '%s': TARGET is a private service's NAME (1-32 of "
+				"A-Z a-z 0-9 . _ -) or HOST:PORT",
+				word);
+		snprintf(c->target, sizeof(c->target), "%s", word);
+		return 0;
+	}
+	if (ph_hostport_parse(word, &hp, &why) < 0)
+		return ph_cli__fail(e, argi, "local: '%s': %s", word, why);
+	if (hp.wildcard)
+		return ph_cli__fail(
+			e, argi, "local: '%s': TARGET is HOST:PORT as the relay reaches it", word);
+	snprintf(c->target, sizeof(c->target), "%s", hp.host);
+	c->target_port = hp.port;
+	if (hp.has_scheme) /* udp://HOST:PORT with no LISTEN: the protocol is the target's */
+		c->listen.proto = hp.proto;
+	return 0;
+}
+
+/* udp:// makes a UDP line, tcp+udp:// two lines (the second a copy, for UDP). */
+static int local_protos(struct ph_cli_ctx *x, int first, char *const *argv, struct ph_cli_error *e)
+{
+	struct ph_expose_conf *c = x->expose, *u;
+
+	if (c->listen.proto == PH_PROTO_UDP)
+		c->udp = true;
+	if (c->listen.proto == (PH_PROTO_TCP | PH_PROTO_UDP)) {
+		if (x->cfg->nexpose == PH_EXPOSE_MAX)
+			return ph_cli__fail(e, first, "local: at most %u relay client lines",
+			                    PH_EXPOSE_MAX);
+		u = malloc(sizeof(*u));
+		if (u == NULL)
+			return -ENOMEM;
+		*u = *c;
+		u->acl = (struct ph_acl){0}; /* local takes no --allow: nothing to share */
+		u->udp = true;
+		u->listen.proto = PH_PROTO_UDP;
+		c->listen.proto = PH_PROTO_TCP;
+		x->cfg->expose[x->cfg->nexpose++] = u;
+	}
+	return tunnel_end(x, first, argv, e);
+}
+
+static int local_end(struct ph_cli_ctx *x, int first, char *const *argv, struct ph_cli_error *e)
+{
+	struct ph_expose_conf *c = x->expose;
+	int targ = x->npos == 2 ? x->targ_argi[0] : x->pos_argi, err;
+	const char *why;
+
+	c->listen.proto = 0;
+	if (x->npos == 0)
+		return ph_cli__fail(e, first, "local: missing TARGET (see pinhole local --help)");
+	if (!x->have_pos2)
+		return ph_cli__fail(e, first,
+		                    "local: missing --via RELAY (see pinhole local --help)");
+	err = local_target(x, argv[targ], targ, e);
+	if (err < 0)
+		return err;
+	if (x->npos == 1) {
+		unsigned proto = c->listen.proto != 0 ? c->listen.proto : PH_PROTO_TCP;
+		char l[32];
+
+		if (c->target_port == 0)
+			return ph_cli__fail(
+				e, targ,
+				"local: '%s' has no port to listen on: give LISTEN too, as "
+				"in pinhole local 127.0.0.1:2222 %s",
+				argv[targ], argv[targ]);
+		snprintf(l, sizeof(l), "127.0.0.1:%u", c->target_port);
+		if (ph_hostport_parse(l, &c->listen, &why) < 0)
+			return -EINVAL;
+		c->listen.proto = proto;
+		return local_protos(x, first, argv, e);
+	}
+	if (ph_hostport_parse(argv[x->pos_argi], &c->listen, &why) < 0)
+		return ph_cli__fail(e, x->pos_argi, "local: '%s': %s", argv[x->pos_argi], why);
+	if (c->listen.is_name)
+		return ph_cli__fail(e, x->pos_argi, "local: '%s': listen on an address, not a name",
+		                    argv[x->pos_argi]);
+	return local_protos(x, first, argv, e);
 }
 
 /* keygen, status, reload: no words but options */
@@ -675,6 +844,16 @@ static const struct cli_verb verbs[PH_CLI__NVERBS] = {
                            .begin = expose_begin,
                            .word = expose_word,
                            .end = expose_end},
+	[PH_CLI_LOCAL] = {.name = "local",
+                          .topic = "local",
+                          .synopsis = "local [LISTEN] TARGET --via RELAY",
+                          .summary = "forward LISTEN here through a relay to a\n"
+                                     "private service or HOST:PORT (ssh -L)",
+                          .usage = usage_local,
+                          .after = after_local,
+                          .begin = local_begin,
+                          .word = local_word,
+                          .end = local_end},
 	[PH_CLI_KEYGEN] = {.name = "keygen",
                            .topic = "keygen",
                            .synopsis = "keygen [-f FILE]",
@@ -840,6 +1019,9 @@ static int opt_set(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char 
 
 	if (d->set != NULL)
 		return d->set(x, d, v, e);
+	if (d->obj == PH_CLI_IN_EXPOSE && x->expose == NULL) /* socks past the client lines */
+		return ph_cli__fail(e, x->argi, "%s: at most %u relay client lines", x->name,
+		                    PH_EXPOSE_MAX);
 	switch (d->arg) {
 	case PH_CLI_FLAG:
 		opt_store(p, d->size, (unsigned long long)d->val);

@@ -82,6 +82,7 @@ enum ph_cli_verb {
 	PH_CLI_SOCKS,   /* socks [LISTEN] */
 	PH_CLI_SERVER,  /* server [LISTEN] */
 	PH_CLI_EXPOSE,  /* expose LOCAL --via RELAY */
+	PH_CLI_LOCAL,   /* local [LISTEN] TARGET --via RELAY */
 	PH_CLI_KEYGEN,  /* keygen [-f FILE] */
 	PH_CLI_MAP,     /* map [add|del] PORT, map ip|probe|list */
 	PH_CLI_RUN,     /* run FILE */

@@ -78,14 +78,14 @@ static int set_metrics(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const c
 static int set_acl(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char *v,
                    struct ph_cli_error *e)
 {
-	struct ph_acl *acl = x->expose != NULL   ? &x->expose->acl
-	                     : x->server != NULL ? &x->server->acl
-	                                         : &x->rule->acl;
+	struct ph_acl *acl = x->verb == PH_CLI_EXPOSE ? &x->expose->acl
+	                     : x->server != NULL      ? &x->server->acl
+	                                              : &x->rule->acl;
 	struct ph_cidr c;
 	const char *why;
 
 	if (ph_acl_is_pattern(v)) {
-		if (x->expose != NULL)
+		if (x->verb == PH_CLI_EXPOSE)
 			return ph_cli__fail(e, x->argi,
 			                    "%s '%s': a CIDR (patterns are for forward and server)",
 			                    x->name, v);
@@ -93,7 +93,7 @@ static int set_acl(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char 
 			return ph_cli__fail(e, x->argi, "%s '%s': %s", x->name, v, why);
 		return ph_acl_add_pattern(acl, d->val, v) < 0 ? -ENOMEM : 0;
 	}
-	if (x->expose != NULL && acl->n == PH_EXPOSE_ACL_MAX)
+	if (x->verb == PH_CLI_EXPOSE && acl->n == PH_EXPOSE_ACL_MAX)
 		return ph_cli__fail(e, x->argi, "%s: at most %u --allow/--deny rules", x->name,
 		                    PH_EXPOSE_ACL_MAX);
 	if (ph_cidr_parse(v, &c, &why) < 0)
@@ -217,6 +217,9 @@ static int set_via(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char 
 	const char *why;
 
 	(void)d;
+	if (c == NULL) /* socks past the relay client lines a process may have */
+		return ph_cli__fail(e, x->argi, "--via: at most %u relay client lines",
+		                    PH_EXPOSE_MAX);
 	snprintf(buf, sizeof(buf), "%s", v);
 	if (ph_hostport_parse(buf, &c->via, &why) < 0) {
 		snprintf(buf, sizeof(buf), strchr(v, ':') ? "[%s]:%u" : "%s:%u", v, PH_RELAY_PORT);
@@ -541,7 +544,7 @@ const struct ph_cli_opt ph_cli__opts[] = {
 	{.name = "--via",
          .arg = PH_CLI_ADDR,
          .argname = "RELAY[:PORT]",
-         .verbs = V(EXPOSE),
+         .verbs = V(EXPOSE) | V(LOCAL) | V(SOCKS),
          .set = set_via,
          .help = "the relay (`pinhole server`), port 7835 by default"},
 	{.name = "--port",
@@ -560,6 +563,14 @@ const struct ph_cli_opt ph_cli__opts[] = {
          .val = 1,
          .flags = PH_CLI_O_NOEQ,
          .help = "LOCAL is a UDP service: datagrams are carried as such"},
+	{.name = "--private",
+         .arg = PH_CLI_FLAG,
+         .verbs = V(EXPOSE),
+         FIELD(PH_CLI_IN_EXPOSE, struct ph_expose_conf, priv),
+         .val = 1,
+         .flags = PH_CLI_O_NOEQ,
+         .help = "no public port: only `pinhole local` clients whose key\n"
+                 "the relay grants reach=NAME reach it (needs --name)"},
 	{.name = "--name",
          .arg = PH_CLI_STRING,
          .argname = "NAME",
@@ -585,7 +596,7 @@ const struct ph_cli_opt ph_cli__opts[] = {
 	{.name = "--relay-key",
          .arg = PH_CLI_STRING,
          .argname = "SHA256:...",
-         .verbs = V(EXPOSE),
+         .verbs = V(EXPOSE) | V(LOCAL) | V(SOCKS),
          .set = set_relay_key,
          .help = "the relay's fingerprint; without it the first one\n"
                  "seen is kept in known_relays and a change is refused,\n"
@@ -593,21 +604,21 @@ const struct ph_cli_opt ph_cli__opts[] = {
 	{.name = "--key",
          .arg = PH_CLI_FILE,
          .argname = "FILE",
-         .verbs = V(EXPOSE),
+         .verbs = V(EXPOSE) | V(LOCAL) | V(SOCKS),
          FIELD(PH_CLI_IN_EXPOSE, struct ph_expose_conf, key_file),
          .help = "this client's key, made when missing (default: as\n"
                  "keygen's)"},
 	{.name = "--known-relays",
          .arg = PH_CLI_FILE,
          .argname = "FILE",
-         .verbs = V(EXPOSE),
+         .verbs = V(EXPOSE) | V(LOCAL) | V(SOCKS),
          FIELD(PH_CLI_IN_EXPOSE, struct ph_expose_conf, known_file),
          .help = "where first-seen relay keys are kept (default\n"
                  "known_relays next to the key)"},
 	{.name = "--heartbeat",
          .arg = PH_CLI_DURATION,
          .argname = "DUR",
-         .verbs = V(EXPOSE),
+         .verbs = V(EXPOSE) | V(LOCAL),
          FIELD(PH_CLI_IN_EXPOSE, struct ph_expose_conf, hb_ms),
          .min = 200,
          .max = 600000,

@@ -20,6 +20,7 @@ struct ph_map_keeper;
 struct ph_wrule;
 struct udp_wrule;
 struct ph_conn_ops;
+struct ph_via;
 
 #define PH_UDP_TIMEOUT_MS   60000 /* default --udp-timeout */
 #define PH_UDP_MAX_SESSIONS 16384 /* default --max-sessions, lowered to what fds allow */
@@ -57,8 +58,9 @@ struct ph_rule {
 	unsigned max_sessions;         /* UDP sessions over all workers; 0: the default */
 	const struct ph_conn_ops *ops; /* the verb's part of each connection; NULL: forward's */
 	struct ph_socks_conf
-		*socks; /* owned (ops->rule_free): a socks rule's users, destinations */
-	bool map;       /* --map: ask the router to forward the listen port */
+		*socks;     /* owned (ops->rule_free): a socks rule's users, destinations */
+	struct ph_via *via; /* socks --via: connections made by the relay (the channel table's) */
+	bool map;           /* --map: ask the router to forward the listen port */
 	struct ph_map_keeper *keeper; /* the main thread's, while --map runs; or NULL */
 	/* run time */
 	uint64_t live;            /* atomic: connections alive, over all workers */

@@ -1034,7 +1034,8 @@ static void sb_tunnel_metrics(struct sb *b, const struct tmetric *tab, size_t n,
 				uint64_t val;
 
 				memcpy(&val, (const char *)v + mt->fields[k], sizeof(val));
-				sb_add(b, "%s{proto=\"%s\",", mt->name, v->proto);
+				sb_add(b, "%s{proto=\"%s\",kind=\"%s\",", mt->name, v->proto,
+				       v->kind);
 				if (relay) {
 					sb_add(b, "port=\"%llu\"", (unsigned long long)v->port);
 				} else {
@@ -1073,6 +1074,20 @@ static void sb_tunnels(struct sb *b, const struct ph_status_src *src)
 		for (uint8_t i = PH_CHECK_OPEN; i <= PH_CHECK_OPEN_FILTERED; i++)
 			sb_add(b, "pinhole_relay_checks_total{result=\"%s\"} %llu\n",
 			       ph_check_result_name(i), (unsigned long long)st.checks[i]);
+		sb_add(b,
+		       "# HELP pinhole_relay_opened_total Streams the clients opened (local, socks "
+		       "--via): carried, or refused.\n"
+		       "# TYPE pinhole_relay_opened_total counter\n"
+		       "pinhole_relay_opened_total{result=\"carried\"} %llu\n"
+		       "pinhole_relay_opened_total{result=\"refused\"} %llu\n"
+		       "# HELP pinhole_relay_opened_bytes_total Bytes of ended client-opened "
+		       "streams: up "
+		       "is from the clients.\n"
+		       "# TYPE pinhole_relay_opened_bytes_total counter\n"
+		       "pinhole_relay_opened_bytes_total{direction=\"up\"} %llu\n"
+		       "pinhole_relay_opened_bytes_total{direction=\"down\"} %llu\n",
+		       (unsigned long long)st.opened, (unsigned long long)st.opened_refused,
+		       (unsigned long long)st.opened_up, (unsigned long long)st.opened_down);
 		ph_relay_each(src->relay, tsvcs_add, &t);
 		sb_tunnel_metrics(b, relay_metrics, PH_ARRAY_SIZE(relay_metrics), &t, true);
 		t.n = 0;

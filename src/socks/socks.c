@@ -21,6 +21,7 @@
 #include "conn/conn.h"
 #include "conn/http.h"
 #include "conn/udptab.h"
+#include "conn/via.h"
 #include "core/connlog.h"
 #include "core/log.h"
 #include "core/logagg.h"
@@ -71,6 +72,7 @@ struct ph_socks_conn {
 	char *fwd;              /* owned: HTTP, the rewritten head for the origin server */
 	size_t fwd_len;
 	bool one_request; /* HTTP without a body: the client's later bytes stay unread */
+	bool via;         /* --via: pump.io[1] is the relay client's stream, its reply first */
 	/* BIND's listener, or UDP ASSOCIATE's socket for the client: both on the address the
 	 * client reached (what the reply names) */
 	struct ph_io aux;
@@ -464,6 +466,114 @@ static void socks_on_connect(struct ph_io *io, uint32_t events)
 	ph_conn_relay(c, events, true);
 }
 
+/* ---- --via: the relay connects ---- */
+
+/*
+ * The relay client's reply record came (or the stream ended first): the protocol's success
+ * reply and the pump, or the failure the relay gave.
+ */
+static void socks_on_via(struct ph_io *io, uint32_t events)
+{
+	struct ph_conn *c = container_of(io, struct ph_conn, pump.io[1]);
+	struct ph_socks_conn *sx = c->vstate;
+	struct ph_loop *l = &c->wr->w->loop;
+	uint8_t b[PH_VIA_REPLY_HDR + PH_VIA_TEXT_MAX];
+	char reason[PH_VIA_TEXT_MAX + PH_SOCKS_NAME_MAX + 64], d[PH_SOCKS_NAME_MAX + 16];
+	struct ph_via_reply rep;
+	ssize_t n;
+	int used, err;
+
+	/* peeked first: the target's bytes behind the record are the pump's */
+	do
+		n = recv(io->fd, b, sizeof(b), MSG_PEEK);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLERR)))
+		return;
+	used = n > 0 ? ph_via_reply_parse(b, (size_t)n, &rep) : -EPROTO;
+	if (used == -EAGAIN && !(events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)))
+		return;
+	ph_timer_stop(l, &c->timer);
+	dest_fmt(&sx->dst, d, sizeof(d));
+	if (used < 0) {
+		PH_CONN_STAT(c->wr, errors, 1);
+		snprintf(reason, sizeof(reason), "%s: the relay client ended the stream", d);
+		socks_fail(c, -EIO, 502, reason);
+		return;
+	}
+	(void)!recv(io->fd, b, (size_t)used, 0); /* the record leaves the socket */
+	if (rep.status != PH_VIA_OK) {
+		err = ph_via_errno(rep.status);
+		PH_CONN_STAT(c->wr, connect_failed, 1);
+		snprintf(reason, sizeof(reason), "%s through the relay: %s", d,
+		         rep.text[0] != '\0' ? rep.text : ph_strerror(err));
+		socks_fail(c, err, 0, reason);
+		return;
+	}
+	err = socks_reply_ok(c, &rep.bound);
+	if (err == 0 && sx->fwd != NULL) {
+		err = send_all(io->fd, sx->fwd, sx->fwd_len);
+		if (err == 0) {
+			ph_conn_count(c, sx->fwd_len, 0);
+			PH_CONN_STAT(c->wr, bytes_up, sx->fwd_len);
+			PH_CONN_STAT(c->wr, copied, sx->fwd_len);
+		}
+	}
+	if (err < 0) {
+		PH_CONN_STAT(c->wr, errors, 1);
+		ph_conn_close(c, true, "cannot send the reply", err);
+		return;
+	}
+	if (sx->one_request)
+		ph_pump_down_only(&c->pump);
+	socks_conn_free(c);
+	ph_conn_relay(c, events | EPOLLIN | EPOLLOUT, true);
+}
+
+/* CONNECT through --via: the relay client is asked; its reply comes first on the stream. */
+static void socks_via(struct ph_conn *c)
+{
+	struct ph_socks_conn *sx = c->vstate;
+	struct ph_wrule *wr = c->wr;
+	struct ph_loop *l = &wr->w->loop;
+	char host[PH_SOCKS_NAME_MAX + 1], reason[128];
+	int fd, err;
+
+	if (sx->dst.name[0] != '\0') {
+		snprintf(host, sizeof(host), "%s", sx->dst.name);
+	} else {
+		struct ph_addr a = sx->dst.addr;
+
+		ph_addr_unmap(&a);
+		if (ph_addr_is_any(&a)) {
+			PH_CONN_STAT(wr, denied, 1);
+			socks_fail(c, -EACCES, 0, "the unspecified address is no destination");
+			return;
+		}
+		if (a.u.sa.sa_family == AF_INET)
+			inet_ntop(AF_INET, &a.u.in.sin_addr, host, sizeof(host));
+		else
+			inet_ntop(AF_INET6, &a.u.in6.sin6_addr, host, sizeof(host));
+	}
+	fd = ph_via_dial(wr->rule->via, host, sx->dst.port);
+	if (fd < 0) {
+		PH_CONN_STAT(wr, errors, 1);
+		snprintf(reason, sizeof(reason), "cannot hand the request to the relay client: %s",
+		         strerror(-fd));
+		socks_fail(c, -EIO, 502, reason);
+		return;
+	}
+	ph_io_init(&c->pump.io[1], fd, socks_on_via);
+	err = ph_io_add(l, &c->pump.io[1], PH_PUMP_EVENTS);
+	if (err < 0) {
+		ph_io_close(l, &c->pump.io[1]);
+		socks_fail(c, err, 502, "cannot poll");
+		return;
+	}
+	sx->via = true;
+	sx_set_phase(c, sx, SX_CONNECTING);
+	ph_timer_arm(l, &c->timer, wr->rule->connect_timeout);
+}
+
 /* The local address the client reached us at, port 0: where BIND and UDP listen. */
 static int local_of(struct ph_conn *c, struct ph_addr *a)
 {
@@ -733,6 +843,92 @@ static void socks_udp_flush_pending(struct ph_conn *c)
 	sx->pend = NULL;
 }
 
+/*
+ * --via: a client's datagram to the relay client, behind its destination as the client
+ * wrote it (a name is looked up on the relay). Returns true when it went.
+ */
+static bool udp_via_send(struct ph_conn *c, const struct ph_socks_dest *d, const uint8_t *data,
+                         size_t n)
+{
+	struct ph_socks_conn *sx = c->vstate;
+	static __thread uint8_t m[PH_VIA_DGRAM_HDR_MAX + SOCKS_UDP_MAX];
+	char host[PH_SOCKS_NAME_MAX + 1];
+	size_t hl;
+
+	if (d->name[0] != '\0') {
+		if (!dest_ok(c, d->name, NULL, NULL))
+			return false;
+		snprintf(host, sizeof(host), "%s", d->name);
+	} else {
+		struct ph_addr a = d->addr;
+
+		ph_addr_set_port(&a, d->port);
+		ph_addr_unmap(&a);
+		if (ph_addr_is_any(&a) || is_multicast(&a) || !dest_ok(c, NULL, &a, NULL))
+			return false;
+		if (a.u.sa.sa_family == AF_INET)
+			inet_ntop(AF_INET, &a.u.in.sin_addr, host, sizeof(host));
+		else
+			inet_ntop(AF_INET6, &a.u.in6.sin6_addr, host, sizeof(host));
+	}
+	hl = ph_via_dgram_put(host, d->port, m);
+	if (n > SOCKS_UDP_MAX)
+		return false;
+	memcpy(m + hl, data, n);
+	if (send(sx->out[0].fd, m, hl + n, MSG_DONTWAIT | MSG_NOSIGNAL) == -1)
+		return false;
+	ph_conn_count(c, n, 0);
+	PH_CONN_STAT(c->wr, bytes_up, n);
+	PH_CONN_STAT(c->wr, dgrams_up, 1);
+	return true;
+}
+
+/* --via: the relay client's datagrams (behind their source), back to the client. */
+static void socks_on_via_udp(struct ph_io *io, uint32_t events)
+{
+	static __thread uint8_t buf[PH_SOCKS_UDP_HDR_MAX + PH_VIA_FROM_MAX + SOCKS_UDP_MAX];
+	struct ph_socks_conn *sx = container_of(io, struct ph_socks_conn, out[0]);
+	struct ph_conn *c = sx->c;
+	struct ph_wrule *wr = c->wr;
+	uint8_t *m = buf + PH_SOCKS_UDP_HDR_MAX; /* room to put a SOCKS header in front */
+
+	(void)events;
+	for (unsigned i = 0; i < SOCKS_UDP_BUDGET && c->vstate == sx && io->fd != -1; i++) {
+		ssize_t n = recv(io->fd, m, PH_VIA_FROM_MAX + SOCKS_UDP_MAX, MSG_DONTWAIT);
+		uint8_t h[PH_SOCKS_UDP_HDR_MAX];
+		struct ph_addr from;
+		size_t hl;
+		int fl;
+
+		if (n == -1 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			ph_conn_close(c, false, "udp: the relay client ended the association", 0);
+			return;
+		}
+		fl = ph_via_from_get(m, (size_t)n, &from);
+		if (fl < 0 || ph_addr_port(&sx->client) == 0) {
+			PH_CONN_STAT(wr, dgrams_dropped, 1);
+			continue;
+		}
+		if (from.u.sa.sa_family == AF_UNSPEC) /* no source known: 0.0.0.0:0 */
+			(void)ph_addr_from_literal("0.0.0.0", 0, &from);
+		hl = ph_socks5_udp_header(&from, h);
+		memcpy(m + fl - hl, h, hl);
+		if (sendto(sx->aux.fd, m + fl - hl, (size_t)n - (size_t)fl + hl, MSG_DONTWAIT,
+		           &sx->client.u.sa, sx->client.len) == -1) {
+			PH_CONN_STAT(wr, dgrams_dropped, 1);
+			continue;
+		}
+		sx->udp_last = wr->w->loop.now;
+		ph_conn_count(c, 0, (uint64_t)n - (uint64_t)fl);
+		PH_CONN_STAT(wr, bytes_down, (uint64_t)n - (uint64_t)fl);
+		PH_CONN_STAT(wr, dgrams_down, 1);
+	}
+	if (c->vstate == sx && io->fd != -1)
+		ph_io_mod(&wr->w->loop, io, EPOLLIN | EPOLLET); /* budget used: report again */
+}
+
 /* A datagram from the client: header off, on to its destination. */
 static void udp_from_client(struct ph_conn *c, uint8_t *b, size_t n)
 {
@@ -747,6 +943,11 @@ static void udp_from_client(struct ph_conn *c, uint8_t *b, size_t n)
 	if (hl < 0) {
 		PH_CONN_STAT(wr, dgrams_dropped, 1);
 		ph_debug("c%llu: udp: dropped a datagram: %s", (unsigned long long)c->id, why);
+		return;
+	}
+	if (wr->rule->via != NULL) {
+		if (!udp_via_send(c, &d, b + hl, n - (size_t)hl))
+			PH_CONN_STAT(wr, dgrams_dropped, 1);
 		return;
 	}
 	if (d.name[0] == '\0') {
@@ -877,6 +1078,14 @@ static void socks_udp(struct ph_conn *c)
 	}
 	if (err == 0 && getsockname(sx->aux.fd, &bound.u.sa, &len) == -1)
 		err = -errno;
+	if (err == 0 && wr->rule->via != NULL) { /* datagrams go to the relay client */
+		fd = ph_via_assoc(wr->rule->via);
+		err = fd < 0 ? fd : 0;
+		if (err == 0) {
+			ph_io_init(&sx->out[0], fd, socks_on_via_udp);
+			err = ph_io_add(l, &sx->out[0], EPOLLIN | EPOLLET);
+		}
+	}
 	if (err == 0) {
 		ph_addr_set_port(&local, ph_addr_port(&bound));
 		err = socks_reply_ok(c, &local);
@@ -912,6 +1121,11 @@ static void socks_begin(struct ph_conn *c)
 	         : sx->cmd == PH_SOCKS_BIND  ? "BIND"
 	                                     : "UDP ASSOCIATE",
 	         dest_fmt(&sx->dst, d, sizeof(d)));
+	if (wr->rule->via != NULL && sx->cmd == PH_SOCKS_BIND) {
+		socks_fail(c, -EOPNOTSUPP, 501,
+		           "BIND is not carried through --via (CONNECT and UDP ASSOCIATE are)");
+		return;
+	}
 	if (sx->cmd == PH_SOCKS_BIND) {
 		/* the peer is checked against DST.ADDR: it must be an address the rules allow */
 		if (sx->dst.name[0] != '\0') {
@@ -935,6 +1149,20 @@ static void socks_begin(struct ph_conn *c)
 	}
 	if (!dest_ok(c, sx->dst.name, NULL, &why)) {
 		socks_refuse(c, dest_fmt(&sx->dst, d, sizeof(d)), why);
+		return;
+	}
+	if (wr->rule->via != NULL) {
+		/* an address is judged here; a name's addresses only the relay learns */
+		if (sx->dst.name[0] == '\0') {
+			struct ph_addr a = sx->dst.addr;
+
+			ph_addr_set_port(&a, sx->dst.port);
+			if (!dest_ok(c, NULL, &a, &why)) {
+				socks_refuse(c, dest_fmt(&sx->dst, d, sizeof(d)), why);
+				return;
+			}
+		}
+		socks_via(c);
 		return;
 	}
 	sx->ai = 0;
@@ -1352,6 +1580,11 @@ static void socks_on_timer(struct ph_conn *c)
 		socks_fail(c, -EHOSTUNREACH, 504, "the name lookup timed out");
 		break;
 	case SX_CONNECTING:
+		if (sx->via) {
+			PH_CONN_STAT(c->wr, connect_failed, 1);
+			socks_fail(c, -ETIMEDOUT, 504, "no answer through the relay in time");
+			break;
+		}
 		sx->lasterr = -ETIMEDOUT;
 		ph_io_close(l, &c->pump.io[1]);
 		socks_connect_next(c);

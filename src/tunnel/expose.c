@@ -14,8 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "conn/accept.h"
 #include "conn/proxyproto.h"
 #include "conn/udptab.h"
+#include "conn/via.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
@@ -46,9 +48,10 @@ struct xcheck;
 /* A UDP visitor of a rule: found by the relay's flow id, in its rule's table (conn/udptab). */
 struct xflow {
 	struct ph_udp_node node; /* least recently used first; node.lru: in x->dead once closed */
-	struct ph_io io;         /* connected to the local service */
+	struct ph_io io;         /* connected to the local service (local udp: none, -1) */
 	struct xrule *r;
 	uint32_t id;
+	struct xflow *inext; /* local udp: in r->byid (the table keys its clients' addresses) */
 };
 
 struct xrule {
@@ -64,7 +67,41 @@ struct xrule {
 	uint64_t visitors, refused, failed; /* failed: streams that ended with a reset */
 	uint64_t bytes_up, bytes_down;      /* of ended streams: visitors -> LOCAL, back */
 	struct ph_udptab flows;             /* UDP: by flow id, least recently used first */
+	struct ph_acceptor acc;             /* local: the listener (held while no session) */
+	struct ph_ratelimit rl;             /* local: the relay's refusals, a line a second */
+	struct ph_io uio;                   /* local udp: the listening socket */
+	struct xflow **byid;                /* local udp: flows by id (256 chains), owned */
+	uint32_t next_flow;
 };
+
+/*
+ * A socks --via worker's UDP association: its end of a SOCK_SEQPACKET pair (a message a
+ * datagram behind its destination's header), and a relay channel per destination.
+ */
+#define VASSOC_DSTS 16 /* destinations of one association (the least recent goes first) */
+#define VASSOC_HOLD 2048
+
+struct vdst {
+	char host[PH_VIA_HOST_MAX + 1];
+	uint16_t port;
+	uint16_t chan;       /* once open; 0 while asked for */
+	bool refused;        /* the relay said no: its datagrams are dropped */
+	uint32_t req;        /* the UDP_OPEN's */
+	struct ph_addr addr; /* where the relay sends (UDP_OPENED): the answers' source */
+	uint64_t last;
+	uint8_t *pend; /* owned: the first datagram, while the channel is asked for */
+	size_t pend_len;
+};
+
+struct vudp {
+	struct ph_list node; /* in c->vudps */
+	struct xclient *c;
+	struct ph_io io;
+	struct vdst d[VASSOC_DSTS];
+	unsigned n;
+};
+
+#define VUDP_REQ 0x80000000u /* a UDP_OPEN's request id for an association (rules: 1-64) */
 
 struct xclient {
 	struct ph_list node;
@@ -87,7 +124,12 @@ struct xclient {
 	bool confirmed; /* the relay answered: it took this client's key */
 	bool resolving; /* the relay's name is being looked up */
 	unsigned attempts;
-	struct xcheck *check; /* owned: `pinhole check` asks instead of registering; NULL */
+	struct xcheck *check;     /* owned: `pinhole check` asks instead of registering; NULL */
+	struct ph_via *via;       /* socks --via: the channel its workers' requests come on */
+	struct ph_io via_io;      /* reading it (the fd is the channel table's) */
+	struct xrule *socks_rule; /* the first socks --via rule: its counts */
+	struct ph_list vudps;     /* struct vudp */
+	uint32_t vudp_seq;
 };
 
 struct ph_exposer {
@@ -96,7 +138,8 @@ struct ph_exposer {
 	void (*fatal)(void *arg);
 	void *arg;
 	struct ph_timer sweep;
-	struct ph_list dead; /* closed flows, freed by reap after this round's events */
+	struct ph_list dead;       /* closed flows, freed by reap after this round's events */
+	struct ph_list dead_vudps; /* likewise for socks --via datagram destinations */
 	struct ph_task reap;
 	struct ph_resolver *res; /* owned: names looked up on the loop, never blocking it */
 	bool stopping;
@@ -109,6 +152,9 @@ static void check_send(struct xclient *c);
 static void check_answer(struct xclient *c, const struct ph_ctrl *m);
 static bool check_lost(struct xclient *c, const char *why);
 static void check_free(struct ph_exposer *x, struct xclient *c);
+static void local_udp_open(struct xrule *r);
+static void vudp_answer(struct xclient *c, const struct ph_ctrl *m);
+static bool vudp_dgram(struct xclient *c, uint16_t chan, const uint8_t *p, size_t n);
 
 /* --- the relay's key: pinned, or trusted on first use and remembered ----------------- */
 
@@ -276,6 +322,14 @@ static void flow_free(struct xflow *f)
 {
 	struct xrule *r = f->r;
 
+	if (r->byid != NULL) {
+		struct xflow **pp = &r->byid[f->id & 255];
+
+		while (*pp != NULL && *pp != f)
+			pp = &(*pp)->inext;
+		if (*pp != NULL)
+			*pp = f->inext;
+	}
 	ph_udptab_del(&r->flows, &f->node);
 	ph_io_close(r->c->x->loop, &f->io);
 	/* an event of this round may still name it: freed after them */
@@ -292,6 +346,12 @@ static void exposer_reap(struct ph_task *t)
 
 		ph_list_del(n);
 		free(container_of(n, struct xflow, node.lru));
+	}
+	while (!ph_list_empty(&x->dead_vudps)) {
+		struct ph_list *n = x->dead_vudps.next;
+
+		ph_list_del(n);
+		free(container_of(n, struct vudp, node));
 	}
 }
 
@@ -312,11 +372,34 @@ static const char *local_str(const struct xrule *r, char *buf, size_t len)
 	return buf;
 }
 
-/* How logs name rule r: "expose LOCAL[ NAME]". Returns buf. */
+/* local: "LISTEN TARGET"; socks --via: "socks --via RELAY". */
+static const char *local_rule_str(const struct xrule *r, char *buf, size_t len)
+{
+	char l[PH_HOST_MAX + 8], t[PH_HOST_MAX + 8];
+	const struct ph_expose_conf *c = r->conf;
+
+	if (c->kind == PH_EXPOSE_SOCKS) {
+		snprintf(buf, len, "via %s", r->c->relay);
+		return buf;
+	}
+	snprintf(buf, len, "%s%s %s", c->udp ? "udp://" : "",
+	         ph_hostport_fmt(c->listen.wildcard ? "" : c->listen.host, c->listen.port, l,
+	                         sizeof(l)),
+	         c->target_port != 0 ? ph_hostport_fmt(c->target, c->target_port, t, sizeof(t))
+	                             : c->target);
+	return buf;
+}
+
+/* How logs name rule r: "expose LOCAL[ NAME]", "local LISTEN TARGET", "socks via R". */
 static const char *rule_label(const struct xrule *r, char *buf, size_t len)
 {
-	char l[PH_HOST_MAX + 16];
+	char l[2 * PH_HOST_MAX + 32];
 
+	if (r->conf->kind != PH_EXPOSE_SERVICE) {
+		snprintf(buf, len, "%s %s", r->conf->kind == PH_EXPOSE_LOCAL ? "local" : "socks",
+		         local_rule_str(r, l, sizeof(l)));
+		return buf;
+	}
 	snprintf(buf, len, "expose %s%s%.32s", local_str(r, l, sizeof(l)),
 	         r->conf->name[0] ? " " : "", r->conf->name);
 	return buf;
@@ -379,7 +462,8 @@ static void rule_register(struct xrule *r)
 	                    .proto = r->conf->udp ? PH_SVC_UDP : PH_SVC_TCP,
 	                    .port = r->want,
 	                    .proxy = (uint8_t)r->conf->proxy,
-	                    .max_conns = r->conf->max_conns};
+	                    .max_conns = r->conf->max_conns,
+	                    .priv = r->conf->priv};
 	uint8_t out[PH_CTRL_MAX];
 
 	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP || r->state == XR_REFUSED)
@@ -396,7 +480,14 @@ static void rule_register(struct xrule *r)
 
 static void rule_again(struct ph_timer *t)
 {
-	rule_start(container_of(t, struct xrule, again));
+	struct xrule *r = container_of(t, struct xrule, again);
+
+	if (r->conf->kind == PH_EXPOSE_LOCAL) {
+		if (r->c->s != NULL && r->c->s->state == PH_SESS_UP && r->state == XR_IDLE)
+			local_udp_open(r);
+		return;
+	}
+	rule_start(r);
 }
 
 static void exposer_check(struct ph_exposer *x)
@@ -405,7 +496,8 @@ static void exposer_check(struct ph_exposer *x)
 		struct xclient *c = container_of(n, struct xclient, node);
 
 		for (unsigned i = 0; i < c->nrules; i++)
-			if (c->rules[i]->state != XR_REFUSED)
+			if (c->rules[i]->state != XR_REFUSED ||
+			    c->rules[i]->conf->kind != PH_EXPOSE_SERVICE)
 				return;
 	}
 	ph_err("every expose rule was refused: nothing left to do");
@@ -422,8 +514,20 @@ static void on_registered(struct xclient *c, const struct ph_ctrl *m)
 	r = c->rules[m->req - 1];
 	if (r->state == XR_UP && r->service != m->service)
 		return;
+	if (m->port == 0 && !r->conf->priv) {
+		ph_warn("expose %s: the relay gave no public port; asking again in 5 s",
+		        local_str(r, l, sizeof(l)));
+		r->state = XR_IDLE;
+		ph_timer_arm(c->x->loop, &r->again, 5000);
+		return;
+	}
 	r->service = m->service;
 	r->state = XR_UP;
+	if (r->conf->priv) {
+		ph_info("expose %s %s: private on relay %s", local_str(r, l, sizeof(l)),
+		        r->conf->name, c->relay);
+		return;
+	}
 	ph_info("expose %s%s%s: public at %s%s%s%s", local_str(r, l, sizeof(l)),
 	        r->conf->name[0] ? " " : "", r->conf->name,
 	        ph_hostport_fmt(c->conf->via.host, m->port, hp, sizeof(hp)),
@@ -440,6 +544,20 @@ static void on_refused(struct xclient *c, const struct ph_ctrl *m)
 	if (m->req == 0 || m->req > c->nrules)
 		return;
 	r = c->rules[m->req - 1];
+	if (r->conf->kind == PH_EXPOSE_LOCAL) { /* a UDP channel the relay would not open */
+		char label[2 * PH_HOST_MAX + 64];
+
+		rule_label(r, label, sizeof(label));
+		if (m->code == PH_REFUSE_LIMIT || m->code == PH_REFUSE_BADREQ) {
+			ph_err("%s: the relay refused it: %s", label, m->text);
+			r->state = XR_REFUSED;
+			return;
+		}
+		ph_warn("%s: the relay refused it: %s; asking again in 5 s", label, m->text);
+		r->state = XR_IDLE;
+		ph_timer_arm(c->x->loop, &r->again, 5000);
+		return;
+	}
 	if (r->want != r->conf->port) { /* the port it had: any will do */
 		ph_info("expose %s: port %u is not to be had again (%s); asking for another",
 		        local_str(r, l, sizeof(l)), r->want, m->text);
@@ -541,6 +659,14 @@ static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	struct xclient *c = s->owner;
 	struct xrule *r = rule_by_service(c, ph_get16(p));
 	uint32_t id = ph_get32(p + 2);
+
+	if (r == NULL && !ph_list_empty(&c->vudps)) {
+		int vn = ph_msg_addr_get(p + 6, n - 6, &(struct ph_addr){0});
+
+		if (vn > 0)
+			(void)vudp_dgram(c, ph_get16(p), p + 6 + vn, n - 6 - (size_t)vn);
+		return;
+	}
 	struct ph_udp_node *node;
 	struct ph_udp_key k;
 	struct ph_addr peer;
@@ -552,6 +678,17 @@ static void client_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	an = ph_msg_addr_get(p + 6, n - 6, &peer);
 	if (an < 0)
 		return;
+	if (r->conf->kind == PH_EXPOSE_LOCAL) { /* an answer for one of our clients */
+		for (f = r->byid[id & 255]; f != NULL && f->id != id; f = f->inext)
+			;
+		if (f == NULL)
+			return;
+		ph_udptab_touch(&r->flows, &f->node, c->x->loop->now);
+		(void)sendto(r->uio.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT,
+		             &f->node.key.peer.u.sa, f->node.key.peer.len);
+		r->bytes_down += n - 6 - (size_t)an;
+		return;
+	}
 	flow_key(&k, id);
 	node = ph_udptab_find(&r->flows, &k);
 	if (node == NULL) {
@@ -611,6 +748,21 @@ static int client_up(struct ph_sess *s)
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];
 
+		if (r->conf->kind == PH_EXPOSE_LOCAL && r->conf->udp) {
+			if (r->state != XR_REFUSED)
+				local_udp_open(r);
+			continue;
+		}
+		if (r->conf->kind == PH_EXPOSE_LOCAL) {
+			/* streams may go at once: a refused key resets them, as it ends all */
+			r->state = XR_UP;
+			ph_acceptor_hold(&r->acc, false);
+			continue;
+		}
+		if (r->conf->kind == PH_EXPOSE_SOCKS) {
+			r->state = XR_UP;
+			continue;
+		}
 		if (r->state == XR_REFUSED)
 			continue;
 		r->state = XR_IDLE;
@@ -621,6 +773,22 @@ static int client_up(struct ph_sess *s)
 	return 0;
 }
 
+/* The relay took this client's key: its first word (a CTRL, or a PONG) says so. */
+static void client_confirm(struct xclient *c)
+{
+	if (c->confirmed)
+		return;
+	c->confirmed = true;
+	ph_info("relay %s: session up", c->relay);
+	c->backoff = 0;
+	c->attempts = 0;
+}
+
+static void client_pong(struct ph_sess *s)
+{
+	client_confirm(s->owner);
+}
+
 static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **why)
 {
 	struct xclient *c = s->owner;
@@ -628,15 +796,26 @@ static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char
 
 	if (ph_ctrl_parse(p, n, &m, why) < 0)
 		return -EPROTO;
-	if (!c->confirmed) { /* the relay's first answer: it took this client's key */
-		c->confirmed = true;
-		ph_info("relay %s: session up", c->relay);
-		c->backoff = 0;
-		c->attempts = 0;
+	client_confirm(c); /* the relay's first answer: it took this client's key */
+	if ((m.type == PH_CTRL_UDP_OPENED || m.type == PH_CTRL_REFUSED) && (m.req & VUDP_REQ)) {
+		if (c->socks_rule != NULL)
+			vudp_answer(c, &m);
+		return 0;
 	}
 	switch (m.type) {
 	case PH_CTRL_REGISTERED:
 		on_registered(c, &m);
+		return 0;
+	case PH_CTRL_UDP_OPENED:
+		if (m.req != 0 && m.req <= c->nrules && c->rules[m.req - 1]->conf->udp &&
+		    c->rules[m.req - 1]->conf->kind == PH_EXPOSE_LOCAL) {
+			struct xrule *r = c->rules[m.req - 1];
+			char label[2 * PH_HOST_MAX + 64];
+
+			r->service = m.service;
+			r->state = XR_UP;
+			ph_info("%s: up", rule_label(r, label, sizeof(label)));
+		}
 		return 0;
 	case PH_CTRL_REFUSED:
 		on_refused(c, &m);
@@ -717,16 +896,481 @@ static int client_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t 
 static void client_stream_end(struct ph_sess *s, struct ph_stream *st)
 {
 	struct xrule *r = st->owner;
-	char label[PH_HOST_MAX + 64];
+	char label[2 * PH_HOST_MAX + 64];
 
 	(void)s;
 	if (r == NULL)
 		return;
+	if (r->conf->kind !=
+	    PH_EXPOSE_SERVICE) { /* a stream from here: its socket is the visitor */
+		ph_stream_log_end(st, rule_label(r, label, sizeof(label)), "streams", NULL, true);
+		if (r->conf->kind == PH_EXPOSE_LOCAL)
+			ph_fds_give(PH_FDS_STREAM);
+		r->live--;
+		r->failed += st->failed;
+		r->bytes_up += st->bytes_in;
+		r->bytes_down += st->bytes_out;
+		return;
+	}
 	ph_stream_log_end(st, rule_label(r, label, sizeof(label)), "visitors", &r->local, false);
 	r->live--;
 	r->failed += st->failed;
 	r->bytes_up += st->bytes_out;
 	r->bytes_down += st->bytes_in;
+}
+
+/* What a socks --via worker is told when its stream failed: the status a RST reason means. */
+static uint8_t via_status_of(uint8_t reason)
+{
+	switch (reason) {
+	case PH_RST_REFUSED:
+		return PH_VIA_REFUSED;
+	case PH_RST_FORBIDDEN:
+		return PH_VIA_FORBIDDEN;
+	case PH_RST_UNREACHABLE:
+		return PH_VIA_UNREACHABLE;
+	case PH_RST_NONAME:
+		return PH_VIA_NONAME;
+	case PH_RST_TIMEOUT:
+		return PH_VIA_TIMEOUT;
+	default:
+		return PH_VIA_FAILED;
+	}
+}
+
+/* The relay connected a stream from here: a socks --via worker hears it first. */
+static void client_opened(struct ph_sess *s, struct ph_stream *st, const struct ph_addr *bound)
+{
+	struct xrule *r = st->owner;
+	uint8_t rec[PH_VIA_REPLY_HDR + PH_VIA_TEXT_MAX];
+
+	(void)s;
+	if (r != NULL && r->conf->kind == PH_EXPOSE_SOCKS)
+		(void)ph_stream_inject(st, rec, ph_via_reply_put(PH_VIA_OK, bound, NULL, rec));
+}
+
+/* The relay reset a stream from here: why, in the log, or to the socks --via worker. */
+static void client_reset(struct ph_sess *s, struct ph_stream *st, uint8_t reason, const char *text)
+{
+	struct xrule *r = st->owner;
+	char label[2 * PH_HOST_MAX + 64];
+	uint8_t rec[PH_VIA_REPLY_HDR + PH_VIA_TEXT_MAX];
+
+	(void)s;
+	if (r == NULL || r->conf->kind == PH_EXPOSE_SERVICE)
+		return;
+	if (r->conf->kind == PH_EXPOSE_SOCKS) {
+		if (!st->opened)
+			(void)ph_stream_inject(
+				st, rec, ph_via_reply_put(via_status_of(reason), NULL, text, rec));
+		return;
+	}
+	/* a refusal is the relay's operator's word: said as it is, a line a second */
+	if (text[0] != '\0' && !st->opened && ph_ratelimit_ok(&r->rl, ph_now_ms(), 1))
+		ph_warn("%s: the relay refused: %s", rule_label(r, label, sizeof(label)), text);
+}
+
+/* --- local: streams from here ------------------------------------------------------------ */
+
+static const char *local_acc_label(struct ph_acceptor *a, char *buf, size_t len)
+{
+	return rule_label(container_of(a, struct xrule, acc), buf, len);
+}
+
+/* The head of the OPEN that asks the relay for r's target. */
+static size_t local_head(const struct xrule *r, uint8_t *out)
+{
+	struct ph_open_req o = {.kind = r->conf->target_port != 0 ? PH_OPEN_HOST : PH_OPEN_SERVICE,
+	                        .port = r->conf->target_port};
+
+	snprintf(o.target, sizeof(o.target), "%s", r->conf->target);
+	return ph_open_req_put(&o, out);
+}
+
+/* A client of a local rule: a stream to the target, its first bytes along (no round trip). */
+static void local_accept(struct ph_acceptor *a, int fd, const struct ph_addr *peer)
+{
+	struct xrule *r = container_of(a, struct xrule, acc);
+	uint8_t head[PH_OPEN_HEAD_MAX];
+	struct ph_stream *st;
+
+	if (r->c->s == NULL || r->c->s->state != PH_SESS_UP) { /* held then: cannot be */
+		ph_sock_set_rst(fd);
+		close(fd);
+		ph_fds_give(PH_FDS_STREAM);
+		return;
+	}
+	r->visitors++;
+	st = ph_sess_open(r->c->s, fd, head, local_head(r, head), r);
+	if (st == NULL) {
+		r->failed++;
+		ph_fds_give(PH_FDS_STREAM);
+		return;
+	}
+	st->peer = *peer;
+	r->live++;
+}
+
+/* local udp: datagrams of our clients, each client a flow of the channel. */
+static void local_udp_read(struct ph_io *io, uint32_t events)
+{
+	struct xrule *r = container_of(io, struct xrule, uio);
+	struct ph_loop *l = r->c->x->loop;
+	uint8_t p[PH_FRAME_MAX];
+
+	(void)events;
+	for (int i = 0; i < UDP_BATCH; i++) {
+		struct ph_udp_key k;
+		struct ph_udp_node *node;
+		struct xflow *f;
+		socklen_t alen = sizeof(k.peer.u);
+		ssize_t n;
+
+		memset(&k, 0, sizeof(k)); /* compared as bytes */
+		n = recvfrom(io->fd, p + 7, sizeof(p) - 7, MSG_TRUNC, &k.peer.u.sa, &alen);
+		if (n < 0)
+			return;
+		k.peer.len = alen;
+		if ((size_t)n > sizeof(p) - 7 || r->c->s == NULL || r->state != XR_UP) {
+			r->failed++; /* too big for a frame, or no channel now: dropped */
+			continue;
+		}
+		node = ph_udptab_find(&r->flows, &k);
+		if (node == NULL) {
+			struct ph_udp_node *old;
+
+			if (r->flows.n >= FLOW_MAX && (old = ph_udptab_oldest(&r->flows)) != NULL)
+				flow_free(container_of(old, struct xflow, node));
+			f = calloc(1, sizeof(*f));
+			if (f == NULL)
+				continue;
+			f->r = r;
+			f->id = ++r->next_flow;
+			ph_io_init(&f->io, -1, flow_io);
+			f->inext = r->byid[f->id & 255];
+			r->byid[f->id & 255] = f;
+			ph_udptab_add(&r->flows, &f->node, &k, l->now);
+			r->visitors++;
+			node = &f->node;
+		}
+		f = container_of(node, struct xflow, node);
+		ph_udptab_touch(&r->flows, node, l->now);
+		ph_put16(p, r->service);
+		ph_put32(p + 2, f->id);
+		p[6] = 0;
+		if (ph_sess_dgram(r->c->s, p, 7 + (size_t)n) == 0)
+			r->bytes_up += (uint64_t)n;
+	}
+}
+
+/* local udp: asks the relay for a channel to the target (UDP_OPEN). */
+static void local_udp_open(struct xrule *r)
+{
+	struct ph_ctrl m = {.type = PH_CTRL_UDP_OPEN,
+	                    .req = r->idx + 1,
+	                    .okind = r->conf->target_port != 0 ? PH_OPEN_HOST : PH_OPEN_SERVICE,
+	                    .port = r->conf->target_port};
+	uint8_t out[PH_CTRL_MAX];
+
+	snprintf(m.target, sizeof(m.target), "%s", r->conf->target);
+	r->state = XR_ASKED;
+	(void)ph_sess_ctrl(r->c->s, out, ph_ctrl_build(&m, out));
+}
+
+/* Opens r's listener, held until a session is up. Returns 0, or -errno with a reason. */
+static int local_listen(struct xrule *r, char *why, size_t whylen)
+{
+	const struct ph_hostport *hp = &r->conf->listen;
+	char l[PH_HOST_MAX + 8];
+	struct ph_addr a;
+	int fd, err;
+
+	if (hp->wildcard)
+		(void)ph_addr_from_literal("::", hp->port, &a);
+	else
+		a = hp->addr;
+	fd = r->conf->udp ? ph_udp_bind(&a, false, false, false, 0)
+	                  : ph_tcp_listen(&a, false, false);
+	if (fd == -EAFNOSUPPORT && hp->wildcard) {
+		(void)ph_addr_from_literal("0.0.0.0", hp->port, &a);
+		fd = r->conf->udp ? ph_udp_bind(&a, false, false, false, 0)
+		                  : ph_tcp_listen(&a, false, false);
+	}
+	if (fd < 0) {
+		snprintf(why, whylen, "local: cannot listen on %s%s: %s",
+		         r->conf->udp ? "udp://" : "",
+		         ph_hostport_fmt(hp->wildcard ? "" : hp->host, hp->port, l, sizeof(l)),
+		         ph_bind_strerror(fd));
+		return fd;
+	}
+	if (r->conf->udp) {
+		r->byid = calloc(256, sizeof(*r->byid));
+		ph_io_init(&r->uio, fd, local_udp_read);
+		err = r->byid == NULL ? -ENOMEM : ph_udptab_init(&r->flows);
+		if (err == 0)
+			err = ph_io_add(r->c->x->loop, &r->uio, EPOLLIN);
+		if (err < 0) {
+			snprintf(why, whylen, "local: cannot poll a socket: %s", strerror(-err));
+			return err;
+		}
+		return 0;
+	}
+	ph_acceptor_init(&r->acc, fd, PH_FDS_STREAM, local_accept, local_acc_label);
+	err = ph_acceptor_start(r->c->x->loop, &r->acc);
+	if (err < 0) {
+		snprintf(why, whylen, "local: cannot poll a listener: %s", strerror(-err));
+		return err;
+	}
+	ph_acceptor_hold(&r->acc, true);
+	return 0;
+}
+
+/* --- socks --via: requests from the workers ------------------------------------------- */
+
+/* Closes d's channel on the relay (when open) and forgets it. */
+static void vdst_end(struct vudp *u, struct vdst *d, bool tell)
+{
+	struct xclient *c = u->c;
+
+	if (tell && d->chan != 0 && c->s != NULL && c->s->state == PH_SESS_UP) {
+		struct ph_ctrl m = {.type = PH_CTRL_UNREGISTER, .service = d->chan};
+		uint8_t out[PH_CTRL_MAX];
+
+		(void)ph_sess_ctrl(c->s, out, ph_ctrl_build(&m, out));
+	}
+	free(d->pend);
+	memset(d, 0, sizeof(*d));
+}
+
+static void vudp_free(struct vudp *u, bool tell)
+{
+	struct xclient *c = u->c;
+
+	for (unsigned i = 0; i < u->n; i++)
+		vdst_end(u, &u->d[i], tell);
+	ph_io_close(c->x->loop, &u->io); /* the worker reads the end */
+	ph_list_del(&u->node);
+	/* an event of this round may still name it: freed after them, with the flows */
+	ph_list_add_tail(&c->x->dead_vudps, &u->node);
+	ph_task_queue(c->x->loop, &c->x->reap);
+}
+
+/* d's datagram p[0..n) on its channel (its one flow). */
+static void vdst_send(struct vudp *u, struct vdst *d, const uint8_t *p, size_t n)
+{
+	uint8_t f[PH_FRAME_MAX];
+
+	if (7 + n > sizeof(f) || u->c->s == NULL)
+		return;
+	ph_put16(f, d->chan);
+	ph_put32(f + 2, 1);
+	f[6] = 0;
+	memcpy(f + 7, p, n);
+	if (ph_sess_dgram(u->c->s, f, 7 + n) == 0)
+		u->c->socks_rule->bytes_up += n;
+}
+
+/* The destination host:port of u: found, or made (a channel asked for). NULL: dropped. */
+static struct vdst *vdst_get(struct vudp *u, const char *host, uint16_t port)
+{
+	struct xclient *c = u->c;
+	struct ph_ctrl m = {.type = PH_CTRL_UDP_OPEN, .okind = PH_OPEN_HOST, .port = port};
+	uint8_t out[PH_CTRL_MAX];
+	struct vdst *d = NULL;
+
+	for (unsigned i = 0; i < u->n; i++)
+		if (u->d[i].port == port && strcmp(u->d[i].host, host) == 0)
+			d = &u->d[i];
+	if (d != NULL) {
+		d->last = c->x->loop->now;
+		return d;
+	}
+	if (c->s == NULL || c->s->state != PH_SESS_UP)
+		return NULL;
+	if (u->n == VASSOC_DSTS) { /* the least recently used destination makes room */
+		unsigned old = 0;
+
+		for (unsigned i = 1; i < u->n; i++)
+			if (u->d[i].last < u->d[old].last)
+				old = i;
+		vdst_end(u, &u->d[old], true);
+		d = &u->d[old];
+	} else {
+		d = &u->d[u->n++];
+	}
+	snprintf(d->host, sizeof(d->host), "%s", host);
+	d->port = port;
+	d->last = c->x->loop->now;
+	d->req = VUDP_REQ | (++c->vudp_seq & 0x7fffffffu);
+	m.req = d->req;
+	snprintf(m.target, sizeof(m.target), "%s", host);
+	c->socks_rule->visitors++;
+	(void)ph_sess_ctrl(c->s, out, ph_ctrl_build(&m, out));
+	return d;
+}
+
+/* The worker's datagrams: each to its destination's channel (asked for at the first). */
+static void vudp_io(struct ph_io *io, uint32_t events)
+{
+	struct vudp *u = container_of(io, struct vudp, io);
+	uint8_t p[PH_VIA_DGRAM_HDR_MAX + PH_FRAME_MAX];
+
+	(void)events;
+	for (int i = 0; i < UDP_BATCH && u->io.fd != -1; i++) {
+		ssize_t n = recv(io->fd, p, sizeof(p), MSG_DONTWAIT | MSG_TRUNC);
+		char host[PH_VIA_HOST_MAX + 1];
+		struct vdst *d;
+		uint16_t port;
+		int hl;
+
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) { /* the association ended (0: the worker closed its end) */
+			vudp_free(u, true);
+			return;
+		}
+		if ((size_t)n > sizeof(p))
+			continue;
+		hl = ph_via_dgram_get(p, (size_t)n, host, &port);
+		if (hl < 0)
+			continue;
+		d = vdst_get(u, host, port);
+		if (d == NULL || d->refused)
+			continue;
+		if (d->chan != 0) {
+			vdst_send(u, d, p + hl, (size_t)n - (size_t)hl);
+		} else if (d->pend == NULL && (size_t)n - (size_t)hl <= VASSOC_HOLD) {
+			/* the first datagram waits for its channel; later ones are dropped */
+			d->pend = malloc((size_t)n - (size_t)hl);
+			if (d->pend != NULL) {
+				memcpy(d->pend, p + hl, (size_t)n - (size_t)hl);
+				d->pend_len = (size_t)n - (size_t)hl;
+			}
+		}
+	}
+}
+
+/* A UDP_OPENED or REFUSED for one of an association's destinations. */
+static void vudp_answer(struct xclient *c, const struct ph_ctrl *m)
+{
+	for (struct ph_list *n = c->vudps.next; n != &c->vudps; n = n->next) {
+		struct vudp *u = container_of(n, struct vudp, node);
+
+		for (unsigned i = 0; i < u->n; i++) {
+			struct vdst *d = &u->d[i];
+
+			if (d->req != m->req || d->chan != 0 || d->refused)
+				continue;
+			if (m->type == PH_CTRL_REFUSED) {
+				char label[PH_HOST_MAX + 64];
+
+				d->refused = true;
+				c->socks_rule->failed++;
+				snprintf(label, sizeof(label), "socks via %s", c->relay);
+				ph_logagg_note(label, "datagrams", "refused by the relay",
+				               "%s: udp to %s: the relay refused: %s", label,
+				               d->host, m->text);
+			} else {
+				d->chan = m->service;
+				d->addr = m->addr;
+				if (d->pend != NULL)
+					vdst_send(u, d, d->pend, d->pend_len);
+			}
+			free(d->pend);
+			d->pend = NULL;
+			return;
+		}
+	}
+}
+
+/* The relay's datagram on a channel of an association: to the worker, behind its source. */
+static bool vudp_dgram(struct xclient *c, uint16_t chan, const uint8_t *p, size_t n)
+{
+	uint8_t out[PH_VIA_FROM_MAX + PH_FRAME_MAX];
+
+	if (chan == 0)
+		return false;
+	for (struct ph_list *l = c->vudps.next; l != &c->vudps; l = l->next) {
+		struct vudp *u = container_of(l, struct vudp, node);
+
+		for (unsigned i = 0; i < u->n; i++) {
+			size_t h;
+
+			if (u->d[i].chan != chan)
+				continue;
+			h = ph_via_from_put(&u->d[i].addr, out);
+			if (h + n > sizeof(out))
+				return true;
+			memcpy(out + h, p, n);
+			if (send(u->io.fd, out, h + n, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+				c->socks_rule->bytes_down += n;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* A worker's UDP association: polled at once; channels come with its destinations. */
+static void vudp_new(struct xclient *c, int fd)
+{
+	struct vudp *u = calloc(1, sizeof(*u));
+
+	if (u == NULL) {
+		close(fd);
+		return;
+	}
+	u->c = c;
+	ph_io_init(&u->io, fd, vudp_io);
+	ph_list_add_tail(&c->vudps, &u->node);
+	if (ph_io_add(c->x->loop, &u->io, EPOLLIN) < 0)
+		vudp_free(u, false);
+}
+
+static void via_readable(struct ph_io *io, uint32_t events)
+{
+	struct xclient *c = container_of(io, struct xclient, via_io);
+	struct xrule *r = c->socks_rule;
+	uint8_t rec[PH_VIA_REPLY_HDR + PH_VIA_TEXT_MAX];
+	char text[PH_HOST_MAX + 64];
+
+	(void)events;
+	for (unsigned i = 0; i < 64; i++) { /* a bound: the loop's other work goes on */
+		struct ph_via_req q;
+		struct ph_open_req o = {.kind = PH_OPEN_HOST};
+		uint8_t head[PH_OPEN_HEAD_MAX];
+		struct ph_stream *st;
+		int fd = ph_via_recv(io->fd, &q);
+
+		if (fd == -EAGAIN)
+			return;
+		if (fd < 0)
+			continue; /* malformed: cannot come from our own workers */
+		if (q.udp && (c->s == NULL || c->s->state != PH_SESS_UP)) {
+			close(fd); /* the association ends at once: the worker says why */
+			r->failed++;
+			continue;
+		}
+		r->visitors++;
+		if (c->s == NULL || c->s->state != PH_SESS_UP) {
+			snprintf(text, sizeof(text), "the relay %s is not connected now", c->relay);
+			(void)!write(fd, rec, ph_via_reply_put(PH_VIA_DOWN, NULL, text, rec));
+			close(fd);
+			r->failed++;
+			continue;
+		}
+		if (q.udp) {
+			vudp_new(c, fd);
+			continue;
+		}
+		o.port = q.port;
+		snprintf(o.target, sizeof(o.target), "%s", q.host);
+		st = ph_sess_open(c->s, fd, head, ph_open_req_put(&o, head), r);
+		if (st == NULL) {
+			r->failed++;
+			continue;
+		}
+		r->live++;
+	}
 }
 
 static void client_retry(struct ph_timer *t)
@@ -781,9 +1425,20 @@ static void client_closed(struct ph_sess *s, const char *why)
 	if (c->confirmed) /* what it carried stays in the totals */
 		sess_stats_add(&c->x->gone, &s->st);
 	c->s = NULL;
+	while (!ph_list_empty(&c->vudps)) /* their workers see the end, and dial again */
+		vudp_free(container_of(c->vudps.next, struct vudp, node), false);
 	for (unsigned i = 0; i < c->nrules; i++) {
 		struct xrule *r = c->rules[i];
 
+		if (r->conf->kind != PH_EXPOSE_SERVICE) {
+			if (r->state != XR_REFUSED)
+				r->state = XR_IDLE;
+			rule_flows_drop(r);
+			if (r->conf->kind == PH_EXPOSE_LOCAL &&
+			    !r->conf->udp) /* wait in the queue */
+				ph_acceptor_hold(&r->acc, true);
+			continue;
+		}
 		ph_timer_stop(c->x->loop, &r->again);
 		rule_flows_drop(r);
 		if (r->state != XR_REFUSED)
@@ -830,6 +1485,9 @@ static const struct ph_sess_ops client_ops = {
 	.ctrl = client_ctrl,
 	.open = client_open,
 	.dgram = client_dgram,
+	.opened = client_opened,
+	.reset = client_reset,
+	.pong = client_pong,
 	.stream_end = client_stream_end,
 	.closed = client_closed,
 };
@@ -888,6 +1546,12 @@ static void client_connect(struct xclient *c)
 
 /* --- the exposer ------------------------------------------------------------------------ */
 
+void ph_expose_client_key(const struct ph_expose_conf *c, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s|%u|%s|%s|%s|%llu", c->via.host, c->via.port, c->key_file,
+	         c->relay_fp, c->known_file, (unsigned long long)c->hb_ms);
+}
+
 static bool same_client(const struct ph_expose_conf *a, const struct ph_expose_conf *b)
 {
 	return strcmp(a->via.host, b->via.host) == 0 && a->via.port == b->via.port &&
@@ -906,6 +1570,8 @@ static int client_new(struct ph_exposer *x, const struct ph_expose_conf *conf, c
 	c->x = x;
 	c->conf = conf;
 	c->known_fd = -1;
+	ph_io_init(&c->via_io, -1, via_readable);
+	ph_list_init(&c->vudps);
 	ph_timer_init(&c->retry, client_retry);
 	ph_list_add_tail(&x->clients, &c->node);
 	snprintf(c->relay, sizeof(c->relay), strchr(conf->via.host, ':') ? "[%s]:%u" : "%s:%u",
@@ -938,6 +1604,7 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 	x->arg = arg;
 	ph_list_init(&x->clients);
 	ph_list_init(&x->dead);
+	ph_list_init(&x->dead_vudps);
 	ph_task_init(&x->reap, exposer_reap);
 	ph_timer_init(&x->sweep, exposer_sweep);
 	err = ph_resolver_new(l, &x->res);
@@ -970,7 +1637,34 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 		r->want = conf[i]->port;
 		ph_list_init(&r->flows.lru); /* empty until a UDP rule makes its table */
 		ph_timer_init(&r->again, rule_again);
+		ph_acceptor_init(&r->acc, -1, PH_FDS_STREAM, local_accept, local_acc_label);
+		ph_io_init(&r->uio, -1, local_udp_read);
 		c->rules[c->nrules++] = r;
+		if (conf[i]->kind == PH_EXPOSE_LOCAL) {
+			err = local_listen(r, why, whylen);
+			if (err < 0)
+				goto fail;
+		}
+		if (conf[i]->kind == PH_EXPOSE_SOCKS && c->socks_rule == NULL) {
+			char key[PH_VIA_KEY_MAX];
+
+			c->socks_rule = r;
+			ph_expose_client_key(conf[i], key, sizeof(key));
+			c->via = ph_via_get(key);
+			if (c->via == NULL) {
+				err = -ENOMEM;
+				snprintf(why, whylen, "socks --via: cannot make a channel");
+				goto fail;
+			}
+			c->via_io.fd = ph_via_rx(c->via);
+			err = ph_io_add(l, &c->via_io, EPOLLIN);
+			if (err < 0) {
+				c->via_io.fd = -1;
+				snprintf(why, whylen, "socks --via: cannot poll: %s",
+				         strerror(-err));
+				goto fail;
+			}
+		}
 		if (conf[i]->udp && ph_udptab_init(&r->flows) < 0) {
 			err = -ENOMEM;
 			snprintf(why, whylen, "out of memory");
@@ -1009,10 +1703,20 @@ void ph_expose_free(struct ph_exposer *x)
 			ph_sess_free(s);
 		}
 		ph_timer_stop(x->loop, &c->retry);
+		while (!ph_list_empty(&c->vudps))
+			vudp_free(container_of(c->vudps.next, struct vudp, node), false);
+		if (c->via_io.fd != -1) { /* the channel stays the table's, for a restart */
+			int fd;
+
+			ph_io_forget(x->loop, &c->via_io, &fd);
+		}
 		for (unsigned i = 0; i < c->nrules; i++) {
+			ph_acceptor_close(&c->rules[i]->acc);
+			ph_io_close(x->loop, &c->rules[i]->uio);
 			rule_flows_drop(c->rules[i]);
 			ph_udptab_free(&c->rules[i]->flows);
 			ph_timer_stop(x->loop, &c->rules[i]->again);
+			free(c->rules[i]->byid);
 			free(c->rules[i]);
 		}
 		check_free(x, c);
@@ -1048,9 +1752,24 @@ void ph_expose_each(struct ph_exposer *x, void (*fn)(void *arg, const struct ph_
 				.bytes_down = r->bytes_down,
 			};
 
+			static const char *const kinds[] = {"expose", "local", "socks"};
+
 			snprintf(t.proto, sizeof(t.proto), "%s", r->conf->udp ? "udp" : "tcp");
-			snprintf(t.name, sizeof(t.name), "%s", r->conf->name);
-			local_str(r, t.local, sizeof(t.local));
+			snprintf(t.kind, sizeof(t.kind), "%s", kinds[r->conf->kind]);
+			if (r->conf->kind == PH_EXPOSE_SERVICE) {
+				snprintf(t.name, sizeof(t.name), "%s", r->conf->name);
+				local_str(r, t.local, sizeof(t.local));
+			} else { /* local: LISTEN, and the target as the name; socks: the relay */
+				char l[2 * PH_HOST_MAX + 32], *sp;
+
+				local_rule_str(r, l, sizeof(l));
+				sp = strchr(l, ' ');
+				if (sp != NULL && r->conf->kind == PH_EXPOSE_LOCAL)
+					*sp++ = '\0';
+				snprintf(t.local, sizeof(t.local), "%.260s", l);
+				snprintf(t.name, sizeof(t.name), "%.32s",
+				         sp != NULL && r->conf->kind == PH_EXPOSE_LOCAL ? sp : "");
+			}
 			fn(arg, &t);
 		}
 	}
@@ -1091,13 +1810,39 @@ size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len)
 			                                     "refused"};
 			char l[PH_HOST_MAX + 16];
 
+			if (r->conf->kind != PH_EXPOSE_SERVICE) {
+				static const char *const kinds[] = {"expose", "local", "socks"};
+				char ls[2 * PH_HOST_MAX + 32];
+
+				local_rule_str(r, ls, sizeof(ls));
+				if (json)
+					OUT("%s{\"kind\":\"%s\",\"rule\":\"%s\",\"state\":\"%s\","
+					    "\"streams\":%llu,\"live\":%u,\"failed\":%llu,"
+					    "\"bytes_up\":%llu,\"bytes_down\":%llu}",
+					    i ? "," : "", kinds[r->conf->kind], ls,
+					    r->state == XR_UP ? "up" : "waiting",
+					    (unsigned long long)r->visitors, r->live,
+					    (unsigned long long)r->failed,
+					    (unsigned long long)r->bytes_up,
+					    (unsigned long long)r->bytes_down);
+				else
+					OUT("    %s %s: %s, %llu streams (%u now), %llu failed\n",
+					    kinds[r->conf->kind], ls,
+					    r->state == XR_UP ? "up" : "waiting",
+					    (unsigned long long)r->visitors, r->live,
+					    (unsigned long long)r->failed);
+				continue;
+			}
 			local_str(r, l, sizeof(l));
 			if (json)
-				OUT("%s{\"local\":\"%s\",\"name\":\"%s\",\"state\":\"%s\",\"port\":"
+				OUT("%s{\"kind\":\"expose\",\"private\":%s,\"local\":\"%s\","
+				    "\"name\":"
+				    "\"%s\",\"state\":\"%s\",\"port\":"
 				    "%u,\"visitors\":%llu,\"live\":%u,\"refused\":%llu,"
 				    "\"failed\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu,"
 				    "\"acl\":%u}",
-				    i ? "," : "", l, r->conf->name, states[r->state], r->port,
+				    i ? "," : "", r->conf->priv ? "true" : "false", l,
+				    r->conf->name, states[r->state], r->port,
 				    (unsigned long long)r->visitors, r->live,
 				    (unsigned long long)r->refused, (unsigned long long)r->failed,
 				    (unsigned long long)r->bytes_up,

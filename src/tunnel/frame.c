@@ -14,11 +14,12 @@ static const struct frame_rule rules[] = {
 	[PH_FRAME_DATA] = {1, PH_FRAME_MAX, 1},
 	[PH_FRAME_WINDOW] = {4, 4, -1}, /* a stream, or 0 for the session */
 	[PH_FRAME_FIN] = {0, 0, 1},
-	[PH_FRAME_RST] = {1, 1, 1},
+	[PH_FRAME_RST] = {1, 1 + 200, 1}, /* reason, then text for the client to print */
 	[PH_FRAME_DGRAM] = {2 + 4 + 1, PH_FRAME_MAX, 0}, /* service, flow, address */
 	[PH_FRAME_PING] = {8, 8, 0},
 	[PH_FRAME_PONG] = {8, 8, 0},
 	[PH_FRAME_GOAWAY] = {1, 1 + 200, 0},
+	[PH_FRAME_OPENED] = {1, 1 + 2 + 16, 1}, /* an address (msg.h) */
 };
 
 int ph_frame_parse(const uint8_t *b, size_t n, struct ph_frame *f, const char **why)

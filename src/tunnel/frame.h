@@ -23,6 +23,7 @@ enum ph_frame_type {
 	PH_FRAME_PING = 0x08,
 	PH_FRAME_PONG = 0x09,
 	PH_FRAME_GOAWAY = 0x0a,
+	PH_FRAME_OPENED = 0x0b, /* the relay connected a client-opened stream: its address */
 };
 
 #define PH_FRAME_F_FIN 0x01 /* OPEN: the visitor's bytes are all there are */

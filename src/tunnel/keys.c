@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -365,6 +367,75 @@ static int parse_port(const char *s, size_t n, uint16_t *out)
 	return 0;
 }
 
+/* A port, a range lo-hi, or * (any) of connect=. */
+static int parse_ports(const char *v, size_t n, uint16_t *lo, uint16_t *hi)
+{
+	const char *dash = memchr(v, '-', n);
+
+	if (n == 1 && v[0] == '*') {
+		*lo = 1;
+		*hi = 65535;
+		return 0;
+	}
+	if (parse_port(v, dash ? (size_t)(dash - v) : n, lo) < 0)
+		return -EINVAL;
+	if (dash == NULL) {
+		*hi = *lo;
+		return 0;
+	}
+	if (parse_port(dash + 1, n - (size_t)(dash + 1 - v), hi) < 0 || *hi < *lo)
+		return -EINVAL;
+	return 0;
+}
+
+/* One destination of connect=: HOST:PORT, CIDR:PORTS, [V6]:PORTS, [V6/N]:PORTS, *:PORTS. */
+static int parse_dest(const char *v, size_t n, struct ph_auth_dest *d)
+{
+	char host[PH_AUTH_HOST + 8];
+	const char *colon, *h = v;
+	size_t hl;
+
+	memset(d, 0, sizeof(*d));
+	if (n > 0 && v[0] == '[') {
+		const char *rb = memchr(v, ']', n);
+
+		if (rb == NULL || (size_t)(rb + 1 - v) >= n || rb[1] != ':')
+			return -EINVAL;
+		h = v + 1;
+		hl = (size_t)(rb - h);
+		colon = rb + 1;
+	} else {
+		colon = memrchr(v, ':', n);
+		if (colon == NULL)
+			return -EINVAL;
+		hl = (size_t)(colon - v);
+	}
+	if (hl == 0 || hl >= sizeof(host) ||
+	    parse_ports(colon + 1, n - (size_t)(colon + 1 - v), &d->lo, &d->hi) < 0)
+		return -EINVAL;
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	if (strcmp(host, "*") == 0) {
+		d->any = true;
+		return 0;
+	}
+	const char *cwhy;
+
+	if (ph_cidr_parse(host, &d->cidr, &cwhy) == 0) {
+		d->is_cidr = true;
+		return 0;
+	}
+	if (hl >= PH_AUTH_HOST || strchr(host, '/') != NULL || strchr(host, ':') != NULL)
+		return -EINVAL;
+	for (size_t i = 0; i < hl; i++) {
+		if (!isalnum((unsigned char)host[i]) && host[i] != '-' && host[i] != '.' &&
+		    host[i] != '_')
+			return -EINVAL;
+		d->host[i] = (char)tolower((unsigned char)host[i]);
+	}
+	return 0;
+}
+
 /* One option word (up to a comma or blank). */
 static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *why, size_t whylen)
 {
@@ -372,7 +443,7 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 
 	if (eq == NULL)
 		return opt_fail(why, whylen, w, wl,
-		                "an option is names=, ports=, max= or sessions=");
+		                "an option is names=, ports=, max=, sessions=, reach= or connect=");
 	v = eq + 1;
 	if ((size_t)(eq - w) == 5 && memcmp(w, "names", 5) == 0) {
 		/* an empty list or item is refused: "names=" must not read as "any name" */
@@ -417,6 +488,51 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 		}
 		return 0;
 	}
+	if ((size_t)(eq - w) == 5 && memcmp(w, "reach", 5) == 0) {
+		for (;;) { /* "reach=" is nothing: refused, as names= */
+			const char *bar = memchr(v, '|', (size_t)(end - v));
+			size_t nl = (size_t)((bar ? bar : end) - v);
+
+			if (nl == 1 && v[0] == '*') {
+				k->reach_any = true;
+			} else {
+				if (nl == 0 || nl > PH_NAME_MAX || k->nreach == PH_AUTH_REACH)
+					return opt_fail(
+						why, whylen, w, wl,
+						"reach=a|b|*: up to 8 names of 1-32 characters");
+				for (size_t i = 0; i < nl; i++)
+					if (!isalnum((unsigned char)v[i]) && v[i] != '-' &&
+					    v[i] != '_' && v[i] != '.')
+						return opt_fail(
+							why, whylen, w, wl,
+							"a name is letters, digits, - _ and .");
+				memcpy(k->reach[k->nreach], v, nl);
+				k->reach[k->nreach++][nl] = '\0';
+			}
+			if (bar == NULL)
+				break;
+			v = bar + 1;
+		}
+		return 0;
+	}
+	if ((size_t)(eq - w) == 7 && memcmp(w, "connect", 7) == 0) {
+		for (;;) {
+			const char *bar = memchr(v, '|', (size_t)(end - v));
+			size_t nl = (size_t)((bar ? bar : end) - v);
+
+			if (k->nconnect == PH_AUTH_CONNECT ||
+			    parse_dest(v, nl, &k->connect[k->nconnect]) < 0)
+				return opt_fail(
+					why, whylen, w, wl,
+					"connect=HOST:PORT|10.0.0.0/8:22-80|[::1]:22|*:443 (up "
+					"to 16; a port may be *)");
+			k->nconnect++;
+			if (bar == NULL)
+				break;
+			v = bar + 1;
+		}
+		return 0;
+	}
 	if ((size_t)(eq - w) == 8 && memcmp(w, "sessions", 8) == 0) {
 		uint16_t n;
 
@@ -433,7 +549,8 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 		k->max_services = n;
 		return 0;
 	}
-	return opt_fail(why, whylen, w, wl, "an option is names=, ports=, max= or sessions=");
+	return opt_fail(why, whylen, w, wl,
+	                "an option is names=, ports=, max=, sessions=, reach= or connect=");
 }
 
 int ph_auth_parse_line(const char *line, struct ph_auth_key *k, char *why, size_t whylen)
@@ -501,4 +618,65 @@ bool ph_auth_port_named(const struct ph_auth_key *k, uint16_t port)
 bool ph_auth_allows(const struct ph_auth_key *k, const char *name, uint16_t port)
 {
 	return ph_auth_name_ok(k, name) && (k->nranges == 0 || ph_auth_port_named(k, port));
+}
+
+bool ph_auth_reach_ok(const struct ph_auth_key *k, const char *name)
+{
+	if (k->reach_any)
+		return true;
+	for (unsigned i = 0; i < k->nreach; i++)
+		if (strcmp(name, k->reach[i]) == 0)
+			return true;
+	return false;
+}
+
+bool ph_auth_connect_host(const struct ph_auth_key *k, const char *host, uint16_t port)
+{
+	struct ph_addr a;
+	bool literal = ph_addr_from_literal(host, port, &a) == 0;
+
+	for (unsigned i = 0; i < k->nconnect; i++) {
+		const struct ph_auth_dest *d = &k->connect[i];
+
+		if (port < d->lo || port > d->hi)
+			continue;
+		if (d->any || (literal && d->is_cidr && ph_cidr_contains(&d->cidr, &a)) ||
+		    (!literal && !d->is_cidr && strcasecmp(d->host, host) == 0))
+			return true;
+	}
+	return false;
+}
+
+/* True when c lies inside loopback or link-local: a network that names the relay itself. */
+static bool cidr_names_self(const struct ph_cidr *c)
+{
+	static const uint8_t v6_loop[16] = {[15] = 1};
+
+	if (c->family == AF_INET)
+		return (c->prefix >= 8 && c->net[0] == 127) ||
+		       (c->prefix >= 16 && c->net[0] == 169 && c->net[1] == 254);
+	return (c->prefix == 128 && memcmp(c->net, v6_loop, 16) == 0) ||
+	       (c->prefix >= 10 && c->net[0] == 0xfe && (c->net[1] & 0xc0) == 0x80);
+}
+
+bool ph_auth_connect_addr(const struct ph_auth_key *k, const char *name, const struct ph_addr *a,
+                          bool local)
+{
+	uint16_t port = ph_addr_port(a);
+
+	for (unsigned i = 0; i < k->nconnect; i++) {
+		const struct ph_auth_dest *d = &k->connect[i];
+
+		if (port < d->lo || port > d->hi)
+			continue;
+		if (name != NULL && !d->is_cidr && !d->any && strcasecmp(d->host, name) == 0)
+			return true; /* the name the operator wrote, wherever it leads */
+		if (d->any && !local)
+			return true;
+		if (d->is_cidr && ph_cidr_contains(&d->cidr, a) &&
+		    (!local || cidr_names_self(&d->cidr) ||
+		     d->cidr.prefix == (d->cidr.family == AF_INET ? 32 : 128)))
+			return true;
+	}
+	return false;
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/acl.h"
+
 #define PH_KEY_LEN      32 /* an Ed25519 public key */
 #define PH_KEY_TYPE     "ph-ed25519"
 #define PH_KEY_LINE_MAX 256 /* a public key line: type, base64, a comment */
@@ -18,6 +20,9 @@
 #define PH_AUTH_NAMES   8   /* service names an authorized key may be limited to */
 #define PH_AUTH_RANGES  8   /* port ranges likewise */
 #define PH_NAME_MAX     32  /* a service name */
+#define PH_AUTH_REACH   8   /* private services a key may be granted (reach=) */
+#define PH_AUTH_CONNECT 16  /* destinations likewise (connect=) */
+#define PH_AUTH_HOST    64  /* a host name in connect= */
 
 struct ph_key; /* a private key (OpenSSL's EVP_PKEY) */
 
@@ -55,6 +60,14 @@ int ph_key_sign(struct ph_key *k, const uint8_t *msg, size_t n, uint8_t sig[64])
 int ph_key_verify(const uint8_t pub[PH_KEY_LEN], const uint8_t *msg, size_t n,
                   const uint8_t sig[64]);
 
+/* A destination of connect=: HOST:PORT, CIDR:PORT-PORT, *:PORT, with * for any port. */
+struct ph_auth_dest {
+	char host[PH_AUTH_HOST]; /* a name, lower case; "" for an address or * */
+	struct ph_cidr cidr;     /* an address (a /32 or /128) or a network */
+	bool is_cidr, any;       /* any: the host is * */
+	uint16_t lo, hi;         /* the ports */
+};
+
 /* One authorized client key and what it may ask for. */
 struct ph_auth_key {
 	uint8_t pub[PH_KEY_LEN];
@@ -63,8 +76,13 @@ struct ph_auth_key {
 	unsigned nnames;
 	uint16_t lo[PH_AUTH_RANGES], hi[PH_AUTH_RANGES]; /* public ports; none: any */
 	unsigned nranges;
-	unsigned max_services; /* 0: no limit */
-	unsigned max_sessions; /* 0: PH_AUTH_SESSIONS */
+	unsigned max_services;                      /* 0: no limit */
+	unsigned max_sessions;                      /* 0: PH_AUTH_SESSIONS */
+	char reach[PH_AUTH_REACH][PH_NAME_MAX + 1]; /* private services it may visit */
+	unsigned nreach;
+	bool reach_any;                               /* reach=* */
+	struct ph_auth_dest connect[PH_AUTH_CONNECT]; /* where the relay may connect for it */
+	unsigned nconnect;
 };
 
 #define PH_AUTH_SESSIONS     8    /* sessions a key may hold at once, unless sessions= */
@@ -73,10 +91,32 @@ struct ph_auth_key {
 /*
  * Parses one authorized-keys line: `[OPTIONS] ph-ed25519 BASE64 [comment]`, OPTIONS a
  * comma-separated list of `names=a|b`, `ports=20000-20099|443`, `max=N` (services at once),
- * `sessions=N` (sessions at once). Returns 1 with
+ * `sessions=N` (sessions at once), `reach=db|web|*` (private services it may visit),
+ * `connect=HOST:PORT|CIDR:PORT-PORT|*:443` (where the relay may connect for it; an IPv6
+ * address or network in brackets, a port * for any). Returns 1 with
  * *k filled, 0 for a blank or comment line, or -EINVAL with a reason naming the word.
  */
 int ph_auth_parse_line(const char *line, struct ph_auth_key *k, char *why, size_t whylen);
+
+/* True when k's reach= lets it visit the private service name. */
+bool ph_auth_reach_ok(const struct ph_auth_key *k, const char *name);
+
+/*
+ * True when one of k's connect= entries may let the relay connect to host (a name, or an
+ * address written as one) on port, judged before the name is looked up: a name entry equal
+ * to host, a * entry, or (host an address) an entry whose network holds it.
+ */
+bool ph_auth_connect_host(const struct ph_auth_key *k, const char *host, uint16_t port);
+
+/*
+ * True when k may have the relay connect to a (port in it), reached through name (NULL: an
+ * address was asked for): an entry naming name, a network holding a, or *. An address of
+ * the relay itself (local: loopback, link-local, its own - ph_addr_is_local) is allowed
+ * only by an entry that names it: a network inside loopback or link-local, an address of
+ * the relay written out, or a name.
+ */
+bool ph_auth_connect_addr(const struct ph_auth_key *k, const char *name, const struct ph_addr *a,
+                          bool local);
 
 /* True when k may expose a service called name (NULL: unnamed) on public port port. */
 bool ph_auth_allows(const struct ph_auth_key *k, const char *name, uint16_t port);

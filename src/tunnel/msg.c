@@ -78,6 +78,13 @@ static int register_tail(const uint8_t *p, size_t n, struct ph_ctrl *c, const ch
 			}
 			have_max = true;
 			break;
+		case PH_TLV_PRIVATE:
+			if (len != 0 || c->priv) {
+				*why = "a REGISTER with a malformed or second private option";
+				return -EPROTO;
+			}
+			c->priv = true;
+			break;
 		case PH_TLV_ALLOW:
 		case PH_TLV_DENY:
 			if (c->nacl == PH_CTRL_ACL_MAX) {
@@ -228,11 +235,7 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 			return -EPROTO;
 		c->req = ph_get32(p + 1);
 		c->service = ph_get16(p + 5);
-		c->port = ph_get16(p + 7);
-		if (c->port == 0) {
-			*why = "a REGISTERED without a port";
-			return -EPROTO;
-		}
+		c->port = ph_get16(p + 7); /* 0: a private service */
 		return 0;
 	case PH_CTRL_REFUSED:
 		if (n < 1 + 4 + 1 + 1)
@@ -257,6 +260,28 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 		return check_parse(p, n, c, why);
 	case PH_CTRL_CHECKED:
 		return checked_parse(p, n, c, why);
+	case PH_CTRL_UDP_OPEN: {
+		struct ph_open_req o;
+
+		/* kind, port, length and target as an OPEN's head, after the request id */
+		if (n < 1 + 4 + 4 + 1 || ph_open_req_parse(p + 5, n - 5, &o, why) != (int)(n - 5)) {
+			*why = "a UDP_OPEN of the wrong length or target";
+			return -EPROTO;
+		}
+		c->req = ph_get32(p + 1);
+		c->okind = o.kind;
+		c->port = o.port;
+		memcpy(c->target, o.target, sizeof(c->target));
+		return 0;
+	}
+	case PH_CTRL_UDP_OPENED:
+		if (n < 1 + 4 + 2 + 1 || ph_msg_addr_get(p + 7, n - 7, &c->addr) != (int)(n - 7)) {
+			*why = "a UDP_OPENED of the wrong length";
+			return -EPROTO;
+		}
+		c->req = ph_get32(p + 1);
+		c->service = ph_get16(p + 5);
+		return 0;
 	default:
 		*why = "an unknown control message";
 		return -EPROTO;
@@ -273,6 +298,11 @@ static size_t register_tail_put(const struct ph_ctrl *c, uint8_t *out)
 		out[1] = 4;
 		ph_put32(out + 2, c->max_conns);
 		n = 6;
+	}
+	if (c->priv) {
+		out[n] = PH_TLV_PRIVATE;
+		out[n + 1] = 0;
+		n += 2;
 	}
 	for (unsigned i = 0; i < c->nacl && i < PH_CTRL_ACL_MAX; i++) {
 		const struct ph_cidr *a = &c->acl[i].cidr;
@@ -330,6 +360,17 @@ size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out)
 		out[len] = (uint8_t)strnlen(c->text, PH_CTRL_TEXT_MAX);
 		memcpy(out + len + 1, c->text, out[len]);
 		return len + 1 + out[len];
+	case PH_CTRL_UDP_OPEN: {
+		struct ph_open_req o = {.kind = c->okind, .port = c->port};
+
+		ph_put32(out + 1, c->req);
+		memcpy(o.target, c->target, sizeof(o.target));
+		return 5 + ph_open_req_put(&o, out + 5);
+	}
+	case PH_CTRL_UDP_OPENED:
+		ph_put32(out + 1, c->req);
+		ph_put16(out + 5, c->service);
+		return 7 + ph_msg_addr_put(out + 7, &c->addr);
 	default:
 		return 1;
 	}
@@ -388,4 +429,50 @@ size_t ph_msg_addr_put(uint8_t *p, const struct ph_addr *a)
 	}
 	p[0] = 0;
 	return 1;
+}
+
+int ph_open_req_parse(const uint8_t *p, size_t n, struct ph_open_req *o, const char **why)
+{
+	size_t tl;
+
+	memset(o, 0, sizeof(*o));
+	if (n < 4 || (size_t)p[3] + 4 > n || p[3] == 0 || p[3] > PH_OPEN_HOST_MAX) {
+		*why = "an OPEN with a truncated or empty target";
+		return -EPROTO;
+	}
+	o->kind = p[0];
+	o->port = ph_get16(p + 1);
+	tl = p[3];
+	for (size_t i = 0; i < tl; i++) {
+		uint8_t ch = p[4 + i];
+
+		/* names and literals only: letters, digits, . - _ : (IPv6) */
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		      (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '_' ||
+		      ch == ':')) {
+			*why = "an OPEN whose target holds a character no name has";
+			return -EPROTO;
+		}
+		o->target[i] = (char)ch;
+	}
+	o->target[tl] = '\0';
+	if (o->kind == PH_OPEN_SERVICE ? o->port != 0 || !ph_svc_name_ok(o->target)
+	                               : o->kind != PH_OPEN_HOST || o->port == 0) {
+		*why = "an OPEN with an unknown kind, or a target that does not fit it";
+		return -EPROTO;
+	}
+	return (int)(4 + tl);
+}
+
+size_t ph_open_req_put(const struct ph_open_req *o, uint8_t *out)
+{
+	size_t tl = strlen(o->target);
+
+	if (tl > PH_OPEN_HOST_MAX)
+		tl = PH_OPEN_HOST_MAX;
+	out[0] = o->kind;
+	ph_put16(out + 1, o->port);
+	out[3] = (uint8_t)tl;
+	memcpy(out + 4, o->target, tl);
+	return 4 + tl;
 }

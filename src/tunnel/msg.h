@@ -20,6 +20,8 @@ enum ph_ctrl_type {
 	PH_CTRL_UNREGISTER = 4, /* either: the service is gone */
 	PH_CTRL_CHECK = 5,      /* client: probe my own public address on a port */
 	PH_CTRL_CHECKED = 6,    /* relay: what the probe found */
+	PH_CTRL_UDP_OPEN = 7,   /* client: a UDP channel to a target (`local udp://`) */
+	PH_CTRL_UDP_OPENED = 8, /* relay: the channel's id (its DGRAMs' service id), its target */
 };
 
 #define PH_SVC_TCP 1
@@ -47,12 +49,14 @@ enum ph_ctrl_type {
 #define PH_TLV_MAX_CONNS 1 /* u32, not 0: visitors at once (`expose --max-conns`) */
 #define PH_TLV_ALLOW     2 /* a CIDR: family u8 (4, 6), prefix u8, 4 or 16 address bytes */
 #define PH_TLV_DENY      3 /* the same; allow and deny rules count in their order */
+#define PH_TLV_PRIVATE   4 /* empty: a private service (no public port; `local` reaches it) */
 #define PH_TLV_OPTIONAL  0x80
 
-#define PH_CTRL_ACL_MAX  32 /* allow/deny rules a REGISTER may carry */
-#define PH_CTRL_TEXT_MAX 200
-#define PH_CTRL_TAIL_MAX (2 + 4 + PH_CTRL_ACL_MAX * (2 + 2 + 16))
-#define PH_CTRL_MAX      (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + PH_CTRL_TAIL_MAX)
+#define PH_CTRL_ACL_MAX    32 /* allow/deny rules a REGISTER may carry */
+#define PH_CTRL_TEXT_MAX   200
+#define PH_CTRL_TAIL_MAX   (2 + 4 + 2 + PH_CTRL_ACL_MAX * (2 + 2 + 16))
+#define PH_CTRL_MAX        (1 + 4 + 1 + 2 + 1 + 1 + PH_CTRL_TEXT_MAX + PH_CTRL_TAIL_MAX)
+#define PH_CTRL_TARGET_MAX 253 /* UDP_OPEN's target: a service name or a host */
 
 /* A client address rule of a REGISTER (`expose --allow/--deny`). */
 struct ph_ctrl_acl {
@@ -71,12 +75,16 @@ struct ph_ctrl {
 	uint32_t max_conns; /* REGISTER: visitors at once (--max-conns); 0 no limit */
 	uint8_t nacl;       /* REGISTER: rules in acl, in order (first match wins) */
 	uint8_t skipped;    /* REGISTER: optional options this version does not know */
+	bool priv;          /* REGISTER: a private service (PH_TLV_PRIVATE) */
 	struct ph_ctrl_acl acl[PH_CTRL_ACL_MAX];
-	char name[PH_NAME_MAX + 1];      /* REGISTER: "" when unnamed */
-	char text[PH_CTRL_TEXT_MAX + 1]; /* REFUSED, CHECKED */
-	/* CHECK: proto, port, and the address to probe (AF_UNSPEC: the caller's own; its port
-	 * is not used); CHECKED: result (PH_CHECK_*), the address probed and text */
-	uint8_t result;
+	char name[PH_NAME_MAX + 1];          /* REGISTER: "" when unnamed */
+	char text[PH_CTRL_TEXT_MAX + 1];     /* REFUSED, CHECKED */
+	uint8_t okind;                       /* UDP_OPEN: PH_OPEN_SERVICE or PH_OPEN_HOST (below) */
+	char target[PH_CTRL_TARGET_MAX + 1]; /* UDP_OPEN: a private service's name, or a host */
+	uint8_t result;                      /* CHECKED: PH_CHECK_* */
+	/* UDP_OPENED: the address the relay sends to (AF_UNSPEC: none); CHECK: the address to
+	 * probe (AF_UNSPEC: the caller's own; its port is not used); CHECKED: the address
+	 * probed, with the port */
 	struct ph_addr addr;
 };
 
@@ -100,6 +108,28 @@ const char *ph_check_result_name(uint8_t result);
 bool ph_svc_name_ok(const char *name);
 
 #define PH_MSG_ADDR_MAX (1 + 2 + 16)
+
+/*
+ * The head of an OPEN a client sends (`pinhole local`, `socks --via`): what it wants
+ * reached, then its first bytes. kind u8, port u16, a u8 length and the target: a private
+ * service's name (port 0), or a host - a name or an address literal - the relay connects
+ * to on port.
+ */
+#define PH_OPEN_SERVICE  1 /* a private service by name */
+#define PH_OPEN_HOST     2 /* a TCP connection from the relay to HOST:PORT */
+#define PH_OPEN_HOST_MAX 253
+
+struct ph_open_req {
+	uint8_t kind;
+	uint16_t port;
+	char target[PH_OPEN_HOST_MAX + 1];
+};
+
+/* Parses an OPEN's head. Returns the bytes it took, or -EPROTO with a static reason. */
+int ph_open_req_parse(const uint8_t *p, size_t n, struct ph_open_req *o, const char **why);
+
+/* Writes o (4 + its target's length bytes, at most PH_OPEN_HOST_MAX + 4). Returns the length. */
+size_t ph_open_req_put(const struct ph_open_req *o, uint8_t *out);
 
 /*
  * An address in a payload: family (0 none, 4, 6), then port and 4 or 16 bytes. Returns

@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
+#include "core/resolve.h"
 #include "core/util.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
@@ -33,10 +34,11 @@
 #define MAX_HANDSHAKES_PER_IP 8  /* of them from one IPv4 address or IPv6 /64 */
 #define UDP_BATCH             64 /* datagrams read per event */
 #define FLOW_IDLE_MS          60000
-#define FLOW_MAX              4096 /* UDP peers per service */
-#define AUTH_MAX              4096 /* authorized keys */
-#define PORT_TRIES            64   /* binds one port-0 REGISTER may try in a range */
-#define PORT_PRIVILEGED       1024 /* below: only for a key whose ports= names it */
+#define FLOW_MAX              4096  /* UDP peers per service */
+#define AUTH_MAX              4096  /* authorized keys */
+#define PORT_TRIES            64    /* binds one port-0 REGISTER may try in a range */
+#define PORT_PRIVILEGED       1024  /* below: only for a key whose ports= names it */
+#define DIAL_TIMEOUT_MS       10000 /* a client-opened stream's connect, name lookup included */
 
 struct rsess;
 
@@ -45,6 +47,9 @@ struct uflow {
 	struct ph_udp_node node; /* in the service's table, least recent first */
 	struct uflow *inext;     /* in byid */
 	uint32_t id;
+	/* a private service's: the channel and flow of the client it answers */
+	uint16_t chan;
+	uint32_t cflow;
 };
 
 struct rsvc {
@@ -54,6 +59,7 @@ struct rsvc {
 	uint8_t key[PH_KEY_LEN];
 	uint16_t id, port;
 	uint8_t proto, proxy;
+	bool priv; /* private: no public port; reached by name from `pinhole local` */
 	char name[PH_NAME_MAX + 1];
 	struct ph_acceptor acc; /* TCP: the listener */
 	struct ph_io io;        /* UDP: the socket */
@@ -78,6 +84,50 @@ struct rsess {
 	bool up; /* the handshake is done */
 	char peer[PH_ADDR_STRLEN];
 	char fp[PH_FP_LEN];
+	/* streams this client opened (`local`, `socks --via`): now, in all, refused, bytes */
+	uint64_t out_live, out_total, out_refused, out_up, out_down;
+};
+
+/*
+ * A UDP channel a client opened (`local udp://LISTEN HOST:PORT`): its DGRAMs carry the
+ * channel's id as their service id, and each of the client's flows gets a socket here
+ * connected to the target (a NAT mapping of the relay's), found by the client's flow id.
+ */
+struct rchan {
+	struct ph_list node; /* in relay.chans */
+	struct ph_relay *r;
+	struct rsess *rs; /* NULL once its session ended (freed when no lookup waits) */
+	uint32_t req;
+	uint16_t id, port; /* port 0: to the private service named target */
+	bool resolving, ready;
+	char target[PH_CTRL_TARGET_MAX + 1];
+	struct ph_addr dst;
+	struct ph_udptab flows; /* struct cflow, by the client's flow id */
+	uint64_t flows_total, dgrams_up, dgrams_down;
+};
+
+struct cflow {
+	struct ph_udp_node node;
+	struct ph_io io; /* connected to the channel's target */
+	struct rchan *ch;
+	uint32_t id; /* the client's */
+};
+
+/*
+ * A stream a client opened (odd id): to a private service (a socket pair between its
+ * stream and one on the service's session) or to HOST:PORT (the relay connects). It lives
+ * until its stream ended and no name lookup waits for it.
+ */
+struct rdial {
+	struct ph_list node; /* in relay.dials */
+	struct ph_relay *r;
+	struct ph_stream *st; /* NULL once it ended */
+	struct rsess *rs;     /* valid while st is */
+	struct ph_timer timer;
+	bool resolving;
+	uint16_t port;
+	char target[PH_OPEN_HOST_MAX + 1];
+	struct ph_addr dst;
 };
 
 struct ph_relay {
@@ -99,9 +149,16 @@ struct ph_relay {
 	struct ph_prober *prober; /* owned: `pinhole check` (probe.c) */
 	char auth_file[600];
 	struct ph_tunnel_stats gone; /* of ended sessions and freed services */
+	struct ph_list dials;        /* struct rdial */
+	struct ph_list chans;        /* struct rchan */
+	struct ph_resolver *res;     /* owned: HOST:PORT targets of client-opened streams */
+	struct ph_hostaddrs *self;   /* this host's addresses (connect= judges them apart) */
 };
 
 static const struct ph_sess_ops relay_ops;
+static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c);
+static struct rchan *chan_by_id(struct rsess *rs, uint16_t id);
+static void chan_free(struct rchan *ch);
 static const char *svc_denied_by(const struct rsvc *v, const struct ph_addr *peer);
 static void svc_turn_away(struct rsvc *v, const struct ph_addr *peer, bool denied, const char *by);
 
@@ -320,7 +377,9 @@ static void svc_orphan(struct rsvc *v, bool timed_out)
 	uint64_t hb = r->c->hb_ms != 0 ? r->c->hb_ms : PH_HEARTBEAT_MS;
 
 	v->owner = NULL;
-	if (v->proto == PH_SVC_UDP)
+	if (v->priv)
+		; /* no socket: visitors find it gone until it is taken back */
+	else if (v->proto == PH_SVC_UDP)
 		(void)ph_io_mod(r->loop, &v->io, 0);
 	else
 		ph_acceptor_hold(&v->acc, true);
@@ -540,10 +599,29 @@ static void sess_registered(struct rsess *rs, uint32_t req, struct rsvc *v, bool
 		.type = PH_CTRL_REGISTERED, .req = req, .service = v->id, .port = v->port};
 	uint8_t out[PH_CTRL_MAX];
 
-	ph_info("client %s (%s): %s %s port %u%s%s", rs->peer,
-	        rs->key->comment[0] ? rs->key->comment : rs->fp, again ? "took back" : "exposes",
-	        proto_str(v->proto), v->port, v->name[0] ? " as " : "", v->name);
+	if (v->priv)
+		ph_info("client %s (%s): %s private service '%s'", rs->peer,
+		        rs->key->comment[0] ? rs->key->comment : rs->fp,
+		        again ? "took back" : "offers", v->name);
+	else
+		ph_info("client %s (%s): %s %s port %u%s%s", rs->peer,
+		        rs->key->comment[0] ? rs->key->comment : rs->fp,
+		        again ? "took back" : "exposes", proto_str(v->proto), v->port,
+		        v->name[0] ? " as " : "", v->name);
 	(void)ph_sess_ctrl(rs->s, out, ph_ctrl_build(&c, out));
+}
+
+/* True when another key holds the private service name (owned or held for it). */
+static bool private_taken(struct ph_relay *r, struct rsess *rs, const char *name)
+{
+	for (struct ph_list *n = r->services.next; n != &r->services; n = n->next) {
+		struct rsvc *v = container_of(n, struct rsvc, node);
+
+		if (v->priv && strcmp(v->name, name) == 0 &&
+		    memcmp(v->key, rs->key->pub, PH_KEY_LEN) != 0)
+			return true;
+	}
+	return false;
 }
 
 /* The service of the same key this REGISTER takes back, if any. */
@@ -554,7 +632,8 @@ static struct rsvc *svc_match(struct ph_relay *r, struct rsess *rs, const struct
 	for (n = r->services.next; n != &r->services; n = n->next) {
 		struct rsvc *v = container_of(n, struct rsvc, node);
 
-		if (v->proto != c->proto || memcmp(v->key, rs->key->pub, PH_KEY_LEN) != 0)
+		if (v->proto != c->proto || v->priv != c->priv ||
+		    memcmp(v->key, rs->key->pub, PH_KEY_LEN) != 0)
 			continue;
 		if (c->port != 0 ? v->port == c->port
 		                 : strcmp(v->name, c->name) == 0 && v->owner != rs)
@@ -645,7 +724,9 @@ static void svc_take_back(struct rsess *rs, const struct ph_ctrl *c, struct rsvc
 	v->proxy = c->proxy;
 	v->max_conns = c->max_conns;
 	snprintf(v->name, sizeof(v->name), "%s", c->name);
-	if (v->proto == PH_SVC_TCP) {
+	if (v->priv) {
+		; /* nothing to poll */
+	} else if (v->proto == PH_SVC_TCP) {
 		ph_acceptor_hold(&v->acc, false);
 	} else if (ph_io_mod(r->loop, &v->io, EPOLLIN) < 0) {
 		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay cannot poll port %u", v->port);
@@ -718,6 +799,16 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	}
 	if (!register_allowed(rs, c))
 		return;
+	if (c->priv && (c->name[0] == '\0' || c->port != 0)) {
+		sess_refuse(rs, c->req, PH_REFUSE_BADREQ,
+		            "a private service has a --name and no --port");
+		return;
+	}
+	if (c->priv && private_taken(r, rs, c->name)) {
+		sess_refuse(rs, c->req, PH_REFUSE_INUSE,
+		            "the private name '%s' is another key's on this relay", c->name);
+		return;
+	}
 	if (v != NULL) {
 		svc_take_back(rs, c, v);
 		return;
@@ -743,6 +834,22 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	ph_timer_init(&v->hold, svc_hold_end);
 	ph_io_init(&v->io, -1, svc_datagrams);
 	ph_acceptor_init(&v->acc, -1, PH_FDS_STREAM, svc_visitor, svc_label);
+	v->priv = c->priv;
+	if (v->priv) { /* no socket: `local` reaches it by name */
+		if (v->proto == PH_SVC_UDP && ph_udptab_init(&v->flows) < 0) {
+			ph_acl_free(&v->acl);
+			free(v);
+			sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay is out of memory");
+			return;
+		}
+		do
+			v->id = ++r->next_sid;
+		while (v->id == 0);
+		v->owner = rs;
+		ph_list_add_tail(&r->services, &v->node);
+		sess_registered(rs, c->req, v, false);
+		return;
+	}
 	fd = c->port != 0 ? svc_bind(r, v, c->port) : svc_bind_any(r, k, v);
 	if (fd < 0) {
 		ph_acl_free(&v->acl);
@@ -855,8 +962,17 @@ static int rs_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **w
 	case PH_CTRL_CHECK:
 		relay_check(rs, &c);
 		return 0;
+	case PH_CTRL_UDP_OPEN:
+		relay_udp_open(rs, &c);
+		return 0;
 	case PH_CTRL_UNREGISTER:
 		v = svc_by_id(rs->r, rs, c.service);
+		if (v == NULL) { /* or a UDP channel the client is done with */
+			struct rchan *ch = chan_by_id(rs, c.service);
+
+			if (ch != NULL)
+				chan_free(ch);
+		}
 		if (v != NULL) {
 			ph_info("client %s: %s port %u closed at its request", rs->peer,
 			        proto_str(v->proto), v->port);
@@ -870,15 +986,586 @@ static int rs_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **w
 	}
 }
 
+/* --- streams a client opens: `pinhole local`, `socks --via` ------------------------------ */
+
+/* How logs and refusals name the key of rs: its comment, or its fingerprint. */
+static const char *key_name(const struct rsess *rs)
+{
+	return rs->key->comment[0] ? rs->key->comment : rs->fp;
+}
+
+static void dial_free(struct rdial *d)
+{
+	ph_timer_stop(d->r->loop, &d->timer);
+	ph_list_del(&d->node);
+	free(d);
+}
+
+/* A refusal both ends hear of: the client's RST text, one counted line here. */
+static void dial_refuse(struct rsess *rs, uint32_t id, uint8_t reason, const char *text)
+{
+	char label[PH_ADDR_STRLEN + 80];
+
+	rs->out_refused++;
+	snprintf(label, sizeof(label), "client %s (%s)", rs->peer, key_name(rs));
+	ph_logagg_note(label, "streams", "refused", "%s: a stream refused: %s", label, text);
+	ph_sess_rst_text(rs->s, id, reason, "%s", text);
+}
+
+static void dial_timeout(struct ph_timer *t)
+{
+	struct rdial *d = container_of(t, struct rdial, timer);
+	char hp[PH_OPEN_HOST_MAX + 8];
+
+	if (d->st != NULL && ph_stream_connecting(d->st))
+		ph_stream_fail(d->st, PH_RST_TIMEOUT, "connect timed out", -ETIMEDOUT,
+		               "%s did not answer within %u s",
+		               ph_hostport_fmt(d->target, d->port, hp, sizeof(hp)),
+		               DIAL_TIMEOUT_MS / 1000);
+}
+
+/* The first of addrs[0..n) the key may reach: connected, and the client told once it is. */
+static void dial_connect(struct rdial *d, const char *name, const struct ph_addr *addrs, unsigned n)
+{
+	const struct ph_auth_key *k = d->rs->key;
+	char hp[PH_OPEN_HOST_MAX + 8], ip[PH_ADDR_STRLEN];
+	const struct ph_addr *a = NULL;
+	bool local = false;
+	int fd;
+
+	for (unsigned i = 0; i < n && a == NULL; i++) {
+		bool l = ph_addr_is_local(&addrs[i], d->r->self);
+
+		if (ph_auth_connect_addr(k, name, &addrs[i], l))
+			a = &addrs[i];
+		local |= l;
+	}
+	ph_hostport_fmt(d->target, d->port, hp, sizeof(hp));
+	if (a == NULL) {
+		d->rs->out_refused++;
+		ph_stream_fail(d->st, PH_RST_FORBIDDEN, "not allowed", -EACCES,
+		               "key %s may not connect to %s (%s)%s", key_name(d->rs), hp,
+		               ph_addr_fmt(&addrs[0], ip, sizeof(ip)),
+		               local ? ": the relay's own address, only when connect= names it"
+		                     : "");
+		return;
+	}
+	d->dst = *a;
+	fd = ph_tcp_connect(a, NULL);
+	if (fd < 0) {
+		ph_stream_fail(d->st,
+		               fd == -ENETUNREACH || fd == -EHOSTUNREACH ? PH_RST_UNREACHABLE
+		                                                         : PH_RST_REFUSED,
+		               "cannot connect", fd, "cannot connect to %s: %s", hp, strerror(-fd));
+		return;
+	}
+	if (ph_stream_set_fd(d->st, fd) < 0)
+		return;
+	ph_stream_confirm(d->st);
+}
+
+static void dial_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                             unsigned n, uint32_t ttl)
+{
+	struct rdial *d = arg;
+
+	(void)ttl;
+	d->resolving = false;
+	if (d->st == NULL) { /* it ended meanwhile */
+		dial_free(d);
+		return;
+	}
+	if (err < 0 || n == 0) {
+		ph_stream_fail(d->st, PH_RST_NONAME, "cannot resolve", err, "cannot resolve %s: %s",
+		               d->target, why != NULL ? why : ph_strerror(err));
+		return;
+	}
+	dial_connect(d, d->target, addrs, n);
+}
+
+/* A client-opened stream to HOST:PORT: judged by connect=, looked up, connected. */
+static int dial_host(struct rsess *rs, uint32_t id, const struct ph_open_req *o,
+                     const uint8_t *first, size_t fn, bool fin)
+{
+	struct ph_relay *r = rs->r;
+	char hp[PH_OPEN_HOST_MAX + 8], text[3 * PH_OPEN_HOST_MAX];
+	struct ph_addr a;
+	struct rdial *d;
+	bool literal = ph_addr_from_literal(o->target, o->port, &a) == 0;
+
+	ph_hostport_fmt(o->target, o->port, hp, sizeof(hp));
+	if (!ph_auth_connect_host(rs->key, o->target, o->port)) {
+		snprintf(text, sizeof(text),
+		         "key %s may not connect to %s; add connect=%s to its line on the relay",
+		         key_name(rs), hp, hp);
+		dial_refuse(rs, id, PH_RST_FORBIDDEN, text);
+		return 0;
+	}
+	if (!ph_fds_take(PH_FDS_STREAM)) {
+		dial_refuse(rs, id, PH_RST_OVERLOAD, "the relay is out of file descriptors");
+		return 0;
+	}
+	d = calloc(1, sizeof(*d));
+	if (d == NULL) {
+		ph_fds_give(PH_FDS_STREAM);
+		dial_refuse(rs, id, PH_RST_OVERLOAD, "the relay is out of memory");
+		return 0;
+	}
+	d->r = r;
+	d->rs = rs;
+	d->port = o->port;
+	snprintf(d->target, sizeof(d->target), "%s", o->target);
+	ph_timer_init(&d->timer, dial_timeout);
+	ph_list_add_tail(&r->dials, &d->node);
+	/* the stream exists from now: the client's bytes wait in it for the connect */
+	d->st = ph_stream_attach(rs->s, id, -1, true, NULL, 0, first, fn, fin, d);
+	if (d->st == NULL) { /* closed and told; stream_end said nothing of it */
+		ph_fds_give(PH_FDS_STREAM);
+		dial_free(d);
+		return 0;
+	}
+	rs->out_live++;
+	rs->out_total++;
+	ph_timer_arm(r->loop, &d->timer, DIAL_TIMEOUT_MS);
+	if (literal) {
+		dial_connect(d, NULL, &a, 1);
+		return 0;
+	}
+	if (ph_resolver_query(r->res, o->target, o->port, dial_on_resolved, d) < 0) {
+		ph_stream_fail(d->st, PH_RST_NONAME, "cannot resolve", -ENOMEM,
+		               "the relay cannot look %s up now", o->target);
+		return 0;
+	}
+	d->resolving = true;
+	return 0;
+}
+
+/* The private service of that name and protocol, owned or held; NULL when none. */
+static struct rsvc *private_find(struct ph_relay *r, const char *name, uint8_t proto)
+{
+	for (struct ph_list *n = r->services.next; n != &r->services; n = n->next) {
+		struct rsvc *v = container_of(n, struct rsvc, node);
+
+		if (v->priv && v->proto == proto && strcmp(v->name, name) == 0)
+			return v;
+	}
+	return NULL;
+}
+
+/*
+ * A client-opened stream to a private service: a socket pair joins it to a stream the relay
+ * opens on the service's session, as a visitor's would be (its first bytes ride along).
+ */
+static int dial_service(struct rsess *rs, uint32_t id, const struct ph_open_req *o,
+                        const uint8_t *first, size_t fn, bool fin)
+{
+	struct ph_relay *r = rs->r;
+	char text[3 * PH_OPEN_HOST_MAX];
+	uint8_t head[2 + 2 * PH_MSG_ADDR_MAX];
+	struct ph_addr reached;
+	socklen_t rlen = sizeof(reached.u);
+	struct ph_stream *sv;
+	const char *by;
+	struct rsvc *v;
+	struct rdial *d;
+	size_t hn;
+	int sp[2];
+
+	if (!ph_auth_reach_ok(rs->key, o->target)) {
+		snprintf(text, sizeof(text),
+		         "key %s may not reach '%s'; add reach=%s to its line on the relay",
+		         key_name(rs), o->target, o->target);
+		dial_refuse(rs, id, PH_RST_FORBIDDEN, text);
+		return 0;
+	}
+	v = private_find(r, o->target, PH_SVC_TCP);
+	if (v == NULL || v->owner == NULL) {
+		snprintf(text, sizeof(text), "no private service '%s' is %s on the relay",
+		         o->target, v == NULL ? "offered" : "connected now");
+		dial_refuse(rs, id, PH_RST_NOSERVICE, text);
+		return 0;
+	}
+	by = svc_denied_by(v, &rs->s->peer_addr);
+	if (by != NULL || (v->max_conns != 0 && v->live >= v->max_conns)) {
+		svc_turn_away(v, &rs->s->peer_addr, by != NULL, by);
+		snprintf(text, sizeof(text), "'%s' %s", o->target,
+		         by != NULL ? "does not take visitors from this address"
+		                    : "has as many visitors as its --max-conns");
+		dial_refuse(rs, id, PH_RST_FORBIDDEN, text);
+		return 0;
+	}
+	if (!ph_fds_take(2 * PH_FDS_STREAM)) {
+		dial_refuse(rs, id, PH_RST_OVERLOAD, "the relay is out of file descriptors");
+		return 0;
+	}
+	d = calloc(1, sizeof(*d));
+	if (d == NULL ||
+	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0) {
+		free(d);
+		ph_fds_give(2 * PH_FDS_STREAM);
+		dial_refuse(rs, id, PH_RST_OVERLOAD, "the relay is out of memory or descriptors");
+		return 0;
+	}
+	d->r = r;
+	d->rs = rs;
+	snprintf(d->target, sizeof(d->target), "%s", o->target);
+	ph_timer_init(&d->timer, dial_timeout);
+	ph_list_add_tail(&r->dials, &d->node);
+	/* the client's first bytes go into the pair, and out of it with the service's OPEN */
+	d->st = ph_stream_attach(rs->s, id, sp[0], false, NULL, 0, first, fn, fin, d);
+	if (d->st == NULL) {
+		close(sp[1]);
+		ph_fds_give(2 * PH_FDS_STREAM);
+		dial_free(d);
+		return 0;
+	}
+	rs->out_live++;
+	rs->out_total++;
+	/* the visitor: the opener's public address; reached at: the relay's session address
+	 * it connected to (so a PROXY header to the service has both) */
+	memset(&reached, 0, sizeof(reached));
+	if (getsockname(rs->s->io.fd, &reached.u.sa, &rlen) == 0)
+		reached.len = rlen;
+	ph_put16(head, v->id);
+	hn = 2 + ph_msg_addr_put(head + 2, &rs->s->peer_addr);
+	hn += ph_msg_addr_put(head + hn, &reached);
+	v->visitors++;
+	sv = ph_sess_open(v->owner->s, sp[1], head, hn, v);
+	if (sv == NULL) { /* sp[1] closed: the client's stream sees it end */
+		ph_fds_give(PH_FDS_STREAM);
+		return 0;
+	}
+	sv->peer = rs->s->peer_addr;
+	v->live++;
+	ph_stream_confirm(d->st);
+	return 0;
+}
+
+/* --- UDP channels a client opens: `local udp://` --------------------------------------- */
+
+static void cflow_free(struct cflow *f)
+{
+	ph_udptab_del(&f->ch->flows, &f->node);
+	ph_io_close(f->ch->r->loop, &f->io);
+	ph_fds_give(PH_FDS_STREAM);
+	free(f);
+}
+
+static void chan_free(struct rchan *ch)
+{
+	struct ph_udp_node *n;
+
+	while ((n = ph_udptab_oldest(&ch->flows)) != NULL)
+		cflow_free(container_of(n, struct cflow, node));
+	ph_udptab_free(&ch->flows);
+	ph_list_del(&ch->node);
+	free(ch);
+}
+
+/* The target's answers: back to the client, on the flow they belong to. */
+static void cflow_io(struct ph_io *io, uint32_t events)
+{
+	struct cflow *f = container_of(io, struct cflow, io);
+	struct rchan *ch = f->ch;
+	uint8_t p[PH_FRAME_MAX];
+
+	(void)events;
+	for (int i = 0; i < UDP_BATCH; i++) {
+		ssize_t n = recv(io->fd, p + 7, sizeof(p) - 7, MSG_TRUNC);
+
+		if (n < 0)
+			return;
+		if ((size_t)n > sizeof(p) - 7 || ch->rs == NULL)
+			continue; /* too big for a frame, or nobody to take it */
+		ph_put16(p, ch->id);
+		ph_put32(p + 2, f->id);
+		p[6] = 0;
+		ph_udptab_touch(&ch->flows, &f->node, ch->r->loop->now);
+		if (ph_sess_dgram(ch->rs->s, p, 7 + (size_t)n) == 0)
+			ch->dgrams_down++;
+	}
+}
+
+/* Refuses ch's UDP_OPEN and frees it. */
+static void chan_refuse(struct rchan *ch, uint8_t code, const char *text)
+{
+	ch->rs->out_refused++;
+	sess_refuse(ch->rs, ch->req, code, "%s", text);
+	chan_free(ch);
+}
+
+/* The target's addresses: the first the key may reach is the channel's. */
+static void chan_ready(struct rchan *ch, const char *name, const struct ph_addr *addrs, unsigned n)
+{
+	struct ph_ctrl m = {.type = PH_CTRL_UDP_OPENED, .req = ch->req, .service = ch->id};
+	char text[3 * PH_OPEN_HOST_MAX], hp[PH_OPEN_HOST_MAX + 8], ip[PH_ADDR_STRLEN];
+	uint8_t out[PH_CTRL_MAX];
+	bool local = false;
+
+	for (unsigned i = 0; i < n; i++) {
+		bool l = ph_addr_is_local(&addrs[i], ch->r->self);
+
+		if (ph_auth_connect_addr(ch->rs->key, name, &addrs[i], l)) {
+			ch->dst = addrs[i];
+			ch->ready = true;
+			m.addr = addrs[i];
+			ch->rs->out_total++;
+			(void)ph_sess_ctrl(ch->rs->s, out, ph_ctrl_build(&m, out));
+			return;
+		}
+		local |= l;
+	}
+	snprintf(text, sizeof(text), "key %s may not send to udp %s (%s)%s", key_name(ch->rs),
+	         ph_hostport_fmt(ch->target, ch->port, hp, sizeof(hp)),
+	         ph_addr_fmt(&addrs[0], ip, sizeof(ip)),
+	         local ? ": the relay's own address, only when connect= names it" : "");
+	chan_refuse(ch, PH_REFUSE_LIMIT, text);
+}
+
+static void chan_on_resolved(void *arg, int err, const char *why, const struct ph_addr *addrs,
+                             unsigned n, uint32_t ttl)
+{
+	struct rchan *ch = arg;
+	char text[3 * PH_OPEN_HOST_MAX];
+
+	(void)ttl;
+	ch->resolving = false;
+	if (ch->rs == NULL) {
+		chan_free(ch);
+		return;
+	}
+	if (err < 0 || n == 0) {
+		snprintf(text, sizeof(text), "cannot resolve %s: %s", ch->target,
+		         why != NULL ? why : ph_strerror(err));
+		chan_refuse(ch, PH_REFUSE_BIND, text);
+		return;
+	}
+	chan_ready(ch, ch->target, addrs, n);
+}
+
+/* UDP_OPEN: a channel to HOST:PORT, judged by connect= as a stream would be. */
+static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c)
+{
+	struct ph_relay *r = rs->r;
+	char text[3 * PH_OPEN_HOST_MAX], hp[PH_OPEN_HOST_MAX + 8];
+	bool svc = c->okind == PH_OPEN_SERVICE;
+	struct ph_addr a;
+	struct rchan *ch;
+
+	ph_hostport_fmt(c->target, c->port, hp, sizeof(hp));
+	if (svc ? !ph_auth_reach_ok(rs->key, c->target)
+	        : !ph_auth_connect_host(rs->key, c->target, c->port)) {
+		if (svc)
+			snprintf(text, sizeof(text),
+			         "key %s may not reach '%s'; add reach=%s to its line on the relay",
+			         key_name(rs), c->target, c->target);
+		else
+			snprintf(text, sizeof(text),
+			         "key %s may not send to udp %s; add connect=%s to its line on the "
+			         "relay",
+			         key_name(rs), hp, hp);
+		rs->out_refused++;
+		sess_refuse(rs, c->req, PH_REFUSE_LIMIT, "%s", text);
+		return;
+	}
+	if (svc) {
+		struct rsvc *v = private_find(r, c->target, PH_SVC_UDP);
+
+		if (v == NULL || v->owner == NULL) { /* it may come: the client asks again */
+			rs->out_refused++;
+			sess_refuse(rs, c->req, PH_REFUSE_BIND,
+			            "no private UDP service '%s' is connected now", c->target);
+			return;
+		}
+	}
+	ch = calloc(1, sizeof(*ch));
+	if (ch == NULL || ph_udptab_init(&ch->flows) < 0) {
+		free(ch);
+		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay is out of memory");
+		return;
+	}
+	ch->r = r;
+	ch->rs = rs;
+	ch->req = c->req;
+	ch->port = svc ? 0 : c->port;
+	snprintf(ch->target, sizeof(ch->target), "%s", c->target);
+	do /* an id no service has: both share the DGRAM's service id */
+		ch->id = ++r->next_sid;
+	while (ch->id == 0);
+	ph_list_add_tail(&r->chans, &ch->node);
+	if (svc) { /* the service is found by name at each datagram: it may be taken back */
+		struct ph_ctrl m = {.type = PH_CTRL_UDP_OPENED, .req = ch->req, .service = ch->id};
+		uint8_t out[PH_CTRL_MAX];
+
+		ch->ready = true;
+		rs->out_total++;
+		(void)ph_sess_ctrl(rs->s, out, ph_ctrl_build(&m, out));
+		return;
+	}
+	if (ph_addr_from_literal(c->target, c->port, &a) == 0) {
+		chan_ready(ch, NULL, &a, 1);
+		return;
+	}
+	if (ph_resolver_query(r->res, c->target, c->port, chan_on_resolved, ch) < 0) {
+		chan_refuse(ch, PH_REFUSE_BIND, "the relay cannot look the name up now");
+		return;
+	}
+	ch->resolving = true;
+}
+
+static struct rchan *chan_by_id(struct rsess *rs, uint16_t id)
+{
+	for (struct ph_list *n = rs->r->chans.next; n != &rs->r->chans; n = n->next) {
+		struct rchan *ch = container_of(n, struct rchan, node);
+
+		if (ch->id == id && ch->rs == rs && ch->ready)
+			return ch;
+	}
+	return NULL;
+}
+
+/*
+ * A client's datagram for a private UDP service: a flow of the service (keyed by channel
+ * and flow, where the table keeps an address) whose answers go back on the channel.
+ */
+static void chan_private_dgram(struct rchan *ch, uint32_t flow, const uint8_t *p, size_t n)
+{
+	struct rsvc *v = private_find(ch->r, ch->target, PH_SVC_UDP);
+	uint8_t out[PH_FRAME_MAX];
+	struct ph_udp_node *node;
+	struct ph_udp_key k;
+	struct uflow *f;
+	size_t an;
+
+	if (v == NULL || v->owner == NULL)
+		return; /* gone, or held for its key: dropped, as a public one's would be */
+	memset(&k, 0, sizeof(k));
+	k.peer.len = sizeof(ch->id) + sizeof(flow);
+	memcpy(&k.peer.u, &ch->id, sizeof(ch->id));
+	memcpy((char *)&k.peer.u + sizeof(ch->id), &flow, sizeof(flow));
+	node = ph_udptab_find(&v->flows, &k);
+	if (node == NULL) {
+		const char *by = svc_denied_by(v, &ch->rs->s->peer_addr);
+
+		if (by != NULL) { /* the service's --allow/--deny judge the client's address */
+			svc_turn_away(v, &ch->rs->s->peer_addr, true, by);
+			return;
+		}
+		if (v->flows.n >= FLOW_MAX)
+			flow_free(v, container_of(ph_udptab_oldest(&v->flows), struct uflow, node));
+		f = calloc(1, sizeof(*f));
+		if (f == NULL)
+			return;
+		f->id = ++v->next_flow;
+		f->chan = ch->id;
+		f->cflow = flow;
+		f->inext = v->byid[f->id & 255];
+		v->byid[f->id & 255] = f;
+		ph_udptab_add(&v->flows, &f->node, &k, ch->r->loop->now);
+		v->visitors++;
+		node = &f->node;
+	}
+	f = container_of(node, struct uflow, node);
+	ph_udptab_touch(&v->flows, node, ch->r->loop->now);
+	ph_put16(out, v->id);
+	ph_put32(out + 2, f->id);
+	an = ph_msg_addr_put(out + 6, &ch->rs->s->peer_addr);
+	if (6 + an + n > sizeof(out))
+		return;
+	memcpy(out + 6 + an, p, n);
+	if (ph_sess_dgram(v->owner->s, out, 6 + an + n) == 0) {
+		v->dgrams++;
+		v->bytes_in += n;
+		ch->dgrams_up++;
+	}
+}
+
+/* A private service's answer: back on the channel of the client it answers. */
+static void private_answer(struct rsvc *v, struct uflow *f, const uint8_t *p, size_t n)
+{
+	uint8_t out[PH_FRAME_MAX];
+
+	for (struct ph_list *l = v->r->chans.next; l != &v->r->chans; l = l->next) {
+		struct rchan *ch = container_of(l, struct rchan, node);
+
+		if (ch->id != f->chan || ch->rs == NULL || !ch->ready)
+			continue;
+		if (7 + n > sizeof(out))
+			return;
+		ph_put16(out, ch->id);
+		ph_put32(out + 2, f->cflow);
+		out[6] = 0;
+		memcpy(out + 7, p, n);
+		if (ph_sess_dgram(ch->rs->s, out, 7 + n) == 0) {
+			v->bytes_out += n;
+			ch->dgrams_down++;
+		}
+		ph_udptab_touch(&v->flows, &f->node, v->r->loop->now);
+		return;
+	}
+}
+
+/* A client's datagram on a channel: out of the flow's socket (made at its first). */
+static void chan_dgram(struct rchan *ch, uint32_t flow, const uint8_t *p, size_t n)
+{
+	struct ph_loop *l = ch->r->loop;
+	struct ph_udp_key k;
+	struct ph_udp_node *node;
+	struct cflow *f;
+	int fd;
+
+	if (ch->port == 0) {
+		chan_private_dgram(ch, flow, p, n);
+		return;
+	}
+	memset(&k, 0, sizeof(k)); /* the client's flow id where the table keeps an address */
+	k.peer.len = sizeof(flow);
+	memcpy(&k.peer.u, &flow, sizeof(flow));
+	node = ph_udptab_find(&ch->flows, &k);
+	if (node == NULL) {
+		if (ch->flows.n >= FLOW_MAX)
+			cflow_free(container_of(ph_udptab_oldest(&ch->flows), struct cflow, node));
+		if (!ph_fds_take(PH_FDS_STREAM))
+			return;
+		fd = ph_udp_connect(&ch->dst, NULL, 0);
+		f = fd >= 0 ? calloc(1, sizeof(*f)) : NULL;
+		if (f == NULL) {
+			if (fd >= 0)
+				close(fd);
+			ph_fds_give(PH_FDS_STREAM);
+			return;
+		}
+		f->ch = ch;
+		f->id = flow;
+		ph_io_init(&f->io, fd, cflow_io);
+		if (ph_io_add(l, &f->io, EPOLLIN) < 0) {
+			close(fd);
+			ph_fds_give(PH_FDS_STREAM);
+			free(f);
+			return;
+		}
+		ph_udptab_add(&ch->flows, &f->node, &k, l->now);
+		ch->flows_total++;
+		node = &f->node;
+	}
+	f = container_of(node, struct cflow, node);
+	ph_udptab_touch(&ch->flows, node, l->now);
+	if (send(f->io.fd, p, n, MSG_DONTWAIT) >= 0)
+		ch->dgrams_up++;
+}
+
 static int rs_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t n, bool fin,
                    const char **why)
 {
-	(void)p;
-	(void)n;
-	(void)fin;
-	(void)why;
-	ph_sess_rst(s, id, PH_RST_NOSERVICE); /* `pinhole local` is not served by this relay yet */
-	return 0;
+	struct rsess *rs = s->owner;
+	struct ph_open_req o;
+	int used = ph_open_req_parse(p, n, &o, why);
+
+	if (used < 0)
+		return -EPROTO;
+	if (o.kind == PH_OPEN_SERVICE)
+		return dial_service(rs, id, &o, p + used, n - (size_t)used, fin);
+	return dial_host(rs, id, &o, p + used, n - (size_t)used, fin);
 }
 
 static void rs_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
@@ -889,16 +1576,27 @@ static void rs_dgram(struct ph_sess *s, const uint8_t *p, size_t n)
 	struct uflow *f;
 	int an;
 
-	v = svc_by_id(rs->r, rs, ph_get16(p));
-	if (v == NULL || v->proto != PH_SVC_UDP)
-		return;
 	an = ph_msg_addr_get(p + 6, n - 6, &ignored);
 	if (an < 0)
+		return;
+	v = svc_by_id(rs->r, rs, ph_get16(p));
+	if (v == NULL) {
+		struct rchan *ch = chan_by_id(rs, ph_get16(p));
+
+		if (ch != NULL)
+			chan_dgram(ch, ph_get32(p + 2), p + 6 + an, n - 6 - (size_t)an);
+		return;
+	}
+	if (v->proto != PH_SVC_UDP)
 		return;
 	f = flow_by_id(v, ph_get32(p + 2));
 	if (f ==
 	    NULL) /* the relay sends only to peers that wrote to it: never where a client says */
 		return;
+	if (v->priv) {
+		private_answer(v, f, p + 6 + an, n - 6 - (size_t)an);
+		return;
+	}
 	if (sendto(v->io.fd, p + 6 + an, n - 6 - (size_t)an, MSG_DONTWAIT, &f->node.key.peer.u.sa,
 	           f->node.key.peer.len) >= 0)
 		v->bytes_out += n - 6 - (size_t)an;
@@ -909,7 +1607,25 @@ static void rs_stream_end(struct ph_sess *s, struct ph_stream *st)
 {
 	struct rsvc *v = st->owner;
 
-	(void)s;
+	if (st->id % 2 == 1 && st->owner != NULL) { /* a stream the client opened */
+		struct rdial *d = st->owner;
+		struct rsess *rs = s->owner;
+		char label[PH_ADDR_STRLEN + 2 * PH_OPEN_HOST_MAX + 96], hp[PH_OPEN_HOST_MAX + 8];
+
+		snprintf(label, sizeof(label), "client %s (%s) to %s", rs->peer, key_name(rs),
+		         d->port != 0 ? ph_hostport_fmt(d->target, d->port, hp, sizeof(hp))
+		                      : d->target);
+		ph_stream_log_end(st, label, "streams", d->dst.len != 0 ? &d->dst : NULL, false);
+		rs->out_live--;
+		rs->out_up += st->bytes_out;
+		rs->out_down += st->bytes_in;
+		ph_fds_give(PH_FDS_STREAM);
+		ph_timer_stop(d->r->loop, &d->timer);
+		d->st = NULL;
+		if (!d->resolving)
+			dial_free(d);
+		return;
+	}
 	if (v != NULL) {
 		char label[64];
 
@@ -946,6 +1662,10 @@ void ph_relay_stats(struct ph_relay *r, struct ph_tunnel_stats *out)
 		out->sessions++;
 		out->sessions_live++;
 		sess_stats_add(out, &rs->s->st);
+		out->opened += rs->out_total;
+		out->opened_refused += rs->out_refused;
+		out->opened_up += rs->out_up;
+		out->opened_down += rs->out_down;
 	}
 	for (struct ph_list *l = r->services.next; l != &r->services; l = l->next)
 		out->visitors += container_of(l, struct rsvc, node)->visitors;
@@ -974,9 +1694,22 @@ static void rs_closed(struct ph_sess *s, const char *why)
 		if (v->owner == rs)
 			svc_orphan(v, s->timed_out);
 	}
+	ph_list_for_each_safe(n, tmp, &r->chans) {
+		struct rchan *ch = container_of(n, struct rchan, node);
+
+		if (ch->rs != rs)
+			continue;
+		ch->rs = NULL;
+		if (!ch->resolving) /* else the lookup's answer frees it */
+			chan_free(ch);
+	}
 	if (rs->key != NULL) { /* what it carried stays in the totals */
 		r->gone.sessions++;
 		sess_stats_add(&r->gone, &s->st);
+		r->gone.opened += rs->out_total;
+		r->gone.opened_refused += rs->out_refused;
+		r->gone.opened_up += rs->out_up;
+		r->gone.opened_down += rs->out_down;
 	}
 	ph_list_del(&rs->node);
 	free(rs); /* the session frees itself */
@@ -1097,6 +1830,14 @@ static void relay_sweep(struct ph_timer *t)
 		       r->loop->now - f->last >= FLOW_IDLE_MS)
 			flow_free(v, container_of(f, struct uflow, node));
 	}
+	for (struct ph_list *n = r->chans.next; n != &r->chans; n = n->next) {
+		struct rchan *ch = container_of(n, struct rchan, node);
+		struct ph_udp_node *f;
+
+		while ((f = ph_udptab_oldest(&ch->flows)) != NULL &&
+		       r->loop->now - f->last >= FLOW_IDLE_MS)
+			cflow_free(container_of(f, struct cflow, node));
+	}
 	ph_timer_arm(r->loop, &r->sweep, 10000);
 }
 
@@ -1118,6 +1859,8 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	ph_list_init(&r->sessions);
 	ph_list_init(&r->services);
 	ph_list_init(&r->dead);
+	ph_list_init(&r->dials);
+	ph_list_init(&r->chans);
 	ph_task_init(&r->reap, relay_reap);
 	ph_timer_init(&r->sweep, relay_sweep);
 	ph_acceptor_init(&r->lis, -1, PH_FDS_STREAM, relay_accept, relay_label);
@@ -1137,6 +1880,13 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	err = auth_read(r, &r->keys, &r->nkeys, why, whylen);
 	if (err < 0)
 		goto fail;
+	err = ph_resolver_new(l, &r->res);
+	if (err < 0) {
+		snprintf(why, whylen, "cannot make a resolver: %s", strerror(-err));
+		goto fail;
+	}
+	if (ph_hostaddrs_read(&r->self) < 0)
+		r->self = NULL; /* loopback and link-local are still judged as the relay's own */
 	err = ph_key_open(c->key_file, true, &r->key, why, whylen);
 	if (err < 0)
 		goto fail;
@@ -1192,7 +1942,8 @@ static bool svc_fits(const struct ph_relay *r, const struct ph_auth_key *k, cons
 {
 	char why[PH_CTRL_TEXT_MAX];
 
-	return ph_auth_name_ok(k, v->name) && port_allowed(r, k, v->port, why, sizeof(why));
+	return ph_auth_name_ok(k, v->name) &&
+	       (v->priv || port_allowed(r, k, v->port, why, sizeof(why)));
 }
 
 int ph_relay_reload(struct ph_relay *r, char *msg, size_t len)
@@ -1270,6 +2021,12 @@ void ph_relay_free(struct ph_relay *r)
 	while (!ph_list_empty(&r->services))
 		svc_free(container_of(r->services.next, struct rsvc, node));
 	ph_prober_free(r->prober);
+	ph_resolver_free(r->res);         /* lookups in flight end without their callbacks */
+	while (!ph_list_empty(&r->dials)) /* those that waited for one */
+		dial_free(container_of(r->dials.next, struct rdial, node));
+	while (!ph_list_empty(&r->chans))
+		chan_free(container_of(r->chans.next, struct rchan, node));
+	ph_hostaddrs_free(r->self);
 	ph_task_cancel(&r->reap);
 	relay_reap(&r->reap);
 	ph_timer_stop(r->loop, &r->sweep);
@@ -1298,9 +2055,20 @@ void ph_relay_each(struct ph_relay *r, void (*fn)(void *arg, const struct ph_tun
 		};
 
 		snprintf(t.proto, sizeof(t.proto), "%s", proto_str(v->proto));
+		snprintf(t.kind, sizeof(t.kind), "%s", v->priv ? "private" : "public");
 		snprintf(t.name, sizeof(t.name), "%s", v->name);
 		fn(arg, &t);
 	}
+}
+
+/* The UDP channels session rs holds open. */
+static unsigned sess_channels(const struct rsess *rs)
+{
+	unsigned n = 0;
+
+	for (struct ph_list *l = rs->r->chans.next; l != &rs->r->chans; l = l->next)
+		n += container_of(l, struct rchan, node)->rs == rs;
+	return n;
 }
 
 /* A key's comment as it may stand in JSON and on one line: quotes, backslashes, controls as ?. */
@@ -1369,41 +2137,51 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 			OUT("%s{\"peer\":\"%s\",\"key\":\"%s\",\"comment\":\"%s\",\"rtt_ms\":%llu,"
 			    "\"streams\":%llu,\"streams_total\":%llu,\"bytes_in\":%llu,"
 			    "\"bytes_out\":%llu,\"dgrams_in\":%llu,\"dgrams_out\":%llu,"
-			    "\"dgrams_dropped\":%llu}",
+			    "\"dgrams_dropped\":%llu,\"opened\":{\"live\":%llu,\"total\":%llu,"
+			    "\"refused\":%llu,\"bytes_up\":%llu,\"bytes_down\":%llu,"
+			    "\"channels\":%u}}",
 			    l == r->sessions.next ? "" : ",", rs->peer, rs->fp, comment,
 			    (unsigned long long)rs->s->rtt_ms, (unsigned long long)st->active,
 			    (unsigned long long)st->streams, (unsigned long long)st->bytes_in,
 			    (unsigned long long)st->bytes_out, (unsigned long long)st->dgrams_in,
-			    (unsigned long long)st->dgrams_out,
-			    (unsigned long long)st->dgrams_drop);
+			    (unsigned long long)st->dgrams_out, (unsigned long long)st->dgrams_drop,
+			    (unsigned long long)rs->out_live, (unsigned long long)rs->out_total,
+			    (unsigned long long)rs->out_refused, (unsigned long long)rs->out_up,
+			    (unsigned long long)rs->out_down, sess_channels(rs));
 		else
-			OUT("  %s %s%s%s rtt %llu ms, %llu streams (%llu in all), in %s, out %s\n",
+			OUT("  %s %s%s%s rtt %llu ms, %llu streams (%llu in all), in %s, out %s; "
+			    "opened by it: %llu now, %llu in all, %llu refused\n",
 			    rs->peer, rs->fp, comment[0] ? " " : "", comment,
 			    (unsigned long long)rs->s->rtt_ms, (unsigned long long)st->active,
 			    (unsigned long long)st->streams,
 			    ph_fmt_bytes(st->bytes_in, up, sizeof(up)),
-			    ph_fmt_bytes(st->bytes_out, down, sizeof(down)));
+			    ph_fmt_bytes(st->bytes_out, down, sizeof(down)),
+			    (unsigned long long)rs->out_live, (unsigned long long)rs->out_total,
+			    (unsigned long long)rs->out_refused);
 	}
 	OUT(json ? "],\"services\":[" : "relay services:\n");
 	for (struct ph_list *l = r->services.next; l != &r->services; l = l->next) {
 		struct rsvc *v = container_of(l, struct rsvc, node);
 
 		if (json)
-			OUT("%s{\"proto\":\"%s\",\"port\":%u,\"name\":\"%s\",\"client\":\"%s\","
+			OUT("%s{\"proto\":\"%s\",\"private\":%s,\"port\":%u,\"name\":\"%s\","
+			    "\"client\":\"%s\","
 			    "\"held\":%s,\"live\":%u,\"max_conns\":%u,\"refused\":%llu,"
 			    "\"denied\":%llu,\"acl\":%u,"
 			    "\"visitors\":%llu,\"datagrams\":%llu,\"bytes_in\":%llu,"
 			    "\"bytes_out\":%llu}",
-			    l == r->services.next ? "" : ",", proto_str(v->proto), v->port, v->name,
+			    l == r->services.next ? "" : ",", proto_str(v->proto),
+			    v->priv ? "true" : "false", v->port, v->name,
 			    v->owner != NULL ? v->owner->peer : "",
 			    v->owner == NULL ? "true" : "false", v->live, v->max_conns,
 			    (unsigned long long)v->refused, (unsigned long long)v->denied, v->acl.n,
 			    (unsigned long long)v->visitors, (unsigned long long)v->dgrams,
 			    (unsigned long long)v->bytes_in, (unsigned long long)v->bytes_out);
 		else
-			OUT("  %s port %u%s%s: %s, %llu visitors (%u now), %llu refused, %llu "
+			OUT("  %s %s %u%s%s: %s, %llu visitors (%u now), %llu refused, %llu "
 			    "denied, %llu datagrams\n",
-			    proto_str(v->proto), v->port, v->name[0] ? " " : "", v->name,
+			    proto_str(v->proto), v->priv ? "private" : "port", v->port,
+			    v->name[0] ? " " : "", v->name,
 			    v->owner != NULL ? v->owner->peer : "held for its client",
 			    (unsigned long long)v->visitors, v->live,
 			    (unsigned long long)v->refused, (unsigned long long)v->denied,

@@ -18,6 +18,7 @@
 #include "core/net.h"
 #include "core/sys.h"
 #include "tunnel/frame.h"
+#include "tunnel/msg.h"
 #include "tunnel/tls.h"
 
 #define OUT_HIGH    (64u << 10)              /* frames queued before streams wait */
@@ -37,6 +38,7 @@
 #define ST_SHUT       0x10 /* shutdown(SHUT_WR) done */
 #define ST_DEAD       0x20 /* closed, waiting to be freed */
 #define ST_RDHUP      0x40 /* the socket's FIN (or an error) arrived: read until it shows */
+#define ST_CONFIRM    0x80 /* OPENED goes to the peer once connected */
 
 static void sess_task(struct ph_task *t);
 static void sess_send(struct ph_sess *s);
@@ -58,6 +60,8 @@ static void sess_set_state_(struct ph_sess *s, enum ph_sess_state st, int line)
 
 static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason, const char *why,
                          int err);
+static void stream_close_text(struct ph_stream *st, bool rst_sock, uint8_t rst_reason,
+                              const char *why, int err, const char *text);
 
 static uint32_t pending(const struct ph_sess *s)
 {
@@ -170,6 +174,14 @@ static const char *rst_name(uint8_t reason)
 		return "reset by the peer: no such service";
 	case PH_RST_OVERLOAD:
 		return "reset by the peer: overloaded";
+	case PH_RST_FORBIDDEN:
+		return "reset by the peer: not allowed";
+	case PH_RST_UNREACHABLE:
+		return "reset by the peer: unreachable";
+	case PH_RST_NONAME:
+		return "reset by the peer: no such name";
+	case PH_RST_TIMEOUT:
+		return "reset by the peer: timed out";
 	default:
 		return "reset by the peer: an unknown reason";
 	}
@@ -406,6 +418,27 @@ static void stream_fin(struct ph_stream *st)
 static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason, const char *why,
                          int err)
 {
+	stream_close_text(st, rst_sock, rst_reason, why, err, NULL);
+}
+
+/* A RST frame: reason, then text (NULL: none) cut to PH_RST_TEXT_MAX. */
+static void rst_frame(struct ph_sess *s, uint32_t id, uint8_t reason, const char *text)
+{
+	uint8_t p[1 + PH_RST_TEXT_MAX];
+	size_t n = text != NULL ? strlen(text) : 0;
+
+	if (n > PH_RST_TEXT_MAX)
+		n = PH_RST_TEXT_MAX;
+	p[0] = reason;
+	if (n != 0)
+		memcpy(p + 1, text, n);
+	(void)out_frame(s, PH_FRAME_RST, 0, id, p, 1 + n);
+}
+
+/* stream_close(), the RST carrying text for the peer (NULL: none). */
+static void stream_close_text(struct ph_stream *st, bool rst_sock, uint8_t rst_reason,
+                              const char *why, int err, const char *text)
+{
 	struct ph_sess *s = st->s;
 
 	if (st->flags & ST_DEAD)
@@ -415,7 +448,7 @@ static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason
 	st->err = err;
 	st->failed = rst_sock || rst_reason != 0;
 	if (rst_reason != 0 && s->state == PH_SESS_UP)
-		(void)out_frame(s, PH_FRAME_RST, 0, st->id, &rst_reason, 1);
+		rst_frame(s, st->id, rst_reason, text);
 	if (rst_sock || rst_reason != 0) {
 		s->st.resets++;
 		if (st->io.fd != -1)
@@ -435,15 +468,51 @@ static void stream_close(struct ph_stream *st, bool rst_sock, uint8_t rst_reason
 	kick(s);
 }
 
+/* What a failed connect's error tells the peer. */
+static uint8_t rst_of_errno(int err)
+{
+	switch (err) {
+	case -ETIMEDOUT:
+		return PH_RST_TIMEOUT;
+	case -EHOSTUNREACH:
+	case -ENETUNREACH:
+	case -EADDRNOTAVAIL:
+		return PH_RST_UNREACHABLE;
+	default:
+		return PH_RST_REFUSED;
+	}
+}
+
+/* OPENED: st is connected, its socket's own address in the payload. */
+static void stream_opened(struct ph_stream *st)
+{
+	struct ph_addr a;
+	socklen_t len = sizeof(a.u);
+	uint8_t p[PH_MSG_ADDR_MAX];
+
+	memset(&a, 0, sizeof(a));
+	if (getsockname(st->io.fd, &a.u.sa, &len) == 0)
+		a.len = len;
+	st->flags &= (uint16_t)~ST_CONFIRM;
+	(void)out_frame(st->s, PH_FRAME_OPENED, 0, st->id, p, ph_msg_addr_put(p, &a));
+	kick(st->s);
+}
+
 static void stream_connected(struct ph_stream *st)
 {
 	int err = ph_sock_error(st->io.fd);
 
 	if (err < 0) {
-		stream_close(st, true, PH_RST_REFUSED, "cannot connect", err);
+		if (st->flags & ST_CONFIRM)
+			stream_close_text(st, true, rst_of_errno(err), "cannot connect", err,
+			                  strerror(-err));
+		else
+			stream_close(st, true, PH_RST_REFUSED, "cannot connect", err);
 		return;
 	}
 	st->flags &= (uint16_t)~ST_CONNECTING;
+	if (st->flags & ST_CONFIRM)
+		stream_opened(st);
 	st->flags |= ST_READABLE;
 	if (stream_flush(st) < 0)
 		return;
@@ -827,8 +896,32 @@ static int sess_frame(struct ph_sess *s, const struct ph_frame *f, const char **
 		stream_fin(st);
 		return 0;
 	case PH_FRAME_RST:
+		if (s->ops->reset != NULL) {
+			char text[PH_RST_TEXT_MAX + 1];
+			size_t n = f->len - 1u;
+
+			for (size_t i = 0; i < n; i++) /* printable only: it reaches the log */
+				text[i] = f->payload[1 + i] >= 0x20 && f->payload[1 + i] < 0x7f
+				                  ? (char)f->payload[1 + i]
+				                  : '?';
+			text[n] = '\0';
+			s->ops->reset(s, st, f->payload[0], text);
+		}
 		stream_close(st, true, 0, rst_name(f->payload[0]), 0);
 		return 0;
+	case PH_FRAME_OPENED: {
+		struct ph_addr a;
+		bool mine = (f->stream % 2 == 0) == s->server;
+
+		if (!mine || ph_msg_addr_get(f->payload, f->len, &a) != (int)f->len) {
+			*why = "an OPENED for a stream this end did not open, or a bad address";
+			return -EPROTO;
+		}
+		st->opened = true;
+		if (s->ops->opened != NULL)
+			s->ops->opened(s, st, &a);
+		return 0;
+	}
 	case PH_FRAME_DGRAM:
 		s->st.dgrams_in++;
 		if (s->ops->dgram != NULL)
@@ -842,6 +935,8 @@ static int sess_frame(struct ph_sess *s, const struct ph_frame *f, const char **
 		if (s->ping_at != 0 && memcmp(f->payload, &s->ping_at, 8) == 0) {
 			s->rtt_ms = s->loop->now - s->ping_at;
 			s->ping_at = 0;
+			if (s->ops->pong != NULL)
+				s->ops->pong(s);
 		}
 		return 0;
 	case PH_FRAME_GOAWAY: {
@@ -1267,7 +1362,7 @@ struct ph_stream *ph_sess_open(struct ph_sess *s, int fd, const uint8_t *head, s
 	ssize_t n;
 	uint8_t *p;
 
-	if (s->state != PH_SESS_UP || hn > 64 || s->next_id > 0xfffffff0u ||
+	if (s->state != PH_SESS_UP || hn > PH_OPEN_HEAD_MAX || s->next_id > 0xfffffff0u ||
 	    out_room(s, PH_FRAME_HDR + PH_FRAME_MAX) < 0) {
 		ph_sock_set_rst(fd);
 		close(fd);
@@ -1333,7 +1428,8 @@ struct ph_stream *ph_stream_attach(struct ph_sess *s, uint32_t id, int fd, bool 
 	if (connecting)
 		st->flags |= ST_CONNECTING;
 	if ((pn != 0 && stream_buf_add(st, pre, pn) < 0) ||
-	    ph_io_add(s->loop, &st->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+	    (fd != -1 &&
+	     ph_io_add(s->loop, &st->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0)) {
 		stream_close(st, true, PH_RST_OVERLOAD, "out of memory", -ENOMEM);
 		return NULL;
 	}
@@ -1386,6 +1482,90 @@ void ph_sess_rst(struct ph_sess *s, uint32_t id, uint8_t reason)
 	(void)out_frame(s, PH_FRAME_RST, 0, id, &reason, 1);
 	s->st.resets++;
 	kick(s);
+}
+
+void ph_sess_rst_text(struct ph_sess *s, uint32_t id, uint8_t reason, const char *fmt, ...)
+{
+	char text[PH_RST_TEXT_MAX + 1];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	rst_frame(s, id, reason, text);
+	s->st.resets++;
+	kick(s);
+}
+
+int ph_stream_set_fd(struct ph_stream *st, int fd)
+{
+	if (st->flags & ST_DEAD) {
+		close(fd);
+		return -ECANCELED;
+	}
+	st->io.fd = fd;
+	st->flags |= ST_CONNECTING;
+	/* a connected socket's EPOLLOUT comes at once: stream_connected() takes it from there */
+	if (ph_io_add(st->s->loop, &st->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+		stream_close(st, true, PH_RST_OVERLOAD, "cannot poll", -ENOMEM);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+bool ph_stream_connecting(const struct ph_stream *st)
+{
+	return (st->flags & ST_CONNECTING) != 0;
+}
+
+void ph_stream_confirm(struct ph_stream *st)
+{
+	if (st->flags & ST_DEAD)
+		return;
+	st->flags |= ST_CONFIRM;
+	if (!(st->flags & ST_CONNECTING))
+		stream_opened(st);
+}
+
+void ph_stream_fail(struct ph_stream *st, uint8_t reason, const char *why, int err, const char *fmt,
+                    ...)
+{
+	char text[PH_RST_TEXT_MAX + 1];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	stream_close_text(st, true, reason, why, err, text);
+}
+
+int ph_stream_inject(struct ph_stream *st, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	size_t done = 0;
+
+	if (st->flags & ST_DEAD)
+		return -ECANCELED;
+	while (st->blen == 0 && st->io.fd != -1 && !(st->flags & ST_CONNECTING) && done < n) {
+		ssize_t w = ph_sys.write(st->io.fd, b + done, n - done);
+
+		if (w < 0) {
+			int err = -errno;
+
+			if (err == -EINTR)
+				continue;
+			if (err == -EAGAIN)
+				break;
+			stream_close(st, true, PH_RST_RESET, "socket error", err);
+			return err;
+		}
+		done += (size_t)w;
+	}
+	if (done < n && stream_buf_add(st, b + done, n - done) < 0) {
+		stream_close(st, true, PH_RST_OVERLOAD, "out of memory", -ENOMEM);
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 void ph_sess_drop_owner(struct ph_sess *s, void *owner)

@@ -39,6 +39,12 @@ struct ph_stream;
 #define PH_RST_RESET       2            /* the socket was reset */
 #define PH_RST_NOSERVICE   3            /* no such service */
 #define PH_RST_OVERLOAD    4            /* memory cap or limits */
+#define PH_RST_FORBIDDEN   5            /* the key has no grant for that target */
+#define PH_RST_UNREACHABLE 6            /* no route to the target */
+#define PH_RST_NONAME      7            /* the target's name does not resolve */
+#define PH_RST_TIMEOUT     8            /* the target did not answer in time */
+#define PH_RST_TEXT_MAX    200          /* a RST's text, after its reason */
+#define PH_OPEN_HEAD_MAX   300          /* an OPEN's head before the first bytes */
 #define PH_GOAWAY_NORMAL   0            /* GOAWAY reasons */
 #define PH_GOAWAY_PROTOCOL 1
 #define PH_GOAWAY_TIMEOUT  2
@@ -70,6 +76,18 @@ struct ph_sess_ops {
 	            const char **why);
 	/* A DGRAM frame's payload. */
 	void (*dgram)(struct ph_sess *s, const uint8_t *p, size_t n);
+	/*
+	 * Optional. The peer connected st, a stream this end opened (an OPENED frame); bound
+	 * is where the far end's connection leaves from (AF_UNSPEC: it did not say).
+	 */
+	void (*opened)(struct ph_sess *s, struct ph_stream *st, const struct ph_addr *bound);
+	/*
+	 * Optional. The peer reset st with reason (PH_RST_*) and text (printable, may be "");
+	 * called just before st closes.
+	 */
+	void (*reset)(struct ph_sess *s, struct ph_stream *st, uint8_t reason, const char *text);
+	/* Optional. A PONG answered this end's PING: the peer reads what it is sent. */
+	void (*pong)(struct ph_sess *s);
 	/* A stream ended (its socket is closed by now): counters for the owner. */
 	void (*stream_end)(struct ph_sess *s, struct ph_stream *st);
 	/* The session ended (why: a reason for the log). The owner frees it later. */
@@ -155,6 +173,7 @@ struct ph_stream {
 	const char *why;     /* static: why it ended, set at close */
 	int err;             /* -errno behind why, or 0 */
 	bool failed;         /* it ended with a reset (either way) */
+	bool opened;         /* this end opened it and the peer said OPENED */
 };
 
 /*
@@ -215,6 +234,36 @@ void ph_stream_log_end(const struct ph_stream *st, const char *label, const char
 
 /* Answers a stream the owner will not take with a RST of reason. */
 void ph_sess_rst(struct ph_sess *s, uint32_t id, uint8_t reason);
+
+/* The same with a text for the peer's log ("key laptop may not reach 'db'"). */
+void ph_sess_rst_text(struct ph_sess *s, uint32_t id, uint8_t reason, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/*
+ * A stream ph_stream_attach() took with fd -1 (the owner looks the target up first) gets
+ * its socket, connecting: bytes from the peer waited for it. Returns 0, or -errno (the
+ * stream is closed and the peer told).
+ */
+int ph_stream_set_fd(struct ph_stream *st, int fd);
+
+/* True while st's socket is not connected yet (or it has none). */
+bool ph_stream_connecting(const struct ph_stream *st);
+
+/*
+ * The peer is told (OPENED) once st is connected - now, when it is: with the address its
+ * socket has here. A connect that fails resets the stream with the error's words.
+ */
+void ph_stream_confirm(struct ph_stream *st);
+
+/* Ends st with a RST of reason and a text for the peer; why (static) for the close line. */
+void ph_stream_fail(struct ph_stream *st, uint8_t reason, const char *why, int err, const char *fmt,
+                    ...) __attribute__((format(printf, 5, 6)));
+
+/*
+ * Writes p[0..n) to st's socket ahead of the peer's bytes, outside the stream's credit
+ * (a reply record of this end's own). Returns 0, or -errno (the stream is closed).
+ */
+int ph_stream_inject(struct ph_stream *st, const void *p, size_t n);
 
 /* Closes every stream whose owner is owner (a service going away), with resets. */
 void ph_sess_drop_owner(struct ph_sess *s, void *owner);

@@ -30,11 +30,23 @@ struct ph_server_conf {
 	struct ph_acl acl;   /* --allow/--deny: every visitor of every public port (owned) */
 };
 
-/* `pinhole expose LOCAL --via RELAY ...` */
+/* What a line of the relay client is. */
+enum ph_expose_kind {
+	PH_EXPOSE_SERVICE = 0, /* `expose LOCAL`: a service others visit */
+	PH_EXPOSE_LOCAL,       /* `local [LISTEN] TARGET`: streams from here to the relay's side */
+	PH_EXPOSE_SOCKS, /* `socks --via`: the socks workers' connections leave from the relay */
+};
+
+/* `pinhole expose LOCAL --via RELAY ...`, `pinhole local ...`, and `socks --via`'s client. */
 struct ph_expose_conf {
-	struct ph_hostport local; /* the service here */
-	struct ph_hostport via;   /* the relay */
-	uint16_t port;            /* --port: the public port wanted, 0 any */
+	uint8_t kind;              /* enum ph_expose_kind */
+	bool priv;                 /* expose --private: no public port; `local` reaches it */
+	struct ph_hostport listen; /* local: where it listens */
+	char target[PH_HOST_MAX];  /* local: a private service's name, or a host */
+	uint16_t target_port;      /* local: 0 for a private service */
+	struct ph_hostport local;  /* the service here */
+	struct ph_hostport via;    /* the relay */
+	uint16_t port;             /* --port: the public port wanted, 0 any */
 	bool udp;
 	char name[PH_NAME_MAX + 1]; /* --name, "" none */
 	int proxy;                  /* --proxy-protocol 1 or 2, 0 none */
@@ -49,6 +61,12 @@ struct ph_expose_conf {
 #define PH_EXPOSE_ACL_MAX 32 /* --allow/--deny rules of one expose line (REGISTER's bound) */
 
 void ph_server_conf_init(struct ph_server_conf *c);
+
+/*
+ * Who the relay client of c is, as a string: the rules whose strings are equal share one
+ * session (and socks --via finds its channel, conn/via.h, by it).
+ */
+void ph_expose_client_key(const struct ph_expose_conf *c, char *buf, size_t len);
 void ph_expose_conf_init(struct ph_expose_conf *c);
 
 /*
@@ -76,6 +94,11 @@ struct ph_tunnel_stats {
 	uint64_t bytes_up;      /* stream bytes from the visitors to the services */
 	uint64_t bytes_down;    /* stream bytes from the services to the visitors */
 	uint64_t checks[6];     /* the relay: CHECKs answered, by result (PH_CHECK_*; [0] unused) */
+	/* the relay: streams its clients opened (`local`, `socks --via`) */
+	uint64_t opened;         /* carried (private services and HOST:PORT) */
+	uint64_t opened_refused; /* refused: no grant, no such service, no fds */
+	uint64_t opened_up;      /* bytes of ended ones from the clients */
+	uint64_t opened_down;    /* bytes to the clients */
 };
 
 /*
@@ -83,7 +106,8 @@ struct ph_tunnel_stats {
  * counts of streams still open are in live, their bytes only once they ended.
  */
 struct ph_tunnel_svc {
-	char proto[4];                /* "tcp", "udp" */
+	char proto[4]; /* "tcp", "udp" */
+	char kind[8];  /* expose: "expose", "local", "socks"; the relay: "public", "private" */
 	char name[PH_NAME_MAX + 1];   /* "" none */
 	char local[PH_HOST_MAX + 16]; /* expose: LOCAL as written; the relay: "" */
 	uint64_t port;                /* the public port; 0 not (yet) public */

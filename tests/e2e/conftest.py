@@ -450,7 +450,7 @@ def parse_stats(msg):
     return d
 
 
-COMMANDS = ("forward", "help", "run", "socks", "server", "expose")
+COMMANDS = ("forward", "help", "run", "socks", "server", "expose", "local")
 # what the start line of a command says once its listeners are open (readiness)
 START_MARKS = {"forward": "forwarding tcp", "socks": "socks proxy on ", "server": "relay on ",
                "expose": ": public at "}

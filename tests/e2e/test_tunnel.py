@@ -1385,7 +1385,7 @@ def open_visitor(peer, rcvbuf=None):
 
 
 def h_unknown_type(peer):
-    peer.send(frame(0x0b, 0, b"x"))
+    peer.send(frame(0x0c, 0, b"x"))
     return "an unknown frame type"
 
 

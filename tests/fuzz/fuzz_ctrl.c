@@ -4,18 +4,22 @@
  *
  * ph_ctrl_parse gets exactly the input: the result is 0, or -EPROTO with a reason, the
  * same twice; a parsed message is of a known type, its name empty or a valid service name,
- * its text terminated and printable, a REGISTER of tcp or udp with PROXY version 0-2, a
- * REGISTERED with a port; ph_ctrl_build of it gives back the input (a REFUSED's text with
- * each unprintable byte as '?'; a REGISTER without the optional options it skipped), fits
- * PH_CTRL_MAX, and parses back to the same fields; a REGISTER's address rules are at most
- * PH_CTRL_ACL_MAX, each an IPv4 or IPv6 network with a prefix that fits; a CHECK is of tcp
- * or udp, a port not 0, and an address none, IPv4 or IPv6 (never IPv4-mapped); a CHECKED
- * has a known result, such an address, and its text printable as REFUSED's.
+ * its text terminated and printable, a REGISTER of tcp or udp with PROXY version 0-2;
+ * ph_ctrl_build of it gives back the input (a REFUSED's or CHECKED's text with each
+ * unprintable byte as '?'; a REGISTER's options in the order it writes them, less the
+ * optional ones it skipped: the same length), fits PH_CTRL_MAX, and parses back to the same
+ * fields; a REGISTER's address rules are at most PH_CTRL_ACL_MAX, each an IPv4 or IPv6
+ * network with a prefix that fits; a CHECK is of tcp or udp, a port not 0, and an address
+ * none, IPv4 or IPv6 (never IPv4-mapped); a CHECKED has a known result and such an address.
  *
  * ph_msg_addr_get reads addresses one after another from the input, as OPEN carries two:
  * each result is 1, 7 or 19 bytes within the input (by the family byte 0, 4, 6) or
  * -EPROTO; the address has the family, port and bytes written; ph_msg_addr_put writes it
  * back as the same bytes (an IPv4-mapped IPv6 address as IPv4) and that reads back equal.
+ *
+ * ph_open_req_parse reads the head of a client's OPEN: -EPROTO with a reason, or the bytes
+ * it took (4 and the target) with a printable target of that length, which
+ * ph_open_req_put writes back as the same bytes.
  */
 #include "tunnel/msg.h"
 
@@ -63,7 +67,8 @@ static bool same(const struct ph_ctrl *a, const struct ph_ctrl *b)
 			return false;
 	return a->type == b->type && a->req == b->req && a->proto == b->proto &&
 	       a->port == b->port && a->proxy == b->proxy && a->service == b->service &&
-	       a->code == b->code && a->max_conns == b->max_conns &&
+	       a->code == b->code && a->max_conns == b->max_conns && a->priv == b->priv &&
+	       a->okind == b->okind && strcmp(a->target, b->target) == 0 &&
 	       strcmp(a->name, b->name) == 0 && strcmp(a->text, b->text) == 0;
 }
 
@@ -86,7 +91,9 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	}
 	CHECK(same(&c, &again));
 
-	CHECK(c.type >= PH_CTRL_REGISTER && c.type <= PH_CTRL_CHECKED && c.type == data[0]);
+	CHECK(((c.type >= PH_CTRL_REGISTER && c.type <= PH_CTRL_CHECKED) ||
+	       c.type == PH_CTRL_UDP_OPEN || c.type == PH_CTRL_UDP_OPENED) &&
+	      c.type == data[0]);
 	CHECK(memchr(c.name, '\0', sizeof(c.name)) != NULL);
 	CHECK(c.name[0] == '\0' || ph_svc_name_ok(c.name));
 	CHECK(memchr(c.text, '\0', sizeof(c.text)) != NULL);
@@ -102,8 +109,6 @@ static void check_ctrl(const uint8_t *data, size_t size)
 			      (a->family == AF_INET6 && a->prefix <= 128));
 		}
 	}
-	if (c.type == PH_CTRL_REGISTERED)
-		CHECK(c.port != 0);
 	if (c.type == PH_CTRL_CHECK)
 		CHECK((c.proto == PH_SVC_TCP || c.proto == PH_SVC_UDP) && c.port != 0);
 	if (c.type == PH_CTRL_CHECKED)
@@ -122,7 +127,7 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	memset(out, 0xa5, sizeof(out));
 	n = ph_ctrl_build(&c, out);
 	CHECK(n <= PH_CTRL_MAX && (c.skipped != 0 ? n < size : n == size));
-	for (size_t i = 0; i < n && c.skipped == 0; i++) {
+	for (size_t i = 0; i < n && c.skipped == 0 && c.type != PH_CTRL_REGISTER; i++) {
 		/* CHECKED: its text after the address (1, 7 or 19 bytes) and the length byte */
 		size_t at = c.type == PH_CTRL_REFUSED   ? 7
 		            : c.type == PH_CTRL_CHECKED ? 7 + (size_t)(data[6] == 4   ? 7
@@ -138,6 +143,24 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	r = ph_ctrl_parse(in, n, &back, &why);
 	free(in);
 	CHECK(r == 0 && same(&c, &back));
+}
+
+static void check_open(const uint8_t *data, size_t size)
+{
+	uint8_t *in = dup_exact(data, size), out[PH_OPEN_HOST_MAX + 4];
+	struct ph_open_req o;
+	const char *why = NULL;
+	int r = ph_open_req_parse(in, size, &o, &why);
+
+	free(in);
+	CHECK(r == -EPROTO || (r >= 5 && (size_t)r <= size));
+	if (r < 0) {
+		CHECK(why != NULL);
+		return;
+	}
+	CHECK(strlen(o.target) == (size_t)r - 4);
+	CHECK(o.kind == PH_OPEN_SERVICE || (o.kind == PH_OPEN_HOST && o.port != 0));
+	CHECK(ph_open_req_put(&o, out) == (size_t)r && memcmp(out, data, (size_t)r) == 0);
 }
 
 static bool addr_equal(const struct ph_addr *a, const struct ph_addr *b)
@@ -212,5 +235,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	check_ctrl(data, size);
 	check_addrs(data, size);
+	check_open(data, size);
 	return 0;
 }

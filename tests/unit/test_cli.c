@@ -707,9 +707,10 @@ static void test_table_sets(void **state)
 static const char *const man_sections[PH_CLI__NVERBS] = {
 	[PH_CLI_TOP] = "GLOBAL OPTIONS",    [PH_CLI_FORWARD] = "FORWARD OPTIONS",
 	[PH_CLI_SOCKS] = "SOCKS OPTIONS",   [PH_CLI_SERVER] = "SERVER OPTIONS",
-	[PH_CLI_EXPOSE] = "EXPOSE OPTIONS", [PH_CLI_KEYGEN] = "KEYGEN OPTIONS",
-	[PH_CLI_MAP] = "MAP OPTIONS",       [PH_CLI_RUN] = "RUN OPTIONS",
-	[PH_CLI_STATUS] = "STATUS OPTIONS", [PH_CLI_CHECK] = "CHECK OPTIONS",
+	[PH_CLI_EXPOSE] = "EXPOSE OPTIONS", [PH_CLI_LOCAL] = "LOCAL OPTIONS",
+	[PH_CLI_KEYGEN] = "KEYGEN OPTIONS", [PH_CLI_MAP] = "MAP OPTIONS",
+	[PH_CLI_RUN] = "RUN OPTIONS",       [PH_CLI_STATUS] = "STATUS OPTIONS",
+	[PH_CLI_CHECK] = "CHECK OPTIONS",
 };
 
 /* The text of a section (from ".SH NAME" or ".SS NAME" to the next one), "\-" as "-". */

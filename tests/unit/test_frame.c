@@ -90,7 +90,10 @@ static void test_bad_frames(void **state)
 		const char *why;
 	} bad[] = {
 		{0, 0, 0, 0, "unknown frame type"},
-		{0x0b, 0, 0, 0, "unknown frame type"},
+		{0x0c, 0, 0, 0, "unknown frame type"},
+		{PH_FRAME_OPENED, 0, 0, 1, "without a stream id"},
+		{PH_FRAME_OPENED, 0, 3, 20, "length"},
+		{PH_FRAME_RST, 0, 1, 202, "length"},
 		{0xff, 0, 1, 1, "unknown frame type"},
 		{PH_FRAME_CTRL, 0, 0, 0, "length"},
 		{PH_FRAME_CTRL, 0, 0, PH_FRAME_MAX + 1, "length"},

@@ -724,11 +724,12 @@ static void test_auth_bad(void **state)
 {
 	(void)state;
 	/* not an option */
-	auth_bad("foo=1 " KEY, "foo=1", "names=, ports=, max= or sessions=");
-	auth_bad("names " KEY, "names", "names=, ports=, max= or sessions=");
-	auth_bad("Names=a " KEY, "Names=a", "names=, ports=, max= or sessions=");
-	auth_bad("max=1,,names=a " KEY, "", "names=, ports=, max= or sessions=");
-	auth_bad("ssh-ed25519 " B64_32, "ssh-ed25519", "names=, ports=, max= or sessions=");
+	auth_bad("foo=1 " KEY, "foo=1", "names=, ports=, max=, sessions=, reach= or connect=");
+	auth_bad("names " KEY, "names", "names=, ports=, max=, sessions=, reach= or connect=");
+	auth_bad("Names=a " KEY, "Names=a", "names=, ports=, max=, sessions=, reach= or connect=");
+	auth_bad("max=1,,names=a " KEY, "", "names=, ports=, max=, sessions=, reach= or connect=");
+	auth_bad("ssh-ed25519 " B64_32, "ssh-ed25519",
+	         "names=, ports=, max=, sessions=, reach= or connect=");
 	/* names */
 	auth_bad("names=a|b|c|d|e|f|g|h|i " KEY, "names=a|b|c|d|e|f|g|h|i", "up to 8 names");
 	auth_bad("names=a,names=b|c|d|e|f|g|h|i " KEY, "names=b|c|d|e|f|g|h|i", "up to 8 names");
@@ -853,6 +854,59 @@ static void test_auth_name_and_port_apart(void **state)
 	assert_true(ph_auth_name_ok(&k, NULL));
 	assert_true(ph_auth_name_ok(&k, "x"));
 	assert_false(ph_auth_port_named(&k, 81));
+}
+
+/* reach= and connect=: what a key may visit and where the relay may connect for it */
+static void test_auth_grants(void **state)
+{
+	struct ph_auth_key k;
+	struct ph_addr a;
+
+	(void)state;
+	auth_ok(KEY, &k); /* no grant: nothing */
+	assert_false(ph_auth_reach_ok(&k, "db"));
+	assert_false(ph_auth_connect_host(&k, "10.0.0.5", 22));
+	auth_ok("reach=db|web,connect=10.0.0.0/8:22-80|db.lan:5432|[::1]:22|127.0.0.1:9|*:443 " KEY,
+	        &k);
+	assert_true(ph_auth_reach_ok(&k, "db"));
+	assert_true(ph_auth_reach_ok(&k, "web"));
+	assert_false(ph_auth_reach_ok(&k, "dbx"));
+	assert_true(ph_auth_connect_host(&k, "10.1.2.3", 22));
+	assert_true(ph_auth_connect_host(&k, "10.1.2.3", 80));
+	assert_false(ph_auth_connect_host(&k, "10.1.2.3", 81));
+	assert_false(ph_auth_connect_host(&k, "11.1.2.3", 22));
+	assert_true(ph_auth_connect_host(&k, "DB.lan", 5432)); /* names: any case */
+	assert_false(ph_auth_connect_host(&k, "db.lan", 5433));
+	assert_false(ph_auth_connect_host(&k, "other.lan", 22)); /* not before it resolves */
+	assert_true(ph_auth_connect_host(&k, "example.com", 443));
+	/* after the lookup: an address of a network, the name's own, or * beyond the relay */
+	assert_int_equal(ph_addr_from_literal("10.9.9.9", 22, &a), 0);
+	assert_true(ph_auth_connect_addr(&k, "other.lan", &a, false));
+	assert_int_equal(ph_addr_from_literal("192.0.2.1", 443, &a), 0);
+	assert_true(ph_auth_connect_addr(&k, "example.com", &a, false));
+	/* the relay itself: * does not reach it, nor a network that is not its loopback... */
+	assert_int_equal(ph_addr_from_literal("127.0.0.1", 443, &a), 0);
+	assert_false(ph_auth_connect_addr(&k, "example.com", &a, true));
+	assert_int_equal(ph_addr_from_literal("127.0.0.1", 9, &a), 0);
+	assert_true(ph_auth_connect_addr(&k, NULL, &a, true)); /* ...but an address written out */
+	assert_int_equal(ph_addr_from_literal("::1", 22, &a), 0);
+	assert_true(ph_auth_connect_addr(&k, NULL, &a, true));
+	assert_int_equal(ph_addr_from_literal("127.0.0.1", 5432, &a), 0);
+	assert_true(ph_auth_connect_addr(&k, "db.lan", &a, true)); /* the name the operator wrote */
+	auth_ok("connect=0.0.0.0/0:*,reach=* " KEY, &k);
+	assert_true(ph_auth_reach_ok(&k, "anything"));
+	assert_int_equal(ph_addr_from_literal("127.0.0.1", 22, &a), 0);
+	assert_false(ph_auth_connect_addr(&k, NULL, &a, true)); /* a /0 names nothing */
+	assert_int_equal(ph_addr_from_literal("8.8.8.8", 53, &a), 0);
+	assert_true(ph_auth_connect_addr(&k, NULL, &a, false));
+	auth_bad("reach= " KEY, "reach=", "reach=a|b|*");
+	auth_bad("reach=a/b " KEY, "reach=a/b", "letters, digits");
+	auth_bad("connect=10.0.0.1 " KEY, "connect=10.0.0.1", "connect=HOST:PORT");
+	auth_bad("connect=10.0.0.1:0 " KEY, "connect=10.0.0.1:0", "connect=HOST:PORT");
+	auth_bad("connect=a:80-70 " KEY, "connect=a:80-70", "connect=HOST:PORT");
+	auth_bad("connect=[::1:22 " KEY, "connect=[::1:22", "connect=HOST:PORT");
+	auth_bad("connect=a b:22 " KEY, "connect=a", "connect=HOST:PORT");
+	auth_bad("connect=:22 " KEY, "connect=:22", "connect=HOST:PORT");
 }
 
 static void test_auth_sessions(void **state)
@@ -987,6 +1041,7 @@ int main(void)
 		cmocka_unit_test(test_auth_allows),
 		cmocka_unit_test(test_auth_name_and_port_apart),
 		cmocka_unit_test(test_auth_sessions),
+		cmocka_unit_test(test_auth_grants),
 
 		cmocka_unit_test(test_strict_modes),
 	};

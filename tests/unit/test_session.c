@@ -105,6 +105,12 @@ struct sended { /* what stream_end saw of a stream */
 };
 
 struct stest {
+	bool defer;   /* the next OPEN is attached without a socket (fd -1) */
+	int deferred; /* its socket, for ph_stream_set_fd */
+	char reset_text[PH_RST_TEXT_MAX + 1];
+	uint8_t reset_reason;
+	unsigned resets, opened;
+	struct ph_addr bound;
 	struct ph_loop loop;
 	struct ph_sess *s;
 	struct ph_timer slice;
@@ -141,9 +147,11 @@ static int t_open(struct ph_sess *s, uint32_t id, const uint8_t *p, size_t n, bo
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds),
 	                 0);
 	t->peer[t->n] = fds[1];
+	t->deferred = t->defer ? fds[0] : -1;
 	/* the owner pointer names the slot, so stream_end finds it after the stream is gone */
-	t->st[t->n] =
-		ph_stream_attach(s, id, fds[0], false, NULL, 0, p + 4, n - 4, fin, &t->end[t->n]);
+	t->st[t->n] = ph_stream_attach(s, id, t->defer ? -1 : fds[0], t->defer, NULL, 0, p + 4,
+	                               n - 4, fin, &t->end[t->n]);
+	t->defer = false;
 	assert_non_null(t->st[t->n]);
 	t->n++;
 	return 0;
@@ -169,10 +177,31 @@ static void t_closed(struct ph_sess *s, const char *why)
 	(void)why;
 }
 
+static void t_reset(struct ph_sess *s, struct ph_stream *st, uint8_t reason, const char *text)
+{
+	struct stest *t = s->owner;
+
+	(void)st;
+	t->resets++;
+	t->reset_reason = reason;
+	snprintf(t->reset_text, sizeof(t->reset_text), "%s", text);
+}
+
+static void t_opened(struct ph_sess *s, struct ph_stream *st, const struct ph_addr *bound)
+{
+	struct stest *t = s->owner;
+
+	assert_true(st->opened);
+	t->opened++;
+	t->bound = *bound;
+}
+
 static const struct ph_sess_ops t_ops = {
 	.up = t_up,
 	.ctrl = t_ctrl,
 	.open = t_open,
+	.reset = t_reset,
+	.opened = t_opened,
 	.stream_end = t_stream_end,
 	.closed = t_closed,
 };
@@ -425,6 +454,79 @@ static void test_read_error_closes_that_stream_alone(void **state)
 }
 
 /* Every session state has a name, each its own, and the table ends where the enum does. */
+/* ---- streams a client opens, and the relay's answers ---- */
+
+/* A RST's text reaches the owner (printable), before the stream ends as a failure. */
+static void test_rst_text(void **state)
+{
+	struct stest *t = *state;
+	uint8_t rst[] = "\x05key laptop may not reach 'db'\x01";
+	unsigned a = open_stream(t, 2);
+
+	feed(t, PH_FRAME_RST, 2, rst, sizeof(rst) - 1);
+	assert_int_equal(t->resets, 1);
+	assert_int_equal(t->reset_reason, PH_RST_FORBIDDEN);
+	assert_string_equal(t->reset_text, "key laptop may not reach 'db'?");
+	assert_true(t->end[a].ended && t->end[a].failed);
+	assert_string_equal(t->end[a].why, "reset by the peer: not allowed");
+}
+
+/* OPENED for a stream this end opened gives its address; for the peer's own, a violation. */
+static void test_opened(void **state)
+{
+	struct stest *t = *state;
+	uint8_t head[4] = {2, 0, 22, 1}, addr[7] = {4, 0x1f, 0x90, 10, 0, 0, 5}, f[64];
+	int fds[2];
+	struct ph_stream *st;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds),
+	                 0);
+	t->peer[t->n] = fds[1];
+	st = ph_sess_open(t->s, fds[0], head, sizeof(head), &t->end[t->n]);
+	assert_non_null(st);
+	assert_int_equal(st->id, 1); /* the client's ids are odd */
+	t->st[t->n++] = st;
+	assert_false(st->opened);
+	feed(t, PH_FRAME_OPENED, 1, addr, sizeof(addr));
+	assert_int_equal(t->opened, 1);
+	assert_int_equal(t->bound.u.sa.sa_family, AF_INET);
+	assert_int_equal(ph_addr_port(&t->bound), 8080);
+	/* a bad address, or OPENED for a stream the peer opened, ends the session */
+	open_stream(t, 2);
+	ph_frame_header(PH_FRAME_OPENED, 0, 2, sizeof(addr), f);
+	memcpy(f + PH_FRAME_HDR, addr, sizeof(addr));
+	assert_int_equal(ph_sess_feed(t->s, f, PH_FRAME_HDR + sizeof(addr)), -EPROTO);
+}
+
+/* A stream attached before its socket keeps the peer's bytes until it has one. */
+static void test_deferred_socket(void **state)
+{
+	struct stest *t = *state;
+	unsigned a;
+
+	t->defer = true;
+	a = open_stream(t, 2);
+	feed(t, PH_FRAME_DATA, 2, "abc", 3);
+	feed(t, PH_FRAME_DATA, 2, "def", 3);
+	assert_true(ph_stream_connecting(t->st[a]));
+	run_slice(t);
+	assert_int_equal(waiting(t->peer[a]), 0); /* no socket: nothing went anywhere */
+	assert_int_equal(ph_stream_set_fd(t->st[a], t->deferred), 0);
+	expect(t, a, "abcdef");
+	assert_false(ph_stream_connecting(t->st[a]));
+}
+
+/* Injected bytes (a reply record) come before the peer's, whatever is buffered. */
+static void test_inject_first(void **state)
+{
+	struct stest *t = *state;
+	unsigned a = open_stream(t, 2);
+
+	assert_int_equal(ph_stream_inject(t->st[a], "REC", 3), 0);
+	feed(t, PH_FRAME_DATA, 2, "xyz", 3);
+	expect(t, a, "RECxyz");
+}
+
 static void test_state_names(void **state)
 {
 	(void)state;
@@ -442,6 +544,10 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_state_names),
+		cmocka_unit_test_setup_teardown(test_rst_text, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_opened, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deferred_socket, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_inject_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_write_eintr_is_retried, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_short_write_keeps_the_rest_and_eagain_waits,
 	                                        setup, teardown),
