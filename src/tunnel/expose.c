@@ -129,6 +129,7 @@ struct xclient {
 	struct ph_io via_io;      /* reading it (the fd is the channel table's) */
 	struct xrule *socks_rule; /* the first socks --via rule: its counts */
 	struct ph_list vudps;     /* struct vudp */
+	uint64_t hb_ms;           /* the shortest --heartbeat its lines give; 0 the default */
 	uint32_t vudp_seq;
 };
 
@@ -1501,7 +1502,7 @@ static void client_connect_to(struct xclient *c, const struct ph_addr *a)
 		client_later(c, strerror(-fd));
 		return;
 	}
-	c->s = ph_sess_new(c->x->loop, fd, c->ctx, false, &client_ops, c, c->conf->hb_ms);
+	c->s = ph_sess_new(c->x->loop, fd, c->ctx, false, &client_ops, c, c->hb_ms);
 	if (c->s == NULL) {
 		client_later(c, "out of memory");
 		return;
@@ -1548,15 +1549,15 @@ static void client_connect(struct xclient *c)
 
 void ph_expose_client_key(const struct ph_expose_conf *c, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s|%u|%s|%s|%s|%llu", c->via.host, c->via.port, c->key_file,
-	         c->relay_fp, c->known_file, (unsigned long long)c->hb_ms);
+	snprintf(buf, len, "%s|%u|%s|%s|%s", c->via.host, c->via.port, c->key_file, c->relay_fp,
+	         c->known_file);
 }
 
 static bool same_client(const struct ph_expose_conf *a, const struct ph_expose_conf *b)
 {
 	return strcmp(a->via.host, b->via.host) == 0 && a->via.port == b->via.port &&
 	       strcmp(a->key_file, b->key_file) == 0 && strcmp(a->relay_fp, b->relay_fp) == 0 &&
-	       strcmp(a->known_file, b->known_file) == 0 && a->hb_ms == b->hb_ms;
+	       strcmp(a->known_file, b->known_file) == 0;
 }
 
 static int client_new(struct ph_exposer *x, const struct ph_expose_conf *conf, char *why,
@@ -1633,6 +1634,8 @@ int ph_expose_start(struct ph_loop *l, struct ph_expose_conf *const *conf, unsig
 		}
 		r->c = c;
 		r->conf = conf[i];
+		if (conf[i]->hb_ms != 0 && (c->hb_ms == 0 || conf[i]->hb_ms < c->hb_ms))
+			c->hb_ms = conf[i]->hb_ms; /* one session: the most watchful line's */
 		r->idx = c->nrules;
 		r->want = conf[i]->port;
 		ph_list_init(&r->flows.lru); /* empty until a UDP rule makes its table */
