@@ -544,6 +544,33 @@ static int run_map(struct ph_config *cfg)
 		return 1;
 	}
 	sup_add(&sp, s);
+	if (cfg->relay_check.on_map) { /* --check: the relay tries each mapping once made */
+		if (ph_run_check_new(cfg, s, &s) < 0) {
+			fprintf(stderr, "pinhole: out of memory\n");
+			sup_free_services(&sp);
+			return 1;
+		}
+		sup_add(&sp, s);
+	}
+	return sup_run(&sp);
+}
+
+/*
+ * `check PORT --via RELAY`: one service, the relay's answer printed; sandboxed like
+ * expose, whose session it makes. Returns the exit status (0 open, 1 else).
+ */
+static int run_check(struct ph_config *cfg)
+{
+	struct ph_svc *s;
+	struct sup sp;
+
+	sup_setup(&sp, cfg);
+	sp.sandbox = true;
+	if (ph_run_check_new(cfg, NULL, &s) < 0) {
+		fprintf(stderr, "pinhole: out of memory\n");
+		return 1;
+	}
+	sup_add(&sp, s);
 	return sup_run(&sp);
 }
 
@@ -746,6 +773,15 @@ int main(int argc, char **argv)
 	case PH_CMD_MAP:
 		set_log_level(&cfg);
 		err = run_map(&cfg);
+		ph_config_free(&cfg);
+		return err;
+	case PH_CMD_CHECK:
+		/* the answer is the output: the session's own lines need -v (warnings stay) */
+		cfg.verbosity--;
+		set_log_level(&cfg);
+		if (cfg.verbosity == -1)
+			ph_log_level = PH_LOG_WARN;
+		err = run_check(&cfg);
 		ph_config_free(&cfg);
 		return err;
 	case PH_CMD_FORWARD:

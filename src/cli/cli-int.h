@@ -15,6 +15,7 @@ enum ph_cli_obj {
 	PH_CLI_IN_SERVER,  /* struct ph_server_conf */
 	PH_CLI_IN_EXPOSE,  /* struct ph_expose_conf */
 	PH_CLI_IN_MAP,     /* struct ph_map_conf */
+	PH_CLI_IN_CHECK,   /* struct ph_check_conf: check's, and map --check's */
 };
 
 /* ph_cli_opt.flags */

@@ -207,6 +207,32 @@ static const char after_map[] =
 	"  pinhole map 51820 --udp --external 51820 --once\n"
 	"  pinhole map ip\n";
 
+static const char usage_check[] =
+	"Usage: pinhole check PORT --via RELAY[:PORT] [--udp] [--json] [--relay-key SHA256:...]\n"
+	"                     [--key FILE] [--known-relays FILE]\n"
+	"\n"
+	"Asks a relay (`pinhole server`) to try PORT of this host's public address - the one\n"
+	"the relay sees its session come from - from outside: is a port forward, a firewall\n"
+	"rule or `pinhole map` really letting the world in? The session is made as expose\n"
+	"makes it (the same key, pin and known relays). Prints one line, PROTO/PORT at\n"
+	"ADDRESS: RESULT, where RESULT is open (TCP: connected; UDP: an answer came back),\n"
+	"closed (TCP: reset; UDP: ICMP port unreachable), filtered (no answer in 3 s, or\n"
+	"ICMP unreachable), open|filtered (UDP: no answer and no ICMP: a service that does\n"
+	"not answer strangers looks like a firewall that drops) or refused (the relay's\n"
+	"reason follows). A relay tries only the address it sees, one check at a time per\n"
+	"session and 10 a minute per key. `check HOST:PORT` asks about another address,\n"
+	"which the relay refuses, saying why.\n";
+
+static const char after_check[] =
+	"\n"
+	"Exit status: 0 open; 1 anything else (closed, filtered, open|filtered, refused),\n"
+	"or no answer from the relay (the reason is printed); 2 bad usage.\n"
+	"\n"
+	"Examples:\n"
+	"  pinhole check 8080 --via relay.example.net\n"
+	"  pinhole check 51820 --udp --via relay.example.net --json\n"
+	"  pinhole map 8080 --check --via relay.example.net   # map, then check it\n";
+
 static const char usage_run[] =
 	"Usage: pinhole run FILE [--check] [OPTIONS]\n"
 	"\n"
@@ -691,6 +717,14 @@ static int map_end(struct ph_cli_ctx *x, int first, char *const *argv, struct ph
 		return ph_cli__fail(e, first,
 		                    "map del: PCP deletes a mapping only with the secret it was "
 		                    "made with; use --method natpmp or upnp (auto tries both)");
+	if (x->cfg->relay_check.on_map && !x->cfg->relay_check.has_via)
+		return ph_cli__fail(e, first,
+		                    "map --check: needs --via RELAY, the relay that tries "
+		                    "the mapping from outside");
+	if (x->cfg->relay_check.has_via && !x->cfg->relay_check.on_map)
+		return ph_cli__fail(e, first, "map: --via is for --check");
+	if (x->cfg->relay_check.on_map && mc->verb != PH_MAP_ADD)
+		return ph_cli__fail(e, first, "map: --check is for map [add] PORT");
 	x->cfg->cmd = PH_CMD_MAP;
 	return 0;
 }
@@ -724,6 +758,47 @@ static int ask_end(struct ph_cli_ctx *x, int first, char *const *argv, struct ph
 {
 	(void)first, (void)argv, (void)e;
 	x->cfg->cmd = x->verb == PH_CLI_STATUS ? PH_CMD_STATUS : PH_CMD_RELOAD;
+	return 0;
+}
+
+/* check: PORT, or HOST:PORT (another address: the relay refuses it, and says why) */
+static int check_word(struct ph_cli_ctx *x, const char *word, struct ph_cli_error *e)
+{
+	struct ph_check_conf *c = &x->cfg->relay_check;
+	struct ph_hostport hp;
+	unsigned long long v;
+	const char *why;
+
+	if (x->npos++ > 0)
+		return ph_cli__fail(e, x->argi, "check: '%s': one PORT only", word);
+	if (ph_parse_uint(word, 1, 65535, &v) == 0) {
+		c->port = (uint16_t)v;
+		return 0;
+	}
+	if (ph_hostport_parse(word, &hp, &why) < 0)
+		return ph_cli__fail(e, x->argi, "check: '%s': %s", word,
+		                    strchr(word, ':') != NULL ? why
+		                                              : "expected a port from 1 to 65535");
+	if (hp.is_name || hp.wildcard || hp.proto == (PH_PROTO_TCP | PH_PROTO_UDP))
+		return ph_cli__fail(e, x->argi, "check: '%s': PORT, or an IP address and port",
+		                    word);
+	c->port = hp.port;
+	c->addr = hp.addr;
+	c->udp |= hp.proto == PH_PROTO_UDP;
+	return 0;
+}
+
+static int check_end(struct ph_cli_ctx *x, int first, char *const *argv, struct ph_cli_error *e)
+{
+	(void)argv;
+	if (x->npos == 0)
+		return ph_cli__fail(e, first, "check: missing the PORT (see pinhole check --help)");
+	if (!x->cfg->relay_check.has_via)
+		return ph_cli__fail(
+			e, first,
+			"check: missing --via RELAY, the relay that tries the port (see "
+			"pinhole check --help)");
+	x->cfg->cmd = PH_CMD_CHECK;
 	return 0;
 }
 
@@ -820,6 +895,15 @@ static const struct cli_verb verbs[PH_CLI__NVERBS] = {
                                       "again (as SIGHUP does) and says how it went",
                            .word = ask_word,
                            .end = ask_end},
+	[PH_CLI_CHECK] = {.name = "check",
+                          .topic = "check",
+                          .synopsis = "check PORT --via RELAY",
+                          .summary = "ask a relay whether PORT of this host's\n"
+                                     "public address is open from outside",
+                          .usage = usage_check,
+                          .after = after_check,
+                          .word = check_word,
+                          .end = check_end},
 };
 
 /* --- options, through the table ----------------------------------------------------------- */
@@ -880,6 +964,9 @@ static void *opt_field(const struct ph_cli_ctx *x, const struct ph_cli_opt *d)
 		break;
 	case PH_CLI_IN_MAP:
 		base = (char *)&x->cfg->map;
+		break;
+	case PH_CLI_IN_CHECK:
+		base = (char *)&x->cfg->relay_check;
 		break;
 	default:
 		base = (char *)x->cfg;

@@ -25,6 +25,7 @@ enum ph_cmd {
 	PH_CMD_RELOAD,   /* ask a running pinhole to reload its FILE */
 	PH_CMD_MAP,      /* ask the gateway for a port mapping (map) */
 	PH_CMD_KEYGEN,   /* make a key pair, or show the public half of one (keygen) */
+	PH_CMD_CHECK,    /* ask a relay to try this host's public address on a port (check) */
 };
 
 #define PH_CONFIG_MAX_RULES 1024
@@ -59,6 +60,8 @@ struct ph_config {
 	struct ph_server_conf *server;                /* owned: `server`, NULL none */
 	struct ph_expose_conf *expose[PH_EXPOSE_MAX]; /* owned: `expose` rules */
 	unsigned nexpose;
+	struct ph_check_conf
+		relay_check; /* `check PORT --via RELAY`, `map PORT --check --via RELAY` */
 };
 
 /* What went wrong, and at which word (an index into the argv given, or -1). */
@@ -85,6 +88,7 @@ enum ph_cli_verb {
 	PH_CLI_RUN,     /* run FILE */
 	PH_CLI_STATUS,  /* status [--json] */
 	PH_CLI_RELOAD,  /* reload */
+	PH_CLI_CHECK,   /* check [HOST:]PORT --via RELAY */
 	PH_CLI__NVERBS  /* must stay last */
 };
 

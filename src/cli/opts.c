@@ -299,6 +299,26 @@ static int set_keygen(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const ch
 	return 0;
 }
 
+/*
+ * check's and map --check's --via and --relay-key: expose's own setters, into the relay part
+ * of cfg->relay_check (set_via's mark of a --via given is map's PORT mark too: kept as it was).
+ */
+static int set_check_relay(struct ph_cli_ctx *x, const struct ph_cli_opt *d, const char *v,
+                           struct ph_cli_error *e)
+{
+	struct ph_expose_conf *was = x->expose;
+	bool pos2 = x->have_pos2;
+	int err;
+
+	x->expose = &x->cfg->relay_check.relay;
+	err = d->val ? set_via(x, d, v, e) : set_relay_key(x, d, v, e);
+	x->expose = was;
+	x->have_pos2 = pos2;
+	if (err == 0 && d->val)
+		x->cfg->relay_check.has_via = true;
+	return err;
+}
+
 static const struct ph_cli_word proxy_words[] = {
 	{"v1", 1}, {"1", 1}, {"v2", 2}, {"2", 2}, {NULL, 0}};
 static const struct ph_cli_word logformat_words[] = {{"rinetd", 0}, {"common", 1}, {NULL, 0}};
@@ -730,6 +750,61 @@ const struct ph_cli_opt ph_cli__opts[] = {
          .val = 1,
          .flags = PH_CLI_O_NOEQ,
          .help = "the status as JSON, for scripts"},
+
+	/* check, and map --check: the relay that tries the port, reached as expose reaches it */
+	{.name = "--via",
+         .arg = PH_CLI_ADDR,
+         .argname = "RELAY[:PORT]",
+         .verbs = V(CHECK) | V(MAP),
+         .set = set_check_relay,
+         .val = 1,
+         .help = "the relay (`pinhole server`) that tries the port from\n"
+                 "outside, port 7835 by default (map: with --check)"},
+	{.name = "--udp",
+         .arg = PH_CLI_FLAG,
+         .verbs = V(CHECK),
+         FIELD(PH_CLI_IN_CHECK, struct ph_check_conf, udp),
+         .val = 1,
+         .flags = PH_CLI_O_NOEQ,
+         .help = "a UDP port: the relay sends it a few datagrams"},
+	{.name = "--json",
+         .arg = PH_CLI_FLAG,
+         .verbs = V(CHECK),
+         FIELD(PH_CLI_IN_CFG, struct ph_config, json),
+         .val = 1,
+         .flags = PH_CLI_O_NOEQ,
+         .help = "the result as a JSON object, for scripts"},
+	{.name = "--check",
+         .arg = PH_CLI_FLAG,
+         .verbs = V(MAP),
+         FIELD(PH_CLI_IN_CHECK, struct ph_check_conf, on_map),
+         .val = 1,
+         .flags = PH_CLI_O_NOEQ,
+         .help = "once mapped, ask the relay --via names to try the\n"
+                 "external port from outside, and print what it found\n"
+                 "(see check --help)"},
+	{.name = "--relay-key",
+         .arg = PH_CLI_STRING,
+         .argname = "SHA256:...",
+         .verbs = V(CHECK) | V(MAP),
+         .set = set_check_relay,
+         .val = 0,
+         .help = "the relay's fingerprint; without it, known_relays\n"
+                 "pins the first one seen, as expose does"},
+	{.name = "--key",
+         .arg = PH_CLI_FILE,
+         .argname = "FILE",
+         .verbs = V(CHECK) | V(MAP),
+         FIELD(PH_CLI_IN_CHECK, struct ph_check_conf, relay.key_file),
+         .help = "this client's key, made when missing (default: as\n"
+                 "keygen's); the relay must authorize it"},
+	{.name = "--known-relays",
+         .arg = PH_CLI_FILE,
+         .argname = "FILE",
+         .verbs = V(CHECK) | V(MAP),
+         FIELD(PH_CLI_IN_CHECK, struct ph_check_conf, relay.known_file),
+         .help = "where first-seen relay keys are kept (default\n"
+                 "known_relays next to the key)"},
 
 	/* every command's */
 	{.name = "--verbose",

@@ -19,6 +19,7 @@
 #include "core/util.h"
 #include "core/worker.h"
 #include "forward/forward.h"
+#include "tunnel/msg.h"
 #include "tunnel/tunnel.h"
 
 #define CTL_MAX_CLIENTS 64
@@ -1068,6 +1069,11 @@ static void sb_tunnels(struct sb *b, const struct ph_status_src *src)
 		       "# TYPE pinhole_relay_sessions_total counter\n"
 		       "pinhole_relay_sessions_total %llu\n",
 		       (unsigned long long)st.sessions_live, (unsigned long long)st.sessions);
+		sb_add(b, "# HELP pinhole_relay_checks_total Checks (pinhole check) answered, by "
+		          "result.\n# TYPE pinhole_relay_checks_total counter\n");
+		for (uint8_t i = PH_CHECK_OPEN; i <= PH_CHECK_OPEN_FILTERED; i++)
+			sb_add(b, "pinhole_relay_checks_total{result=\"%s\"} %llu\n",
+			       ph_check_result_name(i), (unsigned long long)st.checks[i]);
 		sb_add(b,
 		       "# HELP pinhole_relay_opened_total Streams the clients opened (local, socks "
 		       "--via): carried, or refused.\n"

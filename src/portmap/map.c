@@ -112,6 +112,9 @@ struct pm {
 	struct ph_upnp_job *upnp_job; /* in flight, or NULL */
 	struct ph_upnp_job upnp_req;  /* its request (the thread works on a copy) */
 	bool await_upnp;              /* the probe ended: the discovery decides */
+	/* `map --check`: told of each mapping made (ph_map_svc_on_mapped) */
+	void (*on_mapped)(void *arg, unsigned proto, uint16_t ext, const struct ph_addr *extip);
+	void *on_mapped_arg;
 };
 
 /* An address without its port. */
@@ -384,6 +387,9 @@ static void print_map(struct pm *pm, struct pm_map *m, const char *verb)
 		        "not reachable from the internet",
 		        ip_str(&m->extip, e, sizeof(e)));
 	m->shown = true;
+	if (pm->on_mapped != NULL)
+		pm->on_mapped(pm->on_mapped_arg, m->proto == PH_PMP_UDP ? PH_MAP_UDP : PH_MAP_TCP,
+		              m->ext, &m->extip);
 }
 
 /* The gateway's epoch: one that went back means it lost its mappings (RFC 6886 3.6). */
@@ -1331,6 +1337,17 @@ int ph_map_svc_new(const struct ph_map_conf *mc, struct ph_svc **out)
 	pm->mc = mc;
 	*out = &pm->svc;
 	return 0;
+}
+
+void ph_map_svc_on_mapped(struct ph_svc *s,
+                          void (*fn)(void *arg, unsigned proto, uint16_t ext,
+                                     const struct ph_addr *extip),
+                          void *arg)
+{
+	struct pm *pm = pm_of(s);
+
+	pm->on_mapped = fn;
+	pm->on_mapped_arg = arg;
 }
 
 /* ---- keepers: a rule's mapping in a daemon ---- */

@@ -47,6 +47,17 @@ struct ph_svc;
  */
 int ph_map_svc_new(const struct ph_map_conf *mc, struct ph_svc **out);
 
+/*
+ * `map --check`: fn(arg, proto, ext, extip) is called each time a mapping of the map
+ * command s is made or made again on another port (proto PH_MAP_TCP or PH_MAP_UDP, the
+ * external port, the router's external address: AF_UNSPEC when it did not say), from the
+ * loop. Set before s starts.
+ */
+void ph_map_svc_on_mapped(struct ph_svc *s,
+                          void (*fn)(void *arg, unsigned proto, uint16_t ext,
+                                     const struct ph_addr *extip),
+                          void *arg);
+
 struct ph_map_keeper;
 
 /*

@@ -34,4 +34,13 @@ int ph_run_control_new(const struct ph_config *cfg, ph_ctl_fn fn, void *arg, str
  */
 int ph_run_tunnel_new(const struct ph_config *cfg, struct ph_svc **out);
 
+/*
+ * `check PORT --via RELAY` (map NULL): asks cfg's relay (borrowed) once, prints the answer
+ * and ends with its status (0 open, 1 else). With map, the map service of `map --check`:
+ * asks about each mapping it makes, once per protocol, and ends without changing the
+ * status (with --once: 1 unless every mapping was found open). Returns 0 and the service
+ * in *out, or -ENOMEM.
+ */
+int ph_run_check_new(const struct ph_config *cfg, struct ph_svc *map, struct ph_svc **out);
+
 #endif /* PH_RUN_RUN_H */

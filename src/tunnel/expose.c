@@ -43,6 +43,7 @@ enum xrule_state {
 };
 
 struct xclient;
+struct xcheck;
 
 /* A UDP visitor of a rule: found by the relay's flow id, in its rule's table (conn/udptab). */
 struct xflow {
@@ -123,6 +124,7 @@ struct xclient {
 	bool confirmed; /* the relay answered: it took this client's key */
 	bool resolving; /* the relay's name is being looked up */
 	unsigned attempts;
+	struct xcheck *check;     /* owned: `pinhole check` asks instead of registering; NULL */
 	struct ph_via *via;       /* socks --via: the channel its workers' requests come on */
 	struct ph_io via_io;      /* reading it (the fd is the channel table's) */
 	struct xrule *socks_rule; /* the first socks --via rule: its counts */
@@ -147,6 +149,10 @@ struct ph_exposer {
 
 static const struct ph_sess_ops client_ops;
 static void client_connect(struct xclient *c);
+static void check_send(struct xclient *c);
+static void check_answer(struct xclient *c, const struct ph_ctrl *m);
+static bool check_lost(struct xclient *c, const char *why);
+static void check_free(struct ph_exposer *x, struct xclient *c);
 static void local_udp_open(struct xrule *r);
 static void vudp_answer(struct xclient *c, const struct ph_ctrl *m);
 static bool vudp_dgram(struct xclient *c, uint16_t chan, const uint8_t *p, size_t n);
@@ -763,6 +769,8 @@ static int client_up(struct ph_sess *s)
 		r->state = XR_IDLE;
 		rule_start(r);
 	}
+	if (c->check != NULL)
+		check_send(c);
 	return 0;
 }
 
@@ -812,6 +820,9 @@ static int client_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char
 		return 0;
 	case PH_CTRL_REFUSED:
 		on_refused(c, &m);
+		return 0;
+	case PH_CTRL_CHECKED:
+		check_answer(c, &m);
 		return 0;
 	case PH_CTRL_UNREGISTER:
 		for (unsigned i = 0; i < c->nrules; i++) {
@@ -1375,6 +1386,8 @@ static void client_later(struct xclient *c, const char *why)
 {
 	uint64_t ms;
 
+	if (check_lost(c, why))
+		return; /* a check asks once: no session is its answer */
 	c->backoff = c->backoff == 0 ? BACKOFF_MIN_MS : c->backoff * 2;
 	if (c->backoff > BACKOFF_MAX_MS)
 		c->backoff = BACKOFF_MAX_MS;
@@ -1712,6 +1725,7 @@ void ph_expose_free(struct ph_exposer *x)
 			free(c->rules[i]->byid);
 			free(c->rules[i]);
 		}
+		check_free(x, c);
 		ph_list_del(&c->node);
 		ph_tls_ctx_free(c->ctx);
 		ph_key_free(c->key);
@@ -1849,4 +1863,184 @@ size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len)
 	OUT(json ? "]" : "");
 #undef OUT
 	return n < len ? n : len;
+}
+
+/* --- `pinhole check`: one CHECK instead of REGISTERs ------------------------------------ */
+
+#define CHECK_MS 30000 /* a check's answer must come by then, the session's making included */
+
+enum xcheck_state {
+	XC_IDLE = 0, /* nothing asked (or the last answer given) */
+	XC_WANTED,   /* asked for: waiting for the session to be up */
+	XC_ASKED,    /* CHECK sent: waiting for CHECKED */
+	XC_DONE,     /* answered (or given up): done() is called by the report task */
+};
+
+struct xcheck {
+	struct xclient *c;
+	const struct ph_check_conf *conf;
+	void (*done)(void *arg, const struct ph_check_result *r);
+	void *arg;
+	enum xcheck_state state;
+	uint32_t req;               /* the CHECK in flight */
+	struct ph_check_result res; /* what is asked, then what was found */
+	struct ph_timer deadline;
+	struct ph_task report; /* done() runs from here: never inside a caller's call */
+};
+
+static void check_report(struct ph_task *t)
+{
+	struct xcheck *k = container_of(t, struct xcheck, report);
+
+	k->state = XC_IDLE;
+	k->done(k->arg, &k->res); /* may free the exposer, and k with it */
+}
+
+/* The check of c ends with result (0: none) about addr (NULL: unknown) and text. */
+static void check_end(struct xclient *c, uint8_t result, const struct ph_addr *addr,
+                      const char *text)
+{
+	struct xcheck *k = c->check;
+
+	if (k->state != XC_WANTED && k->state != XC_ASKED)
+		return;
+	k->state = XC_DONE;
+	k->res.result = result;
+	if (addr != NULL)
+		k->res.addr = *addr;
+	snprintf(k->res.text, sizeof(k->res.text), "%s", text);
+	ph_timer_stop(c->x->loop, &k->deadline);
+	ph_task_queue(c->x->loop, &k->report);
+}
+
+/* The session is up: the CHECK wanted goes now. */
+static void check_send(struct xclient *c)
+{
+	struct xcheck *k = c->check;
+	struct ph_ctrl m = {.type = PH_CTRL_CHECK,
+	                    .proto = k->res.udp ? PH_SVC_UDP : PH_SVC_TCP,
+	                    .port = k->res.port,
+	                    .addr = k->conf->addr};
+	uint8_t out[PH_CTRL_MAX];
+
+	if (k->state != XC_WANTED || c->s == NULL || c->s->state != PH_SESS_UP)
+		return;
+	m.req = ++k->req;
+	if (m.addr.u.sa.sa_family != AF_UNSPEC)
+		ph_addr_set_port(&m.addr, 0); /* the port asked about is the CHECK's own */
+	k->state = XC_ASKED;
+	if (ph_sess_ctrl(c->s, out, ph_ctrl_build(&m, out)) < 0)
+		check_end(c, 0, NULL, "out of memory");
+}
+
+static void check_answer(struct xclient *c, const struct ph_ctrl *m)
+{
+	if (c->check == NULL || c->check->state != XC_ASKED || m->req != c->check->req)
+		return; /* not a question of ours: ignored */
+	check_end(c, m->result, &m->addr, m->text);
+}
+
+/*
+ * The session could not be made, or it ended: a check in flight ends with why. Returns
+ * true for a check's client (which never tries again by itself), false for expose's.
+ */
+static bool check_lost(struct xclient *c, const char *why)
+{
+	char text[sizeof(c->check->res.text)];
+
+	if (c->check == NULL)
+		return false;
+	snprintf(text, sizeof(text), "%s%.400s",
+	         c->check->state == XC_ASKED ? "the session ended before the relay answered: " : "",
+	         why);
+	check_end(c, 0, NULL, text);
+	return true;
+}
+
+static void check_on_deadline(struct ph_timer *t)
+{
+	struct xcheck *k = container_of(t, struct xcheck, deadline);
+	char text[64];
+
+	snprintf(text, sizeof(text), "no answer from the relay in %d s", CHECK_MS / 1000);
+	check_end(k->c, 0, NULL, text);
+}
+
+/* The relay's key is not the pinned one (relay_ok said so): the check's session is refused. */
+static void check_fatal(void *arg)
+{
+	struct ph_exposer *x = arg;
+	struct xclient *c = container_of(x->clients.next, struct xclient, node);
+
+	check_end(c, 0, NULL,
+	          "the relay's key is not the one pinned for it: refused (the log says more)");
+}
+
+static void check_free(struct ph_exposer *x, struct xclient *c)
+{
+	if (c->check == NULL)
+		return;
+	ph_timer_stop(x->loop, &c->check->deadline);
+	ph_task_cancel(&c->check->report);
+	free(c->check);
+	c->check = NULL;
+}
+
+int ph_check_open(struct ph_loop *l, const struct ph_check_conf *conf,
+                  void (*done)(void *arg, const struct ph_check_result *r), void *arg,
+                  struct ph_exposer **out, char *why, size_t whylen)
+{
+	struct ph_exposer *x;
+	struct xclient *c;
+	struct xcheck *k;
+	int err;
+
+	*out = NULL;
+	err = ph_expose_start(l, NULL, 0, check_fatal, NULL, &x, why, whylen);
+	if (err < 0)
+		return err;
+	x->arg = x; /* check_fatal finds the one client through it */
+	err = client_new(x, &conf->relay, why, whylen);
+	if (err < 0)
+		goto fail;
+	c = container_of(x->clients.prev, struct xclient, node);
+	k = calloc(1, sizeof(*k));
+	if (k == NULL) {
+		err = -ENOMEM;
+		snprintf(why, whylen, "out of memory");
+		goto fail;
+	}
+	k->c = c;
+	k->conf = conf;
+	k->done = done;
+	k->arg = arg;
+	ph_timer_init(&k->deadline, check_on_deadline);
+	ph_task_init(&k->report, check_report);
+	snprintf(k->res.relay, sizeof(k->res.relay), "%s", c->relay);
+	c->check = k;
+	*out = x;
+	return 0;
+fail:
+	ph_expose_free(x);
+	return err;
+}
+
+void ph_check_go(struct ph_exposer *x, bool udp, uint16_t port)
+{
+	struct xclient *c = container_of(x->clients.next, struct xclient, node);
+	struct xcheck *k = c->check;
+
+	PH_BUG_ON(k->state != XC_IDLE); /* one at a time */
+	memset(&k->res.addr, 0, sizeof(k->res.addr));
+	k->res.result = 0;
+	k->res.text[0] = '\0';
+	k->res.udp = udp;
+	k->res.port = port;
+	k->state = XC_WANTED;
+	ph_timer_arm(x->loop, &k->deadline, CHECK_MS);
+	ph_info("relay %s: asking it to check %s port %u", c->relay, udp ? "udp" : "tcp", port);
+	if (c->s != NULL)
+		check_send(c); /* up: now; in its handshake: client_up sends it */
+	else if (!c->resolving)
+		client_connect(c);
 }

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "tunnel/session.h"
 
 bool ph_svc_name_ok(const char *name)
@@ -110,6 +111,83 @@ static int register_tail(const uint8_t *p, size_t n, struct ph_ctrl *c, const ch
 	return 0;
 }
 
+const char *ph_check_result_name(uint8_t result)
+{
+	static const char *const names[] = {"?",        "open",    "closed",
+	                                    "filtered", "refused", "open|filtered"};
+
+	return result < PH_ARRAY_SIZE(names) ? names[result] : "?";
+}
+
+/* Reads text (a u8 length and that many bytes, the last of p[0..n)), printable only. */
+static int ctrl_text(const uint8_t *p, size_t n, struct ph_ctrl *c)
+{
+	size_t len = p[0];
+
+	if (n != 1 + len || len > PH_CTRL_TEXT_MAX)
+		return -EPROTO;
+	for (size_t i = 0; i < len; i++) /* printable only: it reaches the log */
+		c->text[i] = p[1 + i] >= 0x20 && p[1 + i] < 0x7f ? (char)p[1 + i] : '?';
+	c->text[len] = '\0';
+	return 0;
+}
+
+/*
+ * A CHECK (p[0..n), n >= 1): request id, protocol, port, an address (family 0: the
+ * caller's own), nothing after it. Returns 0, or -EPROTO with a static reason.
+ */
+static int check_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why)
+{
+	int an;
+
+	*why = "a CHECK of the wrong length";
+	if (n < 1 + 4 + 1 + 2 + 1)
+		return -EPROTO;
+	c->req = ph_get32(p + 1);
+	c->proto = p[5];
+	c->port = ph_get16(p + 6);
+	an = ph_msg_addr_get(p + 8, n - 8, &c->addr);
+	if (an < 0 || (size_t)an != n - 8)
+		return -EPROTO;
+	if (c->proto != PH_SVC_TCP && c->proto != PH_SVC_UDP) {
+		*why = "a CHECK for a protocol other than tcp or udp";
+		return -EPROTO;
+	}
+	if (c->port == 0) {
+		*why = "a CHECK of port 0";
+		return -EPROTO;
+	}
+	if (c->addr.u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&c->addr.u.in6.sin6_addr)) {
+		*why = "a CHECK with an IPv4-mapped address (IPv4 is written as such)";
+		return -EPROTO;
+	}
+	return 0;
+}
+
+/* A CHECKED: request id, result, the address probed, text. Returns 0 or -EPROTO. */
+static int checked_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why)
+{
+	int an;
+
+	*why = "a CHECKED of the wrong length";
+	if (n < 1 + 4 + 1 + 1 + 1)
+		return -EPROTO;
+	c->req = ph_get32(p + 1);
+	c->result = p[5];
+	an = ph_msg_addr_get(p + 6, n - 6, &c->addr);
+	if (an < 0 || (size_t)an >= n - 6 || ctrl_text(p + 6 + an, n - 6 - (size_t)an, c) < 0)
+		return -EPROTO;
+	if (c->result < PH_CHECK_OPEN || c->result > PH_CHECK_OPEN_FILTERED) {
+		*why = "a CHECKED with an unknown result";
+		return -EPROTO;
+	}
+	if (c->addr.u.sa.sa_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&c->addr.u.in6.sin6_addr)) {
+		*why = "a CHECKED with an IPv4-mapped address (IPv4 is written as such)";
+		return -EPROTO;
+	}
+	return 0;
+}
+
 int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why)
 {
 	size_t len;
@@ -179,6 +257,10 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
 			return -EPROTO;
 		c->service = ph_get16(p + 1);
 		return 0;
+	case PH_CTRL_CHECK:
+		return check_parse(p, n, c, why);
+	case PH_CTRL_CHECKED:
+		return checked_parse(p, n, c, why);
 	case PH_CTRL_UDP_OPEN: {
 		struct ph_open_req o;
 
@@ -269,6 +351,18 @@ size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out)
 	case PH_CTRL_UNREGISTER:
 		ph_put16(out + 1, c->service);
 		return 3;
+	case PH_CTRL_CHECK:
+		ph_put32(out + 1, c->req);
+		out[5] = c->proto;
+		ph_put16(out + 6, c->port);
+		return 8 + ph_msg_addr_put(out + 8, &c->addr);
+	case PH_CTRL_CHECKED:
+		ph_put32(out + 1, c->req);
+		out[5] = c->result;
+		len = 6 + ph_msg_addr_put(out + 6, &c->addr);
+		out[len] = (uint8_t)strnlen(c->text, PH_CTRL_TEXT_MAX);
+		memcpy(out + len + 1, c->text, out[len]);
+		return len + 1 + out[len];
 	case PH_CTRL_UDP_OPEN: {
 		struct ph_open_req o = {.kind = c->okind, .port = c->port};
 

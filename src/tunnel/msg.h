@@ -18,7 +18,8 @@ enum ph_ctrl_type {
 	PH_CTRL_REGISTERED = 2, /* relay: it is public */
 	PH_CTRL_REFUSED = 3,    /* relay: it is not, and why */
 	PH_CTRL_UNREGISTER = 4, /* either: the service is gone */
-	/* 5, 6: CHECK, CHECKED (`pinhole check`) */
+	PH_CTRL_CHECK = 5,      /* client: probe my own public address on a port */
+	PH_CTRL_CHECKED = 6,    /* relay: what the probe found */
 	PH_CTRL_UDP_OPEN = 7,   /* client: a UDP channel to a target (`local udp://`) */
 	PH_CTRL_UDP_OPENED = 8, /* relay: the channel's id (its DGRAMs' service id), its target */
 };
@@ -32,6 +33,13 @@ enum ph_ctrl_type {
 #define PH_REFUSE_BIND   3 /* the relay could not open it */
 #define PH_REFUSE_FULL   4 /* no free port in the range */
 #define PH_REFUSE_BADREQ 5 /* a request the relay does not understand */
+
+/* CHECKED results (`pinhole check`): what the relay's probe of the caller's port found */
+#define PH_CHECK_OPEN          1 /* TCP: connected; UDP: an answer came back */
+#define PH_CHECK_CLOSED        2 /* TCP: reset; UDP: ICMP port unreachable */
+#define PH_CHECK_FILTERED      3 /* no answer (TCP), or ICMP host/net unreachable */
+#define PH_CHECK_REFUSED       4 /* not probed: the text says why (another address, the rate) */
+#define PH_CHECK_OPEN_FILTERED 5 /* UDP: nothing came back, not even ICMP */
 
 /*
  * REGISTER's tail: options after the name, each a type u8, a length u8 and that many bytes.
@@ -70,13 +78,21 @@ struct ph_ctrl {
 	bool priv;          /* REGISTER: a private service (PH_TLV_PRIVATE) */
 	struct ph_ctrl_acl acl[PH_CTRL_ACL_MAX];
 	char name[PH_NAME_MAX + 1];          /* REGISTER: "" when unnamed */
-	char text[PH_CTRL_TEXT_MAX + 1];     /* REFUSED */
+	char text[PH_CTRL_TEXT_MAX + 1];     /* REFUSED, CHECKED */
 	uint8_t okind;                       /* UDP_OPEN: PH_OPEN_SERVICE or PH_OPEN_HOST (below) */
 	char target[PH_CTRL_TARGET_MAX + 1]; /* UDP_OPEN: a private service's name, or a host */
-	struct ph_addr addr; /* UDP_OPENED: the address the relay sends to (AF_UNSPEC: none) */
+	uint8_t result;                      /* CHECKED: PH_CHECK_* */
+	/* UDP_OPENED: the address the relay sends to (AF_UNSPEC: none); CHECK: the address to
+	 * probe (AF_UNSPEC: the caller's own; its port is not used); CHECKED: the address
+	 * probed, with the port */
+	struct ph_addr addr;
 };
 
-/* Parses a CTRL payload. Returns 0, or -EPROTO with a static reason. */
+/*
+ * Parses a CTRL payload. Returns 0, or -EPROTO with a static reason. An address in a
+ * CHECK or CHECKED has one spelling: an IPv4-mapped IPv6 address is refused (IPv4 is
+ * written as IPv4, as ph_msg_addr_put does).
+ */
 int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **why);
 
 /*
@@ -84,6 +100,9 @@ int ph_ctrl_parse(const uint8_t *p, size_t n, struct ph_ctrl *c, const char **wh
  * acl[0..nacl) (at most PH_CTRL_ACL_MAX). Returns the length.
  */
 size_t ph_ctrl_build(const struct ph_ctrl *c, uint8_t *out);
+
+/* "open", "closed", "filtered", "refused", "open|filtered" for a PH_CHECK_*; "?" else. */
+const char *ph_check_result_name(uint8_t result);
 
 /* True when name is a valid service name: 1-32 of [A-Za-z0-9._-]. */
 bool ph_svc_name_ok(const char *name);

@@ -25,6 +25,7 @@
 #include "core/util.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
+#include "tunnel/probe.h"
 #include "tunnel/session.h"
 #include "tunnel/tls.h"
 #include "tunnel/tunnel.h"
@@ -144,7 +145,8 @@ struct ph_relay {
 	struct ph_timer sweep;
 	struct ph_list dead; /* closed services, freed by reap after this round's events */
 	struct ph_task reap;
-	struct ph_ratelimit rl; /* for the refused-key lines */
+	struct ph_ratelimit rl;   /* for the refused-key lines */
+	struct ph_prober *prober; /* owned: `pinhole check` (probe.c) */
 	char auth_file[600];
 	struct ph_tunnel_stats gone; /* of ended sessions and freed services */
 	struct ph_list dials;        /* struct rdial */
@@ -889,6 +891,25 @@ static struct rsvc *svc_by_id(struct ph_relay *r, struct rsess *rs, uint16_t id)
 	return NULL;
 }
 
+/* --- checks: the prober (probe.c) tries a client's own address --------------------------- */
+
+/* The prober's answer to a CHECK of session owner. */
+static void rs_checked(void *owner, const struct ph_ctrl *m)
+{
+	uint8_t out[PH_CTRL_MAX];
+
+	(void)ph_sess_ctrl(owner, out, ph_ctrl_build(m, out));
+}
+
+static void relay_check(struct rsess *rs, const struct ph_ctrl *c)
+{
+	char label[PH_ADDR_STRLEN + 80];
+
+	snprintf(label, sizeof(label), "client %s (%s)", rs->peer,
+	         rs->key->comment[0] ? rs->key->comment : rs->fp);
+	ph_prober_check(rs->r->prober, rs->s, rs->key->pub, &rs->s->peer_addr, c, label);
+}
+
 /* --- session callbacks -------------------------------------------------------------------- */
 
 static int rs_up(struct ph_sess *s)
@@ -937,6 +958,9 @@ static int rs_ctrl(struct ph_sess *s, const uint8_t *p, size_t n, const char **w
 	switch (c.type) {
 	case PH_CTRL_REGISTER:
 		relay_register(rs, &c);
+		return 0;
+	case PH_CTRL_CHECK:
+		relay_check(rs, &c);
 		return 0;
 	case PH_CTRL_UDP_OPEN:
 		relay_udp_open(rs, &c);
@@ -1624,7 +1648,12 @@ static void sess_stats_add(struct ph_tunnel_stats *t, const struct ph_sess_stats
 
 void ph_relay_stats(struct ph_relay *r, struct ph_tunnel_stats *out)
 {
+	struct ph_prober_stats ps;
+
 	*out = r->gone;
+	ph_prober_stats(r->prober, &ps);
+	_Static_assert(sizeof(out->checks) == sizeof(ps.results), "one count per result");
+	memcpy(out->checks, ps.results, sizeof(out->checks));
 	for (struct ph_list *l = r->sessions.next; l != &r->sessions; l = l->next) {
 		const struct rsess *rs = container_of(l, struct rsess, node);
 
@@ -1650,7 +1679,8 @@ static void rs_closed(struct ph_sess *s, const char *why)
 
 	if (!rs->up)
 		r->handshakes--;
-	ph_fds_give(PH_FDS_STREAM); /* the session's socket, reserved at accept */
+	ph_fds_give(PH_FDS_STREAM);     /* the session's socket, reserved at accept */
+	ph_prober_forget(r->prober, s); /* its check in flight, if any, is not answered */
 	if (rs->key == NULL) {
 		ph_logagg_note("relay", "connections", "ended before a key was known",
 		               "client %s: %s", rs->peer, why);
@@ -1834,6 +1864,11 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	ph_task_init(&r->reap, relay_reap);
 	ph_timer_init(&r->sweep, relay_sweep);
 	ph_acceptor_init(&r->lis, -1, PH_FDS_STREAM, relay_accept, relay_label);
+	err = ph_prober_new(l, rs_checked, 0, &r->prober);
+	if (err < 0) {
+		snprintf(why, whylen, "out of memory");
+		goto fail;
+	}
 	if (c->auth_file[0] != '\0') {
 		snprintf(r->auth_file, sizeof(r->auth_file), "%s", c->auth_file);
 	} else {
@@ -1985,6 +2020,7 @@ void ph_relay_free(struct ph_relay *r)
 	}
 	while (!ph_list_empty(&r->services))
 		svc_free(container_of(r->services.next, struct rsvc, node));
+	ph_prober_free(r->prober);
 	ph_resolver_free(r->res);         /* lookups in flight end without their callbacks */
 	while (!ph_list_empty(&r->dials)) /* those that waited for one */
 		dial_free(container_of(r->dials.next, struct rdial, node));
@@ -2044,6 +2080,38 @@ static const char *safe(const char *in, char *out, size_t len)
 		out[i] = in[i] == '"' || in[i] == '\\' || (unsigned char)in[i] < 0x20 ? '?' : in[i];
 	out[i] = '\0';
 	return out;
+}
+
+/* The checks answered, by result: the end of the relay's status (JSON: its last field). */
+static size_t checks_status(const struct ph_relay *r, bool json, char *buf, size_t len)
+{
+	struct ph_prober_stats st;
+	uint64_t all = 0;
+	size_t n = 0;
+
+#define OUT(...)                                                                                   \
+	do {                                                                                       \
+		if (n < len)                                                                       \
+			n += (size_t)snprintf(buf + n, len - n, __VA_ARGS__);                      \
+	} while (0)
+	ph_prober_stats(r->prober, &st);
+	for (uint8_t i = PH_CHECK_OPEN; i <= PH_CHECK_OPEN_FILTERED; i++)
+		all += st.results[i];
+	if (json)
+		OUT("],\"checks\":{");
+	else
+		OUT("relay checks: %llu (", (unsigned long long)all);
+	for (uint8_t i = PH_CHECK_OPEN; i <= PH_CHECK_OPEN_FILTERED; i++) {
+		if (json)
+			OUT("%s\"%s\":%llu", i == PH_CHECK_OPEN ? "" : ",", ph_check_result_name(i),
+			    (unsigned long long)st.results[i]);
+		else
+			OUT("%s%llu %s", i == PH_CHECK_OPEN ? "" : ", ",
+			    (unsigned long long)st.results[i], ph_check_result_name(i));
+	}
+	OUT(json ? "}}" : ")\n");
+#undef OUT
+	return n;
 }
 
 size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
@@ -2119,7 +2187,7 @@ size_t ph_relay_status(struct ph_relay *r, bool json, char *buf, size_t len)
 			    (unsigned long long)v->refused, (unsigned long long)v->denied,
 			    (unsigned long long)v->dgrams);
 	}
-	OUT(json ? "]}" : "");
+	n += checks_status(r, json, buf + (n < len ? n : len), n < len ? len - n : 0);
 #undef OUT
 	return n < len ? n : len;
 }

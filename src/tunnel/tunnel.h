@@ -93,6 +93,7 @@ struct ph_tunnel_stats {
 	uint64_t dgrams;        /* datagrams both ways */
 	uint64_t bytes_up;      /* stream bytes from the visitors to the services */
 	uint64_t bytes_down;    /* stream bytes from the services to the visitors */
+	uint64_t checks[6];     /* the relay: CHECKs answered, by result (PH_CHECK_*; [0] unused) */
 	/* the relay: streams its clients opened (`local`, `socks --via`) */
 	uint64_t opened;         /* carried (private services and HOST:PORT) */
 	uint64_t opened_refused; /* refused: no grant, no such service, no fds */
@@ -157,5 +158,49 @@ void ph_expose_free(struct ph_exposer *x);
 size_t ph_expose_status(struct ph_exposer *x, bool json, char *buf, size_t len);
 /* Fills *out with what x carried so far, its ended sessions included. */
 void ph_expose_stats(struct ph_exposer *x, struct ph_tunnel_stats *out);
+
+/*
+ * `pinhole check PORT --via RELAY` and `pinhole map PORT --check --via RELAY`: the relay is
+ * asked to try this client's public address - the one it sees the session come from - on
+ * a port (docs/PROTOCOL.md, "Checking a port"). The session is made as expose makes it
+ * (the same key, pin and known relays), but it asks instead of registering, once.
+ */
+struct ph_check_conf {
+	struct ph_expose_conf relay; /* --via, --key, --relay-key, --known-relays */
+	bool has_via;                /* --via was given */
+	bool on_map;                 /* map --check: check the mapping once it is made */
+	bool udp;                    /* check: --udp */
+	uint16_t port;               /* check: PORT */
+	struct ph_addr addr;         /* check HOST:PORT: that address (the relay refuses it) */
+};
+
+/* What a check found. */
+struct ph_check_result {
+	uint8_t result; /* PH_CHECK_* (tunnel/msg.h), or 0: no answer (text says why) */
+	bool udp;       /* the protocol and port asked about */
+	uint16_t port;
+	struct ph_addr
+		addr; /* this client's public address as the relay sees it (AF_UNSPEC: unknown) */
+	char relay[PH_HOST_MAX + 8]; /* RELAY:PORT */
+	char text[512]; /* the relay's words ("reset", why it refused), or why none came */
+};
+
+/*
+ * Reads what a check needs (c->relay's key, its pin or known relays) on l, before --user
+ * drops root, into an exposer that asks nothing yet; each ph_check_go() then asks, and
+ * done(arg, r) gets the answer (from the loop, never from inside these calls; r borrowed
+ * for the call). Returns 0 and *out (ph_expose_free() frees it), or -errno with a reason.
+ */
+int ph_check_open(struct ph_loop *l, const struct ph_check_conf *c,
+                  void (*done)(void *arg, const struct ph_check_result *r), void *arg,
+                  struct ph_exposer **out, char *why, size_t whylen);
+
+/*
+ * Asks x's relay to check port (udp or tcp) of this client's public address: the session
+ * is made (or the one up is used) and one CHECK sent; the answer, or why none came (the
+ * relay unreachable, its key refused, the session lost, 30 s of silence), goes to done.
+ * Nothing is retried. One at a time: the next may be asked once done was called.
+ */
+void ph_check_go(struct ph_exposer *x, bool udp, uint16_t port);
 
 #endif /* PH_TUNNEL_TUNNEL_H */

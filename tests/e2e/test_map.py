@@ -1330,3 +1330,132 @@ def test_upnp_router_text_is_printed_clean(router, tmp_path):
             repr(r.stdout)
     finally:
         router.ensure_router()
+
+
+# ---------------------------------------------------------------------------------------------
+# map --check: a relay on the public host tries the mapping from outside
+#
+#   lan 10.77.1.10                     router                       wan 198.18.0.1
+#   pinhole map PORT --check --via ======== the session: TLS, ====> pinhole server :7835
+#     198.18.0.1                        out through the masquerade   the prober: connect or
+#   a server on PORT (or none)  <------ DNAT EXT -> PORT <---------- datagrams to 198.18.0.11:EXT
+#                                       (and an nft drop of EXT, when a test adds one)
+
+RELAY_IP = "198.18.0.1"
+RELAY_PORT = 7835
+
+
+class LabRelay:
+    """`pinhole server RELAY_IP:7835` in wan, with its key and the client's (lan's) key
+    authorized; map's --check options come from .args."""
+
+    def __init__(self, tmp_path):
+        self.dir = tmp_path
+        keys = {}
+        for name in ("relay", "client"):
+            r = _run([BIN, "keygen", "-f", tmp_path / f"{name}.key", "-C", name], 10)
+            assert r.returncode == 0, r.stderr
+            keys[name] = r.stdout.strip()
+        (tmp_path / "authorized_keys").write_text(keys["client"] + "\n")
+        self.errpath = tmp_path / "relay.err"
+        with open(self.errpath, "wb") as err:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", "wan", BIN, "server", f"{RELAY_IP}:{RELAY_PORT}",
+                 "--key", tmp_path / "relay.key", "--authorized-keys",
+                 tmp_path / "authorized_keys", "--control", "none", "--drain-timeout", "2s"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        self.args = ["--check", "--via", RELAY_IP, "--key", tmp_path / "client.key",
+                     "--known-relays", tmp_path / "known_relays"]
+
+        def up():
+            if self.proc.poll() is not None:
+                pytest.fail(f"the relay exited with {self.proc.returncode}:\n{self.log()}")
+            return f"relay on {RELAY_IP}:{RELAY_PORT}" in self.log()
+
+        wait_until(up, 10, "the relay in wan")
+
+    def log(self):
+        return self.errpath.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            pytest.fail(f"the relay did not stop:\n{self.log()}")
+        for mark in SANITIZER_MARKS:
+            assert mark not in self.log(), self.log()
+        assert rc == 0, f"the relay exited with {rc}:\n{self.log()}"
+
+
+@pytest.fixture
+def lab_relay(router, tmp_path):
+    r = LabRelay(tmp_path)
+    yield r
+    r.stop()
+
+
+def test_map_check_open_and_closed(mapper, lan_server, router, lab_relay):
+    """The mapping of a port a server listens on is open from the relay; one nothing
+    listens on behind the router is closed (the lan host's reset comes back through it)."""
+    port, ext = ports()
+    lan_server("tcp", port)
+    m = mapper(port, "--external", ext, *lab_relay.args)
+    m.wait_mapped("tcp", ext, port, "PCP")
+    m.wait_out(rf"check: tcp/{ext} at {re.escape(WAN_IP)}: open")
+    assert f"checked tcp {WAN_IP}:{ext}: open" in lab_relay.log(), lab_relay.log()
+    assert not m.log("warn") or all("another NAT between" not in w for w in m.log("warn"))
+    router.assert_reaches("tcp", ext, port)  # the mapping goes on after the check
+    assert m.stop() == 0, m.show()
+
+    port, ext = ports()
+    m = mapper(port, "--external", ext, *lab_relay.args)
+    m.wait_mapped("tcp", ext, port, "PCP")
+    m.wait_out(rf"check: tcp/{ext} at {re.escape(WAN_IP)}: closed \(reset\)")
+    assert m.proc.poll() is None, "without --once the mapping stays whatever was found"
+    assert m.stop() == 0, m.show()
+
+
+def test_map_check_dropped_is_filtered(mapper, lan_server, router, lab_relay, tmp_path):
+    """The router drops the external port's packets (nftables, before its DNAT): filtered,
+    and with --once the exit status says it."""
+    port, ext = ports()
+    lan_server("tcp", port)
+    rules = tmp_path / "drop.nft"
+    rules.write_text("table inet phcheck {\n  chain pre {\n"
+                     "    type filter hook prerouting priority -150;\n"
+                     f"    iifname \"wan0\" tcp dport {ext} drop\n  }}\n}}\n")
+    r = router.ns("router", "nft", "-f", rules, timeout=10)
+    assert r.returncode == 0, r.stderr
+    try:
+        m = mapper(port, "--external", ext, "--once", *lab_relay.args)
+        m.wait_mapped("tcp", ext, port, "PCP")
+        m.wait_out(rf"check: tcp/{ext} at {re.escape(WAN_IP)}: filtered \(no answer in "
+                   r"3000 ms\)", timeout=MAP_TIMEOUT_S + 5)
+        assert m.wait_exit() == 1, m.show()
+        assert f"checked tcp {WAN_IP}:{ext}: filtered" in lab_relay.log(), lab_relay.log()
+    finally:
+        router.ns("router", "nft", "delete", "table", "inet", "phcheck", timeout=10)
+    # the same mapping without the drop: open (--once left it in place)
+    m = mapper(port, "--external", ext, "--once", *lab_relay.args)
+    m.wait_out(rf"check: tcp/{ext} at {re.escape(WAN_IP)}: open")
+    assert m.wait_exit() == 0, m.show()
+    r, _ = run_map(router, "del", port)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_map_check_both(mapper, lan_server, router, lab_relay):
+    """--both: each mapping is checked, TCP then UDP, on one session to the relay."""
+    port, ext = ports()
+    lan_server("both", port)
+    m = mapper(port, "--both", "--external", ext, *lab_relay.args)
+    m.wait_out(rf"check: tcp/{ext} at {re.escape(WAN_IP)}: open")
+    m.wait_out(rf"check: udp/{ext} at {re.escape(WAN_IP)}: open")
+    log = lab_relay.log()
+    assert f"checked tcp {WAN_IP}:{ext}: open" in log and \
+        f"checked udp {WAN_IP}:{ext}: open" in log, log
+    assert log.count(": key ") == 1, f"one session for both checks:\n{log}"
+    assert m.stop() == 0, m.show()

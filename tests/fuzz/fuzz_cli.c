@@ -92,6 +92,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		} else {
 			CHECK(cfg.nrules == 0);
 		}
+		/* check, and map --check: a port and a relay to ask */
+		if (cfg.cmd == PH_CMD_CHECK)
+			CHECK(cfg.relay_check.port != 0 && cfg.relay_check.has_via);
+		if (cfg.cmd == PH_CMD_MAP)
+			CHECK(cfg.relay_check.on_map == cfg.relay_check.has_via &&
+			      (!cfg.relay_check.on_map || cfg.map.verb == PH_MAP_ADD));
+		if (cfg.relay_check.has_via)
+			CHECK(cfg.relay_check.relay.via.port != 0 &&
+			      !cfg.relay_check.relay.via.wildcard);
 	} else if (err == -EINVAL) {
 		CHECK(e.argi >= -1 && e.argi < argc);
 		CHECK(e.msg[0] != '\0');

@@ -5,10 +5,12 @@
  * ph_ctrl_parse gets exactly the input: the result is 0, or -EPROTO with a reason, the
  * same twice; a parsed message is of a known type, its name empty or a valid service name,
  * its text terminated and printable, a REGISTER of tcp or udp with PROXY version 0-2;
- * ph_ctrl_build of it gives back the input (a REFUSED's text with each unprintable byte as
- * '?'; a REGISTER's options in the order it writes them, less the optional ones it
- * skipped: the same length), fits PH_CTRL_MAX, and parses back to the same fields; a REGISTER's address rules are at most
- * PH_CTRL_ACL_MAX, each an IPv4 or IPv6 network with a prefix that fits.
+ * ph_ctrl_build of it gives back the input (a REFUSED's or CHECKED's text with each
+ * unprintable byte as '?'; a REGISTER's options in the order it writes them, less the
+ * optional ones it skipped: the same length), fits PH_CTRL_MAX, and parses back to the same
+ * fields; a REGISTER's address rules are at most PH_CTRL_ACL_MAX, each an IPv4 or IPv6
+ * network with a prefix that fits; a CHECK is of tcp or udp, a port not 0, and an address
+ * none, IPv4 or IPv6 (never IPv4-mapped); a CHECKED has a known result and such an address.
  *
  * ph_msg_addr_get reads addresses one after another from the input, as OPEN carries two:
  * each result is 1, 7 or 19 bytes within the input (by the family byte 0, 4, 6) or
@@ -53,7 +55,9 @@ static uint8_t *dup_exact(const uint8_t *b, size_t n)
 /* True when a and b carry the same fields (padding aside). */
 static bool same(const struct ph_ctrl *a, const struct ph_ctrl *b)
 {
-	if (a->nacl != b->nacl)
+	if (a->nacl != b->nacl || a->result != b->result ||
+	    a->addr.u.sa.sa_family != b->addr.u.sa.sa_family || a->addr.len != b->addr.len ||
+	    memcmp(&a->addr.u, &b->addr.u, a->addr.len) != 0)
 		return false;
 	for (unsigned i = 0; i < a->nacl; i++)
 		if (a->acl[i].allow != b->acl[i].allow ||
@@ -87,7 +91,7 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	}
 	CHECK(same(&c, &again));
 
-	CHECK(((c.type >= PH_CTRL_REGISTER && c.type <= PH_CTRL_UNREGISTER) ||
+	CHECK(((c.type >= PH_CTRL_REGISTER && c.type <= PH_CTRL_CHECKED) ||
 	       c.type == PH_CTRL_UDP_OPEN || c.type == PH_CTRL_UDP_OPENED) &&
 	      c.type == data[0]);
 	CHECK(memchr(c.name, '\0', sizeof(c.name)) != NULL);
@@ -105,6 +109,16 @@ static void check_ctrl(const uint8_t *data, size_t size)
 			      (a->family == AF_INET6 && a->prefix <= 128));
 		}
 	}
+	if (c.type == PH_CTRL_CHECK)
+		CHECK((c.proto == PH_SVC_TCP || c.proto == PH_SVC_UDP) && c.port != 0);
+	if (c.type == PH_CTRL_CHECKED)
+		CHECK(c.result >= PH_CHECK_OPEN && c.result <= PH_CHECK_OPEN_FILTERED);
+	if (c.type == PH_CTRL_CHECK || c.type == PH_CTRL_CHECKED) {
+		int fam = c.addr.u.sa.sa_family;
+
+		CHECK(fam == AF_UNSPEC || fam == AF_INET || fam == AF_INET6);
+		CHECK(fam != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&c.addr.u.in6.sin6_addr));
+	}
 
 	/*
 	 * Built again, it is the input (REFUSED's text made printable) - less the optional
@@ -114,7 +128,13 @@ static void check_ctrl(const uint8_t *data, size_t size)
 	n = ph_ctrl_build(&c, out);
 	CHECK(n <= PH_CTRL_MAX && (c.skipped != 0 ? n < size : n == size));
 	for (size_t i = 0; i < n && c.skipped == 0 && c.type != PH_CTRL_REGISTER; i++) {
-		bool text = c.type == PH_CTRL_REFUSED && i >= 7;
+		/* CHECKED: its text after the address (1, 7 or 19 bytes) and the length byte */
+		size_t at = c.type == PH_CTRL_REFUSED   ? 7
+		            : c.type == PH_CTRL_CHECKED ? 7 + (size_t)(data[6] == 4   ? 7
+		                                                       : data[6] == 6 ? 19
+		                                                                      : 1)
+		                                        : n;
+		bool text = i >= at;
 
 		CHECK(out[i] == data[i] ||
 		      (text && out[i] == '?' && (data[i] < 0x20 || data[i] >= 0x7f)));

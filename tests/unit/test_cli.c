@@ -710,6 +710,7 @@ static const char *const man_sections[PH_CLI__NVERBS] = {
 	[PH_CLI_EXPOSE] = "EXPOSE OPTIONS", [PH_CLI_LOCAL] = "LOCAL OPTIONS",
 	[PH_CLI_KEYGEN] = "KEYGEN OPTIONS", [PH_CLI_MAP] = "MAP OPTIONS",
 	[PH_CLI_RUN] = "RUN OPTIONS",       [PH_CLI_STATUS] = "STATUS OPTIONS",
+	[PH_CLI_CHECK] = "CHECK OPTIONS",
 };
 
 /* The text of a section (from ".SH NAME" or ".SS NAME" to the next one), "\-" as "-". */
@@ -844,6 +845,66 @@ static void test_table_man(void **state)
 	free(man);
 }
 
+/* check [HOST:]PORT --via RELAY, and map PORT --check --via RELAY */
+static void test_check(void **state)
+{
+	struct fixture *f = *state;
+	const struct ph_check_conf *c = &f->cfg.relay_check;
+
+	PARSE_OK(f, "check", "8080", "--via", "relay.lan");
+	assert_int_equal(f->cfg.cmd, PH_CMD_CHECK);
+	assert_int_equal(c->port, 8080);
+	assert_false(c->udp || c->on_map || f->cfg.json);
+	assert_true(c->has_via);
+	assert_string_equal(c->relay.via.host, "relay.lan");
+	assert_int_equal(c->relay.via.port, 7835);
+	assert_int_equal(c->addr.u.sa.sa_family, AF_UNSPEC);
+
+	ph_config_free(&f->cfg);
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "check", "--udp", "[2001:db8::1]:53", "--via", "10.0.0.1:9", "--json", "--key",
+	         "k.key", "--known-relays", "known", "--relay-key",
+	         "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+	assert_int_equal(f->cfg.cmd, PH_CMD_CHECK);
+	assert_true(c->udp && f->cfg.json);
+	assert_int_equal(c->port, 53);
+	assert_int_equal(c->addr.u.sa.sa_family, AF_INET6);
+	assert_int_equal(c->relay.via.port, 9);
+	assert_string_equal(c->relay.key_file, "k.key");
+	assert_string_equal(c->relay.known_file, "known");
+	assert_string_equal(c->relay.relay_fp,
+	                    "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+
+	/* map: --via before PORT is not map's PORT */
+	ph_config_free(&f->cfg);
+	ph_config_init(&f->cfg);
+	PARSE_OK(f, "map", "--via", "relay.lan", "--check", "8080", "--both");
+	assert_int_equal(f->cfg.cmd, PH_CMD_MAP);
+	assert_int_equal(f->cfg.map.internal, 8080);
+	assert_true(c->on_map && c->has_via);
+	assert_string_equal(c->relay.via.host, "relay.lan");
+
+	ph_config_free(&f->cfg);
+	ph_config_init(&f->cfg);
+	PARSE_BAD(f, 0, "--via", "check", "80");
+	PARSE_BAD(f, 0, "PORT", "check", "--via", "r");
+	PARSE_BAD(f, 1, "'host.lan:80'", "check", "host.lan:80", "--via", "r");
+	PARSE_BAD(f, 1, "from 1 to 65535", "check", "99999", "--via", "r");
+	PARSE_BAD(f, 2, "one PORT", "check", "80", "81", "--via", "r");
+	PARSE_BAD(f, 4, "--name", "check", "80", "--via", "r", "--name", "x");
+	/* each on a fresh config: check's words stay in it after a refusal */
+	for (int i = 0; i < 3; i++) {
+		ph_config_free(&f->cfg);
+		ph_config_init(&f->cfg);
+		if (i == 0)
+			PARSE_BAD(f, 0, "--via is for --check", "map", "80", "--via", "r");
+		else if (i == 1)
+			PARSE_BAD(f, 0, "needs --via", "map", "80", "--check");
+		else
+			PARSE_BAD(f, 0, "map [add] PORT", "map", "ip", "--check", "--via", "r");
+	}
+}
+
 int main(int argc, char **argv)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -870,6 +931,7 @@ int main(int argc, char **argv)
 		T(test_table_bounds),
 		T(test_table_sets),
 		T(test_table_man),
+		T(test_check),
 	};
 #undef T
 

@@ -1,6 +1,7 @@
 /*
  * The relay's CTRL messages: REGISTER's tail of options (type, length, value) - the visitor
- * limit and the address rules, their order, their bounds, what is refused and what skipped.
+ * limit and the address rules, their order, their bounds, what is refused and what skipped;
+ * CHECK and CHECKED (`pinhole check`): their fields, their one spelling, what is refused.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -152,6 +153,117 @@ static void test_register_skips_optional(void **state)
 	assert_int_equal(c.acl[0].cidr.prefix, 32);
 }
 
+static void test_check_round_trip(void **state)
+{
+	struct ph_ctrl c = {.type = PH_CTRL_CHECK, .req = 7, .proto = PH_SVC_UDP, .port = 53}, back;
+	uint8_t out[PH_CTRL_MAX];
+	const char *why;
+	size_t n;
+
+	(void)state;
+	/* the caller's own address: no address, family 0 */
+	n = ph_ctrl_build(&c, out);
+	assert_int_equal(n, 9);
+	assert_int_equal(out[0], PH_CTRL_CHECK);
+	assert_int_equal(out[5], PH_SVC_UDP);
+	assert_int_equal(out[8], 0);
+	assert_int_equal(parse(out, n, &back, &why), 0);
+	assert_int_equal(back.req, 7);
+	assert_int_equal(back.proto, PH_SVC_UDP);
+	assert_int_equal(back.port, 53);
+	assert_int_equal(back.addr.u.sa.sa_family, AF_UNSPEC);
+
+	/* another address: IPv4, and IPv4-mapped IPv6 is written as IPv4 */
+	assert_int_equal(ph_addr_from_literal("::ffff:203.0.113.7", 0, &c.addr), 0);
+	n = ph_ctrl_build(&c, out);
+	assert_int_equal(n, 8 + 7);
+	assert_int_equal(out[8], 4);
+	assert_int_equal(parse(out, n, &back, &why), 0);
+	assert_int_equal(back.addr.u.sa.sa_family, AF_INET);
+	assert_int_equal(ntohl(back.addr.u.in.sin_addr.s_addr), 0xcb007107);
+	assert_int_equal(ph_addr_from_literal("2001:db8::1", 0, &c.addr), 0);
+	n = ph_ctrl_build(&c, out);
+	assert_int_equal(n, 8 + 19);
+	assert_int_equal(parse(out, n, &back, &why), 0);
+	assert_int_equal(back.addr.u.sa.sa_family, AF_INET6);
+	assert_memory_equal(&back.addr.u.in6.sin6_addr, &c.addr.u.in6.sin6_addr, 16);
+}
+
+static void test_checked_round_trip(void **state)
+{
+	struct ph_ctrl c = {.type = PH_CTRL_CHECKED, .req = 1, .result = PH_CHECK_REFUSED}, back;
+	uint8_t out[PH_CTRL_MAX];
+	const char *why;
+	size_t n;
+
+	(void)state;
+	assert_int_equal(ph_addr_from_literal("203.0.113.7", 8080, &c.addr), 0);
+	snprintf(c.text, sizeof(c.text),
+	         "the relay checks only the address it sees you at, "
+	         "203.0.113.7");
+	n = ph_ctrl_build(&c, out);
+	assert_int_equal(n, 6 + 7 + 1 + strlen(c.text));
+	assert_int_equal(parse(out, n, &back, &why), 0);
+	assert_int_equal(back.result, PH_CHECK_REFUSED);
+	assert_int_equal(ph_addr_port(&back.addr), 8080);
+	assert_string_equal(back.text, c.text);
+
+	/* every result, the longest text, no address */
+	memset(c.text, 'x', PH_CTRL_TEXT_MAX);
+	c.text[PH_CTRL_TEXT_MAX] = '\0';
+	memset(&c.addr, 0, sizeof(c.addr));
+	for (uint8_t r = PH_CHECK_OPEN; r <= PH_CHECK_OPEN_FILTERED; r++) {
+		c.result = r;
+		n = ph_ctrl_build(&c, out);
+		assert_int_equal(n, 6 + 1 + 1 + PH_CTRL_TEXT_MAX);
+		assert_true(n <= PH_CTRL_MAX);
+		assert_int_equal(parse(out, n, &back, &why), 0);
+		assert_int_equal(back.result, r);
+		assert_int_equal(strlen(back.text), PH_CTRL_TEXT_MAX);
+	}
+
+	/* the peer's text is made printable: it reaches the log */
+	static const uint8_t raw[] = {6, 0, 0, 0, 1, 2, 0, 3, 'a', 0x1b, 'b'};
+	assert_int_equal(parse(raw, sizeof(raw), &back, &why), 0);
+	assert_string_equal(back.text, "a?b");
+}
+
+static void test_check_refused(void **state)
+{
+	static const struct {
+		uint8_t m[32];
+		size_t n;
+		const char *why;
+	} bad[] = {
+		{{5, 0, 0, 0, 1, 1, 0, 80}, 8, "wrong length"},               /* no address */
+		{{5, 0, 0, 0, 1, 1, 0, 80, 0, 0}, 10, "wrong length"},        /* a byte after it */
+		{{5, 0, 0, 0, 1, 1, 0, 80, 4, 0, 0, 10}, 12, "wrong length"}, /* cut short */
+		{{5, 0, 0, 0, 1, 1, 0, 80, 5}, 9, "wrong length"},            /* family 5 */
+		{{5, 0, 0, 0, 1, 3, 0, 80, 0}, 9, "tcp or udp"},
+		{{5, 0, 0, 0, 1, 1, 0, 0, 0}, 9, "port 0"},
+		{{5, 0, 0, 0, 1, 1, 0, 80,   6,    0,  0, 0, 0, 0,
+	          0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1},
+	         27,
+	         "IPv4-mapped"},
+		{{6, 0, 0, 0, 1, 1, 0}, 7, "wrong length"},         /* no text length */
+		{{6, 0, 0, 0, 1, 1, 0, 2, 'a'}, 9, "wrong length"}, /* text cut short */
+		{{6, 0, 0, 0, 1, 1, 0, 0, 'a'}, 9, "wrong length"}, /* a byte after it */
+		{{6, 0, 0, 0, 1, 0, 0, 0}, 8, "unknown result"},
+		{{6, 0, 0, 0, 1, 6, 0, 0}, 8, "unknown result"},
+	};
+	struct ph_ctrl c;
+	const char *why;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		why = NULL;
+		if (parse(bad[i].m, bad[i].n, &c, &why) != -EPROTO)
+			fail_msg("message %zu was taken", i);
+		if (why == NULL || strstr(why, bad[i].why) == NULL)
+			fail_msg("message %zu: '%s' does not say '%s'", i, why, bad[i].why);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -159,6 +271,9 @@ int main(void)
 		cmocka_unit_test(test_register_bounds),
 		cmocka_unit_test(test_register_refused),
 		cmocka_unit_test(test_register_skips_optional),
+		cmocka_unit_test(test_check_round_trip),
+		cmocka_unit_test(test_checked_round_trip),
+		cmocka_unit_test(test_check_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
