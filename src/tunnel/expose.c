@@ -969,8 +969,9 @@ static void client_reset(struct ph_sess *s, struct ph_stream *st, uint8_t reason
 	/* a refusal is the relay's operator's word: said as it is, a line a second */
 	if (text[0] != '\0' && !st->opened && ph_ratelimit_ok(&r->rl, ph_now_ms(), 1))
 		ph_warn("%s: the relay %s: %s", rule_label(r, label, sizeof(label)),
-		        reason == PH_RST_FORBIDDEN || reason == PH_RST_NOSERVICE ? "refused"
-		                                                                 : "could not connect",
+		        reason == PH_RST_FORBIDDEN || reason == PH_RST_NOSERVICE
+		                ? "refused"
+		                : "could not connect",
 		        text);
 }
 
@@ -1110,7 +1111,8 @@ static int local_listen(struct xrule *r, char *why, size_t whylen)
 	if (r->conf->udp) {
 		r->byid = calloc(256, sizeof(*r->byid));
 		ph_io_init(&r->uio, fd, local_udp_read);
-		err = r->byid == NULL ? -ENOMEM : 0; /* the flows' table: ph_expose_start makes it */
+		err = r->byid == NULL ? -ENOMEM
+		                      : 0; /* the flows' table: ph_expose_start makes it */
 		if (err == 0)
 			err = ph_io_add(r->c->x->loop, &r->uio, EPOLLIN);
 		if (err < 0) {

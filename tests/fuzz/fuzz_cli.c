@@ -58,15 +58,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(memchr(e.msg, '\0', sizeof(e.msg)) != NULL);
 	if (err == 0) {
 		CHECK(e.argi == -1 && e.msg[0] == '\0');
-		CHECK(cfg.nrules <= 1 && cfg.nexpose <= 1);
+		/* local tcp+udp:// is two lines of the relay client */
+		CHECK(cfg.nrules <= 1 && cfg.nexpose <= 2);
+		for (unsigned i = 0; i < cfg.nexpose && cfg.cmd == PH_CMD_FORWARD; i++) {
+			const struct ph_expose_conf *x = cfg.expose[i];
+
+			CHECK(x->via.port != 0 && !x->via.wildcard);
+			if (x->kind == PH_EXPOSE_SERVICE)
+				CHECK(cfg.nexpose == 1 && x->local.port != 0 &&
+				      !x->local.wildcard &&
+				      (!x->priv || (x->name[0] != '\0' && x->port == 0)));
+			else if (x->kind == PH_EXPOSE_LOCAL)
+				CHECK(x->listen.port != 0 && x->target[0] != '\0' &&
+				      (cfg.nexpose == 1 ||
+				       cfg.expose[0]->udp != cfg.expose[1]->udp));
+			else /* socks --via: its socks rule has the channel */
+				CHECK(x->kind == PH_EXPOSE_SOCKS && cfg.nexpose == 1 &&
+				      cfg.nrules == 1 && cfg.rules[0]->via != NULL);
+		}
 		/* a relay or an expose rule is a command of its own, with a forward rule none */
-		if (cfg.cmd == PH_CMD_FORWARD && (cfg.server != NULL || cfg.nexpose != 0)) {
-			CHECK(cfg.nrules == 0 && (cfg.server != NULL) + cfg.nexpose == 1);
-			for (unsigned i = 0; i < cfg.nexpose; i++)
-				CHECK(cfg.expose[i]->via.port != 0 &&
-				      !cfg.expose[i]->via.wildcard &&
-				      cfg.expose[i]->local.port != 0 &&
-				      !cfg.expose[i]->local.wildcard);
+		if (cfg.cmd == PH_CMD_FORWARD &&
+		    (cfg.server != NULL ||
+		     (cfg.nexpose != 0 && cfg.expose[0]->kind != PH_EXPOSE_SOCKS))) {
+			CHECK(cfg.nrules == 0 && (cfg.server == NULL || cfg.nexpose == 0));
 		} else if (cfg.cmd == PH_CMD_FORWARD) {
 			const struct ph_rule *r = cfg.rules[0];
 

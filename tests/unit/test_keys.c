@@ -877,7 +877,7 @@ static void test_auth_grants(void **state)
 	assert_false(ph_auth_connect_host(&k, "11.1.2.3", 22));
 	assert_true(ph_auth_connect_host(&k, "DB.lan", 5432)); /* names: any case */
 	assert_false(ph_auth_connect_host(&k, "db.lan", 5433));
-	assert_true(ph_auth_connect_host(&k, "other.lan", 22)); /* may lead into 10/8: later */
+	assert_true(ph_auth_connect_host(&k, "other.lan", 22));    /* may lead into 10/8: later */
 	assert_false(ph_auth_connect_host(&k, "other.lan", 8080)); /* no entry has the port */
 	assert_true(ph_auth_connect_host(&k, "example.com", 443));
 	/* after the lookup: an address of a network, the name's own, or * beyond the relay */
