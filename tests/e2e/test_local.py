@@ -759,8 +759,8 @@ def test_a_target_that_does_not_answer(procs, tmp_path, keys, blackhole):
                       key=keys.alice)
     end, took = connect_outcome(lp, timeout=20)
     assert end == "reset" and 9 <= took <= 15, (end, took)
-    loc.wait_log(refused_line(f"local 127.0.0.1:{lp} 127.0.0.1:{blackhole}",
-                              f"127.0.0.1:{blackhole} did not answer within 10 s"))
+    loc.wait_log(rf"^local 127\.0\.0\.1:{lp} 127\.0\.0\.1:{blackhole}: the relay could not "
+                 rf"connect: 127\.0\.0\.1:{blackhole} did not answer within 10 s$")
 
 
 # ---------------------------------------------------------------------------------------------
