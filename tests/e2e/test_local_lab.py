@@ -211,3 +211,35 @@ def test_curl_through_socks_via_to_the_wan_hosts_own_web_server(tun):
     r = tl.ns_run("lan", *curl, "--socks5", "127.0.0.1:1080", "http://127.0.0.1:8080/blob.bin",
                   timeout=15, text=False)
     assert r.returncode == 97 and b"(2)" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_dig_from_lan2_through_local_udp_to_dnsmasq_in_lan(tun):
+    """dnsmasq in lan offered as the private UDP service 'dns'; from lan2, behind the other
+    NAT, `local udp://127.0.0.1:5353 dns` and dig gets its answers; and `local udp://` to
+    HOST:PORT, a dnsmasq on the wan host's own loopback, granted by connect=."""
+    tl.need("dnsmasq", "dig")
+    dm = [tl._which("dnsmasq"), "--no-daemon", "--bind-interfaces", "--no-resolv",
+          "--no-hosts", "--conf-file=/dev/null", "--pid-file"]
+    tun.peer("lan", [*dm, "--port", 5353, "--listen-address", tl.LAN_IP,
+                     "--address=/x.test/10.1.2.3"], "dnsmasq-lan", "udp", 5353)
+    tun.peer("wan", [*dm, "--port", 5354, "--listen-address", "127.0.0.1",
+                     "--address=/y.test/10.4.5.6"], "dnsmasq-wan", "udp", 5354)
+    tun.authorize(visitor_opts="reach=dns,connect=127.0.0.1:5354")
+    tun.start_relay()
+    x = tun.client("lan", "expose", f"udp://{tl.LAN_IP}:5353", "--name", "dns", "--private",
+                   key="client")
+    x.wait_log(rf"^expose udp://{re.escape(tl.LAN_IP)}:5353 dns: private on relay ",
+               timeout=tl.READY_S)
+    a = tun.client("lan2", "local", "udp://127.0.0.1:5353", "dns")
+    a.wait_log(r"^local udp://127\.0\.0\.1:5353 dns: up$", timeout=tl.READY_S)
+    b = tun.client("lan2", "local", "udp://127.0.0.1:5354", "127.0.0.1:5354")
+    b.wait_log(r"^local udp://127\.0\.0\.1:5354 127\.0\.0\.1:5354: up$", timeout=tl.READY_S)
+    dig = ["dig", "@127.0.0.1", "+short", "+time=2", "+tries=3"]
+    r = tl.ns_run("lan2", *dig, "-p", 5353, "x.test", timeout=20)
+    assert r.stdout.split() == ["10.1.2.3"], (r.stdout, r.stderr, tun.peer_log("dnsmasq-lan"))
+    r = tl.ns_run("lan2", *dig, "-p", 5354, "y.test", timeout=20)
+    assert r.stdout.split() == ["10.4.5.6"], (r.stdout, r.stderr, tun.peer_log("dnsmasq-wan"))
+    # nothing of it came in through a router: lan2 cannot reach lan's dnsmasq itself
+    r = tl.ns_run("lan2", "dig", f"@{tl.LAN_IP}", "+short", "+time=1", "+tries=1", "-p", 5353,
+                  "x.test", timeout=10)
+    assert "10.1.2.3" not in r.stdout, r.stdout
