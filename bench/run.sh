@@ -38,7 +38,7 @@
 # the pinhole row `pinhole server` and one `pinhole expose` per public port, with keys made
 # in the temp dir. The stripped size of BENCH_RELAY_RELEASE (build-rel/pinhole: a
 # --buildtype=release build) is reported too when it exists.
-# Local (bench/local.py, about 8 minutes): BENCH_LOCAL_PEERS (default: "direct pinhole-local
+# Local (bench/local.py, about 5-6 minutes): BENCH_LOCAL_PEERS (default: "direct pinhole-local
 # ssh-L pinhole-socks ssh-D"), BENCH_LOCAL_SECS (3) per test, BENCH_LOCAL_ROUNDS
 # (BENCH_ROUNDS), BENCH_LOCAL_CLIENTS (BENCH_CLIENTS), BENCH_LOCAL_IDLE (5000 idle streams),
 # BENCH_LOCAL_RTT (10 ms, as the relay's), BENCH_LOCAL_BUDGET (300 s for the rounds, retries
