@@ -10,10 +10,11 @@ then the UDP part (bench/udp.py: datagram round trips, CPU per datagram, RSS per
 then the SOCKS part (bench/socks.py: pinhole socks against microsocks, dante and ssh -D:
 proxied conn/s, throughput, CPU per GB, RSS per idle connection), then the relay part
 (bench/relay.py: pinhole server + expose against ssh -R: throughput both ways, conn/s,
-first-byte latency, memory per idle stream, idle client, binary size), and writes a table to
-stdout and bench/results/latest.md. BENCH_ONLY=tcp, udp, socks or relay runs one part alone
-(written to latest-tcp.md, latest-udp.md, latest-socks.md or latest-relay.md, unless
-BENCH_OUT says).
+first-byte latency, memory per idle stream, idle client, binary size), then the local part
+(bench/local.py: pinhole local against ssh -L and pinhole socks --via against ssh -D, through
+the relay: the same measures), and writes a table to stdout and bench/results/latest.md.
+BENCH_ONLY=tcp, udp, socks, relay or local runs one part alone (written to latest-tcp.md,
+latest-udp.md, latest-socks.md, latest-relay.md or latest-local.md, unless BENCH_OUT says).
 
 Every process it starts gets its own session; its id is appended to $BENCH_TMP/pgids so
 that run.sh's trap can end it whatever happens here. Every wait is bounded.
@@ -923,8 +924,9 @@ def run_tcp(results, notes, stopped_lines):
 
 
 def main():
-    if ONLY not in ("", "tcp", "udp", "socks", "relay"):
-        sys.exit("bench: BENCH_ONLY is tcp, udp, socks or relay (or unset: all), not %r" % ONLY)
+    if ONLY not in ("", "tcp", "udp", "socks", "relay", "local"):
+        sys.exit("bench: BENCH_ONLY is tcp, udp, socks, relay or local (or unset: all), not %r"
+                 % ONLY)
     if not os.access(PINHOLE, os.X_OK):
         sys.exit("bench: %s is missing; build first (ninja -C build)" % PINHOLE)
     set_subreaper()
@@ -937,7 +939,7 @@ def main():
     if ONLY in ("", "tcp"):
         run_tcp(results, notes, stopped_lines)
         report = build_report(env, results, notes, stopped_lines)
-    udp_raw = socks_raw = relay_raw = None
+    udp_raw = socks_raw = relay_raw = local_raw = None
     if ONLY in ("", "udp"):
         # udp.py imports this module as "bench": the same one, not a second copy
         sys.modules.setdefault("bench", sys.modules[__name__])
@@ -962,6 +964,14 @@ def main():
         section, relay_notes, relay_raw = relay.run()
         report += ("\n" if report else "") + section
         relay_raw["notes"] = relay_notes
+    if ONLY in ("", "local"):
+        # as udp.py, local.py imports this module as "bench"
+        sys.modules.setdefault("bench", sys.modules[__name__])
+        import local
+
+        section, local_notes, local_raw = local.run()
+        report += ("\n" if report else "") + section
+        local_raw["notes"] = local_notes
     report = build_header(env) + report
     report += "\nTotal run time %.0f s.\n" % (time.monotonic() - t_start)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
@@ -971,7 +981,7 @@ def main():
     with open(os.path.splitext(OUT)[0] + ".json", "w") as f:
         json.dump({"env": env, "results": results if ONLY in ("", "tcp") else None,
                    "notes": notes, "stopped": stopped_lines, "udp": udp_raw,
-                   "socks": socks_raw, "relay": relay_raw}, f, indent=1)
+                   "socks": socks_raw, "relay": relay_raw, "local": local_raw}, f, indent=1)
     print()
     print(report)
     print("written to %s" % OUT)

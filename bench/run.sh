@@ -3,17 +3,18 @@
 # rinetd and redir on 127.0.0.1 (TCP), then against direct, nginx stream, socat and the
 # kernel's DNAT (UDP, bench/udp.py), then `pinhole socks` against direct, microsocks, dante
 # and `ssh -D` (SOCKS5, bench/socks.py), then the relay (`pinhole server` + `pinhole expose`)
-# against direct and `ssh -R` (bench/relay.py). Run by `make bench`, or directly as
-# bench/run.sh after `ninja -C build`. Writes bench/results/latest.md; docs/PERFORMANCE.md
-# explains it.
+# against direct and `ssh -R` (bench/relay.py), then `pinhole local` and `pinhole socks --via`
+# through the relay against `ssh -L` and `ssh -D` (bench/local.py). Run by `make bench`, or
+# directly as bench/run.sh after `ninja -C build`. Writes bench/results/latest.md;
+# docs/PERFORMANCE.md explains it.
 #
 # Knobs (environment): BENCH_SECS (4) per test, BENCH_ROUNDS (3), BENCH_CLIENTS (32),
 # BENCH_IDLE (9000), BENCH_PEERS (default: "direct pinhole pinhole-64k haproxy haproxy-1m
 # nginx socat rinetd redir"), BENCH_QUIET (0.25 cores of other load before a test is run
 # again), BENCH_RETRIES (2), BENCH_BUDGET (480 s for the rounds, retries included),
 # BENCH_PINHOLE (build/pinhole), BENCH_OUT (bench/results/latest.md), BENCH_ONLY (tcp, udp,
-# socks or relay: that part alone, written to latest-tcp.md, latest-udp.md, latest-socks.md
-# or latest-relay.md unless BENCH_OUT says).
+# socks, relay or local: that part alone, written to latest-tcp.md, latest-udp.md,
+# latest-socks.md, latest-relay.md or latest-local.md unless BENCH_OUT says).
 # UDP (bench/udp.py): BENCH_UDP_PEERS (default: "direct pinhole nginx socat direct-veth
 # dnat-veth pinhole-veth"), BENCH_UDP_SECS (3), BENCH_UDP_ROUNDS (BENCH_ROUNDS),
 # BENCH_UDP_CLIENTS (32), BENCH_UDP_WINDOW (16 datagrams in flight per client),
@@ -37,6 +38,13 @@
 # the pinhole row `pinhole server` and one `pinhole expose` per public port, with keys made
 # in the temp dir. The stripped size of BENCH_RELAY_RELEASE (build-rel/pinhole: a
 # --buildtype=release build) is reported too when it exists.
+# Local (bench/local.py, about 5-6 minutes): BENCH_LOCAL_PEERS (default: "direct pinhole-local
+# ssh-L pinhole-socks ssh-D"), BENCH_LOCAL_SECS (3) per test, BENCH_LOCAL_ROUNDS
+# (BENCH_ROUNDS), BENCH_LOCAL_CLIENTS (BENCH_CLIENTS), BENCH_LOCAL_IDLE (5000 idle streams),
+# BENCH_LOCAL_RTT (10 ms, as the relay's), BENCH_LOCAL_BUDGET (300 s for the rounds, retries
+# included). `pinhole local` / `pinhole socks --via` reach a `pinhole server` whose
+# authorized_keys grants their keys connect=127.0.0.1:1024-65535; ssh -L / -D (cipher
+# aes128-gcm@openssh.com) reach an sshd of their own, as the SOCKS part's.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

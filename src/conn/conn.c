@@ -261,6 +261,14 @@ void ph_conn_relay(struct ph_conn *c, uint32_t events, bool registered)
 	}
 }
 
+void ph_conn_fds_trim(struct ph_conn *c, unsigned n)
+{
+	if (c->fds > n) {
+		ph_fds_give(c->fds - n);
+		c->fds = (uint8_t)n;
+	}
+}
+
 int ph_conn_dial(struct ph_conn *c, const struct ph_addr *a, ph_io_fn on_connect)
 {
 	const struct ph_rule *r = c->wr->rule;

@@ -130,6 +130,13 @@ int ph_conn_dial(struct ph_conn *c, const struct ph_addr *a, ph_io_fn on_connect
  */
 void ph_conn_relay(struct ph_conn *c, uint32_t events, bool registered);
 
+/*
+ * c holds at most n fds from here on (a verb's connection reserved the most it might need at
+ * accept, e.g. SOCKS's BIND): what it reserved beyond n goes back to the fd budget, so that
+ * a relaying connection counts what it holds, not what it might have.
+ */
+void ph_conn_fds_trim(struct ph_conn *c, unsigned n);
+
 /* The address c's close line names as its target (a verb's own destination). */
 static inline void ph_conn_set_dst(struct ph_conn *c, const struct ph_addr *a)
 {

@@ -462,7 +462,8 @@ static void socks_on_connect(struct ph_io *io, uint32_t events)
 	}
 	if (sx->one_request)
 		ph_pump_down_only(&c->pump);
-	socks_conn_free(c); /* the handshake is over: only the pump's state is left */
+	socks_conn_free(c);     /* the handshake is over: only the pump's state is left */
+	ph_conn_fds_trim(c, 2); /* client and target (a pipe takes its own) */
 	ph_conn_relay(c, events, true);
 }
 
@@ -526,6 +527,8 @@ static void socks_on_via(struct ph_io *io, uint32_t events)
 	if (sx->one_request)
 		ph_pump_down_only(&c->pump);
 	socks_conn_free(c);
+	/* client, this end of the stream, and the relay client's end on the main thread */
+	ph_conn_fds_trim(c, 3);
 	ph_conn_relay(c, events | EPOLLIN | EPOLLOUT, true);
 }
 
@@ -638,6 +641,7 @@ static void socks_on_bind_accept(struct ph_acceptor *acc, int fd, const struct p
 		return;
 	}
 	socks_conn_free(c);
+	ph_conn_fds_trim(c, 2); /* client and peer: the listener is closed */
 	ph_conn_relay(c, 0, false);
 }
 

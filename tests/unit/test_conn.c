@@ -261,6 +261,27 @@ static void test_every_target_refusing_closes_once(void **state)
 	ctest_free(t);
 }
 
+/* A relaying connection keeps what it holds of its reservation, and gives the rest back once. */
+static void test_fds_trim_gives_back_the_surplus(void **state)
+{
+	struct ph_conn c;
+
+	(void)state;
+	memset(&c, 0, sizeof(c));
+	ph_fds_set_limit(8);
+	assert_true(ph_fds_take(PH_FDS_SOCKS));
+	c.fds = PH_FDS_SOCKS;
+	ph_conn_fds_trim(&c, 2);
+	assert_int_equal(c.fds, 2);
+	assert_int_equal(ph_fds_used(), 2);
+	ph_conn_fds_trim(&c, 3); /* never takes more */
+	assert_int_equal(c.fds, 2);
+	assert_int_equal(ph_fds_used(), 2);
+	ph_fds_give(c.fds); /* as the close path does */
+	assert_int_equal(ph_fds_used(), 0);
+	ph_fds_set_limit(0);
+}
+
 static void test_state_names(void **state)
 {
 	(void)state;
@@ -279,6 +300,7 @@ int main(void)
 		cmocka_unit_test(test_max_conns_resets_the_one_too_many),
 		cmocka_unit_test(test_fail_over_skips_and_blames_a_refusing_target),
 		cmocka_unit_test(test_every_target_refusing_closes_once),
+		cmocka_unit_test(test_fds_trim_gives_back_the_surplus),
 		cmocka_unit_test(test_state_names),
 	};
 
