@@ -423,6 +423,37 @@ static int socks_reply_ok(struct ph_conn *c, const struct ph_addr *bound)
 	return 0; /* a forwarded request: the origin server answers */
 }
 
+/*
+ * The target is reached (io[1] is connected, or the relay's stream confirmed): the success
+ * reply naming bound, an HTTP request's rewritten head to the target, then the pump; the
+ * connection keeps fds of the budget (a pipe takes its own). Nothing after this.
+ */
+static void socks_established(struct ph_conn *c, const struct ph_addr *bound, unsigned fds,
+                              uint32_t events)
+{
+	struct ph_socks_conn *sx = c->vstate;
+	int err = socks_reply_ok(c, bound);
+
+	if (err == 0 && sx->fwd != NULL) {
+		err = send_all(c->pump.io[1].fd, sx->fwd, sx->fwd_len);
+		if (err == 0) {
+			ph_conn_count(c, sx->fwd_len, 0);
+			PH_CONN_STAT(c->wr, bytes_up, sx->fwd_len);
+			PH_CONN_STAT(c->wr, copied, sx->fwd_len);
+		}
+	}
+	if (err < 0) {
+		PH_CONN_STAT(c->wr, errors, 1);
+		ph_conn_close(c, true, "cannot send the reply", err);
+		return;
+	}
+	if (sx->one_request)
+		ph_pump_down_only(&c->pump);
+	socks_conn_free(c); /* the handshake is over: only the pump's state is left */
+	ph_conn_fds_trim(c, fds);
+	ph_conn_relay(c, events, true);
+}
+
 static void socks_on_connect(struct ph_io *io, uint32_t events)
 {
 	struct ph_conn *c = container_of(io, struct ph_conn, pump.io[1]);
@@ -446,25 +477,7 @@ static void socks_on_connect(struct ph_io *io, uint32_t events)
 	memset(&bound, 0, sizeof(bound));
 	if (getsockname(io->fd, &bound.u.sa, &len) == 0)
 		bound.len = len;
-	err = socks_reply_ok(c, &bound);
-	if (err == 0 && sx->fwd != NULL) {
-		err = send_all(io->fd, sx->fwd, sx->fwd_len);
-		if (err == 0) {
-			ph_conn_count(c, sx->fwd_len, 0);
-			PH_CONN_STAT(c->wr, bytes_up, sx->fwd_len);
-			PH_CONN_STAT(c->wr, copied, sx->fwd_len);
-		}
-	}
-	if (err < 0) {
-		PH_CONN_STAT(c->wr, errors, 1);
-		ph_conn_close(c, true, "cannot send the reply", err);
-		return;
-	}
-	if (sx->one_request)
-		ph_pump_down_only(&c->pump);
-	socks_conn_free(c);     /* the handshake is over: only the pump's state is left */
-	ph_conn_fds_trim(c, 2); /* client and target (a pipe takes its own) */
-	ph_conn_relay(c, events, true);
+	socks_established(c, &bound, 2, events); /* client and target (a pipe its own) */
 }
 
 /* ---- --via: the relay connects ---- */
@@ -510,26 +523,8 @@ static void socks_on_via(struct ph_io *io, uint32_t events)
 		socks_fail(c, err, 0, reason);
 		return;
 	}
-	err = socks_reply_ok(c, &rep.bound);
-	if (err == 0 && sx->fwd != NULL) {
-		err = send_all(io->fd, sx->fwd, sx->fwd_len);
-		if (err == 0) {
-			ph_conn_count(c, sx->fwd_len, 0);
-			PH_CONN_STAT(c->wr, bytes_up, sx->fwd_len);
-			PH_CONN_STAT(c->wr, copied, sx->fwd_len);
-		}
-	}
-	if (err < 0) {
-		PH_CONN_STAT(c->wr, errors, 1);
-		ph_conn_close(c, true, "cannot send the reply", err);
-		return;
-	}
-	if (sx->one_request)
-		ph_pump_down_only(&c->pump);
-	socks_conn_free(c);
-	/* client, this end of the stream, and the relay client's end on the main thread */
-	ph_conn_fds_trim(c, 3);
-	ph_conn_relay(c, events | EPOLLIN | EPOLLOUT, true);
+	/* fds: client, this end of the stream, and the relay client's end on the main thread */
+	socks_established(c, &rep.bound, 3, events | EPOLLIN | EPOLLOUT);
 }
 
 /* CONNECT through --via: the relay client is asked; its reply comes first on the stream. */

@@ -362,27 +362,43 @@ static int stream_buf_add(struct ph_stream *st, const uint8_t *p, size_t n)
 	return 0;
 }
 
+/*
+ * Writes what of p[0..n) the socket takes now, when nothing waits before it. Returns the
+ * bytes written, or -errno (the stream is closed).
+ */
+static ssize_t stream_write_now(struct ph_stream *st, const uint8_t *p, size_t n)
+{
+	size_t done = 0;
+
+	while (st->blen == 0 && st->io.fd != -1 && !(st->flags & ST_CONNECTING) && done < n) {
+		ssize_t w = ph_sys.write(st->io.fd, p + done, n - done);
+
+		if (w < 0) {
+			int err = -errno;
+
+			if (err == -EINTR)
+				continue;
+			if (err == -EAGAIN)
+				break;
+			stream_close(st, true, PH_RST_RESET, "socket error", err);
+			return err;
+		}
+		done += (size_t)w;
+	}
+	return (ssize_t)done;
+}
+
 /* Bytes from the peer for the socket: written at once if it takes them, else kept. */
 static void stream_deliver(struct ph_stream *st, const uint8_t *p, size_t n)
 {
 	size_t done = 0;
 
 	if (st->blen == 0 && !(st->flags & ST_CONNECTING)) {
-		while (done < n) {
-			ssize_t w = ph_sys.write(st->io.fd, p + done, n - done);
+		ssize_t w = stream_write_now(st, p, n);
 
-			if (w < 0) {
-				int err = -errno;
-
-				if (err == -EINTR)
-					continue;
-				if (err == -EAGAIN)
-					break;
-				stream_close(st, true, PH_RST_RESET, "socket error", err);
-				return;
-			}
-			done += (size_t)w;
-		}
+		if (w < 0)
+			return;
+		done = (size_t)w;
 		st->consumed += (uint32_t)done;
 		st->bytes_out += done;
 	}
@@ -1542,25 +1558,15 @@ void ph_stream_fail(struct ph_stream *st, uint8_t reason, const char *why, int e
 int ph_stream_inject(struct ph_stream *st, const void *p, size_t n)
 {
 	const uint8_t *b = p;
-	size_t done = 0;
+	ssize_t w;
+	size_t done;
 
 	if (st->flags & ST_DEAD)
 		return -ECANCELED;
-	while (st->blen == 0 && st->io.fd != -1 && !(st->flags & ST_CONNECTING) && done < n) {
-		ssize_t w = ph_sys.write(st->io.fd, b + done, n - done);
-
-		if (w < 0) {
-			int err = -errno;
-
-			if (err == -EINTR)
-				continue;
-			if (err == -EAGAIN)
-				break;
-			stream_close(st, true, PH_RST_RESET, "socket error", err);
-			return err;
-		}
-		done += (size_t)w;
-	}
+	w = stream_write_now(st, b, n);
+	if (w < 0)
+		return (int)w;
+	done = (size_t)w;
 	if (done < n && stream_buf_add(st, b + done, n - done) < 0) {
 		stream_close(st, true, PH_RST_OVERLOAD, "out of memory", -ENOMEM);
 		return -ENOMEM;
