@@ -9,8 +9,9 @@
 
 #include "core/util.h"
 
-#define VIA_KIND_TCP 1 /* a request's kind: a TCP connection */
-#define VIA_KIND_UDP 2 /* datagrams */
+#define VIA_KIND_TCP  1 /* a request's kind: a TCP connection */
+#define VIA_KIND_UDP  2 /* datagrams */
+#define VIA_KIND_HAND 3 /* TCP, the worker's client socket handed over once connected */
 
 struct ph_via {
 	struct ph_via *next;
@@ -70,18 +71,54 @@ void ph_via_free_all(void)
 	pthread_mutex_unlock(&via_lock);
 }
 
-static int via_dial(struct ph_via *v, const char *host, uint16_t port, bool udp);
+static int via_dial(struct ph_via *v, const char *host, uint16_t port, uint8_t kind);
 
 int ph_via_dial(struct ph_via *v, const char *host, uint16_t port)
 {
 	if (host[0] == '\0' || port == 0)
 		return -EINVAL;
-	return via_dial(v, host, port, false);
+	return via_dial(v, host, port, VIA_KIND_TCP);
+}
+
+int ph_via_dial_handoff(struct ph_via *v, const char *host, uint16_t port)
+{
+	if (host[0] == '\0' || port == 0)
+		return -EINVAL;
+	return via_dial(v, host, port, VIA_KIND_HAND);
 }
 
 int ph_via_assoc(struct ph_via *v)
 {
-	return via_dial(v, "", 0, true);
+	return via_dial(v, "", 0, VIA_KIND_UDP);
+}
+
+int ph_via_hand(int stream, int client)
+{
+	static const uint8_t marker = 'H';
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} cm;
+	struct iovec iov = {.iov_base = (void *)(uintptr_t)&marker, .iov_len = 1};
+	struct msghdr mh;
+	struct cmsghdr *c;
+
+	memset(&mh, 0, sizeof(mh));
+	memset(&cm, 0, sizeof(cm));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cm.buf;
+	mh.msg_controllen = sizeof(cm.buf);
+	c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &client, sizeof(int));
+	while (sendmsg(stream, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		if (errno != EINTR)
+			return -errno;
+	}
+	return 0;
 }
 
 size_t ph_via_dgram_put(const char *host, uint16_t port, uint8_t *out)
@@ -156,8 +193,9 @@ int ph_via_from_get(const uint8_t *p, size_t n, struct ph_addr *a)
 	return -EPROTO;
 }
 
-static int via_dial(struct ph_via *v, const char *host, uint16_t port, bool udp)
+static int via_dial(struct ph_via *v, const char *host, uint16_t port, uint8_t kind)
 {
+	bool udp = kind == VIA_KIND_UDP;
 	uint8_t req[PH_VIA_REQ_MAX];
 	size_t hl = strlen(host);
 	union {
@@ -174,7 +212,7 @@ static int via_dial(struct ph_via *v, const char *host, uint16_t port, bool udp)
 	if (socketpair(AF_UNIX, (udp ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
 	               0, sp) < 0)
 		return -errno;
-	req[0] = udp ? VIA_KIND_UDP : VIA_KIND_TCP;
+	req[0] = kind;
 	req[1] = (uint8_t)(port >> 8);
 	req[2] = (uint8_t)port;
 	req[3] = (uint8_t)hl;
@@ -243,12 +281,13 @@ int ph_via_recv(int rx, struct ph_via_req *req)
 	}
 	if (fd == -1)
 		return -EPROTO;
-	if (n < 4 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-	    (b[0] != VIA_KIND_TCP && b[0] != VIA_KIND_UDP) || (size_t)n != 4u + b[3]) {
+	if (n < 4 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || b[0] < VIA_KIND_TCP ||
+	    b[0] > VIA_KIND_HAND || (size_t)n != 4u + b[3]) {
 		close(fd);
 		return -EPROTO;
 	}
 	req->udp = b[0] == VIA_KIND_UDP;
+	req->handoff = b[0] == VIA_KIND_HAND;
 	req->port = (uint16_t)(b[1] << 8 | b[2]);
 	memcpy(req->host, b + 4, b[3]);
 	req->host[b[3]] = '\0';

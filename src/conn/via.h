@@ -41,7 +41,8 @@ struct ph_via;
 
 /* A request as the client reads it. */
 struct ph_via_req {
-	bool udp; /* a UDP association: SOCK_SEQPACKET, no host, port 0 (ph_via_assoc) */
+	bool udp;     /* a UDP association: SOCK_SEQPACKET, no host, port 0 (ph_via_assoc) */
+	bool handoff; /* once connected, the worker sends its client's socket (ph_via_hand) */
 	uint16_t port;
 	char host[PH_VIA_HOST_MAX + 1];
 };
@@ -71,6 +72,19 @@ void ph_via_free_all(void);
  * target's bytes), or -errno (-EAGAIN: the channel is full).
  */
 int ph_via_dial(struct ph_via *v, const char *host, uint16_t port);
+
+/*
+ * As ph_via_dial, and once the reply said OK the worker hands its client's socket over
+ * (ph_via_hand) instead of pumping between it and the stream: the relay client then reads
+ * and writes the client itself. Until the socket comes, the target's bytes wait there.
+ */
+int ph_via_dial_handoff(struct ph_via *v, const char *host, uint16_t port);
+
+/*
+ * The worker's side: sends client (its socket, which the worker then closes) over stream,
+ * the end ph_via_dial_handoff returned, behind a marker byte. Returns 0 or -errno.
+ */
+int ph_via_hand(int stream, int client);
 
 /*
  * A UDP association (socks UDP ASSOCIATE) through the relay: the worker's end of a

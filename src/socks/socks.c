@@ -73,6 +73,7 @@ struct ph_socks_conn {
 	size_t fwd_len;
 	bool one_request; /* HTTP without a body: the client's later bytes stay unread */
 	bool via;         /* --via: pump.io[1] is the relay client's stream, its reply first */
+	bool handoff;     /* --via: the client's socket goes to the relay client once connected */
 	/* BIND's listener, or UDP ASSOCIATE's socket for the client: both on the address the
 	 * client reached (what the reply names) */
 	struct ph_io aux;
@@ -483,6 +484,32 @@ static void socks_on_connect(struct ph_io *io, uint32_t events)
 /* ---- --via: the relay connects ---- */
 
 /*
+ * --via, connected: the success reply (and an HTTP request's head, on the stream), then the
+ * client's socket itself goes to the relay client, which carries its bytes from there: no
+ * pump here, no hop through the socket pair. Nothing after this.
+ */
+static void socks_hand_over(struct ph_conn *c, const struct ph_addr *bound)
+{
+	struct ph_socks_conn *sx = c->vstate;
+	int err = socks_reply_ok(c, bound), fd;
+
+	if (err == 0 && sx->fwd != NULL)
+		err = send_all(c->pump.io[1].fd, sx->fwd, sx->fwd_len);
+	if (err == 0)
+		err = ph_via_hand(c->pump.io[1].fd, c->pump.io[0].fd);
+	if (err < 0) {
+		PH_CONN_STAT(c->wr, errors, 1);
+		ph_conn_close(c, true, "cannot hand the connection to the relay client", err);
+		return;
+	}
+	/* the client's socket lives on in the relay client: its registration here must go
+	 * explicitly (epoll forgets a socket only when every fd of it is closed) */
+	ph_io_forget(&c->wr->w->loop, &c->pump.io[0], &fd);
+	close(fd);
+	ph_conn_close(c, false, "handed to the relay client", 0); /* closed, not reset */
+}
+
+/*
  * The relay client's reply record came (or the stream ended first): the protocol's success
  * reply and the pump, or the failure the relay gave.
  */
@@ -523,6 +550,10 @@ static void socks_on_via(struct ph_io *io, uint32_t events)
 		socks_fail(c, err, 0, reason);
 		return;
 	}
+	if (sx->handoff) {
+		socks_hand_over(c, &rep.bound);
+		return;
+	}
 	/* fds: client, this end of the stream, and the relay client's end on the main thread */
 	socks_established(c, &rep.bound, 3, events | EPOLLIN | EPOLLOUT);
 }
@@ -552,7 +583,11 @@ static void socks_via(struct ph_conn *c)
 		else
 			inet_ntop(AF_INET6, &a.u.in6.sin6_addr, host, sizeof(host));
 	}
-	fd = ph_via_dial(wr->rule->via, host, sx->dst.port);
+	/* the client's socket follows the reply, unless the pump must keep some of its bytes
+	 * unread (an HTTP request without a body) */
+	sx->handoff = !sx->one_request;
+	fd = sx->handoff ? ph_via_dial_handoff(wr->rule->via, host, sx->dst.port)
+	                 : ph_via_dial(wr->rule->via, host, sx->dst.port);
 	if (fd < 0) {
 		PH_CONN_STAT(wr, errors, 1);
 		snprintf(reason, sizeof(reason), "cannot hand the request to the relay client: %s",

@@ -1375,6 +1375,8 @@ static void via_readable(struct ph_io *io, uint32_t events)
 			r->failed++;
 			continue;
 		}
+		if (q.handoff) /* the worker's client comes in place of the socket pair */
+			ph_stream_await_socket(st);
 		r->live++;
 	}
 }

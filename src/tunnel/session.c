@@ -31,14 +31,16 @@
 #define WIRE_CAP    (256u << 10) /* TLS records gathered for one write() */
 
 /* stream flags */
-#define ST_CONNECTING 0x01 /* the local connect is in flight */
-#define ST_READABLE   0x02 /* the socket may have bytes (edge seen, not drained) */
-#define ST_EOF        0x04 /* the socket ended: FIN sent to the peer */
-#define ST_FIN_RCVD   0x08 /* the peer ended: shut the socket once buf is out */
-#define ST_SHUT       0x10 /* shutdown(SHUT_WR) done */
-#define ST_DEAD       0x20 /* closed, waiting to be freed */
-#define ST_RDHUP      0x40 /* the socket's FIN (or an error) arrived: read until it shows */
-#define ST_CONFIRM    0x80 /* OPENED goes to the peer once connected */
+#define ST_CONNECTING 0x01  /* the local connect is in flight */
+#define ST_READABLE   0x02  /* the socket may have bytes (edge seen, not drained) */
+#define ST_EOF        0x04  /* the socket ended: FIN sent to the peer */
+#define ST_FIN_RCVD   0x08  /* the peer ended: shut the socket once buf is out */
+#define ST_SHUT       0x10  /* shutdown(SHUT_WR) done */
+#define ST_DEAD       0x20  /* closed, waiting to be freed */
+#define ST_RDHUP      0x40  /* the socket's FIN (or an error) arrived: read until it shows */
+#define ST_CONFIRM    0x80  /* OPENED goes to the peer once connected */
+#define ST_HOLD       0x100 /* the peer's bytes wait in buf: the socket is to be replaced */
+#define ST_HANDOFF    0x200 /* reads watch for the replacement (SCM_RIGHTS behind a marker) */
 
 static void sess_task(struct ph_task *t);
 static void sess_send(struct ph_sess *s);
@@ -281,6 +283,8 @@ static void stream_buf_drop(struct ph_stream *st)
 /* Writes what waits in buf to the socket. Returns 0, or -errno (the stream is closed). */
 static int stream_flush(struct ph_stream *st)
 {
+	if (st->flags & ST_HOLD)
+		return 0; /* for the socket that comes */
 	while (st->blen > 0) {
 		ssize_t w = ph_sys.write(st->io.fd, st->buf + st->boff, st->blen);
 
@@ -393,7 +397,7 @@ static void stream_deliver(struct ph_stream *st, const uint8_t *p, size_t n)
 {
 	size_t done = 0;
 
-	if (st->blen == 0 && !(st->flags & ST_CONNECTING)) {
+	if (st->blen == 0 && !(st->flags & (ST_CONNECTING | ST_HOLD))) {
 		ssize_t w = stream_write_now(st, p, n);
 
 		if (w < 0)
@@ -418,7 +422,7 @@ static void stream_deliver(struct ph_stream *st, const uint8_t *p, size_t n)
 static void stream_fin(struct ph_stream *st)
 {
 	st->flags |= ST_FIN_RCVD;
-	if (st->blen == 0 && !(st->flags & ST_CONNECTING)) {
+	if (st->blen == 0 && !(st->flags & (ST_CONNECTING | ST_HOLD))) {
 		shutdown(st->io.fd, SHUT_WR);
 		st->flags |= ST_SHUT;
 		stream_maybe_done(st);
@@ -562,6 +566,61 @@ static void stream_io(struct ph_io *io, uint32_t events)
 	}
 }
 
+/*
+ * read(2) for a stream awaiting its socket: a socket sent with SCM_RIGHTS behind a marker
+ * byte (the last byte of the read that carries it: the kernel ends a read there) comes
+ * back in *got, the marker still counted in the result.
+ */
+static ssize_t read_handoff(int fd, uint8_t *p, size_t n, int *got)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} cm;
+	struct iovec iov = {.iov_base = p, .iov_len = n};
+	struct msghdr mh;
+	struct cmsghdr *c;
+	ssize_t r;
+
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cm.buf;
+	mh.msg_controllen = sizeof(cm.buf);
+	r = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (r <= 0)
+		return r;
+	for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len >= CMSG_LEN(sizeof(int)) && *got == -1)
+			memcpy(got, CMSG_DATA(c), sizeof(int));
+	}
+	return r;
+}
+
+/* st's socket is replaced by fd (handed over): the bytes held for it go out now. */
+static void stream_take_fd(struct ph_stream *st, int fd)
+{
+	struct ph_sess *s = st->s;
+
+	ph_io_close(s->loop, &st->io); /* the socket pair's end */
+	ph_io_init(&st->io, fd, stream_io);
+	st->flags &= (uint16_t) ~(ST_HOLD | ST_HANDOFF | ST_RDHUP);
+	st->flags |= ST_READABLE;
+	if (ph_io_add(s->loop, &st->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+		stream_close(st, true, PH_RST_OVERLOAD, "cannot poll", -ENOMEM);
+		return;
+	}
+	if (st->blen > 0 && ph_list_empty(&st->fnode)) {
+		ph_list_add_tail(&s->flushq, &st->fnode);
+		kick(s);
+	} else if ((st->flags & (ST_FIN_RCVD | ST_SHUT)) == ST_FIN_RCVD) {
+		shutdown(st->io.fd, SHUT_WR);
+		st->flags |= ST_SHUT;
+		stream_maybe_done(st);
+	}
+}
+
 /* Reads one turn of st into a DATA frame (or FIN, or RST). */
 static void stream_serve(struct ph_stream *st)
 {
@@ -569,11 +628,32 @@ static void stream_serve(struct ph_stream *st)
 	uint32_t want = st->credit < PH_FRAME_MAX ? st->credit : PH_FRAME_MAX;
 	ssize_t n;
 
+	int handed = -1;
+
 	if (out_room(s, PH_FRAME_HDR + want) < 0)
 		return;
 	do
-		n = ph_sys.read(st->io.fd, s->out + s->out_len + PH_FRAME_HDR, want);
+		n = st->flags & ST_HANDOFF
+		            ? read_handoff(st->io.fd, s->out + s->out_len + PH_FRAME_HDR, want,
+		                           &handed)
+		            : ph_sys.read(st->io.fd, s->out + s->out_len + PH_FRAME_HDR, want);
 	while (n < 0 && errno == EINTR);
+	if (handed != -1) {
+		n--; /* the marker byte the socket came behind */
+		if (n > 0) {
+			ph_frame_header(PH_FRAME_DATA, 0, st->id, (uint16_t)n, s->out + s->out_len);
+			s->out_len += PH_FRAME_HDR + (uint32_t)n;
+			st->credit -= (uint32_t)n;
+			st->bytes_in += (uint64_t)n;
+			s->st.bytes_out += (uint64_t)n;
+		}
+		stream_take_fd(st, handed);
+		return;
+	}
+	if (n == 0 && (st->flags & ST_HANDOFF)) { /* the socket never came */
+		stream_close(st, true, PH_RST_RESET, "the handed socket did not come", 0);
+		return;
+	}
 	if (n > 0) {
 		ph_frame_header(PH_FRAME_DATA, 0, st->id, (uint16_t)n, s->out + s->out_len);
 		s->out_len += PH_FRAME_HDR + (uint32_t)n;
@@ -1527,6 +1607,11 @@ int ph_stream_set_fd(struct ph_stream *st, int fd)
 		return -ENOMEM;
 	}
 	return 0;
+}
+
+void ph_stream_await_socket(struct ph_stream *st)
+{
+	st->flags |= ST_HOLD | ST_HANDOFF;
 }
 
 bool ph_stream_connecting(const struct ph_stream *st)

@@ -246,6 +246,13 @@ void ph_sess_rst_text(struct ph_sess *s, uint32_t id, uint8_t reason, const char
  */
 int ph_stream_set_fd(struct ph_stream *st, int fd);
 
+/*
+ * st's socket (a socket pair's end) will be replaced by the socket its other end sends
+ * with SCM_RIGHTS behind one marker byte: the peer's bytes wait for it (injected ones do
+ * not), what comes before the marker is st's as usual, and an end without it resets st.
+ */
+void ph_stream_await_socket(struct ph_stream *st);
+
 /* True while st's socket is not connected yet (or it has none). */
 bool ph_stream_connecting(const struct ph_stream *st);
 

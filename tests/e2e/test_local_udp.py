@@ -3,6 +3,7 @@ ways): dig to dnsmasq behind the relay (HOST:PORT, granted by connect=) and behi
 client (a private UDP service, granted by reach=), both protocols from one line, and the
 refusals with the relay's words. Loopback only; dnsmasq and dig are the real peers."""
 
+import os
 import shutil
 import socket
 import struct
@@ -172,3 +173,59 @@ def test_socks_via_udp_associate(procs, tmp_path, keys, spawn, udp_echo):
     # the association's end closes its channels on the relay
     wait_until(lambda: relay.status()["relay"]["sessions"][0]["opened"]["channels"] == 0, 5,
                "the relay's channels to close")
+
+
+def test_socks_via_hands_the_client_over(procs, tmp_path, keys, tcp_server):
+    """`socks --via` CONNECT: once the relay connected, the SOCKS client's socket itself goes
+    to the relay client (no hop through the worker). A target that speaks first has its
+    banner held and delivered after the hand-over; then 16 MiB each way by sha256, and a
+    half-close that reaches the target."""
+    import hashlib
+    import threading
+
+    from conftest import recv_exact, socks5_connect
+
+    size = 16 << 20
+    got = {}
+
+    def banner_then_sink_and_send(conn, peer):
+        conn.sendall(b"BANNER\n")
+        h, n = hashlib.sha256(), 0
+        while n < size:
+            b = conn.recv(1 << 16)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+        got["up"] = (n, h.hexdigest())
+        assert conn.recv(1) == b""  # the client's FIN came through
+        conn.sendall(data_down)
+        conn.close()
+
+    data_up, data_down = os.urandom(size), os.urandom(size)
+    srv = tcp_server(banner_then_sink_and_send)
+    relay = start_relay(procs, tmp_path, keys,
+                        auth=[f"connect=127.0.0.1:{srv.port} {keys.alice.line}"])
+    sport = free_udp_port()
+    s = procs("socks", f"127.0.0.1:{sport}", *via(relay, tmp_path, keys.alice), "-v")
+    s.wait_log(r"session up")
+    c, _ = socks5_connect(sport, "127.0.0.1", srv.port)
+    c.settimeout(30)
+    try:
+        assert recv_exact(c, 7) == b"BANNER\n"
+        t = threading.Thread(target=c.sendall, args=(data_up,))
+        t.start()
+        t.join(60)
+        c.shutdown(socket.SHUT_WR)
+        h, n = hashlib.sha256(), 0
+        while True:
+            b = c.recv(1 << 16)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    finally:
+        c.close()
+    assert got.get("up") == (size, hashlib.sha256(data_up).hexdigest()), got
+    assert (n, h.hexdigest()) == (size, hashlib.sha256(data_down).hexdigest())
+    s.wait_log(r"handed to the relay client")  # the worker's part ended at the hand-over
