@@ -22,6 +22,7 @@
 #include "core/logagg.h"
 #include "core/net.h"
 #include "core/resolve.h"
+#include "core/stun.h"
 #include "core/util.h"
 #include "tunnel/frame.h"
 #include "tunnel/msg.h"
@@ -153,9 +154,54 @@ struct ph_relay {
 	struct ph_list chans;        /* struct rchan */
 	struct ph_resolver *res;     /* owned: HOST:PORT targets of client-opened streams */
 	struct ph_hostaddrs *self;   /* this host's addresses (connect= judges them apart) */
+	struct ph_io stun;           /* UDP on the session port: STUN Binding answered */
+	uint64_t stun_answered, stun_dropped, stun_second;
+	unsigned stun_this_second;
 };
 
 static const struct ph_sess_ops relay_ops;
+
+#define STUN_PER_SECOND 2000 /* answers at most: the relay is no reflector for floods */
+
+/* STUN Binding requests on the session port: each gets its sender's address back. */
+static void relay_stun(struct ph_io *io, uint32_t events)
+{
+	struct ph_relay *r = container_of(io, struct ph_relay, stun);
+
+	(void)events;
+	for (int i = 0; i < UDP_BATCH; i++) {
+		uint8_t in[576], out[PH_STUN_RESP_MAX];
+		struct ph_stun_msg m;
+		struct ph_addr from;
+		socklen_t len = sizeof(from.u);
+		const char *why;
+		size_t n;
+		ssize_t k = recvfrom(io->fd, in, sizeof(in), MSG_TRUNC, &from.u.sa, &len);
+
+		if (k < 0)
+			return;
+		from.len = len;
+		if ((size_t)k > sizeof(in) || ph_stun_parse(in, (size_t)k, &m, &why) < 0) {
+			r->stun_dropped++; /* not STUN, or not a request: no answer */
+			continue;
+		}
+		if (r->loop->now / 1000 != r->stun_second) {
+			r->stun_second = r->loop->now / 1000;
+			r->stun_this_second = 0;
+		}
+		if (r->stun_this_second >= STUN_PER_SECOND) {
+			r->stun_dropped++;
+			continue;
+		}
+		n = ph_stun_answer(&m, &from, out);
+		if (n == 0 || sendto(io->fd, out, n, MSG_DONTWAIT, &from.u.sa, from.len) < 0) {
+			r->stun_dropped++;
+			continue;
+		}
+		r->stun_this_second++;
+		r->stun_answered++;
+	}
+}
 static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c);
 static struct rchan *chan_by_id(struct rsess *rs, uint16_t id);
 static void chan_free(struct rchan *ch);
@@ -1861,6 +1907,7 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 	ph_list_init(&r->dead);
 	ph_list_init(&r->dials);
 	ph_list_init(&r->chans);
+	ph_io_init(&r->stun, -1, relay_stun);
 	ph_task_init(&r->reap, relay_reap);
 	ph_timer_init(&r->sweep, relay_sweep);
 	ph_acceptor_init(&r->lis, -1, PH_FDS_STREAM, relay_accept, relay_label);
@@ -1918,6 +1965,15 @@ int ph_relay_start(struct ph_loop *l, const struct ph_server_conf *c, struct ph_
 		goto fail;
 	}
 	r->lis.io.fd = fd;
+	/* STUN on the same address and port, over UDP (a client learns its public address) */
+	fd = ph_udp_bind(&a, false, false, false, 0);
+	if (fd >= 0) {
+		ph_io_init(&r->stun, fd, relay_stun);
+		if (ph_io_add(l, &r->stun, EPOLLIN) < 0)
+			ph_io_close(l, &r->stun);
+	} else {
+		ph_warn("relay: no STUN on udp port %u: %s", c->listen.port, ph_bind_strerror(fd));
+	}
 	err = ph_acceptor_start(l, &r->lis);
 	if (err < 0) {
 		snprintf(why, whylen, "%s", strerror(-err));
@@ -2027,6 +2083,7 @@ void ph_relay_free(struct ph_relay *r)
 	while (!ph_list_empty(&r->chans))
 		chan_free(container_of(r->chans.next, struct rchan, node));
 	ph_hostaddrs_free(r->self);
+	ph_io_close(r->loop, &r->stun);
 	ph_task_cancel(&r->reap);
 	relay_reap(&r->reap);
 	ph_timer_stop(r->loop, &r->sweep);
@@ -2109,7 +2166,15 @@ static size_t checks_status(const struct ph_relay *r, bool json, char *buf, size
 			OUT("%s%llu %s", i == PH_CHECK_OPEN ? "" : ", ",
 			    (unsigned long long)st.results[i], ph_check_result_name(i));
 	}
-	OUT(json ? "}}" : ")\n");
+	/* and STUN on the session port */
+	if (json)
+		OUT("},\"stun\":{\"on\":%s,\"answered\":%llu,\"dropped\":%llu}}",
+		    r->stun.fd != -1 ? "true" : "false", (unsigned long long)r->stun_answered,
+		    (unsigned long long)r->stun_dropped);
+	else
+		OUT(")\nrelay stun: %s, %llu answered, %llu dropped\n",
+		    r->stun.fd != -1 ? "on" : "off", (unsigned long long)r->stun_answered,
+		    (unsigned long long)r->stun_dropped);
 #undef OUT
 	return n;
 }
