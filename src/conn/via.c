@@ -22,6 +22,75 @@ struct ph_via {
 static struct ph_via *via_table;
 static pthread_mutex_t via_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Sends p[0..n) with fd attached (SCM_RIGHTS), not blocking. Returns 0 or -errno. */
+static int send_fd(int sock, const void *p, size_t n, int fd)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} cm;
+	struct iovec iov = {.iov_base = (void *)(uintptr_t)p, .iov_len = n};
+	struct msghdr mh;
+	struct cmsghdr *c;
+
+	memset(&mh, 0, sizeof(mh));
+	memset(&cm, 0, sizeof(cm));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cm.buf;
+	mh.msg_controllen = sizeof(cm.buf);
+	c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	while (sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		if (errno != EINTR)
+			return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	}
+	return 0;
+}
+
+ssize_t ph_via_recv_fd(int sock, void *p, size_t n, int *fd, bool *truncated)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} cm;
+	struct iovec iov = {.iov_base = p, .iov_len = n};
+	struct msghdr mh;
+	ssize_t r;
+
+	*fd = -1;
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cm.buf;
+	mh.msg_controllen = sizeof(cm.buf);
+	do
+		r = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		/* one fd is sent; any more (none of ours) are closed */
+		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int f;
+
+			memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (*fd == -1)
+				*fd = f;
+			else
+				close(f);
+		}
+	}
+	if (truncated != NULL)
+		*truncated = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+	return r;
+}
+
 struct ph_via *ph_via_get(const char *key)
 {
 	struct ph_via *v;
@@ -71,7 +140,32 @@ void ph_via_free_all(void)
 	pthread_mutex_unlock(&via_lock);
 }
 
-static int via_dial(struct ph_via *v, const char *host, uint16_t port, uint8_t kind);
+static int via_dial(struct ph_via *v, const char *host, uint16_t port, uint8_t kind)
+{
+	bool udp = kind == VIA_KIND_UDP;
+	uint8_t req[PH_VIA_REQ_MAX];
+	size_t hl = strlen(host);
+	int sp[2], err;
+
+	if (hl > PH_VIA_HOST_MAX)
+		return -EINVAL;
+	if (socketpair(AF_UNIX, (udp ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	               0, sp) < 0)
+		return -errno;
+	req[0] = kind;
+	req[1] = (uint8_t)(port >> 8);
+	req[2] = (uint8_t)port;
+	req[3] = (uint8_t)hl;
+	memcpy(req + 4, host, hl);
+	err = send_fd(v->tx, req, 4 + hl, sp[1]);
+	if (err < 0) {
+		close(sp[0]);
+		close(sp[1]);
+		return err;
+	}
+	close(sp[1]); /* the message holds its own reference until the client takes it */
+	return sp[0];
+}
 
 int ph_via_dial(struct ph_via *v, const char *host, uint16_t port)
 {
@@ -95,30 +189,8 @@ int ph_via_assoc(struct ph_via *v)
 int ph_via_hand(int stream, int client)
 {
 	static const uint8_t marker = 'H';
-	union {
-		struct cmsghdr h;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} cm;
-	struct iovec iov = {.iov_base = (void *)(uintptr_t)&marker, .iov_len = 1};
-	struct msghdr mh;
-	struct cmsghdr *c;
 
-	memset(&mh, 0, sizeof(mh));
-	memset(&cm, 0, sizeof(cm));
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	mh.msg_control = cm.buf;
-	mh.msg_controllen = sizeof(cm.buf);
-	c = CMSG_FIRSTHDR(&mh);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &client, sizeof(int));
-	while (sendmsg(stream, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
-		if (errno != EINTR)
-			return -errno;
-	}
-	return 0;
+	return send_fd(stream, &marker, 1, client);
 }
 
 size_t ph_via_dgram_put(const char *host, uint16_t port, uint8_t *out)
@@ -193,96 +265,19 @@ int ph_via_from_get(const uint8_t *p, size_t n, struct ph_addr *a)
 	return -EPROTO;
 }
 
-static int via_dial(struct ph_via *v, const char *host, uint16_t port, uint8_t kind)
-{
-	bool udp = kind == VIA_KIND_UDP;
-	uint8_t req[PH_VIA_REQ_MAX];
-	size_t hl = strlen(host);
-	union {
-		struct cmsghdr h;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} cm;
-	struct iovec iov;
-	struct msghdr mh;
-	struct cmsghdr *c;
-	int sp[2], err;
-
-	if (hl > PH_VIA_HOST_MAX)
-		return -EINVAL;
-	if (socketpair(AF_UNIX, (udp ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
-	               0, sp) < 0)
-		return -errno;
-	req[0] = kind;
-	req[1] = (uint8_t)(port >> 8);
-	req[2] = (uint8_t)port;
-	req[3] = (uint8_t)hl;
-	memcpy(req + 4, host, hl);
-	iov.iov_base = req;
-	iov.iov_len = 4 + hl;
-	memset(&mh, 0, sizeof(mh));
-	memset(&cm, 0, sizeof(cm));
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	mh.msg_control = cm.buf;
-	mh.msg_controllen = sizeof(cm.buf);
-	c = CMSG_FIRSTHDR(&mh);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &sp[1], sizeof(int));
-	while (sendmsg(v->tx, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
-		if (errno == EINTR)
-			continue;
-		err = errno == EWOULDBLOCK ? -EAGAIN : -errno;
-		close(sp[0]);
-		close(sp[1]);
-		return err;
-	}
-	close(sp[1]); /* the message holds its own reference until the client takes it */
-	return sp[0];
-}
-
 int ph_via_recv(int rx, struct ph_via_req *req)
 {
 	uint8_t b[PH_VIA_REQ_MAX + 1];
-	union {
-		struct cmsghdr h;
-		char buf[CMSG_SPACE(4 * sizeof(int))];
-	} cm;
-	struct iovec iov = {.iov_base = b, .iov_len = sizeof(b)};
-	struct msghdr mh;
-	struct cmsghdr *c;
-	ssize_t n;
-	int fd = -1;
+	bool truncated;
+	int fd;
+	ssize_t n = ph_via_recv_fd(rx, b, sizeof(b), &fd, &truncated);
 
-	memset(&mh, 0, sizeof(mh));
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	mh.msg_control = cm.buf;
-	mh.msg_controllen = sizeof(cm.buf);
-	do
-		n = recvmsg(rx, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-	while (n < 0 && errno == EINTR);
 	if (n < 0)
-		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-	for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-			continue;
-		/* one fd is sent; any more (none of ours) are closed */
-		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-			int f;
-
-			memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-			if (fd == -1)
-				fd = f;
-			else
-				close(f);
-		}
-	}
+		return (int)n;
 	if (fd == -1)
 		return -EPROTO;
-	if (n < 4 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || b[0] < VIA_KIND_TCP ||
-	    b[0] > VIA_KIND_HAND || (size_t)n != 4u + b[3]) {
+	if (n < 4 || truncated || b[0] < VIA_KIND_TCP || b[0] > VIA_KIND_HAND ||
+	    (size_t)n != 4u + b[3]) {
 		close(fd);
 		return -EPROTO;
 	}

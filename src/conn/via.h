@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "core/addr.h"
 
@@ -118,6 +119,14 @@ int ph_via_from_get(const uint8_t *p, size_t n, struct ph_addr *a);
  * request: its fd, if any, was closed).
  */
 int ph_via_recv(int rx, struct ph_via_req *req);
+
+/*
+ * recvmsg(2) of up to n bytes into p from sock, not blocking: the first fd a message
+ * carried (SCM_RIGHTS) in *fd, -1 when none (any more are closed); *truncated (when not
+ * NULL) says the data or the fds did not all fit. Returns the bytes, 0 at the end, or
+ * -errno (-EAGAIN: nothing waits).
+ */
+ssize_t ph_via_recv_fd(int sock, void *p, size_t n, int *fd, bool *truncated);
 
 /* Writes a reply record into out (PH_VIA_REPLY_HDR + PH_VIA_TEXT_MAX bytes). Returns its length. */
 size_t ph_via_reply_put(uint8_t status, const struct ph_addr *bound, const char *text,

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "conn/conn.h"
+#include "conn/via.h"
 #include "core/log.h"
 #include "core/logagg.h"
 #include "core/net.h"
@@ -569,31 +570,15 @@ static void stream_io(struct ph_io *io, uint32_t events)
 /*
  * read(2) for a stream awaiting its socket: a socket sent with SCM_RIGHTS behind a marker
  * byte (the last byte of the read that carries it: the kernel ends a read there) comes
- * back in *got, the marker still counted in the result.
+ * back in *got, the marker still counted in the result; errno set as read's.
  */
 static ssize_t read_handoff(int fd, uint8_t *p, size_t n, int *got)
 {
-	union {
-		struct cmsghdr h;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} cm;
-	struct iovec iov = {.iov_base = p, .iov_len = n};
-	struct msghdr mh;
-	struct cmsghdr *c;
-	ssize_t r;
+	ssize_t r = ph_via_recv_fd(fd, p, n, got, NULL);
 
-	memset(&mh, 0, sizeof(mh));
-	mh.msg_iov = &iov;
-	mh.msg_iovlen = 1;
-	mh.msg_control = cm.buf;
-	mh.msg_controllen = sizeof(cm.buf);
-	r = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-	if (r <= 0)
-		return r;
-	for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-		    c->cmsg_len >= CMSG_LEN(sizeof(int)) && *got == -1)
-			memcpy(got, CMSG_DATA(c), sizeof(int));
+	if (r < 0) {
+		errno = (int)-r;
+		return -1;
 	}
 	return r;
 }
