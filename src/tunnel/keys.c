@@ -436,6 +436,67 @@ static int parse_dest(const char *v, size_t n, struct ph_auth_dest *d)
 	return 0;
 }
 
+/* True when v[0..nl) is made of a service name's characters. */
+static bool name_chars_ok(const char *v, size_t nl)
+{
+	for (size_t i = 0; i < nl; i++)
+		if (!isalnum((unsigned char)v[i]) && v[i] != '-' && v[i] != '_' && v[i] != '.')
+			return false;
+	return true;
+}
+
+/* reach=a|b|*: the private services key k may visit (w, wl: the option, for errors). */
+static int parse_reach(const char *w, size_t wl, const char *v, struct ph_auth_key *k, char *why,
+                       size_t whylen)
+{
+	const char *end = w + wl;
+
+	for (;;) { /* "reach=" is nothing: refused, as names= */
+		const char *bar = memchr(v, '|', (size_t)(end - v));
+		size_t nl = (size_t)((bar ? bar : end) - v);
+
+		if (nl == 1 && v[0] == '*') {
+			k->reach_any = true;
+		} else {
+			if (nl == 0 || nl > PH_NAME_MAX || k->nreach == PH_AUTH_REACH)
+				return opt_fail(why, whylen, w, wl,
+				                "reach=a|b|*: up to 8 names of 1-32 characters");
+			if (!name_chars_ok(v, nl))
+				return opt_fail(why, whylen, w, wl,
+				                "a name is letters, digits, - _ and .");
+			memcpy(k->reach[k->nreach], v, nl);
+			k->reach[k->nreach++][nl] = '\0';
+		}
+		if (bar == NULL)
+			break;
+		v = bar + 1;
+	}
+	return 0;
+}
+
+/* connect=DEST|DEST...: where the relay may connect for key k. */
+static int parse_connect(const char *w, size_t wl, const char *v, struct ph_auth_key *k, char *why,
+                         size_t whylen)
+{
+	const char *end = w + wl;
+
+	for (;;) {
+		const char *bar = memchr(v, '|', (size_t)(end - v));
+		size_t nl = (size_t)((bar ? bar : end) - v);
+
+		if (k->nconnect == PH_AUTH_CONNECT ||
+		    parse_dest(v, nl, &k->connect[k->nconnect]) < 0)
+			return opt_fail(why, whylen, w, wl,
+			                "connect=HOST:PORT|10.0.0.0/8:22-80|[::1]:22|*:443 (up "
+			                "to 16; a port may be *)");
+		k->nconnect++;
+		if (bar == NULL)
+			break;
+		v = bar + 1;
+	}
+	return 0;
+}
+
 /* One option word (up to a comma or blank). */
 static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *why, size_t whylen)
 {
@@ -454,11 +515,9 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 			if (nl == 0 || nl > PH_NAME_MAX || k->nnames == PH_AUTH_NAMES)
 				return opt_fail(why, whylen, w, wl,
 				                "names=a|b: up to 8 names of 1-32 characters");
-			for (size_t i = 0; i < nl; i++)
-				if (!isalnum((unsigned char)v[i]) && v[i] != '-' && v[i] != '_' &&
-				    v[i] != '.')
-					return opt_fail(why, whylen, w, wl,
-					                "a name is letters, digits, - _ and .");
+			if (!name_chars_ok(v, nl))
+				return opt_fail(why, whylen, w, wl,
+				                "a name is letters, digits, - _ and .");
 			memcpy(k->names[k->nnames], v, nl);
 			k->names[k->nnames++][nl] = '\0';
 			if (bar == NULL)
@@ -488,51 +547,10 @@ static int parse_option(const char *w, size_t wl, struct ph_auth_key *k, char *w
 		}
 		return 0;
 	}
-	if ((size_t)(eq - w) == 5 && memcmp(w, "reach", 5) == 0) {
-		for (;;) { /* "reach=" is nothing: refused, as names= */
-			const char *bar = memchr(v, '|', (size_t)(end - v));
-			size_t nl = (size_t)((bar ? bar : end) - v);
-
-			if (nl == 1 && v[0] == '*') {
-				k->reach_any = true;
-			} else {
-				if (nl == 0 || nl > PH_NAME_MAX || k->nreach == PH_AUTH_REACH)
-					return opt_fail(
-						why, whylen, w, wl,
-						"reach=a|b|*: up to 8 names of 1-32 characters");
-				for (size_t i = 0; i < nl; i++)
-					if (!isalnum((unsigned char)v[i]) && v[i] != '-' &&
-					    v[i] != '_' && v[i] != '.')
-						return opt_fail(
-							why, whylen, w, wl,
-							"a name is letters, digits, - _ and .");
-				memcpy(k->reach[k->nreach], v, nl);
-				k->reach[k->nreach++][nl] = '\0';
-			}
-			if (bar == NULL)
-				break;
-			v = bar + 1;
-		}
-		return 0;
-	}
-	if ((size_t)(eq - w) == 7 && memcmp(w, "connect", 7) == 0) {
-		for (;;) {
-			const char *bar = memchr(v, '|', (size_t)(end - v));
-			size_t nl = (size_t)((bar ? bar : end) - v);
-
-			if (k->nconnect == PH_AUTH_CONNECT ||
-			    parse_dest(v, nl, &k->connect[k->nconnect]) < 0)
-				return opt_fail(
-					why, whylen, w, wl,
-					"connect=HOST:PORT|10.0.0.0/8:22-80|[::1]:22|*:443 (up "
-					"to 16; a port may be *)");
-			k->nconnect++;
-			if (bar == NULL)
-				break;
-			v = bar + 1;
-		}
-		return 0;
-	}
+	if ((size_t)(eq - w) == 5 && memcmp(w, "reach", 5) == 0)
+		return parse_reach(w, wl, eq + 1, k, why, whylen);
+	if ((size_t)(eq - w) == 7 && memcmp(w, "connect", 7) == 0)
+		return parse_connect(w, wl, eq + 1, k, why, whylen);
 	if ((size_t)(eq - w) == 8 && memcmp(w, "sessions", 8) == 0) {
 		uint16_t n;
 
