@@ -569,13 +569,20 @@ static void socks_via(struct ph_conn *c)
 
 	if (sx->dst.name[0] != '\0') {
 		snprintf(host, sizeof(host), "%s", sx->dst.name);
-	} else {
+	} else { /* an address is judged here; a name's addresses only the relay learns */
 		struct ph_addr a = sx->dst.addr;
+		char d[PH_SOCKS_NAME_MAX + 16];
+		int why;
 
+		ph_addr_set_port(&a, sx->dst.port);
 		ph_addr_unmap(&a);
 		if (ph_addr_is_any(&a)) {
 			PH_CONN_STAT(wr, denied, 1);
 			socks_fail(c, -EACCES, 0, "the unspecified address is no destination");
+			return;
+		}
+		if (!dest_ok(c, NULL, &a, &why)) {
+			socks_refuse(c, dest_fmt(&sx->dst, d, sizeof(d)), why);
 			return;
 		}
 		if (a.u.sa.sa_family == AF_INET)
@@ -1186,16 +1193,6 @@ static void socks_begin(struct ph_conn *c)
 		return;
 	}
 	if (wr->rule->via != NULL) {
-		/* an address is judged here; a name's addresses only the relay learns */
-		if (sx->dst.name[0] == '\0') {
-			struct ph_addr a = sx->dst.addr;
-
-			ph_addr_set_port(&a, sx->dst.port);
-			if (!dest_ok(c, NULL, &a, &why)) {
-				socks_refuse(c, dest_fmt(&sx->dst, d, sizeof(d)), why);
-				return;
-			}
-		}
 		socks_via(c);
 		return;
 	}

@@ -831,6 +831,32 @@ static int svc_open(struct ph_relay *r, struct rsvc *v, int fd)
 	return ph_acceptor_start(r->loop, &v->acc);
 }
 
+/* An id for a new service or UDP channel (the DGRAM's service id), never 0. */
+static uint16_t new_sid(struct ph_relay *r)
+{
+	do
+		++r->next_sid;
+	while (r->next_sid == 0);
+	return r->next_sid;
+}
+
+/* A new private service v: no socket (`local` reaches it by name), owned by rs from now. */
+static void svc_start_private(struct rsess *rs, const struct ph_ctrl *c, struct rsvc *v)
+{
+	struct ph_relay *r = rs->r;
+
+	if (v->proto == PH_SVC_UDP && ph_udptab_init(&v->flows) < 0) {
+		ph_acl_free(&v->acl);
+		free(v);
+		sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay is out of memory");
+		return;
+	}
+	v->id = new_sid(r);
+	v->owner = rs;
+	ph_list_add_tail(&r->services, &v->node);
+	sess_registered(rs, c->req, v, false);
+}
+
 static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 {
 	struct ph_relay *r = rs->r;
@@ -881,19 +907,8 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 	ph_io_init(&v->io, -1, svc_datagrams);
 	ph_acceptor_init(&v->acc, -1, PH_FDS_STREAM, svc_visitor, svc_label);
 	v->priv = c->priv;
-	if (v->priv) { /* no socket: `local` reaches it by name */
-		if (v->proto == PH_SVC_UDP && ph_udptab_init(&v->flows) < 0) {
-			ph_acl_free(&v->acl);
-			free(v);
-			sess_refuse(rs, c->req, PH_REFUSE_BIND, "the relay is out of memory");
-			return;
-		}
-		do
-			v->id = ++r->next_sid;
-		while (v->id == 0);
-		v->owner = rs;
-		ph_list_add_tail(&r->services, &v->node);
-		sess_registered(rs, c->req, v, false);
+	if (v->priv) {
+		svc_start_private(rs, c, v);
 		return;
 	}
 	fd = c->port != 0 ? svc_bind(r, v, c->port) : svc_bind_any(r, k, v);
@@ -910,9 +925,7 @@ static void relay_register(struct rsess *rs, const struct ph_ctrl *c)
 				fd == -EADDRINUSE ? "in use on the relay" : ph_bind_strerror(fd));
 		return;
 	}
-	do /* a service id no live service has */
-		v->id = ++r->next_sid;
-	while (v->id == 0);
+	v->id = new_sid(r);
 	err = svc_open(r, v, fd);
 	if (err < 0) {
 		close(fd);
@@ -1435,9 +1448,7 @@ static void relay_udp_open(struct rsess *rs, const struct ph_ctrl *c)
 	ch->req = c->req;
 	ch->port = svc ? 0 : c->port;
 	snprintf(ch->target, sizeof(ch->target), "%s", c->target);
-	do /* an id no service has: both share the DGRAM's service id */
-		ch->id = ++r->next_sid;
-	while (ch->id == 0);
+	ch->id = new_sid(r); /* services and channels share the DGRAM's service id */
 	ph_list_add_tail(&r->chans, &ch->node);
 	if (svc) { /* the service is found by name at each datagram: it may be taken back */
 		struct ph_ctrl m = {.type = PH_CTRL_UDP_OPENED, .req = ch->req, .service = ch->id};

@@ -928,6 +928,40 @@ static int sess_stray(struct ph_sess *s, uint32_t id, const char **why)
 	return 0;
 }
 
+/* The peer reset st: its text to the owner (printable only: it reaches the log), then the close. */
+static void sess_peer_rst(struct ph_sess *s, struct ph_stream *st, const struct ph_frame *f)
+{
+	if (s->ops->reset != NULL) {
+		char text[PH_RST_TEXT_MAX + 1];
+		size_t n = f->len - 1u;
+
+		for (size_t i = 0; i < n; i++)
+			text[i] = f->payload[1 + i] >= 0x20 && f->payload[1 + i] < 0x7f
+			                  ? (char)f->payload[1 + i]
+			                  : '?';
+		text[n] = '\0';
+		s->ops->reset(s, st, f->payload[0], text);
+	}
+	stream_close(st, true, 0, rst_name(f->payload[0]), 0);
+}
+
+/* The peer connected st, a stream this end opened. Returns 0, or -EPROTO (*why). */
+static int sess_opened(struct ph_sess *s, struct ph_stream *st, const struct ph_frame *f,
+                       const char **why)
+{
+	struct ph_addr a;
+	bool mine = (f->stream % 2 == 0) == s->server;
+
+	if (!mine || ph_msg_addr_get(f->payload, f->len, &a) != (int)f->len) {
+		*why = "an OPENED for a stream this end did not open, or a bad address";
+		return -EPROTO;
+	}
+	st->opened = true;
+	if (s->ops->opened != NULL)
+		s->ops->opened(s, st, &a);
+	return 0;
+}
+
 /* One frame, by its type: the dispatch in one switch, each case short (over 80 lines for
  * the ten types together; fuzz_session feeds it). */
 static int sess_frame(struct ph_sess *s, const struct ph_frame *f, const char **why)
@@ -977,32 +1011,10 @@ static int sess_frame(struct ph_sess *s, const struct ph_frame *f, const char **
 		stream_fin(st);
 		return 0;
 	case PH_FRAME_RST:
-		if (s->ops->reset != NULL) {
-			char text[PH_RST_TEXT_MAX + 1];
-			size_t n = f->len - 1u;
-
-			for (size_t i = 0; i < n; i++) /* printable only: it reaches the log */
-				text[i] = f->payload[1 + i] >= 0x20 && f->payload[1 + i] < 0x7f
-				                  ? (char)f->payload[1 + i]
-				                  : '?';
-			text[n] = '\0';
-			s->ops->reset(s, st, f->payload[0], text);
-		}
-		stream_close(st, true, 0, rst_name(f->payload[0]), 0);
+		sess_peer_rst(s, st, f);
 		return 0;
-	case PH_FRAME_OPENED: {
-		struct ph_addr a;
-		bool mine = (f->stream % 2 == 0) == s->server;
-
-		if (!mine || ph_msg_addr_get(f->payload, f->len, &a) != (int)f->len) {
-			*why = "an OPENED for a stream this end did not open, or a bad address";
-			return -EPROTO;
-		}
-		st->opened = true;
-		if (s->ops->opened != NULL)
-			s->ops->opened(s, st, &a);
-		return 0;
-	}
+	case PH_FRAME_OPENED:
+		return sess_opened(s, st, f, why);
 	case PH_FRAME_DGRAM:
 		s->st.dgrams_in++;
 		if (s->ops->dgram != NULL)
