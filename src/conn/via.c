@@ -277,7 +277,7 @@ int ph_via_recv(int rx, struct ph_via_req *req)
 	if (fd == -1)
 		return -EPROTO;
 	if (n < 4 || truncated || b[0] < VIA_KIND_TCP || b[0] > VIA_KIND_HAND ||
-	    (size_t)n != 4u + b[3]) {
+	    b[3] > PH_VIA_HOST_MAX || (size_t)n != 4u + b[3]) {
 		close(fd);
 		return -EPROTO;
 	}
